@@ -1,0 +1,222 @@
+"""`l2c-compile compile | verify | sample`: build an artifact, check it, draw with it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import typer
+from rich.table import Table
+
+from l2c_compile.cli.common import OutputFormat, cli_errors, console, print_json
+from l2c_compile.errors import L2CError
+
+
+def build_for_cli(model_name: str, checkpoint: Path | None, init: str | None, seed: int):
+    """The registry model, with a checkpoint loaded or seeded random weights."""
+    from l2c_compile.models.registry import build_model, get_spec, init_random, load_checkpoint
+
+    spec = get_spec(model_name)
+    model = build_model(spec)
+    if checkpoint is not None and init is not None:
+        raise L2CError("pass either --checkpoint or --init random, not both")
+    if checkpoint is not None:
+        load_checkpoint(model, checkpoint)
+    elif init == "random":
+        init_random(model, seed)
+    elif init is not None:
+        raise L2CError(f"unknown --init {init!r}; the only choice is 'random'")
+    elif getattr(spec, "checkpoint", None):
+        load_checkpoint(model, spec.checkpoint)
+    else:
+        raise L2CError(f"{spec.name} ships no weights: pass --checkpoint PATH or --init random")
+    return spec, model.eval()
+
+
+def plan_for(spec, sampler: str | None, nfe: int, **options):
+    """The sampler plan for a model spec (its noise schedule and time convention)."""
+    from l2c_compile.samplers import make_plan
+
+    return make_plan(sampler or spec.default_sampler, nfe, noise_schedule=spec.noise_schedule,
+                     time_input=spec.time_input, **options)
+
+
+@cli_errors
+def compile_cmd(
+    model: str = typer.Option(..., "--model", "-m", help="registry name, see `l2c-compile models`"),
+    checkpoint: Path | None = typer.Option(None, "--checkpoint", help="official or own checkpoint"),
+    init: str | None = typer.Option(None, "--init", help="'random': seeded non-degenerate weights"),
+    seed: int = typer.Option(0, "--seed", help="seed for --init random"),
+    sampler: str | None = typer.Option(None, "--sampler", "-s", help="ddim | dpm-solver-2 (default: the model's)"),
+    nfe: int = typer.Option(..., "--nfe", help="number of model calls"),
+    schedule: Path | None = typer.Option(None, "--schedule", help="schedule JSON (omit: all-compute)"),
+    dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16"),
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda"),
+    backend: str = typer.Option("eager", "--backend", help="eager | inductor"),
+    cfg: bool = typer.Option(True, "--cfg/--no-cfg", help="batch classifier-free guidance"),
+    fuse: bool = typer.Option(True, "--fuse/--no-fuse", help="fuse reuse epilogues into kernels"),
+    out: Path = typer.Option(..., "--out", "-o", help="artifact folder to write"),
+    fmt: OutputFormat = typer.Option(OutputFormat.rich, "--format"),
+) -> None:
+    """Compile a schedule into a specialized sampler artifact."""
+    import l2c_compile
+    from l2c_compile.schedule import Schedule
+
+    spec, net = build_for_cli(model, checkpoint, init, seed)
+    plan = plan_for(spec, sampler, nfe)
+    sched = None
+    if schedule is not None:
+        sched = Schedule.load(schedule)
+        sched.validate_for(spec.name, len(net.transformer_blocks()), plan)
+    with console.status(f"compiling {spec.name} · {plan.sampler} · NFE {nfe}…"):
+        compiled = l2c_compile.compile(net, plan, sched, dtype=dtype, device=device, backend=backend,
+                                       cfg=cfg, fuse=fuse, model_info=spec.to_dict())
+        compiled.save(out)
+    summary = compile_summary(compiled.info)
+    if fmt == OutputFormat.json:
+        print_json({"artifact": str(out), **summary})
+        return
+    table = Table(title=f"compiled → {out}", show_header=False)
+    for k, v in summary.items():
+        table.add_row(k, str(v))
+    console.print(table)
+
+
+def compile_summary(info: dict) -> dict:
+    """The headline numbers of a compiled sampler."""
+    macs = info["macs_per_image"]
+    passes: dict[str, dict] = {}
+    for g in info["graphs"]:
+        for rep in g["passes"]:
+            agg = passes.setdefault(rep["name"], {})
+            for k, v in rep["stats"].items():
+                if isinstance(v, (int, float)):
+                    agg[k] = agg.get(k, 0) + v
+    return {
+        "model": info["model"].get("name"),
+        "sampler": info["sampler"]["sampler"],
+        "nfe": info["nfe"],
+        "dtype": info["dtype"],
+        "distinct_graphs": info["distinct_graphs"],
+        "peak_live_cache_entries": info["peak_live_cache_entries"],
+        "macs_uncached": macs["uncached"],
+        "macs_compiled": macs["compiled"],
+        "ideal_speedup": round(macs["uncached"] / max(macs["compiled"], 1), 4),
+        "passes": passes,
+    }
+
+
+def _seeded_inputs(compiled, batch: int, seed: int, device: str):
+    gen = torch.Generator().manual_seed(seed)
+    m = compiled.model
+    noise = torch.randn(batch, m.in_channels, m.input_size, m.input_size, generator=gen)
+    num_classes = m.null_class  # real classes are 0..null-1
+    labels = torch.randint(0, num_classes, (batch,), generator=gen)
+    return noise.to(device), labels.to(device)
+
+
+def verify_artifact(directory: Path, *, batch: int = 2, seed: int = 0, device: str = "cpu",
+                    cfg_scale: float | None = None) -> dict:
+    """Run an artifact and the reference executor on the same seeded inputs; return the errors."""
+    from l2c_compile import reference
+    from l2c_compile.runtime import load
+    from l2c_compile.samplers import make_plan
+    from l2c_compile.schedule import Schedule
+
+    compiled = load(directory, device=device)
+    info = compiled.info
+    s = info["sampler"]
+    plan = make_plan(s["sampler"], s["nfe"], noise_schedule=s["noise_schedule"], time_input=s["time_input"],
+                     **s.get("options", {}))
+    sched = Schedule.from_dict(info["schedule"]) if info.get("schedule") else None
+    if compiled.cfg and cfg_scale is None:
+        cfg_scale = float(info["model"].get("default_cfg_scale", 4.0))
+    noise, labels = _seeded_inputs(compiled, batch, seed, device)
+    got = compiled(noise, labels, cfg_scale if compiled.cfg else None)
+    # The reference runs in float32 whatever the artifact's dtype: it is the oracle.
+    ref_model = compiled.model.float()
+    want = reference.sample(ref_model, plan, sched, noise.float(), labels, cfg_scale if compiled.cfg else None)
+    compiled.model.to(compiled.model_dtype)
+    err = (got.float() - want).abs()
+    return {
+        "artifact": str(directory),
+        "dtype": info["dtype"],
+        "max_abs_error": float(err.max()),
+        "max_rel_error": float(err.max() / want.abs().max().clamp_min(1e-30)),
+        "distinct_graphs": info["distinct_graphs"],
+        "macs_uncached": info["macs_per_image"]["uncached"],
+        "macs_compiled": info["macs_per_image"]["compiled"],
+        "batch": batch,
+        "seed": seed,
+    }
+
+
+@cli_errors
+def verify_cmd(
+    directory: Path = typer.Argument(..., help="artifact folder"),
+    batch: int = typer.Option(2, "--batch"),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("cpu", "--device"),
+    cfg_scale: float | None = typer.Option(None, "--cfg-scale"),
+    tolerance: float | None = typer.Option(None, "--tolerance", help="fail above this max_rel_error "
+                                           "(default 1e-5 for float32, 5e-2 for bf16/fp16)"),
+    fmt: OutputFormat = typer.Option(OutputFormat.rich, "--format"),
+) -> None:
+    """Check an artifact against the reference executor on seeded inputs."""
+    with console.status("running compiled sampler and reference executor…"):
+        result = verify_artifact(directory, batch=batch, seed=seed, device=device, cfg_scale=cfg_scale)
+    tol = tolerance if tolerance is not None else (1e-5 if result["dtype"] == "float32" else 5e-2)
+    result["tolerance"] = tol
+    result["ok"] = result["max_rel_error"] <= tol
+    if fmt == OutputFormat.json:
+        print_json(result)
+    else:
+        table = Table(title="verify", show_header=False)
+        for k, v in result.items():
+            table.add_row(k, f"{v:.3e}" if isinstance(v, float) and k.endswith("error") else str(v))
+        console.print(table)
+    if not result["ok"]:
+        raise typer.Exit(1)
+
+
+@cli_errors
+def sample_cmd(
+    directory: Path = typer.Argument(..., help="artifact folder"),
+    classes: str = typer.Option("0,1,2,3", "--classes", help="comma-separated class labels"),
+    seed: int = typer.Option(0, "--seed"),
+    cfg_scale: float | None = typer.Option(None, "--cfg-scale"),
+    vae: Path | None = typer.Option(None, "--vae", help="local diffusers AutoencoderKL folder (latent models)"),
+    preview: bool = typer.Option(False, "--latent-preview", help="latent models without a VAE: show raw channels"),
+    device: str = typer.Option("cpu", "--device"),
+    out: Path = typer.Option(..., "--out", "-o", help="PNG file to write"),
+) -> None:
+    """Draw samples with an artifact and write them as an image grid."""
+    from l2c_compile.images import decode_latents, latents_preview, make_grid, save_png
+    from l2c_compile.runtime import load
+
+    try:
+        labels = torch.tensor([int(c) for c in classes.split(",") if c.strip()], dtype=torch.long)
+    except ValueError:
+        raise L2CError(f"--classes must be comma-separated integers, got {classes!r}") from None
+    compiled = load(directory, device=device)
+    if labels.numel() == 0 or int(labels.min()) < 0 or int(labels.max()) >= compiled.model.null_class:
+        raise L2CError(f"class labels must lie in 0..{compiled.model.null_class - 1}")
+    pixel = bool(compiled.info["model"].get("pixel_space", False))
+    if not pixel and vae is None and not preview:
+        raise L2CError("this model samples latents: pass --vae PATH (diffusers AutoencoderKL folder) "
+                       "or --latent-preview")
+    if compiled.cfg and cfg_scale is None:
+        cfg_scale = float(compiled.info["model"].get("default_cfg_scale", 4.0))
+    gen = torch.Generator().manual_seed(seed)
+    m = compiled.model
+    noise = torch.randn(len(labels), m.in_channels, m.input_size, m.input_size, generator=gen).to(device)
+    with console.status(f"sampling {len(labels)} images…"):
+        x = compiled(noise, labels.to(device), cfg_scale if compiled.cfg else None)
+    if pixel:
+        images = x.clamp(-1, 1)
+    elif vae is not None:
+        images = decode_latents(x, vae)
+    else:
+        images = latents_preview(x)
+    save_png(make_grid(images, scale=max(1, 128 // images.shape[-1])), out)
+    console.print(f"wrote {out} ({len(labels)} samples)")

@@ -1,0 +1,51 @@
+"""`l2c-compile env`: versions, devices, and whether Triton and CUDA are usable."""
+
+from __future__ import annotations
+
+import importlib.util
+import platform
+
+import torch
+import typer
+from rich.table import Table
+
+from l2c_compile import __version__
+from l2c_compile.cli.common import OutputFormat, cli_errors, console, print_json
+
+
+def environment() -> dict[str, object]:
+    """Collect the facts `env` prints."""
+    info: dict[str, object] = {
+        "l2c_compile": __version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "cuda_available": torch.cuda.is_available(),
+        "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+        "cpu_threads": torch.get_num_threads(),
+    }
+    for pkg in ("triton", "diffusers", "torchmetrics", "matplotlib", "safetensors"):
+        spec = importlib.util.find_spec(pkg)
+        version = None
+        if spec is not None:
+            try:
+                version = __import__(pkg).__version__
+            except Exception:  # a broken optional install must not break `env`
+                version = "installed (import failed)"
+        info[pkg] = version
+    info["triton_usable"] = info["triton"] is not None and bool(info["cuda_available"])
+    info["triton_interpreter_usable"] = info["triton"] is not None
+    return info
+
+
+@cli_errors
+def env(fmt: OutputFormat = typer.Option(OutputFormat.rich, "--format", help="rich or json")) -> None:
+    """Show versions, devices, and whether Triton/CUDA can be used."""
+    info = environment()
+    if fmt == OutputFormat.json:
+        print_json(info)
+        return
+    table = Table(title="l2c-compile environment", show_header=False)
+    for key, value in info.items():
+        table.add_row(key, "-" if value is None else str(value))
+    console.print(table)

@@ -1,0 +1,149 @@
+"""``l2c_compile.compile``: model + sampler plan + schedule → a specialized CompiledSampler.
+
+Pipeline (each step a pass in ``passes/``, run by the pass manager that checks the invariants):
+
+    trace the guided step once ─► mark sublayers ─► shape propagation (fake tensors)
+    cache liveness over the whole plan (distinct masks, exports, drops)
+    for each distinct step mask:  specialize ─► dce ─► prune_chunks ─► fuse_reuse ─► dce
+    emit one Python module (step graphs + unrolled loop) ─► CompiledSampler
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import torch
+from torch import nn
+
+from l2c_compile.errors import L2CError
+from l2c_compile.passes.analysis import count_linear_calls, graph_macs, propagate_shapes
+from l2c_compile.passes.base import CompileError
+from l2c_compile.passes.dce import dead_code
+from l2c_compile.passes.emit import emit_module
+from l2c_compile.passes.liveness import plan_cache
+from l2c_compile.passes.manager import PassManager
+from l2c_compile.passes.prune_chunks import prune_chunks
+from l2c_compile.passes.specialize import specialize
+from l2c_compile.passes.sublayers import mark_sublayers
+from l2c_compile.passes.trace import trace_step
+from l2c_compile.reference import check_schedule
+from l2c_compile.runtime import CompiledSampler
+from l2c_compile.samplers.base import SamplerPlan
+
+BACKENDS = ("eager", "inductor")
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+          "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """Accept torch dtypes and their usual names; L2CError for anything else."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise L2CError(f"unknown dtype {dtype!r}; choose one of float32, bfloat16, float16")
+    return DTYPES[dtype]
+
+
+def _fuse_pass():
+    """The reuse-epilogue fusion pass, when the kernels package provides it."""
+    try:
+        from l2c_compile.passes.fuse_reuse import fuse_reuse
+    except ImportError:
+        return None
+    return fuse_reuse
+
+
+def compile(  # noqa: A001 - the package's main verb, used as l2c_compile.compile
+    model: nn.Module,
+    plan: SamplerPlan,
+    schedule: Any,
+    *,
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    backend: str = "eager",
+    cfg: bool = True,
+    fuse: bool = True,
+    model_info: dict[str, Any] | None = None,
+) -> CompiledSampler:
+    """Compile ``schedule`` (a :class:`~l2c_compile.schedule.Schedule`; None = all-compute) for
+    ``model`` and ``plan`` into a :class:`CompiledSampler`.
+
+    ``cfg``: batch classifier-free guidance into every call (the scale is a run-time argument).
+    ``fuse``: lower reuse epilogues to the fused kernels' custom ops (when available).
+    ``model_info``: ``{"name", "family", "config"}`` recorded in the artifact so ``load`` can rebuild
+    the model; filled from the model itself when it was built by the registry.
+    """
+    if backend not in BACKENDS:
+        raise L2CError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    torch_dtype = resolve_dtype(dtype)
+    model = model.eval()
+    if device is not None or torch_dtype is not None:
+        model = model.to(device=device, dtype=torch_dtype)
+    depth = len(model.transformer_blocks())
+    if schedule is None:
+        masks = [(frozenset(), frozenset()) for _ in plan.calls]
+    else:
+        check_schedule(model, plan, schedule)
+        masks = [(frozenset(c.reuse_attn), frozenset(c.reuse_mlp)) for c in schedule.calls]
+
+    base = trace_step(model, cfg=cfg)
+    base, reports = PassManager([("mark_sublayers", lambda gm: mark_sublayers(gm, depth))], check=False).run(base)
+    p = next(model.parameters())
+    c, h, w = model.in_channels, model.input_size, model.input_size
+    example = [torch.zeros(1, c, h, w, dtype=p.dtype, device=p.device),
+               torch.zeros(1, dtype=torch.float32, device=p.device),
+               torch.zeros(1, dtype=torch.long, device=p.device),
+               torch.ones((), dtype=torch.float32, device=p.device)]
+    propagate_shapes(base, example)
+    rows = 2 if cfg else 1
+    macs_uncached = graph_macs(base, rows)
+
+    cache = plan_cache(masks, depth)
+    fuse_fn = _fuse_pass() if fuse else None
+    graphs, graph_reports = [], []
+    for g, mask in enumerate(cache.masks):
+        exports = cache.exports[g]
+        passes = [("specialize", lambda gm, m=mask, e=exports: specialize(gm, m, e)),
+                  ("dce", dead_code),
+                  ("prune_chunks", prune_chunks)]
+        if fuse_fn is not None:
+            passes += [("fuse_reuse", fuse_fn), ("dce", dead_code)]
+        gm, reps = PassManager(passes).run(base)
+        graphs.append(gm)
+        graph_reports.append({
+            "graph": g,
+            "calls": cache.graph_calls(g),
+            "reuse_attn": sorted(mask[0]),
+            "reuse_mlp": sorted(mask[1]),
+            "exports": len(exports),
+            "linear_calls": count_linear_calls(gm),
+            "macs_per_image": graph_macs(gm, rows),
+            "passes": [asdict(r) for r in reps],
+        })
+
+    roles = [call.role for call in plan.calls]
+    name = (model_info or {}).get("name") or type(model).__name__
+    title = f"model {name} · sampler {plan.sampler} · NFE {plan.nfe} · CFG {'batched' if cfg else 'off'}"
+    source = emit_module(graphs, plan, cache, roles, title)
+    per_call = [graph_reports[cache.calls[i].graph]["macs_per_image"] for i in range(plan.nfe)]
+    info = {
+        "model": model_info or {"name": name},
+        "sampler": plan.describe(),
+        "nfe": plan.nfe,
+        "cfg": cfg,
+        "dtype": str(p.dtype).removeprefix("torch."),
+        "backend": backend,
+        "schedule": schedule.to_dict() if schedule is not None else None,
+        "graphs": graph_reports,
+        "distinct_graphs": len(graphs),
+        "peak_live_cache_entries": cache.peak_live_entries,
+        "macs_per_image": {"uncached": macs_uncached * plan.nfe, "compiled": sum(per_call)},
+        "trace": [asdict(r) for r in reports],
+    }
+    try:
+        return CompiledSampler(model, source, info, backend=backend)
+    except CompileError:
+        raise
+    except Exception as exc:  # the generated code must always load; anything else is a bug
+        raise CompileError(f"generated sampler failed to load: {exc}") from exc

@@ -1,0 +1,39 @@
+"""One model call of a sampler: the guided ε prediction, with classifier-free guidance batched.
+
+Both executors use this module: the reference executor calls it eagerly, the compiler traces it
+with torch.fx. CFG stays batched (design decision): the conditional and unconditional rows go through
+the network in one call as ``[x, x]`` with labels ``[y, null]``, and the model family's own
+``guide`` combines them (DiT: ``u + s(c - u)`` on the first 3 channels; U-ViT: ``c + s(c - u)``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class GuidedDenoiser(nn.Module):
+    """ε(x, t, y) of a DiT / U-ViT, with batched classifier-free guidance when ``cfg`` is set."""
+
+    def __init__(self, model: nn.Module, cfg: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.cfg = cfg
+
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, cfg_scale: torch.Tensor
+    ) -> torch.Tensor:
+        """x: (N, C, H, W); t: (N,) model timesteps; y: (N,) labels; cfg_scale: scalar."""
+        if not self.cfg:
+            return self.model.eps(self.model(x, t, y))  # (N, C, H, W)
+        xx = torch.cat([x, x], dim=0)  # (2N, C, H, W)
+        tt = torch.cat([t, t], dim=0)  # (2N,)
+        yy = torch.cat([y, torch.full_like(y, self.model.null_class)], dim=0)  # (2N,)
+        out = self.model(xx, tt, yy)  # (2N, C_out, H, W)
+        cond, uncond = torch.chunk(out, 2, dim=0)
+        return self.model.guide(cond, uncond, cfg_scale)  # (N, C, H, W)
+
+
+def timestep_vector(value: float, n: int, device: torch.device | str) -> torch.Tensor:
+    """The model timestep ``value`` as the (n,) float32 vector the networks take."""
+    return torch.full((n,), float(value), dtype=torch.float32, device=device)

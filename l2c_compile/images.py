@@ -1,0 +1,70 @@
+"""Turning samples into pictures: VAE decoding, image grids, atomic PNG writes."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import torch
+
+from l2c_compile.errors import L2CError
+from l2c_compile.io import atomic_path
+
+VAE_SCALE = 0.18215  # SD VAE latent scale used by DiT and U-ViT
+
+
+def decode_latents(latents: torch.Tensor, vae_path: str | os.PathLike[str]) -> torch.Tensor:
+    """Decode (N, 4, h, w) latents with a local diffusers AutoencoderKL folder → images in [-1, 1]."""
+    try:
+        from diffusers import AutoencoderKL
+    except ImportError:
+        raise L2CError("decoding latents needs diffusers: pip install 'l2c-compile[interop]'") from None
+    try:
+        vae = AutoencoderKL.from_pretrained(str(vae_path), local_files_only=True)
+    except Exception as exc:  # diffusers raises many types for a bad folder
+        raise L2CError(f"cannot load a diffusers AutoencoderKL from {vae_path}: {str(exc).splitlines()[0]}") from None
+    vae = vae.to(latents.device).eval()
+    with torch.no_grad():
+        return vae.decode(latents.float() / VAE_SCALE).sample.clamp(-1, 1)
+
+
+def latents_preview(latents: torch.Tensor) -> torch.Tensor:
+    """A rough picture of latents without a VAE: first three channels, each min-max scaled."""
+    x = latents[:, :3].float()
+    if x.shape[1] < 3:
+        x = x[:, :1].expand(-1, 3, -1, -1)
+    lo = x.amin(dim=(2, 3), keepdim=True)
+    hi = x.amax(dim=(2, 3), keepdim=True)
+    return (x - lo) / (hi - lo).clamp_min(1e-8) * 2 - 1
+
+
+def make_grid(images: torch.Tensor, *, ncol: int | None = None, pad: int = 2, scale: int = 1) -> np.ndarray:
+    """(N, C, H, W) images in [-1, 1] → one HxWx3 uint8 grid (C = 1 or 3)."""
+    if images.dim() != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"images must be (N, 1|3, H, W), got {tuple(images.shape)}")
+    n, c, h, w = images.shape
+    ncol = ncol or math.ceil(math.sqrt(n))
+    nrow = math.ceil(n / ncol)
+    x = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+    if c == 1:
+        x = x.expand(-1, 3, -1, -1)
+    if scale > 1:
+        x = x.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3)
+        h, w = h * scale, w * scale
+    grid = np.full((nrow * (h + pad) + pad, ncol * (w + pad) + pad, 3), 255, dtype=np.uint8)
+    for i in range(n):
+        r, col = divmod(i, ncol)
+        y0, x0 = pad + r * (h + pad), pad + col * (w + pad)
+        grid[y0 : y0 + h, x0 : x0 + w] = x[i].permute(1, 2, 0).numpy()
+    return grid
+
+
+def save_png(array: np.ndarray, path: str | os.PathLike[str]) -> None:
+    """Write an HxWx3 uint8 array as PNG, atomically."""
+    try:
+        from PIL import Image
+    except ImportError:
+        raise L2CError("writing PNG files needs Pillow: pip install 'l2c-compile[images]'") from None
+    with atomic_path(path) as tmp:
+        Image.fromarray(array).save(tmp, format="PNG")

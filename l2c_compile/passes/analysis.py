@@ -1,0 +1,57 @@
+"""Shape propagation (on fake tensors: no compute, no memory) and MAC counts of step graphs.
+
+MACs follow the paper's convention (thop): Linear and Conv only, attention matmuls excluded, per
+image (per network row, so CFG's doubled batch is not counted twice).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.fx.passes.shape_prop import ShapeProp
+
+
+def propagate_shapes(gm: fx.GraphModule, example_inputs: list[torch.Tensor]) -> None:
+    """Fill ``node.meta['tensor_meta']`` for every node, running on fake tensors."""
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    fake_inputs = [mode.from_tensor(t) for t in example_inputs]
+    ShapeProp(gm, fake_mode=mode).propagate(*fake_inputs)
+
+
+def _rows(meta) -> int:
+    shape = meta.shape
+    return math.prod(shape[:-1]) if len(shape) > 1 else 1
+
+
+def graph_macs(gm: fx.GraphModule, rows_per_image: int) -> int:
+    """Linear/Conv MACs of one call of ``gm`` per image (needs shape metadata from the base trace)."""
+    total = 0
+    for n in gm.graph.nodes:
+        if n.op == "call_module":
+            mod = gm.get_submodule(n.target)
+            meta = n.meta.get("tensor_meta")
+            if isinstance(mod, nn.Linear) and meta is not None:
+                total += _rows(meta) * mod.in_features * mod.out_features
+            elif isinstance(mod, nn.Conv2d) and meta is not None:
+                k = mod.in_channels // mod.groups * math.prod(mod.kernel_size)
+                total += math.prod(meta.shape) * k
+        elif n.op == "call_function" and n.target is F.linear and "l2c_linear_macs_per_sample" in n.meta:
+            inp_meta = n.args[0].meta.get("tensor_meta") if isinstance(n.args[0], fx.Node) else None
+            rows = _rows(inp_meta) if inp_meta is not None else rows_per_image
+            total += rows * n.meta["l2c_linear_macs_per_sample"]
+    return total // rows_per_image
+
+
+def count_linear_calls(gm: fx.GraphModule) -> int:
+    """Number of Linear evaluations in a step graph (call_module Linear and F.linear)."""
+    count = 0
+    for n in gm.graph.nodes:
+        if n.op == "call_module" and isinstance(gm.get_submodule(n.target), nn.Linear):
+            count += 1
+        elif n.op == "call_function" and n.target is F.linear:
+            count += 1
+    return count

@@ -1,0 +1,86 @@
+"""Pass — cache liveness: which cached tensor each call writes, reads, keeps and drops.
+
+A cache entry read at call m is written by the latest earlier call that computed that sublayer
+(the official semantics: the cache holds the most recently computed output). So each entry lives
+from its writer to its last reader and no longer; a call exports only entries that some later call
+reads. Step graphs are shared between calls with the same mask, so a graph exports the union of
+what its calls need; the emitted loop drops what a given call does not need at once.
+
+Also decides the graph ids: one graph per distinct step mask (the empty mask is the full step).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from l2c_compile.passes.base import CompileError, Mask, SublayerKey, key_order
+
+
+@dataclass(frozen=True)
+class CallCache:
+    """Cache traffic of one model call."""
+
+    index: int
+    graph: int  # id of the step graph this call runs
+    reads: tuple[SublayerKey, ...]  # cache inputs, in key_order
+    keeps: tuple[SublayerKey, ...]  # exported entries some later call reads
+    drops_after: tuple[SublayerKey, ...]  # entries whose last reader is this call
+
+
+@dataclass(frozen=True)
+class CachePlan:
+    """The whole trajectory's cache traffic and the distinct step graphs."""
+
+    masks: tuple[Mask, ...]  # graph id -> mask
+    exports: tuple[tuple[SublayerKey, ...], ...]  # graph id -> exported keys (key_order)
+    calls: tuple[CallCache, ...]
+    peak_live_entries: int
+
+    def graph_calls(self, graph: int) -> list[int]:
+        """Indices of the calls that run graph ``graph``."""
+        return [c.index for c in self.calls if c.graph == graph]
+
+
+def plan_cache(call_masks: list[Mask], depth: int) -> CachePlan:
+    """Compute the cache plan for per-call masks (reused attention / MLP block ids)."""
+    everything = [("attn", i) for i in range(depth)] + [("mlp", i) for i in range(depth)]
+    reads = [sorted([("attn", i) for i in a] + [("mlp", i) for i in m], key=key_order) for a, m in call_masks]
+    writer: dict[SublayerKey, int] = {}
+    keeps: list[set[SublayerKey]] = [set() for _ in call_masks]
+    last_read: dict[tuple[int, SublayerKey], int] = {}  # (writer, key) -> last reader
+    for i, keys in enumerate(reads):
+        for k in keys:
+            if k not in writer:
+                raise CompileError(f"call {i} reuses {k[0]} of block {k[1]}, which no earlier call computed")
+            keeps[writer[k]].add(k)
+            last_read[(writer[k], k)] = i
+        computed = set(everything) - set(keys)
+        for k in computed:
+            writer[k] = i
+
+    masks: list[Mask] = []
+    graph_of: list[int] = []
+    for mask in call_masks:
+        norm = (frozenset(mask[0]), frozenset(mask[1]))
+        if norm not in masks:
+            masks.append(norm)
+        graph_of.append(masks.index(norm))
+    exports = []
+    for g in range(len(masks)):
+        union = set().union(*(keeps[i] for i in range(len(call_masks)) if graph_of[i] == g))
+        exports.append(tuple(sorted(union, key=key_order)))
+
+    drops: list[list[SublayerKey]] = [[] for _ in call_masks]
+    for (_, k), reader in last_read.items():
+        drops[reader].append(k)
+    live = peak = 0
+    for i in range(len(call_masks)):
+        live += len(keeps[i])
+        peak = max(peak, live)
+        live -= len(drops[i])
+    calls = tuple(
+        CallCache(i, graph_of[i], tuple(reads[i]), tuple(sorted(keeps[i], key=key_order)),
+                  tuple(sorted(drops[i], key=key_order)))
+        for i in range(len(call_masks))
+    )
+    return CachePlan(tuple(masks), tuple(exports), calls, peak)

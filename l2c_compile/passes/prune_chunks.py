@@ -1,0 +1,87 @@
+"""Pass — prune projection chunks: compute only the rows of a chunked Linear that are still used.
+
+DiT's adaLN projection computes 6 modulation vectors per block (shift, scale, gate for attention
+and MLP) as one Linear, then ``chunk(6)``. Once a sublayer is reused, its shift and scale are dead;
+only its gate is needed. This pass rewrites ``linear(h).chunk(k)`` whose chunks are partly unused
+into one ``F.linear`` per contiguous run of used chunks, on *views* of the weight rows (no copy, no
+new parameters). Fully used chunks are left alone.
+
+Pre: dead users removed (run ``dce`` first). Post: every chunk of a pruned projection that remains
+is consumed; the module's weights are untouched.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import torch.nn.functional as F
+from torch import fx, nn
+
+from l2c_compile.passes.base import PassResult
+
+
+def _chunk_parts(node: fx.Node) -> tuple[fx.Node, int] | None:
+    """``(linear_node, n_chunks)`` when node is ``linear(...).chunk(n, dim=-1|1)``."""
+    if node.op == "call_method" and node.target == "chunk":
+        src, n = node.args[0], node.args[1] if len(node.args) > 1 else node.kwargs.get("chunks")
+        dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
+    else:
+        return None
+    if dim not in (1, -1) or not isinstance(src, fx.Node) or src.op != "call_module":
+        return None
+    return src, int(n)
+
+
+def prune_chunks(gm: fx.GraphModule) -> PassResult:
+    """Replace partly used chunked projections by linears over the used weight rows."""
+    graph = gm.graph
+    pruned = 0
+    rows_removed = 0
+    macs_removed = 0  # per sample (the adaLN projections act on one vector per sample)
+    for node in list(graph.nodes):
+        parts = _chunk_parts(node)
+        if parts is None:
+            continue
+        lin, n = parts
+        module = gm.get_submodule(lin.target)
+        if not isinstance(module, nn.Linear) or len(lin.users) != 1 or module.out_features % n:
+            continue
+        getitems = {u.args[1]: u for u in node.users if u.op == "call_function" and u.target is operator.getitem}
+        if len(getitems) != len(node.users):
+            continue  # the tuple escapes somewhere: leave it alone
+        used = sorted(i for i, g in getitems.items() if g.users)
+        if len(used) == n:
+            continue
+        width = module.out_features // n
+        runs: list[list[int]] = []
+        for i in used:
+            if runs and runs[-1][-1] == i - 1:
+                runs[-1].append(i)
+            else:
+                runs.append([i])
+        inp = lin.args[0]
+        with graph.inserting_before(node):
+            weight = graph.get_attr(f"{lin.target}.weight")
+            bias = graph.get_attr(f"{lin.target}.bias") if module.bias is not None else None
+            for run in runs:
+                rows = slice(run[0] * width, (run[-1] + 1) * width)
+                w = graph.call_function(operator.getitem, (weight, rows))
+                b = graph.call_function(operator.getitem, (bias, rows)) if bias is not None else None
+                out = graph.call_function(F.linear, (inp, w, b))
+                out.meta["l2c_linear_macs_per_sample"] = module.in_features * len(run) * width
+                if len(run) == 1:
+                    getitems[run[0]].replace_all_uses_with(out)
+                else:
+                    pieces = graph.call_method("chunk", (out, len(run)), {"dim": -1})
+                    for j, i in enumerate(run):
+                        getitems[i].replace_all_uses_with(graph.call_function(operator.getitem, (pieces, j)))
+        pruned += 1
+        dead_rows = (n - len(used)) * width
+        rows_removed += dead_rows
+        macs_removed += dead_rows * module.in_features
+    if pruned:
+        graph.eliminate_dead_code()
+        graph.lint()
+        gm.recompile()
+    return PassResult(gm, bool(pruned), {"projections_pruned": pruned, "rows_removed": rows_removed,
+                                         "macs_removed_per_sample": macs_removed})

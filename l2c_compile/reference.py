@@ -1,0 +1,161 @@
+"""The reference executor: eager sampling under any Schedule, with the official L2C semantics.
+
+This is the oracle every compiled sampler is tested against, and the engine router training runs
+on. It keeps the model pristine: for the duration of a run, each block's ``attn`` and ``mlp``
+submodules are swapped for a :class:`CachedSublayer` that computes, reuses or blends the
+sublayer's *ungated* output; the block's own forward still applies the current step's gate and
+the residual (spec §1, §4.2, §4.3).
+
+Cache semantics (the official code's, written generically): the cache entry of a sublayer is its
+most recently *computed* output. A call that reuses a sublayer reads that entry; every computed
+sublayer overwrites its entry (unless recording is off, as for the teacher/student passes of
+router training).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import nn
+
+from l2c_compile.errors import L2CError
+from l2c_compile.guidance import GuidedDenoiser, timestep_vector
+from l2c_compile.samplers.base import ModelCall, SamplerPlan, execute_plan
+
+Kind = Literal["attn", "mlp"]
+SublayerKey = tuple[str, int]  # ("attn" | "mlp", block id)
+
+
+@dataclass
+class CacheState:
+    """What the swapped-in sublayers read and write during one call.
+
+    ``reuse``: keys whose cached output replaces the computation.
+    ``weights``: per-key fresh weight w (tensor scalar) for soft routing: out = w·fresh + (1−w)·other,
+    where ``other`` is the cached output (``mode="cache"``) or zero (``mode="drop"``).
+    ``record``: whether computed outputs overwrite the cache.
+    """
+
+    cache: dict[SublayerKey, torch.Tensor] = field(default_factory=dict)
+    reuse: frozenset[SublayerKey] = frozenset()
+    weights: dict[SublayerKey, torch.Tensor] | None = None
+    mode: Literal["cache", "drop"] = "cache"
+    record: bool = True
+    computed: int = 0  # sublayers actually computed in this call (for tests and reports)
+    reused: int = 0
+
+    def set_call(self, reuse_attn=(), reuse_mlp=(), *, record: bool = True) -> None:
+        """Configure the next model call: which sublayers reuse the cache."""
+        self.reuse = frozenset([("attn", int(i)) for i in reuse_attn] + [("mlp", int(i)) for i in reuse_mlp])
+        self.weights = None
+        self.record = record
+        self.computed = self.reused = 0
+
+    def clear(self) -> None:
+        """Forget every cached output."""
+        self.cache.clear()
+
+
+class CachedSublayer(nn.Module):
+    """Stands in for a block's ``attn``/``mlp`` while the reference executor runs."""
+
+    def __init__(self, inner: nn.Module, key: SublayerKey, state: CacheState) -> None:
+        super().__init__()
+        self.inner = inner
+        self.key = key
+        self.state = state
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        st = self.state
+        if self.key in st.reuse:
+            if self.key not in st.cache:
+                raise L2CError(f"schedule reuses {self.key[0]} of block {self.key[1]} before it was ever computed")
+            st.reused += 1
+            return st.cache[self.key]
+        out = self.inner(h)  # (N, T, D) ungated sublayer output
+        st.computed += 1
+        if st.weights is not None and self.key in st.weights:
+            w = st.weights[self.key]
+            if st.mode == "drop":
+                blended = w * out
+            else:
+                blended = w * out + (1 - w) * st.cache[self.key]
+            return blended
+        if st.record:
+            st.cache[self.key] = out
+        return out
+
+
+@contextlib.contextmanager
+def instrument(model: nn.Module) -> Iterator[CacheState]:
+    """Swap every block's attn/mlp for a :class:`CachedSublayer` sharing one :class:`CacheState`."""
+    state = CacheState()
+    blocks = list(model.transformer_blocks())
+    originals = [(b.attn, b.mlp) for b in blocks]
+    try:
+        for i, b in enumerate(blocks):
+            b.attn = CachedSublayer(originals[i][0], ("attn", i), state)
+            b.mlp = CachedSublayer(originals[i][1], ("mlp", i), state)
+        yield state
+    finally:
+        for b, (attn, mlp) in zip(blocks, originals, strict=True):
+            b.attn, b.mlp = attn, mlp
+
+
+def check_schedule(model: nn.Module, plan: SamplerPlan, schedule) -> None:
+    """Raise L2CError when ``schedule`` does not fit this model's depth or this plan."""
+    depth = len(model.transformer_blocks())
+    if schedule.depth != depth:
+        raise L2CError(f"schedule is for a model with {schedule.depth} blocks, this model has {depth}")
+    if schedule.nfe != plan.nfe:
+        raise L2CError(f"schedule has {schedule.nfe} NFE but the sampler plan has {plan.nfe}")
+    for call, sc in zip(plan.calls, schedule.calls, strict=True):
+        if (sc.reuse_attn or sc.reuse_mlp) and call.role != "cache":
+            raise L2CError(f"schedule reuses sublayers at call {call.index}, a full step of the {plan.sampler} plan")
+
+
+@torch.no_grad()
+def sample(
+    model: nn.Module,
+    plan: SamplerPlan,
+    schedule,
+    noise: torch.Tensor,
+    labels: torch.Tensor,
+    cfg_scale: float | None = None,
+) -> torch.Tensor:
+    """Sample ``plan`` from ``noise`` under ``schedule`` (None = uncached); return final latents.
+
+    ``cfg_scale=None`` disables classifier-free guidance; otherwise CFG is batched and combined by
+    the model family's own convention. The sampler arithmetic runs in the dtype of ``noise``.
+    """
+    if schedule is not None:
+        check_schedule(model, plan, schedule)
+    denoiser = GuidedDenoiser(model, cfg=cfg_scale is not None)
+    scale = torch.tensor(cfg_scale if cfg_scale is not None else 1.0, device=noise.device)
+    dtype = _param_dtype(model)
+    # Uncached runs use the pristine model: no swapped modules, nothing recorded.
+    ctx = instrument(model) if schedule is not None else contextlib.nullcontext(None)
+    with ctx as state:
+
+        def eps_fn(call: ModelCall, x_in: torch.Tensor) -> torch.Tensor:
+            if state is not None:
+                sc = schedule.calls[call.index]
+                state.set_call(sc.reuse_attn, sc.reuse_mlp)
+            t = timestep_vector(call.timestep, x_in.shape[0], x_in.device)
+            return denoiser(x_in.to(dtype), t, labels, scale).to(noise.dtype)
+
+        return execute_plan(plan, noise, eps_fn)
+
+
+def sample_uncached(model: nn.Module, plan: SamplerPlan, noise: torch.Tensor, labels: torch.Tensor,
+                    cfg_scale: float | None = None) -> torch.Tensor:
+    """The plain sampler without any caching (the baseline every schedule is compared against)."""
+    return sample(model, plan, None, noise, labels, cfg_scale)
+
+
+def _param_dtype(model: nn.Module) -> torch.dtype:
+    return next(model.parameters()).dtype

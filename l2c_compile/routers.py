@@ -1,0 +1,242 @@
+"""Router files: the two official Learning-to-Cache layouts and l2c-compile's own.
+
+A router is a table of logits ``[rows, 2*depth]``: row ``i`` belongs to router index ``i`` (the
+sampler decides which model call uses which row), entry ``2*l`` is the attention sublayer of
+block ``l`` and entry ``2*l+1`` its MLP (spec §2). Three file layouts are read:
+
+* official DiT (``horseee/learning-to-cache`` DiT): a ``torch.save`` dict
+  ``{"routers": {"{i}.prob": [2*depth]}, "opt": AdamW state, "args": argparse.Namespace}``;
+* official U-ViT: a bare ``{"{i}.prob": [2*depth]}`` dict;
+* ``l2c-router`` (ours): safetensors with one tensor ``logits`` and string metadata.
+
+Everything is loaded without executing pickled code: safetensors, or ``torch.load`` with
+``weights_only=True`` and exactly ``argparse.Namespace`` allowed for the DiT files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from l2c_compile.errors import L2CError, suggest
+from l2c_compile.io import atomic_path, write_bytes_atomic
+
+ROUTER_FORMAT = "l2c-router"
+ROUTER_VERSION = 1
+OFFICIAL_FAMILIES = ("dit", "uvit")
+_REQUIRED_META = ("model", "sampler", "nfe")
+_PROB_KEY = re.compile(r"^(\d+)\.prob$")
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+@dataclass(frozen=True)
+class RouterFile:
+    """Router logits ``[rows, 2*depth]`` (float32) and what the file says about them."""
+
+    logits: torch.Tensor
+    meta: dict[str, Any] = field(default_factory=dict, hash=False)
+
+    @property
+    def rows(self) -> int:
+        """Number of router rows (one per router index)."""
+        return int(self.logits.shape[0])
+
+    @property
+    def depth(self) -> int:
+        """Number of blocks the router covers (half its width)."""
+        return int(self.logits.shape[1]) // 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------
+
+
+def load_router(path: str | os.PathLike[str]) -> RouterFile:
+    """Read a router in any supported layout; ``L2CError`` for a missing, corrupt or unknown file."""
+    p = Path(path)
+    if not p.is_file():
+        raise L2CError(f"router file not found: {p}")
+    with p.open("rb") as fh:
+        head = fh.read(9)
+    if _looks_like_safetensors(head):
+        return _load_own(p)
+    return _load_official(p, head)
+
+
+def _looks_like_safetensors(head: bytes) -> bool:
+    # safetensors: 8-byte little-endian header length, then a JSON header starting with "{".
+    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") > 0
+
+
+def _load_own(p: Path) -> RouterFile:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(p), framework="pt") as fh:
+            raw_meta = fh.metadata() or {}
+            names = list(fh.keys())
+            if "logits" not in names:
+                raise L2CError(f"{p.name}: safetensors file has no 'logits' tensor (has {names})")
+            logits = fh.get_tensor("logits")
+    except SafetensorError as exc:
+        raise L2CError(f"{p.name}: corrupt safetensors router file ({_one_line(exc)})") from None
+    if raw_meta.get("format") != ROUTER_FORMAT:
+        raise L2CError(
+            f"{p.name}: safetensors file is not an {ROUTER_FORMAT} file "
+            f"(format={raw_meta.get('format')!r})"
+        )
+    meta = {k: _decode_meta(v) for k, v in raw_meta.items()}
+    if meta.get("version") != ROUTER_VERSION:
+        raise L2CError(
+            f"{p.name}: unsupported {ROUTER_FORMAT} version {meta.get('version')!r} "
+            f"(this l2c-compile reads version {ROUTER_VERSION})"
+        )
+    logits = _check_logits(logits, p.name)
+    _check_meta(meta, logits, p.name)
+    return RouterFile(logits, meta)
+
+
+def _load_official(p: Path, head: bytes) -> RouterFile:
+    try:
+        # The DiT files pickle their argparse.Namespace; allow exactly that class, only here.
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for bad pickles/zips; all mean "unreadable"
+        kind = "torch" if head.startswith(_ZIP_MAGIC) else "router"
+        raise L2CError(f"{p.name}: not a readable {kind} file ({_one_line(exc)})") from None
+    if isinstance(obj, dict) and isinstance(obj.get("routers"), dict):
+        logits = _stack_probs(obj["routers"], p.name)
+        meta: dict[str, Any] = {"format": "dit-official", "family": "dit"}
+        args = obj.get("args")
+        if isinstance(args, argparse.Namespace):
+            meta["args"] = {k: _jsonable(v) for k, v in vars(args).items()}
+            if isinstance(getattr(args, "model", None), str):
+                meta["model"] = args.model
+            if isinstance(getattr(args, "num_sampling_steps", None), int):
+                meta["nfe"] = args.num_sampling_steps
+        return RouterFile(logits, meta)
+    if (
+        isinstance(obj, dict)
+        and obj
+        and all(isinstance(k, str) and _PROB_KEY.match(k) for k in obj)
+    ):
+        return RouterFile(_stack_probs(obj, p.name), {"format": "uvit-official", "family": "uvit"})
+    keys = sorted(map(str, obj))[:5] if isinstance(obj, dict) else type(obj).__name__
+    raise L2CError(
+        f"{p.name}: unknown router format (expected DiT {{'routers': ...}} or U-ViT "
+        f"{{'0.prob': ...}}; found {keys})"
+    )
+
+
+def _stack_probs(probs: dict[str, Any], name: str) -> torch.Tensor:
+    """Stack ``{"{i}.prob": [2*depth]}`` into ``[rows, 2*depth]``, insisting on rows 0..n-1."""
+    rows: dict[int, torch.Tensor] = {}
+    for key, value in probs.items():
+        m = _PROB_KEY.match(str(key))
+        if m is None or not isinstance(value, torch.Tensor) or value.dim() != 1:
+            raise L2CError(
+                f"{name}: unexpected router entry {key!r} (want '{{i}}.prob' -> 1-D tensor)"
+            )
+        rows[int(m.group(1))] = value
+    if not rows or sorted(rows) != list(range(len(rows))):
+        raise L2CError(f"{name}: router rows must be numbered 0..n-1, found {sorted(rows)[:8]}")
+    widths = {int(v.shape[0]) for v in rows.values()}
+    if len(widths) != 1:
+        raise L2CError(f"{name}: router rows have different widths {sorted(widths)}")
+    logits = torch.stack([rows[i].detach().float() for i in range(len(rows))])  # (rows, 2*depth)
+    return _check_logits(logits, name)
+
+
+def _check_logits(logits: Any, name: str) -> torch.Tensor:
+    """Return ``logits`` as a contiguous float32 CPU tensor ``[rows, 2*depth]`` or raise."""
+    t = torch.as_tensor(logits)
+    if t.dim() != 2 or t.shape[0] == 0 or t.shape[1] == 0 or t.shape[1] % 2:
+        raise L2CError(f"{name}: router logits must be [rows, 2*depth], got shape {list(t.shape)}")
+    if not t.is_floating_point():
+        raise L2CError(f"{name}: router logits must be floating point, got {t.dtype}")
+    t = t.detach().to("cpu", torch.float32).contiguous()
+    if not torch.isfinite(t).all():
+        raise L2CError(f"{name}: router logits contain NaN or infinity")
+    return t
+
+
+def _check_meta(meta: dict[str, Any], logits: torch.Tensor, name: str) -> None:
+    missing = [k for k in _REQUIRED_META if k not in meta]
+    if missing:
+        raise L2CError(f"{name}: router metadata lacks {', '.join(missing)}")
+    nfe = meta["nfe"]
+    if not isinstance(nfe, int) or isinstance(nfe, bool) or nfe != logits.shape[0]:
+        raise L2CError(
+            f"{name}: router metadata says nfe={nfe!r} but it has {logits.shape[0]} rows"
+        )
+
+
+def _decode_meta(value: str) -> Any:
+    # Non-strings were stored as JSON; a value that parses to a string was a plain string.
+    try:
+        decoded = json.loads(value)
+    except ValueError:
+        return value
+    return value if isinstance(decoded, str) else decoded
+
+
+def _encode_meta(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(_jsonable(value), sort_keys=True)
+
+
+def _jsonable(value: Any) -> Any:
+    """Best-effort JSON-friendly copy (argparse values may be paths, tuples, ...)."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return str(value)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+# ---------------------------------------------------------------------------------------------
+
+
+def save_router(path: str | os.PathLike[str], logits: torch.Tensor, meta: dict[str, Any]) -> None:
+    """Write ``logits [rows, 2*depth]`` and ``meta`` (needs model, sampler, nfe) as an l2c-router."""
+    from safetensors.torch import save
+
+    name = Path(path).name
+    t = _check_logits(logits, name)
+    full = {**meta, "format": ROUTER_FORMAT, "version": ROUTER_VERSION}
+    _check_meta(full, t, name)
+    header = {str(k): _encode_meta(v) for k, v in full.items()}
+    write_bytes_atomic(path, save({"logits": t}, metadata=header))
+
+
+def export_official(path: str | os.PathLike[str], logits: torch.Tensor, family: str) -> None:
+    """Write ``logits`` in the official layout of ``family`` ("dit" or "uvit")."""
+    fam = family.lower().replace("-", "").replace("_", "")
+    if fam not in OFFICIAL_FAMILIES:
+        raise L2CError(
+            f"unknown router family {family!r}; choose from {', '.join(OFFICIAL_FAMILIES)}"
+            + suggest(fam, OFFICIAL_FAMILIES)
+        )
+    t = _check_logits(logits, Path(path).name)
+    # Separate tensors per row, like the official ModuleList state dict (no shared storage).
+    probs = OrderedDict((f"{i}.prob", t[i].clone()) for i in range(t.shape[0]))
+    obj: dict[str, Any] = {"routers": probs} if fam == "dit" else probs
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)

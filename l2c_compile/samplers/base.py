@@ -1,0 +1,118 @@
+"""SamplerPlan: a whole sampling trajectory as data.
+
+Every sampler here is linear in the latent and the model outputs once its coefficients are
+known, so a trajectory is a fixed list of model calls with scalar coefficients, computed once
+(in float64) when the plan is made. That is what lets the compiler unroll the loop with the
+coefficients as constants, and what the reference executor walks step by step.
+
+Shape of a plan::
+
+    for step in plan.steps:                      # solver steps (DDIM: 1 call, DPM-Solver-2: 2)
+        for call in step.calls:                  # model evaluations, in sampling order
+            x_in = call.input.x * x + Σ coef * eps[j]    (j: earlier calls of this step)
+            eps[call.index] = model(x_in, call.timestep)  # guided ε prediction
+        x = step.update.x * x + Σ coef * eps[j]
+
+``call.role`` is the L2C cadence: ``"full"`` calls compute every sublayer and refresh the cache;
+``"cache"`` calls may reuse cached sublayer outputs and use router row ``call.router_index``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+Role = Literal["full", "cache"]
+
+
+@dataclass(frozen=True)
+class Combination:
+    """``x * state + Σ coef * eps[call_index]`` with scalar coefficients."""
+
+    x: float
+    eps: tuple[tuple[int, float], ...] = ()
+
+    def apply(self, state: torch.Tensor, eps: dict[int, torch.Tensor]) -> torch.Tensor:
+        """Evaluate the combination (in the dtype of ``state``)."""
+        out = state * self.x if self.x != 1.0 else state
+        for j, coef in self.eps:
+            out = out + coef * eps[j]
+        return out
+
+
+@dataclass(frozen=True)
+class ModelCall:
+    """One model evaluation (one NFE) of the trajectory."""
+
+    index: int  # 0-based position in sampling order (NFE number - 1)
+    timestep: float  # the value the network receives as t
+    role: Role  # "full" refreshes the cache; "cache" may reuse it
+    router_index: int | None  # router row used at a cache call (None for full calls)
+    input: Combination = field(default_factory=lambda: Combination(1.0))
+
+
+@dataclass(frozen=True)
+class SolverStep:
+    """A solver step: its model calls, then the update of the latent state."""
+
+    calls: tuple[ModelCall, ...]
+    update: Combination
+
+
+@dataclass(frozen=True)
+class SamplerPlan:
+    """A complete, static sampling trajectory for one (sampler, NFE)."""
+
+    sampler: str
+    nfe: int
+    steps: tuple[SolverStep, ...]
+    noise_schedule: str  # "linear" | "scaled_linear"
+    time_input: str  # "discrete" (integer timesteps) | "continuous" (t * 1000)
+    options: tuple[tuple[str, object], ...] = ()  # sampler-specific settings, for the manifest
+
+    @property
+    def calls(self) -> tuple[ModelCall, ...]:
+        """Every model call in sampling order."""
+        return tuple(c for s in self.steps for c in s.calls)
+
+    def __post_init__(self) -> None:
+        calls = self.calls
+        if len(calls) != self.nfe:
+            raise ValueError(f"plan has {len(calls)} model calls but nfe={self.nfe}")
+        if [c.index for c in calls] != list(range(self.nfe)):
+            raise ValueError("model call indices must be 0..nfe-1 in order")
+
+    def describe(self) -> dict[str, object]:
+        """A JSON-friendly summary (sampler, NFE, options, per-call timesteps and roles)."""
+        return {
+            "sampler": self.sampler,
+            "nfe": self.nfe,
+            "noise_schedule": self.noise_schedule,
+            "time_input": self.time_input,
+            "options": dict(self.options),
+            "calls": [
+                {"index": c.index, "timestep": c.timestep, "role": c.role, "router_index": c.router_index}
+                for c in self.calls
+            ],
+        }
+
+
+EpsFn = Callable[[ModelCall, torch.Tensor], torch.Tensor]
+
+
+def execute_plan(plan: SamplerPlan, noise: torch.Tensor, eps_fn: EpsFn) -> torch.Tensor:
+    """Run ``plan`` from ``noise``; ``eps_fn(call, x_in)`` returns the (guided) ε prediction.
+
+    The latent state and the sampler arithmetic stay in the dtype of ``noise``.
+    """
+    x = noise
+    for step in plan.steps:
+        eps: dict[int, torch.Tensor] = {}
+        for call in step.calls:
+            x_in = call.input.apply(x, eps)
+            eps[call.index] = eps_fn(call, x_in)
+        x = step.update.apply(x, eps)
+    return x

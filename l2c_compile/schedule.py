@@ -1,0 +1,529 @@
+"""Schedule: a router thresholded into a static, per-call cache plan (spec §4.1, §5).
+
+A :class:`Schedule` says, for every model call (NFE) of one sampler plan, whether it is a full
+call (computes every sublayer, refreshes the cache) or a cache call, and which attention and MLP
+sublayers a cache call reuses. It is plain data: a versioned JSON document a person can read and
+diff, baked into the compiled sampler as constants and applied by the reference executor.
+
+Threshold rule (both official codebases): a sublayer is *computed* iff ``sigmoid(logit) > θ``;
+equality reuses. Only "cache" calls consult the router, each with row ``call.router_index``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from l2c_compile.errors import L2CError, suggest
+from l2c_compile.io import write_text_atomic
+from l2c_compile.routers import (
+    ROUTER_FORMAT,
+    RouterFile,
+    export_official,
+    load_router,
+    save_router,
+)
+from l2c_compile.samplers.base import SamplerPlan
+from l2c_compile.schedule_render import render_grid, rich_grid, save_heatmap
+
+__all__ = [
+    "HEURISTICS",
+    "CallSchedule",
+    "Mask",
+    "RouterFile",
+    "Schedule",
+    "export_official",
+    "heuristic",
+    "import_router",
+    "load_router",
+    "render_grid",
+    "rich_grid",
+    "save_heatmap",
+    "save_router",
+]
+
+SCHEDULE_FORMAT = "l2c-schedule"
+SCHEDULE_VERSION = 1
+ROLES = ("full", "cache")
+HEURISTICS = ("random", "top", "bottom", "all")
+
+Mask = tuple[frozenset[int], frozenset[int]]  # (reused attention blocks, reused MLP blocks)
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _layer_ids(ids: Iterable[Any], what: str, index: int) -> tuple[int, ...]:
+    ids = tuple(ids)
+    if not all(_is_int(i) and i >= 0 for i in ids):
+        raise L2CError(
+            f"call {index}: {what} must be non-negative integer layer ids, got {list(ids)}"
+        )
+    if len(set(ids)) != len(ids):
+        raise L2CError(f"call {index}: {what} lists a layer twice: {list(ids)}")
+    return tuple(sorted(ids))
+
+
+# ---------------------------------------------------------------------------------------------
+# Data model
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CallSchedule:
+    """One model call: its role and the sublayers it reuses (sorted block ids)."""
+
+    index: int
+    timestep: float
+    role: str
+    router_index: int | None = None
+    reuse_attn: tuple[int, ...] = ()
+    reuse_mlp: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not _is_int(self.index) or self.index < 0:
+            raise L2CError(f"call index must be a non-negative integer, got {self.index!r}")
+        if (
+            isinstance(self.timestep, bool)
+            or not isinstance(self.timestep, int | float)
+            or not math.isfinite(self.timestep)
+        ):
+            raise L2CError(
+                f"call {self.index}: timestep must be a finite number, got {self.timestep!r}"
+            )
+        if self.role not in ROLES:
+            raise L2CError(
+                f"call {self.index}: role must be 'full' or 'cache', got {self.role!r}"
+                + suggest(str(self.role), ROLES)
+            )
+        if self.router_index is not None and (
+            not _is_int(self.router_index) or self.router_index < 0
+        ):
+            raise L2CError(
+                f"call {self.index}: router_index must be a non-negative integer or null"
+            )
+        object.__setattr__(self, "timestep", float(self.timestep))
+        object.__setattr__(
+            self, "reuse_attn", _layer_ids(self.reuse_attn, "reuse_attn", self.index)
+        )
+        object.__setattr__(self, "reuse_mlp", _layer_ids(self.reuse_mlp, "reuse_mlp", self.index))
+        if self.role == "full" and (self.reuse_attn or self.reuse_mlp):
+            raise L2CError(f"call {self.index} is a full step but reuses sublayers")
+
+    @property
+    def mask(self) -> Mask:
+        """(reused attention blocks, reused MLP blocks)."""
+        return frozenset(self.reuse_attn), frozenset(self.reuse_mlp)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly dict (key order fixed for stable diffs)."""
+        return {
+            "index": self.index,
+            "timestep": self.timestep,
+            "role": self.role,
+            "router_index": self.router_index,
+            "reuse_attn": list(self.reuse_attn),
+            "reuse_mlp": list(self.reuse_mlp),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Any) -> CallSchedule:
+        """Inverse of :meth:`to_dict`; ``L2CError`` on missing or mistyped fields."""
+        if not isinstance(d, dict):
+            raise L2CError(f"schedule call must be a JSON object, got {type(d).__name__}")
+        keys = ("index", "timestep", "role", "router_index", "reuse_attn", "reuse_mlp")
+        missing = [k for k in keys if k not in d]
+        if missing:
+            raise L2CError(f"schedule call {d.get('index', '?')} lacks {', '.join(missing)}")
+        for k in ("reuse_attn", "reuse_mlp"):
+            if not isinstance(d[k], list):
+                raise L2CError(f"schedule call {d['index']}: {k} must be a list of layer ids")
+        return cls(**{k: d[k] for k in keys})
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A complete static cache plan for one (model, depth, sampler, NFE)."""
+
+    model: str
+    depth: int
+    sampler: str
+    nfe: int
+    threshold: float | None
+    source: dict[str, Any] = field(hash=False)
+    calls: tuple[CallSchedule, ...]
+    version: int = SCHEDULE_VERSION
+
+    def __post_init__(self) -> None:
+        if self.version != SCHEDULE_VERSION:
+            raise L2CError(
+                f"unsupported schedule version {self.version!r} "
+                f"(this l2c-compile reads version {SCHEDULE_VERSION})"
+            )
+        for name in ("model", "sampler"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise L2CError(f"schedule {name} must be a non-empty string")
+        if not _is_int(self.depth) or self.depth < 1:
+            raise L2CError(f"schedule depth must be a positive integer, got {self.depth!r}")
+        if not _is_int(self.nfe) or self.nfe < 1:
+            raise L2CError(f"schedule nfe must be a positive integer, got {self.nfe!r}")
+        if self.threshold is not None:
+            if (
+                isinstance(self.threshold, bool)
+                or not isinstance(self.threshold, int | float)
+                or not 0.0 <= self.threshold <= 1.0
+            ):
+                raise L2CError(
+                    f"schedule threshold must be in [0, 1] or null, got {self.threshold!r}"
+                )
+            object.__setattr__(self, "threshold", float(self.threshold))
+        if not isinstance(self.source, dict):
+            raise L2CError("schedule source must be a JSON object")
+        try:  # a private, JSON-clean copy: later edits to the caller's dict cannot leak in
+            object.__setattr__(self, "source", json.loads(json.dumps(self.source)))
+        except (TypeError, ValueError) as exc:
+            raise L2CError(f"schedule source is not JSON-serializable ({exc})") from None
+        calls = tuple(self.calls)
+        object.__setattr__(self, "calls", calls)
+        if not all(isinstance(c, CallSchedule) for c in calls):
+            raise L2CError("schedule calls must be CallSchedule objects")
+        if len(calls) != self.nfe:
+            raise L2CError(f"schedule has {len(calls)} calls but nfe={self.nfe}")
+        if [c.index for c in calls] != list(range(self.nfe)):
+            raise L2CError("schedule call indices must be 0..nfe-1 in order")
+        computed: set[tuple[str, int]] = set()
+        every = {(k, b) for k in ("attn", "mlp") for b in range(self.depth)}
+        for c in calls:
+            reused = {("attn", b) for b in c.reuse_attn} | {("mlp", b) for b in c.reuse_mlp}
+            bad = sorted(b for _, b in reused if b >= self.depth)
+            if bad:
+                raise L2CError(
+                    f"call {c.index} reuses layer {bad[0]} but the model has "
+                    f"{self.depth} blocks (ids 0..{self.depth - 1})"
+                )
+            early = sorted(reused - computed)
+            if early:
+                kind, block = early[0]
+                raise L2CError(
+                    f"call {c.index} reuses {kind} of block {block} before any earlier "
+                    "call computed it"
+                )
+            computed |= every - reused
+
+    # -- views ---------------------------------------------------------------------------------
+
+    @property
+    def cache_calls(self) -> tuple[CallSchedule, ...]:
+        """The cache calls, in sampling order."""
+        return tuple(c for c in self.calls if c.role == "cache")
+
+    def mask(self, i: int) -> Mask:
+        """(reused attention blocks, reused MLP blocks) of call ``i``."""
+        return self.calls[i].mask
+
+    def distinct_masks(self) -> tuple[Mask, ...]:
+        """Distinct masks over all calls (the empty mask included), in order of first use."""
+        return tuple(dict.fromkeys(c.mask for c in self.calls))
+
+    def stats(self) -> dict[str, Any]:
+        """Counts of reused sublayers (spec §5.1 columns)."""
+        cache_steps = len(self.cache_calls)
+        attn = sum(len(c.reuse_attn) for c in self.calls)
+        mlp = sum(len(c.reuse_mlp) for c in self.calls)
+        total = cache_steps * self.depth * 2
+        all_calls = self.nfe * self.depth * 2
+        return {
+            "nfe": self.nfe,
+            "cache_steps": cache_steps,
+            "skipped_attn": attn,
+            "skipped_mlp": mlp,
+            "skipped_total": attn + mlp,
+            "total_cache_sublayers": total,
+            "skipped_fraction": (attn + mlp) / total if total else 0.0,
+            "skipped_fraction_all_calls": (attn + mlp) / all_calls,
+            "distinct_masks": len(self.distinct_masks()),
+        }
+
+    # -- checks --------------------------------------------------------------------------------
+
+    def validate_for(self, model_name: str, depth: int, plan: SamplerPlan) -> None:
+        """Raise ``L2CError`` unless this schedule was made for this model, depth and plan."""
+        if self.model != model_name:
+            raise L2CError(f"schedule was made for {self.model} but the model is {model_name}")
+        if self.depth != depth:
+            raise L2CError(f"schedule is for {self.depth} blocks but {model_name} has {depth}")
+        if self.sampler != plan.sampler or self.nfe != plan.nfe:
+            raise L2CError(
+                f"schedule was made for {self.sampler} with {self.nfe} NFE but the "
+                f"sampler plan is {plan.sampler} with {plan.nfe} NFE"
+            )
+        for c, pc in zip(self.calls, plan.calls, strict=True):
+            if c.role != pc.role:
+                raise L2CError(
+                    f"call {c.index} is a {c.role} step in the schedule but a "
+                    f"{pc.role} step in the {plan.sampler} plan"
+                )
+            if not math.isclose(c.timestep, float(pc.timestep), rel_tol=1e-6, abs_tol=1e-4):
+                raise L2CError(
+                    f"call {c.index} has timestep {c.timestep:g} in the schedule but "
+                    f"{float(pc.timestep):g} in the {plan.sampler} plan"
+                )
+            if c.role == "cache" and c.router_index != pc.router_index:
+                raise L2CError(
+                    f"call {c.index} uses router row {c.router_index} in the schedule "
+                    f"but {pc.router_index} in the {plan.sampler} plan"
+                )
+
+    # -- constructors --------------------------------------------------------------------------
+
+    @classmethod
+    def all_compute(cls, model: str, depth: int, plan: SamplerPlan) -> Schedule:
+        """The schedule that reuses nothing (must match the uncached model)."""
+        return _from_reuse(plan, model, depth, None, {"kind": "all-compute"}, {})
+
+    @classmethod
+    def from_router(
+        cls,
+        logits: Any,
+        plan: SamplerPlan,
+        *,
+        model: str,
+        depth: int,
+        threshold: float,
+        source: dict[str, Any] | None = None,
+    ) -> Schedule:
+        """Threshold router ``logits [rows, 2*depth]``: computed iff sigmoid(logit) > θ."""
+        t = torch.as_tensor(logits).detach().to("cpu")
+        if t.dim() != 2:
+            raise L2CError(f"router logits must be [rows, 2*depth], got shape {list(t.shape)}")
+        rows, width = int(t.shape[0]), int(t.shape[1])
+        if width != 2 * depth:
+            raise L2CError(
+                f"router has {width} entries per step but {model} has {depth} blocks "
+                f"(needs {2 * depth})"
+            )
+        if rows != plan.nfe:
+            raise L2CError(f"router has {rows} steps but the sampler plan has {plan.nfe} NFE")
+        if (
+            isinstance(threshold, bool)
+            or not isinstance(threshold, int | float)
+            or not 0.0 <= threshold <= 1.0
+        ):
+            raise L2CError(f"threshold must be in [0, 1], got {threshold!r}")
+        # float32 like the official code, so θ is compared at the same precision
+        computed = torch.sigmoid(t.float()) > threshold  # (rows, 2*depth)
+        reuse: dict[int, torch.Tensor] = {}
+        for call in plan.calls:
+            if call.role != "cache":
+                continue
+            r = call.router_index
+            if r is None:
+                raise L2CError(f"call {call.index} is a cache step without a router index")
+            if not 0 <= r < rows:
+                raise L2CError(
+                    f"call {call.index} uses router row {r} but the router has {rows} steps"
+                )
+            reuse[call.index] = ~computed[r]
+        src = {"kind": "router"} if source is None else source
+        return _from_reuse(plan, model, depth, float(threshold), src, reuse)
+
+    # -- JSON ----------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly dict, format header first."""
+        return {
+            "format": SCHEDULE_FORMAT,
+            "version": self.version,
+            "model": self.model,
+            "depth": self.depth,
+            "sampler": self.sampler,
+            "nfe": self.nfe,
+            "threshold": self.threshold,
+            "source": self.source,
+            "calls": [c.to_dict() for c in self.calls],
+        }
+
+    def to_json(self) -> str:
+        """Readable, diff-friendly JSON: one header field per line and one call per line."""
+        d = self.to_dict()
+        calls = d.pop("calls")
+        lines = [
+            f"  {json.dumps(k)}: {json.dumps(v, sort_keys=(k == 'source'))}," for k, v in d.items()
+        ]
+        body = ",\n".join(f"    {json.dumps(c)}" for c in calls)
+        return "{\n" + "\n".join(lines) + '\n  "calls": [\n' + body + "\n  ]\n}\n"
+
+    @classmethod
+    def from_dict(cls, d: Any) -> Schedule:
+        """Inverse of :meth:`to_dict`; ``L2CError`` on wrong format, version or content."""
+        if not isinstance(d, dict):
+            raise L2CError(f"schedule must be a JSON object, got {type(d).__name__}")
+        if d.get("format") != SCHEDULE_FORMAT:
+            raise L2CError(f"not an {SCHEDULE_FORMAT} document (format={d.get('format')!r})")
+        if d.get("version") != SCHEDULE_VERSION:
+            raise L2CError(
+                f"unsupported {SCHEDULE_FORMAT} version {d.get('version')!r} "
+                f"(this l2c-compile reads version {SCHEDULE_VERSION})"
+            )
+        keys = ("model", "depth", "sampler", "nfe", "threshold", "source", "calls")
+        missing = [k for k in keys if k not in d]
+        if missing:
+            raise L2CError(f"schedule lacks {', '.join(missing)}")
+        if not isinstance(d["calls"], list):
+            raise L2CError("schedule calls must be a list")
+        calls = tuple(CallSchedule.from_dict(c) for c in d["calls"])
+        return cls(
+            model=d["model"],
+            depth=d["depth"],
+            sampler=d["sampler"],
+            nfe=d["nfe"],
+            threshold=d["threshold"],
+            source=d["source"],
+            calls=calls,
+            version=d["version"],
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Schedule:
+        """Parse :meth:`to_json` output."""
+        try:
+            d = json.loads(text)
+        except ValueError as exc:
+            raise L2CError(f"schedule is not valid JSON ({exc})") from None
+        return cls.from_dict(d)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the JSON document atomically."""
+        write_text_atomic(path, self.to_json())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Schedule:
+        """Read a schedule file; ``L2CError`` when missing, malformed or inconsistent."""
+        p = Path(path)
+        if not p.is_file():
+            raise L2CError(f"schedule file not found: {p}")
+        try:
+            text = p.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise L2CError(f"{p.name}: cannot read schedule ({exc})") from None
+        try:
+            return cls.from_json(text)
+        except L2CError as exc:
+            raise L2CError(f"{p.name}: {exc}") from None
+
+
+def _from_reuse(
+    plan: SamplerPlan,
+    model: str,
+    depth: int,
+    threshold: float | None,
+    source: dict[str, Any],
+    reuse: dict[int, torch.Tensor],
+) -> Schedule:
+    """Build a Schedule from per-call boolean reuse vectors ``[2*depth]`` (router entry order)."""
+    calls = []
+    for c in plan.calls:
+        r = reuse.get(c.index)
+        ids = [] if r is None else [int(i) for i in torch.nonzero(r).flatten()]
+        calls.append(
+            CallSchedule(
+                index=c.index,
+                timestep=float(c.timestep),
+                role=c.role,
+                router_index=c.router_index,
+                reuse_attn=tuple(i // 2 for i in ids if i % 2 == 0),
+                reuse_mlp=tuple(i // 2 for i in ids if i % 2 == 1),
+            )
+        )
+    return Schedule(
+        model=model,
+        depth=depth,
+        sampler=plan.sampler,
+        nfe=plan.nfe,
+        threshold=threshold,
+        source=source,
+        calls=tuple(calls),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Router import and heuristic baselines
+# ---------------------------------------------------------------------------------------------
+
+
+def import_router(
+    path: str | os.PathLike[str], plan: SamplerPlan, *, model: str, depth: int, threshold: float
+) -> Schedule:
+    """Load a router file (any layout) and threshold it into a Schedule for ``plan``."""
+    p = Path(path)
+    router = load_router(p)
+    meta = router.meta
+    # Our own files say what they were trained for; refuse an obvious mismatch early.
+    if meta.get("format") == ROUTER_FORMAT:
+        if meta.get("model") != model:
+            raise L2CError(
+                f"{p.name}: router was trained for {meta.get('model')} but the model is {model}"
+            )
+        if meta.get("sampler") != plan.sampler:
+            raise L2CError(
+                f"{p.name}: router was trained for sampler {meta.get('sampler')} but "
+                f"the plan is {plan.sampler}"
+            )
+    digest = hashlib.sha256(p.read_bytes()).hexdigest()
+    source = {"kind": "router", "file": p.name, "sha256": digest}
+    try:
+        return Schedule.from_router(
+            router.logits, plan, model=model, depth=depth, threshold=threshold, source=source
+        )
+    except L2CError as exc:
+        raise L2CError(f"{p.name}: {exc}") from None
+
+
+def heuristic(
+    kind: str, plan: SamplerPlan, *, model: str, depth: int, fraction: float, seed: int = 0
+) -> Schedule:
+    """A paper baseline schedule: ``random``, ``top``, ``bottom`` or ``all`` reused sublayers."""
+    if kind not in HEURISTICS:
+        raise L2CError(
+            f"unknown heuristic {kind!r}; choose from {', '.join(HEURISTICS)}"
+            + suggest(kind, HEURISTICS)
+        )
+    if (
+        isinstance(fraction, bool)
+        or not isinstance(fraction, int | float)
+        or not 0.0 <= fraction <= 1.0
+    ):
+        raise L2CError(f"heuristic fraction must be in [0, 1], got {fraction!r}")
+    width = 2 * depth
+    cache = [c.index for c in plan.calls if c.role == "cache"]
+    reuse: dict[int, torch.Tensor] = {i: torch.zeros(width, dtype=torch.bool) for i in cache}
+    if kind == "all":
+        reuse = {i: torch.ones(width, dtype=torch.bool) for i in cache}
+    elif kind == "random":
+        n = len(cache) * width
+        k = round(fraction * n)
+        gen = torch.Generator().manual_seed(seed)
+        flat = torch.zeros(n, dtype=torch.bool)
+        flat[torch.randperm(n, generator=gen)[:k]] = True
+        reuse = {i: flat[j * width : (j + 1) * width] for j, i in enumerate(cache)}
+    else:
+        k = round(fraction * width)
+        # entries are ordered attn0, mlp0, attn1, ...: "top" counts down from the last MLP
+        lo, hi = (width - k, width) if kind == "top" else (0, k)
+        for r in reuse.values():
+            r[lo:hi] = True
+    source: dict[str, Any] = {"kind": "heuristic", "heuristic": kind, "fraction": float(fraction)}
+    if kind == "random":
+        source["seed"] = seed
+    if kind == "all":
+        source.pop("fraction")
+    return _from_reuse(plan, model, depth, None, source, reuse)

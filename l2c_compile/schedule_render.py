@@ -1,0 +1,104 @@
+"""Rendering a Schedule for people: the spec's text grid, a coloured rich table, a heatmap.
+
+Grid cells (spec §5.2): ``B`` attention and MLP both reused, ``A`` only attention reused, ``M``
+only MLP reused, ``.`` both computed. Rows are the cache calls in sampling order.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from l2c_compile.errors import L2CError
+from l2c_compile.io import atomic_path
+
+if TYPE_CHECKING:
+    from l2c_compile.schedule import Schedule
+
+
+_CELL = {(True, True): "B", (True, False): "A", (False, True): "M", (False, False): "."}
+_STYLE = {"B": "bold red", "A": "yellow", "M": "cyan", ".": "dim"}
+
+
+def _grid_rows(schedule: Schedule) -> list[tuple[str, str, str]]:
+    """(router idx, timestep, cells) per cache call, as strings."""
+    rows = []
+    for c in schedule.cache_calls:
+        attn, mlp = c.mask
+        cells = "".join(_CELL[(b in attn, b in mlp)] for b in range(schedule.depth))
+        idx = "-" if c.router_index is None else str(c.router_index)
+        rows.append((idx, f"{c.timestep:.0f}", cells))
+    return rows
+
+
+def render_grid(schedule: Schedule) -> str:
+    """Text grid (spec §5.2): rows = cache calls, columns = blocks; B/A/M reused, . computed."""
+    rows = _grid_rows(schedule)
+    wi = max([3, *(len(r[0]) for r in rows)])
+    wt = max([3, *(len(r[1]) for r in rows)])
+    digits = "".join(str(b % 10) for b in range(schedule.depth))
+    lines = [f"{'idx':<{wi}}  {'t':<{wt}}  {digits}"]
+    lines += [f"{i:>{wi}}  {t:>{wt}}  {cells}" for i, t, cells in rows]
+    return "\n".join(lines) + "\n"
+
+
+def rich_grid(schedule: Schedule) -> Any:
+    """The grid of :func:`render_grid` as a coloured rich Table."""
+    from rich.table import Table
+    from rich.text import Text
+
+    theta = "" if schedule.threshold is None else f", θ={schedule.threshold:g}"
+    table = Table(
+        title=f"{schedule.model} · {schedule.sampler} · {schedule.nfe} NFE{theta}",
+        caption="B both reused · A attention reused · M MLP reused · . computed",
+        box=None,
+        pad_edge=False,
+    )
+    table.add_column("idx", justify="right")
+    table.add_column("t", justify="right")
+    table.add_column("".join(str(b % 10) for b in range(schedule.depth)), no_wrap=True)
+    for idx, t, cells in _grid_rows(schedule):
+        text = Text()
+        for ch in cells:
+            text.append(ch, style=_STYLE[ch])
+        table.add_row(idx, t, text)
+    return table
+
+
+def save_heatmap(schedule: Schedule, path: str | os.PathLike[str], *, dpi: int = 120) -> None:
+    """Write a two-panel (attention / MLP) reuse heatmap, cache steps × layers, atomically."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise L2CError("save_heatmap needs matplotlib: pip install 'l2c-compile[images]'") from None
+    calls = schedule.cache_calls
+    if not calls:
+        raise L2CError("schedule has no cache steps to plot")
+    attn = torch.zeros(len(calls), schedule.depth)  # (cache steps, layers), 1 = reused
+    mlp = torch.zeros(len(calls), schedule.depth)
+    for j, c in enumerate(calls):
+        attn[j, list(c.reuse_attn)] = 1.0
+        mlp[j, list(c.reuse_mlp)] = 1.0
+    labels = [f"{c.router_index} · t={c.timestep:.0f}" for c in calls]
+    # Figure + Agg canvas directly: no pyplot, so no global backend state is touched.
+    fig = Figure(figsize=(10, 1.5 + 0.25 * max(len(calls), 1)))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2, sharey=True)
+    for ax, data, name in zip(axes, (attn, mlp), ("attention", "MLP"), strict=True):
+        ax.imshow(data.numpy(), cmap="Reds", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
+        ax.set_title(f"{name} reused ({int(data.sum())})")
+        ax.set_xlabel("layer")
+        ax.set_yticks(range(len(calls)), labels, fontsize=7)
+    axes[0].set_ylabel("cache step (router idx · t)")
+    theta = "" if schedule.threshold is None else f", θ={schedule.threshold:g}"
+    fig.suptitle(f"{schedule.model} · {schedule.sampler} · {schedule.nfe} NFE{theta}")
+    fig.tight_layout()
+    fmt = Path(path).suffix.lstrip(".").lower() or "png"
+    if fmt not in fig.canvas.get_supported_filetypes():
+        raise L2CError(f"cannot write a heatmap as .{fmt}; use .png, .pdf or .svg")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=fmt, dpi=dpi)
