@@ -35,11 +35,13 @@ from l2c_compile.samplers.base import SamplerPlan
 from l2c_compile.schedule_render import render_grid, rich_grid, save_heatmap
 
 __all__ = [
+    "DEFAULT_THRESHOLDS",
     "HEURISTICS",
     "CallSchedule",
     "Mask",
     "RouterFile",
     "Schedule",
+    "default_threshold",
     "export_official",
     "heuristic",
     "import_router",
@@ -56,6 +58,19 @@ ROLES = ("full", "cache")
 HEURISTICS = ("random", "top", "bottom", "all")
 
 Mask = tuple[frozenset[int], frozenset[int]]  # (reused attention blocks, reused MLP blocks)
+
+# The θ each official codebase samples with (spec §4.1); the one place the CLI takes defaults from.
+DEFAULT_THRESHOLDS = {"dit": 0.1, "uvit": 0.9}
+
+
+def default_threshold(family: str) -> float:
+    """The documented router threshold θ of a model family ("dit" 0.1, "uvit" 0.9)."""
+    if family not in DEFAULT_THRESHOLDS:
+        raise L2CError(
+            f"no default threshold for model family {family!r}; pass one explicitly"
+            + suggest(str(family), tuple(DEFAULT_THRESHOLDS))
+        )
+    return DEFAULT_THRESHOLDS[family]
 
 
 def _is_int(x: object) -> bool:

@@ -46,15 +46,17 @@ def next_power_of_2(n: int) -> int:
     return 1 << (max(n, 1) - 1).bit_length()
 
 
-def pick_config(hidden: int, interpreter: bool) -> LaunchConfig:
-    """Choose the tile for rows of width ``hidden`` on a GPU or in the Triton interpreter."""
+def pick_config(hidden: int, interpreter: bool, rows: int | None = None) -> LaunchConfig:
+    """Choose the tile for ``rows`` rows of width ``hidden`` on a GPU or in the interpreter."""
     block_d = next_power_of_2(hidden)
+    # Never tile more rows than a program can get (e.g. T = 1 token per batch entry).
+    row_cap = next_power_of_2(rows) if rows else 1 << 30
     if interpreter:
-        # The interpreter pays per program, not per element: fewer, fatter tiles run much faster.
-        block_m = max(1, min(64, 65536 // block_d))
+        # The interpreter pays a fixed cost per tl op and program: fewer, fatter tiles win.
+        block_m = max(1, min(64, 65536 // block_d, row_cap))
         return LaunchConfig(block_m=block_m, block_d=block_d, num_warps=1)
     # Narrow rows: pack several per program so each one still moves ~4K elements.
-    block_m = max(1, min(16, 4096 // block_d))
+    block_m = max(1, min(16, 4096 // block_d, row_cap))
     elements = block_m * block_d
     num_warps = max(1, min(16, elements // 512))
     return LaunchConfig(block_m=block_m, block_d=block_d, num_warps=num_warps)
@@ -80,7 +82,9 @@ def check_rows(op: str, **tensors: torch.Tensor) -> tuple[int, int, int]:
                 f"{op}: {name} dtype {t.dtype} unsupported (float32, float16 or bfloat16)"
             )
         if t.dtype != first.dtype:
-            raise KernelInputError(f"{op}: {name} dtype {t.dtype} != {names[0]} dtype {first.dtype}")
+            raise KernelInputError(
+                f"{op}: {name} dtype {t.dtype} != {names[0]} dtype {first.dtype}"
+            )
         if t.device != first.device:
             raise KernelInputError(
                 f"{op}: {name} is on {t.device} but {names[0]} is on {first.device}"
@@ -106,9 +110,7 @@ def check_vectors(
         if not isinstance(t, torch.Tensor):
             raise KernelInputError(f"{op}: {name} must be a tensor, got {type(t).__name__}")
         if tuple(t.shape) != shape:
-            raise KernelInputError(
-                f"{op}: {name} must have shape {shape}, got {tuple(t.shape)}"
-            )
+            raise KernelInputError(f"{op}: {name} must have shape {shape}, got {tuple(t.shape)}")
         if t.dtype != like.dtype:
             raise KernelInputError(f"{op}: {name} dtype {t.dtype} != x dtype {like.dtype}")
         if t.device != like.device:
@@ -137,6 +139,12 @@ def check_launchable(op: str, x: torch.Tensor, hidden: int) -> None:
         raise KernelInputError(
             f"{op}: hidden size {hidden} exceeds the fused kernel's limit of {MAX_HIDDEN}"
         )
+
+
+def check_grid_batch(op: str, batch: int) -> None:
+    """The batch rides on grid axis 1, which CUDA caps at 65535 programs."""
+    if batch > 65535:
+        raise KernelInputError(f"{op}: batch {batch} exceeds the kernel grid's limit of 65535")
 
 
 def vector_row_stride(t: torch.Tensor) -> int:

@@ -28,16 +28,30 @@ from collections.abc import Callable
 
 import torch
 
-from l2c_compile.kernels import (
-    reuse2_residual_ln_modulate as _reuse2,
-)
-from l2c_compile.kernels import (
-    reuse_residual_layernorm as _layernorm,
-)
-from l2c_compile.kernels import (
-    reuse_residual_ln_modulate as _reuse1,
-)
+# Import from the submodules by full path: the package re-exports functions under the same
+# names, which shadow the submodule attributes once l2c_compile.kernels has finished importing.
 from l2c_compile.kernels._common import HAS_TRITON, INTERPRET, MAX_HIDDEN
+from l2c_compile.kernels.reuse2_residual_ln_modulate import (
+    check_inputs as _check_reuse2,
+)
+from l2c_compile.kernels.reuse2_residual_ln_modulate import (
+    reuse2_residual_ln_modulate_reference,
+    reuse2_residual_ln_modulate_triton,
+)
+from l2c_compile.kernels.reuse_residual_layernorm import (
+    check_inputs as _check_layernorm,
+)
+from l2c_compile.kernels.reuse_residual_layernorm import (
+    reuse_residual_layernorm_reference,
+    reuse_residual_layernorm_triton,
+)
+from l2c_compile.kernels.reuse_residual_ln_modulate import (
+    check_inputs as _check_reuse1,
+)
+from l2c_compile.kernels.reuse_residual_ln_modulate import (
+    reuse_residual_ln_modulate_reference,
+    reuse_residual_ln_modulate_triton,
+)
 
 NAMESPACE = "l2c"
 
@@ -51,8 +65,7 @@ SCHEMAS: dict[str, str] = {
         " Tensor scale, float eps=1e-06) -> (Tensor, Tensor)"
     ),
     "reuse_residual_layernorm": (
-        "(Tensor x, Tensor cached, Tensor weight, Tensor bias, float eps=1e-05)"
-        " -> (Tensor, Tensor)"
+        "(Tensor x, Tensor cached, Tensor weight, Tensor bias, float eps=1e-05) -> (Tensor, Tensor)"
     ),
 }
 
@@ -64,19 +77,21 @@ def _make_impls(
 ) -> tuple[_Fn, _Fn, _Fn]:
     """Build the (cpu, cuda, fake) implementations of one op from its module's pieces."""
 
-    def cpu_impl(*args: object) -> tuple[torch.Tensor, torch.Tensor]:
+    # The dispatcher may drop arguments equal to their schema default (eps), so every piece
+    # repeats the schema's default and these wrappers forward exactly what they get.
+    def cpu_impl(*args: object, **kwargs: object) -> tuple[torch.Tensor, torch.Tensor]:
         if INTERPRET and HAS_TRITON:
-            return launch(*args)
-        return reference(*args)
+            return launch(*args, **kwargs)
+        return reference(*args, **kwargs)
 
-    def cuda_impl(*args: object) -> tuple[torch.Tensor, torch.Tensor]:
-        _, _, hidden = check(*args)
+    def cuda_impl(*args: object, **kwargs: object) -> tuple[torch.Tensor, torch.Tensor]:
+        _, _, hidden = check(*args, **kwargs)
         if HAS_TRITON and hidden <= MAX_HIDDEN:
-            return launch(*args)
-        return reference(*args)
+            return launch(*args, **kwargs)
+        return reference(*args, **kwargs)
 
-    def fake_impl(*args: object) -> tuple[torch.Tensor, torch.Tensor]:
-        check(*args)  # shape errors surface at trace time, not at the first real call
+    def fake_impl(*args: object, **kwargs: object) -> tuple[torch.Tensor, torch.Tensor]:
+        check(*args, **kwargs)  # shape errors surface at trace time, not at the first real call
         x = args[0]
         assert isinstance(x, torch.Tensor)
         return torch.empty_like(x), torch.empty_like(x)
@@ -86,19 +101,19 @@ def _make_impls(
 
 _PIECES: dict[str, tuple[Callable[..., tuple[int, int, int]], _Fn, _Fn]] = {
     "reuse_residual_ln_modulate": (
-        _reuse1.check_inputs,
-        _reuse1.reuse_residual_ln_modulate_reference,
-        _reuse1.reuse_residual_ln_modulate_triton,
+        _check_reuse1,
+        reuse_residual_ln_modulate_reference,
+        reuse_residual_ln_modulate_triton,
     ),
     "reuse2_residual_ln_modulate": (
-        _reuse2.check_inputs,
-        _reuse2.reuse2_residual_ln_modulate_reference,
-        _reuse2.reuse2_residual_ln_modulate_triton,
+        _check_reuse2,
+        reuse2_residual_ln_modulate_reference,
+        reuse2_residual_ln_modulate_triton,
     ),
     "reuse_residual_layernorm": (
-        _layernorm.check_inputs,
-        _layernorm.reuse_residual_layernorm_reference,
-        _layernorm.reuse_residual_layernorm_triton,
+        _check_layernorm,
+        reuse_residual_layernorm_reference,
+        reuse_residual_layernorm_triton,
     ),
 }
 

@@ -16,12 +16,13 @@ import torch
 from l2c_compile.kernels._common import (
     HAS_TRITON,
     check_eps,
+    check_grid_batch,
     check_launchable,
     check_rows,
     check_vectors,
     pick_config,
-    triton,
     tl,
+    triton,
     vector_row_stride,
 )
 
@@ -31,16 +32,15 @@ if HAS_TRITON:
 
     @triton.jit
     def _reuse2_residual_ln_modulate_kernel(
-        x_ptr,  # (M, D) contiguous, M = B*T: residual stream entering the block
-        cached1_ptr,  # (M, D) contiguous: ungated cached attention output
-        cached2_ptr,  # (M, D) contiguous: ungated cached MLP output
+        x_ptr,  # (B*T, D) contiguous: residual stream entering the block
+        cached1_ptr,  # (B*T, D) contiguous: ungated cached attention output
+        cached2_ptr,  # (B*T, D) contiguous: ungated cached MLP output
         gate1_ptr,  # (B, D), row stride gate1_stride: gate_msa of this block
         gate2_ptr,  # (B, D), row stride gate2_stride: gate_mlp of this block
         shift_ptr,  # (B, D), row stride shift_stride: next block's shift_msa
         scale_ptr,  # (B, D), row stride scale_stride: next block's scale_msa
-        x_new_ptr,  # (M, D) contiguous out: residual stream leaving the block
-        h_ptr,  # (M, D) contiguous out: modulated LayerNorm of x_new
-        M,
+        x_new_ptr,  # (B*T, D) contiguous out: residual stream leaving the block
+        h_ptr,  # (B*T, D) contiguous out: modulated LayerNorm of x_new
         T,
         D,
         gate1_stride,
@@ -51,20 +51,25 @@ if HAS_TRITON:
         BLOCK_M: tl.constexpr,
         BLOCK_D: tl.constexpr,
     ):
-        rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # (BM,)
+        # Grid (tiles of T, B): every row of a program shares one batch entry, so each (B, D)
+        # vector is read once per program as a (BD,) row and broadcast over the tile.
+        batch = tl.program_id(1).to(tl.int64)
+        tokens = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # (BM,)
         cols = tl.arange(0, BLOCK_D)  # (BD,)
-        mask = (rows[:, None] < M) & (cols[None, :] < D)  # (BM, BD)
-        rows = rows.to(tl.int64)  # M * D can pass 2**31 at large batch
+        col_mask = cols < D  # (BD,)
+        mask = (tokens[:, None] < T) & col_mask[None, :]  # (BM, BD)
+        rows = batch * T + tokens.to(tl.int64)  # (BM,) int64: B*T*D can pass 2**31
         offs = rows[:, None] * D + cols[None, :]  # (BM, BD)
-        batch = (rows // T)[:, None]  # (BM, 1)
 
         x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         cached1 = tl.load(cached1_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         cached2 = tl.load(cached2_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        gate1 = tl.load(gate1_ptr + batch * gate1_stride + cols[None, :], mask=mask, other=0.0)
-        gate2 = tl.load(gate2_ptr + batch * gate2_stride + cols[None, :], mask=mask, other=0.0)
+        gate1 = tl.load(gate1_ptr + batch * gate1_stride + cols, mask=col_mask, other=0.0)
+        gate1 = gate1.to(tl.float32)[None, :]  # (1, BD)
+        gate2 = tl.load(gate2_ptr + batch * gate2_stride + cols, mask=col_mask, other=0.0)
+        gate2 = gate2.to(tl.float32)[None, :]  # (1, BD)
         # Same association as the block: attention's add first, then the MLP's.
-        x_new = (x + gate1.to(tl.float32) * cached1) + gate2.to(tl.float32) * cached2
+        x_new = (x + gate1 * cached1) + gate2 * cached2
         tl.store(x_new_ptr + offs, x_new.to(x_new_ptr.dtype.element_ty), mask=mask)
 
         mean = tl.sum(x_new, axis=1) / D  # (BM,)
@@ -72,9 +77,11 @@ if HAS_TRITON:
         centered = tl.where(mask, x_new - mean[:, None], 0.0)  # (BM, BD)
         var = tl.sum(centered * centered, axis=1) / D  # (BM,)
         rstd = 1.0 / tl.sqrt(var + eps)  # (BM,)
-        shift = tl.load(shift_ptr + batch * shift_stride + cols[None, :], mask=mask, other=0.0)
-        scale = tl.load(scale_ptr + batch * scale_stride + cols[None, :], mask=mask, other=0.0)
-        h = centered * rstd[:, None] * (1.0 + scale.to(tl.float32)) + shift.to(tl.float32)
+        shift = tl.load(shift_ptr + batch * shift_stride + cols, mask=col_mask, other=0.0)
+        shift = shift.to(tl.float32)[None, :]  # (1, BD)
+        scale = tl.load(scale_ptr + batch * scale_stride + cols, mask=col_mask, other=0.0)
+        scale = scale.to(tl.float32)[None, :]  # (1, BD)
+        h = centered * rstd[:, None] * (1.0 + scale) + shift
         tl.store(h_ptr + offs, h.to(h_ptr.dtype.element_ty), mask=mask)
 
 
@@ -86,7 +93,7 @@ def check_inputs(
     cached2: torch.Tensor,
     shift: torch.Tensor,
     scale: torch.Tensor,
-    eps: float,
+    eps: float = 1e-6,
 ) -> tuple[int, int, int]:
     """Validate the op's arguments (raises ``KernelInputError``, a ValueError); return B, T, D."""
     b, t, d = check_rows(OP, x=x, cached1=cached1, cached2=cached2)
@@ -129,11 +136,11 @@ def reuse2_residual_ln_modulate_triton(
     check_launchable(OP, x, d)
     x_new = torch.empty_like(x)  # (B, T, D)
     h = torch.empty_like(x)  # (B, T, D)
-    m = b * t
-    if m == 0:
+    if b * t == 0:
         return x_new, h
-    cfg = pick_config(d, interpreter=x.device.type == "cpu")
-    grid = (triton.cdiv(m, cfg.block_m),)
+    check_grid_batch(OP, b)
+    cfg = pick_config(d, interpreter=x.device.type == "cpu", rows=t)
+    grid = (triton.cdiv(t, cfg.block_m), b)
     _reuse2_residual_ln_modulate_kernel[grid](
         x,
         cached1,
@@ -144,7 +151,6 @@ def reuse2_residual_ln_modulate_triton(
         scale,
         x_new,
         h,
-        m,
         t,
         d,
         vector_row_stride(gate1),

@@ -19,8 +19,8 @@ from l2c_compile.kernels._common import (
     check_rows,
     check_vectors,
     pick_config,
-    triton,
     tl,
+    triton,
 )
 
 OP = "reuse_residual_layernorm"
@@ -69,7 +69,7 @@ def check_inputs(
     cached: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor,
-    eps: float,
+    eps: float = 1e-5,
 ) -> tuple[int, int, int]:
     """Validate the op's arguments (raises ``KernelInputError``, a ValueError); return B, T, D."""
     b, t, d = check_rows(OP, x=x, cached=cached)
@@ -109,7 +109,7 @@ def reuse_residual_layernorm_triton(
     m = b * t
     if m == 0:
         return x_new, h
-    cfg = pick_config(d, interpreter=x.device.type == "cpu")
+    cfg = pick_config(d, interpreter=x.device.type == "cpu", rows=m)
     grid = (triton.cdiv(m, cfg.block_m),)
     _reuse_residual_layernorm_kernel[grid](
         x,

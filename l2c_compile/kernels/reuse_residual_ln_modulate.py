@@ -16,12 +16,13 @@ import torch
 from l2c_compile.kernels._common import (
     HAS_TRITON,
     check_eps,
+    check_grid_batch,
     check_launchable,
     check_rows,
     check_vectors,
     pick_config,
-    triton,
     tl,
+    triton,
     vector_row_stride,
 )
 
@@ -31,14 +32,13 @@ if HAS_TRITON:
 
     @triton.jit
     def _reuse_residual_ln_modulate_kernel(
-        x_ptr,  # (M, D) contiguous, M = B*T: residual stream before the reused sublayer
-        cached_ptr,  # (M, D) contiguous: ungated cached sublayer output
+        x_ptr,  # (B*T, D) contiguous: residual stream before the reused sublayer
+        cached_ptr,  # (B*T, D) contiguous: ungated cached sublayer output
         gate_ptr,  # (B, D), row stride gate_stride: adaLN gate of the reused sublayer
         shift_ptr,  # (B, D), row stride shift_stride: next sublayer's adaLN shift
         scale_ptr,  # (B, D), row stride scale_stride: next sublayer's adaLN scale
-        x_new_ptr,  # (M, D) contiguous out: updated residual stream
-        h_ptr,  # (M, D) contiguous out: modulated LayerNorm of x_new
-        M,
+        x_new_ptr,  # (B*T, D) contiguous out: updated residual stream
+        h_ptr,  # (B*T, D) contiguous out: modulated LayerNorm of x_new
         T,
         D,
         gate_stride,
@@ -48,17 +48,21 @@ if HAS_TRITON:
         BLOCK_M: tl.constexpr,
         BLOCK_D: tl.constexpr,
     ):
-        rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # (BM,)
+        # Grid (tiles of T, B): every row of a program shares one batch entry, so each (B, D)
+        # vector is read once per program as a (BD,) row and broadcast over the tile.
+        batch = tl.program_id(1).to(tl.int64)
+        tokens = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # (BM,)
         cols = tl.arange(0, BLOCK_D)  # (BD,)
-        mask = (rows[:, None] < M) & (cols[None, :] < D)  # (BM, BD)
-        rows = rows.to(tl.int64)  # M * D can pass 2**31 at large batch
+        col_mask = cols < D  # (BD,)
+        mask = (tokens[:, None] < T) & col_mask[None, :]  # (BM, BD)
+        rows = batch * T + tokens.to(tl.int64)  # (BM,) int64: B*T*D can pass 2**31
         offs = rows[:, None] * D + cols[None, :]  # (BM, BD)
-        batch = (rows // T)[:, None]  # (BM, 1)
 
         x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         cached = tl.load(cached_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        gate = tl.load(gate_ptr + batch * gate_stride + cols[None, :], mask=mask, other=0.0)
-        x_new = x + gate.to(tl.float32) * cached  # (BM, BD)
+        gate = tl.load(gate_ptr + batch * gate_stride + cols, mask=col_mask, other=0.0)
+        gate = gate.to(tl.float32)[None, :]  # (1, BD)
+        x_new = x + gate * cached  # (BM, BD)
         tl.store(x_new_ptr + offs, x_new.to(x_new_ptr.dtype.element_ty), mask=mask)
 
         mean = tl.sum(x_new, axis=1) / D  # (BM,)
@@ -66,9 +70,11 @@ if HAS_TRITON:
         centered = tl.where(mask, x_new - mean[:, None], 0.0)  # (BM, BD)
         var = tl.sum(centered * centered, axis=1) / D  # (BM,)
         rstd = 1.0 / tl.sqrt(var + eps)  # (BM,)
-        shift = tl.load(shift_ptr + batch * shift_stride + cols[None, :], mask=mask, other=0.0)
-        scale = tl.load(scale_ptr + batch * scale_stride + cols[None, :], mask=mask, other=0.0)
-        h = centered * rstd[:, None] * (1.0 + scale.to(tl.float32)) + shift.to(tl.float32)
+        shift = tl.load(shift_ptr + batch * shift_stride + cols, mask=col_mask, other=0.0)
+        shift = shift.to(tl.float32)[None, :]  # (1, BD)
+        scale = tl.load(scale_ptr + batch * scale_stride + cols, mask=col_mask, other=0.0)
+        scale = scale.to(tl.float32)[None, :]  # (1, BD)
+        h = centered * rstd[:, None] * (1.0 + scale) + shift
         tl.store(h_ptr + offs, h.to(h_ptr.dtype.element_ty), mask=mask)
 
 
@@ -78,7 +84,7 @@ def check_inputs(
     cached: torch.Tensor,
     shift: torch.Tensor,
     scale: torch.Tensor,
-    eps: float,
+    eps: float = 1e-6,
 ) -> tuple[int, int, int]:
     """Validate the op's arguments (raises ``KernelInputError``, a ValueError); return B, T, D."""
     b, t, d = check_rows(OP, x=x, cached=cached)
@@ -116,11 +122,11 @@ def reuse_residual_ln_modulate_triton(
     check_launchable(OP, x, d)
     x_new = torch.empty_like(x)  # (B, T, D)
     h = torch.empty_like(x)  # (B, T, D)
-    m = b * t
-    if m == 0:
+    if b * t == 0:
         return x_new, h
-    cfg = pick_config(d, interpreter=x.device.type == "cpu")
-    grid = (triton.cdiv(m, cfg.block_m),)
+    check_grid_batch(OP, b)
+    cfg = pick_config(d, interpreter=x.device.type == "cpu", rows=t)
+    grid = (triton.cdiv(t, cfg.block_m), b)
     _reuse_residual_ln_modulate_kernel[grid](
         x,
         cached,
@@ -129,7 +135,6 @@ def reuse_residual_ln_modulate_triton(
         scale,
         x_new,
         h,
-        m,
         t,
         d,
         vector_row_stride(gate),

@@ -9,4 +9,11 @@ from l2c_compile.metrics.macs import (
     trajectory_macs,
 )
 
-__all__ = ["MacCount", "count_macs", "forward_macs", "measure_macs", "sublayer_macs", "trajectory_macs"]
+__all__ = [
+    "MacCount",
+    "count_macs",
+    "forward_macs",
+    "measure_macs",
+    "sublayer_macs",
+    "trajectory_macs",
+]

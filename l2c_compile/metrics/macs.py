@@ -22,7 +22,7 @@ from l2c_compile.errors import L2CError
 from l2c_compile.models.registry import (
     ModelSpec,
     build_model,
-    extrapolate_depth,
+    depth_units,
     get_spec,
     num_blocks,
     with_depth_units,
@@ -88,17 +88,19 @@ def measure_macs(spec: ModelSpec) -> MacCount:
     attn = {under(b.attn) for b in blocks}
     mlp = {under(b.mlp) for b in blocks}
     if len(attn) != 1 or len(mlp) != 1:
-        raise ValueError(f"{spec.name}: blocks differ in size, per-block sublayer MACs are ambiguous")
+        raise ValueError(
+            f"{spec.name}: blocks differ in size, per-block sublayer MACs are ambiguous"
+        )
     return MacCount(sum(per_module.values()), attn.pop(), mlp.pop())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def count_macs(spec: ModelSpec) -> MacCount:
     """:func:`measure_macs`, but fast: meta forwards run in Python, so measure the model with one
     and two repeating units and extrapolate (every unit costs the same)."""
-    shallow = measure_macs(with_depth_units(spec, 1))
-    total = extrapolate_depth(spec, lambda s: measure_macs(s).total)
-    return MacCount(total, shallow.attn, shallow.mlp)
+    one, two = measure_macs(with_depth_units(spec, 1)), measure_macs(with_depth_units(spec, 2))
+    total = one.total + (depth_units(spec) - 1) * (two.total - one.total)
+    return MacCount(total, one.attn, one.mlp)
 
 
 def _spec(spec: str | ModelSpec) -> ModelSpec:
@@ -145,6 +147,8 @@ def trajectory_macs(
         attn, mlp = set(call.reuse_attn), set(call.reuse_mlp)
         out_of_range = sorted(i for i in attn | mlp if not 0 <= int(i) < depth)
         if out_of_range:
-            raise L2CError(f"schedule reuses block {out_of_range[0]}, but {spec.name} has {depth} blocks")
+            raise L2CError(
+                f"schedule reuses block {out_of_range[0]}, but {spec.name} has {depth} blocks"
+            )
         saved += len(attn) * count.attn + len(mlp) * count.mlp
     return full, full - saved

@@ -160,9 +160,15 @@ class DiTBlock(nn.Module):
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """x: (N, T, D) tokens, c: (N, D) conditioning -> (N, T, D)."""
         # The compiler locates the two residual branches from exactly this shape of code.
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)
-        x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))  # (N, T, D)
-        x = x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))  # (N, T, D)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(
+            c
+        ).chunk(6, dim=1)
+        x = x + gate_msa.unsqueeze(1) * self.attn(
+            modulate(self.norm1(x), shift_msa, scale_msa)
+        )  # (N, T, D)
+        x = x + gate_mlp.unsqueeze(1) * self.mlp(
+            modulate(self.norm2(x), shift_mlp, scale_mlp)
+        )  # (N, T, D)
         return x
 
 
@@ -220,8 +226,12 @@ class DiT(nn.Module):
         self.grid_size = input_size // patch_size
         self.num_patches = self.x_embedder.num_patches
         # Fixed sin-cos table, stored in the official state dict but never trained.
-        self.pos_embed = nn.Parameter(torch.zeros(1, self.num_patches, hidden_size), requires_grad=False)
-        self.blocks = nn.ModuleList([DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth)])
+        self.pos_embed = nn.Parameter(
+            torch.zeros(1, self.num_patches, hidden_size), requires_grad=False
+        )
+        self.blocks = nn.ModuleList(
+            [DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth)]
+        )
         self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
         self.initialize_weights()
 
@@ -288,9 +298,15 @@ class DiT(nn.Module):
         """The ε part of an output: (N, C_out, H, W) -> (N, C, H, W)."""
         return out[:, : self.in_channels]
 
-    def guide(self, cond_out: torch.Tensor, uncond_out: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
+    def guide(
+        self, cond_out: torch.Tensor, uncond_out: torch.Tensor, scale: float | torch.Tensor
+    ) -> torch.Tensor:
         """CFG ``uncond + s (cond - uncond)`` on the first ``cfg_channels`` ε channels, rest from cond."""
-        k = self.in_channels if self.cfg_channels is None else min(self.cfg_channels, self.in_channels)
+        k = (
+            self.in_channels
+            if self.cfg_channels is None
+            else min(self.cfg_channels, self.in_channels)
+        )
         # Written as s·c + (1−s)·u: the same value, but not an ``a + f(a)`` add, which the
         # compiler's sublayer pass would take for one more residual branch.
         guided = cond_out[:, :k] * scale + uncond_out[:, :k] * (1 - scale)  # (N, k, H, W)

@@ -3,20 +3,15 @@
 ``MODELS`` maps a name (``"DiT-XL/2"``, ``"DiT-XL/2-512"``, ``"U-ViT-H/2"``, the tiny test models)
 to a :class:`ModelSpec`: constructor arguments plus what a sampler needs to know about the model
 (latent shape, noise schedule, timestep convention, default sampler and guidance scale). The CLI's
-choices come from here. Loading is safe by default: safetensors, or ``torch.load`` with
-``weights_only=True``; anything that does not fit the architecture exactly is an :class:`L2CError`.
+choices come from here. Checkpoint I/O lives in ``checkpoint.py`` and is re-exported here.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
-import math
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -24,7 +19,7 @@ import torch
 from torch import nn
 
 from l2c_compile.errors import L2CError, suggest
-from l2c_compile.io import atomic_path
+from l2c_compile.models.checkpoint import load_checkpoint, save_checkpoint
 from l2c_compile.models.dit import DiT
 from l2c_compile.models.uvit import UViT
 
@@ -46,10 +41,13 @@ class ModelSpec:
     default_cfg_scale: float  # in the family's own convention (DiT 4.0, U-ViT 0.4)
     pixel_space: bool  # True: outputs are images (no VAE); False: VAE latents
     description: str
+    checkpoint: str | None = None  # weights shipped with the package, loaded when none is given
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
-            raise L2CError(f"model {self.name!r}: unknown family {self.family!r} (expected dit or uvit)")
+            raise L2CError(
+                f"model {self.name!r}: unknown family {self.family!r} (expected dit or uvit)"
+            )
         object.__setattr__(self, "kwargs", MappingProxyType(dict(self.kwargs)))
         object.__setattr__(self, "latent_shape", tuple(self.latent_shape))
 
@@ -92,6 +90,7 @@ class ModelSpec:
             "default_cfg_scale": self.default_cfg_scale,
             "pixel_space": self.pixel_space,
             "description": self.description,
+            "checkpoint": None if self.checkpoint is None else str(self.checkpoint),
         }
 
 
@@ -104,26 +103,91 @@ _DIT_OFFICIAL = {("XL", 2, 256): "DiT-XL-2-256x256.pt", ("XL", 2, 512): "DiT-XL-
 
 # (constructor depth, width, heads, conv output layer) of the U-ViT paper's ImageNet-256 models;
 # only L and H have upstream configs (L keeps the default 3×3 conv head, H has none).
-_UVIT_SIZES = {"S": (12, 512, 8, True), "M": (16, 768, 12, True), "L": (20, 1024, 16, True),
-               "H": (28, 1152, 16, False)}
+_UVIT_SIZES = {
+    "S": (12, 512, 8, True),
+    "M": (16, 768, 12, True),
+    "L": (20, 1024, 16, True),
+    "H": (28, 1152, 16, False),
+}
 
 
-def _dit_spec(name: str, *, input_size: int, patch: int, hidden: int, depth: int, heads: int,
-              num_classes: int, description: str) -> ModelSpec:
-    kwargs = dict(input_size=input_size, patch_size=patch, in_channels=4, hidden_size=hidden,
-                  depth=depth, num_heads=heads, mlp_ratio=4.0, class_dropout_prob=0.1,
-                  num_classes=num_classes, learn_sigma=True)
-    return ModelSpec(name, "dit", kwargs, (4, input_size, input_size), num_classes, "linear",
-                     "discrete", "ddim", 4.0, False, description)
+def _dit_spec(
+    name: str,
+    *,
+    input_size: int,
+    patch: int,
+    hidden: int,
+    depth: int,
+    heads: int,
+    num_classes: int,
+    description: str,
+) -> ModelSpec:
+    kwargs = dict(
+        input_size=input_size,
+        patch_size=patch,
+        in_channels=4,
+        hidden_size=hidden,
+        depth=depth,
+        num_heads=heads,
+        mlp_ratio=4.0,
+        class_dropout_prob=0.1,
+        num_classes=num_classes,
+        learn_sigma=True,
+    )
+    return ModelSpec(
+        name,
+        "dit",
+        kwargs,
+        (4, input_size, input_size),
+        num_classes,
+        "linear",
+        "discrete",
+        "ddim",
+        4.0,
+        False,
+        description,
+    )
 
 
-def _uvit_spec(name: str, *, img_size: int, hidden: int, depth: int, heads: int, conv: bool,
-               num_classes: int, description: str, pixel_space: bool = False) -> ModelSpec:
-    kwargs = dict(img_size=img_size, patch_size=2, in_chans=4, embed_dim=hidden, depth=depth,
-                  num_heads=heads, mlp_ratio=4.0, qkv_bias=False, mlp_time_embed=False,
-                  num_classes=num_classes + 1, conv=conv, skip=True)
-    return ModelSpec(name, "uvit", kwargs, (4, img_size, img_size), num_classes, "scaled_linear",
-                     "continuous", "dpm-solver-2", 0.4, pixel_space, description)
+def _uvit_spec(
+    name: str,
+    *,
+    img_size: int,
+    hidden: int,
+    depth: int,
+    heads: int,
+    conv: bool,
+    num_classes: int,
+    description: str,
+    pixel_space: bool = False,
+) -> ModelSpec:
+    kwargs = dict(
+        img_size=img_size,
+        patch_size=2,
+        in_chans=4,
+        embed_dim=hidden,
+        depth=depth,
+        num_heads=heads,
+        mlp_ratio=4.0,
+        qkv_bias=False,
+        mlp_time_embed=False,
+        num_classes=num_classes + 1,
+        conv=conv,
+        skip=True,
+    )
+    return ModelSpec(
+        name,
+        "uvit",
+        kwargs,
+        (4, img_size, img_size),
+        num_classes,
+        "scaled_linear",
+        "continuous",
+        "dpm-solver-2",
+        0.4,
+        pixel_space,
+        description,
+    )
 
 
 def _build_registry() -> dict[str, ModelSpec]:
@@ -134,30 +198,94 @@ def _build_registry() -> dict[str, ModelSpec]:
                 name = f"DiT-{size}/{patch}{suffix}"
                 weights = _DIT_OFFICIAL.get((size, patch, res))
                 origin = f"official weights {weights}" if weights else "no official weights"
-                specs.append(_dit_spec(
-                    name, input_size=latent, patch=patch, hidden=hidden, depth=depth, heads=heads,
-                    num_classes=1000,
-                    description=f"DiT-{size}/{patch}, ImageNet {res}px (latent 4x{latent}x{latent}); {origin}"))
+                specs.append(
+                    _dit_spec(
+                        name,
+                        input_size=latent,
+                        patch=patch,
+                        hidden=hidden,
+                        depth=depth,
+                        heads=heads,
+                        num_classes=1000,
+                        description=f"DiT-{size}/{patch}, ImageNet {res}px (latent 4x{latent}x{latent}); {origin}",
+                    )
+                )
     for size, (depth, hidden, heads, conv) in _UVIT_SIZES.items():
-        weights = "official weights imagenet256_uvit_huge.pth" if size == "H" else "no official weights"
-        specs.append(_uvit_spec(
-            f"U-ViT-{size}/2", img_size=32, hidden=hidden, depth=depth, heads=heads, conv=conv,
-            num_classes=1000,
-            description=f"U-ViT-{size}/2, ImageNet 256px (latent 4x32x32), {depth + 1} blocks; {weights}"))
+        weights = (
+            "official weights imagenet256_uvit_huge.pth" if size == "H" else "no official weights"
+        )
+        specs.append(
+            _uvit_spec(
+                f"U-ViT-{size}/2",
+                img_size=32,
+                hidden=hidden,
+                depth=depth,
+                heads=heads,
+                conv=conv,
+                num_classes=1000,
+                description=f"U-ViT-{size}/2, ImageNet 256px (latent 4x32x32), {depth + 1} blocks; {weights}",
+            )
+        )
     # Tiny models for tests and demos: no VAE exists for them, so their outputs count as images.
-    specs.append(ModelSpec(
-        "DiT-Tiny", "dit",
-        dict(input_size=16, patch_size=2, in_channels=4, hidden_size=64, depth=3, num_heads=4,
-             mlp_ratio=4.0, class_dropout_prob=0.1, num_classes=10, learn_sigma=True),
-        (4, 16, 16), 10, "linear", "discrete", "ddim", 4.0, True,
-        "tiny DiT for tests (3 blocks, width 64, 10 classes); random weights"))
-    specs.append(_uvit_spec(
-        "U-ViT-Tiny", img_size=16, hidden=64, depth=4, heads=4, conv=False, num_classes=10,
-        pixel_space=True, description="tiny U-ViT for tests (5 blocks, width 64, 10 classes); random weights"))
+    specs.append(
+        ModelSpec(
+            "DiT-Tiny",
+            "dit",
+            dict(
+                input_size=16,
+                patch_size=2,
+                in_channels=4,
+                hidden_size=64,
+                depth=3,
+                num_heads=4,
+                mlp_ratio=4.0,
+                class_dropout_prob=0.1,
+                num_classes=10,
+                learn_sigma=True,
+            ),
+            (4, 16, 16),
+            10,
+            "linear",
+            "discrete",
+            "ddim",
+            4.0,
+            True,
+            "tiny DiT for tests (3 blocks, width 64, 10 classes); random weights",
+        )
+    )
+    specs.append(
+        _uvit_spec(
+            "U-ViT-Tiny",
+            img_size=16,
+            hidden=64,
+            depth=4,
+            heads=4,
+            conv=False,
+            num_classes=10,
+            pixel_space=True,
+            description="tiny U-ViT for tests (5 blocks, width 64, 10 classes); random weights",
+        )
+    )
     return {s.name: s for s in specs}
 
 
 MODELS: dict[str, ModelSpec] = _build_registry()
+
+__all__ = [  # checkpoint I/O is re-exported: callers find everything about models here
+    "MODELS",
+    "ModelSpec",
+    "build_model",
+    "count_params",
+    "depth_units",
+    "extrapolate_depth",
+    "get_spec",
+    "init_random",
+    "load_checkpoint",
+    "model_table",
+    "num_blocks",
+    "save_checkpoint",
+    "with_depth_units",
+]
 
 
 def get_spec(name: str) -> ModelSpec:
@@ -204,7 +332,9 @@ def depth_units(spec: str | ModelSpec) -> int:
 def with_depth_units(spec: ModelSpec, units: int) -> ModelSpec:
     """The same architecture with ``units`` repeating units (for counting by extrapolation)."""
     depth = units if spec.family == "dit" else 2 * units
-    return dataclasses.replace(spec, name=f"{spec.name}@{units}", kwargs={**spec.kwargs, "depth": depth})
+    return dataclasses.replace(
+        spec, name=f"{spec.name}@{units}", kwargs={**spec.kwargs, "depth": depth}
+    )
 
 
 def extrapolate_depth(spec: ModelSpec, measure: Callable[[ModelSpec], int]) -> int:
@@ -217,7 +347,7 @@ def _meta_params(spec: ModelSpec) -> int:
     return sum(p.numel() for p in build_model(spec, device="meta").parameters())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _count_params(spec: ModelSpec) -> int:
     return extrapolate_depth(spec, _meta_params)
 
@@ -234,19 +364,21 @@ def model_table(names: list[str] | None = None) -> list[dict[str, Any]]:
     rows = []
     for spec in (get_spec(n) for n in (names if names is not None else MODELS)):
         c, h, w = spec.latent_shape
-        rows.append({
-            "name": spec.name,
-            "family": spec.family,
-            "depth": num_blocks(spec),
-            "hidden": spec.hidden,
-            "heads": spec.heads,
-            "patch": spec.patch,
-            "tokens": spec.tokens,
-            "params": count_params(spec),
-            "macs_per_forward": forward_macs(spec),
-            "latent": f"{c}x{h}x{w}",
-            "description": spec.description,
-        })
+        rows.append(
+            {
+                "name": spec.name,
+                "family": spec.family,
+                "depth": num_blocks(spec),
+                "hidden": spec.hidden,
+                "heads": spec.heads,
+                "patch": spec.patch,
+                "tokens": spec.tokens,
+                "params": count_params(spec),
+                "macs_per_forward": forward_macs(spec),
+                "latent": f"{c}x{h}x{w}",
+                "description": spec.description,
+            }
+        )
     return rows
 
 
@@ -266,11 +398,12 @@ def init_random(model: nn.Module, seed: int = 0) -> nn.Module:
     if any(p.is_meta for p in model.parameters()):
         raise L2CError("init_random needs a materialised model, not one on the meta device")
     gen = torch.Generator().manual_seed(seed)
-    blocks = model.transformer_blocks()
-    branch_scale = 1.0 if isinstance(model, DiT) else 1.0 / math.sqrt(len(blocks))
+    branch_scale = 1.0 if isinstance(model, DiT) else 0.5
 
     def fill(t: torch.Tensor, std: float, mean: float = 0.0) -> None:
-        t.copy_(torch.randn(t.shape, generator=gen) * std + mean)  # drawn on CPU: device-independent
+        t.copy_(
+            torch.randn(t.shape, generator=gen) * std + mean
+        )  # drawn on CPU: device-independent
 
     with torch.no_grad():
         for name, m in model.named_modules():
@@ -293,110 +426,8 @@ def init_random(model: nn.Module, seed: int = 0) -> nn.Module:
             elif isinstance(m, nn.Embedding):
                 fill(m.weight, 0.5)
         pos = getattr(model, "pos_embed", None)
-        if isinstance(pos, nn.Parameter) and pos.requires_grad:  # learned (U-ViT), not DiT's fixed table
+        if (
+            isinstance(pos, nn.Parameter) and pos.requires_grad
+        ):  # learned (U-ViT), not DiT's fixed table
             fill(pos, 0.1)
     return model
-
-
-#################################################################################
-#                               Checkpoints                                     #
-#################################################################################
-
-
-def _first_line(exc: BaseException, limit: int = 120) -> str:
-    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _names(keys: list[str], limit: int = 3) -> str:
-    if not keys:
-        return ""
-    shown = ", ".join(keys[:limit])
-    return f" ({shown}{', …' if len(keys) > limit else ''})"
-
-
-def _looks_like_safetensors(head: bytes) -> bool:
-    # safetensors: an 8-byte little-endian header length, then the JSON header.
-    return len(head) >= 9 and head[8:9] == b"{"
-
-
-def _read(path: Path) -> object:
-    with path.open("rb") as f:
-        head = f.read(16)
-    if path.suffix == ".safetensors" or _looks_like_safetensors(head):
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path), device="cpu")
-        except Exception as exc:  # safetensors raises several types for bad bytes
-            raise L2CError(f"checkpoint {path} is not a readable safetensors file: {_first_line(exc)}") from None
-    # Official DiT training checkpoints carry their argparse args: allow exactly that class.
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt zip, truncated pickle, unsafe globals, …
-        raise L2CError(f"checkpoint {path} is corrupt or not a torch/safetensors file: {_first_line(exc)}") from None
-
-
-def _state_dict_of(obj: object, path: Path) -> dict[str, torch.Tensor]:
-    if isinstance(obj, Mapping):
-        for key in ("ema", "model", "state_dict"):  # EMA weights are the ones sampled from
-            if isinstance(obj.get(key), Mapping):
-                obj = obj[key]
-                break
-    if not isinstance(obj, Mapping) or not obj:
-        raise L2CError(f"checkpoint {path} holds no state dict (expected tensors, or a dict with 'ema' or 'model')")
-    bad = [str(k) for k, v in obj.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor))]
-    if bad:
-        raise L2CError(f"checkpoint {path} holds {len(bad)} non-tensor entries{_names(bad)}; expected a state dict")
-    sd = dict(obj)
-    for prefix in ("module.", "_orig_mod."):  # DDP / torch.compile wrappers
-        if all(k.startswith(prefix) for k in sd):
-            sd = {k[len(prefix):]: v for k, v in sd.items()}
-    return sd
-
-
-def load_checkpoint(model: nn.Module, path: str | os.PathLike[str]) -> None:
-    """Load weights strictly from a state dict, a dict holding ``ema``/``model``, or safetensors.
-
-    A model on the meta device is materialised on the CPU (no double allocation).
-    """
-    path = Path(path)
-    if not path.exists():
-        raise L2CError(f"checkpoint {path} not found")
-    if not path.is_file():
-        raise L2CError(f"checkpoint {path} is not a file")
-    sd = _state_dict_of(_read(path), path)
-    expected = model.state_dict()
-    name = getattr(model, "model_name", type(model).__name__)
-    missing = [k for k in expected if k not in sd]
-    unexpected = [k for k in sd if k not in expected]
-    misshaped = [k for k in expected if k in sd and tuple(sd[k].shape) != tuple(expected[k].shape)]
-    if missing or unexpected or misshaped:
-        msg = (f"checkpoint {path} does not fit {name}: {len(missing)} missing keys{_names(missing)}, "
-               f"{len(unexpected)} unexpected{_names(unexpected)}")
-        if misshaped:
-            k = misshaped[0]
-            msg += (f", {len(misshaped)} with the wrong shape ({k}: {list(sd[k].shape)} in the checkpoint, "
-                    f"{list(expected[k].shape)} in the model{', …' if len(misshaped) > 1 else ''})")
-        raise L2CError(msg)
-    bad = [k for k, v in sd.items() if not (v.is_floating_point() == expected[k].is_floating_point())]
-    if bad:
-        raise L2CError(f"checkpoint {path} has tensors of the wrong kind{_names(bad)} for {name}")
-    assign = any(t.is_meta for t in expected.values())
-    if assign:
-        sd = {k: v.to(expected[k].dtype) for k, v in sd.items()}
-    model.load_state_dict(sd, strict=True, assign=assign)
-
-
-def save_checkpoint(model: nn.Module, path: str | os.PathLike[str]) -> None:
-    """Save the state dict as safetensors, atomically."""
-    from safetensors.torch import save_file
-
-    sd = model.state_dict()
-    if any(t.is_meta for t in sd.values()):
-        raise L2CError("cannot save a model on the meta device: it holds no weights")
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in sd.items()}
-    name = getattr(model, "model_name", type(model).__name__)
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "pt", "model": name})

@@ -44,7 +44,12 @@ class Block(nn.Module):
     """Pre-norm transformer block; out-blocks first fuse the long skip with ``skip_linear``."""
 
     def __init__(
-        self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = False, skip: bool = False
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = False,
+        skip: bool = False,
     ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
@@ -161,7 +166,9 @@ class UViT(nn.Module):
         x = torch.einsum("nhwpqc->nchpwq", x)  # (B, C, h, p1, w, p2)
         return x.reshape(-1, c, h * p, h * p)  # (B, C, H, W)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """x: (B, C, H, W), t: (B,) continuous time·1000, y: (B,) labels -> (B, C, H, W)."""
         x = self.patch_embed(x)  # (B, L, D)
         time_token = self.time_embed(timestep_embedding(t, self.embed_dim).type_as(x))  # (B, D)
@@ -205,7 +212,9 @@ class UViT(nn.Module):
         """The ε part of an output (U-ViT predicts only ε): (B, C, H, W)."""
         return out
 
-    def guide(self, cond_out: torch.Tensor, uncond_out: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
+    def guide(
+        self, cond_out: torch.Tensor, uncond_out: torch.Tensor, scale: float | torch.Tensor
+    ) -> torch.Tensor:
         """U-ViT CFG convention ``cond + s (cond - uncond)`` (the paper's s = 0.4 is weight 1.4)."""
         # Written as (1+s)·c − s·u: the same value, but not an ``a + f(a)`` add, which the
         # compiler's sublayer pass would take for one more residual branch.

@@ -128,5 +128,7 @@ def emit_module(graphs: list[fx.GraphModule], plan: SamplerPlan, cache: CachePla
         "",
     ]
     body = "\n\n\n".join(steps)
+    if "torch.ops.l2c." in body:
+        imports.add("import l2c_compile.kernels  # registers the fused torch.ops.l2c.* epilogues")
     table = "STEPS = (" + ", ".join(f"step_{g}" for g in range(len(graphs))) + ",)"
     return "\n".join(head) + "\n\n" + body + "\n\n\n" + table + "\n\n\n" + sample_source(plan, cache, roles) + "\n"

@@ -120,3 +120,17 @@ class DiscreteVP:
         log_alpha = -0.5 * np.logaddexp(0.0, -2.0 * np.asarray(lamb, dtype=np.float64))
         # log α decreases with t; flip both so the knots increase.
         return _interp(log_alpha, self.log_alpha_knots[::-1], self.t_knots[::-1])
+
+
+def alpha_bar_at(model_timestep: float, noise_schedule: str, time_input: str) -> float:
+    """ᾱ of the state a network sees at ``model_timestep`` (the value a ModelCall passes it).
+
+    Both samplers share one map from model timestep to continuous time: ``"discrete"`` passes
+    ``1000 · t − 1`` (DDIM's integer step i sits at t = (i + 1) / N; DPM-Solver's discrete wrapper
+    passes ``1000 · (t − 1/N)``) and ``"continuous"`` passes ``1000 · t``. At the knots this is
+    exactly ``alphas_cumprod[i]``; between them, DPM-Solver's piecewise-linear log α.
+    """
+    check_time_input(time_input)
+    offset = 1.0 if time_input == "discrete" else 0.0
+    t = (float(model_timestep) + offset) / NUM_TRAIN_STEPS
+    return float(DiscreteVP(noise_schedule).marginal_alpha(t)) ** 2

@@ -1,0 +1,1 @@
+"""Fashion-MNIST reference models, their training script and the FID feature classifier."""

@@ -1,0 +1,265 @@
+"""Train a Fashion-MNIST reference diffusion model (DiT-FMNIST or U-ViT-FMNIST) on the CPU.
+
+    python -m l2c_compile.fmnist.train_model --model DiT-FMNIST --minutes 40 --out runs/dit
+
+ε-prediction with the plain MSE loss of DDPM, over the model's own β table and timestep
+convention (DiT: integer step i; U-ViT: continuous time · 1000 = i + 1, DPM-Solver's discrete VP
+knots), class-label dropout 0.1 for classifier-free guidance, AdamW with a short warm-up and an
+EMA of the weights (the EMA is what ships). The wall-clock budget is enforced inside the loop;
+a full training state is checkpointed atomically every few minutes and at the end, and a run
+started on the same ``--out`` resumes from it. At the end the EMA weights are written as
+safetensors together with a model card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from l2c_compile.errors import L2CError
+from l2c_compile.fmnist import specs
+from l2c_compile.fmnist.data import load_tensors
+from l2c_compile.io import atomic_path, write_text_atomic
+from l2c_compile.samplers.schedules import alphas_cumprod
+
+STATE_FILE = "train_state.pt"
+
+
+def build_spec(name: str) -> Any:
+    """The :class:`ModelSpec` of a Fashion-MNIST model, by name."""
+    from l2c_compile.models.registry import ModelSpec
+
+    if name not in specs.SPEC_FIELDS:
+        raise L2CError(f"unknown Fashion-MNIST model {name!r}; choose one of {', '.join(specs.SPEC_FIELDS)}")
+    return ModelSpec(**specs.SPEC_FIELDS[name])
+
+
+def model_timesteps(steps: torch.Tensor, time_input: str) -> torch.Tensor:
+    """What the network receives for discrete steps ``steps`` (0..999): i, or 1000·t_c = i + 1."""
+    return steps.float() + (1.0 if time_input == "continuous" else 0.0)
+
+
+def diffusion_loss(model: nn.Module, spec: Any, x0: torch.Tensor, y: torch.Tensor,
+                   sqrt_ac: torch.Tensor, sqrt_1m_ac: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """The DDPM ε-MSE on a batch, with random steps, noise and CFG label dropout."""
+    n = x0.shape[0]
+    steps = torch.randint(0, len(sqrt_ac), (n,), generator=gen)  # (N,)
+    noise = torch.randn(x0.shape, generator=gen)  # (N, C, H, W)
+    x_t = sqrt_ac[steps].view(n, 1, 1, 1) * x0 + sqrt_1m_ac[steps].view(n, 1, 1, 1) * noise
+    drop = torch.rand(n, generator=gen) < 0.1
+    y_in = model.drop_labels(y, drop_mask=drop)  # (N,) null class where dropped
+    out = model(x_t, model_timesteps(steps, spec.time_input), y_in)  # (N, C_out, H, W)
+    return (model.eps(out) - noise).pow(2).mean()
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """ema ← decay · ema + (1 − decay) · model, on every floating parameter and buffer."""
+    for e, p in zip(ema.state_dict().values(), model.state_dict().values(), strict=True):
+        if e.is_floating_point():
+            e.lerp_(p, 1.0 - decay)
+
+
+def ema_decay(step: int, target: float) -> float:
+    """EMA decay with a warm-up, so early weights are not averaged in for thousands of steps."""
+    return min(target, (1.0 + step) / (10.0 + step))
+
+
+def lr_at(step: int, base: float, warmup: int) -> float:
+    """Linear warm-up, then constant."""
+    return base * min(1.0, (step + 1) / max(1, warmup))
+
+
+def save_state(path: Path, state: dict[str, Any]) -> None:
+    """Write the full training state atomically (a crash never leaves half a checkpoint)."""
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    """Read a training state written by :func:`save_state` (tensors and plain data only)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt zip, truncated pickle, …
+        raise L2CError(f"cannot resume from {path}: {str(exc).splitlines()[0]}") from None
+
+
+def model_card(spec: Any, info: dict[str, Any]) -> str:
+    """The Markdown model card shipped next to the weights."""
+    from l2c_compile.models.registry import count_params
+
+    kw = ", ".join(f"{k}={v}" for k, v in spec.kwargs.items())
+    return f"""# {spec.name}
+
+{spec.description}.
+
+Trained in this repository by `l2c_compile/fmnist/train_model.py` on the Fashion-MNIST training
+set (60,000 images, Debian package `dataset-fashion-mnist`), 28×28 padded with background to
+32×32, pixel values in [-1, 1], one channel. Pixel space: there is no VAE.
+
+| | |
+|---|---|
+| architecture | `{spec.family}`: {kw} |
+| parameters | {count_params(spec):,} |
+| tokens per block | {spec.tokens} (patch {spec.patch}) |
+| noise schedule | {spec.noise_schedule} β, 1000 steps; model time `{spec.time_input}` |
+| objective | ε-prediction, MSE; class dropout 0.1 (null label {spec.num_classes}) |
+| optimiser | AdamW lr {info['lr']:g} (warm-up {info['warmup']} steps), batch {info['batch']}, weight decay 0 |
+| EMA | decay {info['ema']} (with warm-up); the shipped weights are the EMA |
+| steps | {info['step']:,} ({info['images']:,} images, {info['images'] / 60000:.2f} epochs) |
+| final loss | {info['final_loss']:.4f} (mean of the last {info['loss_window']} steps, training weights) |
+| wall time | {info['wall_minutes']:.1f} min, {info['threads']} thread(s); CPU time {info['cpu_minutes']:.1f} min (the machine was shared) |
+| machine | {info['machine']} |
+| seed | {info['seed']} |
+| default sampler | {spec.default_sampler}, CFG scale {spec.default_cfg_scale} (family convention) |
+
+Retrain (one CPU thread; resumes if the output folder already holds a state):
+
+```
+python -m l2c_compile.fmnist.train_model --model {spec.name} --minutes {info['minutes']:g} \\
+    --batch {info['batch']} --lr {info['lr']:g} --seed {info['seed']} --out runs/{spec.name}
+```
+"""
+
+
+def machine_description() -> str:
+    """CPU model, logical core count, OS and torch version, for the model card."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass  # not Linux: keep platform's answer
+    return f"{cpu}, {os.cpu_count()} logical cores, {platform.system()}, torch {torch.__version__}"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options of the training script."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True, choices=sorted(specs.SPEC_FIELDS))
+    p.add_argument("--out", type=Path, required=True, help="folder for the training state and logs")
+    p.add_argument("--minutes", type=float, default=40.0, help="wall-clock budget of this run")
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps in total")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--checkpoint-minutes", type=float, default=5.0)
+    p.add_argument("--weights", type=Path, default=None, help="final EMA safetensors (default: assets)")
+    p.add_argument("--card", type=Path, default=None, help="model card path (default: assets)")
+    return p.parse_args(argv)
+
+
+def train(args: argparse.Namespace) -> dict[str, Any]:
+    """Run (or resume) training under the wall-clock budget; write weights and card at the end."""
+    from l2c_compile.models.registry import build_model, save_checkpoint
+
+    start, cpu_start = time.monotonic(), time.process_time()
+    torch.set_num_threads(args.threads)
+    spec = build_spec(args.model)
+    x_all, y_all = load_tensors("train")  # (60000, 1, 32, 32), (60000,)
+    ac = torch.from_numpy(alphas_cumprod(spec.noise_schedule).copy()).float()
+    sqrt_ac, sqrt_1m_ac = ac.sqrt(), (1 - ac).sqrt()
+
+    torch.manual_seed(args.seed)
+    model = build_model(spec).train()
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(args.seed)
+    step, elapsed_before, cpu_before, losses = 0, 0.0, 0.0, []
+    state_path = args.out / STATE_FILE
+    if state_path.exists():
+        state = load_state(state_path)
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        gen.set_state(state["gen"])
+        step, elapsed_before, losses = state["step"], state["elapsed"], state["losses"].tolist()
+        cpu_before = float(state.get("cpu", 0.0))
+        print(f"resumed {args.model} at step {step} ({elapsed_before / 60:.1f} min trained)", flush=True)
+
+    def snapshot() -> None:
+        save_state(state_path, {
+            "model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+            "gen": gen.get_state(), "step": step, "losses": torch.tensor(losses),
+            "elapsed": elapsed_before + time.monotonic() - start,
+            "cpu": cpu_before + time.process_time() - cpu_start, "args": json.dumps(vars(args), default=str),
+        })
+
+    deadline = start + 60.0 * args.minutes
+    last_ckpt = time.monotonic()
+    order = torch.randperm(len(x_all), generator=gen)
+    cursor = 0
+    t_log = time.monotonic()
+    while time.monotonic() < deadline and (args.max_steps is None or step < args.max_steps):
+        if cursor + args.batch > len(order):
+            order, cursor = torch.randperm(len(x_all), generator=gen), 0
+        idx = order[cursor : cursor + args.batch]
+        cursor += args.batch
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, args.lr, args.warmup)
+        loss = diffusion_loss(model, spec, x_all[idx], y_all[idx], sqrt_ac, sqrt_1m_ac, gen)
+        if not math.isfinite(loss.item()):
+            raise RuntimeError(f"loss is {loss.item()} at step {step}; lower --lr")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        update_ema(ema, model, ema_decay(step, args.ema))
+        losses.append(loss.item())
+        step += 1
+        if step % args.log_every == 0:
+            now = time.monotonic()
+            recent = sum(losses[-args.log_every:]) / args.log_every
+            print(f"step {step:6d}  loss {recent:.4f}  {(now - t_log) / args.log_every:.2f} s/step  "
+                  f"{(now - start) / 60:5.1f}/{args.minutes:g} min", flush=True)
+            t_log = now
+        if time.monotonic() - last_ckpt > 60.0 * args.checkpoint_minutes:
+            snapshot()
+            last_ckpt = time.monotonic()
+    snapshot()
+
+    window = min(len(losses), 200)
+    info = {
+        "step": step, "images": step * args.batch, "batch": args.batch, "lr": args.lr,
+        "warmup": args.warmup, "ema": args.ema, "seed": args.seed, "threads": args.threads,
+        "minutes": args.minutes, "loss_window": window,
+        "final_loss": sum(losses[-window:]) / max(1, window),
+        "wall_minutes": (elapsed_before + time.monotonic() - start) / 60.0,
+        "cpu_minutes": (cpu_before + time.process_time() - cpu_start) / 60.0,
+        "machine": machine_description(),
+    }
+    ema.model_name = spec.name
+    save_checkpoint(ema, args.weights or specs.checkpoint_path(spec.name))
+    write_text_atomic(args.card or specs.card_path(spec.name), model_card(spec, info))
+    print(f"done: {step} steps, final loss {info['final_loss']:.4f}, {info['wall_minutes']:.1f} min", flush=True)
+    return info
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of ``python -m l2c_compile.fmnist.train_model``."""
+    args = parse_args(argv)
+    try:
+        train(args)
+    except L2CError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

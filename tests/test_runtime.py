@@ -1,0 +1,118 @@
+"""Artifacts: save → load round trip, hash verification, refusal of anything unexpected."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+import l2c_compile
+from l2c_compile.errors import L2CError
+from l2c_compile.models.registry import get_spec
+from l2c_compile.samplers import make_plan
+from tests.helpers import inputs, random_schedule, rel_error, tiny_dit
+
+
+@pytest.fixture()
+def artifact(tmp_path):
+    spec = get_spec("DiT-Tiny")
+    from l2c_compile.models.registry import build_model, init_random
+
+    model = init_random(build_model(spec), 0)
+    plan = make_plan("ddim", 4, noise_schedule=spec.noise_schedule, time_input=spec.time_input)
+    sched = random_schedule(plan, 3, random.Random(0), p=0.7, model="DiT-Tiny")
+    compiled = l2c_compile.compile(model, plan, sched, model_info=spec.to_dict())
+    out = compiled.save(tmp_path / "art")
+    return compiled, out
+
+
+def test_round_trip_gives_identical_samples(artifact):
+    compiled, out = artifact
+    loaded = l2c_compile.load(out)
+    noise, labels = inputs(compiled.model)
+    assert rel_error(loaded(noise, labels, 4.0), compiled(noise, labels, 4.0)) == 0.0
+    assert loaded.source == compiled.source
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["format"] == "l2c-artifact" and manifest["version"] == 1
+    assert set(manifest["files"]) == {"sampler.py", "weights.safetensors"}
+    assert manifest["schedule"]["nfe"] == 4 and manifest["model"]["name"] == "DiT-Tiny"
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temp folders left
+
+
+def test_tampered_code_is_refused(artifact):
+    _, out = artifact
+    path = out / "sampler.py"
+    path.write_text(path.read_text() + "\n# injected\n")
+    with pytest.raises(L2CError, match="sampler.py does not match its sha256"):
+        l2c_compile.load(out)
+
+
+def test_tampered_weights_are_refused(artifact):
+    _, out = artifact
+    data = bytearray((out / "weights.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (out / "weights.safetensors").write_bytes(bytes(data))
+    with pytest.raises(L2CError, match="weights.safetensors does not match"):
+        l2c_compile.load(out)
+
+
+@pytest.mark.parametrize("edit", ["version", "format", "missing_file", "bad_json", "no_manifest"])
+def test_bad_artifacts_are_clear_errors(artifact, edit):
+    _, out = artifact
+    manifest_path = out / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    if edit == "version":
+        manifest["version"] = 99
+        manifest_path.write_text(json.dumps(manifest))
+        match = "format version 99 is not supported"
+    elif edit == "format":
+        manifest["format"] = "something-else"
+        manifest_path.write_text(json.dumps(manifest))
+        match = "not an l2c-compile artifact"
+    elif edit == "missing_file":
+        (out / "weights.safetensors").unlink()
+        match = "missing weights.safetensors"
+    elif edit == "bad_json":
+        manifest_path.write_text("{not json")
+        match = "not valid JSON"
+    else:
+        manifest_path.unlink()
+        match = "manifest.json is missing"
+    with pytest.raises(L2CError, match=match):
+        l2c_compile.load(out)
+
+
+def test_missing_folder(tmp_path):
+    with pytest.raises(L2CError, match="does not exist"):
+        l2c_compile.load(tmp_path / "nope")
+
+
+def test_save_replaces_an_existing_artifact_atomically(artifact, tmp_path):
+    compiled, out = artifact
+    model = tiny_dit(1)
+    plan = make_plan("ddim", 2, noise_schedule="linear", time_input="discrete")
+    other = l2c_compile.compile(
+        model,
+        plan,
+        None,
+        model_info={
+            "name": "custom",
+            "family": "dit",
+            "kwargs": {
+                "input_size": 8,
+                "patch_size": 2,
+                "in_channels": 4,
+                "hidden_size": 32,
+                "depth": 2,
+                "num_heads": 2,
+                "num_classes": 5,
+                "learn_sigma": True,
+            },
+        },
+    )
+    other.save(out)
+    loaded = l2c_compile.load(out)
+    assert loaded.info["nfe"] == 2
+    noise, labels = inputs(model)
+    assert rel_error(loaded(noise, labels, 4.0), other(noise, labels, 4.0)) == 0.0
