@@ -411,9 +411,9 @@ class TestTritonInterpreter:
         calls: list[int] = []
         real = module.pick_config
 
-        def spy(hidden: int, interpreter: bool):
+        def spy(hidden: int, interpreter: bool, rows: int | None = None):
             calls.append(hidden)
-            return real(hidden, interpreter)
+            return real(hidden, interpreter, rows)
 
         monkeypatch.setattr(module, "pick_config", spy)
         entry, _, ref = OPS[op]
@@ -438,7 +438,9 @@ class TestTritonInterpreter:
         """The tile a GPU launch would pick (several rows per program for narrow rows) is right."""
         module = OP_MODULES[op]
         real = module.pick_config
-        monkeypatch.setattr(module, "pick_config", lambda hidden, interpreter: real(hidden, False))
+        monkeypatch.setattr(
+            module, "pick_config", lambda hidden, interpreter, rows=None: real(hidden, False, rows)
+        )
         _, launcher, ref = OPS[op]
         args = make_args(op, shape, torch.bfloat16)
         assert_matches(launcher(*args), ref(*args), torch.bfloat16)

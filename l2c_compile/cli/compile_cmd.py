@@ -120,14 +120,16 @@ def verify_artifact(directory: Path, *, batch: int = 2, seed: int = 0, device: s
     """Run an artifact and the reference executor on the same seeded inputs; return the errors."""
     from l2c_compile import reference
     from l2c_compile.runtime import load
-    from l2c_compile.samplers import make_plan
+    from l2c_compile.samplers import make_plan, sampler_options
     from l2c_compile.schedule import Schedule
 
     compiled = load(directory, device=device)
     info = compiled.info
     s = info["sampler"]
+    accepted = set(sampler_options(s["sampler"]))
+    options = {k: v for k, v in s.get("options", {}).items() if k in accepted}
     plan = make_plan(s["sampler"], s["nfe"], noise_schedule=s["noise_schedule"], time_input=s["time_input"],
-                     **s.get("options", {}))
+                     **options)
     sched = Schedule.from_dict(info["schedule"]) if info.get("schedule") else None
     if compiled.cfg and cfg_scale is None:
         cfg_scale = float(info["model"].get("default_cfg_scale", 4.0))
@@ -202,7 +204,7 @@ def sample_cmd(
     if labels.numel() == 0 or int(labels.min()) < 0 or int(labels.max()) >= compiled.model.null_class:
         raise L2CError(f"class labels must lie in 0..{compiled.model.null_class - 1}")
     pixel = bool(compiled.info["model"].get("pixel_space", False))
-    if not pixel and vae is None and not preview:
+    if not pixel and vae is None and not preview:  # pixel models with 1/3 channels are pictures as-is
         raise L2CError("this model samples latents: pass --vae PATH (diffusers AutoencoderKL folder) "
                        "or --latent-preview")
     if compiled.cfg and cfg_scale is None:
@@ -212,7 +214,7 @@ def sample_cmd(
     noise = torch.randn(len(labels), m.in_channels, m.input_size, m.input_size, generator=gen).to(device)
     with console.status(f"sampling {len(labels)} images…"):
         x = compiled(noise, labels.to(device), cfg_scale if compiled.cfg else None)
-    if pixel:
+    if pixel and x.shape[1] in (1, 3):
         images = x.clamp(-1, 1)
     elif vae is not None:
         images = decode_latents(x, vae)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib.metadata
 import platform
 
 import torch
@@ -25,14 +25,11 @@ def environment() -> dict[str, object]:
         "cpu_threads": torch.get_num_threads(),
     }
     for pkg in ("triton", "diffusers", "torchmetrics", "matplotlib", "safetensors"):
-        spec = importlib.util.find_spec(pkg)
-        version = None
-        if spec is not None:
-            try:
-                version = __import__(pkg).__version__
-            except Exception:  # a broken optional install must not break `env`
-                version = "installed (import failed)"
-        info[pkg] = version
+        # Read versions from package metadata: importing diffusers & co. just to ask takes seconds.
+        try:
+            info[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            info[pkg] = None
     info["triton_usable"] = info["triton"] is not None and bool(info["cuda_available"])
     info["triton_interpreter_usable"] = info["triton"] is not None
     return info

@@ -38,7 +38,9 @@ def models(
         pad_edge=False,
     )
     for col in ("name", "family", "depth", "hidden", "heads", "patch", "tokens", "params", "MACs"):
-        table.add_column(col, justify="left" if col in ("name", "family") else "right", no_wrap=True)
+        table.add_column(
+            col, justify="left" if col in ("name", "family") else "right", no_wrap=True
+        )
     for r in rows:
         table.add_row(
             r["name"],

@@ -26,6 +26,8 @@ INTERPRET: bool = os.environ.get("TRITON_INTERPRET", "0") == "1"
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # Widest row a single program normalizes in registers; DiT-XL and U-ViT-H use 1152.
 MAX_HIDDEN = 16384
+# The batch rides on grid axis 1, which CUDA caps at 65535 programs.
+MAX_GRID_BATCH = 65535
 
 
 class KernelInputError(L2CError, ValueError):
@@ -142,9 +144,11 @@ def check_launchable(op: str, x: torch.Tensor, hidden: int) -> None:
 
 
 def check_grid_batch(op: str, batch: int) -> None:
-    """The batch rides on grid axis 1, which CUDA caps at 65535 programs."""
-    if batch > 65535:
-        raise KernelInputError(f"{op}: batch {batch} exceeds the kernel grid's limit of 65535")
+    """Refuse a batch larger than grid axis 1 can hold."""
+    if batch > MAX_GRID_BATCH:
+        raise KernelInputError(
+            f"{op}: batch {batch} exceeds the kernel grid's limit of {MAX_GRID_BATCH}"
+        )
 
 
 def vector_row_stride(t: torch.Tensor) -> int:

@@ -16,10 +16,10 @@ unit-stride last dimension (strided adaLN chunks are fine); weight and bias are 
 share one dtype (float32, float16 or bfloat16) and device; both outputs are new contiguous
 (B, T, D) tensors of that dtype. None of the ops mutates or aliases its inputs.
 
-Implementations: CUDA runs the Triton kernel (the torch reference when triton is missing or a
-row is wider than ``MAX_HIDDEN``); CPU runs the torch reference, or the Triton kernel through the
-interpreter when ``TRITON_INTERPRET=1`` was set before import. Inference only: no autograd
-formula is registered.
+Implementations: CUDA runs the Triton kernel (the torch reference when triton is missing, a
+row is wider than ``MAX_HIDDEN`` or the batch exceeds ``MAX_GRID_BATCH``); CPU runs the torch
+reference, or the Triton kernel through the interpreter when ``TRITON_INTERPRET=1`` was set
+before import. Inference only: no autograd formula is registered.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import torch
 
 # Import from the submodules by full path: the package re-exports functions under the same
 # names, which shadow the submodule attributes once l2c_compile.kernels has finished importing.
-from l2c_compile.kernels._common import HAS_TRITON, INTERPRET, MAX_HIDDEN
+from l2c_compile.kernels._common import HAS_TRITON, INTERPRET, MAX_GRID_BATCH, MAX_HIDDEN
 from l2c_compile.kernels.reuse2_residual_ln_modulate import (
     check_inputs as _check_reuse2,
 )
@@ -85,8 +85,9 @@ def _make_impls(
         return reference(*args, **kwargs)
 
     def cuda_impl(*args: object, **kwargs: object) -> tuple[torch.Tensor, torch.Tensor]:
-        _, _, hidden = check(*args, **kwargs)
-        if HAS_TRITON and hidden <= MAX_HIDDEN:
+        batch, _, hidden = check(*args, **kwargs)
+        # Shapes the kernel cannot tile still get a correct (slower) answer.
+        if HAS_TRITON and hidden <= MAX_HIDDEN and batch <= MAX_GRID_BATCH:
             return launch(*args, **kwargs)
         return reference(*args, **kwargs)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from l2c_compile.router.checkpoint import checkpoint_path
 from l2c_compile.router.data import (
     ImageFolderData,
     TensorData,
@@ -12,16 +13,14 @@ from l2c_compile.router.data import (
     load_vae,
     open_data,
 )
+from l2c_compile.router.objective import CacheTarget, RouterLogits, cache_targets, shard_loss
 from l2c_compile.router.train import (
     MODES,
     RECIPES,
-    CacheTarget,
     Recipe,
     TrainConfig,
     TrainingInterrupted,
     TrainResult,
-    cache_targets,
-    checkpoint_path,
     default_recipe,
     init_distributed,
     train,
@@ -33,6 +32,7 @@ __all__ = [
     "CacheTarget",
     "ImageFolderData",
     "Recipe",
+    "RouterLogits",
     "TensorData",
     "TrainConfig",
     "TrainData",
@@ -47,5 +47,6 @@ __all__ = [
     "load_tensors",
     "load_vae",
     "open_data",
+    "shard_loss",
     "train",
 ]

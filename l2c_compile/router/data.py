@@ -82,7 +82,9 @@ def load_vae(path: str | os.PathLike[str], device: str | torch.device = "cpu") -
     try:
         from diffusers import AutoencoderKL
     except ImportError:
-        raise L2CError("encoding images needs diffusers: pip install 'l2c-compile[interop]'") from None
+        raise L2CError(
+            "encoding images needs diffusers: pip install 'l2c-compile[interop]'"
+        ) from None
     if not Path(path).is_dir():
         raise L2CError(f"VAE folder not found: {path}")
     try:
@@ -95,7 +97,9 @@ def load_vae(path: str | os.PathLike[str], device: str | torch.device = "cpu") -
 
 def _check_vae(vae: VaeEncoder | None, spec: ModelSpec, what: str) -> VaeEncoder:
     if vae is None:
-        raise L2CError(f"{spec.name} denoises VAE latents: {what} needs --vae PATH (a diffusers AutoencoderKL folder)")
+        raise L2CError(
+            f"{spec.name} denoises VAE latents: {what} needs --vae PATH (a diffusers AutoencoderKL folder)"
+        )
     if vae.latent_channels != spec.latent_shape[0]:
         raise L2CError(
             f"the VAE makes {vae.latent_channels}-channel latents but {spec.name} takes {spec.latent_shape[0]} channels"
@@ -148,7 +152,9 @@ def _channels_first(x: torch.Tensor, channels: int) -> torch.Tensor:
 
 def _check_labels(labels: torch.Tensor, n: int, spec: ModelSpec, name: str) -> torch.Tensor:
     if labels.dim() != 1 or labels.is_floating_point() or labels.is_complex():
-        raise L2CError(f"{name}: labels must be a 1-D integer array, got {labels.dtype} of shape {list(labels.shape)}")
+        raise L2CError(
+            f"{name}: labels must be a 1-D integer array, got {labels.dtype} of shape {list(labels.shape)}"
+        )
     if labels.shape[0] != n:
         raise L2CError(f"{name}: {n} samples but {labels.shape[0]} labels")
     if n and (int(labels.min()) < 0 or int(labels.max()) >= spec.num_classes):
@@ -171,14 +177,18 @@ def tensor_data(
     """Check ``x`` (``kind`` "latents" or "images") and ``labels`` against ``spec``; wrap them."""
     c, h, w = spec.latent_shape
     if x.dim() != 4 or x.shape[0] == 0:
-        raise L2CError(f"{name}: {kind} must be a non-empty (N, C, H, W) array, got shape {list(x.shape)}")
+        raise L2CError(
+            f"{name}: {kind} must be a non-empty (N, C, H, W) array, got shape {list(x.shape)}"
+        )
     labels = _check_labels(labels, int(x.shape[0]), spec, name)
     encoder: Encoder | None = None
     if kind == "latents" or (kind == "images" and spec.pixel_space):
         if kind == "images":
             x = _to_float_images(_channels_first(x, c), name)
         if tuple(x.shape[1:]) != (c, h, w):
-            raise L2CError(f"{name}: {kind} have shape {list(x.shape[1:])} but {spec.name} takes {[c, h, w]}")
+            raise L2CError(
+                f"{name}: {kind} have shape {list(x.shape[1:])} but {spec.name} takes {[c, h, w]}"
+            )
         if not x.is_floating_point():
             raise L2CError(f"{name}: latents must be floating point, got {x.dtype}")
     elif kind == "images":
@@ -186,23 +196,31 @@ def tensor_data(
         x = _to_float_images(_channels_first(x, vae.in_channels), name)
         want = (vae.in_channels, h * vae.factor, w * vae.factor)
         if tuple(x.shape[1:]) != want:
-            raise L2CError(f"{name}: images have shape {list(x.shape[1:])} but {spec.name} with this VAE needs {list(want)}")
+            raise L2CError(
+                f"{name}: images have shape {list(x.shape[1:])} but {spec.name} with this VAE needs {list(want)}"
+            )
         encoder = vae
     else:
         raise L2CError(f"{name}: unknown kind {kind!r} (latents or images)")
-    return TensorData(x.float().contiguous(), labels, f"{name} ({kind}, {x.shape[0]} samples)", encoder)
+    return TensorData(
+        x.float().contiguous(), labels, f"{name} ({kind}, {x.shape[0]} samples)", encoder
+    )
 
 
 def _pick(arrays: dict[str, object], name: str) -> tuple[str, object, object]:
     kinds = [k for k in ("latents", "images") if k in arrays]
     if len(kinds) != 1:
-        raise L2CError(f"{name}: expected exactly one of 'latents' or 'images' plus 'labels', found {sorted(arrays)}")
+        raise L2CError(
+            f"{name}: expected exactly one of 'latents' or 'images' plus 'labels', found {sorted(arrays)}"
+        )
     if "labels" not in arrays:
         raise L2CError(f"{name}: no 'labels' array (found {sorted(arrays)})")
     return kinds[0], arrays[kinds[0]], arrays["labels"]
 
 
-def load_tensors(path: str | os.PathLike[str], spec: ModelSpec, *, vae: VaeEncoder | None = None) -> TensorData:
+def load_tensors(
+    path: str | os.PathLike[str], spec: ModelSpec, *, vae: VaeEncoder | None = None
+) -> TensorData:
     """Read ``.safetensors`` / ``.npz`` (keys latents|images + labels) or ``X.npy`` + ``X.labels.npy``."""
     p = Path(path)
     if not p.is_file():
@@ -225,7 +243,9 @@ def load_tensors(path: str | os.PathLike[str], spec: ModelSpec, *, vae: VaeEncod
             # Latent arrays are floating point; images are usually uint8, or float for pixel models.
             kind = "latents" if x.dtype.kind == "f" and not spec.pixel_space else "images"
         else:
-            raise L2CError(f"{p.name}: unknown data file type (use {', '.join(TENSOR_SUFFIXES)} or an image folder)")
+            raise L2CError(
+                f"{p.name}: unknown data file type (use {', '.join(TENSOR_SUFFIXES)} or an image folder)"
+            )
     except L2CError:
         raise
     except Exception as exc:  # safetensors/numpy raise many types for corrupt files
@@ -257,35 +277,49 @@ def center_crop(image, size: int):
 class ImageFolderData:
     """``root/<class>/…/image`` files; classes in sorted folder order are labels 0..K−1."""
 
-    def __init__(self, root: str | os.PathLike[str], spec: ModelSpec, *, vae: VaeEncoder | None = None) -> None:
+    def __init__(
+        self, root: str | os.PathLike[str], spec: ModelSpec, *, vae: VaeEncoder | None = None
+    ) -> None:
         try:
             import PIL  # noqa: F401
         except ImportError:
-            raise L2CError("reading image folders needs Pillow: pip install 'l2c-compile[images]'") from None
+            raise L2CError(
+                "reading image folders needs Pillow: pip install 'l2c-compile[images]'"
+            ) from None
         self.root = Path(root)
         if not self.root.is_dir():
             raise L2CError(f"image folder not found: {self.root}")
-        classes = sorted(d.name for d in self.root.iterdir() if d.is_dir() and not d.name.startswith("."))
+        classes = sorted(
+            d.name for d in self.root.iterdir() if d.is_dir() and not d.name.startswith(".")
+        )
         if not classes:
             raise L2CError(f"{self.root}: no class subfolders (expected root/<class>/<image>)")
         if len(classes) > spec.num_classes:
-            raise L2CError(f"{self.root}: {len(classes)} class folders but {spec.name} has {spec.num_classes} classes")
+            raise L2CError(
+                f"{self.root}: {len(classes)} class folders but {spec.name} has {spec.num_classes} classes"
+            )
         files: list[Path] = []
         labels: list[int] = []
         for label, name in enumerate(classes):
             found = sorted(
-                f for f in (self.root / name).rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
+                f
+                for f in (self.root / name).rglob("*")
+                if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
             )
             files += found
             labels += [label] * len(found)
         if not files:
-            raise L2CError(f"{self.root}: no images ({', '.join(IMAGE_EXTENSIONS)}) in its class folders")
+            raise L2CError(
+                f"{self.root}: no images ({', '.join(IMAGE_EXTENSIONS)}) in its class folders"
+            )
         self.files = files
         self.labels = torch.tensor(labels, dtype=torch.long)
         c, h, _ = spec.latent_shape
         if spec.pixel_space:
             if c != 3:
-                raise L2CError(f"{spec.name} takes {c}-channel inputs but image folders hold RGB images")
+                raise L2CError(
+                    f"{spec.name} takes {c}-channel inputs but image folders hold RGB images"
+                )
             self.encoder: VaeEncoder | None = None
             self.size = h
         else:
@@ -369,7 +403,9 @@ def draw_self_data(
     finally:
         if bar is not None:
             bar[0].stop()
-    return TensorData(pool, labels, f"self ({size} samples from the {plan.sampler} sampler, seed {seed})")
+    return TensorData(
+        pool, labels, f"self ({size} samples from the {plan.sampler} sampler, seed {seed})"
+    )
 
 
 def _chunk_seed(seed: int, chunk: int) -> int:
@@ -400,7 +436,13 @@ def _broadcast_chunk(
 def _progress_bar(enabled: bool, what: str, total: int):
     if not enabled:
         return None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     bar = Progress(TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     task = bar.add_task(what, total=total)

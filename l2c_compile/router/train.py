@@ -39,16 +39,26 @@ import torch.distributed as dist
 from torch import nn
 
 from l2c_compile.errors import L2CError, suggest
-from l2c_compile.io import atomic_path
 from l2c_compile.reference import CacheState, instrument
+from l2c_compile.router.checkpoint import (
+    checkpoint_path,
+    checkpoint_step,
+    load_checkpoint,
+    save_checkpoint,
+)
 from l2c_compile.router.data import TrainData
+from l2c_compile.router.objective import (
+    CacheTarget,
+    RouterLogits,
+    cache_targets,
+    initial_logits,
+    mixing_weights,
+    shard_loss,
+)
 from l2c_compile.routers import save_router
-from l2c_compile.samplers.base import ModelCall, SamplerPlan, SolverStep
-from l2c_compile.samplers.schedules import alpha_bar_at
+from l2c_compile.samplers.base import SamplerPlan
 
 MODES = ("cache", "drop")
-CHECKPOINT_FORMAT = "l2c-router-checkpoint"
-CHECKPOINT_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -104,19 +114,45 @@ class TrainConfig:
     checkpoint_every: int = 1000  # 0: only at the end
 
     def __post_init__(self) -> None:
-        _check(self.recipe in RECIPES, f"unknown recipe {self.recipe!r}{suggest(str(self.recipe), list(RECIPES))}; choose dit or uvit")
-        _check(self.mode in MODES, f"unknown mode {self.mode!r}{suggest(str(self.mode), MODES)}; choose cache or drop")
+        _check(
+            self.recipe in RECIPES,
+            f"unknown recipe {self.recipe!r}{suggest(str(self.recipe), list(RECIPES))}; choose dit or uvit",
+        )
+        _check(
+            self.mode in MODES,
+            f"unknown mode {self.mode!r}{suggest(str(self.mode), MODES)}; choose cache or drop",
+        )
         _check(_is_num(self.lam) and self.lam >= 0, f"lam must be a number >= 0, got {self.lam!r}")
         _check(_is_num(self.lr) and self.lr > 0, f"lr must be a number > 0, got {self.lr!r}")
-        _check(_is_int(self.steps) and self.steps >= 1, f"steps must be an integer >= 1, got {self.steps!r}")
-        _check(_is_int(self.batch_size) and self.batch_size >= 1, f"batch size must be an integer >= 1, got {self.batch_size!r}")
-        _check(_is_int(self.seed) and self.seed >= 0, f"seed must be an integer >= 0, got {self.seed!r}")
+        _check(
+            _is_int(self.steps) and self.steps >= 1,
+            f"steps must be an integer >= 1, got {self.steps!r}",
+        )
+        _check(
+            _is_int(self.batch_size) and self.batch_size >= 1,
+            f"batch size must be an integer >= 1, got {self.batch_size!r}",
+        )
+        _check(
+            _is_int(self.seed) and self.seed >= 0,
+            f"seed must be an integer >= 0, got {self.seed!r}",
+        )
         for name in ("threshold", "ste_threshold"):
             v = getattr(self, name)
-            _check(v is None or (_is_num(v) and 0 <= v <= 1), f"{name} must be in [0, 1], got {v!r}")
-        _check(_is_num(self.label_dropout) and 0 <= self.label_dropout < 1, f"label dropout must be in [0, 1), got {self.label_dropout!r}")
-        _check(self.shards is None or (_is_int(self.shards) and self.shards >= 1), f"shards must be an integer >= 1, got {self.shards!r}")
-        _check(_is_int(self.checkpoint_every) and self.checkpoint_every >= 0, f"checkpoint interval must be an integer >= 0, got {self.checkpoint_every!r}")
+            _check(
+                v is None or (_is_num(v) and 0 <= v <= 1), f"{name} must be in [0, 1], got {v!r}"
+            )
+        _check(
+            _is_num(self.label_dropout) and 0 <= self.label_dropout < 1,
+            f"label dropout must be in [0, 1), got {self.label_dropout!r}",
+        )
+        _check(
+            self.shards is None or (_is_int(self.shards) and self.shards >= 1),
+            f"shards must be an integer >= 1, got {self.shards!r}",
+        )
+        _check(
+            _is_int(self.checkpoint_every) and self.checkpoint_every >= 0,
+            f"checkpoint interval must be an integer >= 0, got {self.checkpoint_every!r}",
+        )
 
     @property
     def theta(self) -> float:
@@ -150,93 +186,6 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 
 # ---------------------------------------------------------------------------------------------
-# What one cache call needs: the warm-up calls before it and the noise level they start from
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CacheTarget:
-    """A trainable cache call and the solver step that fills the cache it reads."""
-
-    call: ModelCall  # the cache call m
-    step: SolverStep  # the solver step holding call m−1
-    warm: tuple[ModelCall, ...]  # that step's calls up to m−1 (full compute, recording)
-    crosses_step: bool  # m is the first call of the next step: apply the step update first
-    alpha_bar: float  # ᾱ at the start of ``step``
-
-    @property
-    def row(self) -> int:
-        """The router row the cache call reads."""
-        return int(self.call.router_index)  # type: ignore[arg-type]
-
-
-def cache_targets(plan: SamplerPlan) -> tuple[CacheTarget, ...]:
-    """Every cache call of ``plan`` with its warm-up, in sampling order."""
-    owner: dict[int, SolverStep] = {c.index: s for s in plan.steps for c in s.calls}
-    targets = []
-    for call in plan.calls:
-        if call.role != "cache":
-            continue
-        if call.index == 0 or call.router_index is None:
-            raise L2CError(f"{plan.sampler} plan: cache call {call.index} has no earlier call to fill its cache")
-        step = owner[call.index - 1]
-        warm = tuple(c for c in step.calls if c.index < call.index)
-        start = step.calls[0].timestep
-        ab = alpha_bar_at(start, plan.noise_schedule, plan.time_input)
-        targets.append(CacheTarget(call, step, warm, owner[call.index] is not step, ab))
-    if not targets:
-        raise L2CError(f"the {plan.sampler} plan with {plan.nfe} NFE has no cache steps: nothing to train")
-    rows = [t.row for t in targets]
-    if len(set(rows)) != len(rows):
-        raise L2CError(f"{plan.sampler} plan: several cache calls share a router row; cannot train it")
-    return tuple(targets)
-
-
-# ---------------------------------------------------------------------------------------------
-# The trainable logits
-# ---------------------------------------------------------------------------------------------
-
-
-class RouterLogits(nn.Module):
-    """The router table; only the trained rows are parameters (one each, like the official code)."""
-
-    def __init__(self, init: torch.Tensor, rows: tuple[int, ...]) -> None:
-        super().__init__()
-        self.table = init.detach().clone()  # (nfe, 2·depth): untrained rows stay as initialised
-        self.rows = nn.ParameterDict({str(r): nn.Parameter(init[r].detach().clone()) for r in rows})
-
-    def forward(self, rows: list[int]) -> tuple[torch.Tensor, ...]:
-        """Scores sigmoid(logits) of ``rows``, each (2·depth,)."""
-        return tuple(torch.sigmoid(self.rows[str(r)]) for r in rows)
-
-    def logits(self) -> torch.Tensor:
-        """The full table (nfe, 2·depth) with the current trained rows, detached, on the CPU."""
-        out = self.table.clone()
-        for r, p in self.rows.items():
-            out[int(r)] = p.detach().cpu()
-        return out
-
-    @torch.no_grad()
-    def clamp_(self, bound: float) -> None:
-        """Clamp every trained logit to [−bound, bound]."""
-        for p in self.rows.values():
-            p.clamp_(-bound, bound)
-
-
-def initial_logits(nfe: int, depth: int, seed: int) -> torch.Tensor:
-    """Standard-normal logits from the seed, like the official ``Router`` init (all rows)."""
-    return torch.randn(nfe, 2 * depth, generator=torch.Generator().manual_seed(seed))
-
-
-def mixing_weights(scores: torch.Tensor, ste_threshold: float | None) -> torch.Tensor:
-    """Fresh-compute weights w: the scores, or the STE hard mask (forward 1[σ > thr], grad identity)."""
-    if ste_threshold is None:
-        return scores
-    hard = (scores > ste_threshold).to(scores.dtype)
-    return hard + scores - scores.detach()
-
-
-# ---------------------------------------------------------------------------------------------
 # Randomness: everything derived from (seed, step, shard)
 # ---------------------------------------------------------------------------------------------
 
@@ -258,70 +207,17 @@ class _Order:
         out = torch.empty(count, dtype=torch.long)
         for epoch in pos.div(self.n, rounding_mode="floor").unique().tolist():
             if epoch not in self._perms:
-                self._perms = {epoch: torch.randperm(self.n, generator=_generator(self.seed, epoch, 0, 2))}
+                self._perms = {
+                    epoch: torch.randperm(self.n, generator=_generator(self.seed, epoch, 0, 2))
+                }
             sel = pos.div(self.n, rounding_mode="floor") == epoch
             out[sel] = self._perms[epoch][pos[sel] % self.n]
         return out
 
 
 # ---------------------------------------------------------------------------------------------
-# One shard of one iteration
-# ---------------------------------------------------------------------------------------------
-
-
-def _model_call(model: nn.Module, call: ModelCall, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    dtype = next(model.parameters()).dtype
-    t = torch.full((x.shape[0],), float(call.timestep), dtype=torch.float32, device=x.device)
-    return model(x.to(dtype), t, y)  # (B, C_out, H, W) raw output, all channels
-
-
-def shard_loss(
-    model: nn.Module,
-    state: CacheState,
-    target: CacheTarget,
-    x0: torch.Tensor,
-    noise: torch.Tensor,
-    labels: torch.Tensor,
-    weights: torch.Tensor,
-    *,
-    distance: str,
-    mode: str,
-) -> torch.Tensor:
-    """distance(teacher, student) at ``target``'s cache call; ``weights``: (2·depth,) fresh weights."""
-    ab = target.alpha_bar
-    x = math.sqrt(ab) * x0 + math.sqrt(1.0 - ab) * noise  # (B, C, H, W) state at the step start
-    with torch.no_grad():
-        state.clear()
-        eps: dict[int, torch.Tensor] = {}
-        for call in target.warm:
-            state.set_call(record=True)
-            out = _model_call(model, call, call.input.apply(x, eps), labels)
-            eps[call.index] = model.eps(out).to(x.dtype)  # (B, C, H, W)
-        if target.crosses_step:
-            x, eps = target.step.update.apply(x, eps), {}
-        x_m = target.call.input.apply(x, eps)  # (B, C, H, W) input of the cache call
-        state.set_call(record=False)
-        teacher = _model_call(model, target.call, x_m, labels)  # (B, C_out, H, W)
-    state.set_call(record=False)
-    state.mode = mode
-    w = weights.to(teacher.dtype)
-    state.weights = {(kind, i): w[2 * i + j] for i in range(w.shape[0] // 2) for j, kind in enumerate(("attn", "mlp"))}
-    student = _model_call(model, target.call, x_m, labels)  # (B, C_out, H, W)
-    state.weights = None
-    sq = (student.float() - teacher.float()).pow(2).flatten(1)  # (B, C_out·H·W)
-    per_sample = sq.mean(dim=1) if distance == "mean" else sq.sum(dim=1)  # (B,)
-    return per_sample.mean()
-
-
-# ---------------------------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------------------------
-
-
-def checkpoint_path(output: str | os.PathLike[str]) -> Path:
-    """Where the resumable checkpoint of router file ``output`` lives: ``output + ".ckpt"``."""
-    p = Path(output)
-    return p.with_name(p.name + ".ckpt")
 
 
 def _dist_info() -> tuple[int, int]:
@@ -335,24 +231,43 @@ def init_distributed() -> tuple[int, int, torch.device]:
 
     NCCL with one GPU per local rank when CUDA is available, gloo on the CPU otherwise.
     """
-    if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) <= 1:
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    use_cuda = torch.cuda.is_available()
     if not dist.is_initialized():
-        use_cuda = torch.cuda.is_available()
         if use_cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group("nccl" if use_cuda else "gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
-    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-    return rank, world, device
+    device = torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
+    return dist.get_rank(), dist.get_world_size(), device
 
 
-def _check_model(model: nn.Module, data: TrainData, config: TrainConfig) -> None:
+def _check_inputs(model: nn.Module, data: TrainData, config: TrainConfig, shards: int) -> None:
+    _, world = _dist_info()
+    if shards % world:
+        raise L2CError(f"{shards} shards cannot be split over {world} processes")
+    if config.batch_size % shards:
+        raise L2CError(f"batch size {config.batch_size} is not divisible by {shards} shards")
     embed = getattr(getattr(model, "y_embedder", None), "embedding_table", None)
     if config.label_dropout > 0 and embed is not None and embed.num_embeddings <= model.null_class:
-        raise L2CError("label dropout needs the model's null class, but it was built without one (class_dropout_prob = 0)")
+        raise L2CError("label dropout needs the model's null class, which this model lacks")
     if len(data) == 0:
         raise L2CError("the training data is empty")
+
+
+@dataclass
+class _Run:
+    """Everything an iteration needs, fixed for the whole run."""
+
+    model: nn.Module
+    state: CacheState
+    data: TrainData
+    config: TrainConfig
+    targets: tuple[CacheTarget, ...]
+    order: _Order
+    shards: int
+    local: range  # the shards this process computes
+    device: torch.device
 
 
 def train(
@@ -370,185 +285,167 @@ def train(
 
     The model is frozen (``requires_grad_(False)``). Under torch.distributed every rank runs its
     share of the shards and the router parameters are wrapped in DistributedDataParallel.
+    Ctrl-C raises :class:`TrainingInterrupted` and leaves the last checkpoint as it was.
     """
     rank, world = _dist_info()
     shards = config.shards or world
-    if shards % world:
-        raise L2CError(f"{shards} shards cannot be split over {world} processes")
-    if config.batch_size % shards:
-        raise L2CError(f"batch size {config.batch_size} is not divisible by {shards} shards")
+    _check_inputs(model, data, config, shards)
     if resume and output is None:
-        raise L2CError("--resume needs the output path whose checkpoint it continues")
-    _check_model(model, data, config)
-    recipe = RECIPES[config.recipe]
+        raise L2CError("resuming needs the output path whose checkpoint it continues")
     name = model_name or getattr(model, "model_name", type(model).__name__)
     model.requires_grad_(False).eval()
     device = next(model.parameters()).device
     depth = len(model.transformer_blocks())
     targets = cache_targets(plan)
     rows = tuple(sorted(t.row for t in targets))
-    if max(rows) >= plan.nfe:
-        raise L2CError(f"router row {max(rows)} is outside a table of {plan.nfe} rows")
-
+    if rows[-1] >= plan.nfe:
+        raise L2CError(f"router row {rows[-1]} is outside a table of {plan.nfe} rows")
     router = RouterLogits(initial_logits(plan.nfe, depth, config.seed), rows).to(device)
-    params = [router.rows[str(r)] for r in rows]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
-    run = {"model": name, "sampler": plan.sampler, "nfe": plan.nfe, "options": dict(plan.options),
-           "data": getattr(data, "description", type(data).__name__)}
+    optimizer = torch.optim.AdamW(
+        [router.rows[str(r)] for r in rows], lr=config.lr, weight_decay=0.0
+    )
+    run_info = {
+        "model": name,
+        "sampler": plan.sampler,
+        "nfe": plan.nfe,
+        "options": dict(plan.options),
+        "data": getattr(data, "description", type(data).__name__),
+    }
     ckpt = checkpoint_path(output) if output is not None else None
-    history: list[dict[str, float]] = []
-    start = 0
+    start, history = 0, []
     if resume:
-        start, history = _load_checkpoint(ckpt, router, optimizer, config, run)
-    forward = router
+        start, history = load_checkpoint(ckpt, router, optimizer, config.to_dict(), run_info)
+    forward: nn.Module = router
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
-        forward = DistributedDataParallel(router, device_ids=[device] if device.type == "cuda" else None,
-                                          find_unused_parameters=True)
-
-    per_shard = config.batch_size // shards
-    local = range(rank * shards // world, (rank + 1) * shards // world)
-    order = _Order(len(data), config.seed)
-    theta = config.theta
+        # One parameter per row: rows no rank drew stay without a gradient, so AdamW skips them.
+        forward = DistributedDataParallel(
+            router,
+            device_ids=[device] if device.type == "cuda" else None,
+            find_unused_parameters=True,
+        )
     bar = _Bar(progress and rank == 0, config.steps, start)
-    step = start
     try:
         with instrument(model) as state:
+            local = range(rank * shards // world, (rank + 1) * shards // world)
+            run = _Run(
+                model,
+                state,
+                data,
+                config,
+                targets,
+                _Order(len(data), config.seed),
+                shards,
+                local,
+                device,
+            )
             for step in range(start, config.steps):
-                optimizer.zero_grad(set_to_none=True)
-                draws = [_draw_shard(step, k, config, targets, data, order, per_shard, model) for k in local]
-                needed = sorted({d[0].row for d in draws})
-                scores = dict(zip(needed, forward(needed), strict=True))
-                total = torch.zeros((), device=device)
-                sums = torch.zeros(2, dtype=torch.float64)  # Σ distance, Σ λ·l1 over local shards
-                for target, x0, noise, y in draws:
-                    s = scores[target.row]
-                    w = mixing_weights(s, config.ste_threshold)
-                    dist_k = shard_loss(model, state, target, x0.to(device), noise.to(device), y.to(device), w,
-                                        distance=recipe.distance, mode=config.mode)
-                    reg_k = config.lam * s.sum()
-                    total = total + (dist_k + reg_k) / len(local)
-                    sums += torch.tensor([float(dist_k.detach()), float(reg_k.detach())], dtype=torch.float64)
-                total.backward()
-                optimizer.step()
-                if recipe.clamp is not None:
-                    router.clamp_(recipe.clamp)
-                if world > 1:
-                    sums = sums.to(device)
-                    dist.all_reduce(sums)
-                    sums = sums.cpu()
-                distance, reg = (float(v) / shards for v in sums)
-                skip = _skip_ratio(router, rows, theta)
-                history.append({"step": step + 1, "loss": distance + reg, "distance": distance, "reg": reg, "skip": skip})
-                bar.update(history[-1])
+                distance, reg = _iteration(run, step, forward, optimizer)
+                if RECIPES[config.recipe].clamp is not None:
+                    router.clamp_(RECIPES[config.recipe].clamp)
+                skip = _skip_ratio(router, rows, config.theta)
+                row = {
+                    "step": step + 1,
+                    "loss": distance + reg,
+                    "distance": distance,
+                    "reg": reg,
+                    "skip": skip,
+                }
+                history.append(row)
+                bar.update(row)
                 done = step + 1
-                if rank == 0 and ckpt is not None and config.checkpoint_every and done % config.checkpoint_every == 0 and done < config.steps:
-                    _save_checkpoint(ckpt, done, router, optimizer, config, run, history)
+                every = config.checkpoint_every
+                if rank == 0 and ckpt and every and done % every == 0 and done < config.steps:
+                    save_checkpoint(
+                        ckpt, done, router, optimizer, config.to_dict(), run_info, history
+                    )
     except KeyboardInterrupt:
         bar.close()
-        last = _checkpoint_step(ckpt)
-        raise TrainingInterrupted(last if last is not None else 0, ckpt if last is not None else None) from None
+        last = checkpoint_step(ckpt)
+        raise TrainingInterrupted(last or 0, ckpt if last is not None else None) from None
     finally:
         bar.close()
 
     logits = router.logits()
-    meta = {**run, "recipe": config.recipe, "lam": config.lam, "lr": config.lr, "steps": config.steps,
-            "batch_size": config.batch_size, "seed": config.seed, "mode": config.mode,
-            "threshold": theta, "ste_threshold": config.ste_threshold, "label_dropout": config.label_dropout,
-            "shards": shards, "trained_rows": list(rows), "depth": depth}
-    path = None
-    if output is not None:
-        path = Path(output)
+    meta = {
+        **run_info,
+        **{k: v for k, v in config.to_dict().items() if k not in ("threshold", "shards")},
+        "threshold": config.theta,
+        "shards": shards,
+        "trained_rows": list(rows),
+        "depth": depth,
+    }
+    path = Path(output) if output is not None else None
+    if path is not None:
         if rank == 0:
-            _save_checkpoint(ckpt, max(start, config.steps), router, optimizer, config, run, history)
+            final = max(start, config.steps)
+            save_checkpoint(ckpt, final, router, optimizer, config.to_dict(), run_info, history)
             save_router(path, logits, meta)
         if world > 1:
-            dist.barrier()
+            dist.barrier()  # nobody reads the files before rank 0 has written them
     return TrainResult(logits, history, path, rows, meta, start)
 
 
+def _iteration(
+    run: _Run, step: int, forward: nn.Module, optimizer: torch.optim.Optimizer
+) -> tuple[float, float]:
+    """One optimizer step over this process's shards; (distance, λ·Σ scores) averaged over all."""
+    cfg = run.config
+    optimizer.zero_grad(set_to_none=True)
+    draws = [_draw_shard(run, step, k) for k in run.local]
+    needed = sorted({d[0].row for d in draws})
+    # One forward of the (DDP-wrapped) router per iteration, as DDP expects.
+    scores = dict(zip(needed, forward(needed), strict=True))
+    total = torch.zeros((), device=run.device)
+    sums = torch.zeros(2, dtype=torch.float64)  # Σ distance, Σ λ·l1 over this process's shards
+    for target, x0, noise, y in draws:
+        s = scores[target.row]  # (2·depth,)
+        distance = shard_loss(
+            run.model,
+            run.state,
+            target,
+            x0.to(run.device),
+            noise.to(run.device),
+            y.to(run.device),
+            mixing_weights(s, cfg.ste_threshold),
+            distance=RECIPES[cfg.recipe].distance,
+            mode=cfg.mode,
+        )
+        reg = cfg.lam * s.sum()
+        # Mean over this process's shards; DDP then averages over processes: the mean over all.
+        total = total + (distance + reg) / len(run.local)
+        sums += torch.tensor([float(distance.detach()), float(reg.detach())], dtype=torch.float64)
+    total.backward()
+    optimizer.step()
+    if dist.is_available() and dist.is_initialized():
+        sums = sums.to(run.device)
+        dist.all_reduce(sums)
+        sums = sums.cpu()
+    return float(sums[0]) / run.shards, float(sums[1]) / run.shards
+
+
 def _draw_shard(
-    step: int, shard: int, config: TrainConfig, targets: tuple[CacheTarget, ...], data: TrainData,
-    order: _Order, per_shard: int, model: nn.Module,
+    run: _Run, step: int, shard: int
 ) -> tuple[CacheTarget, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(cache target, x0, noise, labels after dropout) of one shard, all from (seed, step, shard)."""
-    gen = _generator(config.seed, step, shard, 0)
-    target = targets[int(torch.randint(len(targets), (1,), generator=gen))]
-    indices = order.indices(step * config.batch_size + shard * per_shard, per_shard)
-    x0, y = data.batch(indices, _generator(config.seed, step, shard, 1))  # (b, C, H, W), (b,)
+    cfg = run.config
+    per_shard = cfg.batch_size // run.shards
+    gen = _generator(cfg.seed, step, shard, 0)
+    target = run.targets[int(torch.randint(len(run.targets), (1,), generator=gen))]
+    indices = run.order.indices(step * cfg.batch_size + shard * per_shard, per_shard)
+    x0, y = run.data.batch(indices, _generator(cfg.seed, step, shard, 1))  # (b, C, H, W), (b,)
     noise = torch.randn(x0.shape, generator=gen)  # (b, C, H, W)
-    drop = torch.rand(per_shard, generator=gen) < config.label_dropout  # (b,)
-    if config.label_dropout > 0:
-        y = model.drop_labels(y, drop)
+    drop = torch.rand(per_shard, generator=gen) < cfg.label_dropout  # (b,)
+    if cfg.label_dropout > 0:
+        y = run.model.drop_labels(y, drop)
     return target, x0, noise, y
 
 
 def _skip_ratio(router: RouterLogits, rows: tuple[int, ...], theta: float) -> float:
     with torch.no_grad():
-        scores = torch.stack([torch.sigmoid(router.rows[str(r)].float()) for r in rows])  # (R, 2·depth)
-        return float((scores <= theta).float().mean())
-
-
-# ---------------------------------------------------------------------------------------------
-# Checkpoints
-# ---------------------------------------------------------------------------------------------
-
-_FREE_FIELDS = ("steps", "checkpoint_every")  # may change between a run and its resumption
-
-
-def _save_checkpoint(path: Path, step: int, router: RouterLogits, optimizer: torch.optim.Optimizer,
-                     config: TrainConfig, run: dict[str, Any], history: list[dict[str, float]]) -> None:
-    state = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "step": step,
-             "logits": router.logits(), "optimizer": optimizer.state_dict(), "config": config.to_dict(),
-             "run": run, "history": history}
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def _read_checkpoint(path: Path) -> dict[str, Any]:
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a bad zip/pickle
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise L2CError(f"{path.name}: not a readable training checkpoint ({first})") from None
-    if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
-        raise L2CError(f"{path.name}: not an l2c-compile training checkpoint")
-    if obj.get("version") != CHECKPOINT_VERSION:
-        raise L2CError(f"{path.name}: unsupported checkpoint version {obj.get('version')!r}")
-    return obj
-
-
-def _checkpoint_step(path: Path | None) -> int | None:
-    if path is None or not path.is_file():
-        return None
-    try:
-        return int(_read_checkpoint(path)["step"])
-    except L2CError:
-        return None
-
-
-def _load_checkpoint(path: Path | None, router: RouterLogits, optimizer: torch.optim.Optimizer,
-                     config: TrainConfig, run: dict[str, Any]) -> tuple[int, list[dict[str, float]]]:
-    if path is None or not path.is_file():
-        raise L2CError(f"nothing to resume: checkpoint {path} not found")
-    obj = _read_checkpoint(path)
-    saved, now = obj["config"], config.to_dict()
-    for key in now:
-        if key not in _FREE_FIELDS and saved.get(key) != now[key]:
-            raise L2CError(f"{path.name}: checkpoint was made with {key}={saved.get(key)!r}, this run has {now[key]!r}")
-    for key in run:
-        if obj["run"].get(key) != run[key]:
-            raise L2CError(f"{path.name}: checkpoint was made for {key}={obj['run'].get(key)!r}, this run has {run[key]!r}")
-    logits = obj["logits"]
-    if tuple(logits.shape) != tuple(router.table.shape):
-        raise L2CError(f"{path.name}: checkpoint logits have shape {list(logits.shape)}, expected {list(router.table.shape)}")
-    with torch.no_grad():
-        router.table.copy_(logits)
-        for r, p in router.rows.items():
-            p.copy_(logits[int(r)])
-    optimizer.load_state_dict(obj["optimizer"])
-    return int(obj["step"]), list(obj["history"])
+        scores = torch.stack([torch.sigmoid(router.rows[str(r)].float()) for r in rows])
+        return float((scores <= theta).float().mean())  # the share of (row, sublayer) reused
 
 
 # ---------------------------------------------------------------------------------------------
@@ -563,20 +460,37 @@ class _Bar:
         self.progress = None
         if not enabled:
             return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
 
         self.progress = Progress(
-            TextColumn("training router"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}  reg {task.fields[reg]}  skip {task.fields[skip]}"),
+            TextColumn("training router"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn(
+                "loss {task.fields[loss]}  reg {task.fields[reg]}  skip {task.fields[skip]}"
+            ),
             TimeRemainingColumn(),
         )
-        self.task = self.progress.add_task("train", total=total, completed=done, loss="-", reg="-", skip="-")
+        self.task = self.progress.add_task(
+            "train", total=total, completed=done, loss="-", reg="-", skip="-"
+        )
         self.progress.start()
 
     def update(self, row: dict[str, float]) -> None:
         if self.progress is not None:
-            self.progress.update(self.task, advance=1, loss=f"{row['loss']:.4g}", reg=f"{row['reg']:.3g}",
-                                 skip=f"{row['skip']:.1%}")
+            self.progress.update(
+                self.task,
+                advance=1,
+                loss=f"{row['loss']:.4g}",
+                reg=f"{row['reg']:.3g}",
+                skip=f"{row['skip']:.1%}",
+            )
 
     def close(self) -> None:
         if self.progress is not None:

@@ -1,0 +1,228 @@
+"""`l2c-compile train`: learn a router for (model, sampler, NFE) — the paper's Algorithm 1.
+
+Runs as one process, or under ``torchrun`` as data-parallel ranks (each its own shard and cache
+step draw; only rank 0 writes files and draws the progress bar).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from l2c_compile.cli.common import OutputFormat, cli_errors, console, err_console, print_json
+from l2c_compile.cli.compile_cmd import build_for_cli, plan_for
+from l2c_compile.errors import L2CError
+
+
+@cli_errors
+def train_cmd(
+    model: str = typer.Option(..., "--model", "-m", help="registry name, see `l2c-compile models`"),
+    checkpoint: Path | None = typer.Option(
+        None, "--checkpoint", help="model weights (official or own)"
+    ),
+    init: str | None = typer.Option(None, "--init", help="'random': seeded non-degenerate weights"),
+    seed: int = typer.Option(
+        0, "--seed", help="seed for --init random and for every training draw"
+    ),
+    sampler: str | None = typer.Option(
+        None, "--sampler", "-s", help="ddim | dpm-solver-2 (default: the model's)"
+    ),
+    nfe: int = typer.Option(..., "--nfe", help="number of model calls of the sampler"),
+    data: str = typer.Option(
+        "self",
+        "--data",
+        help="'self' (data-free), an image folder, or a .safetensors/.npz/.npy file",
+    ),
+    vae: Path | None = typer.Option(
+        None, "--vae", help="local diffusers AutoencoderKL folder (images for latent models)"
+    ),
+    pool_size: int = typer.Option(
+        256, "--pool-size", help="x0 samples drawn from the model with --data self"
+    ),
+    lam: float | None = typer.Option(
+        None, "--lam", help="λ, weight of Σ scores (default: the recipe's, dit 5e-6, uvit 0.1)"
+    ),
+    lr: float = typer.Option(1e-3, "--lr", help="AdamW learning rate"),
+    steps: int = typer.Option(1000, "--steps", help="training iterations"),
+    batch_size: int = typer.Option(64, "--batch-size", help="global batch size"),
+    shards: int | None = typer.Option(
+        None,
+        "--shards",
+        help="split the global batch into shards, each with its own cache-step draw (default: world size)",
+    ),
+    recipe: str | None = typer.Option(
+        None,
+        "--recipe",
+        help="dit (MSE, clamp ±5) | uvit (sum of squares, no clamp); default by model family",
+    ),
+    mode: str = typer.Option(
+        "cache", "--mode", help="cache (learning-to-cache) | drop (learning-to-drop baseline)"
+    ),
+    threshold: float | None = typer.Option(
+        None, "--threshold", help="θ for the reported skip ratio (default: dit 0.1, uvit 0.9)"
+    ),
+    ste_threshold: float | None = typer.Option(
+        None, "--ste-threshold", help="straight-through hard mask 1[σ > thr] in the forward pass"
+    ),
+    label_dropout: float = typer.Option(
+        0.1, "--label-dropout", help="CFG label dropout probability"
+    ),
+    checkpoint_every: int = typer.Option(
+        1000, "--checkpoint-every", help="write OUT.ckpt every N steps (0: only at the end)"
+    ),
+    resume: bool = typer.Option(
+        False, "--resume", help="continue from OUT.ckpt (same result as an uninterrupted run)"
+    ),
+    export_official: Path | None = typer.Option(
+        None, "--export-official", help="also write the router in the official layout"
+    ),
+    device: str | None = typer.Option(
+        None, "--device", help="cpu | cuda (default: cuda if available; torchrun: one GPU per rank)"
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="router file to write (safetensors)"),
+    fmt: OutputFormat = typer.Option(OutputFormat.rich, "--format"),
+) -> None:
+    """Train a Learning-to-Cache router (the model stays frozen)."""
+    from l2c_compile.router import RECIPES, TrainConfig, default_recipe, init_distributed
+
+    rank, world, dist_device = init_distributed()
+    try:
+        spec, net = build_for_cli(model, checkpoint, init, seed)
+        net = net.to(_device(device, world, dist_device))
+        plan = plan_for(spec, sampler, nfe)
+        recipe_name = recipe or default_recipe(spec.family)
+        if recipe_name not in RECIPES:
+            raise L2CError(f"unknown recipe {recipe_name!r}; choose dit or uvit")
+        config = TrainConfig(
+            lam=RECIPES[recipe_name].lam if lam is None else lam,
+            lr=lr,
+            steps=steps,
+            batch_size=batch_size,
+            seed=seed,
+            recipe=recipe_name,
+            mode=mode,
+            threshold=threshold,
+            ste_threshold=ste_threshold,
+            label_dropout=label_dropout,
+            shards=shards,
+            checkpoint_every=checkpoint_every,
+        )
+        show = fmt == OutputFormat.rich and rank == 0
+        summary = _train(
+            spec,
+            net,
+            plan,
+            config,
+            data=data,
+            vae=vae,
+            pool_size=pool_size,
+            out=out,
+            resume=resume,
+            export_official=export_official,
+            show=show,
+        )
+    finally:
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    if rank != 0:
+        return
+    summary["world_size"] = world
+    if fmt == OutputFormat.json:
+        print_json(summary)
+        return
+    table = Table(title=f"router → {out}", show_header=False)
+    for k, v in summary.items():
+        if v is not None:
+            table.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
+    console.print(table)
+
+
+def _device(device: str | None, world: int, dist_device):
+    import torch
+
+    if device is None or world > 1:  # under torchrun each rank takes its own device
+        return dist_device
+    try:
+        return torch.device(device)
+    except RuntimeError as exc:
+        raise L2CError(f"invalid device {device!r}: {exc}") from None
+
+
+def _train(
+    spec,
+    net,
+    plan,
+    config,
+    *,
+    data: str,
+    vae: Path | None,
+    pool_size: int,
+    out: Path,
+    resume: bool,
+    export_official: Path | None,
+    show: bool,
+) -> dict:
+    """Open the data, train, write the files; the summary the command prints."""
+    from l2c_compile.router import TrainingInterrupted, checkpoint_path, load_vae, open_data, train
+    from l2c_compile.routers import export_official as write_official
+
+    device = next(net.parameters()).device
+    encoder = load_vae(vae, device) if vae is not None else None
+    dataset = open_data(
+        data,
+        spec,
+        model=net,
+        plan=plan,
+        vae=encoder,
+        pool_size=pool_size,
+        seed=config.seed,
+        progress=show,
+    )
+    try:
+        result = train(
+            net,
+            plan,
+            dataset,
+            config,
+            model_name=spec.name,
+            output=out,
+            resume=resume,
+            progress=show,
+        )
+    except TrainingInterrupted as stop:
+        where = (
+            f"last checkpoint {stop.checkpoint} (step {stop.step}) is intact; rerun with --resume"
+            if stop.checkpoint is not None
+            else "no checkpoint was written yet"
+        )
+        err_console.print(f"[bold yellow]interrupted:[/] {where}", highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
+    if export_official is not None:
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0:
+            write_official(export_official, result.logits, spec.family)
+    last = result.history[-1] if result.history else {}
+    return {
+        "router": str(out),
+        "checkpoint": str(checkpoint_path(out)),
+        "official": str(export_official) if export_official else None,
+        "model": spec.name,
+        "sampler": plan.sampler,
+        "nfe": plan.nfe,
+        "recipe": config.recipe,
+        "mode": config.mode,
+        "lam": config.lam,
+        "steps": config.steps,
+        "resumed_from": result.resumed_from,
+        "data": dataset.description,
+        "trained_rows": list(result.trained_rows),
+        "final_loss": last.get("loss"),
+        "final_reg": last.get("reg"),
+        "skip_ratio": last.get("skip"),
+        "threshold": config.theta,
+    }

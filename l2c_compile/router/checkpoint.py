@@ -1,0 +1,116 @@
+"""Resumable training checkpoints: ``OUT.ckpt`` beside the router file, always written atomically.
+
+A checkpoint holds the whole router table, the AdamW state, the step reached, the run's
+configuration and the loss history. Every random draw of an iteration is a function of
+(seed, step, shard), so this is all a run needs to continue exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from l2c_compile.errors import L2CError
+from l2c_compile.io import atomic_path
+from l2c_compile.router.objective import RouterLogits
+
+CHECKPOINT_FORMAT = "l2c-router-checkpoint"
+CHECKPOINT_VERSION = 1
+FREE_FIELDS = ("steps", "checkpoint_every")  # may change between a run and its resumption
+
+
+def checkpoint_path(output: str | os.PathLike[str]) -> Path:
+    """Where the resumable checkpoint of router file ``output`` lives: ``output + ".ckpt"``."""
+    p = Path(output)
+    return p.with_name(p.name + ".ckpt")
+
+
+def save_checkpoint(
+    path: Path,
+    step: int,
+    router: RouterLogits,
+    optimizer: torch.optim.Optimizer,
+    config: dict[str, Any],
+    run: dict[str, Any],
+    history: list[dict[str, float]],
+) -> None:
+    """Write the training state after ``step`` iterations (atomically: never half a file)."""
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "step": step,
+        "logits": router.logits(),
+        "optimizer": optimizer.state_dict(),
+        "config": config,
+        "run": run,
+        "history": history,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """The checkpoint's contents (tensors and plain data only: ``weights_only`` loading)."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a bad zip/pickle
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise L2CError(f"{path.name}: not a readable training checkpoint ({first})") from None
+    if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
+        raise L2CError(f"{path.name}: not an l2c-compile training checkpoint")
+    if obj.get("version") != CHECKPOINT_VERSION:
+        raise L2CError(f"{path.name}: unsupported checkpoint version {obj.get('version')!r}")
+    return obj
+
+
+def checkpoint_step(path: Path | None) -> int | None:
+    """The step a readable checkpoint at ``path`` reached, else None."""
+    if path is None or not path.is_file():
+        return None
+    try:
+        return int(read_checkpoint(path)["step"])
+    except L2CError:
+        return None
+
+
+def load_checkpoint(
+    path: Path | None,
+    router: RouterLogits,
+    optimizer: torch.optim.Optimizer,
+    config: dict[str, Any],
+    run: dict[str, Any],
+) -> tuple[int, list[dict[str, float]]]:
+    """Restore ``router`` and ``optimizer`` in place; (step reached, history so far).
+
+    Refuses a checkpoint made with other settings (only ``steps`` and ``checkpoint_every`` may
+    change), since continuing it would not reproduce any single run.
+    """
+    if path is None or not path.is_file():
+        raise L2CError(f"nothing to resume: checkpoint {path} not found")
+    obj = read_checkpoint(path)
+    saved = obj["config"]
+    for key, value in config.items():
+        if key not in FREE_FIELDS and saved.get(key) != value:
+            raise L2CError(
+                f"{path.name}: checkpoint was made with {key}={saved.get(key)!r}, this run has {value!r}"
+            )
+    for key, value in run.items():
+        if obj["run"].get(key) != value:
+            raise L2CError(
+                f"{path.name}: checkpoint was made for {key}={obj['run'].get(key)!r}, this run has {value!r}"
+            )
+    logits = obj["logits"]
+    if tuple(logits.shape) != tuple(router.table.shape):
+        raise L2CError(
+            f"{path.name}: checkpoint logits have shape {list(logits.shape)}, "
+            f"expected {list(router.table.shape)}"
+        )
+    with torch.no_grad():
+        router.table.copy_(logits)
+        for r, p in router.rows.items():
+            p.copy_(logits[int(r)])
+    optimizer.load_state_dict(obj["optimizer"])
+    return int(obj["step"]), list(obj["history"])

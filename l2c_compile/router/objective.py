@@ -1,0 +1,164 @@
+"""What one training iteration computes, for one shard: the cache call, its warm-up, the loss.
+
+For a cache call m (router row r), the cache it reads is written by the solver step holding call
+m−1. :func:`cache_targets` finds that step for every cache call of a plan; :func:`shard_loss`
+noises x0 to the step's start, runs its calls up to m−1 with full compute while recording
+(no grad), forms call m's input with the plan's own combinations, and compares the full-compute
+teacher with the router-blended student (spec §3). :class:`RouterLogits` holds the logits.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from l2c_compile.errors import L2CError
+from l2c_compile.reference import CacheState
+from l2c_compile.samplers.base import ModelCall, SamplerPlan, SolverStep
+from l2c_compile.samplers.schedules import alpha_bar_at
+
+
+@dataclass(frozen=True)
+class CacheTarget:
+    """A trainable cache call and the solver step that fills the cache it reads."""
+
+    call: ModelCall  # the cache call m
+    step: SolverStep  # the solver step holding call m−1
+    warm: tuple[ModelCall, ...]  # that step's calls up to m−1 (full compute, recording)
+    crosses_step: bool  # m is the first call of the next step: apply the step update first
+    alpha_bar: float  # ᾱ at the start of ``step``
+
+    @property
+    def row(self) -> int:
+        """The router row the cache call reads."""
+        return int(self.call.router_index)  # type: ignore[arg-type]
+
+
+def cache_targets(plan: SamplerPlan) -> tuple[CacheTarget, ...]:
+    """Every cache call of ``plan`` with its warm-up, in sampling order."""
+    owner: dict[int, SolverStep] = {c.index: s for s in plan.steps for c in s.calls}
+    targets = []
+    for call in plan.calls:
+        if call.role != "cache":
+            continue
+        if call.index == 0 or call.router_index is None:
+            raise L2CError(
+                f"{plan.sampler} plan: cache call {call.index} has no earlier call to fill its cache"
+            )
+        step = owner[call.index - 1]
+        warm = tuple(c for c in step.calls if c.index < call.index)
+        start = step.calls[0].timestep
+        ab = alpha_bar_at(start, plan.noise_schedule, plan.time_input)
+        targets.append(CacheTarget(call, step, warm, owner[call.index] is not step, ab))
+    if not targets:
+        raise L2CError(
+            f"the {plan.sampler} plan with {plan.nfe} NFE has no cache steps: nothing to train"
+        )
+    rows = [t.row for t in targets]
+    if len(set(rows)) != len(rows):
+        raise L2CError(
+            f"{plan.sampler} plan: several cache calls share a router row; cannot train it"
+        )
+    return tuple(targets)
+
+
+# ---------------------------------------------------------------------------------------------
+# The trainable logits
+# ---------------------------------------------------------------------------------------------
+
+
+class RouterLogits(nn.Module):
+    """The router table; only the trained rows are parameters (one each, like the official code)."""
+
+    def __init__(self, init: torch.Tensor, rows: tuple[int, ...]) -> None:
+        super().__init__()
+        self.table = init.detach().clone()  # (nfe, 2·depth): untrained rows stay as initialised
+        self.rows = nn.ParameterDict({str(r): nn.Parameter(init[r].detach().clone()) for r in rows})
+
+    def forward(self, rows: list[int]) -> tuple[torch.Tensor, ...]:
+        """Scores sigmoid(logits) of ``rows``, each (2·depth,)."""
+        return tuple(torch.sigmoid(self.rows[str(r)]) for r in rows)
+
+    def logits(self) -> torch.Tensor:
+        """The full table (nfe, 2·depth) with the current trained rows, detached, on the CPU."""
+        out = self.table.clone()
+        for r, p in self.rows.items():
+            out[int(r)] = p.detach().cpu()
+        return out
+
+    @torch.no_grad()
+    def clamp_(self, bound: float) -> None:
+        """Clamp every trained logit to [−bound, bound]."""
+        for p in self.rows.values():
+            p.clamp_(-bound, bound)
+
+
+def initial_logits(nfe: int, depth: int, seed: int) -> torch.Tensor:
+    """Standard-normal logits from the seed, like the official ``Router`` init (all rows)."""
+    return torch.randn(nfe, 2 * depth, generator=torch.Generator().manual_seed(seed))
+
+
+def mixing_weights(scores: torch.Tensor, ste_threshold: float | None) -> torch.Tensor:
+    """Fresh-compute weights w: the scores, or the STE hard mask (forward 1[σ > thr], grad identity)."""
+    if ste_threshold is None:
+        return scores
+    hard = (scores > ste_threshold).to(scores.dtype)
+    return hard + scores - scores.detach()
+
+
+# ---------------------------------------------------------------------------------------------
+# One shard of one iteration
+# ---------------------------------------------------------------------------------------------
+
+
+def _model_call(
+    model: nn.Module, call: ModelCall, x: torch.Tensor, y: torch.Tensor
+) -> torch.Tensor:
+    dtype = next(model.parameters()).dtype
+    t = torch.full((x.shape[0],), float(call.timestep), dtype=torch.float32, device=x.device)
+    return model(x.to(dtype), t, y)  # (B, C_out, H, W) raw output, all channels
+
+
+def shard_loss(
+    model: nn.Module,
+    state: CacheState,
+    target: CacheTarget,
+    x0: torch.Tensor,
+    noise: torch.Tensor,
+    labels: torch.Tensor,
+    weights: torch.Tensor,
+    *,
+    distance: str,
+    mode: str,
+) -> torch.Tensor:
+    """distance(teacher, student) at ``target``'s cache call; ``weights``: (2·depth,) fresh weights."""
+    ab = target.alpha_bar
+    x = math.sqrt(ab) * x0 + math.sqrt(1.0 - ab) * noise  # (B, C, H, W) state at the step start
+    with torch.no_grad():
+        state.clear()
+        eps: dict[int, torch.Tensor] = {}
+        for call in target.warm:
+            state.set_call(record=True)
+            out = _model_call(model, call, call.input.apply(x, eps), labels)
+            eps[call.index] = model.eps(out).to(x.dtype)  # (B, C, H, W)
+        if target.crosses_step:
+            x, eps = target.step.update.apply(x, eps), {}
+        x_m = target.call.input.apply(x, eps)  # (B, C, H, W) input of the cache call
+        state.set_call(record=False)
+        teacher = _model_call(model, target.call, x_m, labels)  # (B, C_out, H, W)
+    state.set_call(record=False)
+    state.mode = mode
+    w = weights.to(teacher.dtype)
+    state.weights = {
+        (kind, i): w[2 * i + j]
+        for i in range(w.shape[0] // 2)
+        for j, kind in enumerate(("attn", "mlp"))
+    }
+    student = _model_call(model, target.call, x_m, labels)  # (B, C_out, H, W)
+    state.weights = None
+    sq = (student.float() - teacher.float()).pow(2).flatten(1)  # (B, C_out·H·W)
+    per_sample = sq.mean(dim=1) if distance == "mean" else sq.sum(dim=1)  # (B,)
+    return per_sample.mean()

@@ -1,0 +1,79 @@
+"""`l2c-compile compile → verify → sample` end to end on random tiny models, and its error paths."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from l2c_compile.cli.main import app
+
+runner = CliRunner()
+
+
+def _run(*args: str):
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+def _stderr(result) -> str:
+    try:
+        return result.stderr
+    except ValueError:  # older click mixes the streams
+        return result.output
+
+
+@pytest.mark.parametrize(("model", "sampler", "nfe"), [("DiT-Tiny", "ddim", 6), ("U-ViT-Tiny", "dpm-solver-2", 6)])
+def test_compile_verify_sample(tmp_path, model, sampler, nfe):
+    sched = tmp_path / "s.json"
+    r = _run("schedule", "heuristic", "--model", model, "--sampler", sampler, "--nfe", str(nfe),
+             "--kind", "random", "--fraction", "0.5", "-o", str(sched))
+    assert r.exit_code == 0, r.output
+    art = tmp_path / "art"
+    r = _run("compile", "--model", model, "--init", "random", "--seed", "3", "--sampler", sampler,
+             "--nfe", str(nfe), "--schedule", str(sched), "-o", str(art), "--format", "json")
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.output)
+    assert summary["distinct_graphs"] >= 2 and summary["macs_compiled"] < summary["macs_uncached"]
+    r = _run("verify", str(art), "--format", "json")
+    assert r.exit_code == 0, r.output
+    v = json.loads(r.output)
+    assert v["ok"] and v["max_rel_error"] <= 1e-5 and v["distinct_graphs"] == summary["distinct_graphs"]
+    png = tmp_path / "grid.png"
+    r = _run("sample", str(art), "--classes", "0,1,2", "--seed", "1", "--latent-preview", "-o", str(png))
+    assert r.exit_code == 0, r.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compile_bad_inputs_exit_2_with_one_line(tmp_path):
+    sched = tmp_path / "s.json"
+    assert _run("schedule", "heuristic", "--model", "DiT-Tiny", "--nfe", "6", "--kind", "all",
+                "--fraction", "1", "-o", str(sched)).exit_code == 0
+    cases = [
+        (["--model", "DiT-Nope", "--init", "random", "--nfe", "6"], "unknown model"),
+        (["--model", "DiT-Tiny", "--nfe", "6"], "pass --checkpoint PATH or --init random"),
+        (["--model", "DiT-Tiny", "--init", "random", "--nfe", "6", "--sampler", "euler"], "unknown sampler"),
+        (["--model", "DiT-Tiny", "--init", "random", "--nfe", "8", "--schedule", str(sched)], "NFE"),
+        (["--model", "U-ViT-Tiny", "--init", "random", "--nfe", "6", "--sampler", "ddim", "--schedule", str(sched)],
+         "DiT-Tiny"),
+        (["--model", "DiT-Tiny", "--checkpoint", str(tmp_path / "missing.pt"), "--nfe", "6"], "missing.pt"),
+        (["--model", "DiT-Tiny", "--init", "random", "--nfe", "6", "--dtype", "int8"], "unknown dtype"),
+        (["--model", "DiT-Tiny", "--init", "random", "--nfe", "6", "--schedule", str(tmp_path / "nope.json")],
+         "nope.json"),
+    ]
+    for args, needle in cases:
+        out = tmp_path / "art"
+        r = runner.invoke(app, ["compile", *args, "-o", str(out)])
+        err = _stderr(r)
+        assert r.exit_code == 2, (args, r.output)
+        assert needle in err, (needle, err)
+        assert "Traceback" not in r.output
+        assert not out.exists()
+
+
+def test_verify_and_sample_reject_non_artifacts(tmp_path):
+    r = runner.invoke(app, ["verify", str(tmp_path)])
+    assert r.exit_code == 2 and "manifest.json is missing" in _stderr(r)
+    r = runner.invoke(app, ["sample", str(tmp_path / "none"), "-o", str(tmp_path / "x.png")])
+    assert r.exit_code == 2 and "does not exist" in _stderr(r)
+    assert not (tmp_path / "x.png").exists()
