@@ -23,15 +23,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS, environment, markdown_table, time_it, write_jsonl  # noqa: E402
+from common import RESULTS, environment, markdown_table, time_it, write_jsonl
 
-import l2c_compile  # noqa: E402
-from l2c_compile import reference  # noqa: E402
-from l2c_compile.guidance import GuidedDenoiser, timestep_vector  # noqa: E402
-from l2c_compile.metrics.macs import trajectory_macs  # noqa: E402
-from l2c_compile.models.registry import build_model, get_spec, init_random, load_checkpoint  # noqa: E402
-from l2c_compile.samplers import execute_plan, make_plan  # noqa: E402
-from l2c_compile.schedule import Schedule, heuristic, import_router  # noqa: E402
+import l2c_compile
+from l2c_compile import reference
+from l2c_compile.guidance import GuidedDenoiser, timestep_vector
+from l2c_compile.metrics.macs import trajectory_macs
+from l2c_compile.models.registry import build_model, get_spec, init_random, load_checkpoint
+from l2c_compile.samplers import execute_plan, make_plan
+from l2c_compile.schedule import Schedule, heuristic, import_router
 
 
 def build_schedule(args, spec, plan, depth) -> Schedule:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from l2c_compile import errors  # noqa: E402
-from l2c_compile.compiler import compile  # noqa: E402  (the package's main verb)
-from l2c_compile.runtime import CompiledSampler, load  # noqa: E402
+from l2c_compile import errors
+from l2c_compile.compiler import compile
+from l2c_compile.runtime import CompiledSampler, load
 
 __all__ = ["CompiledSampler", "__version__", "compile", "errors", "load"]

@@ -54,7 +54,7 @@ def _fuse_pass():
     return fuse_reuse
 
 
-def compile(  # noqa: A001 - the package's main verb, used as l2c_compile.compile
+def compile(
     model: nn.Module,
     plan: SamplerPlan,
     schedule: Any,

@@ -80,11 +80,8 @@ class CachedSublayer(nn.Module):
         st.computed += 1
         if st.weights is not None and self.key in st.weights:
             w = st.weights[self.key]
-            if st.mode == "drop":
-                blended = w * out
-            else:
-                blended = w * out + (1 - w) * st.cache[self.key]
-            return blended
+            other = 0.0 if st.mode == "drop" else st.cache[self.key]
+            return w * out + (1 - w) * other
         if st.record:
             st.cache[self.key] = out
         return out

@@ -207,7 +207,7 @@ def test_pass_manager_names_the_pass_that_broke_an_invariant():
         g.recompile()
         return PassResult(g, True)
 
-    with pytest.raises(CompileError, match="pass sneaky broke an invariant.*host sync"):
+    with pytest.raises(CompileError, match=r"pass sneaky broke an invariant.*host sync"):
         PassManager([("sneaky", bad_pass)]).run(gm)
 
 

@@ -44,7 +44,7 @@ def test_tampered_code_is_refused(artifact):
     _, out = artifact
     path = out / "sampler.py"
     path.write_text(path.read_text() + "\n# injected\n")
-    with pytest.raises(L2CError, match="sampler.py does not match its sha256"):
+    with pytest.raises(L2CError, match=r"sampler\.py does not match its sha256"):
         l2c_compile.load(out)
 
 
@@ -53,7 +53,7 @@ def test_tampered_weights_are_refused(artifact):
     data = bytearray((out / "weights.safetensors").read_bytes())
     data[-1] ^= 0xFF
     (out / "weights.safetensors").write_bytes(bytes(data))
-    with pytest.raises(L2CError, match="weights.safetensors does not match"):
+    with pytest.raises(L2CError, match=r"weights\.safetensors does not match"):
         l2c_compile.load(out)
 
 
@@ -89,7 +89,7 @@ def test_missing_folder(tmp_path):
 
 
 def test_save_replaces_an_existing_artifact_atomically(artifact, tmp_path):
-    compiled, out = artifact
+    _, out = artifact
     model = tiny_dit(1)
     plan = make_plan("ddim", 2, noise_schedule="linear", time_input="discrete")
     other = l2c_compile.compile(

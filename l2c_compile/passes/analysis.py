@@ -50,8 +50,6 @@ def count_linear_calls(gm: fx.GraphModule) -> int:
     """Number of Linear evaluations in a step graph (call_module Linear and F.linear)."""
     count = 0
     for n in gm.graph.nodes:
-        if n.op == "call_module" and isinstance(gm.get_submodule(n.target), nn.Linear):
-            count += 1
-        elif n.op == "call_function" and n.target is F.linear:
+        if (n.op == "call_module" and isinstance(gm.get_submodule(n.target), nn.Linear)) or (n.op == "call_function" and n.target is F.linear):
             count += 1
     return count
