@@ -116,3 +116,24 @@ def test_save_replaces_an_existing_artifact_atomically(artifact, tmp_path):
     assert loaded.info["nfe"] == 2
     noise, labels = inputs(model)
     assert rel_error(loaded(noise, labels, 4.0), other(noise, labels, 4.0)) == 0.0
+
+
+def test_artifact_with_fused_ops_loads_in_a_fresh_process(tmp_path):
+    """The generated module imports the kernels package itself (it registers torch.ops.l2c.*)."""
+    import subprocess
+    import sys
+
+    model = tiny_dit(2, depth=2)
+    plan = make_plan("ddim", 4, noise_schedule="linear", time_input="discrete")
+    sched = random_schedule(plan, 2, random.Random(0), p=1.0)
+    compiled = l2c_compile.compile(model, plan, sched, model_info={
+        "name": "custom", "family": "dit",
+        "kwargs": {"input_size": 8, "patch_size": 2, "in_channels": 4, "hidden_size": 32, "depth": 2,
+                   "num_heads": 2, "num_classes": 5, "learn_sigma": True}})
+    assert "torch.ops.l2c." in compiled.source
+    out = compiled.save(tmp_path / "art")
+    code = ("import torch, l2c_compile.runtime as r; s = r.load(%r); "
+            "print(s(torch.zeros(1, 4, 8, 8), torch.zeros(1, dtype=torch.long), 2.0).shape)") % str(out)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "torch.Size([1, 4, 8, 8])" in res.stdout

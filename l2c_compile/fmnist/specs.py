@@ -53,3 +53,18 @@ def checkpoint_path(name: str) -> Path:
 def card_path(name: str) -> Path:
     """Where the model card of model ``name`` lives (package data)."""
     return ASSETS / f"{name}.md"
+
+
+def fmnist_specs() -> dict[str, Any]:
+    """The two specs as registry ``ModelSpec``s, each pointing at its shipped checkpoint."""
+    import dataclasses
+
+    # Imported here, not at module level: the registry imports this module while it loads.
+    from l2c_compile.models.registry import ModelSpec
+
+    has_checkpoint = any(f.name == "checkpoint" for f in dataclasses.fields(ModelSpec))
+    out = {}
+    for name, fields in SPEC_FIELDS.items():
+        extra = {"checkpoint": str(checkpoint_path(name))} if has_checkpoint else {}
+        out[name] = ModelSpec(**fields, **extra)
+    return out

@@ -38,11 +38,10 @@ STATE_FILE = "train_state.pt"
 
 def build_spec(name: str) -> Any:
     """The :class:`ModelSpec` of a Fashion-MNIST model, by name."""
-    from l2c_compile.models.registry import ModelSpec
-
-    if name not in specs.SPEC_FIELDS:
-        raise L2CError(f"unknown Fashion-MNIST model {name!r}; choose one of {', '.join(specs.SPEC_FIELDS)}")
-    return ModelSpec(**specs.SPEC_FIELDS[name])
+    table = specs.fmnist_specs()
+    if name not in table:
+        raise L2CError(f"unknown Fashion-MNIST model {name!r}; choose one of {', '.join(table)}")
+    return table[name]
 
 
 def model_timesteps(steps: torch.Tensor, time_input: str) -> torch.Tensor:

@@ -101,6 +101,8 @@ def fuse_reuse(gm: fx.GraphModule) -> PassResult:
             continue
         stream, gate, cached = term
         anchor = ln
+        with graph.inserting_before(anchor):
+            cached = graph.call_method("contiguous", (cached,))  # a no-op for Linear outputs
         if module.elementwise_affine:
             if gate is not None:
                 continue
@@ -121,9 +123,10 @@ def fuse_reuse(gm: fx.GraphModule) -> PassResult:
             with graph.inserting_before(anchor):
                 if first is not None and first[1] is not None:
                     x = graph.call_method("contiguous", (first[0],))
+                    cached1 = graph.call_method("contiguous", (first[2],))
                     fused = graph.call_function(
                         torch.ops.l2c.reuse2_residual_ln_modulate.default,
-                        (x, first[1], first[2], gate, cached, shift, scale, module.eps))
+                        (x, first[1], cached1, gate, cached, shift, scale, module.eps))
                     op = "reuse2_residual_ln_modulate"
                 else:
                     x = graph.call_method("contiguous", (stream,))

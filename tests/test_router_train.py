@@ -1,0 +1,500 @@
+"""Router training (Algorithm 1, learning-to-drop, DDP, resume) and its data sources, on tiny models."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from l2c_compile.errors import L2CError
+from l2c_compile.models.registry import build_model, get_spec, init_random
+from l2c_compile.reference import instrument
+from l2c_compile.router import (
+    TensorData,
+    TrainConfig,
+    TrainingInterrupted,
+    cache_targets,
+    checkpoint_path,
+    draw_self_data,
+    load_tensors,
+    open_data,
+    shard_loss,
+    train,
+)
+from l2c_compile.router.objective import initial_logits, mixing_weights
+from l2c_compile.routers import load_router
+from l2c_compile.samplers import make_plan
+from l2c_compile.samplers.schedules import alphas_cumprod
+from l2c_compile.schedule import import_router
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # The tiny models are latency-bound: one thread avoids contention on a shared machine.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def dit():
+    return init_random(build_model("DiT-Tiny"), 0)
+
+
+@pytest.fixture(scope="module")
+def uvit():
+    return init_random(build_model("U-ViT-Tiny"), 0)
+
+
+def random_data(n: int = 32, seed: int = 0, shape=(4, 16, 16)) -> TensorData:
+    g = torch.Generator().manual_seed(seed)
+    x0 = torch.randn(n, *shape, generator=g).clamp(-1, 1)
+    return TensorData(x0, torch.randint(0, 10, (n,), generator=g), "random")
+
+
+def uvit_plan(nfe: int, **options):
+    spec = get_spec("U-ViT-Tiny")
+    return make_plan("dpm-solver-2", nfe, noise_schedule=spec.noise_schedule,
+                     time_input=spec.time_input, **options)
+
+
+def one_line(exc: pytest.ExceptionInfo) -> str:
+    assert "\n" not in str(exc.value)
+    return str(exc.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# The generic recipe
+# ---------------------------------------------------------------------------------------------
+
+
+def test_cache_targets_follow_the_plan() -> None:
+    ddim = make_plan("ddim", 6)
+    targets = cache_targets(ddim)
+    assert [t.row for t in targets] == [4, 2, 0]  # the official even router indices
+    ac = alphas_cumprod("linear")
+    for t in targets:
+        assert [c.index for c in t.warm] == [t.call.index - 1] and t.crosses_step
+        assert t.alpha_bar == pytest.approx(ac[int(t.warm[0].timestep)], rel=1e-12)
+
+    shifted = cache_targets(uvit_plan(8))
+    assert [t.row for t in shifted] == [1, 2, 3]  # U-ViT trains rows 1..K-1
+    # The step before s_k runs s_{k-1} and its midpoint: the cache holds the midpoint features.
+    assert [[c.index for c in t.warm] for t in shifted] == [[0, 1], [2, 3], [4, 5]]
+
+    unshifted = cache_targets(uvit_plan(8, shifted=False))
+    assert [t.call.index for t in unshifted] == [1, 3, 5, 7]
+    assert all(not t.crosses_step and len(t.warm) == 1 for t in unshifted)
+
+
+def test_shard_loss_matches_a_hand_built_ddim_step(dit) -> None:
+    plan = make_plan("ddim", 6)
+    target = cache_targets(plan)[1]  # cache call at router row 2, after the full call at row 3
+    g = torch.Generator().manual_seed(1)
+    x0, noise = torch.randn(3, 4, 16, 16, generator=g), torch.randn(3, 4, 16, 16, generator=g)
+    y = torch.tensor([1, 2, 10])  # 10 = the null class (a dropped label)
+    prev, call = plan.calls[target.call.index - 1], target.call
+    ab = alphas_cumprod("linear")[int(prev.timestep)]
+    x = math.sqrt(ab) * x0 + math.sqrt(1 - ab) * noise
+    step = plan.steps[prev.index]
+    t = lambda c: torch.full((3,), c.timestep)  # noqa: E731
+    with torch.no_grad(), instrument(dit) as state:
+        state.set_call()  # full compute, recording the cache
+        eps = dit.eps(dit(x, t(prev), y))
+        x_m = step.update.apply(x, {prev.index: eps})
+        state.set_call(record=False)
+        teacher = dit(x_m, t(call), y)
+        state.set_call(range(3), range(3), record=False)  # reuse every sublayer
+        all_cached = dit(x_m, t(call), y)
+        state.clear()
+        loss_one = shard_loss(dit, state, target, x0, noise, y, torch.ones(6), distance="mean", mode="cache")
+        loss_zero = shard_loss(dit, state, target, x0, noise, y, torch.zeros(6), distance="mean", mode="cache")
+        loss_sum = shard_loss(dit, state, target, x0, noise, y, torch.zeros(6), distance="sum", mode="cache")
+    assert float(loss_one) == 0.0  # w = 1: the student is the teacher
+    want = (all_cached - teacher).pow(2).mean()  # all 8 output channels
+    assert float(loss_zero) == pytest.approx(float(want), rel=1e-5) and float(want) > 0
+    # The U-ViT recipe: per-sample sum of squares, i.e. C·H·W times the mean.
+    assert float(loss_sum) == pytest.approx(float(want) * 8 * 16 * 16, rel=1e-5)
+
+
+class _Zero(nn.Module):
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(h)
+
+
+def test_drop_mode_removes_the_sublayer(dit) -> None:
+    plan = make_plan("ddim", 4)
+    target = cache_targets(plan)[0]
+    g = torch.Generator().manual_seed(2)
+    x0, noise = torch.randn(2, 4, 16, 16, generator=g), torch.randn(2, 4, 16, 16, generator=g)
+    y = torch.tensor([3, 4])
+    with torch.no_grad(), instrument(dit) as state:
+        dropped = shard_loss(dit, state, target, x0, noise, y, torch.zeros(6), distance="mean", mode="drop")
+        cached = shard_loss(dit, state, target, x0, noise, y, torch.zeros(6), distance="mean", mode="cache")
+    # Reference: the same model with every attn/mlp replaced by zero (layer dropout).
+    pruned = copy.deepcopy(dit)
+    for b in pruned.transformer_blocks():
+        b.attn, b.mlp = _Zero(), _Zero()
+    with torch.no_grad(), instrument(dit) as state:
+        x = math.sqrt(target.alpha_bar) * x0 + math.sqrt(1 - target.alpha_bar) * noise
+        prev = target.warm[0]
+        eps = dit.eps(dit(x, torch.full((2,), prev.timestep), y))
+        x_m = target.step.update.apply(x, {prev.index: eps})
+        tm = torch.full((2,), target.call.timestep)
+        want = (pruned(x_m, tm, y) - dit(x_m, tm, y)).pow(2).mean()
+    assert float(dropped) == pytest.approx(float(want), rel=1e-5)
+    assert float(dropped) != float(cached)
+
+
+def test_ste_weights_are_hard_forward_and_identity_backward() -> None:
+    scores = torch.tensor([0.05, 0.2, 0.7], requires_grad=True)
+    w = mixing_weights(scores, 0.1)
+    assert w.tolist() == [0.0, 1.0, 1.0]
+    (w * torch.tensor([1.0, 2.0, 3.0])).sum().backward()
+    assert scores.grad.tolist() == [1.0, 2.0, 3.0]
+    assert mixing_weights(scores, None) is scores
+
+
+# ---------------------------------------------------------------------------------------------
+# Training behaviour
+# ---------------------------------------------------------------------------------------------
+
+
+def _eval_loss(model, plan, data, logits, n: int = 4) -> float:
+    """Mean distance over every cache target on fixed draws (cache mode, soft weights)."""
+    total = 0.0
+    g = torch.Generator().manual_seed(123)
+    x0, y = data.items[:n], data.labels[:n]
+    noise = torch.randn(x0.shape, generator=g)
+    with torch.no_grad(), instrument(model) as state:
+        for t in cache_targets(plan):
+            w = torch.sigmoid(logits[t.row])
+            total += float(shard_loss(model, state, t, x0, noise, y, w, distance="mean", mode="cache"))
+    return total
+
+
+def test_loss_falls_and_lambda_controls_skipping(dit) -> None:
+    plan, data = make_plan("ddim", 4), random_data()
+    runs = {lam: train(dit, plan, data, TrainConfig(lam=lam, lr=0.2, steps=16, batch_size=4))
+            for lam in (0.0, 0.05)}
+    init = initial_logits(4, 3, seed=0)
+    rows = list(runs[0.0].trained_rows)
+    assert rows == [0, 2]
+    # λ = 0: the router learns to compute; the loss falls and (almost) nothing is skipped.
+    keep = runs[0.0]
+    assert _eval_loss(dit, plan, data, keep.logits) < 0.5 * _eval_loss(dit, plan, data, init)
+    assert keep.history[-1]["skip"] == 0.0 and keep.history[-1]["reg"] == 0.0
+    assert torch.sigmoid(keep.logits[rows]).mean() > torch.sigmoid(init[rows]).mean()
+    # A larger λ skips more.
+    skip = runs[0.05]
+    mean_score = {lam: float(torch.sigmoid(r.logits[rows]).mean()) for lam, r in runs.items()}
+    assert mean_score[0.05] < mean_score[0.0]
+    skipped = {lam: float((torch.sigmoid(r.logits[rows]) <= 0.5).float().mean()) for lam, r in runs.items()}
+    assert skipped[0.05] > skipped[0.0]
+    assert skip.history[-1]["reg"] > 0
+    # Rows that are not cache calls are never trained: they keep the seeded init.
+    for r in (1, 3):
+        assert torch.equal(skip.logits[r], init[r])
+    # The DiT recipe clamps the logits.
+    assert float(skip.logits[rows].abs().max()) <= 5.0
+
+
+def test_uvit_recipe_trains_rows_1_to_k_minus_1_without_clamp(uvit) -> None:
+    plan, data = uvit_plan(8), random_data(16)
+    free = train(uvit, plan, data, TrainConfig(lam=5.0, lr=2.0, steps=6, batch_size=2, recipe="uvit"))
+    assert free.trained_rows == (1, 2, 3)
+    assert float(free.logits[[1, 2, 3]].abs().max()) > 5.0  # no clamp in the U-ViT recipe
+    assert free.meta["threshold"] == 0.9
+    clamped = train(uvit, plan, data, TrainConfig(lam=5.0, lr=2.0, steps=6, batch_size=2, recipe="dit"))
+    assert float(clamped.logits[[1, 2, 3]].abs().max()) <= 5.0
+    # Learning-to-drop: the same optimisation; its first loss (same draws, same init) is larger.
+    drop = train(uvit, plan, data, TrainConfig(lam=5.0, lr=2.0, steps=1, batch_size=2, recipe="uvit", mode="drop"))
+    assert drop.history[0]["distance"] > free.history[0]["distance"]
+
+
+def test_ste_training_runs_and_is_recorded(dit, tmp_path: Path) -> None:
+    res = train(dit, make_plan("ddim", 4), random_data(), TrainConfig(lam=0.01, lr=0.1, steps=3, batch_size=4,
+                ste_threshold=0.5), output=tmp_path / "ste.safetensors")
+    assert load_router(res.path).meta["ste_threshold"] == 0.5
+    assert all(math.isfinite(h["loss"]) for h in res.history)
+
+
+def test_output_file_imports_and_exports(dit, tmp_path: Path) -> None:
+    plan, out = make_plan("ddim", 6), tmp_path / "router.safetensors"
+    res = train(dit, plan, random_data(), TrainConfig(lam=1e-3, lr=0.05, steps=2, batch_size=4, seed=3),
+                model_name="DiT-Tiny", output=out)
+    router = load_router(out)
+    assert torch.equal(router.logits, res.logits) and router.logits.shape == (6, 6)
+    meta = router.meta
+    assert (meta["model"], meta["sampler"], meta["nfe"], meta["recipe"], meta["lam"], meta["steps"]) == (
+        "DiT-Tiny", "ddim", 6, "dit", 1e-3, 2)
+    assert meta["trained_rows"] == [0, 2, 4] and meta["mode"] == "cache"
+    sched = import_router(out, plan, model="DiT-Tiny", depth=3, threshold=0.1)
+    assert [c.index for c in sched.cache_calls] == [1, 3, 5]
+    with pytest.raises(L2CError, match="trained for DiT-Tiny"):
+        import_router(out, plan, model="DiT-S/2", depth=3, threshold=0.1)
+    assert checkpoint_path(out).is_file()
+
+
+def test_resume_and_ctrl_c_equal_an_uninterrupted_run(dit, tmp_path: Path) -> None:
+    plan, data = make_plan("ddim", 6), random_data()
+    cfg = dict(lam=1e-3, lr=0.05, batch_size=4, seed=7)
+    whole = train(dit, plan, data, TrainConfig(steps=6, **cfg), output=tmp_path / "whole.safetensors")
+
+    # Stop after 3 steps, then continue to 6.
+    part = tmp_path / "part.safetensors"
+    train(dit, plan, data, TrainConfig(steps=3, **cfg), output=part)
+    resumed = train(dit, plan, data, TrainConfig(steps=6, **cfg), output=part, resume=True)
+    assert resumed.resumed_from == 3
+    assert torch.equal(resumed.logits, whole.logits)
+    assert resumed.history == whole.history
+
+    # Ctrl-C in step 5 (0-based 4): the step-4 checkpoint survives, nothing else is written.
+    class Interrupting(TensorData):
+        def batch(self, indices, generator):
+            self.calls += 1
+            if self.calls == 5:
+                raise KeyboardInterrupt
+            return super().batch(indices, generator)
+
+    flaky = Interrupting(data.items, data.labels, data.description)
+    flaky.calls = 0
+    cut = tmp_path / "cut.safetensors"
+    with pytest.raises(TrainingInterrupted) as info:
+        train(dit, plan, flaky, TrainConfig(steps=6, checkpoint_every=2, **cfg), output=cut)
+    assert info.value.step == 4 and info.value.checkpoint == checkpoint_path(cut)
+    assert not cut.exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith((".cut", "cut"))) == [
+        "cut.safetensors.ckpt"]
+    again = train(dit, plan, data, TrainConfig(steps=6, checkpoint_every=2, **cfg), output=cut, resume=True)
+    assert again.resumed_from == 4 and torch.equal(again.logits, whole.logits)
+
+    with pytest.raises(L2CError, match="lam=0.001, this run has 0.002") as bad:
+        train(dit, plan, data, TrainConfig(steps=8, **{**cfg, "lam": 2e-3}), output=part, resume=True)
+    one_line(bad)
+    with pytest.raises(L2CError, match="nothing to resume"):
+        train(dit, plan, data, TrainConfig(steps=6, **cfg), output=tmp_path / "none.safetensors", resume=True)
+
+
+def test_shards_split_the_batch_with_their_own_draws(dit) -> None:
+    plan, data = make_plan("ddim", 6), random_data()
+    one = train(dit, plan, data, TrainConfig(lam=1e-3, lr=0.05, steps=2, batch_size=4, shards=1))
+    two = train(dit, plan, data, TrainConfig(lam=1e-3, lr=0.05, steps=2, batch_size=4, shards=2))
+    assert not torch.equal(one.logits, two.logits)  # each shard draws its own cache call
+    with pytest.raises(L2CError, match="not divisible by 3 shards"):
+        train(dit, plan, data, TrainConfig(lam=0, steps=1, batch_size=4, shards=3))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"lam": -1.0}, "lam must be"),
+        ({"lam": 0.0, "mode": "dorp"}, "did you mean 'drop'"),
+        ({"lam": 0.0, "recipe": "vit"}, "unknown recipe"),
+        ({"lam": 0.0, "steps": 0}, "steps must be"),
+        ({"lam": 0.0, "ste_threshold": 1.5}, "ste_threshold must be in"),
+        ({"lam": 0.0, "label_dropout": 1.0}, "label dropout"),
+    ],
+)
+def test_bad_config_is_one_line(kwargs, match) -> None:
+    with pytest.raises(L2CError, match=match) as info:
+        TrainConfig(**kwargs)
+    one_line(info)
+
+
+# ---------------------------------------------------------------------------------------------
+# Data sources
+# ---------------------------------------------------------------------------------------------
+
+
+def test_tensor_files(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    spec = get_spec("DiT-Tiny")  # pixel space, 4×16×16
+    g = torch.Generator().manual_seed(0)
+    lat = torch.randn(5, 4, 16, 16, generator=g)
+    save_file({"latents": lat, "labels": torch.arange(5)}, str(tmp_path / "a.safetensors"))
+    data = load_tensors(tmp_path / "a.safetensors", spec)
+    x, y = data.batch(torch.tensor([4, 0]), torch.Generator())
+    assert torch.equal(x, lat[[4, 0]]) and y.tolist() == [4, 0]
+
+    images = np.random.default_rng(0).integers(0, 256, (3, 16, 16, 4), dtype=np.uint8)  # NHWC
+    np.savez(tmp_path / "b.npz", images=images, labels=np.array([1, 2, 3]))
+    x, _ = load_tensors(tmp_path / "b.npz", spec).batch(torch.tensor([1]), torch.Generator())
+    assert torch.allclose(x[0], torch.from_numpy(images[1]).permute(2, 0, 1).float() / 127.5 - 1)
+
+    np.save(tmp_path / "c.npy", lat.numpy())
+    with pytest.raises(L2CError, match="c.labels.npy") as info:
+        load_tensors(tmp_path / "c.npy", spec)
+    one_line(info)
+    np.save(tmp_path / "c.labels.npy", np.arange(5))
+    assert len(load_tensors(tmp_path / "c.npy", spec)) == 5
+
+    bad = {
+        "shape": ({"latents": torch.randn(2, 3, 16, 16), "labels": torch.zeros(2, dtype=torch.long)}, "takes \\[4, 16, 16\\]"),
+        "labels": ({"latents": torch.randn(2, 4, 16, 16), "labels": torch.tensor([0, 10])}, "labels must lie in 0..9"),
+        "count": ({"latents": torch.randn(2, 4, 16, 16), "labels": torch.zeros(3, dtype=torch.long)}, "2 samples but 3 labels"),
+        "nolabels": ({"latents": torch.randn(2, 4, 16, 16)}, "no 'labels'"),
+    }
+    for name, (tensors, match) in bad.items():
+        save_file(tensors, str(tmp_path / f"{name}.safetensors"))
+        with pytest.raises(L2CError, match=match) as info:
+            load_tensors(tmp_path / f"{name}.safetensors", spec)
+        one_line(info)
+    latent_spec = get_spec("DiT-S/8")
+    save_file({"images": torch.zeros(2, 3, 256, 256), "labels": torch.zeros(2, dtype=torch.long)},
+              str(tmp_path / "img.safetensors"))
+    with pytest.raises(L2CError, match="needs --vae"):
+        load_tensors(tmp_path / "img.safetensors", latent_spec)
+    with pytest.raises(L2CError, match="data not found"):
+        open_data(tmp_path / "missing", spec)
+
+
+def _write_image_folder(root: Path, sizes: list[tuple[int, int]]) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i, (w, h) in enumerate(sizes):
+        folder = root / f"class{i % 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+
+
+def test_image_folder_with_a_tiny_vae(tmp_path: Path) -> None:
+    diffusers = pytest.importorskip("diffusers")
+    from l2c_compile.router import ImageFolderData, load_vae
+
+    vae = diffusers.AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), latent_channels=4,
+        norm_num_groups=8, layers_per_block=1, sample_size=32,
+    )
+    vae.save_pretrained(tmp_path / "vae")
+    _write_image_folder(tmp_path / "imgs", [(40, 32), (32, 70), (64, 64)])
+    latent_spec = dataclasses.replace(get_spec("DiT-Tiny"), pixel_space=False)  # 4×16×16 latents
+    encoder = load_vae(tmp_path / "vae")
+    data = ImageFolderData(tmp_path / "imgs", latent_spec, vae=encoder)
+    assert len(data) == 3 and data.size == 32 and data.labels.tolist() == [0, 0, 1]
+    x, y = data.batch(torch.tensor([0, 1, 2]), torch.Generator().manual_seed(5))
+    again, _ = data.batch(torch.tensor([0, 1, 2]), torch.Generator().manual_seed(5))
+    assert x.shape == (3, 4, 16, 16) and torch.equal(x, again) and y.tolist() == [0, 0, 1]
+    with pytest.raises(L2CError, match="4-channel inputs but image folders hold RGB"):
+        ImageFolderData(tmp_path / "imgs", get_spec("DiT-Tiny"))
+    with pytest.raises(L2CError, match="needs --vae"):
+        ImageFolderData(tmp_path / "imgs", latent_spec)
+
+
+def test_self_data_is_seeded(dit) -> None:
+    spec, plan = get_spec("DiT-Tiny"), make_plan("ddim", 2)
+    a = draw_self_data(dit, plan, spec, size=3, seed=4)
+    b = draw_self_data(dit, plan, spec, size=3, seed=4)
+    c = draw_self_data(dit, plan, spec, size=3, seed=5)
+    assert a.items.shape == (3, 4, 16, 16) and torch.equal(a.items, b.items)
+    assert torch.equal(a.labels, b.labels) and not torch.equal(a.items, c.items)
+    assert int(a.labels.max()) < 10
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line and DDP
+# ---------------------------------------------------------------------------------------------
+
+_CLI = """
+import typer
+from l2c_compile.cli.train_cmd import train_cmd
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+app.command()(train_cmd)
+app()
+"""
+
+
+def _cli_app():
+    import typer
+
+    from l2c_compile.cli.train_cmd import train_cmd
+
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    app.command()(train_cmd)
+    return app
+
+
+def _args(data: Path, out: Path, *extra: str) -> list[str]:
+    return ["--model", "DiT-Tiny", "--init", "random", "--nfe", "6", "--data", str(data), "--lam", "1e-3",
+            "--lr", "0.05", "--steps", "3", "--batch-size", "4", "-o", str(out), "--format", "json", *extra]
+
+
+def _latents_file(path: Path) -> Path:
+    from safetensors.torch import save_file
+
+    d = random_data(16)
+    save_file({"latents": d.items, "labels": d.labels}, str(path))
+    return path
+
+
+def test_cli_trains_and_reports_errors_on_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    runner, app = CliRunner(), _cli_app()
+    data, out = _latents_file(tmp_path / "d.safetensors"), tmp_path / "r.safetensors"
+    res = runner.invoke(app, _args(data, out, "--export-official", str(tmp_path / "r.pt")))
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    assert summary["trained_rows"] == [0, 2, 4] and summary["world_size"] == 1
+    assert torch.equal(load_router(tmp_path / "r.pt").logits, load_router(out).logits)
+
+    bad = runner.invoke(app, _args(data, out, "--mode", "dorp"))
+    assert bad.exit_code == 2 and "did you mean 'drop'" in bad.output
+    assert len(bad.output.strip().splitlines()) == 1
+    noweights = runner.invoke(app, [a for a in _args(data, out) if a not in ("--init", "random")])
+    assert noweights.exit_code == 2 and "--init random" in noweights.output
+
+    def interrupted(*args, **kwargs):
+        raise TrainingInterrupted(2, checkpoint_path(out))
+
+    monkeypatch.setattr("l2c_compile.router.train", interrupted)
+    stop = runner.invoke(app, _args(data, out))
+    assert stop.exit_code == 130 and "step 2" in stop.output and "--resume" in stop.output
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_match_one_process_with_two_shards(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    data = _latents_file(tmp_path / "d.safetensors")
+    single = tmp_path / "single.safetensors"
+    res = CliRunner().invoke(_cli_app(), _args(data, single, "--shards", "2"))
+    assert res.exit_code == 0, res.output
+    (tmp_path / "cli.py").write_text(_CLI)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    ddp = tmp_path / "ddp.safetensors"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+           str(_free_port()), str(tmp_path / "cli.py"), *_args(data, ddp)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout)["world_size"] == 2  # only rank 0 prints
+    a, b = load_router(single), load_router(ddp)
+    assert torch.allclose(a.logits, b.logits, atol=1e-6, rtol=0)
+    assert not torch.equal(a.logits, initial_logits(6, 3, 0))
+    ck_a = torch.load(checkpoint_path(single), weights_only=True)
+    ck_b = torch.load(checkpoint_path(ddp), weights_only=True)
+    steps = lambda ck: {k: float(v["step"]) for k, v in ck["optimizer"]["state"].items()}  # noqa: E731
+    assert steps(ck_a) == steps(ck_b)  # rows no rank drew were skipped by AdamW in both
