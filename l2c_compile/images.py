@@ -39,6 +39,11 @@ def latents_preview(latents: torch.Tensor) -> torch.Tensor:
     return (x - lo) / (hi - lo).clamp_min(1e-8) * 2 - 1
 
 
+def as_pictures(x: torch.Tensor) -> torch.Tensor:
+    """Pixel-space samples as pictures in [-1, 1]: 1/3-channel outputs as-is, others previewed."""
+    return x.clamp(-1, 1) if x.shape[1] in (1, 3) else latents_preview(x)
+
+
 def make_grid(images: torch.Tensor, *, ncol: int | None = None, pad: int = 2, scale: int = 1) -> np.ndarray:
     """(N, C, H, W) images in [-1, 1] → one HxWx3 uint8 grid (C = 1 or 3)."""
     if images.dim() != 4 or images.shape[1] not in (1, 3):

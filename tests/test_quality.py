@@ -33,7 +33,7 @@ def test_psnr_known_values() -> None:
     # Range 2 (images in [-1, 1]): an error of 0.2 everywhere is 10·log10(4 / 0.04) = 20 dB.
     assert psnr(a, a + 0.2) == pytest.approx(20.0, abs=1e-4)
     # Error 2 (black vs white) is the worst case: 0 dB.
-    assert psnr(a - 1, a + 1) == pytest.approx(0.0, abs=1e-9)
+    assert psnr(a - 1, a + 1) == pytest.approx(0.0, abs=1e-4)
     # Per image, then averaged: 20 dB and 40 dB average to 30 dB.
     b = torch.cat([a[:1] + 0.2, a[1:] + 0.02])
     assert psnr(a, b, reduction="none").tolist() == pytest.approx([20.0, 40.0], abs=1e-4)
@@ -54,7 +54,7 @@ def test_frechet_distance_known_values() -> None:
     d = 6
     eye = torch.eye(d, dtype=torch.float64)
     mu = torch.zeros(d, dtype=torch.float64)
-    assert frechet_distance(mu, eye, mu, eye) == pytest.approx(0.0, abs=1e-9)
+    assert frechet_distance(mu, eye, mu, eye) == pytest.approx(0.0, abs=1e-4)
     # Mean shift only: the squared distance of the means.
     assert frechet_distance(mu, eye, mu + 0.5, eye) == pytest.approx(d * 0.25, rel=1e-9)
     # Σ = I vs 4I: tr(I + 4I − 2·2I) = d.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import math
 import os
@@ -12,7 +11,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -26,9 +24,6 @@ from l2c_compile.router import (
     TrainingInterrupted,
     cache_targets,
     checkpoint_path,
-    draw_self_data,
-    load_tensors,
-    open_data,
     shard_loss,
     train,
 )
@@ -68,8 +63,13 @@ def random_data(n: int = 32, seed: int = 0, shape=(4, 16, 16)) -> TensorData:
 
 def uvit_plan(nfe: int, **options):
     spec = get_spec("U-ViT-Tiny")
-    return make_plan("dpm-solver-2", nfe, noise_schedule=spec.noise_schedule,
-                     time_input=spec.time_input, **options)
+    return make_plan(
+        "dpm-solver-2",
+        nfe,
+        noise_schedule=spec.noise_schedule,
+        time_input=spec.time_input,
+        **options,
+    )
 
 
 def one_line(exc: pytest.ExceptionInfo) -> str:
@@ -121,9 +121,15 @@ def test_shard_loss_matches_a_hand_built_ddim_step(dit) -> None:
         state.set_call(range(3), range(3), record=False)  # reuse every sublayer
         all_cached = dit(x_m, t(call), y)
         state.clear()
-        loss_one = shard_loss(dit, state, target, x0, noise, y, torch.ones(6), distance="mean", mode="cache")
-        loss_zero = shard_loss(dit, state, target, x0, noise, y, torch.zeros(6), distance="mean", mode="cache")
-        loss_sum = shard_loss(dit, state, target, x0, noise, y, torch.zeros(6), distance="sum", mode="cache")
+        loss_one = shard_loss(
+            dit, state, target, x0, noise, y, torch.ones(6), distance="mean", mode="cache"
+        )
+        loss_zero = shard_loss(
+            dit, state, target, x0, noise, y, torch.zeros(6), distance="mean", mode="cache"
+        )
+        loss_sum = shard_loss(
+            dit, state, target, x0, noise, y, torch.zeros(6), distance="sum", mode="cache"
+        )
     assert float(loss_one) == 0.0  # w = 1: the student is the teacher
     want = (all_cached - teacher).pow(2).mean()  # all 8 output channels
     assert float(loss_zero) == pytest.approx(float(want), rel=1e-5) and float(want) > 0
@@ -143,8 +149,12 @@ def test_drop_mode_removes_the_sublayer(dit) -> None:
     x0, noise = torch.randn(2, 4, 16, 16, generator=g), torch.randn(2, 4, 16, 16, generator=g)
     y = torch.tensor([3, 4])
     with torch.no_grad(), instrument(dit) as state:
-        dropped = shard_loss(dit, state, target, x0, noise, y, torch.zeros(6), distance="mean", mode="drop")
-        cached = shard_loss(dit, state, target, x0, noise, y, torch.zeros(6), distance="mean", mode="cache")
+        dropped = shard_loss(
+            dit, state, target, x0, noise, y, torch.zeros(6), distance="mean", mode="drop"
+        )
+        cached = shard_loss(
+            dit, state, target, x0, noise, y, torch.zeros(6), distance="mean", mode="cache"
+        )
     # Reference: the same model with every attn/mlp replaced by zero (layer dropout).
     pruned = copy.deepcopy(dit)
     for b in pruned.transformer_blocks():
@@ -183,14 +193,18 @@ def _eval_loss(model, plan, data, logits, n: int = 4) -> float:
     with torch.no_grad(), instrument(model) as state:
         for t in cache_targets(plan):
             w = torch.sigmoid(logits[t.row])
-            total += float(shard_loss(model, state, t, x0, noise, y, w, distance="mean", mode="cache"))
+            total += float(
+                shard_loss(model, state, t, x0, noise, y, w, distance="mean", mode="cache")
+            )
     return total
 
 
 def test_loss_falls_and_lambda_controls_skipping(dit) -> None:
     plan, data = make_plan("ddim", 4), random_data()
-    runs = {lam: train(dit, plan, data, TrainConfig(lam=lam, lr=0.2, steps=16, batch_size=4))
-            for lam in (0.0, 0.05)}
+    runs = {
+        lam: train(dit, plan, data, TrainConfig(lam=lam, lr=0.2, steps=16, batch_size=4))
+        for lam in (0.0, 0.05)
+    }
     init = initial_logits(4, 3, seed=0)
     rows = list(runs[0.0].trained_rows)
     assert rows == [0, 2]
@@ -203,7 +217,9 @@ def test_loss_falls_and_lambda_controls_skipping(dit) -> None:
     skip = runs[0.05]
     mean_score = {lam: float(torch.sigmoid(r.logits[rows]).mean()) for lam, r in runs.items()}
     assert mean_score[0.05] < mean_score[0.0]
-    skipped = {lam: float((torch.sigmoid(r.logits[rows]) <= 0.5).float().mean()) for lam, r in runs.items()}
+    skipped = {
+        lam: float((torch.sigmoid(r.logits[rows]) <= 0.5).float().mean()) for lam, r in runs.items()
+    }
     assert skipped[0.05] > skipped[0.0]
     assert skip.history[-1]["reg"] > 0
     # Rows that are not cache calls are never trained: they keep the seeded init.
@@ -215,33 +231,59 @@ def test_loss_falls_and_lambda_controls_skipping(dit) -> None:
 
 def test_uvit_recipe_trains_rows_1_to_k_minus_1_without_clamp(uvit) -> None:
     plan, data = uvit_plan(8), random_data(16)
-    free = train(uvit, plan, data, TrainConfig(lam=5.0, lr=2.0, steps=6, batch_size=2, recipe="uvit"))
+    free = train(
+        uvit, plan, data, TrainConfig(lam=5.0, lr=2.0, steps=6, batch_size=2, recipe="uvit")
+    )
     assert free.trained_rows == (1, 2, 3)
     assert float(free.logits[[1, 2, 3]].abs().max()) > 5.0  # no clamp in the U-ViT recipe
     assert free.meta["threshold"] == 0.9
-    clamped = train(uvit, plan, data, TrainConfig(lam=5.0, lr=2.0, steps=6, batch_size=2, recipe="dit"))
+    clamped = train(
+        uvit, plan, data, TrainConfig(lam=5.0, lr=2.0, steps=6, batch_size=2, recipe="dit")
+    )
     assert float(clamped.logits[[1, 2, 3]].abs().max()) <= 5.0
     # Learning-to-drop: the same optimisation; its first loss (same draws, same init) is larger.
-    drop = train(uvit, plan, data, TrainConfig(lam=5.0, lr=2.0, steps=1, batch_size=2, recipe="uvit", mode="drop"))
+    drop = train(
+        uvit,
+        plan,
+        data,
+        TrainConfig(lam=5.0, lr=2.0, steps=1, batch_size=2, recipe="uvit", mode="drop"),
+    )
     assert drop.history[0]["distance"] > free.history[0]["distance"]
 
 
 def test_ste_training_runs_and_is_recorded(dit, tmp_path: Path) -> None:
-    res = train(dit, make_plan("ddim", 4), random_data(), TrainConfig(lam=0.01, lr=0.1, steps=3, batch_size=4,
-                ste_threshold=0.5), output=tmp_path / "ste.safetensors")
+    res = train(
+        dit,
+        make_plan("ddim", 4),
+        random_data(),
+        TrainConfig(lam=0.01, lr=0.1, steps=3, batch_size=4, ste_threshold=0.5),
+        output=tmp_path / "ste.safetensors",
+    )
     assert load_router(res.path).meta["ste_threshold"] == 0.5
     assert all(math.isfinite(h["loss"]) for h in res.history)
 
 
 def test_output_file_imports_and_exports(dit, tmp_path: Path) -> None:
     plan, out = make_plan("ddim", 6), tmp_path / "router.safetensors"
-    res = train(dit, plan, random_data(), TrainConfig(lam=1e-3, lr=0.05, steps=2, batch_size=4, seed=3),
-                model_name="DiT-Tiny", output=out)
+    res = train(
+        dit,
+        plan,
+        random_data(),
+        TrainConfig(lam=1e-3, lr=0.05, steps=2, batch_size=4, seed=3),
+        model_name="DiT-Tiny",
+        output=out,
+    )
     router = load_router(out)
     assert torch.equal(router.logits, res.logits) and router.logits.shape == (6, 6)
     meta = router.meta
-    assert (meta["model"], meta["sampler"], meta["nfe"], meta["recipe"], meta["lam"], meta["steps"]) == (
-        "DiT-Tiny", "ddim", 6, "dit", 1e-3, 2)
+    assert (
+        meta["model"],
+        meta["sampler"],
+        meta["nfe"],
+        meta["recipe"],
+        meta["lam"],
+        meta["steps"],
+    ) == ("DiT-Tiny", "ddim", 6, "dit", 1e-3, 2)
     assert meta["trained_rows"] == [0, 2, 4] and meta["mode"] == "cache"
     sched = import_router(out, plan, model="DiT-Tiny", depth=3, threshold=0.1)
     assert [c.index for c in sched.cache_calls] == [1, 3, 5]
@@ -253,7 +295,9 @@ def test_output_file_imports_and_exports(dit, tmp_path: Path) -> None:
 def test_resume_and_ctrl_c_equal_an_uninterrupted_run(dit, tmp_path: Path) -> None:
     plan, data = make_plan("ddim", 6), random_data()
     cfg = dict(lam=1e-3, lr=0.05, batch_size=4, seed=7)
-    whole = train(dit, plan, data, TrainConfig(steps=6, **cfg), output=tmp_path / "whole.safetensors")
+    whole = train(
+        dit, plan, data, TrainConfig(steps=6, **cfg), output=tmp_path / "whole.safetensors"
+    )
 
     # Stop after 3 steps, then continue to 6.
     part = tmp_path / "part.safetensors"
@@ -279,15 +323,27 @@ def test_resume_and_ctrl_c_equal_an_uninterrupted_run(dit, tmp_path: Path) -> No
     assert info.value.step == 4 and info.value.checkpoint == checkpoint_path(cut)
     assert not cut.exists()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith((".cut", "cut"))) == [
-        "cut.safetensors.ckpt"]
-    again = train(dit, plan, data, TrainConfig(steps=6, checkpoint_every=2, **cfg), output=cut, resume=True)
+        "cut.safetensors.ckpt"
+    ]
+    again = train(
+        dit, plan, data, TrainConfig(steps=6, checkpoint_every=2, **cfg), output=cut, resume=True
+    )
     assert again.resumed_from == 4 and torch.equal(again.logits, whole.logits)
 
-    with pytest.raises(L2CError, match="lam=0.001, this run has 0.002") as bad:
-        train(dit, plan, data, TrainConfig(steps=8, **{**cfg, "lam": 2e-3}), output=part, resume=True)
+    with pytest.raises(L2CError, match=r"lam=0\.001, this run has 0\.002") as bad:
+        train(
+            dit, plan, data, TrainConfig(steps=8, **{**cfg, "lam": 2e-3}), output=part, resume=True
+        )
     one_line(bad)
     with pytest.raises(L2CError, match="nothing to resume"):
-        train(dit, plan, data, TrainConfig(steps=6, **cfg), output=tmp_path / "none.safetensors", resume=True)
+        train(
+            dit,
+            plan,
+            data,
+            TrainConfig(steps=6, **cfg),
+            output=tmp_path / "none.safetensors",
+            resume=True,
+        )
 
 
 def test_shards_split_the_batch_with_their_own_draws(dit) -> None:
@@ -317,98 +373,6 @@ def test_bad_config_is_one_line(kwargs, match) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Data sources
-# ---------------------------------------------------------------------------------------------
-
-
-def test_tensor_files(tmp_path: Path) -> None:
-    from safetensors.torch import save_file
-
-    spec = get_spec("DiT-Tiny")  # pixel space, 4×16×16
-    g = torch.Generator().manual_seed(0)
-    lat = torch.randn(5, 4, 16, 16, generator=g)
-    save_file({"latents": lat, "labels": torch.arange(5)}, str(tmp_path / "a.safetensors"))
-    data = load_tensors(tmp_path / "a.safetensors", spec)
-    x, y = data.batch(torch.tensor([4, 0]), torch.Generator())
-    assert torch.equal(x, lat[[4, 0]]) and y.tolist() == [4, 0]
-
-    images = np.random.default_rng(0).integers(0, 256, (3, 16, 16, 4), dtype=np.uint8)  # NHWC
-    np.savez(tmp_path / "b.npz", images=images, labels=np.array([1, 2, 3]))
-    x, _ = load_tensors(tmp_path / "b.npz", spec).batch(torch.tensor([1]), torch.Generator())
-    assert torch.allclose(x[0], torch.from_numpy(images[1]).permute(2, 0, 1).float() / 127.5 - 1)
-
-    np.save(tmp_path / "c.npy", lat.numpy())
-    with pytest.raises(L2CError, match="c.labels.npy") as info:
-        load_tensors(tmp_path / "c.npy", spec)
-    one_line(info)
-    np.save(tmp_path / "c.labels.npy", np.arange(5))
-    assert len(load_tensors(tmp_path / "c.npy", spec)) == 5
-
-    bad = {
-        "shape": ({"latents": torch.randn(2, 3, 16, 16), "labels": torch.zeros(2, dtype=torch.long)}, "takes \\[4, 16, 16\\]"),
-        "labels": ({"latents": torch.randn(2, 4, 16, 16), "labels": torch.tensor([0, 10])}, "labels must lie in 0..9"),
-        "count": ({"latents": torch.randn(2, 4, 16, 16), "labels": torch.zeros(3, dtype=torch.long)}, "2 samples but 3 labels"),
-        "nolabels": ({"latents": torch.randn(2, 4, 16, 16)}, "no 'labels'"),
-    }
-    for name, (tensors, match) in bad.items():
-        save_file(tensors, str(tmp_path / f"{name}.safetensors"))
-        with pytest.raises(L2CError, match=match) as info:
-            load_tensors(tmp_path / f"{name}.safetensors", spec)
-        one_line(info)
-    latent_spec = get_spec("DiT-S/8")
-    save_file({"images": torch.zeros(2, 3, 256, 256), "labels": torch.zeros(2, dtype=torch.long)},
-              str(tmp_path / "img.safetensors"))
-    with pytest.raises(L2CError, match="needs --vae"):
-        load_tensors(tmp_path / "img.safetensors", latent_spec)
-    with pytest.raises(L2CError, match="data not found"):
-        open_data(tmp_path / "missing", spec)
-
-
-def _write_image_folder(root: Path, sizes: list[tuple[int, int]]) -> None:
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for i, (w, h) in enumerate(sizes):
-        folder = root / f"class{i % 2}"
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(folder / f"{i}.png")
-
-
-def test_image_folder_with_a_tiny_vae(tmp_path: Path) -> None:
-    diffusers = pytest.importorskip("diffusers")
-    from l2c_compile.router import ImageFolderData, load_vae
-
-    vae = diffusers.AutoencoderKL(
-        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), latent_channels=4,
-        norm_num_groups=8, layers_per_block=1, sample_size=32,
-    )
-    vae.save_pretrained(tmp_path / "vae")
-    _write_image_folder(tmp_path / "imgs", [(40, 32), (32, 70), (64, 64)])
-    latent_spec = dataclasses.replace(get_spec("DiT-Tiny"), pixel_space=False)  # 4×16×16 latents
-    encoder = load_vae(tmp_path / "vae")
-    data = ImageFolderData(tmp_path / "imgs", latent_spec, vae=encoder)
-    assert len(data) == 3 and data.size == 32 and data.labels.tolist() == [0, 0, 1]
-    x, y = data.batch(torch.tensor([0, 1, 2]), torch.Generator().manual_seed(5))
-    again, _ = data.batch(torch.tensor([0, 1, 2]), torch.Generator().manual_seed(5))
-    assert x.shape == (3, 4, 16, 16) and torch.equal(x, again) and y.tolist() == [0, 0, 1]
-    with pytest.raises(L2CError, match="4-channel inputs but image folders hold RGB"):
-        ImageFolderData(tmp_path / "imgs", get_spec("DiT-Tiny"))
-    with pytest.raises(L2CError, match="needs --vae"):
-        ImageFolderData(tmp_path / "imgs", latent_spec)
-
-
-def test_self_data_is_seeded(dit) -> None:
-    spec, plan = get_spec("DiT-Tiny"), make_plan("ddim", 2)
-    a = draw_self_data(dit, plan, spec, size=3, seed=4)
-    b = draw_self_data(dit, plan, spec, size=3, seed=4)
-    c = draw_self_data(dit, plan, spec, size=3, seed=5)
-    assert a.items.shape == (3, 4, 16, 16) and torch.equal(a.items, b.items)
-    assert torch.equal(a.labels, b.labels) and not torch.equal(a.items, c.items)
-    assert int(a.labels.max()) < 10
-
-
-# ---------------------------------------------------------------------------------------------
 # Command line and DDP
 # ---------------------------------------------------------------------------------------------
 
@@ -432,8 +396,29 @@ def _cli_app():
 
 
 def _args(data: Path, out: Path, *extra: str) -> list[str]:
-    return ["--model", "DiT-Tiny", "--init", "random", "--nfe", "6", "--data", str(data), "--lam", "1e-3",
-            "--lr", "0.05", "--steps", "3", "--batch-size", "4", "-o", str(out), "--format", "json", *extra]
+    return [
+        "--model",
+        "DiT-Tiny",
+        "--init",
+        "random",
+        "--nfe",
+        "6",
+        "--data",
+        str(data),
+        "--lam",
+        "1e-3",
+        "--lr",
+        "0.05",
+        "--steps",
+        "3",
+        "--batch-size",
+        "4",
+        "-o",
+        str(out),
+        "--format",
+        "json",
+        *extra,
+    ]
 
 
 def _latents_file(path: Path) -> Path:
@@ -444,7 +429,9 @@ def _latents_file(path: Path) -> Path:
     return path
 
 
-def test_cli_trains_and_reports_errors_on_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_trains_and_reports_errors_on_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from typer.testing import CliRunner
 
     runner, app = CliRunner(), _cli_app()
@@ -475,7 +462,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
 def test_ddp_two_processes_match_one_process_with_two_shards(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
@@ -486,8 +472,17 @@ def test_ddp_two_processes_match_one_process_with_two_shards(tmp_path: Path) -> 
     (tmp_path / "cli.py").write_text(_CLI)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     ddp = tmp_path / "ddp.safetensors"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(_free_port()), str(tmp_path / "cli.py"), *_args(data, ddp)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(_free_port()),
+        str(tmp_path / "cli.py"),
+        *_args(data, ddp),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout)["world_size"] == 2  # only rank 0 prints

@@ -193,7 +193,7 @@ def sample_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="PNG file to write"),
 ) -> None:
     """Draw samples with an artifact and write them as an image grid."""
-    from l2c_compile.images import decode_latents, latents_preview, make_grid, save_png
+    from l2c_compile.images import as_pictures, decode_latents, latents_preview, make_grid, save_png
     from l2c_compile.runtime import load
 
     try:
@@ -214,8 +214,8 @@ def sample_cmd(
     noise = torch.randn(len(labels), m.in_channels, m.input_size, m.input_size, generator=gen).to(device)
     with console.status(f"sampling {len(labels)} images…"):
         x = compiled(noise, labels.to(device), cfg_scale if compiled.cfg else None)
-    if pixel and x.shape[1] in (1, 3):
-        images = x.clamp(-1, 1)
+    if pixel:
+        images = as_pictures(x)
     elif vae is not None:
         images = decode_latents(x, vae)
     else:

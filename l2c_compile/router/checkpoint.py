@@ -19,7 +19,9 @@ from l2c_compile.router.objective import RouterLogits
 
 CHECKPOINT_FORMAT = "l2c-router-checkpoint"
 CHECKPOINT_VERSION = 1
-FREE_FIELDS = ("steps", "checkpoint_every")  # may change between a run and its resumption
+# May change between a run and its resumption: none of them alters an iteration (the effective
+# shard count is compared through the run description instead of the ``shards`` option).
+FREE_FIELDS = ("steps", "checkpoint_every", "threshold", "shards")
 
 
 def checkpoint_path(output: str | os.PathLike[str]) -> Path:
@@ -86,7 +88,8 @@ def load_checkpoint(
     """Restore ``router`` and ``optimizer`` in place; (step reached, history so far).
 
     Refuses a checkpoint made with other settings (only ``steps`` and ``checkpoint_every`` may
-    change), since continuing it would not reproduce any single run.
+    change, and θ, which only affects the reported skip ratio), since continuing it would not
+    reproduce any single run.
     """
     if path is None or not path.is_file():
         raise L2CError(f"nothing to resume: checkpoint {path} not found")

@@ -310,6 +310,7 @@ def train(
         "nfe": plan.nfe,
         "options": dict(plan.options),
         "data": getattr(data, "description", type(data).__name__),
+        "shards": shards,  # the effective split: resuming under another world size would differ
     }
     ckpt = checkpoint_path(output) if output is not None else None
     start, history = 0, []
@@ -372,7 +373,6 @@ def train(
         **run_info,
         **{k: v for k, v in config.to_dict().items() if k not in ("threshold", "shards")},
         "threshold": config.theta,
-        "shards": shards,
         "trained_rows": list(rows),
         "depth": depth,
     }
