@@ -132,8 +132,8 @@ def test_artifact_with_fused_ops_loads_in_a_fresh_process(tmp_path):
                    "num_heads": 2, "num_classes": 5, "learn_sigma": True}})
     assert "torch.ops.l2c." in compiled.source
     out = compiled.save(tmp_path / "art")
-    code = ("import torch, l2c_compile.runtime as r; s = r.load(%r); "
-            "print(s(torch.zeros(1, 4, 8, 8), torch.zeros(1, dtype=torch.long), 2.0).shape)") % str(out)
+    code = (f"import torch, l2c_compile.runtime as r; s = r.load({str(out)!r}); "
+            "print(s(torch.zeros(1, 4, 8, 8), torch.zeros(1, dtype=torch.long), 2.0).shape)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "torch.Size([1, 4, 8, 8])" in res.stdout
