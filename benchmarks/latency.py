@@ -1,67 +1,214 @@
-"""Latency of the four executors side by side, with the schedule's ideal MACs ratio beside them.
+"""Latency of the executors side by side, with the schedule's ideal MACs ratio beside them.
 
     python benchmarks/latency.py --model DiT-S/2 --nfe 20 --batch 1 --heuristic random --fraction 0.44
+    python benchmarks/latency.py --matrix --list                    # the grid, nothing run
+    python benchmarks/latency.py --matrix --only DiT-XL/2 --dtypes bfloat16 --samplers ddim-20 \\
+        --batches 8 --inductor --cuda-graph --torch-compile --deadline 540
 
 Executors (one run measures all of them, so ratios are comparable):
-  eager-uncached     the plain sampler loop, eager PyTorch
-  eager-l2c          the reference executor applying the schedule at run time (official semantics)
-  compiled-uncached  l2c-compile's module for the all-compute schedule
-  compiled-l2c       l2c-compile's module for the schedule
-  inductor-*         the same two with ``backend="inductor"`` (``--inductor``)
-  torch-compile-uncached   torch.compile of the uncached denoiser, eager loop (``--torch-compile``)
-Writes JSON lines to ``benchmarks/results/latency.jsonl`` and a markdown table next to it.
+  eager-uncached      the plain sampler loop, eager PyTorch
+  eager-l2c           the reference executor applying the schedule at run time (official semantics)
+  compiled-uncached   l2c-compile's module for the all-compute schedule (eager step graphs)
+  compiled-l2c        l2c-compile's module for the schedule (eager step graphs)
+  inductor-*          the same two with ``backend="inductor"`` (``--inductor``)
+  inductor+graph-*    inductor steps, whole trajectory in one CUDA graph (``--cuda-graph``, CUDA)
+  torch-compile-{default,reduce-overhead}-uncached   torch.compile of the uncached denoiser driven
+                      by the eager loop (``--torch-compile``; reduce-overhead on CUDA only)
+
+``--matrix`` runs the issue's grid in one process: on CUDA DiT-XL/2 (256, 512), DiT-L/2 and U-ViT-H/2
+with random weights × batch 1, 8, 32 (with CFG) × float32 (TF32) and bfloat16 × DDIM and
+DPM-Solver-2 at 20 and 50 NFE; on CPU the tiny models at 10 NFE. Released routers (``--routers-dir``)
+serve DiT-XL/2 DDIM-20/50 and U-ViT-H/2 DPM-Solver-2-20/50; every other cell gets a random heuristic
+schedule with the skipped fraction of the released router for its sampler and NFE. Filters
+(``--only``, ``--batches``, ``--dtypes``, ``--samplers``) cut the grid into chunks that fit a
+10-minute device command; ``--deadline`` stops starting work after that many seconds. The whole
+GPU grid does not fit one device session (inductor compiles one graph per distinct step mask and
+batch size): run the chunks that matter first (DiT-XL/2 · bf16 · DDIM-20 · batch 8, then 1).
+
+Columns: median seconds per loop and spread (min–max), first call, compile time (l2c passes +
+first call − median), peak memory on CUDA (absolute, and above what was allocated before the
+executor started: the comparable one, as pools pinned earlier stay in the absolute), the expected
+cache bytes (peak live entries × rows × tokens × width × element size), speedups. Writes JSON lines
+to ``benchmarks/results/latency.jsonl`` (matrix: ``latency-matrix.jsonl``) and markdown beside them.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
+import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS, environment, markdown_table, time_it, write_jsonl
+from common import RESULTS, environment, markdown_table
+from latency_exec import build_group, run_config
 
-import l2c_compile
-from l2c_compile import reference
-from l2c_compile.guidance import GuidedDenoiser, timestep_vector
-from l2c_compile.metrics.macs import trajectory_macs
-from l2c_compile.models.registry import build_model, get_spec, init_random, load_checkpoint
-from l2c_compile.samplers import execute_plan, make_plan
+from l2c_compile.io import write_text_atomic
+from l2c_compile.models.registry import (
+    ModelSpec,
+    build_model,
+    get_spec,
+    init_random,
+    load_checkpoint,
+)
+from l2c_compile.samplers import make_plan
+from l2c_compile.samplers.base import SamplerPlan
 from l2c_compile.schedule import Schedule, heuristic, import_router
 
+ROOT = Path(__file__).resolve().parents[1]
+GPU_GRID = {
+    "models": ["DiT-XL/2", "DiT-XL/2-512", "DiT-L/2", "U-ViT-H/2"],
+    "batches": [1, 8, 32],
+    "dtypes": ["float32", "bfloat16"],
+    "samplers": ["ddim-20", "ddim-50", "dpm-solver-2-20", "dpm-solver-2-50"],
+}
+CPU_GRID = {
+    "models": ["DiT-Tiny", "U-ViT-Tiny"],
+    "batches": [1, 4],
+    "dtypes": ["float32", "bfloat16"],
+    "samplers": ["ddim-10", "dpm-solver-2-10"],
+}
+# (model, sampler, NFE) → (released router file, documented θ); see shared/data/routers/README.md.
+RELEASED = {
+    ("DiT-XL/2", "ddim", 20): ("DDIM20_router.pt", 0.1),
+    ("DiT-XL/2", "ddim", 50): ("DDIM50_router.pt", 0.1),
+    ("U-ViT-H/2", "dpm-solver-2", 20): ("dpm20_router.pth", 0.9),
+    ("U-ViT-H/2", "dpm-solver-2", 50): ("dpm50_router.pth", 0.9),
+}
+# Skipped fraction of cache-step sublayers of those routers at θ (same README): what a synthetic
+# schedule for another model copies, so every cell of a column saves a comparable share.
+RELEASED_FRACTION = {
+    ("ddim", 20): 248 / 560,
+    ("ddim", 50): 664 / 1400,
+    ("dpm-solver-2", 20): 333 / 522,
+    ("dpm-solver-2", 50): 1304 / 1392,
+}
 
-def build_schedule(args, spec, plan, depth) -> Schedule:
+
+# ── schedules ────────────────────────────────────────────────────────────────────────────────
+def build_schedule(
+    args: argparse.Namespace, spec: ModelSpec, plan: SamplerPlan, depth: int
+) -> Schedule:
+    """Single-run mode: ``--router``, else ``--schedule``, else a ``--heuristic`` schedule."""
     if args.router:
-        theta = args.threshold if args.threshold is not None else (0.1 if spec.family == "dit" else 0.9)
+        theta = (
+            args.threshold if args.threshold is not None else (0.1 if spec.family == "dit" else 0.9)
+        )
         return import_router(args.router, plan, model=spec.name, depth=depth, threshold=theta)
     if args.schedule:
         return Schedule.load(args.schedule)
-    return heuristic(args.heuristic, plan, model=spec.name, depth=depth, fraction=args.fraction, seed=args.seed)
+    return heuristic(
+        args.heuristic, plan, model=spec.name, depth=depth, fraction=args.fraction, seed=args.seed
+    )
 
 
-def torch_compiled_loop(model, plan, cfg_scale, mode: str | None):
-    """torch.compile of the uncached denoiser driven by the eager sampler loop (the baseline users pick)."""
-    den = torch.compile(GuidedDenoiser(model, cfg=cfg_scale is not None), mode=mode, fullgraph=True)
-
-    def run(noise, labels):
-        scale = torch.tensor(cfg_scale or 1.0, device=noise.device)
-
-        def eps_fn(call, x_in):
-            t = timestep_vector(call.timestep, x_in.shape[0], x_in.device)
-            return den(x_in.to(next(model.parameters()).dtype), t, labels, scale).to(noise.dtype)
-
-        with torch.no_grad():
-            return execute_plan(plan, noise, eps_fn)
-
-    return run
+def find_routers_dir(given: str | None) -> Path | None:
+    """``--routers-dir``, else ``shared/data/routers`` inside or beside the checkout, else None."""
+    if given:
+        return Path(given)
+    for candidate in (
+        ROOT / "shared" / "data" / "routers",
+        ROOT.parent / "shared" / "data" / "routers",
+    ):
+        if candidate.is_dir():
+            return candidate
+    return None
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def matrix_schedule(
+    spec: ModelSpec,
+    plan: SamplerPlan,
+    depth: int,
+    routers: Path | None,
+    default_fraction: float,
+    seed: int,
+) -> Schedule:
+    """The released router for this cell when there is one, else a matching random schedule."""
+    released = RELEASED.get((spec.name, plan.sampler, plan.nfe))
+    if released and routers is not None and (routers / released[0]).is_file():
+        return import_router(
+            routers / released[0], plan, model=spec.name, depth=depth, threshold=released[1]
+        )
+    fraction = RELEASED_FRACTION.get((plan.sampler, plan.nfe), default_fraction)
+    return heuristic("random", plan, model=spec.name, depth=depth, fraction=fraction, seed=seed)
+
+
+# ── reporting ────────────────────────────────────────────────────────────────────────────────
+COLUMNS = [
+    ("executor", "executor"),
+    ("median_s", "median s"),
+    ("min_s", "min s"),
+    ("max_s", "max s"),
+    ("first_s", "first call s"),
+    ("compile_s", "compile s"),
+    ("peak_mib", "peak MiB"),
+    ("extra_mib", "above weights MiB"),
+    ("over_uncached_mib", "over same-backend uncached MiB"),
+    ("speedup_vs_eager-uncached", "× eager uncached"),
+    ("speedup_vs_same_uncached", "× same-backend uncached"),
+    ("speedup_vs_best_uncached", "× best uncached"),
+    ("share_of_ideal", "share of ideal"),
+    ("ideal_speedup", "ideal ×"),
+    ("note", "note"),
+]
+
+
+def config_title(rows: list[dict[str, Any]]) -> str:
+    """One line naming the configuration, machine and schedule."""
+    r = rows[0]
+    s = r["schedule"]
+    return (
+        f"{r['model']} · {r['sampler']}-{r['nfe']} · batch {r['batch']}{' + CFG' if r['cfg'] else ''} · "
+        f"{r['dtype']}{' (TF32)' if r['tf32'] else ''} · {r['device_name']} · torch {r['torch']} · "
+        f"git {r['git']} — schedule {s['source'].get('file') or s['source'].get('kind')} · skipped "
+        f"{s['skipped_fraction']:.1%} of cache-step sublayers · ideal {r['ideal_speedup']:.3f}× · "
+        f"expected cache {r['cache_bytes_expected'] / 2**20:.1f} MiB"
+    )
+
+
+def config_table(rows: list[dict[str, Any]]) -> str:
+    """The markdown table of one configuration."""
+    shown = []
+    for r in rows:
+        r = dict(r)
+        for key, col in (
+            ("peak_mem_bytes", "peak_mib"),
+            ("peak_extra_bytes", "extra_mib"),
+            ("mem_over_uncached_bytes", "over_uncached_mib"),
+        ):
+            if r.get(key) is not None:
+                r[col] = r[key] / 2**20
+        r["note"] = r.get("skipped") or r.get("error")
+        shown.append(r)
+    return markdown_table(shown, COLUMNS)
+
+
+def append_text(path: Path, text: str) -> None:
+    """Append to a results file through an atomic rewrite (a killed run never leaves half a line)."""
+    old = path.read_text(encoding="utf-8") if path.exists() else ""
+    write_text_atomic(path, old + text)
+
+
+def report(rows: list[dict[str, Any]], out: Path) -> None:
+    """Print one configuration's table and append it (JSON lines + markdown) to the results."""
+    title, table = config_title(rows), config_table(rows)
+    print(f"\n### {title}\n\n{table}", flush=True)
+    append_text(out, "".join(json.dumps(r, default=str) + "\n" for r in rows))
+    append_text(out.with_suffix(".md"), f"\n### {title}\n\n{table}\n")
+
+
+# ── driver ───────────────────────────────────────────────────────────────────────────────────
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Command-line options (single run and ``--matrix``)."""
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--model", default="DiT-S/2")
     p.add_argument("--checkpoint", default=None)
     p.add_argument("--sampler", default=None)
@@ -74,21 +221,80 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--router", default=None, help="router file to import (released or trained)")
     p.add_argument("--threshold", type=float, default=None)
     p.add_argument("--schedule", default=None, help="schedule JSON")
-    p.add_argument("--heuristic", default="random", help="random|top|bottom|all when no router/schedule")
+    p.add_argument(
+        "--heuristic", default="random", help="random|top|bottom|all when no router/schedule"
+    )
     p.add_argument("--fraction", type=float, default=0.44)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--inductor", action="store_true", help="also time backend='inductor'")
+    p.add_argument(
+        "--cuda-graph", action="store_true", help="also time inductor + whole-trajectory CUDA graph"
+    )
     p.add_argument("--torch-compile", action="store_true", help="also time torch.compile uncached")
-    p.add_argument("--skip-eager", action="store_true", help="skip the eager executors (slow on big models)")
-    p.add_argument("--out", default=str(RESULTS / "latency.jsonl"))
+    p.add_argument(
+        "--skip-eager", action="store_true", help="skip the eager executors (slow on big models)"
+    )
+    p.add_argument(
+        "--matrix", action="store_true", help="run the grid (filters below) in one process"
+    )
+    p.add_argument("--list", action="store_true", help="with --matrix: print the grid and exit")
+    p.add_argument("--only", default=None, help="matrix: comma-separated model names")
+    p.add_argument("--batches", default=None, help="matrix: e.g. 1,8,32")
+    p.add_argument("--dtypes", default=None, help="matrix: e.g. float32,bfloat16")
+    p.add_argument("--samplers", default=None, help="matrix: e.g. ddim-20,dpm-solver-2-50")
+    p.add_argument("--routers-dir", default=None, help="folder with the released router files")
+    p.add_argument(
+        "--executor-budget",
+        type=float,
+        default=None,
+        help="seconds of timed repeats per executor (default 60 CUDA, 20 CPU); at least one run",
+    )
+    p.add_argument(
+        "--time-limit", type=float, default=480.0, help="seconds per configuration before skipping"
+    )
+    p.add_argument(
+        "--deadline", type=float, default=None, help="seconds for the whole run before skipping"
+    )
+    p.add_argument(
+        "--threads", type=int, default=None, help="CPU intra-op threads (default: torch's)"
+    )
+    p.add_argument("--out", default=None)
     args = p.parse_args(argv)
+    if args.cuda_graph and not args.device.startswith("cuda"):
+        p.error("--cuda-graph needs --device cuda")
+    if args.executor_budget is None:
+        args.executor_budget = 60.0 if args.device.startswith("cuda") else 20.0
+    if args.out is None:
+        args.out = str(RESULTS / ("latency-matrix.jsonl" if args.matrix else "latency.jsonl"))
+    return args
 
-    torch.manual_seed(args.seed)
-    if args.device.startswith("cuda"):
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    spec = get_spec(args.model)
+
+def _split(value: str | None, default: list, cast=str) -> list:
+    return default if value is None else [cast(v.strip()) for v in value.split(",") if v.strip()]
+
+
+def grid(args: argparse.Namespace) -> list[tuple[str, str, str, int, list[int]]]:
+    """Matrix cells in run order: (model, dtype, sampler, NFE, batches); batches share compiled code."""
+    base = GPU_GRID if args.device.startswith("cuda") else CPU_GRID
+    cells = []
+    for model in _split(args.only, base["models"]):
+        get_spec(model)  # unknown names fail before anything runs
+        for dtype in _split(args.dtypes, base["dtypes"]):
+            for entry in _split(args.samplers, base["samplers"]):
+                sampler, _, nfe = entry.rpartition("-")
+                if not sampler or not nfe.isdigit():
+                    raise SystemExit(
+                        f"--samplers entry {entry!r} is not SAMPLER-NFE (e.g. ddim-20)"
+                    )
+                cells.append(
+                    (model, dtype, sampler, int(nfe), _split(args.batches, base["batches"], int))
+                )
+    return cells
+
+
+def prepare_model(spec: ModelSpec, dtype: str, args: argparse.Namespace) -> torch.nn.Module:
+    """The registry model with a checkpoint or seeded random weights, on the device in ``dtype``."""
     model = build_model(spec)
     if args.checkpoint:
         load_checkpoint(model, args.checkpoint)
@@ -96,75 +302,95 @@ def main(argv: list[str] | None = None) -> list[dict]:
         load_checkpoint(model, spec.checkpoint)
     else:
         init_random(model, args.seed)
-    dtype = getattr(torch, args.dtype)
-    model = model.to(device=args.device, dtype=dtype).eval()
-    plan = make_plan(args.sampler or spec.default_sampler, args.nfe, noise_schedule=spec.noise_schedule,
-                     time_input=spec.time_input)
-    depth = len(model.transformer_blocks())
-    sched = build_schedule(args, spec, plan, depth)
-    stats = sched.stats()
-    macs_full, macs_cached = trajectory_macs(spec, sched)
-    cfg_scale = None if args.no_cfg else (args.cfg_scale if args.cfg_scale is not None else spec.default_cfg_scale)
+    return model.to(device=args.device, dtype=getattr(torch, dtype)).eval()
 
-    g = torch.Generator().manual_seed(args.seed)
-    c, h, w = spec.latent_shape
-    noise = torch.randn(args.batch, c, h, w, generator=g).to(args.device)
-    labels = torch.randint(0, spec.num_classes, (args.batch,), generator=g).to(args.device)
 
-    executors: dict[str, object] = {}
-    compile_s: dict[str, float] = {}
-    if not args.skip_eager:
-        executors["eager-uncached"] = lambda: reference.sample_uncached(model, plan, noise, labels, cfg_scale)
-        executors["eager-l2c"] = lambda: reference.sample(model, plan, sched, noise, labels, cfg_scale)
-    backends = ["eager"] + (["inductor"] if args.inductor else [])
-    for backend in backends:
-        prefix = "compiled" if backend == "eager" else "inductor"
-        for label, s in (("uncached", None), ("l2c", sched)):
-            t0 = time.perf_counter()
-            cs = l2c_compile.compile(model, plan, s, cfg=cfg_scale is not None, backend=backend)
-            compile_s[f"{prefix}-{label}"] = time.perf_counter() - t0
-            executors[f"{prefix}-{label}"] = (lambda cs=cs: cs(noise, labels, cfg_scale))
-    if args.torch_compile:
-        modes = [None] + (["reduce-overhead"] if args.device.startswith("cuda") else [])
-        for mode in modes:
-            name = f"torch-compile-{mode or 'default'}-uncached"
-            executors[name] = (lambda run=torch_compiled_loop(model, plan, cfg_scale, mode): run(noise, labels))
+def _release() -> None:
+    """Forget compiled code and cached memory between cells (dynamo caches per code object)."""
+    torch._dynamo.reset()
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    """Run one configuration, or the grid with ``--matrix``; return every result row."""
+    args = parse_args(argv)
+    cuda = args.device.startswith("cuda")
+    if args.threads is not None:  # on a shared CPU, more threads than free cores thrash
+        torch.set_num_threads(args.threads)
+    if cuda:  # fp32 means TF32 on tensor cores, as in PERFORMANCE.md
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.set_float32_matmul_precision("high")
+    # One process compiles many cells; a low recompile cap would silently fall back to eager.
+    torch._dynamo.config.recompile_limit = max(
+        64, getattr(torch._dynamo.config, "recompile_limit", 8)
+    )
     env = environment(args.device)
-    rows = []
-    for name, fn in executors.items():
-        if args.device.startswith("cuda"):
-            torch.cuda.reset_peak_memory_stats()
-        timing = time_it(fn, device=args.device, repeats=args.repeats)
-        peak = torch.cuda.max_memory_allocated() if args.device.startswith("cuda") else None
-        rows.append({
-            "benchmark": "latency", **env, "model": spec.name, "sampler": plan.sampler, "nfe": plan.nfe,
-            "batch": args.batch, "cfg": cfg_scale is not None, "dtype": args.dtype, "executor": name,
-            **timing, "compile_s": compile_s.get(name), "peak_mem_bytes": peak,
-            "schedule": {"source": sched.source, "skipped_fraction": stats["skipped_fraction"],
-                         "cache_steps": stats["cache_steps"]},
-            "ideal_speedup": macs_full / macs_cached,
-        })
-    by = {r["executor"]: r["median_s"] for r in rows}
-    for r in rows:
-        for base in ("eager-uncached", "compiled-uncached", "inductor-uncached"):
-            if base in by:
-                r[f"speedup_vs_{base}"] = by[base] / r["median_s"]
-    write_jsonl(Path(args.out), rows)
-    cols = [("executor", "executor"), ("median_s", "median s"), ("min_s", "min s"), ("max_s", "max s"),
-            ("first_s", "first call s"), ("compile_s", "compile s"), ("speedup_vs_eager-uncached", "× eager uncached"),
-            ("speedup_vs_compiled-uncached", "× compiled uncached"), ("ideal_speedup", "ideal ×")]
-    title = (f"{spec.name} · {plan.sampler}-{plan.nfe} · batch {args.batch}{' + CFG' if cfg_scale is not None else ''}"
-             f" · {args.dtype} · {env['device_name']} · torch {env['torch']} · git {env['git']}\n"
-             f"schedule: {sched.source.get('kind')} · skipped {stats['skipped_fraction']:.1%} of cache-step "
-             f"sublayers · ideal {macs_full / macs_cached:.3f}×")
-    table = markdown_table(rows, cols)
-    print(title)
-    print(table)
-    md = Path(args.out).with_suffix(".md")
-    with md.open("a", encoding="utf-8") as f:
-        f.write(f"\n### {title}\n\n{table}\n")
-    return rows
+    out = Path(args.out)
+    deadline = None if args.deadline is None else time.perf_counter() + args.deadline
+    if not args.matrix:
+        torch.manual_seed(args.seed)
+        spec = get_spec(args.model)
+        model = prepare_model(spec, args.dtype, args)
+        plan = make_plan(
+            args.sampler or spec.default_sampler,
+            args.nfe,
+            noise_schedule=spec.noise_schedule,
+            time_input=spec.time_input,
+        )
+        sched = build_schedule(args, spec, plan, len(model.transformer_blocks()))
+        scale = (
+            None
+            if args.no_cfg
+            else (args.cfg_scale if args.cfg_scale is not None else spec.default_cfg_scale)
+        )
+        rows = run_config(
+            build_group(spec, model, plan, sched, args.dtype, scale, args),
+            args.batch,
+            args,
+            env,
+            deadline,
+        )
+        report(rows, out)
+        return rows
+
+    cells = grid(args)
+    routers = find_routers_dir(args.routers_dir)
+    if routers is not None and not routers.is_dir():
+        raise SystemExit(f"--routers-dir {routers} is not a folder")
+    if args.list:
+        for i, (model, dtype, sampler, nfe, batches) in enumerate(cells):
+            released = RELEASED.get((model, sampler, nfe))
+            kind = f"router {released[0]}" if released and routers else "synthetic"
+            print(
+                f"{i:3d}  {model:13s} {dtype:9s} {sampler}-{nfe:<3d} batches {batches}  schedule: {kind}"
+            )
+        print(f"routers dir: {routers or 'none found (synthetic schedules everywhere)'}")
+        return []
+    all_rows: list[dict[str, Any]] = []
+    for model_name, dtype, sampler, nfe, batches in cells:
+        if deadline is not None and time.perf_counter() > deadline:
+            print(f"deadline reached: skipped {model_name} {dtype} {sampler}-{nfe}", flush=True)
+            continue
+        spec = get_spec(model_name)
+        model = prepare_model(spec, dtype, args)
+        plan = make_plan(
+            sampler, nfe, noise_schedule=spec.noise_schedule, time_input=spec.time_input
+        )
+        sched = matrix_schedule(
+            spec, plan, len(model.transformer_blocks()), routers, args.fraction, args.seed
+        )
+        scale = None if args.no_cfg else spec.default_cfg_scale
+        group = build_group(spec, model, plan, sched, dtype, scale, args)
+        for batch in batches:
+            rows = run_config(group, batch, args, env, deadline)
+            report(rows, out)
+            all_rows += rows
+        del group, model
+        _release()
+    return all_rows
 
 
 if __name__ == "__main__":

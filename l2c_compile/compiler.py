@@ -28,7 +28,7 @@ from l2c_compile.passes.specialize import specialize
 from l2c_compile.passes.sublayers import mark_sublayers
 from l2c_compile.passes.trace import trace_step
 from l2c_compile.reference import check_schedule
-from l2c_compile.runtime import CompiledSampler
+from l2c_compile.runtime import CompiledSampler, check_cuda_graph_device
 from l2c_compile.samplers.base import SamplerPlan
 
 BACKENDS = ("eager", "inductor")
@@ -65,6 +65,7 @@ def compile(
     cfg: bool = True,
     fuse: bool = True,
     model_info: dict[str, Any] | None = None,
+    cuda_graph: bool = False,
 ) -> CompiledSampler:
     """Compile ``schedule`` (a :class:`~l2c_compile.schedule.Schedule`; None = all-compute) for
     ``model`` and ``plan`` into a :class:`CompiledSampler`.
@@ -73,6 +74,8 @@ def compile(
     ``fuse``: lower reuse epilogues to the fused kernels' custom ops (when available).
     ``model_info``: ``{"name", "family", "config"}`` recorded in the artifact so ``load`` can rebuild
     the model; filled from the model itself when it was built by the registry.
+    ``cuda_graph``: capture the whole trajectory into one CUDA graph on the first call and replay
+    it for calls of the same shape (CUDA only; see :class:`~l2c_compile.runtime.CompiledSampler`).
     """
     if backend not in BACKENDS:
         raise L2CError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -80,6 +83,8 @@ def compile(
     model = model.eval()
     if device is not None or torch_dtype is not None:
         model = model.to(device=device, dtype=torch_dtype)
+    if cuda_graph:
+        check_cuda_graph_device(next(model.parameters()).device)
     depth = len(model.transformer_blocks())
     if schedule is None:
         masks = [(frozenset(), frozenset()) for _ in plan.calls]
@@ -99,12 +104,13 @@ def compile(
     rows = 2 if cfg else 1
     macs_uncached = graph_macs(base, rows)
 
-    cache = plan_cache(masks, depth)
+    mode = getattr(schedule, "mode", "cache")  # "drop": masked sublayers add nothing, read nothing
+    cache = plan_cache(masks, depth, mode)
     fuse_fn = _fuse_pass() if fuse else None
     graphs, graph_reports = [], []
     for g, mask in enumerate(cache.masks):
         exports = cache.exports[g]
-        passes = [("specialize", lambda gm, m=mask, e=exports: specialize(gm, m, e)),
+        passes = [("specialize", lambda gm, m=mask, e=exports: specialize(gm, m, e, mode)),
                   ("dce", dead_code),
                   ("prune_chunks", prune_chunks)]
         if fuse_fn is not None:
@@ -134,6 +140,7 @@ def compile(
         "cfg": cfg,
         "dtype": str(p.dtype).removeprefix("torch."),
         "backend": backend,
+        "cuda_graph": cuda_graph,
         "schedule": schedule.to_dict() if schedule is not None else None,
         "graphs": graph_reports,
         "distinct_graphs": len(graphs),
@@ -142,7 +149,7 @@ def compile(
         "trace": [asdict(r) for r in reports],
     }
     try:
-        return CompiledSampler(model, source, info, backend=backend)
+        return CompiledSampler(model, source, info, backend=backend, cuda_graph=cuda_graph)
     except CompileError:
         raise
     except Exception as exc:  # the generated code must always load; anything else is a bug

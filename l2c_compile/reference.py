@@ -10,6 +10,9 @@ Cache semantics (the official code's, written generically): the cache entry of a
 most recently *computed* output. A call that reuses a sublayer reads that entry; every computed
 sublayer overwrites its entry (unless recording is off, as for the teacher/student passes of
 router training).
+
+Drop mode (``schedule.mode == "drop"``, the learning-to-drop baseline): a skipped sublayer is not
+computed and contributes zeros, so the residual add keeps only the stream; nothing is read.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ SublayerKey = tuple[str, int]  # ("attn" | "mlp", block id)
 class CacheState:
     """What the swapped-in sublayers read and write during one call.
 
-    ``reuse``: keys whose cached output replaces the computation.
+    ``reuse``: keys whose cached output (``mode="drop"``: zeros) replaces the computation.
     ``weights``: per-key fresh weight w (tensor scalar) for soft routing: out = w·fresh + (1−w)·other,
     where ``other`` is the cached output (``mode="cache"``) or zero (``mode="drop"``).
     ``record``: whether computed outputs overwrite the cache.
@@ -72,6 +75,9 @@ class CachedSublayer(nn.Module):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         st = self.state
         if self.key in st.reuse:
+            if st.mode == "drop":
+                st.reused += 1
+                return torch.zeros_like(h)  # (N, T, D): the branch adds nothing to the stream
             if self.key not in st.cache:
                 raise L2CError(f"schedule reuses {self.key[0]} of block {self.key[1]} before it was ever computed")
             st.reused += 1
@@ -137,6 +143,8 @@ def sample(
     # Uncached runs use the pristine model: no swapped modules, nothing recorded.
     ctx = instrument(model) if schedule is not None else contextlib.nullcontext(None)
     with ctx as state:
+        if state is not None:
+            state.mode = getattr(schedule, "mode", "cache")
 
         def eps_fn(call: ModelCall, x_in: torch.Tensor) -> torch.Tensor:
             if state is not None:

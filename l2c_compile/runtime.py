@@ -9,6 +9,19 @@ An artifact is a folder::
 
 ``load`` verifies every hash before reading anything, refuses another format version, and never
 unpickles: weights come from safetensors, code from the verified generated source.
+
+Precision: the model (CFG combination included) runs in the artifact's dtype; the sampler state
+and every update ``x = a·x + b·ε`` stay in float32. ``forward`` promotes half-precision noise to
+float32, the generated loop casts each model input down (``x_in.to(dt)``) and each ε back up
+(``.to(x.dtype)``), so a bf16 artifact returns float32 latents. Why: an update is a difference
+of large terms (the first DDIM-6 step on the linear schedule is ``6.16·x − 5.16·ε``), and rounding
+the state to bf16's 8-bit mantissa after every step adds error the network never made; on the
+tiny test models a bf16 state measured up to 4× the error of a float32 one (tests/test_precision.py).
+The state costs one latent-sized float32 tensor, nothing next to the activations.
+
+CUDA graphs (``cuda_graph=True``): the whole trajectory — every model call and every sampler
+update — is captured into one ``torch.cuda.CUDAGraph`` on the first call and replayed after; see
+:class:`_GraphedTrajectory`.
 """
 
 from __future__ import annotations
@@ -20,6 +33,7 @@ import os
 import shutil
 import tempfile
 import types
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,16 +56,142 @@ def _exec_source(source: str, filename: str) -> dict[str, Any]:
     return namespace
 
 
-class CompiledSampler(nn.Module):
-    """A specialized sampler for one (model, sampler, NFE, schedule): ``sampler(noise, labels)``."""
+# ── CUDA graph of the whole trajectory ──────────────────────────────────────────────────────
+GRAPH_WARMUP_RUNS = 2  # side-stream runs before capture: cuBLAS, Triton and inductor init lazily
+Signature = tuple[tuple[int, ...], torch.dtype, torch.device]
 
-    def __init__(self, model: nn.Module, source: str, info: dict[str, Any], *, backend: str = "eager") -> None:
+
+def check_cuda_graph_device(device: torch.device | str) -> None:
+    """CUDA graphs need a CUDA device; L2CError (one line, with the fix) for anything else."""
+    if torch.device(device).type != "cuda":
+        raise L2CError(
+            f"cuda_graph=True needs the model on a CUDA device, got {torch.device(device)} "
+            "(pass device='cuda', or cuda_graph=False)"
+        )
+
+
+def input_signature(noise: torch.Tensor) -> Signature:
+    """What a captured graph is specialized to: noise shape (hence batch), dtype and device."""
+    return tuple(noise.shape), noise.dtype, noise.device
+
+
+def _describe(sig: Signature) -> str:
+    shape, dtype, device = sig
+    return f"noise {shape} {str(dtype).removeprefix('torch.')} on {device}"
+
+
+class _GraphedTrajectory:
+    """The sampling loop ``run(noise, labels, cfg_scale)`` captured once and replayed.
+
+    Static buffers hold the inputs; each call copies its inputs in, replays, and returns a *clone*
+    of the static output: the next replay overwrites that buffer, and a caller keeping an earlier
+    result (a batch of images queued for decoding) must not see it change. The clone costs one
+    latent-sized copy, negligible next to the trajectory. The graph reads the weights through the
+    pointers it was captured with, so it records them and reports itself stale when they move.
+
+    Why the generated ``sample`` is capture-safe: its timestep vectors are ``torch.full(...,
+    device=dev)`` (an allocation from the graph's pool plus a fill kernel whose value is a kernel
+    argument — no host→device copy); casts and the sampler updates are plain kernels; step graphs
+    hold no host syncs (passes/INVARIANTS.md, rule 3); the fused epilogues launch Triton kernels on
+    the current stream with host-side launch configs only; inductor steps compile, and Triton JITs,
+    during the warm-up runs, which use the same shapes and grad mode as the capture.
+    """
+
+    def __init__(
+        self,
+        run: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+        noise: torch.Tensor,
+        labels: torch.Tensor,
+        cfg_scale: torch.Tensor,
+        weights: list[torch.Tensor],
+        *,
+        warmup: int = GRAPH_WARMUP_RUNS,
+    ) -> None:
+        self.signature = input_signature(noise)
+        self.static_noise = noise.clone()  # (N, C, H, W)
+        self.static_labels = labels.clone()  # (N,)
+        self.static_scale = cfg_scale.detach().clone()  # ()
+        self._weights = weights
+        self._pointers = self._weight_pointers()
+        self.replays = 0
+        self.static_out, self._replay = self._capture(run, warmup)
+
+    def _weight_pointers(self) -> tuple[int, ...]:
+        return tuple(w.data_ptr() for w in self._weights)
+
+    def _capture(
+        self, run: Callable[..., torch.Tensor], warmup: int
+    ) -> tuple[torch.Tensor, Callable[[], None]]:
+        """Warm up on a side stream, then record one run; return the static output and replay."""
+        inputs = (self.static_noise, self.static_labels, self.static_scale)
+        side = torch.cuda.Stream(device=self.static_noise.device)
+        side.wait_stream(torch.cuda.current_stream(self.static_noise.device))
+        with torch.cuda.stream(side):
+            for _ in range(warmup):
+                run(*inputs)
+        torch.cuda.current_stream(self.static_noise.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        # thread_local: another thread's CUDA work (a server's) must not invalidate this capture,
+        # while an unsafe call (a host sync) on this thread still fails loudly.
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            out = run(*inputs)
+        return out, graph.replay
+
+    def matches(self, noise: torch.Tensor) -> bool:
+        """Whether ``noise`` has the captured shape, dtype and device."""
+        return input_signature(noise) == self.signature
+
+    def stale(self) -> bool:
+        """Whether any weight moved since capture (``.to()``, ``.float()``): replay would read freed memory."""
+        return self._weight_pointers() != self._pointers
+
+    def describe(self) -> str:
+        """The captured signature in words, for error messages."""
+        return _describe(self.signature)
+
+    def __call__(
+        self, noise: torch.Tensor, labels: torch.Tensor, cfg_scale: float | torch.Tensor
+    ) -> torch.Tensor:
+        """Copy the inputs into the static buffers, replay, return a copy of the latents."""
+        self.static_noise.copy_(noise)
+        self.static_labels.copy_(labels)
+        if isinstance(cfg_scale, torch.Tensor):
+            self.static_scale.copy_(cfg_scale.reshape(()))
+        else:
+            self.static_scale.fill_(float(cfg_scale))  # a kernel argument: no host→device copy
+        self._replay()
+        self.replays += 1
+        return self.static_out.clone()
+
+
+class CompiledSampler(nn.Module):
+    """A specialized sampler for one (model, sampler, NFE, schedule): ``sampler(noise, labels)``.
+
+    ``cuda_graph=True`` captures the whole trajectory on the first call and replays it for every
+    call with the same noise shape, dtype and device. A different shape is an L2CError rather
+    than a silent re-capture: each graph pins its own memory pool (about one trajectory's peak
+    activations), so serving several batch sizes should be a deliberate choice — one sampler per
+    shape, or :meth:`reset_cuda_graph` to drop the graph and capture the next shape.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        source: str,
+        info: dict[str, Any],
+        *,
+        backend: str = "eager",
+        cuda_graph: bool = False,
+    ) -> None:
         super().__init__()
         self.model = model.eval()
         self.source = source
         self.info = info
         self.backend = backend
         self.model_dtype = next(model.parameters()).dtype
+        self._graph: _GraphedTrajectory | None = None
+        self._cuda_graph = False
+        self.cuda_graph = cuda_graph
         digest = hashlib.sha256(source.encode()).hexdigest()[:12]
         ns = _exec_source(source, f"<l2c-compiled-{digest}>")
         self._sample = ns["sample"]
@@ -61,22 +201,77 @@ class CompiledSampler(nn.Module):
         self.steps = steps
 
     @property
+    def cuda_graph(self) -> bool:
+        """Whether calls run through one captured CUDA graph of the whole trajectory."""
+        return self._cuda_graph
+
+    @cuda_graph.setter
+    def cuda_graph(self, value: bool) -> None:
+        if value:
+            check_cuda_graph_device(next(self.model.parameters()).device)
+        self._cuda_graph = bool(value)
+        self.info["cuda_graph"] = bool(value)
+        self.reset_cuda_graph()
+
+    def reset_cuda_graph(self) -> None:
+        """Drop the captured graph (and its memory pool); the next call captures again."""
+        self._graph = None
+
+    @property
     def cfg(self) -> bool:
         """Whether classifier-free guidance is batched into every call."""
         return bool(self.info.get("cfg", True))
 
-    def forward(self, noise: torch.Tensor, labels: torch.Tensor, cfg_scale: float | torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        noise: torch.Tensor,
+        labels: torch.Tensor,
+        cfg_scale: float | torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Run the whole trajectory from ``noise`` (N, C, H, W) for ``labels`` (N,); return latents."""
         expected = (self.model.in_channels, self.model.input_size, self.model.input_size)
         if noise.dim() != 4 or tuple(noise.shape[1:]) != expected:
-            raise L2CError(f"noise must have shape (N, {', '.join(map(str, expected))}), got {tuple(noise.shape)}")
+            raise L2CError(
+                f"noise must have shape (N, {', '.join(map(str, expected))}), got {tuple(noise.shape)}"
+            )
         if labels.shape != (noise.shape[0],):
             raise L2CError(f"labels must have shape ({noise.shape[0]},), got {tuple(labels.shape)}")
+        if not noise.is_floating_point():
+            raise L2CError(f"noise must be a floating-point tensor, got {noise.dtype}")
         if self.cfg and cfg_scale is None:
-            raise L2CError("this sampler was compiled with classifier-free guidance: pass cfg_scale")
-        scale = torch.as_tensor(1.0 if cfg_scale is None else cfg_scale, dtype=torch.float32, device=noise.device)
+            raise L2CError(
+                "this sampler was compiled with classifier-free guidance: pass cfg_scale"
+            )
+        if noise.dtype in (torch.float16, torch.bfloat16):
+            noise = noise.float()  # the sampler state stays float32 (module docstring)
+        labels = labels.to(noise.device)
+        value = 1.0 if cfg_scale is None else cfg_scale
         with torch.no_grad():
-            return self._sample(self, noise, labels.to(noise.device), scale)
+            if self._cuda_graph:
+                return self._graphed(noise, labels, value)
+            return self._sample(self, noise, labels, _scale_tensor(value, noise.device))
+
+    def _graphed(
+        self, noise: torch.Tensor, labels: torch.Tensor, cfg_scale: float | torch.Tensor
+    ) -> torch.Tensor:
+        """Replay the captured trajectory, capturing it first when there is none (or it is stale)."""
+        check_cuda_graph_device(noise.device)
+        graph = self._graph
+        if graph is not None and graph.stale():
+            graph = self._graph = None  # the weights were moved: the old graph reads freed memory
+        if graph is None:
+            weights = [*self.model.parameters(), *self.model.buffers()]
+            scale = _scale_tensor(cfg_scale, noise.device)
+            graph = self._graph = _GraphedTrajectory(
+                lambda x, y, s: self._sample(self, x, y, s), noise, labels, scale, weights
+            )
+        elif not graph.matches(noise):
+            raise L2CError(
+                f"this sampler's CUDA graph was captured for {graph.describe()}, got "
+                f"{_describe(input_signature(noise))}; call reset_cuda_graph() to capture "
+                "the new shape, or use one sampler per shape"
+            )
+        return graph(noise, labels, cfg_scale)
 
     # ── artifacts ────────────────────────────────────────────────────────────────────────────
     def save(self, directory: str | os.PathLike[str]) -> Path:
@@ -98,7 +293,9 @@ class CompiledSampler(nn.Module):
                 **{k: v for k, v in self.info.items() if k != "backend"},
                 "files": {name: _sha256(tmp / name) for name in FILES},
             }
-            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str) + "\n", encoding="utf-8")
+            (tmp / "manifest.json").write_text(
+                json.dumps(manifest, indent=1, default=str) + "\n", encoding="utf-8"
+            )
             old = None
             if target.exists():
                 old = target.with_name(f".{target.name}.old")
@@ -112,6 +309,13 @@ class CompiledSampler(nn.Module):
             if tmp.exists():
                 shutil.rmtree(tmp)
         return target
+
+
+def _scale_tensor(value: float | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The guidance scale as a float32 scalar on ``device``; ``torch.full`` fills it on the device."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device=device, dtype=torch.float32).reshape(())
+    return torch.full((), float(value), dtype=torch.float32, device=device)
 
 
 def _sha256(path: Path) -> str:
@@ -133,19 +337,25 @@ def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise L2CError(f"{path} is not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc})") from None
+        raise L2CError(
+            f"{path} is not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc})"
+        ) from None
     if manifest.get("format") != ARTIFACT_FORMAT:
         raise L2CError(f"{path} is not an l2c-compile artifact manifest")
     if manifest.get("version") != ARTIFACT_VERSION:
-        raise L2CError(f"artifact format version {manifest.get('version')} is not supported "
-                       f"(this l2c-compile reads version {ARTIFACT_VERSION}); recompile it")
+        raise L2CError(
+            f"artifact format version {manifest.get('version')} is not supported "
+            f"(this l2c-compile reads version {ARTIFACT_VERSION}); recompile it"
+        )
     for name in FILES:
         file = root / name
         if not file.is_file():
             raise L2CError(f"artifact {root} is missing {name}")
         expected = manifest.get("files", {}).get(name)
         if expected is None or _sha256(file) != expected:
-            raise L2CError(f"artifact {root}: {name} does not match its sha256 in manifest.json (modified or corrupt)")
+            raise L2CError(
+                f"artifact {root}: {name} does not match its sha256 in manifest.json (modified or corrupt)"
+            )
     return manifest
 
 
@@ -164,9 +374,17 @@ def build_from_info(info: dict[str, Any]) -> nn.Module:
     return model.eval()
 
 
-def load(directory: str | os.PathLike[str], *, device: str | torch.device | None = None,
-         backend: str = "eager") -> CompiledSampler:
-    """Load a saved artifact (hashes verified, no unpickling) as a :class:`CompiledSampler`."""
+def load(
+    directory: str | os.PathLike[str],
+    *,
+    device: str | torch.device | None = None,
+    backend: str = "eager",
+    cuda_graph: bool | None = None,
+) -> CompiledSampler:
+    """Load a saved artifact (hashes verified, no unpickling) as a :class:`CompiledSampler`.
+
+    ``cuda_graph``: None keeps the manifest's choice; True/False overrides it.
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -181,10 +399,19 @@ def load(directory: str | os.PathLike[str], *, device: str | torch.device | None
     model = model.to(dtype=dtype)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise L2CError(f"artifact {root}: weights do not fit {manifest['model'].get('name')} "
-                       f"({len(missing)} missing, {len(unexpected)} unexpected keys)")
+        raise L2CError(
+            f"artifact {root}: weights do not fit {manifest['model'].get('name')} "
+            f"({len(missing)} missing, {len(unexpected)} unexpected keys)"
+        )
     if device is not None:
         model = model.to(device)
     source = (root / "sampler.py").read_text(encoding="utf-8")
-    info = {k: v for k, v in manifest.items() if k not in ("format", "version", "files", "l2c_compile", "torch")}
-    return CompiledSampler(model, source, info, backend=backend)
+    info = {
+        k: v
+        for k, v in manifest.items()
+        if k not in ("format", "version", "files", "l2c_compile", "torch")
+    }
+    graphed = bool(manifest.get("cuda_graph", False)) if cuda_graph is None else cuda_graph
+    if graphed:
+        check_cuda_graph_device(next(model.parameters()).device)
+    return CompiledSampler(model, source, info, backend=backend, cuda_graph=graphed)

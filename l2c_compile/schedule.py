@@ -7,6 +7,11 @@ diff, baked into the compiled sampler as constants and applied by the reference 
 
 Threshold rule (both official codebases): a sublayer is *computed* iff ``sigmoid(logit) > θ``;
 equality reuses. Only "cache" calls consult the router, each with row ``call.router_index``.
+
+Mode: ``"cache"`` (L2C) makes a skipped sublayer reuse its cached output; ``"drop"`` (the paper's
+learning-to-drop and random-drop baselines, Table 5) makes it contribute nothing, so the residual
+add keeps only the stream. The ``reuse_attn``/``reuse_mlp`` lists name the skipped sublayers in
+both modes; a document without ``mode`` is a cache schedule.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from l2c_compile.schedule_render import render_grid, rich_grid, save_heatmap
 __all__ = [
     "DEFAULT_THRESHOLDS",
     "HEURISTICS",
+    "MODES",
     "CallSchedule",
     "Mask",
     "RouterFile",
@@ -56,6 +62,7 @@ SCHEDULE_FORMAT = "l2c-schedule"
 SCHEDULE_VERSION = 1
 ROLES = ("full", "cache")
 HEURISTICS = ("random", "top", "bottom", "all")
+MODES = ("cache", "drop")  # what a skipped sublayer contributes: its cached output, or nothing
 
 Mask = tuple[frozenset[int], frozenset[int]]  # (reused attention blocks, reused MLP blocks)
 
@@ -177,12 +184,18 @@ class Schedule:
     source: dict[str, Any] = field(hash=False)
     calls: tuple[CallSchedule, ...]
     version: int = SCHEDULE_VERSION
+    mode: str = "cache"  # "cache": skipped sublayers reuse the cache; "drop": they add nothing
 
     def __post_init__(self) -> None:
         if self.version != SCHEDULE_VERSION:
             raise L2CError(
                 f"unsupported schedule version {self.version!r} "
                 f"(this l2c-compile reads version {SCHEDULE_VERSION})"
+            )
+        if self.mode not in MODES:
+            raise L2CError(
+                f"schedule mode must be 'cache' or 'drop', got {self.mode!r}"
+                + suggest(str(self.mode), MODES)
             )
         for name in ("model", "sampler"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
@@ -225,7 +238,8 @@ class Schedule:
                     f"call {c.index} reuses layer {bad[0]} but the model has "
                     f"{self.depth} blocks (ids 0..{self.depth - 1})"
                 )
-            early = sorted(reused - computed)
+            # A dropped sublayer reads nothing, so only cache mode needs an earlier writer.
+            early = sorted(reused - computed) if self.mode == "cache" else []
             if early:
                 kind, block = early[0]
                 raise L2CError(
@@ -315,6 +329,7 @@ class Schedule:
         depth: int,
         threshold: float,
         source: dict[str, Any] | None = None,
+        mode: str = "cache",
     ) -> Schedule:
         """Threshold router ``logits [rows, 2*depth]``: computed iff sigmoid(logit) > θ."""
         t = torch.as_tensor(logits).detach().to("cpu")
@@ -349,7 +364,7 @@ class Schedule:
                 )
             reuse[call.index] = ~computed[r]
         src = {"kind": "router"} if source is None else source
-        return _from_reuse(plan, model, depth, float(threshold), src, reuse)
+        return _from_reuse(plan, model, depth, float(threshold), src, reuse, mode)
 
     # -- JSON ----------------------------------------------------------------------------------
 
@@ -363,6 +378,7 @@ class Schedule:
             "sampler": self.sampler,
             "nfe": self.nfe,
             "threshold": self.threshold,
+            "mode": self.mode,
             "source": self.source,
             "calls": [c.to_dict() for c in self.calls],
         }
@@ -405,6 +421,7 @@ class Schedule:
             source=d["source"],
             calls=calls,
             version=d["version"],
+            mode=d.get("mode", "cache"),  # absent in documents written before drop mode existed
         )
 
     @classmethod
@@ -443,6 +460,7 @@ def _from_reuse(
     threshold: float | None,
     source: dict[str, Any],
     reuse: dict[int, torch.Tensor],
+    mode: str = "cache",
 ) -> Schedule:
     """Build a Schedule from per-call boolean reuse vectors ``[2*depth]`` (router entry order)."""
     calls = []
@@ -467,6 +485,7 @@ def _from_reuse(
         threshold=threshold,
         source=source,
         calls=tuple(calls),
+        mode=mode,
     )
 
 
@@ -478,7 +497,11 @@ def _from_reuse(
 def import_router(
     path: str | os.PathLike[str], plan: SamplerPlan, *, model: str, depth: int, threshold: float
 ) -> Schedule:
-    """Load a router file (any layout) and threshold it into a Schedule for ``plan``."""
+    """Load a router file (any layout) and threshold it into a Schedule for ``plan``.
+
+    The schedule's mode comes from the router's ``mode`` metadata (a learning-to-drop router
+    gives a drop schedule); official files carry none and are cache routers.
+    """
     p = Path(path)
     router = load_router(p)
     meta = router.meta
@@ -493,20 +516,41 @@ def import_router(
                 f"{p.name}: router was trained for sampler {meta.get('sampler')} but "
                 f"the plan is {plan.sampler}"
             )
+    mode = meta.get("mode", "cache")
+    if mode not in MODES:
+        raise L2CError(
+            f"{p.name}: router metadata has unknown mode {mode!r}; expected cache or drop"
+        )
     digest = hashlib.sha256(p.read_bytes()).hexdigest()
     source = {"kind": "router", "file": p.name, "sha256": digest}
     try:
         return Schedule.from_router(
-            router.logits, plan, model=model, depth=depth, threshold=threshold, source=source
+            router.logits,
+            plan,
+            model=model,
+            depth=depth,
+            threshold=threshold,
+            source=source,
+            mode=mode,
         )
     except L2CError as exc:
         raise L2CError(f"{p.name}: {exc}") from None
 
 
 def heuristic(
-    kind: str, plan: SamplerPlan, *, model: str, depth: int, fraction: float, seed: int = 0
+    kind: str,
+    plan: SamplerPlan,
+    *,
+    model: str,
+    depth: int,
+    fraction: float,
+    seed: int = 0,
+    mode: str = "cache",
 ) -> Schedule:
-    """A paper baseline schedule: ``random``, ``top``, ``bottom`` or ``all`` reused sublayers."""
+    """A paper baseline schedule: ``random``, ``top``, ``bottom`` or ``all`` skipped sublayers.
+
+    ``mode="drop"`` drops them instead of reusing the cache (``random`` + drop = Random Drop).
+    """
     if kind not in HEURISTICS:
         raise L2CError(
             f"unknown heuristic {kind!r}; choose from {', '.join(HEURISTICS)}"
@@ -541,4 +585,4 @@ def heuristic(
         source["seed"] = seed
     if kind == "all":
         source.pop("fraction")
-    return _from_reuse(plan, model, depth, None, source, reuse)
+    return _from_reuse(plan, model, depth, None, source, reuse, mode)

@@ -16,7 +16,9 @@ from l2c_compile.fmnist.classifier import CLASSIFIER_PATH, STATS_PATH
 from l2c_compile.models.registry import build_model, load_checkpoint
 from l2c_compile.samplers import make_plan
 
-needs_data = pytest.mark.skipif(not data.available(), reason="dataset-fashion-mnist is not installed")
+needs_data = pytest.mark.skipif(
+    not data.available(), reason="dataset-fashion-mnist is not installed"
+)
 MODEL_NAMES = sorted(specs.SPEC_FIELDS)
 
 
@@ -82,7 +84,11 @@ def test_test_split_shapes_and_range() -> None:
 def test_specs_follow_their_family_conventions() -> None:
     table = specs.fmnist_specs()
     dit, uvit = table["DiT-FMNIST"], table["U-ViT-FMNIST"]
-    assert (dit.noise_schedule, dit.time_input, dit.default_sampler) == ("linear", "discrete", "ddim")
+    assert (dit.noise_schedule, dit.time_input, dit.default_sampler) == (
+        "linear",
+        "discrete",
+        "ddim",
+    )
     assert (uvit.time_input, uvit.default_sampler) == ("continuous", "dpm-solver-2")
     for spec in (dit, uvit):
         assert spec.latent_shape == (1, 32, 32) and spec.pixel_space and spec.num_classes == 10
@@ -97,7 +103,10 @@ def test_training_timesteps_match_the_samplers(name: str) -> None:
     # The first DDIM call is at training step 999 and the last at 0: training must feed the
     # network the same value for those steps as sampling does.
     first, last = plan.calls[0].timestep, plan.calls[-1].timestep
-    assert train_model.model_timesteps(torch.tensor([999, 0]), spec.time_input).tolist() == [first, last]
+    assert train_model.model_timesteps(torch.tensor([999, 0]), spec.time_input).tolist() == [
+        first,
+        last,
+    ]
 
 
 def test_ema_update_and_warmup() -> None:
@@ -109,13 +118,30 @@ def test_ema_update_and_warmup() -> None:
     torch.testing.assert_close(a.weight.detach(), expected)
 
 
-def test_training_runs_checkpoints_and_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_training_runs_checkpoints_and_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     gen = torch.Generator().manual_seed(0)
-    fake = (torch.rand(16, 1, 32, 32, generator=gen) * 2 - 1, torch.randint(0, 10, (16,), generator=gen))
+    fake = (
+        torch.rand(16, 1, 32, 32, generator=gen) * 2 - 1,
+        torch.randint(0, 10, (16,), generator=gen),
+    )
     monkeypatch.setattr(train_model, "load_tensors", lambda split: fake)
     weights, card = tmp_path / "w.safetensors", tmp_path / "card.md"
-    argv = ["--model", "DiT-FMNIST", "--out", str(tmp_path / "run"), "--batch", "4", "--log-every", "1",
-            "--weights", str(weights), "--card", str(card)]
+    argv = [
+        "--model",
+        "DiT-FMNIST",
+        "--out",
+        str(tmp_path / "run"),
+        "--batch",
+        "4",
+        "--log-every",
+        "1",
+        "--weights",
+        str(weights),
+        "--card",
+        str(card),
+    ]
     info = train_model.train(train_model.parse_args([*argv, "--max-steps", "2"]))
     assert info["step"] == 2 and np.isfinite(info["final_loss"])
     info = train_model.train(train_model.parse_args([*argv, "--max-steps", "3"]))
@@ -138,7 +164,9 @@ def test_resume_from_a_corrupt_state_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def _shipped(name: str) -> bool:
-    return specs.checkpoint_path(name).is_file() and CLASSIFIER_PATH.is_file() and STATS_PATH.is_file()
+    return (
+        specs.checkpoint_path(name).is_file() and CLASSIFIER_PATH.is_file() and STATS_PATH.is_file()
+    )
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)

@@ -55,6 +55,8 @@ def compile_cmd(
     backend: str = typer.Option("eager", "--backend", help="eager | inductor"),
     cfg: bool = typer.Option(True, "--cfg/--no-cfg", help="batch classifier-free guidance"),
     fuse: bool = typer.Option(True, "--fuse/--no-fuse", help="fuse reuse epilogues into kernels"),
+    cuda_graph: bool = typer.Option(False, "--cuda-graph/--no-cuda-graph",
+                                    help="capture the whole trajectory in one CUDA graph (CUDA only)"),
     out: Path = typer.Option(..., "--out", "-o", help="artifact folder to write"),
     fmt: OutputFormat = typer.Option(OutputFormat.rich, "--format"),
 ) -> None:
@@ -70,7 +72,7 @@ def compile_cmd(
         sched.validate_for(spec.name, len(net.transformer_blocks()), plan)
     with console.status(f"compiling {spec.name} · {plan.sampler} · NFE {nfe}…"):
         compiled = l2c_compile.compile(net, plan, sched, dtype=dtype, device=device, backend=backend,
-                                       cfg=cfg, fuse=fuse, model_info=spec.to_dict())
+                                       cfg=cfg, fuse=fuse, model_info=spec.to_dict(), cuda_graph=cuda_graph)
         compiled.save(out)
     summary = compile_summary(compiled.info)
     if fmt == OutputFormat.json:
@@ -97,6 +99,7 @@ def compile_summary(info: dict) -> dict:
         "sampler": info["sampler"]["sampler"],
         "nfe": info["nfe"],
         "dtype": info["dtype"],
+        "cuda_graph": bool(info.get("cuda_graph", False)),
         "distinct_graphs": info["distinct_graphs"],
         "peak_live_cache_entries": info["peak_live_cache_entries"],
         "macs_uncached": macs["uncached"],
@@ -116,14 +119,14 @@ def _seeded_inputs(compiled, batch: int, seed: int, device: str):
 
 
 def verify_artifact(directory: Path, *, batch: int = 2, seed: int = 0, device: str = "cpu",
-                    cfg_scale: float | None = None) -> dict:
+                    cfg_scale: float | None = None, cuda_graph: bool | None = None) -> dict:
     """Run an artifact and the reference executor on the same seeded inputs; return the errors."""
     from l2c_compile import reference
     from l2c_compile.runtime import load
     from l2c_compile.samplers import make_plan, sampler_options
     from l2c_compile.schedule import Schedule
 
-    compiled = load(directory, device=device)
+    compiled = load(directory, device=device, cuda_graph=cuda_graph)
     info = compiled.info
     s = info["sampler"]
     accepted = set(sampler_options(s["sampler"]))
@@ -143,6 +146,8 @@ def verify_artifact(directory: Path, *, batch: int = 2, seed: int = 0, device: s
     return {
         "artifact": str(directory),
         "dtype": info["dtype"],
+        "reference_dtype": "float32",
+        "cuda_graph": compiled.cuda_graph,
         "max_abs_error": float(err.max()),
         "max_rel_error": float(err.max() / want.abs().max().clamp_min(1e-30)),
         "distinct_graphs": info["distinct_graphs"],
@@ -160,13 +165,16 @@ def verify_cmd(
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("cpu", "--device"),
     cfg_scale: float | None = typer.Option(None, "--cfg-scale"),
+    cuda_graph: bool | None = typer.Option(None, "--cuda-graph/--no-cuda-graph",
+                                           help="override the artifact's CUDA-graph choice"),
     tolerance: float | None = typer.Option(None, "--tolerance", help="fail above this max_rel_error "
                                            "(default 1e-5 for float32, 5e-2 for bf16/fp16)"),
     fmt: OutputFormat = typer.Option(OutputFormat.rich, "--format"),
 ) -> None:
     """Check an artifact against the reference executor on seeded inputs."""
     with console.status("running compiled sampler and reference executor…"):
-        result = verify_artifact(directory, batch=batch, seed=seed, device=device, cfg_scale=cfg_scale)
+        result = verify_artifact(directory, batch=batch, seed=seed, device=device, cfg_scale=cfg_scale,
+                                 cuda_graph=cuda_graph)
     tol = tolerance if tolerance is not None else (1e-5 if result["dtype"] == "float32" else 5e-2)
     result["tolerance"] = tol
     result["ok"] = result["max_rel_error"] <= tol
@@ -190,6 +198,8 @@ def sample_cmd(
     vae: Path | None = typer.Option(None, "--vae", help="local diffusers AutoencoderKL folder (latent models)"),
     preview: bool = typer.Option(False, "--latent-preview", help="latent models without a VAE: show raw channels"),
     device: str = typer.Option("cpu", "--device"),
+    cuda_graph: bool | None = typer.Option(None, "--cuda-graph/--no-cuda-graph",
+                                           help="override the artifact's CUDA-graph choice"),
     out: Path = typer.Option(..., "--out", "-o", help="PNG file to write"),
 ) -> None:
     """Draw samples with an artifact and write them as an image grid."""
@@ -200,7 +210,7 @@ def sample_cmd(
         labels = torch.tensor([int(c) for c in classes.split(",") if c.strip()], dtype=torch.long)
     except ValueError:
         raise L2CError(f"--classes must be comma-separated integers, got {classes!r}") from None
-    compiled = load(directory, device=device)
+    compiled = load(directory, device=device, cuda_graph=cuda_graph)
     if labels.numel() == 0 or int(labels.min()) < 0 or int(labels.max()) >= compiled.model.null_class:
         raise L2CError(f"class labels must lie in 0..{compiled.model.null_class - 1}")
     pixel = bool(compiled.info["model"].get("pixel_space", False))

@@ -8,7 +8,15 @@ from __future__ import annotations
 
 import typer
 
-from l2c_compile.cli import compile_cmd, demo_cmd, env_cmd, models_cmd, schedule_cmd, train_cmd
+from l2c_compile.cli import (
+    compile_cmd,
+    demo_cmd,
+    env_cmd,
+    eval_cmd,
+    models_cmd,
+    schedule_cmd,
+    train_cmd,
+)
 
 app = typer.Typer(
     name="l2c-compile",
@@ -25,6 +33,7 @@ app.command("verify")(compile_cmd.verify_cmd)
 app.command("sample")(compile_cmd.sample_cmd)
 app.command("train")(train_cmd.train_cmd)
 app.command("demo")(demo_cmd.demo)
+app.command("eval")(eval_cmd.eval_cmd)
 
 
 def main() -> None:

@@ -47,7 +47,10 @@ class FMNISTClassifier(nn.Module):
 
         def stage(cin: int, cout: int) -> nn.Sequential:
             return nn.Sequential(
-                nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(), nn.MaxPool2d(2)
+                nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
             )
 
         self.conv = nn.Sequential(stage(1, 32), stage(32, 64), stage(64, 128))
@@ -68,7 +71,9 @@ class FMNISTClassifier(nn.Module):
 def check_images(images: torch.Tensor) -> torch.Tensor:
     """Validate (N, 1, 32, 32) images; returns them as float32 on the CPU."""
     if images.dim() != 4 or tuple(images.shape[1:]) != (1, 32, 32):
-        raise L2CError(f"Fashion-MNIST metrics need images of shape (N, 1, 32, 32), got {tuple(images.shape)}")
+        raise L2CError(
+            f"Fashion-MNIST metrics need images of shape (N, 1, 32, 32), got {tuple(images.shape)}"
+        )
     return images.detach().float().cpu()
 
 
@@ -85,8 +90,10 @@ def load_classifier(path: str | None = None) -> FMNISTClassifier:
 
     weights = Path(path) if path is not None else CLASSIFIER_PATH
     if not weights.is_file():
-        raise L2CError(f"classifier weights {weights} not found; train them with "
-                       "`python -m l2c_compile.fmnist.classifier`")
+        raise L2CError(
+            f"classifier weights {weights} not found; train them with "
+            "`python -m l2c_compile.fmnist.classifier`"
+        )
     model = FMNISTClassifier()
     model.load_state_dict(load_file(str(weights)), strict=True)
     return model.eval().requires_grad_(False)
@@ -99,8 +106,10 @@ def reference_stats(path: str | None = None) -> dict[str, torch.Tensor]:
 
     stats = Path(path) if path is not None else STATS_PATH
     if not stats.is_file():
-        raise L2CError(f"reference statistics {stats} not found; compute them with "
-                       "`python -m l2c_compile.fmnist.classifier`")
+        raise L2CError(
+            f"reference statistics {stats} not found; compute them with "
+            "`python -m l2c_compile.fmnist.classifier`"
+        )
     out = load_file(str(stats))
     return {k: v.double() if k in ("mean", "cov") else v for k, v in out.items()}
 
@@ -111,8 +120,14 @@ def feature_stats(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return f.mean(0), torch.cov(f.T)
 
 
-def train_classifier(minutes: float, epochs: int, seed: int = 0, batch: int = 128, lr: float = 2e-3,
-                     log_every: int = 100) -> tuple[FMNISTClassifier, dict[str, float]]:
+def train_classifier(
+    minutes: float,
+    epochs: int,
+    seed: int = 0,
+    batch: int = 128,
+    lr: float = 2e-3,
+    log_every: int = 100,
+) -> tuple[FMNISTClassifier, dict[str, float]]:
     """Train on the training split within ``minutes``; returns the model and a summary (test accuracy…)."""
     torch.manual_seed(seed)
     x, y = load_tensors("train")  # (60000, 1, 32, 32), (60000,)
@@ -146,17 +161,31 @@ def train_classifier(minutes: float, epochs: int, seed: int = 0, batch: int = 12
         loss.backward()
         opt.step()
         if (step + 1) % log_every == 0:
-            print(f"step {step + 1}/{steps_total} loss {loss.item():.4f} progress {progress:.2f}", flush=True)
+            print(
+                f"step {step + 1}/{steps_total} loss {loss.item():.4f} progress {progress:.2f}",
+                flush=True,
+            )
     model.eval()
     acc = (batched(model, xt).argmax(1) == yt).float().mean().item()
     print(f"test accuracy {acc:.4f}", flush=True)
-    info = {"steps": step, "batch": batch, "lr": lr, "seed": seed, "test_accuracy": acc,
-            "minutes": (time.monotonic() - start) / 60, "epochs": step * batch / len(x)}
+    info = {
+        "steps": step,
+        "batch": batch,
+        "lr": lr,
+        "seed": seed,
+        "test_accuracy": acc,
+        "minutes": (time.monotonic() - start) / 60,
+        "epochs": step * batch / len(x),
+    }
     return model.requires_grad_(False), info
 
 
-def write_assets(model: FMNISTClassifier, weights: Path = CLASSIFIER_PATH, stats: Path = STATS_PATH,
-                 seed: int = 0) -> None:
+def write_assets(
+    model: FMNISTClassifier,
+    weights: Path = CLASSIFIER_PATH,
+    stats: Path = STATS_PATH,
+    seed: int = 0,
+) -> None:
     """Save the classifier and the test set's feature statistics as safetensors (atomically)."""
     from safetensors.torch import save_file
 
@@ -165,11 +194,17 @@ def write_assets(model: FMNISTClassifier, weights: Path = CLASSIFIER_PATH, stats
     mean, cov = feature_stats(feats)
     keep = torch.randperm(len(feats), generator=torch.Generator().manual_seed(seed))[:PR_SAMPLE]
     with atomic_path(weights) as tmp:
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp),
-                  metadata={"model": "fmnist-classifier"})
+        save_file(
+            {k: v.contiguous() for k, v in model.state_dict().items()},
+            str(tmp),
+            metadata={"model": "fmnist-classifier"},
+        )
     with atomic_path(stats) as tmp:
-        save_file({"mean": mean, "cov": cov, "features": feats[keep].contiguous()}, str(tmp),
-                  metadata={"source": "Fashion-MNIST t10k, 32x32 in [-1, 1]", "n": str(len(feats))})
+        save_file(
+            {"mean": mean, "cov": cov, "features": feats[keep].contiguous()},
+            str(tmp),
+            metadata={"source": "Fashion-MNIST t10k, 32x32 in [-1, 1]", "n": str(len(feats))},
+        )
 
 
 def classifier_card(info: dict[str, float], args: argparse.Namespace) -> str:
@@ -186,10 +221,10 @@ features)" and are not comparable with Inception FIDs. Its logits give class acc
 |---|---|
 | architecture | 3 × (conv 3×3, BatchNorm, ReLU, max-pool): 32, 64, 128 channels; linear 2048→128 (features); ReLU, dropout 0.3, linear 128→10 |
 | parameters | {params:,} |
-| training | AdamW lr {info['lr']:g}, weight decay 1e-4, cosine over the step/time budget, batch {info['batch']:.0f}, random ±2 px shifts |
-| steps | {info['steps']:,} ({info['epochs']:.2f} epochs), {info['minutes']:.1f} min wall on one thread |
-| test accuracy | {100 * info['test_accuracy']:.2f} % (10,000 test images) |
-| reference statistics | `fmnist-test-stats.safetensors`: mean and covariance of the 10,000 test features, and {PR_SAMPLE} of them (random, seed {info['seed']:.0f}) for precision/recall |
+| training | AdamW lr {info["lr"]:g}, weight decay 1e-4, cosine over the step/time budget, batch {info["batch"]:.0f}, random ±2 px shifts |
+| steps | {info["steps"]:,} ({info["epochs"]:.2f} epochs), {info["minutes"]:.1f} min wall on one thread |
+| test accuracy | {100 * info["test_accuracy"]:.2f} % (10,000 test images) |
+| reference statistics | `fmnist-test-stats.safetensors`: mean and covariance of the 10,000 test features, and {PR_SAMPLE} of them (random, seed {info["seed"]:.0f}) for precision/recall |
 
 Retrain: `python -m l2c_compile.fmnist.classifier --minutes {args.minutes:g} --epochs {args.epochs} --seed {args.seed}`
 """

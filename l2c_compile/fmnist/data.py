@@ -23,8 +23,16 @@ IMAGE_SIZE = 32
 PAD = (IMAGE_SIZE - 28) // 2
 NUM_CLASSES = 10
 CLASS_NAMES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 )
 _FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -64,11 +72,15 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     header = 4 + 4 * ndim
     shape = tuple(int(s) for s in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
     if len(data) - header != int(np.prod(shape)):
-        raise L2CError(f"{path} is truncated: header says {shape}, file has {len(data) - header} values")
+        raise L2CError(
+            f"{path} is truncated: header says {shape}, file has {len(data) - header} values"
+        )
     return np.frombuffer(data, dtype=_IDX_DTYPE[data[2]], offset=header).reshape(shape)
 
 
-def load_split(split: str = "train", folder: str | os.PathLike[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def load_split(
+    split: str = "train", folder: str | os.PathLike[str] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Raw uint8 images (N, 28, 28) and int64 labels (N,) of ``split`` ("train" or "test")."""
     if split not in _FILES:
         raise L2CError(f"unknown Fashion-MNIST split {split!r}; choose train or test")
@@ -76,7 +88,9 @@ def load_split(split: str = "train", folder: str | os.PathLike[str] | None = Non
     images = read_idx(_find(root, _FILES[split][0]))
     labels = read_idx(_find(root, _FILES[split][1])).astype(np.int64)
     if images.ndim != 3 or labels.shape != images.shape[:1]:
-        raise L2CError(f"Fashion-MNIST {split} files in {root} disagree: {images.shape} images, {labels.shape} labels")
+        raise L2CError(
+            f"Fashion-MNIST {split} files in {root} disagree: {images.shape} images, {labels.shape} labels"
+        )
     return images, labels
 
 
@@ -87,7 +101,9 @@ def to_model_range(images: np.ndarray) -> torch.Tensor:
     return x.unsqueeze(1)  # (N, 1, 32, 32)
 
 
-def load_tensors(split: str = "train", folder: str | os.PathLike[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def load_tensors(
+    split: str = "train", folder: str | os.PathLike[str] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Images (N, 1, 32, 32) float32 in [-1, 1] and labels (N,) int64 of ``split``."""
     images, labels = load_split(split, folder)
     return to_model_range(images), torch.from_numpy(labels)

@@ -34,16 +34,30 @@ def load_model(name: str) -> tuple[object, nn.Module]:
     return spec, model
 
 
-def generate(spec: object, model: nn.Module, per_class: int, *, nfe: int = 20, cfg_scale: float | None = None,
-             sampler: str | None = None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def generate(
+    spec: object,
+    model: nn.Module,
+    per_class: int,
+    *,
+    nfe: int = 20,
+    cfg_scale: float | None = None,
+    sampler: str | None = None,
+    seed: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``per_class`` uncached samples of each class: images (10·per_class, 1, 32, 32) in [-1, 1], labels."""
     from l2c_compile.reference import sample_uncached
     from l2c_compile.samplers import make_plan
 
-    plan = make_plan(sampler or spec.default_sampler, nfe, noise_schedule=spec.noise_schedule,
-                     time_input=spec.time_input)
+    plan = make_plan(
+        sampler or spec.default_sampler,
+        nfe,
+        noise_schedule=spec.noise_schedule,
+        time_input=spec.time_input,
+    )
     labels = torch.arange(NUM_CLASSES).repeat_interleave(per_class)  # (N,) class-major rows
-    noise = torch.randn((len(labels), *spec.latent_shape), generator=torch.Generator().manual_seed(seed))
+    noise = torch.randn(
+        (len(labels), *spec.latent_shape), generator=torch.Generator().manual_seed(seed)
+    )
     scale = spec.default_cfg_scale if cfg_scale is None else cfg_scale
     images = sample_uncached(model, plan, noise, labels, cfg_scale=scale if scale > 0 else None)
     return images.clamp(-1, 1), labels
@@ -66,8 +80,15 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     spec, model = load_model(args.model)
-    images, labels = generate(spec, model, args.per_class, nfe=args.nfe, cfg_scale=args.cfg_scale,
-                              sampler=args.sampler, seed=args.seed)
+    images, labels = generate(
+        spec,
+        model,
+        args.per_class,
+        nfe=args.nfe,
+        cfg_scale=args.cfg_scale,
+        sampler=args.sampler,
+        seed=args.seed,
+    )
     save_png(make_grid(images, ncol=args.per_class, scale=2), args.out)
     if args.metrics:
         from l2c_compile.metrics.quality import evaluate, metric_names

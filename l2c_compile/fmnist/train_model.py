@@ -49,8 +49,15 @@ def model_timesteps(steps: torch.Tensor, time_input: str) -> torch.Tensor:
     return steps.float() + (1.0 if time_input == "continuous" else 0.0)
 
 
-def diffusion_loss(model: nn.Module, spec: Any, x0: torch.Tensor, y: torch.Tensor,
-                   sqrt_ac: torch.Tensor, sqrt_1m_ac: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def diffusion_loss(
+    model: nn.Module,
+    spec: Any,
+    x0: torch.Tensor,
+    y: torch.Tensor,
+    sqrt_ac: torch.Tensor,
+    sqrt_1m_ac: torch.Tensor,
+    gen: torch.Generator,
+) -> torch.Tensor:
     """The DDPM ε-MSE on a batch, with random steps, noise and CFG label dropout."""
     n = x0.shape[0]
     steps = torch.randint(0, len(sqrt_ac), (n,), generator=gen)  # (N,)
@@ -114,20 +121,22 @@ set (60,000 images, Debian package `dataset-fashion-mnist`), 28×28 padded with 
 | tokens per block | {spec.tokens} (patch {spec.patch}) |
 | noise schedule | {spec.noise_schedule} β, 1000 steps; model time `{spec.time_input}` |
 | objective | ε-prediction, MSE; class dropout 0.1 (null label {spec.num_classes}) |
-| optimiser | AdamW lr {info['lr']:g} (warm-up {info['warmup']} steps), batch {info['batch']}, weight decay 0 |
-| EMA | decay {info['ema']} (with warm-up); the shipped weights are the EMA |
-| steps | {info['step']:,} ({info['images']:,} images, {info['images'] / 60000:.2f} epochs) |
-| final loss | {info['final_loss']:.4f} (mean of the last {info['loss_window']} steps, training weights) |
-| wall time | {info['wall_minutes']:.1f} min, {info['threads']} thread(s); CPU time {info['cpu_minutes']:.1f} min (the machine was shared) |
-| machine | {info['machine']} |
-| seed | {info['seed']} |
+| optimiser | AdamW lr {info["lr"]:g} (warm-up {info["warmup"]} steps), batch {info["batch"]}, weight decay 0 |
+| EMA | decay {info["ema"]} (with warm-up); the shipped weights are the EMA |
+| steps | {info["step"]:,} ({info["images"]:,} images, {info["images"] / 60000:.2f} epochs) |
+| final loss | {info["final_loss"]:.4f} (mean of the last {info["loss_window"]} steps, training weights) |
+| wall time | {info["wall_minutes"]:.1f} min, {info["threads"]} thread(s); CPU time {info["cpu_minutes"]:.1f} min (the machine was shared) |
+| machine | {info["machine"]} |
+| seed | {info["seed"]} |
 | default sampler | {spec.default_sampler}, CFG scale {spec.default_cfg_scale} (family convention) |
 
-Retrain (one CPU thread; resumes if the output folder already holds a state):
+Retrain (one CPU thread; `--minutes` bounds each run's wall time, and a run on a folder that
+already holds a training state resumes it, so several short runs add up to one long one; the
+shipped weights took {info["runs"]} run(s)):
 
 ```
-python -m l2c_compile.fmnist.train_model --model {spec.name} --minutes {info['minutes']:g} \\
-    --batch {info['batch']} --lr {info['lr']:g} --seed {info['seed']} --out runs/{spec.name}
+python -m l2c_compile.fmnist.train_model --model {spec.name} --max-steps {info["step"]} \\
+    --minutes 60 --batch {info["batch"]} --lr {info["lr"]:g} --seed {info["seed"]} --out runs/{spec.name}
 ```
 """
 
@@ -151,7 +160,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", required=True, choices=sorted(specs.SPEC_FIELDS))
     p.add_argument("--out", type=Path, required=True, help="folder for the training state and logs")
     p.add_argument("--minutes", type=float, default=40.0, help="wall-clock budget of this run")
-    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps in total")
+    p.add_argument(
+        "--max-steps", type=int, default=None, help="stop after this many steps in total"
+    )
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--warmup", type=int, default=200)
@@ -160,7 +171,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--checkpoint-minutes", type=float, default=5.0)
-    p.add_argument("--weights", type=Path, default=None, help="final EMA safetensors (default: assets)")
+    p.add_argument(
+        "--weights", type=Path, default=None, help="final EMA safetensors (default: assets)"
+    )
     p.add_argument("--card", type=Path, default=None, help="model card path (default: assets)")
     return p.parse_args(argv)
 
@@ -181,7 +194,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(args.seed)
-    step, elapsed_before, cpu_before, losses = 0, 0.0, 0.0, []
+    step, elapsed_before, cpu_before, losses, runs = 0, 0.0, 0.0, [], 1
+    order, cursor = torch.randperm(len(x_all), generator=gen), 0
     state_path = args.out / STATE_FILE
     if state_path.exists():
         state = load_state(state_path)
@@ -191,20 +205,35 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         gen.set_state(state["gen"])
         step, elapsed_before, losses = state["step"], state["elapsed"], state["losses"].tolist()
         cpu_before = float(state.get("cpu", 0.0))
-        print(f"resumed {args.model} at step {step} ({elapsed_before / 60:.1f} min trained)", flush=True)
+        runs = int(state.get("runs", 1)) + 1
+        if "order" in state:  # continue the epoch where it stopped, as an uninterrupted run would
+            order, cursor = state["order"], int(state["cursor"])
+        print(
+            f"resumed {args.model} at step {step} ({elapsed_before / 60:.1f} min trained)",
+            flush=True,
+        )
 
     def snapshot() -> None:
-        save_state(state_path, {
-            "model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-            "gen": gen.get_state(), "step": step, "losses": torch.tensor(losses),
-            "elapsed": elapsed_before + time.monotonic() - start,
-            "cpu": cpu_before + time.process_time() - cpu_start, "args": json.dumps(vars(args), default=str),
-        })
+        save_state(
+            state_path,
+            {
+                "model": model.state_dict(),
+                "ema": ema.state_dict(),
+                "opt": opt.state_dict(),
+                "gen": gen.get_state(),
+                "step": step,
+                "losses": torch.tensor(losses),
+                "elapsed": elapsed_before + time.monotonic() - start,
+                "cpu": cpu_before + time.process_time() - cpu_start,
+                "order": order,
+                "cursor": cursor,
+                "runs": runs,
+                "args": json.dumps(vars(args), default=str),
+            },
+        )
 
     deadline = start + 60.0 * args.minutes
     last_ckpt = time.monotonic()
-    order = torch.randperm(len(x_all), generator=gen)
-    cursor = 0
     t_log = time.monotonic()
     while time.monotonic() < deadline and (args.max_steps is None or step < args.max_steps):
         if cursor + args.batch > len(order):
@@ -224,9 +253,12 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         step += 1
         if step % args.log_every == 0:
             now = time.monotonic()
-            recent = sum(losses[-args.log_every:]) / args.log_every
-            print(f"step {step:6d}  loss {recent:.4f}  {(now - t_log) / args.log_every:.2f} s/step  "
-                  f"{(now - start) / 60:5.1f}/{args.minutes:g} min", flush=True)
+            recent = sum(losses[-args.log_every :]) / args.log_every
+            print(
+                f"step {step:6d}  loss {recent:.4f}  {(now - t_log) / args.log_every:.2f} s/step  "
+                f"{(now - start) / 60:5.1f}/{args.minutes:g} min",
+                flush=True,
+            )
             t_log = now
         if time.monotonic() - last_ckpt > 60.0 * args.checkpoint_minutes:
             snapshot()
@@ -235,9 +267,16 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
     window = min(len(losses), 200)
     info = {
-        "step": step, "images": step * args.batch, "batch": args.batch, "lr": args.lr,
-        "warmup": args.warmup, "ema": args.ema, "seed": args.seed, "threads": args.threads,
-        "minutes": args.minutes, "loss_window": window,
+        "step": step,
+        "images": step * args.batch,
+        "batch": args.batch,
+        "lr": args.lr,
+        "warmup": args.warmup,
+        "ema": args.ema,
+        "seed": args.seed,
+        "threads": args.threads,
+        "runs": runs,
+        "loss_window": window,
         "final_loss": sum(losses[-window:]) / max(1, window),
         "wall_minutes": (elapsed_before + time.monotonic() - start) / 60.0,
         "cpu_minutes": (cpu_before + time.process_time() - cpu_start) / 60.0,
@@ -246,7 +285,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     ema.model_name = spec.name
     save_checkpoint(ema, args.weights or specs.checkpoint_path(spec.name))
     write_text_atomic(args.card or specs.card_path(spec.name), model_card(spec, info))
-    print(f"done: {step} steps, final loss {info['final_loss']:.4f}, {info['wall_minutes']:.1f} min", flush=True)
+    print(
+        f"done: {step} steps, final loss {info['final_loss']:.4f}, {info['wall_minutes']:.1f} min",
+        flush=True,
+    )
     return info
 
 

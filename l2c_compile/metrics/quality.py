@@ -27,13 +27,15 @@ metric_names: dict[str, str] = {
 }
 
 
-def frechet_distance(mu1: torch.Tensor, cov1: torch.Tensor, mu2: torch.Tensor, cov2: torch.Tensor) -> float:
+def frechet_distance(
+    mu1: torch.Tensor, cov1: torch.Tensor, mu2: torch.Tensor, cov2: torch.Tensor
+) -> float:
     """‖μ1 − μ2‖² + Tr(Σ1 + Σ2 − 2 (Σ1 Σ2)^½) of two Gaussians, in float64."""
     from scipy import linalg
 
     a, b = cov1.double().numpy(), cov2.double().numpy()
     diff = (mu1.double() - mu2.double()).numpy()
-    covmean, _ = linalg.sqrtm(a @ b, disp=False)
+    covmean = linalg.sqrtm(a @ b)
     if not np.isfinite(covmean).all():
         # Near-singular product (few samples): regularise as pytorch-fid does.
         eps = np.eye(a.shape[0]) * 1e-6
@@ -59,7 +61,9 @@ def _kth_radius(x: torch.Tensor, k: int) -> torch.Tensor:
     return d.kthvalue(k + 1, dim=1).values  # (N,)
 
 
-def _coverage(points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor, chunk: int = 1024) -> float:
+def _coverage(
+    points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor, chunk: int = 1024
+) -> float:
     """Share of ``points`` (M, D) inside any ball (centres (N, D), radii (N,))."""
     inside = []
     for i in range(0, len(points), chunk):
@@ -68,11 +72,15 @@ def _coverage(points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor, 
     return torch.cat(inside).float().mean().item()
 
 
-def precision_recall(features: torch.Tensor, ref_features: torch.Tensor, k: int = 3) -> tuple[float, float]:
+def precision_recall(
+    features: torch.Tensor, ref_features: torch.Tensor, k: int = 3
+) -> tuple[float, float]:
     """Improved precision and recall (Kynkäänniemi et al. 2019) with k-NN manifolds."""
     if features.dim() != 2 or ref_features.dim() != 2 or features.shape[1] != ref_features.shape[1]:
-        raise L2CError(f"precision/recall needs (N, D) feature sets of equal D, got "
-                       f"{tuple(features.shape)} and {tuple(ref_features.shape)}")
+        raise L2CError(
+            f"precision/recall needs (N, D) feature sets of equal D, got "
+            f"{tuple(features.shape)} and {tuple(ref_features.shape)}"
+        )
     if min(len(features), len(ref_features)) <= k:
         raise L2CError(f"precision/recall with k={k} needs more than {k} samples in each set")
     gen, ref = features.double(), ref_features.double()
@@ -89,7 +97,9 @@ def psnr(a: torch.Tensor, b: torch.Tensor, reduction: str = "mean") -> float | t
     from torchmetrics.functional.image import peak_signal_noise_ratio
 
     if a.shape != b.shape or a.dim() < 2:
-        raise L2CError(f"PSNR needs two image batches of the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+        raise L2CError(
+            f"PSNR needs two image batches of the same shape, got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
     a, b = a.detach().double().cpu(), b.detach().double().cpu()
     dims = tuple(range(1, a.dim()))
     mse = (a - b).pow(2).mean(dim=dims)  # (N,)
@@ -118,13 +128,21 @@ def class_accuracy(images: torch.Tensor, labels: torch.Tensor) -> float:
 
     images = check_images(images)
     if labels.shape != images.shape[:1]:
-        raise L2CError(f"class accuracy needs one label per image, got {tuple(labels.shape)} for {len(images)} images")
+        raise L2CError(
+            f"class accuracy needs one label per image, got {tuple(labels.shape)} for {len(images)} images"
+        )
     logits = batched(load_classifier(), images)  # (N, 10)
-    return accuracy(logits, labels.long().cpu(), task="multiclass", num_classes=logits.shape[1]).item()
+    return accuracy(
+        logits, labels.long().cpu(), task="multiclass", num_classes=logits.shape[1]
+    ).item()
 
 
-def evaluate(images: torch.Tensor, labels: torch.Tensor, reference_images: torch.Tensor | None = None,
-             k: int = 3) -> dict[str, float]:
+def evaluate(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    reference_images: torch.Tensor | None = None,
+    k: int = 3,
+) -> dict[str, float]:
     """All quality metrics of generated ``images`` (N, 1, 32, 32) in [-1, 1]; labels (N,).
 
     Keys: ``fid``, ``precision``, ``recall``, ``class_accuracy`` and, when ``reference_images``

@@ -7,6 +7,9 @@ reads. Step graphs are shared between calls with the same mask, so a graph expor
 what its calls need; the emitted loop drops what a given call does not need at once.
 
 Also decides the graph ids: one graph per distinct step mask (the empty mask is the full step).
+
+In drop mode (``mode="drop"``) a masked sublayer contributes nothing, so no call reads the cache
+and nothing is exported or kept: every step graph is self-contained.
 """
 
 from __future__ import annotations
@@ -41,10 +44,14 @@ class CachePlan:
         return [c.index for c in self.calls if c.graph == graph]
 
 
-def plan_cache(call_masks: list[Mask], depth: int) -> CachePlan:
-    """Compute the cache plan for per-call masks (reused attention / MLP block ids)."""
+def plan_cache(call_masks: list[Mask], depth: int, mode: str = "cache") -> CachePlan:
+    """Compute the cache plan for per-call masks (reused — or, in drop mode, dropped — block ids)."""
+    if mode not in ("cache", "drop"):
+        raise CompileError(f"unknown cache mode {mode!r}; expected cache or drop")
     everything = [("attn", i) for i in range(depth)] + [("mlp", i) for i in range(depth)]
     reads = [sorted([("attn", i) for i in a] + [("mlp", i) for i in m], key=key_order) for a, m in call_masks]
+    if mode == "drop":
+        reads = [[] for _ in call_masks]  # dropped keys are not reads
     writer: dict[SublayerKey, int] = {}
     keeps: list[set[SublayerKey]] = [set() for _ in call_masks]
     last_read: dict[tuple[int, SublayerKey], int] = {}  # (writer, key) -> last reader

@@ -1,10 +1,13 @@
 """Pass 3 — specialize: bake one step mask into a copy of the marked graph.
 
 Pre: sublayer output nodes are marked (``sublayers.mark_sublayers``).
-Post: for every reused sublayer, a placeholder ``cache_<kind>_<block>`` (meta
-``l2c_cache_input``) replaces all uses of its output node, so the branch computing it is dead;
-the output becomes ``(eps, *exported)`` where ``exported`` are the computed sublayer outputs that
-later calls read (in ``key_order``). Dead nodes are *not* removed here (that is ``dce``'s job).
+Post (``mode="cache"``): for every reused sublayer, a placeholder ``cache_<kind>_<block>`` (meta
+``l2c_cache_input``) replaces all uses of its output node, so the branch computing it is dead.
+Post (``mode="drop"``): for every dropped sublayer, the residual add ``stream + [gate *] f`` is
+replaced by ``stream`` itself, so the branch (and its gate) is dead and nothing is read.
+In both modes the output becomes ``(eps, *exported)`` where ``exported`` are the computed
+sublayer outputs that later calls read (in ``key_order``). Dead nodes are *not* removed here
+(that is ``dce``'s job).
 """
 
 from __future__ import annotations
@@ -24,24 +27,50 @@ from l2c_compile.passes.base import (
     copy_graph_module,
     key_order,
 )
-from l2c_compile.passes.sublayers import sublayer_nodes
+from l2c_compile.passes.sublayers import Sublayer, find_sublayers, sublayer_nodes
+
+MODES = ("cache", "drop")
 
 
-def specialize(gm: fx.GraphModule, mask: Mask, exported: Sequence[SublayerKey]) -> PassResult:
-    """Return a new GraphModule (sharing weights) with ``mask`` baked in and ``exported`` as outputs."""
+def specialize(
+    gm: fx.GraphModule, mask: Mask, exported: Sequence[SublayerKey], mode: str = "cache"
+) -> PassResult:
+    """Return a new GraphModule (sharing weights) with ``mask`` baked in and ``exported`` as outputs.
+
+    ``mode``: what a masked sublayer becomes — a cache input (``"cache"``) or nothing (``"drop"``).
+    """
+    if mode not in MODES:
+        raise CompileError(f"unknown specialize mode {mode!r}; expected cache or drop")
     new = copy_graph_module(gm)
     graph = new.graph
     nodes = sublayer_nodes(new)
-    reused = sorted([("attn", i) for i in mask[0]] + [("mlp", i) for i in mask[1]], key=key_order)
-    missing = [k for k in (*reused, *exported) if k not in nodes]
+    skipped = sorted([("attn", i) for i in mask[0]] + [("mlp", i) for i in mask[1]], key=key_order)
+    missing = [k for k in (*skipped, *exported) if k not in nodes]
     if missing:
         raise CompileError(f"sublayers {missing} are not in the traced graph")
-    clash = set(reused) & set(exported)
+    clash = set(skipped) & set(exported)
     if clash:
         raise CompileError(f"sublayers {sorted(clash)} cannot be both reused and exported")
 
-    last_placeholder = [n for n in graph.nodes if n.op == "placeholder"][-1]
-    anchor = last_placeholder
+    if mode == "cache":
+        _read_from_cache(graph, nodes, skipped)
+    elif skipped:
+        _bypass_residuals(new, nodes, skipped)
+
+    output = next(n for n in graph.nodes if n.op == "output")
+    eps = output.args[0]
+    output.args = ((eps, *[nodes[k] for k in sorted(exported, key=key_order)]),)
+    graph.lint()
+    new.recompile()
+    stats = {"reused" if mode == "cache" else "dropped": len(skipped), "exported": len(exported)}
+    return PassResult(new, True, stats)
+
+
+def _read_from_cache(
+    graph: fx.Graph, nodes: dict[SublayerKey, fx.Node], reused: list[SublayerKey]
+) -> None:
+    """Replace each reused sublayer's output by a new cache placeholder."""
+    anchor = [n for n in graph.nodes if n.op == "placeholder"][-1]
     for key in reused:
         with graph.inserting_after(anchor):
             ph = graph.placeholder(cache_input_name(key))
@@ -52,9 +81,29 @@ def specialize(gm: fx.GraphModule, mask: Mask, exported: Sequence[SublayerKey]) 
         nodes[key].meta.pop(SUBLAYER_META)  # its value now comes from the cache; the node is dead
         anchor = ph
 
-    output = next(n for n in graph.nodes if n.op == "output")
-    eps = output.args[0]
-    output.args = ((eps, *[nodes[k] for k in sorted(exported, key=key_order)]),)
-    graph.lint()
-    new.recompile()
-    return PassResult(new, True, {"reused": len(reused), "exported": len(exported)})
+
+def _bypass_residuals(
+    gm: fx.GraphModule, nodes: dict[SublayerKey, fx.Node], dropped: list[SublayerKey]
+) -> None:
+    """Make every dropped sublayer's residual add return its stream input unchanged."""
+    # The marked graph holds every sublayer, so its structure gives the depth back.
+    adds = {s.key: s for s in find_sublayers(gm, len(nodes) // 2)}
+    for key in dropped:
+        sub = adds[key]
+        if sub.value is not nodes[key]:
+            raise CompileError(f"sublayer {key} is marked on a node its residual add does not use")
+        stream = _stream_operand(sub)
+        sub.add.replace_all_uses_with(stream)
+        nodes[key].meta.pop(SUBLAYER_META)  # nothing computes it any more; dce removes the branch
+
+
+def _stream_operand(sub: Sublayer) -> fx.Node:
+    """The residual add's stream operand: the one that is not ``[gate *] value``."""
+    operands = [a for a in sub.add.args[:2] if isinstance(a, fx.Node)]
+    branch = [a for a in operands if a is sub.value or sub.value in a.all_input_nodes]
+    stream = [a for a in operands if a not in branch]
+    if len(branch) != 1 or len(stream) != 1:
+        raise CompileError(
+            f"cannot tell the stream from the branch in the residual add of {sub.key}"
+        )
+    return stream[0]

@@ -1,0 +1,293 @@
+"""The executors of the latency benchmark, how one configuration is measured, and its ratios.
+
+Split from ``latency.py`` (the command line, grid and reporting) so each file stays readable.
+Every executor runs the whole sampling loop and returns the final latents; ``run_config`` measures
+them in order on the same inputs, so their ratios are comparable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from common import sync
+
+import l2c_compile
+from l2c_compile import reference
+from l2c_compile.guidance import GuidedDenoiser, timestep_vector
+from l2c_compile.metrics.macs import trajectory_macs
+from l2c_compile.models.registry import ModelSpec
+from l2c_compile.runtime import CompiledSampler
+from l2c_compile.samplers import execute_plan
+from l2c_compile.samplers.base import SamplerPlan
+from l2c_compile.schedule import Schedule
+
+UNCACHED = (
+    "eager-uncached",
+    "compiled-uncached",
+    "inductor-uncached",
+    "inductor+graph-uncached",
+    "torch-compile-default-uncached",
+    "torch-compile-reduce-overhead-uncached",
+)
+
+
+# ── executors ────────────────────────────────────────────────────────────────────────────────
+@dataclass
+class Executor:
+    """One way to run the whole sampling loop; ``after`` frees what it pinned (a CUDA graph)."""
+
+    name: str
+    run: Callable[[], torch.Tensor]
+    build_s: float | None = None
+    after: Callable[[], None] | None = None
+
+
+@dataclass
+class Group:
+    """What one (model, dtype, sampler, NFE) cell shares across batch sizes: built once."""
+
+    spec: ModelSpec
+    model: torch.nn.Module
+    plan: SamplerPlan
+    sched: Schedule
+    dtype: str
+    cfg_scale: float | None
+    samplers: dict[str, CompiledSampler] = field(default_factory=dict)
+    build_s: dict[str, float] = field(default_factory=dict)
+    baselines: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = field(
+        default_factory=dict
+    )
+
+
+def torch_compiled_loop(
+    model: torch.nn.Module, plan: SamplerPlan, cfg_scale: float | None, mode: str | None
+):
+    """torch.compile of the uncached denoiser driven by the eager sampler loop (the baseline users pick)."""
+    den = torch.compile(
+        GuidedDenoiser(model, cfg=cfg_scale is not None), mode=mode, fullgraph=True, dynamic=False
+    )
+    dtype = next(model.parameters()).dtype
+
+    def run(noise: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        scale = torch.full((), cfg_scale or 1.0, device=noise.device)
+
+        def eps_fn(call, x_in):
+            t = timestep_vector(call.timestep, x_in.shape[0], x_in.device)
+            # Always a copy: reduce-overhead replays overwrite their outputs, and DPM-Solver-2
+            # still needs the previous call's ε when the next call has run.
+            return den(x_in.to(dtype), t, labels, scale).to(noise.dtype, copy=True)
+
+        with torch.no_grad():
+            return execute_plan(plan, noise, eps_fn)
+
+    return run
+
+
+def build_group(
+    spec: ModelSpec,
+    model: torch.nn.Module,
+    plan: SamplerPlan,
+    sched: Schedule,
+    dtype: str,
+    cfg_scale: float | None,
+    opts: argparse.Namespace,
+) -> Group:
+    """Compile the samplers of one cell (passes once; inductor wraps the same generated source)."""
+    g = Group(spec, model, plan, sched, dtype, cfg_scale)
+    for label, s in (("uncached", None), ("l2c", sched)):
+        t0 = time.perf_counter()
+        cs = l2c_compile.compile(model, plan, s, cfg=cfg_scale is not None)
+        g.build_s[label] = time.perf_counter() - t0
+        g.samplers[f"compiled-{label}"] = cs
+        if opts.inductor or opts.cuda_graph:
+            g.samplers[f"inductor-{label}"] = CompiledSampler(
+                model, cs.source, dict(cs.info), backend="inductor"
+            )
+    if opts.torch_compile:
+        for mode in [None] + (["reduce-overhead"] if opts.device.startswith("cuda") else []):
+            g.baselines[f"torch-compile-{mode or 'default'}-uncached"] = torch_compiled_loop(
+                model, plan, cfg_scale, mode
+            )
+    return g
+
+
+def _sampler_call(
+    cs: CompiledSampler, graph: bool, noise, labels, scale
+) -> Callable[[], torch.Tensor]:
+    def run() -> torch.Tensor:
+        if cs.cuda_graph != graph:  # the setter drops any captured graph, so only flip on change
+            cs.cuda_graph = graph
+        return cs(noise, labels, scale)
+
+    return run
+
+
+def executors_for(
+    g: Group, opts: argparse.Namespace, noise: torch.Tensor, labels: torch.Tensor
+) -> list[Executor]:
+    """The executors of one configuration, in the order they are measured."""
+    m, p, s, scale = g.model, g.plan, g.sched, g.cfg_scale
+    out: list[Executor] = []
+    if not opts.skip_eager:
+        out += [
+            Executor(
+                "eager-uncached", lambda: reference.sample_uncached(m, p, noise, labels, scale)
+            ),
+            Executor("eager-l2c", lambda: reference.sample(m, p, s, noise, labels, scale)),
+        ]
+    for label in ("uncached", "l2c"):
+        cs = g.samplers[f"compiled-{label}"]
+        out.append(
+            Executor(
+                f"compiled-{label}",
+                _sampler_call(cs, False, noise, labels, scale),
+                g.build_s[label],
+            )
+        )
+    for label in ("uncached", "l2c"):
+        ind = g.samplers.get(f"inductor-{label}")
+        if ind is None:
+            continue
+        if opts.inductor:
+            out.append(
+                Executor(
+                    f"inductor-{label}",
+                    _sampler_call(ind, False, noise, labels, scale),
+                    g.build_s[label],
+                )
+            )
+        if opts.cuda_graph:
+            out.append(
+                Executor(
+                    f"inductor+graph-{label}",
+                    _sampler_call(ind, True, noise, labels, scale),
+                    g.build_s[label],
+                    after=ind.reset_cuda_graph,
+                )
+            )
+    for name, run in g.baselines.items():
+        out.append(Executor(name, lambda run=run: run(noise, labels)))
+    return out
+
+
+# ── measurement ──────────────────────────────────────────────────────────────────────────────
+def measure(fn: Callable[[], Any], device: str, repeats: int, budget_s: float) -> dict[str, Any]:
+    """First call apart, then up to ``repeats`` timed calls while ``budget_s`` lasts (at least one)."""
+    cuda = device.startswith("cuda")
+    if cuda:
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    first = time.perf_counter() - t0
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < repeats and (not times or time.perf_counter() - start < budget_s):
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    row: dict[str, Any] = {
+        "median_s": statistics.median(times),
+        "min_s": min(times),
+        "max_s": max(times),
+        "first_s": first,
+        "repeats": len(times),
+    }
+    if cuda:
+        row["peak_mem_bytes"] = torch.cuda.max_memory_allocated()
+        row["peak_extra_bytes"] = row["peak_mem_bytes"] - base  # above weights and inputs
+    return row
+
+
+def cache_bytes(g: Group, batch: int) -> int:
+    """Bytes of the schedule's peak live cache: entries × rows × tokens × width × element size."""
+    entries = g.samplers["compiled-l2c"].info["peak_live_cache_entries"]
+    rows = batch * (2 if g.cfg_scale is not None else 1)
+    itemsize = torch.empty((), dtype=getattr(torch, g.dtype)).element_size()
+    return entries * rows * g.spec.tokens * g.spec.hidden * itemsize
+
+
+def add_ratios(rows: list[dict[str, Any]]) -> None:
+    """Speedups vs every uncached baseline, vs the same backend's, vs the best; share of ideal."""
+    by = {r["executor"]: r for r in rows if "median_s" in r}
+    best = min((by[n]["median_s"] for n in UNCACHED if n in by), default=None)
+    for r in by.values():
+        for base in UNCACHED:
+            if base in by:
+                r[f"speedup_vs_{base}"] = by[base]["median_s"] / r["median_s"]
+        if best is not None:
+            r["speedup_vs_best_uncached"] = best / r["median_s"]
+        if r["executor"].endswith("-l2c"):
+            twin = by.get(r["executor"].removesuffix("-l2c") + "-uncached")
+            if twin is not None:
+                r["speedup_vs_same_uncached"] = twin["median_s"] / r["median_s"]
+                r["share_of_ideal"] = r["speedup_vs_same_uncached"] / r["ideal_speedup"]
+                if "peak_extra_bytes" in r and "peak_extra_bytes" in twin:
+                    r["mem_over_uncached_bytes"] = r["peak_extra_bytes"] - twin["peak_extra_bytes"]
+
+
+def run_config(
+    g: Group, batch: int, opts: argparse.Namespace, env: dict[str, Any], deadline: float | None
+) -> list[dict[str, Any]]:
+    """Measure every executor of one (cell, batch); time limits turn the rest into 'skipped' rows."""
+    gen = torch.Generator().manual_seed(opts.seed)
+    c, h, w = g.spec.latent_shape
+    noise = torch.randn(batch, c, h, w, generator=gen).to(opts.device)  # float32: the sampler state
+    labels = torch.randint(0, g.spec.num_classes, (batch,), generator=gen).to(opts.device)
+    macs_full, macs_cached = trajectory_macs(g.spec, g.sched)
+    stats = g.sched.stats()
+    common = {
+        "benchmark": "latency",
+        **env,
+        "model": g.spec.name,
+        "sampler": g.plan.sampler,
+        "nfe": g.plan.nfe,
+        "batch": batch,
+        "cfg": g.cfg_scale is not None,
+        "dtype": g.dtype,
+        "tf32": g.dtype == "float32" and opts.device.startswith("cuda"),
+        "schedule": {
+            "source": g.sched.source,
+            "skipped_fraction": stats["skipped_fraction"],
+            "cache_steps": stats["cache_steps"],
+            "distinct_masks": stats["distinct_masks"],
+        },
+        "ideal_speedup": macs_full / macs_cached,
+        "cache_bytes_expected": cache_bytes(g, batch),
+    }
+    started = time.perf_counter()
+    rows = []
+    for ex in executors_for(g, opts, noise, labels):
+        row = {**common, "executor": ex.name}
+        now = time.perf_counter()
+        if now - started > opts.time_limit or (deadline is not None and now > deadline):
+            rows.append({**row, "skipped": "time limit"})
+            continue
+        try:
+            row.update(measure(ex.run, opts.device, opts.repeats, opts.executor_budget))
+        # Broad on purpose: a failing executor (OOM, compile error) is a result to record, and
+        # the other executors of the grid still deserve their measurement.
+        except Exception as exc:
+            row["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+        finally:
+            if ex.after is not None:
+                ex.after()
+        if "median_s" in row and ex.build_s is not None:
+            row["compile_s"] = ex.build_s + max(0.0, row["first_s"] - row["median_s"])
+        elif "median_s" in row and ex.name.startswith("torch-compile"):
+            row["compile_s"] = max(0.0, row["first_s"] - row["median_s"])
+        rows.append(row)
+    add_ratios(rows)
+    return rows

@@ -1,0 +1,237 @@
+"""The rows of benchmarks/quality.py's tables: which schedules each compares, resolved up front.
+
+Building rows is cheap (router files and heuristics only, nothing is sampled), so ``--list`` can
+show every row's MACs and removal before hours of sampling. Matching follows the paper: a
+fewer-step sampler at the L2C router's MACs (Tables 1, 2), and every baseline of Table 5 at the
+L2C router's number of removed sublayers — exactly for learning-to-drop, whose router is
+thresholded at the score that removes that many.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from l2c_compile import demo
+from l2c_compile.errors import L2CError
+from l2c_compile.evaluate import make_spec_plan
+from l2c_compile.metrics.macs import trajectory_macs
+from l2c_compile.models.registry import get_spec, num_blocks
+from l2c_compile.routers import load_router
+from l2c_compile.samplers.base import SamplerPlan
+from l2c_compile.schedule import Schedule, default_threshold, heuristic, import_router
+
+TABLES = ("1", "9", "5", "2", "6")  # run order: later tables reuse earlier samples
+TITLES = {
+    "1": "Table 1 — DiT-FMNIST, DDIM: L2C vs. fewer-step DDIM at matched MACs",
+    "9": "Table 9 — DiT-FMNIST, DDIM-20: the λ sweep",
+    "5": "Table 5 — DiT-FMNIST, DDIM-20: dropping vs. caching, heuristics, at matched removal",
+    "2": "Table 2 — U-ViT-FMNIST, DPM-Solver-2: L2C vs. fewer steps at matched MACs",
+    "6": "Table 6 — U-ViT-FMNIST, DPM-Solver-2-20: cache every layer, shifted or not",
+}
+
+
+@dataclass(frozen=True)
+class Row:
+    """One configuration of one table."""
+
+    table: str
+    model: str
+    method: str
+    plan: SamplerPlan
+    schedule: Schedule | None  # None: uncached
+    ref_nfe: int  # PSNR compares with the uncached run at this NFE (same seeds)
+    headline: bool = False
+
+    @property
+    def key(self) -> str:
+        """Identity for --resume: table, model, method, sampler, NFE, options."""
+        opts = ",".join(f"{k}={v}" for k, v in self.plan.options)
+        return f"{self.table}|{self.model}|{self.method}|{self.plan.sampler}|{self.plan.nfe}|{opts}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Building the tables (cheap: routers and heuristics only, nothing sampled)
+# ---------------------------------------------------------------------------------------------
+
+
+def router_schedule(spec: Any, plan: SamplerPlan, path: Path) -> Schedule:
+    """A shipped router thresholded at its family's θ; L2CError naming the file when missing."""
+    if not path.is_file():
+        raise L2CError(
+            f"router {path.name} not found in {path.parent}; run train_fmnist_routers.py"
+        )
+    depth = _depth(spec)
+    return import_router(
+        path, plan, model=spec.name, depth=depth, threshold=default_threshold(spec.family)
+    )
+
+
+def at_removal(spec: Any, plan: SamplerPlan, path: Path, removed: int) -> Schedule:
+    """A router thresholded so that exactly its ``removed`` lowest-scoring sublayers are skipped."""
+    router = load_router(path)
+    rows = sorted({c.router_index for c in plan.calls if c.role == "cache"})
+    scores = torch.sigmoid(router.logits[rows].float()).flatten().sort().values
+    theta = float(scores[removed - 1]) if removed > 0 else 0.0
+    sched = Schedule.from_router(
+        router.logits,
+        plan,
+        model=spec.name,
+        depth=_depth(spec),
+        threshold=theta,
+        source={"kind": "router", "file": path.name, "matched_removal": removed},
+        mode=router.meta.get("mode", "cache"),
+    )
+    return sched
+
+
+def fewer_steps(plan: SamplerPlan, ratio: float) -> int:
+    """The NFE below this plan's whose uncached MACs come closest to ``ratio`` × its MACs.
+
+    Always strictly fewer steps (a baseline equal to the uncached row says nothing) and even for
+    DPM-Solver-2, whose steps take two model calls each.
+    """
+    step = 2 if plan.sampler == "dpm-solver-2" else 1
+    return max(step, min(plan.nfe - step, step * round(plan.nfe * ratio / step)))
+
+
+def _depth(spec: Any) -> int:
+    return num_blocks(spec)
+
+
+def _router(model: str, sampler: str, nfe: int, tag: str = "") -> Path:
+    return demo.ROUTERS / (  # looked up at call time: tests point it elsewhere
+        f"{model}-{sampler}-{nfe}" + (f"-{tag}" if tag else "") + ".safetensors"
+    )
+
+
+def macs(spec: Any, sched: Schedule | None, nfe: int) -> int:
+    """MACs per image of a whole trajectory (thop convention); ``sched=None`` is uncached."""
+    return trajectory_macs(spec, sched, None if sched is not None else nfe)[1]
+
+
+def build_rows(
+    tables: list[str],
+    dit: str,
+    uvit: str,
+    dit_nfes: list[int],
+    uvit_nfes: list[int],
+    sweep_nfe: int,
+) -> list[Row]:
+    """Every row of the requested tables, schedules resolved."""
+    rows: list[Row] = []
+    for table in TABLES:
+        if table not in tables:
+            continue
+        if table in ("1", "2"):
+            name = dit if table == "1" else uvit
+            spec = get_spec(name)
+            for nfe in dit_nfes if table == "1" else uvit_nfes:
+                plan = make_spec_plan(spec, None, nfe)
+                l2c = router_schedule(spec, plan, _router(name, plan.sampler, nfe))
+                full, cached = macs(spec, None, nfe), macs(spec, l2c, nfe)
+                few = make_spec_plan(spec, None, fewer_steps(plan, cached / full))
+                base = "DDIM" if plan.sampler == "ddim" else "DPM-Solver-2"
+                rows += [
+                    Row(table, name, base, plan, None, nfe, headline=True),
+                    Row(table, name, f"{base}, fewer steps (matched MACs)", few, None, nfe),
+                    Row(table, name, "L2C", plan, l2c, nfe, headline=True),
+                ]
+        elif table == "9":
+            spec = get_spec(dit)
+            plan = make_spec_plan(spec, None, sweep_nfe)
+            rows.append(Row(table, dit, "λ = 0 (DDIM)", plan, None, sweep_nfe, headline=True))
+            paths = [
+                _router(dit, "ddim", sweep_nfe),
+                *sorted(demo.ROUTERS.glob(f"{dit}-ddim-{sweep_nfe}-lam*.safetensors")),
+            ]
+            scheds = [router_schedule(spec, plan, p) for p in paths]
+            for p, s in sorted(
+                zip(paths, scheds, strict=True), key=lambda ps: ps[1].stats()["skipped_total"]
+            ):
+                lam = load_router(p).meta.get("lam")
+                rows.append(Row(table, dit, f"L2C λ = {lam:g}", plan, s, sweep_nfe))
+        elif table == "5":
+            spec = get_spec(dit)
+            plan = make_spec_plan(spec, None, sweep_nfe)
+            l2c = router_schedule(spec, plan, _router(dit, "ddim", sweep_nfe))
+            stats = l2c.stats()
+            removed, frac = stats["skipped_total"], stats["skipped_fraction"]
+            depth = _depth(spec)
+            h = {"model": dit, "depth": depth, "fraction": frac}
+            drop_router = _router(dit, "ddim", sweep_nfe, "drop")
+            rows += [
+                Row(table, dit, "DDIM (uncached)", plan, None, sweep_nfe, headline=True),
+                Row(
+                    table,
+                    dit,
+                    "Random drop",
+                    plan,
+                    heuristic("random", plan, **h, mode="drop"),
+                    sweep_nfe,
+                ),
+                Row(
+                    table,
+                    dit,
+                    "Learning-to-drop",
+                    plan,
+                    at_removal(spec, plan, drop_router, removed),
+                    sweep_nfe,
+                ),
+                Row(table, dit, "Random cache", plan, heuristic("random", plan, **h), sweep_nfe),
+                Row(table, dit, "Cache top layers", plan, heuristic("top", plan, **h), sweep_nfe),
+                Row(
+                    table,
+                    dit,
+                    "Cache bottom layers",
+                    plan,
+                    heuristic("bottom", plan, **h),
+                    sweep_nfe,
+                ),
+                Row(table, dit, "Learning-to-cache", plan, l2c, sweep_nfe, headline=True),
+                Row(
+                    table,
+                    dit,
+                    "Cache all, every other step",
+                    plan,
+                    heuristic("all", plan, model=dit, depth=depth, fraction=1.0),
+                    sweep_nfe,
+                ),
+            ]
+        elif table == "6":
+            spec = get_spec(uvit)
+            nfe = sweep_nfe
+            shifted = make_spec_plan(spec, None, nfe)
+            unshifted = make_spec_plan(spec, None, nfe, shifted=False)
+            depth = _depth(spec)
+            rows += [
+                Row(table, uvit, "DPM-Solver-2", shifted, None, nfe, headline=True),
+                Row(
+                    table,
+                    uvit,
+                    "Cache all (unshifted)",
+                    unshifted,
+                    heuristic("all", unshifted, model=uvit, depth=depth, fraction=1.0),
+                    nfe,
+                ),
+                Row(
+                    table,
+                    uvit,
+                    "Cache all (shifted)",
+                    shifted,
+                    heuristic("all", shifted, model=uvit, depth=depth, fraction=1.0),
+                    nfe,
+                ),
+                Row(
+                    table,
+                    uvit,
+                    "L2C (shifted)",
+                    shifted,
+                    router_schedule(spec, shifted, _router(uvit, shifted.sampler, nfe)),
+                    nfe,
+                ),
+            ]
+    return rows

@@ -1,0 +1,208 @@
+"""Train the routers shipped for the Fashion-MNIST reference models, with the settings recorded.
+
+    python benchmarks/train_fmnist_routers.py                    # every router in JOBS
+    python benchmarks/train_fmnist_routers.py --list             # what would be trained
+    python benchmarks/train_fmnist_routers.py --only DiT-FMNIST-ddim-20 --steps 100 --dry-run
+    python benchmarks/train_fmnist_routers.py --sweep DiT-FMNIST-ddim-20 --lams 1e-4,3e-4,1e-3
+
+Each router is trained with :func:`l2c_compile.router.train` on the Fashion-MNIST training images
+(in memory, the "tensors" data source) and written to
+``l2c_compile/assets/routers/<model>-<sampler>-<nfe>[-<tag>].safetensors`` (its metadata holds
+every training setting) with the schedule it gives at the family's θ beside it (``.json``). One
+summary line per router (final loss, skipped share, wall time) is appended to
+``benchmarks/results/fmnist_routers.jsonl``.
+
+Shards: a training step draws one cache call per shard (like one per GPU in the official DDP
+runs), so ``--shards 8`` with batch 32 updates up to 8 router rows per step with 4 images each;
+a router with R trained rows then sees about ``steps · shards / R`` updates per row.
+``--sweep`` trains without writing routers and prints the skipped share per λ — how the λ values
+of the NFE-20 sweep below were picked (the paper's 5e-6 is for DiT-XL/2 on 4×32×32 latents).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import RESULTS, environment
+
+from l2c_compile.demo import ROUTERS
+from l2c_compile.errors import L2CError
+from l2c_compile.evaluate import load_model, make_spec_plan
+from l2c_compile.io import write_text_atomic
+from l2c_compile.models.registry import get_spec
+from l2c_compile.router import TrainConfig, checkpoint_path, default_recipe, train
+from l2c_compile.router.data import TensorData
+from l2c_compile.schedule import default_threshold, import_router
+
+
+@dataclass(frozen=True)
+class Job:
+    """One router to train: model, sampler, NFE, λ, mode and the file-name tag."""
+
+    model: str
+    sampler: str
+    nfe: int
+    lam: float
+    mode: str = "cache"
+    tag: str = ""  # "" for the default router of (model, sampler, NFE); "lam<λ>" or "drop"
+    steps: int = 300
+
+    @property
+    def name(self) -> str:
+        """``<model>-<sampler>-<nfe>[-<tag>]``, the file stem."""
+        return f"{self.model}-{self.sampler}-{self.nfe}" + (f"-{self.tag}" if self.tag else "")
+
+
+# λ scale, measured by --sweep (see the README of the results): the DiT recipe's distance is a
+# mean over 1×32×32 pixels, the U-ViT recipe's a per-sample sum over them (1,024 × larger).
+DIT_LAM = 3e-4
+DIT_SWEEP = (1e-4, 1e-3)  # with DIT_LAM: little → much skipping at NFE 20
+UVIT_LAM = 0.3
+JOBS: tuple[Job, ...] = (
+    Job("DiT-FMNIST", "ddim", 10, DIT_LAM),
+    Job("DiT-FMNIST", "ddim", 20, DIT_LAM),
+    Job("DiT-FMNIST", "ddim", 50, DIT_LAM, steps=500),
+    *(Job("DiT-FMNIST", "ddim", 20, lam, tag=f"lam{lam:g}") for lam in DIT_SWEEP),
+    Job("DiT-FMNIST", "ddim", 20, DIT_LAM, mode="drop", tag="drop"),
+    Job("U-ViT-FMNIST", "dpm-solver-2", 10, UVIT_LAM),
+    Job("U-ViT-FMNIST", "dpm-solver-2", 20, UVIT_LAM),
+    Job("U-ViT-FMNIST", "dpm-solver-2", 50, UVIT_LAM, steps=500),
+)
+
+
+def fmnist_train_data() -> TensorData:
+    """The 60,000 Fashion-MNIST training images (1×32×32 in [-1, 1]) with their labels."""
+    from l2c_compile.fmnist.data import load_tensors
+
+    x, y = load_tensors("train")  # (60000, 1, 32, 32), (60000,)
+    return TensorData(x, y, f"Fashion-MNIST train (images, {len(x)} samples)")
+
+
+def train_job(
+    job: Job,
+    data: TensorData,
+    *,
+    batch: int,
+    shards: int,
+    lr: float,
+    seed: int,
+    out_dir: Path | None,
+    steps: int | None = None,
+) -> dict[str, Any]:
+    """Train one router (written to ``out_dir`` unless None) and return its summary row."""
+    spec = get_spec(job.model)
+    model = load_model(spec)
+    plan = make_spec_plan(spec, job.sampler, job.nfe)
+    recipe = default_recipe(spec.family)
+    config = TrainConfig(
+        lam=job.lam,
+        lr=lr,
+        steps=steps or job.steps,
+        batch_size=batch,
+        seed=seed,
+        recipe=recipe,
+        mode=job.mode,
+        shards=shards,
+        checkpoint_every=0,
+    )
+    path = out_dir / f"{job.name}.safetensors" if out_dir is not None else None
+    t0 = time.perf_counter()
+    result = train(model, plan, data, config, model_name=spec.name, output=path)
+    seconds = time.perf_counter() - t0
+    if path is not None:
+        checkpoint_path(path).unlink(missing_ok=True)  # resumable training state: not shipped
+    theta = default_threshold(spec.family)
+    tail = result.history[-max(1, len(result.history) // 10) :]  # the last tenth, smoothed
+    row: dict[str, Any] = {
+        "router": job.name,
+        **asdict(job),
+        "config": config.to_dict(),
+        "theta": theta,
+        "final_distance": sum(r["distance"] for r in tail) / len(tail),
+        "final_skip": result.history[-1]["skip"],
+        "skip_at_half": result.history[len(result.history) // 2]["skip"],
+        "seconds": seconds,
+        "data": data.description,
+    }
+    if path is not None:
+        depth = len(model.transformer_blocks())
+        sched = import_router(path, plan, model=spec.name, depth=depth, threshold=theta)
+        sched.save(path.with_suffix(".json"))
+        row["schedule"] = {k: v for k, v in sched.stats().items() if k != "nfe"}
+    return row
+
+
+def _select(names: list[str] | None) -> list[Job]:
+    if not names:
+        return list(JOBS)
+    by_name = {j.name: j for j in JOBS}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise L2CError(f"unknown router {unknown[0]!r}; see --list")
+    return [by_name[n] for n in names]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry point."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--only", nargs="*", help="router names (see --list)")
+    p.add_argument("--list", action="store_true", help="print the jobs and exit")
+    p.add_argument("--steps", type=int, default=None, help="override every job's step count")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--shards", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--sweep", default=None, help="a job name: train it at each --lams, write nothing"
+    )
+    p.add_argument("--lams", default="", help="comma-separated λ values for --sweep")
+    p.add_argument("--dry-run", action="store_true", help="train but write no router")
+    p.add_argument("--out", default=str(ROUTERS))
+    p.add_argument("--log", default=str(RESULTS / "fmnist_routers.jsonl"))
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.list:
+        for j in JOBS:
+            print(f"{j.name:40s} λ={j.lam:g} mode={j.mode} steps={j.steps}")
+        return
+    data = fmnist_train_data()
+    common = dict(
+        batch=args.batch, shards=args.shards, lr=args.lr, seed=args.seed, steps=args.steps
+    )
+    if args.sweep:
+        (base,) = _select([args.sweep])
+        for lam in [float(v) for v in args.lams.split(",") if v]:
+            job = Job(base.model, base.sampler, base.nfe, lam, base.mode, steps=base.steps)
+            row = train_job(job, data, out_dir=None, **common)
+            print(
+                f"λ={lam:g}: skip {row['final_skip']:.1%} (half-way {row['skip_at_half']:.1%}) "
+                f"distance {row['final_distance']:.3g} in {row['seconds']:.0f} s",
+                flush=True,
+            )
+        return
+    out = None if args.dry_run else Path(args.out)
+    env = environment("cpu")
+    rows = []
+    for job in _select(args.only):
+        row = {**train_job(job, data, out_dir=out, **common), "env": env}
+        rows.append(row)
+        print(f"{job.name}: skip {row['final_skip']:.1%} in {row['seconds']:.0f} s", flush=True)
+        if out is not None:
+            log = Path(args.log)
+            old = log.read_text(encoding="utf-8") if log.is_file() else ""
+            write_text_atomic(log, old + json.dumps(row, default=str) + "\n")
+
+
+if __name__ == "__main__":
+    main()

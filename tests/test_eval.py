@@ -1,0 +1,166 @@
+"""`l2c-compile eval` and l2c_compile.evaluate on a tiny Fashion-MNIST-shaped stand-in model.
+
+The stand-in has the FMNIST models' image format (1×32×32, 10 classes) but random weights, and
+the feature network is a randomly initialised classifier with statistics of random features, so
+the tests check the plumbing and the invariants (same seeds, balanced classes, exact all-compute
+run) rather than any particular score.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from l2c_compile import demo
+from l2c_compile.cli.main import app
+from l2c_compile.errors import L2CError
+from l2c_compile.evaluate import EvalConfig, draw, eval_inputs, has_feature_network, run_eval
+from l2c_compile.fmnist import classifier
+from l2c_compile.models import registry
+from l2c_compile.schedule import Schedule, heuristic
+from tests.fmnist_stand_ins import install_feature_net, install_model, ship_router, use_router_dir
+from tests.helpers import random_schedule
+
+NAME = "DiT-FMNIST-stand-in"
+NFE = 4
+KEYS = (
+    "fid",
+    "fid_full",
+    "precision",
+    "recall",
+    "class_accuracy",
+    "class_accuracy_full",
+    "psnr",
+    "macs_cached",
+    "macs_full",
+    "removed",
+    "latency_per_image_s",
+)
+
+
+def _runner() -> CliRunner:
+    try:
+        return CliRunner(mix_stderr=False)  # type: ignore[call-arg]
+    except TypeError:
+        return CliRunner()
+
+
+@pytest.fixture()
+def stand_in(tmp_path, monkeypatch):
+    """A registered FMNIST-shaped DiT (patch 4, 2 blocks) with weights and a shipped router."""
+    install_feature_net(tmp_path, monkeypatch)
+    spec = install_model(tmp_path, monkeypatch, "DiT-FMNIST", NAME)
+    ship_router(use_router_dir(tmp_path, monkeypatch), spec, "ddim", NFE)
+    yield spec
+    classifier.load_classifier.cache_clear()
+    classifier.reference_stats.cache_clear()
+
+
+def test_eval_inputs_are_balanced_and_seeded():
+    noise, labels = eval_inputs(25, (1, 32, 32), 10, seed=3)
+    counts = torch.bincount(labels, minlength=10)
+    assert noise.shape == (25, 1, 32, 32) and counts.max() - counts.min() <= 1
+    again, labels2 = eval_inputs(25, (1, 32, 32), 10, seed=3)
+    assert torch.equal(noise, again) and torch.equal(labels, labels2)
+    other, _ = eval_inputs(25, (1, 32, 32), 10, seed=4)
+    assert not torch.equal(noise, other)
+    with pytest.raises(L2CError, match="at least 2 samples"):
+        eval_inputs(1, (1, 32, 32), 10, seed=0)
+
+
+def test_draw_clamps_batches_and_times_them():
+    calls = []
+
+    def sampler(noise, labels, scale):
+        calls.append((len(noise), scale))
+        return noise * 3  # (b, C, H, W), well outside [-1, 1]
+
+    noise = torch.randn(7, 1, 4, 4)
+    out = draw(sampler, noise, torch.zeros(7, dtype=torch.long), 2.0, batch=3)
+    assert calls == [(3, 2.0), (3, 2.0), (1, 2.0)]
+    assert torch.equal(out.images, (noise * 3).clamp(-1, 1))
+    assert out.seconds_per_image > 0
+
+
+def test_eval_with_the_shipped_router_reports_everything(stand_in):
+    report = run_eval(EvalConfig(model=NAME, nfe=NFE, samples=20, batch=8))
+    for key in KEYS:
+        assert isinstance(report[key], int | float), key
+    assert report["macs_cached"] < report["macs_full"]
+    assert (
+        report["removed"] > 0 and report["removable"] == 2 * 2 * 2
+    )  # 2 cache calls × 2 blocks × 2
+    assert math.isfinite(report["psnr"]) and report["psnr"] > 0  # cached ≠ uncached, same seeds
+    assert 0 <= report["class_accuracy"] <= 1 and report["fid"] >= 0
+    assert report["schedule"]["source"]["file"] == f"{NAME}-ddim-{NFE}.safetensors"
+    assert report["metric_names"]["fid"] == "FID (Fashion-MNIST features)"
+    assert report["cfg_scale"] == stand_in.default_cfg_scale
+
+
+def test_all_compute_schedule_reproduces_the_uncached_run(stand_in, tmp_path):
+    plan = _plan(stand_in)
+    path = tmp_path / "all.json"
+    Schedule.all_compute(NAME, 2, plan).save(path)
+    report = run_eval(EvalConfig(model=NAME, nfe=NFE, schedule=path, samples=12, batch=12))
+    assert report["psnr"] == math.inf  # identical images
+    assert report["fid"] == pytest.approx(report["fid_full"], abs=1e-9)
+    assert report["class_accuracy"] == report["class_accuracy_full"]
+    assert report["removed"] == 0 and report["macs_cached"] == report["macs_full"]
+
+
+def test_drop_schedule_and_router_file_are_accepted(stand_in, tmp_path):
+    plan = _plan(stand_in)
+    drop = heuristic("random", plan, model=NAME, depth=2, fraction=0.5, mode="drop")
+    cache = dataclasses.replace(drop, mode="cache")
+    drop.save(tmp_path / "drop.json")
+    cache.save(tmp_path / "cache.json")
+    r_drop = run_eval(EvalConfig(model=NAME, nfe=NFE, schedule=tmp_path / "drop.json", samples=10))
+    r_cache = run_eval(
+        EvalConfig(model=NAME, nfe=NFE, schedule=tmp_path / "cache.json", samples=10)
+    )
+    assert r_drop["schedule"]["mode"] == "drop" and r_drop["removed"] == r_cache["removed"] == 4
+    assert r_drop["psnr"] != r_cache["psnr"]  # zeros are not the cached outputs
+    router = demo.ROUTERS / f"{NAME}-ddim-{NFE}.safetensors"
+    r_router = run_eval(EvalConfig(model=NAME, nfe=NFE, schedule=router, samples=10, threshold=0.5))
+    assert r_router["schedule"]["threshold"] == 0.5
+
+
+def test_errors_are_clear(stand_in, tmp_path):
+    with pytest.raises(L2CError, match="DiT-Tiny has no feature network"):
+        run_eval(EvalConfig(model="DiT-Tiny", nfe=NFE))
+    with pytest.raises(L2CError, match=f"no shipped router for {NAME} ddim NFE 6.*--schedule"):
+        run_eval(EvalConfig(model=NAME, nfe=6, samples=4))
+    other = random_schedule(_plan(stand_in), 2, random.Random(0), model="DiT-Tiny")
+    other.save(tmp_path / "other.json")
+    with pytest.raises(L2CError, match=f"made for DiT-Tiny but the model is {NAME}"):
+        run_eval(EvalConfig(model=NAME, nfe=NFE, schedule=tmp_path / "other.json", samples=4))
+    assert has_feature_network(stand_in) and not has_feature_network(
+        registry.get_spec("U-ViT-Tiny")
+    )
+
+
+def test_cli_json_and_rich_output(stand_in):
+    runner = _runner()
+    args = ["eval", "--model", NAME, "--nfe", str(NFE), "--samples", "10", "--seed", "2"]
+    res = runner.invoke(app, [*args, "--format", "json"])
+    assert res.exit_code == 0, res.stderr
+    report = json.loads(res.stdout)
+    assert {*KEYS, "fid_full", "psnr"} <= set(report) and report["seed"] == 2
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.stderr
+    assert "FID (Fashion-MNIST features)" in res.stdout and "removed" in res.stdout
+    res = runner.invoke(app, ["eval", "--model", "DiT-Tiny", "--nfe", "4"])
+    assert res.exit_code == 2 and res.stdout == ""
+    assert res.stderr.strip().count("\n") == 0 and "no feature network" in res.stderr
+
+
+def _plan(spec):
+    from l2c_compile.evaluate import make_spec_plan
+
+    return make_spec_plan(spec, None, NFE)

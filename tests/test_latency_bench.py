@@ -1,0 +1,168 @@
+"""benchmarks/latency.py on CPU with the tiny models: rows, ratios, results files, grid and limits."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+ROUTERS = Path(__file__).resolve().parents[2] / "shared" / "data" / "routers"
+
+
+@pytest.fixture(scope="module")
+def latency():
+    threads = torch.get_num_threads()  # --threads sets a process-wide value: restore it
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec = importlib.util.spec_from_file_location("bench_latency", BENCH / "latency.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        for name in ("bench_latency", "latency_exec", "common"):  # plain names: do not leak them
+            sys.modules.pop(name, None)
+        sys.path.remove(str(BENCH))
+        torch.set_num_threads(threads)
+
+
+TINY = ["--device", "cpu", "--threads", "1", "--repeats", "1", "--seed", "0"]
+
+
+def test_matrix_cell_measures_every_executor_and_writes_results(latency, tmp_path):
+    out = tmp_path / "lat.jsonl"
+    rows = latency.main(
+        [
+            "--matrix",
+            "--only",
+            "DiT-Tiny",
+            "--batches",
+            "1,2",
+            "--dtypes",
+            "bfloat16",
+            "--samplers",
+            "ddim-4",
+            *TINY,
+            "--out",
+            str(out),
+        ]
+    )
+    names = ["eager-uncached", "eager-l2c", "compiled-uncached", "compiled-l2c"]
+    assert [r["executor"] for r in rows] == names * 2
+    assert [r["batch"] for r in rows] == [1] * 4 + [2] * 4
+    for r in rows:
+        assert r["median_s"] > 0 and r["min_s"] <= r["median_s"] <= r["max_s"] and r["repeats"] == 1
+        assert r["dtype"] == "bfloat16" and r["sampler"] == "ddim" and r["nfe"] == 4
+        assert r["speedup_vs_eager-uncached"] == pytest.approx(
+            next(x for x in rows if x["batch"] == r["batch"] and x["executor"] == "eager-uncached")[
+                "median_s"
+            ]
+            / r["median_s"]
+        )
+        assert r["schedule"]["source"]["kind"] == "heuristic" and r["ideal_speedup"] > 1.0
+    compiled = [r for r in rows if r["executor"] == "compiled-l2c"]
+    for r in compiled:
+        assert r["compile_s"] > 0 and r["share_of_ideal"] == pytest.approx(
+            r["speedup_vs_same_uncached"] / r["ideal_speedup"]
+        )
+    # Expected cache bytes scale with the rows: batch 2 holds twice batch 1's (bf16: 2 bytes each).
+    assert compiled[1]["cache_bytes_expected"] == 2 * compiled[0]["cache_bytes_expected"] > 0
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [line["executor"] for line in lines] == names * 2
+    md = out.with_suffix(".md").read_text()
+    assert md.count("### DiT-Tiny · ddim-4 · batch") == 2 and "| compiled-l2c |" in md
+
+
+def test_single_run_keeps_its_interface(latency, tmp_path):
+    out = tmp_path / "one.jsonl"
+    rows = latency.main(
+        [
+            "--model",
+            "DiT-Tiny",
+            "--nfe",
+            "4",
+            "--batch",
+            "1",
+            "--skip-eager",
+            "--fraction",
+            "0.5",
+            *TINY,
+            "--out",
+            str(out),
+        ]
+    )
+    assert [r["executor"] for r in rows] == ["compiled-uncached", "compiled-l2c"]
+    assert rows[1]["schedule"]["skipped_fraction"] == pytest.approx(0.5, abs=0.05)
+    assert len(out.read_text().splitlines()) == 2
+
+
+def test_time_limit_turns_the_rest_into_skipped_rows(latency, tmp_path):
+    rows = latency.main(
+        [
+            "--matrix",
+            "--only",
+            "DiT-Tiny",
+            "--batches",
+            "1",
+            "--dtypes",
+            "float32",
+            "--samplers",
+            "ddim-4",
+            "--time-limit",
+            "0",
+            *TINY,
+            "--out",
+            str(tmp_path / "x.jsonl"),
+        ]
+    )
+    assert len(rows) == 4 and all(
+        r["skipped"] == "time limit" and "median_s" not in r for r in rows
+    )
+    assert "time limit" in (tmp_path / "x.md").read_text()
+
+
+def test_measure_respects_repeats_and_budget(latency):
+    calls = []
+    measure = sys.modules["latency_exec"].measure
+    timing = measure(lambda: calls.append(1), "cpu", repeats=3, budget_s=100.0)
+    assert len(calls) == 4 and timing["repeats"] == 3 and timing["first_s"] >= 0
+    calls.clear()
+    timing = measure(lambda: calls.append(1), "cpu", repeats=10, budget_s=0.0)
+    assert len(calls) == 2 and timing["repeats"] == 1  # the budget still allows one timed run
+
+
+def test_grid_lists_the_issue_matrix_and_refuses_bad_flags(latency, capsys):
+    args = latency.parse_args(["--matrix", "--device", "cuda"])
+    cells = latency.grid(args)
+    assert len(cells) == 4 * 2 * 4 and all(batches == [1, 8, 32] for *_, batches in cells)
+    assert {(m, s, n) for m, _, s, n, _ in cells} >= set(latency.RELEASED)
+    with pytest.raises(SystemExit) as exc:
+        latency.parse_args(["--cuda-graph", "--device", "cpu"])
+    assert exc.value.code == 2 and "--cuda-graph needs --device cuda" in capsys.readouterr().err
+    assert latency.main(["--matrix", "--list", "--device", "cpu", "--only", "DiT-Tiny"]) == []
+    assert "DiT-Tiny" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not ROUTERS.is_dir(), reason="needs shared/data/routers beside the checkout")
+def test_matrix_schedules_use_released_routers_or_their_fraction(latency):
+    from l2c_compile.models.registry import get_spec
+    from l2c_compile.samplers import make_plan
+
+    def schedule(name, nfe):
+        spec = get_spec(name)
+        plan = make_plan(
+            "ddim", nfe, noise_schedule=spec.noise_schedule, time_input=spec.time_input
+        )
+        depth = spec.kwargs["depth"]
+        return latency.matrix_schedule(spec, plan, depth, ROUTERS, 0.44, seed=0)
+
+    released = schedule("DiT-XL/2", 20)
+    assert released.source["kind"] == "router" and released.stats()["skipped_total"] == 248
+    synthetic = schedule("DiT-L/2", 20)
+    assert synthetic.source["kind"] == "heuristic"
+    assert synthetic.stats()["skipped_fraction"] == pytest.approx(248 / 560, abs=2e-3)

@@ -1,0 +1,120 @@
+"""bf16 / fp16 artifacts end to end on CPU: error against the fp32 reference, fp32 sampler state.
+
+Bounds (max |a − b| / max |b| over the final latents, measured on the registry's tiny DiT and
+U-ViT, 10-call DDIM and DPM-Solver-2 trajectories, three seeds, half the cache-step sublayers
+reused): bf16 reached 2.1e-2 (DiT) and 6.6e-3 (U-ViT), fp16 1.9e-3 and 7.2e-4. The test bounds
+are 5e-2 and 5e-3: ~2.5× headroom, and fp16's is 10× tighter as its 11-bit mantissa (vs 8) would
+predict. Keeping the state in bf16 instead measured up to 2.6e-2 on U-ViT, four times the
+fp32-state error — hence the float32 state.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import random
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import l2c_compile
+from l2c_compile.cli.main import app
+from l2c_compile.models.registry import build_model, get_spec, init_random
+from l2c_compile.samplers import make_plan
+from tests.helpers import inputs, random_schedule, rel_error
+
+BOUNDS = {"bfloat16": 5e-2, "float16": 5e-3}
+runner = CliRunner()
+
+
+def _case(name: str, sampler: str, seed: int = 0, nfe: int = 10):
+    spec = get_spec(name)
+    plan = make_plan(sampler, nfe, noise_schedule=spec.noise_schedule, time_input=spec.time_input)
+    model = init_random(build_model(spec), seed)
+    sched = random_schedule(
+        plan, len(model.transformer_blocks()), random.Random(seed), p=0.5, model=name
+    )
+    return spec, plan, sched
+
+
+@functools.cache
+def _fp32_run(name: str, sampler: str) -> torch.Tensor:
+    """The fp32 artifact's latents for the seeded inputs (shared by the dtype cases)."""
+    spec, plan, sched = _case(name, sampler)
+    fp32 = l2c_compile.compile(init_random(build_model(spec), 0), plan, sched)
+    return fp32(*inputs(fp32.model, batch=2), spec.default_cfg_scale)
+
+
+@pytest.mark.parametrize("dtype", list(BOUNDS))
+@pytest.mark.parametrize(
+    ("name", "sampler"), [("DiT-Tiny", "ddim"), ("U-ViT-Tiny", "dpm-solver-2")]
+)
+def test_low_precision_artifact_is_close_to_the_fp32_run(name, sampler, dtype):
+    spec, plan, sched = _case(name, sampler)
+    low = l2c_compile.compile(init_random(build_model(spec), 0), plan, sched, dtype=dtype)
+    assert low.model_dtype == getattr(torch, dtype) and low.info["dtype"] == dtype
+    want = _fp32_run(name, sampler)
+    got = low(*inputs(low.model, batch=2), spec.default_cfg_scale)
+    assert got.dtype == torch.float32
+    err = rel_error(got, want)
+    # Above zero: the artifact really ran in low precision (not silently in fp32).
+    assert 0.0 < err <= BOUNDS[dtype]
+
+
+def test_sampler_state_stays_fp32_while_the_model_runs_in_bf16():
+    spec, plan, sched = _case("DiT-Tiny", "ddim", nfe=6)
+    compiled = l2c_compile.compile(init_random(build_model(spec), 0), plan, sched, dtype="bfloat16")
+    seen: list[tuple[torch.dtype, torch.dtype]] = []
+
+    def recording(step):
+        def run(x, t, y, cfg_scale, *caches):
+            out = step(x, t, y, cfg_scale, *caches)
+            seen.append((x.dtype, out[0].dtype))
+            return out
+
+        return run
+
+    compiled.steps = [recording(s) for s in compiled.steps]
+    noise, labels = inputs(compiled.model, batch=2)
+    from_fp32 = compiled(noise, labels, 4.0)
+    # Every call feeds the network bf16 and gets bf16 ε; the loop itself holds float32.
+    assert seen == [(torch.bfloat16, torch.bfloat16)] * plan.nfe
+    assert from_fp32.dtype == torch.float32
+    # bf16 noise is promoted before the loop: same answer as passing its float32 value.
+    low_noise = noise.bfloat16()
+    assert torch.equal(compiled(low_noise, labels, 4.0), compiled(low_noise.float(), labels, 4.0))
+
+
+def test_bf16_artifact_round_trips_and_verify_reports_the_fp32_error(tmp_path):
+    art = tmp_path / "bf16"
+    r = runner.invoke(
+        app,
+        [
+            "compile",
+            "--model",
+            "DiT-Tiny",
+            "--init",
+            "random",
+            "--nfe",
+            "6",
+            "--dtype",
+            "bfloat16",
+            "-o",
+            str(art),
+            "--format",
+            "json",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["dtype"] == "bfloat16"
+    loaded = l2c_compile.load(art)
+    assert loaded.model_dtype == torch.bfloat16
+    r = runner.invoke(app, ["verify", str(art), "--format", "json"])
+    assert r.exit_code == 0, r.output
+    result = json.loads(r.output)
+    assert result["dtype"] == "bfloat16" and result["reference_dtype"] == "float32"
+    assert result["tolerance"] == 5e-2 and 0.0 < result["max_rel_error"] <= 5e-2
+    # The reference ran in fp32 but the artifact's model is back in bf16 afterwards.
+    r = runner.invoke(app, ["verify", str(art), "--tolerance", "1e-6"])
+    assert r.exit_code == 1 and "bfloat16" in r.output and "float32" in r.output

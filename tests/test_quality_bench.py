@@ -1,0 +1,141 @@
+"""benchmarks/quality.py end to end on small stand-ins of the Fashion-MNIST models."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from l2c_compile.fmnist import classifier
+from l2c_compile.samplers import make_plan
+from tests.fmnist_stand_ins import install_feature_net, install_model, ship_router, use_router_dir
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "quality.py"
+DIT, UVIT, NFE = "DiT-FMNIST-stand-in", "U-ViT-FMNIST-stand-in", 4
+
+
+def _load_bench():
+    spec = importlib.util.spec_from_file_location("quality_bench", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["quality_bench"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return _load_bench()
+
+
+@pytest.fixture(scope="module")
+def tables(bench):
+    return sys.modules["quality_tables"]  # imported by the benchmark from its own folder
+
+
+@pytest.fixture()
+def stand_ins(bench, tmp_path, monkeypatch):
+    install_feature_net(tmp_path, monkeypatch)
+    dit = install_model(tmp_path, monkeypatch, "DiT-FMNIST", DIT)
+    uvit = install_model(tmp_path, monkeypatch, "U-ViT-FMNIST", UVIT)
+    routers = use_router_dir(tmp_path, monkeypatch)
+    ship_router(routers, dit, "ddim", NFE, lam=3e-4)
+    ship_router(routers, dit, "ddim", NFE, tag="lam0.001", seed=2, lam=1e-3)
+    ship_router(routers, dit, "ddim", NFE, tag="drop", seed=3, lam=3e-4, mode="drop")
+    ship_router(routers, uvit, "dpm-solver-2", NFE, lam=0.3)
+    yield dit, uvit
+    classifier.load_classifier.cache_clear()
+    classifier.reference_stats.cache_clear()
+
+
+def test_fewer_steps_matches_macs_and_keeps_dpm_even(tables):
+    ddim = make_plan("ddim", 20)
+    assert tables.fewer_steps(ddim, 0.8) == 16 and tables.fewer_steps(ddim, 0.01) == 1
+    dpm = make_plan("dpm-solver-2", 20)
+    assert tables.fewer_steps(dpm, 0.72) == 14 and tables.fewer_steps(dpm, 0.01) == 2
+    assert tables.fewer_steps(dpm, 0.99) == 18 and tables.fewer_steps(ddim, 1.0) == 19  # never N
+
+
+def test_rows_match_macs_and_removal(bench, stand_ins):
+    rows = bench.build_rows(["1", "5", "9"], DIT, UVIT, [NFE], [NFE], NFE)
+    by = {(r.table, r.method, r.plan.nfe): r for r in rows}
+    l2c = by[("5", "Learning-to-cache", NFE)].schedule
+    removed = l2c.stats()["skipped_total"]
+    drop = by[("5", "Learning-to-drop", NFE)].schedule
+    assert drop.mode == "drop" and drop.stats()["skipped_total"] == removed  # exact match
+    assert by[("5", "Random drop", NFE)].schedule.mode == "drop"
+    for method in ("Random drop", "Random cache"):
+        assert by[("5", method, NFE)].schedule.stats()["skipped_total"] == removed
+    assert by[("5", "Cache all, every other step", NFE)].schedule.stats()["skipped_fraction"] == 1.0
+    lams = [r.method for r in rows if r.table == "9"]
+    assert lams[0] == "λ = 0 (DDIM)" and set(lams[1:]) == {"L2C λ = 0.0003", "L2C λ = 0.001"}
+    (few,) = [r for r in rows if r.table == "1" and "fewer steps" in r.method]
+    assert few.plan.nfe < NFE and all(r.ref_nfe == NFE for r in rows if r.table == "1")
+
+
+def _argv(out: Path, tables: str) -> list[str]:
+    return [
+        *("--samples", "10", "--seeds", "0,1", "--batch", "10", "--tables", tables),
+        *("--dit", DIT, "--uvit", UVIT, "--dit-nfes", str(NFE), "--uvit-nfes", str(NFE)),
+        *("--sweep-nfe", str(NFE), "--out", str(out)),
+    ]
+
+
+def test_benchmark_writes_rows_grids_and_resumes(bench, stand_ins, tmp_path, monkeypatch):
+    out = tmp_path / "results"
+    bench.main(_argv(out, "1,6"))
+    lines = [json.loads(x) for x in (out / "quality.jsonl").read_text().splitlines()]
+    assert [r["method"] for r in lines] == [
+        "DDIM",
+        "DDIM, fewer steps (matched MACs)",
+        "L2C",
+        "DPM-Solver-2",
+        "Cache all (unshifted)",
+        "Cache all (shifted)",
+        "L2C (shifted)",
+    ]
+    for r in lines:
+        assert r["samples"] == 10 and r["fid"] >= 0 and r["env"]["threads"] == 1
+        headline = r["method"] in ("DDIM", "L2C", "DPM-Solver-2")
+        assert r["seeds"] == ([0, 1] if headline else [0])  # headline rows measure the spread
+        assert (r["fid_spread"] is not None) == headline
+        if r["mode"] is None and r["nfe"] == r["ref_nfe"]:
+            assert "psnr" not in r  # the reference itself
+        else:
+            assert r["psnr"] > 0
+    unshifted = next(r for r in lines if r["method"] == "Cache all (unshifted)")
+    assert unshifted["options"]["shifted"] is False and unshifted["removed"] > 0
+    md = (out / "quality.md").read_text()
+    assert bench.TITLES["1"] in md and bench.TITLES["6"] in md and bench.TITLES["5"] not in md
+    assert "ΔFID vs uncached (paired)" in md and "not Inception" in md
+    l2c = next(r for r in lines if r["method"] == "L2C")
+    assert l2c["fid_delta"] == pytest.approx(l2c["fid"] - lines[0]["fid"])  # same seeds, paired
+    assert l2c["fid_delta_spread"] is not None
+    assert (out / "quality-table1.png").is_file() and (out / "quality-table6.png").is_file()
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("--resume sampled a row that was already done")
+
+    monkeypatch.setattr(bench.Runner, "draw", no_sampling)
+    bench.main([*_argv(out, "1,6"), "--resume"])
+    assert len((out / "quality.jsonl").read_text().splitlines()) == len(lines)
+
+
+@pytest.mark.slow
+def test_benchmark_runs_every_table(bench, stand_ins, tmp_path):
+    out = tmp_path / "results"
+    bench.main(_argv(out, ",".join(bench.TABLES)))
+    lines = [json.loads(x) for x in (out / "quality.jsonl").read_text().splitlines()]
+    assert {r["table"] for r in lines} == set(bench.TABLES)
+    md = (out / "quality.md").read_text()
+    assert all(title in md for title in bench.TITLES.values())
+    assert all((out / f"quality-table{t}.png").is_file() for t in bench.TABLES)
+
+
+def test_missing_router_is_named(bench, stand_ins, tmp_path):
+    from l2c_compile.errors import L2CError
+
+    with pytest.raises(L2CError, match=f"router {DIT}-ddim-6.safetensors not found"):
+        bench.build_rows(["1"], DIT, UVIT, [6], [NFE], NFE)
