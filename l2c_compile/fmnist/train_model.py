@@ -87,6 +87,27 @@ def lr_at(step: int, base: float, warmup: int) -> float:
     return base * min(1.0, (step + 1) / max(1, warmup))
 
 
+def run_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The options of a run that shape the result (recorded per run for the model card)."""
+    keys = ("batch", "lr", "warmup", "ema", "seed", "grad_clip")
+    return {k: getattr(args, k) for k in keys}
+
+
+def run_history(state: dict[str, Any]) -> list[dict[str, Any]]:
+    """The runs recorded in a training state (states from before the history field: one run)."""
+    if "history" in state:
+        return json.loads(state["history"])
+    old = json.loads(state["args"])  # the first version stored only its own options
+    args = {k: old[k] for k in ("batch", "lr", "warmup", "ema", "seed")}
+    return [
+        {
+            "from": 0,
+            "to": int(state["step"]),
+            "args": {**args, "grad_clip": 0.0},
+        }
+    ]
+
+
 def save_state(path: Path, state: dict[str, Any]) -> None:
     """Write the full training state atomically (a crash never leaves half a checkpoint)."""
     with atomic_path(path) as tmp:
@@ -106,6 +127,13 @@ def model_card(spec: Any, info: dict[str, Any]) -> str:
     from l2c_compile.models.registry import count_params
 
     kw = ", ".join(f"{k}={v}" for k, v in spec.kwargs.items())
+    retrain = "\n".join(
+        f"python -m l2c_compile.fmnist.train_model --model {spec.name} --out runs/{spec.name} "
+        f"--max-steps {run['to']} --minutes 600 "
+        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in run["args"].items())
+        + f"  # steps {run['from']}–{run['to']}"
+        for run in info["history"]
+    )
     return f"""# {spec.name}
 
 {spec.description}.
@@ -124,19 +152,18 @@ set (60,000 images, Debian package `dataset-fashion-mnist`), 28×28 padded with 
 | optimiser | AdamW lr {info["lr"]:g} (warm-up {info["warmup"]} steps), batch {info["batch"]}, weight decay 0 |
 | EMA | decay {info["ema"]} (with warm-up); the shipped weights are the EMA |
 | steps | {info["step"]:,} ({info["images"]:,} images, {info["images"] / 60000:.2f} epochs) |
-| final loss | {info["final_loss"]:.4f} (mean of the last {info["loss_window"]} steps, training weights) |
+| final loss | {info["final_loss"]:.4f} (ε-MSE, mean of the last {info["loss_window"]} steps, training weights) |
 | wall time | {info["wall_minutes"]:.1f} min, {info["threads"]} thread(s); CPU time {info["cpu_minutes"]:.1f} min (the machine was shared) |
 | machine | {info["machine"]} |
 | seed | {info["seed"]} |
 | default sampler | {spec.default_sampler}, CFG scale {spec.default_cfg_scale} (family convention) |
 
-Retrain (one CPU thread; `--minutes` bounds each run's wall time, and a run on a folder that
-already holds a training state resumes it, so several short runs add up to one long one; the
-shipped weights took {info["runs"]} run(s)):
+Retrain (one CPU thread). A run on a folder that already holds a training state resumes it, so
+the runs below, one after the other on the same `--out`, repeat the shipped training (`--minutes`
+only bounds each run's wall time; the step counts are what matters):
 
 ```
-python -m l2c_compile.fmnist.train_model --model {spec.name} --max-steps {info["step"]} \\
-    --minutes 60 --batch {info["batch"]} --lr {info["lr"]:g} --seed {info["seed"]} --out runs/{spec.name}
+{retrain}
 ```
 """
 
@@ -167,6 +194,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm (0: off)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--log-every", type=int, default=50)
@@ -194,7 +222,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(args.seed)
-    step, elapsed_before, cpu_before, losses, runs = 0, 0.0, 0.0, [], 1
+    step, elapsed_before, cpu_before, losses = 0, 0.0, 0.0, []
+    history: list[dict[str, Any]] = []
     order, cursor = torch.randperm(len(x_all), generator=gen), 0
     state_path = args.out / STATE_FILE
     if state_path.exists():
@@ -205,13 +234,18 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         gen.set_state(state["gen"])
         step, elapsed_before, losses = state["step"], state["elapsed"], state["losses"].tolist()
         cpu_before = float(state.get("cpu", 0.0))
-        runs = int(state.get("runs", 1)) + 1
+        history = run_history(state)
         if "order" in state:  # continue the epoch where it stopped, as an uninterrupted run would
             order, cursor = state["order"], int(state["cursor"])
         print(
             f"resumed {args.model} at step {step} ({elapsed_before / 60:.1f} min trained)",
             flush=True,
         )
+
+    first_step = step
+
+    def this_run() -> dict[str, Any]:
+        return {"from": first_step, "to": step, "args": run_args(args)}
 
     def snapshot() -> None:
         save_state(
@@ -227,8 +261,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                 "cpu": cpu_before + time.process_time() - cpu_start,
                 "order": order,
                 "cursor": cursor,
-                "runs": runs,
-                "args": json.dumps(vars(args), default=str),
+                "history": json.dumps([*history, this_run()]),
             },
         )
 
@@ -247,6 +280,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             raise RuntimeError(f"loss is {loss.item()} at step {step}; lower --lr")
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if args.grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
         opt.step()
         update_ema(ema, model, ema_decay(step, args.ema))
         losses.append(loss.item())
@@ -255,7 +290,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             now = time.monotonic()
             recent = sum(losses[-args.log_every :]) / args.log_every
             print(
-                f"step {step:6d}  loss {recent:.4f}  {(now - t_log) / args.log_every:.2f} s/step  "
+                f"step {step:6d}  loss {recent:.4f}  "
+                f"{(now - t_log) / args.log_every:.2f} s/step  "
                 f"{(now - start) / 60:5.1f}/{args.minutes:g} min",
                 flush=True,
             )
@@ -275,7 +311,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "ema": args.ema,
         "seed": args.seed,
         "threads": args.threads,
-        "runs": runs,
+        "history": [*history, this_run()],
         "loss_window": window,
         "final_loss": sum(losses[-window:]) / max(1, window),
         "wall_minutes": (elapsed_before + time.monotonic() - start) / 60.0,
