@@ -227,6 +227,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--fraction", type=float, default=0.44)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--interleave", action="store_true",
+                   help="time the executors round-robin (robust to load drift on a shared CPU; no peak memory)")
     p.add_argument("--inductor", action="store_true", help="also time backend='inductor'")
     p.add_argument(
         "--cuda-graph", action="store_true", help="also time inductor + whole-trajectory CUDA graph"

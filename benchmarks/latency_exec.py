@@ -238,6 +238,40 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
                     r["mem_over_uncached_bytes"] = r["peak_extra_bytes"] - twin["peak_extra_bytes"]
 
 
+def _run_interleaved(executors: list[Executor], common: dict[str, Any], opts: argparse.Namespace) -> list[dict[str, Any]]:
+    """Round-robin timing: every executor's first call, then repeat r of each executor in turn.
+
+    On a shared CPU the load drifts over minutes; interleaving puts every executor under the same
+    drift, so the ratios stay honest. (No per-executor peak memory: that needs sequential runs.)
+    """
+    device = opts.device
+    firsts: dict[str, float] = {}
+    times: dict[str, list[float]] = {ex.name: [] for ex in executors}
+    for ex in executors:
+        sync(device)
+        t0 = time.perf_counter()
+        ex.run()
+        sync(device)
+        firsts[ex.name] = time.perf_counter() - t0
+    for _ in range(opts.repeats):
+        for ex in executors:
+            t0 = time.perf_counter()
+            ex.run()
+            sync(device)
+            times[ex.name].append(time.perf_counter() - t0)
+    rows = []
+    for ex in executors:
+        ts = times[ex.name]
+        row = {**common, "executor": ex.name, "interleaved": True, "median_s": statistics.median(ts),
+               "min_s": min(ts), "max_s": max(ts), "first_s": firsts[ex.name], "repeats": len(ts)}
+        if ex.build_s is not None:
+            row["compile_s"] = ex.build_s + max(0.0, row["first_s"] - row["median_s"])
+        if ex.after is not None:
+            ex.after()
+        rows.append(row)
+    return rows
+
+
 def run_config(
     g: Group, batch: int, opts: argparse.Namespace, env: dict[str, Any], deadline: float | None
 ) -> list[dict[str, Any]]:
@@ -267,6 +301,10 @@ def run_config(
         "ideal_speedup": macs_full / macs_cached,
         "cache_bytes_expected": cache_bytes(g, batch),
     }
+    if getattr(opts, "interleave", False):
+        rows = _run_interleaved(executors_for(g, opts, noise, labels), common, opts)
+        add_ratios(rows)
+        return rows
     started = time.perf_counter()
     rows = []
     for ex in executors_for(g, opts, noise, labels):
