@@ -9,7 +9,7 @@ thresholded at the score that removes that many.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +86,28 @@ def at_removal(spec: Any, plan: SamplerPlan, path: Path, removed: int) -> Schedu
         mode=router.meta.get("mode", "cache"),
     )
     return sched
+
+
+def layers(kind: str, plan: SamplerPlan, model: str, depth: int, removed: int) -> Schedule:
+    """Cache exactly ``removed`` sublayers: the last (``"top"``) or first (``"bottom"``) ones of
+    each cache call, spread evenly over the calls (earlier calls take the remainder).
+
+    :func:`~l2c_compile.schedule.heuristic` takes the same share of every call, which cannot
+    match an arbitrary count when a call has only 2·depth sublayers.
+    """
+    cache = [c for c in plan.calls if c.role == "cache"]
+    width = 2 * depth
+    base, extra = divmod(removed, len(cache))
+    logits = torch.ones(plan.nfe, width)  # (nfe, 2·depth): +1 computes, −1 skips at θ = 0.5
+    for j, call in enumerate(cache):
+        k = min(width, base + (j < extra))
+        span = slice(width - k, width) if kind == "top" else slice(0, k)
+        logits[call.router_index, span] = -1.0
+    source = {"kind": "heuristic", "heuristic": kind, "removed": removed}
+    sched = Schedule.from_router(
+        logits, plan, model=model, depth=depth, threshold=0.5, source=source
+    )
+    return replace(sched, threshold=None)  # no router was thresholded
 
 
 def fewer_steps(plan: SamplerPlan, ratio: float) -> int:
@@ -182,13 +204,20 @@ def build_rows(
                     sweep_nfe,
                 ),
                 Row(table, dit, "Random cache", plan, heuristic("random", plan, **h), sweep_nfe),
-                Row(table, dit, "Cache top layers", plan, heuristic("top", plan, **h), sweep_nfe),
+                Row(
+                    table,
+                    dit,
+                    "Cache top layers",
+                    plan,
+                    layers("top", plan, dit, depth, removed),
+                    sweep_nfe,
+                ),
                 Row(
                     table,
                     dit,
                     "Cache bottom layers",
                     plan,
-                    heuristic("bottom", plan, **h),
+                    layers("bottom", plan, dit, depth, removed),
                     sweep_nfe,
                 ),
                 Row(table, dit, "Learning-to-cache", plan, l2c, sweep_nfe, headline=True),

@@ -58,6 +58,24 @@ def test_fewer_steps_matches_macs_and_keeps_dpm_even(tables):
     assert tables.fewer_steps(dpm, 0.99) == 18 and tables.fewer_steps(ddim, 1.0) == 19  # never N
 
 
+def test_layer_heuristics_hit_an_exact_count(tables):
+    plan = make_plan("ddim", 6)  # cache calls 1, 3, 5
+    top = tables.layers("top", plan, "m", 3, removed=4)
+    bottom = tables.layers("bottom", plan, "m", 3, removed=4)
+    # 4 over 3 calls: the first cache call takes 2, the others 1 (entries attn0, mlp0, attn1, …).
+    assert [(c.reuse_attn, c.reuse_mlp) for c in top.cache_calls] == [
+        ((2,), (2,)),
+        ((), (2,)),
+        ((), (2,)),
+    ]
+    assert [(c.reuse_attn, c.reuse_mlp) for c in bottom.cache_calls] == [
+        ((0,), (0,)),
+        ((0,), ()),
+        ((0,), ()),
+    ]
+    assert top.threshold is None and top.source["removed"] == 4
+
+
 def test_rows_match_macs_and_removal(bench, stand_ins):
     rows = bench.build_rows(["1", "5", "9"], DIT, UVIT, [NFE], [NFE], NFE)
     by = {(r.table, r.method, r.plan.nfe): r for r in rows}
@@ -66,9 +84,10 @@ def test_rows_match_macs_and_removal(bench, stand_ins):
     drop = by[("5", "Learning-to-drop", NFE)].schedule
     assert drop.mode == "drop" and drop.stats()["skipped_total"] == removed  # exact match
     assert by[("5", "Random drop", NFE)].schedule.mode == "drop"
-    for method in ("Random drop", "Random cache"):
+    for method in ("Random drop", "Random cache", "Cache top layers", "Cache bottom layers"):
         assert by[("5", method, NFE)].schedule.stats()["skipped_total"] == removed
     assert by[("5", "Cache all, every other step", NFE)].schedule.stats()["skipped_fraction"] == 1.0
+
     lams = [r.method for r in rows if r.table == "9"]
     assert lams[0] == "λ = 0 (DDIM)" and set(lams[1:]) == {"L2C λ = 0.0003", "L2C λ = 0.001"}
     (few,) = [r for r in rows if r.table == "1" and "fewer steps" in r.method]

@@ -271,6 +271,16 @@ def _build_registry() -> dict[str, ModelSpec]:
 
 MODELS: dict[str, ModelSpec] = _build_registry()
 
+
+def _register_reference_models() -> None:
+    """Add the Fashion-MNIST reference models trained in this repository (weights ship as package data)."""
+    from l2c_compile.fmnist.specs import fmnist_specs
+
+    MODELS.update(fmnist_specs())
+
+
+_register_reference_models()
+
 __all__ = [  # checkpoint I/O is re-exported: callers find everything about models here
     "MODELS",
     "ModelSpec",
