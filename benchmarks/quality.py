@@ -49,6 +49,7 @@ from l2c_compile.evaluate import (
     draw,
     eval_inputs,
     load_model,
+    machine,
     make_spec_plan,
     quality,
     require_feature_network,
@@ -119,6 +120,26 @@ class Runner:
         # Paired: both runs share noise and labels, so most sampling noise cancels in the difference.
         q["fid_delta"] = q["fid"] - self.ref_fid[ref_key]
         return {**q, "latency_s": got.seconds_per_image}, got
+
+
+def real_floor(samples: int, seeds: list[int]) -> list[float]:
+    """FID of ``samples`` real training images (class-balanced draws) per seed: the floor and
+    spread a perfect sampler would show at this K."""
+    from l2c_compile.fmnist.data import available, load_tensors
+
+    if not available():
+        return []
+    x, y = load_tensors("train")  # (60000, 1, 32, 32), (60000,)
+    out = []
+    for seed in seeds:
+        idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:samples]
+        out.append(quality(x[idx], y[idx])["fid"])
+    return out
+
+
+def weights_digest(model: str) -> str:
+    """Short sha256 of a model's shipped weights: which snapshot the numbers belong to."""
+    return hashlib.sha256(Path(get_spec(model).checkpoint).read_bytes()).hexdigest()[:12]
 
 
 def summarize(
@@ -279,7 +300,7 @@ def main(argv: list[str] | None = None) -> None:
         write_text_atomic(jsonl, "")
     seeds = ints(args.seeds)
     runner = Runner(args.samples, args.batch)
-    env = {**environment("cpu"), "threads": args.threads}
+    env = {**environment("cpu"), "threads": args.threads, "cpu": machine()["cpu"]}
     start = time.monotonic()
     results = list(done.values())
     images: dict[str, torch.Tensor] = {}
@@ -307,11 +328,21 @@ def main(argv: list[str] | None = None) -> None:
             f"FID {result['fid']:.2f} PSNR {_fmt(result.get('psnr'), '.1f')} ({time.monotonic() - t0:.0f} s)",
             flush=True,
         )
+    floor = real_floor(args.samples, seeds)
+    digests = ", ".join(f"{m} `{weights_digest(m)}`" for m in dict.fromkeys(r.model for r in rows))
     header = (
-        f"# Sample quality on the Fashion-MNIST models\n\nK = {args.samples} images per row and seed, "
+        f"# Sample quality on the Fashion-MNIST models\n\nWeights (sha256): {digests}. "
+        + (
+            f"FID floor: {args.samples} real training images score "
+            f"{', '.join(f'{f:.2f}' for f in floor)} at seeds {seeds}."
+            if floor
+            else ""
+        )
+        + "\n\n"
+        f"K = {args.samples} images per row and seed, "
         f"class-balanced; headline rows at seeds {seeds}, others at seed {seeds[0]}; ± is half the "
         f"range over seeds (the seed-to-seed spread). FID, precision and "
-        f"recall use the Fashion-MNIST classifier's features (not Inception). Latency: {env['device_name']}, "
+        f"recall use the Fashion-MNIST classifier's features (not Inception). Latency: {env['cpu']}, {args.threads} thread(s), "
         f"torch {env['torch']}, git {env['git']}."
     )
     order = {r.key: i for i, r in enumerate(rows)}

@@ -230,12 +230,20 @@ def run_eval(cfg: EvalConfig, progress: Progress = lambda _: None) -> dict[str, 
 
 
 def machine() -> dict[str, Any]:
-    """Where the latency was measured (CPU, threads, torch)."""
+    """Where the latency was measured (CPU model, threads, torch)."""
     import platform
 
+    cpu = platform.processor() or platform.machine()
+    try:  # platform gives only the architecture on Linux; the model name is in /proc/cpuinfo
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
     return {
         "device": "cpu",
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
     }
