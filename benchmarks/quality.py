@@ -221,26 +221,37 @@ def render_markdown(results: list[dict[str, Any]], header: str) -> str:
                 f"| {_fmt(r['class_accuracy'], '.3f')} | {_fmt(r.get('psnr'), '.1f')} "
                 f"| {r['latency_s']:.3f} | {r['speedup_measured']:.2f}× |"
             )
-        ref = sorted({r["ref_nfe"] for r in rows})
+        refs = sorted({r["ref_nfe"] for r in rows}, reverse=True)
+        grids = ", ".join(f"`{grid_name(t, n)}`" for n in refs)
         out += [
             "",
-            f"Uncached reference: NFE {', '.join(map(str, ref))} (ΔFID and PSNR compare with it at "
-            f"the same seeds). Samples: `quality-table{t}.png` (rows in table order, one column "
-            f"per class, seed {rows[0]['seeds'][0]}).",
+            f"ΔFID and PSNR compare with the uncached sampler at the same NFE as L2C, at the same "
+            f"seeds. Samples: {grids} (rows in table order, one column per class, seed "
+            f"{rows[0]['seeds'][0]}).",
         ]
     return "\n".join(out) + "\n"
 
 
-def save_grid(
-    table: str, rows: list[Row], images: dict[str, torch.Tensor], labels: torch.Tensor, out: Path
+def grid_name(table: str, ref_nfe: int) -> str:
+    """File name of the sample grid of one table's rows at one reference NFE."""
+    return f"quality-table{table}-nfe{ref_nfe}.png"
+
+
+def save_grids(
+    rows: list[Row], images: dict[str, torch.Tensor], runner: Runner, seed: int, out: Path
 ) -> None:
-    """Rows = methods (table order), columns = the first sample of each class."""
-    firsts = [int((labels == c).nonzero()[0]) for c in range(int(labels.max()) + 1)]
-    pics = [images[r.key][firsts] for r in rows if r.key in images]
-    if pics:
-        save_png(
-            make_grid(torch.cat(pics), ncol=len(firsts), scale=2), out / f"quality-table{table}.png"
-        )
+    """One grid per (table, reference NFE) whose rows were all drawn in this run: rows = methods
+    in table order, columns = the first sample of each class at ``seed``."""
+    groups: dict[tuple[str, int], list[Row]] = {}
+    for r in rows:
+        groups.setdefault((r.table, r.ref_nfe), []).append(r)
+    for (table, ref_nfe), group in groups.items():
+        if not all(r.key in images for r in group):
+            continue  # partly resumed: keep the grid an earlier run wrote
+        labels = runner.inputs(get_spec(group[0].model), seed)[1]
+        firsts = [int((labels == c).nonzero()[0]) for c in range(int(labels.max()) + 1)]
+        pics = torch.cat([images[r.key][firsts] for r in group])  # (rows·classes, C, H, W)
+        save_png(make_grid(pics, ncol=len(firsts), scale=2), out / grid_name(table, ref_nfe))
 
 
 def _load_done(path: Path) -> dict[str, dict[str, Any]]:
@@ -348,11 +359,7 @@ def main(argv: list[str] | None = None) -> None:
     order = {r.key: i for i, r in enumerate(rows)}
     results.sort(key=lambda r: order.get(r["key"], len(order)))
     write_text_atomic(out / "quality.md", render_markdown(results, header))
-    for t in TABLES:
-        t_rows = [r for r in rows if r.table == t]
-        if t_rows:
-            spec = get_spec(t_rows[0].model)
-            save_grid(t, t_rows, images, runner.inputs(spec, seeds[0])[1], out)
+    save_grids(rows, images, runner, seeds[0], out)
 
 
 if __name__ == "__main__":

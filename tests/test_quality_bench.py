@@ -132,14 +132,19 @@ def test_benchmark_writes_rows_grids_and_resumes(bench, stand_ins, tmp_path, mon
     l2c = next(r for r in lines if r["method"] == "L2C")
     assert l2c["fid_delta"] == pytest.approx(l2c["fid"] - lines[0]["fid"])  # same seeds, paired
     assert l2c["fid_delta_spread"] is not None
-    assert (out / "quality-table1.png").is_file() and (out / "quality-table6.png").is_file()
+    assert {f.name for f in out.glob("*.png")} == {
+        f"quality-table1-nfe{NFE}.png",
+        f"quality-table6-nfe{NFE}.png",
+    }
 
     def no_sampling(*args, **kwargs):
         raise AssertionError("--resume sampled a row that was already done")
 
+    grids = {f.name: f.read_bytes() for f in out.glob("*.png")}
     monkeypatch.setattr(bench.Runner, "draw", no_sampling)
     bench.main([*_argv(out, "1,6"), "--resume"])
     assert len((out / "quality.jsonl").read_text().splitlines()) == len(lines)
+    assert {f.name: f.read_bytes() for f in out.glob("*.png")} == grids  # nothing redrawn
 
 
 @pytest.mark.slow
@@ -150,7 +155,7 @@ def test_benchmark_runs_every_table(bench, stand_ins, tmp_path):
     assert {r["table"] for r in lines} == set(bench.TABLES)
     md = (out / "quality.md").read_text()
     assert all(title in md for title in bench.TITLES.values())
-    assert all((out / f"quality-table{t}.png").is_file() for t in bench.TABLES)
+    assert all((out / f"quality-table{t}-nfe{NFE}.png").is_file() for t in bench.TABLES)
 
 
 def test_missing_router_is_named(bench, stand_ins, tmp_path):
