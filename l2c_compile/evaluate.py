@@ -143,6 +143,8 @@ def draw(
     for i in range(0, len(noise), batch):
         t0 = time.perf_counter()
         out = sampler(noise[i : i + batch], labels[i : i + batch], cfg_scale)  # (b, C, H, W)
+        if out.is_cuda:
+            torch.cuda.synchronize(out.device)  # the kernels are queued: wait before timing
         per_image.append((time.perf_counter() - t0) / len(out))
         outs.append(out.float().clamp(-1, 1))
     # The median shrugs off a batch slowed by other work on a shared machine.
