@@ -285,8 +285,10 @@ class SampleQuality(Metric):
             "recall": recall,
             "class_accuracy": dim_zero_cat(self.correct).mean().item(),
         }
-        if self.psnr:
-            out["psnr"] = dim_zero_cat(self.psnr).mean().item()
+        # A list until the ranks are gathered, one tensor after (empty without reference images).
+        psnrs = dim_zero_cat(self.psnr) if len(self.psnr) else torch.empty(0)
+        if psnrs.numel():
+            out["psnr"] = psnrs.mean().item()
         return out
 
 
