@@ -21,10 +21,14 @@ L2C_EXECUTORS = ("compiled-l2c", "compiled+graph-l2c", "inductor-l2c", "inductor
 
 
 def load(path: Path) -> list[dict[str, Any]]:
-    """The JSON lines of ``path`` ([] when it does not exist)."""
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    """The JSON lines of ``path`` and of the partial file a killed run left beside it."""
+    rows = []
+    for p in (path, path.with_suffix(".partial.jsonl")):
+        if p.is_file():
+            rows += [
+                json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line
+            ]
+    return rows
 
 
 def _fmt_s(row: dict[str, Any] | None) -> str:
@@ -132,11 +136,11 @@ def kernel_lines(rows: list[dict[str, Any]]) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     """Print (and with ``--out`` write) the summary."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("latency", type=Path)
+    p.add_argument("latency", type=Path, nargs="+", help="latency.py JSON lines")
     p.add_argument("--kernels", type=Path, default=None)
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
-    rows = load(args.latency)
+    rows = [r for path in args.latency for r in load(path)]
     device = next((r["device_name"] for r in rows if "device_name" in r), "unknown device")
     text = [f"# GPU check on {device}", "", "| target | measured | verdict |", "|---|---|---|"]
     text += [f"| {t} | {m} | {v} |" for t, m, v in targets(rows)] or ["| (no latency rows) | | |"]

@@ -196,12 +196,18 @@ def append_text(path: Path, text: str) -> None:
     write_text_atomic(path, old + text)
 
 
+def partial_path(out: Path) -> Path:
+    """Where rows go one by one while a configuration runs: a killed run keeps what it measured."""
+    return out.with_suffix(".partial.jsonl")
+
+
 def report(rows: list[dict[str, Any]], out: Path) -> None:
     """Print one configuration's table and append it (JSON lines + markdown) to the results."""
     title, table = config_title(rows), config_table(rows)
     print(f"\n### {title}\n\n{table}", flush=True)
     append_text(out, "".join(json.dumps(r, default=str) + "\n" for r in rows))
     append_text(out.with_suffix(".md"), f"\n### {title}\n\n{table}\n")
+    partial_path(out).unlink(missing_ok=True)  # the finished rows (with ratios) replace it
 
 
 # ── driver ───────────────────────────────────────────────────────────────────────────────────
@@ -340,6 +346,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     )
     env = environment(args.device)
     out = Path(args.out)
+    args.partial = partial_path(out)
     deadline = None if args.deadline is None else time.perf_counter() + args.deadline
     if not args.matrix:
         torch.manual_seed(args.seed)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import statistics
 import time
 from collections.abc import Callable
@@ -355,6 +356,9 @@ def run_config(
             else row["error"]
         )
         print(f"  n={batch} {ex.name}: {done}", flush=True)  # a killed run still shows progress
+        if getattr(opts, "partial", None) is not None:
+            with open(opts.partial, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row, default=str) + "\n")
         rows.append(row)
     add_ratios(rows)
     return rows
