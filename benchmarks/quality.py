@@ -6,7 +6,7 @@
 
 Tables (each row sampled with l2c-compile's compiled sampler, K class-balanced images per seed):
   1  DiT-FMNIST, DDIM at each NFE: uncached, fewer-step DDIM at the L2C router's MACs, L2C.
-  9  DiT-FMNIST, DDIM-20: the L2C routers of the λ sweep (λ = 0 is the uncached row).
+  9  Both models at the sweep NFE: the L2C routers of the λ sweep (λ = 0 is the uncached row).
   5  DiT-FMNIST, DDIM-20, everything at the L2C router's removal: random drop, learning-to-drop
      (the drop router thresholded to the same count), random / top / bottom layer caching, L2C,
      and "cache everything every other step" (which removes all it can).

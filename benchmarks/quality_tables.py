@@ -27,7 +27,7 @@ from l2c_compile.schedule import Schedule, default_threshold, heuristic, import_
 TABLES = ("1", "9", "5", "2", "6")  # run order: later tables reuse earlier samples
 TITLES = {
     "1": "Table 1 — DiT-FMNIST, DDIM: L2C vs. fewer-step DDIM at matched MACs",
-    "9": "Table 9 — DiT-FMNIST, DDIM-20: the λ sweep",
+    "9": "Table 9 — the λ sweep at the sweep NFE (DiT-FMNIST DDIM, U-ViT-FMNIST DPM-Solver-2)",
     "5": "Table 5 — DiT-FMNIST, DDIM-20: dropping vs. caching, heuristics, at matched removal",
     "2": "Table 2 — U-ViT-FMNIST, DPM-Solver-2: L2C vs. fewer steps at matched MACs",
     "6": "Table 6 — U-ViT-FMNIST, DPM-Solver-2-20: cache every layer, shifted or not",
@@ -163,19 +163,25 @@ def build_rows(
                     Row(table, name, "L2C", plan, l2c, nfe, headline=True),
                 ]
         elif table == "9":
-            spec = get_spec(dit)
-            plan = make_spec_plan(spec, None, sweep_nfe)
-            rows.append(Row(table, dit, "λ = 0 (DDIM)", plan, None, sweep_nfe, headline=True))
-            paths = [
-                _router(dit, "ddim", sweep_nfe),
-                *sorted(demo.ROUTERS.glob(f"{dit}-ddim-{sweep_nfe}-lam*.safetensors")),
-            ]
-            scheds = [router_schedule(spec, plan, p) for p in paths]
-            for p, s in sorted(
-                zip(paths, scheds, strict=True), key=lambda ps: ps[1].stats()["skipped_total"]
-            ):
-                lam = load_router(p).meta.get("lam")
-                rows.append(Row(table, dit, f"L2C λ = {lam:g}", plan, s, sweep_nfe))
+            for name in (dit, uvit):  # the λ sweep of each model at the sweep NFE
+                spec = get_spec(name)
+                plan = make_spec_plan(spec, None, sweep_nfe)
+                base = "DDIM" if plan.sampler == "ddim" else "DPM-Solver-2"
+                rows.append(
+                    Row(table, name, f"λ = 0 ({base})", plan, None, sweep_nfe, headline=True)
+                )
+                paths = [
+                    _router(name, plan.sampler, sweep_nfe),
+                    *sorted(
+                        demo.ROUTERS.glob(f"{name}-{plan.sampler}-{sweep_nfe}-lam*.safetensors")
+                    ),
+                ]
+                scheds = [router_schedule(spec, plan, p) for p in paths]
+                for p, s in sorted(
+                    zip(paths, scheds, strict=True), key=lambda ps: ps[1].stats()["skipped_total"]
+                ):
+                    lam = load_router(p).meta.get("lam")
+                    rows.append(Row(table, name, f"L2C λ = {lam:g}", plan, s, sweep_nfe))
         elif table == "5":
             spec = get_spec(dit)
             plan = make_spec_plan(spec, None, sweep_nfe)
