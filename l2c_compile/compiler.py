@@ -25,7 +25,7 @@ from l2c_compile.passes.liveness import plan_cache
 from l2c_compile.passes.manager import PassManager
 from l2c_compile.passes.prune_chunks import prune_chunks
 from l2c_compile.passes.specialize import specialize
-from l2c_compile.passes.sublayers import mark_sublayers
+from l2c_compile.passes.sublayers import mark_sublayers, sublayer_spec
 from l2c_compile.passes.trace import trace_step
 from l2c_compile.reference import check_schedule
 from l2c_compile.runtime import CompiledSampler, check_cuda_graph_device
@@ -93,7 +93,10 @@ def compile(
         masks = [(frozenset(c.reuse_attn), frozenset(c.reuse_mlp)) for c in schedule.calls]
 
     base = trace_step(model, cfg=cfg)
-    base, reports = PassManager([("mark_sublayers", lambda gm: mark_sublayers(gm, depth))], check=False).run(base)
+    paths = sublayer_spec(model).paths(model)
+    if len(paths) != 2 * depth:
+        raise CompileError(f"{type(model).__name__} declares {len(paths) // 2} sublayer blocks but has {depth}")
+    base, reports = PassManager([("mark_sublayers", lambda gm: mark_sublayers(gm, paths))], check=False).run(base)
     p = next(model.parameters())
     c, h, w = model.in_channels, model.input_size, model.input_size
     example = [torch.zeros(1, c, h, w, dtype=p.dtype, device=p.device),

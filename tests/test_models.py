@@ -229,7 +229,7 @@ def test_compiler_finds_every_residual_branch(name: str, gated: bool) -> None:
 
     model = tiny(name)
     for cfg in (False, True):  # with CFG the guidance arithmetic must not look like a branch
-        subs = find_sublayers(trace_step(model, cfg=cfg), num_blocks(name))
+        subs = find_sublayers(trace_step(model, cfg=cfg))
         assert len(subs) == 2 * num_blocks(name)
         assert all((s.gate is not None) == gated for s in subs)
 

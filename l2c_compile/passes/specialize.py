@@ -18,6 +18,7 @@ from torch import fx
 
 from l2c_compile.passes.base import (
     CACHE_INPUT_META,
+    RESIDUAL_META,
     SUBLAYER_META,
     CompileError,
     Mask,
@@ -27,7 +28,7 @@ from l2c_compile.passes.base import (
     copy_graph_module,
     key_order,
 )
-from l2c_compile.passes.sublayers import Sublayer, find_sublayers, sublayer_nodes
+from l2c_compile.passes.sublayers import residual_adds, sublayer_nodes
 
 MODES = ("cache", "drop")
 
@@ -86,24 +87,26 @@ def _bypass_residuals(
     gm: fx.GraphModule, nodes: dict[SublayerKey, fx.Node], dropped: list[SublayerKey]
 ) -> None:
     """Make every dropped sublayer's residual add return its stream input unchanged."""
-    # The marked graph holds every sublayer, so its structure gives the depth back.
-    adds = {s.key: s for s in find_sublayers(gm, len(nodes) // 2)}
+    adds = residual_adds(gm)
     for key in dropped:
-        sub = adds[key]
-        if sub.value is not nodes[key]:
-            raise CompileError(f"sublayer {key} is marked on a node its residual add does not use")
-        stream = _stream_operand(sub)
-        sub.add.replace_all_uses_with(stream)
+        if key not in adds:
+            raise CompileError(f"sublayer {key} has no marked residual add")
+        add = adds[key]
+        operands = [a for a in add.args[:2] if isinstance(a, fx.Node)]
+        stream = [a for a in operands if a is not nodes[key] and nodes[key] not in _ancestors(a)]
+        if len(stream) != 1:
+            raise CompileError(f"cannot tell the stream from the branch in the residual add of {key}")
+        add.replace_all_uses_with(stream[0])
+        add.meta.pop(RESIDUAL_META)
         nodes[key].meta.pop(SUBLAYER_META)  # nothing computes it any more; dce removes the branch
 
 
-def _stream_operand(sub: Sublayer) -> fx.Node:
-    """The residual add's stream operand: the one that is not ``[gate *] value``."""
-    operands = [a for a in sub.add.args[:2] if isinstance(a, fx.Node)]
-    branch = [a for a in operands if a is sub.value or sub.value in a.all_input_nodes]
-    stream = [a for a in operands if a not in branch]
-    if len(branch) != 1 or len(stream) != 1:
-        raise CompileError(
-            f"cannot tell the stream from the branch in the residual add of {sub.key}"
-        )
-    return stream[0]
+def _ancestors(node: fx.Node) -> set[fx.Node]:
+    seen: set[fx.Node] = set()
+    todo = [node]
+    while todo:
+        for inp in todo.pop().all_input_nodes:
+            if inp not in seen:
+                seen.add(inp)
+                todo.append(inp)
+    return seen
