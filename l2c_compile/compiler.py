@@ -10,7 +10,6 @@ Pipeline (each step a pass in ``passes/``, run by the pass manager that checks t
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any
 
 import torch
@@ -22,7 +21,7 @@ from l2c_compile.passes.base import CompileError
 from l2c_compile.passes.dce import dead_code
 from l2c_compile.passes.emit import emit_module
 from l2c_compile.passes.liveness import plan_cache
-from l2c_compile.passes.manager import PassManager
+from l2c_compile.passes.manager import PassManager, PassReport
 from l2c_compile.passes.prune_chunks import prune_chunks
 from l2c_compile.passes.specialize import specialize
 from l2c_compile.passes.sublayers import mark_sublayers, sublayer_spec
@@ -110,6 +109,8 @@ def compile(
     mode = getattr(schedule, "mode", "cache")  # "drop": masked sublayers add nothing, read nothing
     cache = plan_cache(masks, depth, mode)
     fuse_fn = _fuse_pass() if fuse else None
+    timings: dict[str, float] = {}
+    trace_reports = [_record(r, timings) for r in reports]
     graphs, graph_reports = [], []
     for g, mask in enumerate(cache.masks):
         exports = cache.exports[g]
@@ -128,12 +129,13 @@ def compile(
             "exports": len(exports),
             "linear_calls": count_linear_calls(gm),
             "macs_per_image": graph_macs(gm, rows),
-            "passes": [asdict(r) for r in reps],
+            "passes": [_record(r, timings) for r in reps],
         })
 
     roles = [call.role for call in plan.calls]
     name = (model_info or {}).get("name") or type(model).__name__
-    title = f"model {name} · sampler {plan.sampler} · NFE {plan.nfe} · CFG {'batched' if cfg else 'off'}"
+    title = (f"model {name} · {str(p.dtype).removeprefix('torch.')} · sampler {plan.sampler} · NFE {plan.nfe}"
+             f" · CFG {'batched' if cfg else 'off'}")
     source = emit_module(graphs, plan, cache, roles, title)
     per_call = [graph_reports[cache.calls[i].graph]["macs_per_image"] for i in range(plan.nfe)]
     info = {
@@ -149,11 +151,20 @@ def compile(
         "distinct_graphs": len(graphs),
         "peak_live_cache_entries": cache.peak_live_entries,
         "macs_per_image": {"uncached": macs_uncached * plan.nfe, "compiled": sum(per_call)},
-        "trace": [asdict(r) for r in reports],
+        "trace": trace_reports,
+        "fuse": fuse,
     }
     try:
-        return CompiledSampler(model, source, info, backend=backend, cuda_graph=cuda_graph)
+        sampler = CompiledSampler(model, source, info, backend=backend, cuda_graph=cuda_graph)
     except CompileError:
         raise
     except Exception as exc:  # the generated code must always load; anything else is a bug
         raise CompileError(f"generated sampler failed to load: {exc}") from exc
+    sampler.timings = timings
+    return sampler
+
+
+def _record(report: PassReport, timings: dict[str, float]) -> dict[str, Any]:
+    """A pass report for the manifest: its seconds go to ``timings`` (never into hashed files)."""
+    timings[report.name] = timings.get(report.name, 0.0) + report.seconds
+    return {"name": report.name, "modified": report.modified, "stats": report.stats}

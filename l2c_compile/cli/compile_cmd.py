@@ -122,7 +122,7 @@ def verify_artifact(directory: Path, *, batch: int = 2, seed: int = 0, device: s
                     cfg_scale: float | None = None, cuda_graph: bool | None = None) -> dict:
     """Run an artifact and the reference executor on the same seeded inputs; return the errors."""
     from l2c_compile import reference
-    from l2c_compile.runtime import load
+    from l2c_compile.artifact import load
     from l2c_compile.samplers import make_plan, sampler_options
     from l2c_compile.schedule import Schedule
 
@@ -203,8 +203,8 @@ def sample_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="PNG file to write"),
 ) -> None:
     """Draw samples with an artifact and write them as an image grid."""
+    from l2c_compile.artifact import load
     from l2c_compile.images import as_pictures, decode_latents, latents_preview, make_grid, save_png
-    from l2c_compile.runtime import load
 
     try:
         labels = torch.tensor([int(c) for c in classes.split(",") if c.strip()], dtype=torch.long)
