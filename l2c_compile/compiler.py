@@ -18,6 +18,7 @@ from torch import nn
 from l2c_compile.errors import L2CError
 from l2c_compile.passes.analysis import count_linear_calls, graph_macs, propagate_shapes
 from l2c_compile.passes.base import CompileError
+from l2c_compile.passes.codegen import StepContext, scope_members
 from l2c_compile.passes.dce import dead_code
 from l2c_compile.passes.emit import emit_module
 from l2c_compile.passes.liveness import plan_cache
@@ -136,7 +137,9 @@ def compile(
     name = (model_info or {}).get("name") or type(model).__name__
     title = (f"model {name} · {str(p.dtype).removeprefix('torch.')} · sampler {plan.sampler} · NFE {plan.nfe}"
              f" · CFG {'batched' if cfg else 'off'}")
-    source = emit_module(graphs, plan, cache, roles, title)
+    blocks = {key[1]: path.rsplit(".", 1)[0] for key, path in paths.items()}
+    ctx = StepContext(model=model, blocks=blocks, sublayers=paths, base_scopes=scope_members(base))
+    source = emit_module(graphs, plan, cache, roles, title, ctx, mode)
     per_call = [graph_reports[cache.calls[i].graph]["macs_per_image"] for i in range(plan.nfe)]
     info = {
         "model": model_info or {"name": name},

@@ -93,6 +93,12 @@ def copy_scope(src: fx.Node, *dst: fx.Node) -> None:
             n.meta["nn_module_stack"] = dict(stack)
 
 
+def copy_name(src: fx.Node, dst: fx.Node) -> None:
+    """Hand a replaced node's source-derived name (``meta["l2c_name"]``) on to its replacement."""
+    if "l2c_name" in src.meta:
+        dst.meta["l2c_name"] = src.meta["l2c_name"]
+
+
 def copy_graph_module(gm: fx.GraphModule) -> fx.GraphModule:
     """A new GraphModule with a copied graph (node meta copied) sharing gm's parameters."""
     graph = fx.Graph()
