@@ -94,9 +94,10 @@ def copy_scope(src: fx.Node, *dst: fx.Node) -> None:
 
 
 def copy_name(src: fx.Node, dst: fx.Node) -> None:
-    """Hand a replaced node's source-derived name (``meta["l2c_name"]``) on to its replacement."""
-    if "l2c_name" in src.meta:
-        dst.meta["l2c_name"] = src.meta["l2c_name"]
+    """Hand a replaced node's source-derived name and shape on to its replacement (same value)."""
+    for key in ("l2c_name", "tensor_meta"):
+        if key in src.meta:
+            dst.meta[key] = src.meta[key]
 
 
 def copy_graph_module(gm: fx.GraphModule) -> fx.GraphModule:

@@ -364,9 +364,14 @@ class _Printer:
         Per-sample vectors (adaLN chunks, embeddings) are small and die with the function.
         """
         node = self.by_name.get(name)
-        meta = node.meta.get("tensor_meta") if node is not None else None
-        shape = getattr(meta, "shape", None)
-        return shape is None or len(shape) >= 3
+        for _ in range(4):  # nodes a pass made have no shape: linear/chunk/getitem keep their input's rank
+            if node is None:
+                return True
+            shape = getattr(node.meta.get("tensor_meta"), "shape", None)
+            if shape is not None:
+                return len(shape) >= 3
+            node = next((a for a in node.args if isinstance(a, fx.Node)), None)
+        return True
 
     def _assemble(self, graph_id: int, params: list[fx.Node], body: list) -> str:
         last_use: dict[str, int] = {}

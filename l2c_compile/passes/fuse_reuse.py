@@ -26,7 +26,6 @@ from torch import fx, nn
 from l2c_compile.passes.base import (
     CACHE_INPUT_META,
     PassResult,
-    copy_name,
     copy_scope,
     is_add,
     is_mul,
@@ -145,7 +144,7 @@ def fuse_reuse(gm: fx.GraphModule) -> PassResult:
             h = graph.call_function(operator.getitem, (fused, 1))
         new = [n for n in graph.nodes if n.op not in ("placeholder", "output") and not n.meta]
         copy_scope(ln, *new)  # the block of the LayerNorm it replaces
-        copy_name(add, x_new)
+        x_new.meta["l2c_name"] = add.meta.get("l2c_name", "x")
         h.meta["l2c_name"] = "h"
         for meta_key in ("tensor_meta",):
             if meta_key in add.meta:
