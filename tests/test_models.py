@@ -11,6 +11,7 @@ import torch
 from torch import fx
 
 from l2c_compile.errors import L2CError
+from l2c_compile.metrics.macs import model_table
 from l2c_compile.models import (
     MODELS,
     DiT,
@@ -19,7 +20,6 @@ from l2c_compile.models import (
     count_params,
     get_spec,
     init_random,
-    model_table,
     num_blocks,
 )
 from l2c_compile.models.dit import sincos_pos_embed_2d
