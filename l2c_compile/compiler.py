@@ -22,10 +22,10 @@ from l2c_compile.passes.codegen import StepContext, scope_members
 from l2c_compile.passes.dce import dead_code
 from l2c_compile.passes.emit import emit_module
 from l2c_compile.passes.liveness import plan_cache
-from l2c_compile.passes.manager import PassManager, PassReport
+from l2c_compile.passes.manager import Pass, PassManager, PassReport
 from l2c_compile.passes.prune_chunks import prune_chunks
-from l2c_compile.passes.specialize import specialize
-from l2c_compile.passes.sublayers import mark_sublayers, sublayer_spec
+from l2c_compile.passes.specialize import SpecializeConfig, specialize
+from l2c_compile.passes.sublayers import MarkConfig, mark_sublayers, sublayer_spec
 from l2c_compile.passes.trace import trace_step
 from l2c_compile.reference import check_schedule
 from l2c_compile.runtime import CompiledSampler, check_cuda_graph_device
@@ -96,7 +96,8 @@ def compile(
     paths = sublayer_spec(model).paths(model)
     if len(paths) != 2 * depth:
         raise CompileError(f"{type(model).__name__} declares {len(paths) // 2} sublayer blocks but has {depth}")
-    base, reports = PassManager([("mark_sublayers", lambda gm: mark_sublayers(gm, paths))], check=False).run(base)
+    base, reports = PassManager([Pass("mark_sublayers", mark_sublayers, MarkConfig.of(paths))],
+                                check=False).run(base)
     p = next(model.parameters())
     c, h, w = model.in_channels, model.input_size, model.input_size
     example = [torch.zeros(1, c, h, w, dtype=p.dtype, device=p.device),
@@ -115,12 +116,12 @@ def compile(
     graphs, graph_reports = [], []
     for g, mask in enumerate(cache.masks):
         exports = cache.exports[g]
-        passes = [("specialize", lambda gm, m=mask, e=exports: specialize(gm, m, e, mode)),
-                  ("dce", dead_code),
-                  ("prune_chunks", prune_chunks)]
+        config = SpecializeConfig(mask, tuple(exports), mode)
+        passes = [Pass("specialize", specialize, config), Pass("dce", dead_code),
+                  Pass("prune_chunks", prune_chunks)]
         if fuse_fn is not None:
-            passes += [("fuse_reuse", fuse_fn), ("dce", dead_code)]
-        gm, reps = PassManager(passes).run(base)
+            passes += [Pass("fuse_reuse", fuse_fn), Pass("dce", dead_code)]
+        gm, reps = PassManager(passes, graph=f"step graph {g}: {config.describe()}").run(base)
         graphs.append(gm)
         graph_reports.append({
             "graph": g,

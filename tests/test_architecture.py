@@ -64,3 +64,14 @@ def test_the_library_never_imports_the_cli():
             continue
         cli = sorted(d for d in _imports(path, known) if d.startswith("l2c_compile.cli"))
         assert not cli, f"{name} imports {cli}"
+
+
+def test_shared_vocabulary_is_defined_once():
+    import re
+
+    wanted = {"SublayerKey": r"^SublayerKey\s*=", "Mask": r"^Mask\s*=", "MODES": r"^\s*MODES\b.*=",
+              "Kind": r"^Kind\s*="}
+    for name, pattern in wanted.items():
+        where = [str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
+                 if re.search(pattern, p.read_text(encoding="utf-8"), re.MULTILINE)]
+        assert where == ["masks.py"], (name, where)

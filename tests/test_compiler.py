@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -211,6 +212,31 @@ def test_pass_manager_names_the_pass_that_broke_an_invariant():
 
     with pytest.raises(CompileError, match=r"pass sneaky broke an invariant.*host sync"):
         PassManager([("sneaky", bad_pass)]).run(gm)
+
+
+def test_pass_errors_name_the_pass_the_passes_before_and_the_step_mask():
+    from l2c_compile.passes.dce import dead_code
+    from l2c_compile.passes.manager import Pass
+    from l2c_compile.passes.specialize import SpecializeConfig, specialize
+    from l2c_compile.passes.sublayers import mark_sublayers
+
+    model = tiny_dit(0, depth=2)
+    gm = mark_sublayers(trace_step(model, cfg=False)).gm
+    config = SpecializeConfig((frozenset({0}), frozenset({1})), exported=(("attn", 1),))
+    assert config.describe() == "reuses attention [0], MLP [1]"
+
+    def broken(g):
+        raise ValueError("no luck\nsecond line")
+
+    passes = [Pass("specialize", specialize, config), Pass("dce", dead_code), Pass("broken", broken)]
+    with pytest.raises(CompileError) as err:
+        PassManager(passes, graph=f"step graph 3: {config.describe()}").run(gm)
+    assert str(err.value) == ("pass broken failed: no luck (step graph 3: reuses attention [0], MLP [1]; "
+                              "after specialize, dce)")
+    with pytest.raises(CompileError, match="unknown specialize mode"):
+        SpecializeConfig((frozenset(), frozenset()), mode="skip")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.mode = "drop"
 
 
 def test_generated_source_is_readable_python():

@@ -92,7 +92,7 @@ def test_a_model_without_its_declared_sublayers_is_one_clear_error():
     register_sublayers(Renamed, SublayerSpec(blocks=("blocks",), mlp="ffn"))
     model = Renamed(input_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=2, num_heads=2,
                     num_classes=5)
-    with pytest.raises(CompileError, match=r"^sublayer blocks\.0\.ffn \(mlp of block 0\) is not in the traced graph"):
+    with pytest.raises(CompileError, match=r"^pass mark_sublayers failed: sublayer blocks\.0\.ffn \(mlp of block 0\) is not in the traced graph"):
         l2c_compile.compile(model, _plan(), None)
     with pytest.raises(CompileError, match="has no module 'stages'"):
         SublayerSpec(blocks=("stages",)).paths(model)

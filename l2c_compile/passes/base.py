@@ -10,9 +10,9 @@ import torch
 from torch import fx
 
 from l2c_compile.errors import L2CError
-
-SublayerKey = tuple[str, int]  # ("attn" | "mlp", block id)
-Mask = tuple[frozenset[int], frozenset[int]]  # (reused attention blocks, reused MLP blocks)
+from l2c_compile.masks import Mask as Mask  # re-exported: the passes import these from here
+from l2c_compile.masks import SublayerKey as SublayerKey
+from l2c_compile.masks import key_order as key_order
 
 SUBLAYER_META = "l2c_sublayer"  # node.meta key on a sublayer's output node: SublayerKey
 RESIDUAL_META = "l2c_residual"  # node.meta key on the residual add a sublayer feeds: SublayerKey
@@ -35,11 +35,6 @@ class PassResult:
 def cache_input_name(key: SublayerKey) -> str:
     """Placeholder name of a cached sublayer output, e.g. ``cache_attn_3``."""
     return f"cache_{key[0]}_{key[1]}"
-
-
-def key_order(key: SublayerKey) -> tuple[int, int]:
-    """Execution order of sublayers: block id, then attention before MLP."""
-    return (key[1], 0 if key[0] == "attn" else 1)
 
 
 ADD_TARGETS = (operator.add, torch.add, operator.iadd, torch.ops.aten.add.Tensor)

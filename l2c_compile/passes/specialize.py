@@ -12,10 +12,11 @@ sublayer outputs that later calls read (in ``key_order``). Dead nodes are *not* 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from dataclasses import dataclass
 
 from torch import fx
 
+from l2c_compile.masks import MODES, CacheMode
 from l2c_compile.passes.base import (
     CACHE_INPUT_META,
     RESIDUAL_META,
@@ -30,16 +31,31 @@ from l2c_compile.passes.base import (
 )
 from l2c_compile.passes.sublayers import residual_adds, sublayer_nodes
 
-MODES = ("cache", "drop")
+
+@dataclass(frozen=True)
+class SpecializeConfig:
+    """One step graph: its mask, the sublayer outputs later calls read, and the cache/drop mode."""
+
+    mask: Mask
+    exported: tuple[SublayerKey, ...] = ()
+    mode: CacheMode = "cache"
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise CompileError(f"unknown specialize mode {self.mode!r}; expected cache or drop")
+
+    def describe(self) -> str:
+        """The mask in words, for messages: ``reuses attention [0, 3], MLP [1]``."""
+        verb = "reuses" if self.mode == "cache" else "drops"
+        return f"{verb} attention {sorted(self.mask[0])}, MLP {sorted(self.mask[1])}"
 
 
-def specialize(
-    gm: fx.GraphModule, mask: Mask, exported: Sequence[SublayerKey], mode: str = "cache"
-) -> PassResult:
-    """Return a new GraphModule (sharing weights) with ``mask`` baked in and ``exported`` as outputs.
-
-    ``mode``: what a masked sublayer becomes — a cache input (``"cache"``) or nothing (``"drop"``).
+def specialize(gm: fx.GraphModule, config: SpecializeConfig) -> PassResult:
+    """Return a new GraphModule (sharing weights) with ``config.mask`` baked in and
+    ``config.exported`` as outputs; a masked sublayer becomes a cache input (``mode="cache"``) or
+    nothing (``"drop"``). CompileError when a key is not in the graph or both reused and exported.
     """
+    mask, exported, mode = config.mask, config.exported, config.mode
     if mode not in MODES:
         raise CompileError(f"unknown specialize mode {mode!r}; expected cache or drop")
     new = copy_graph_module(gm)

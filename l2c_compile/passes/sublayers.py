@@ -177,9 +177,24 @@ def find_sublayers(
     return subs
 
 
-def mark_sublayers(gm: fx.GraphModule, paths: Mapping[SublayerKey, str] | None = None) -> PassResult:
-    """Annotate each sublayer output node (``l2c_sublayer``) and its residual add (``l2c_residual``)."""
-    subs = find_sublayers(gm, paths)
+@dataclass(frozen=True)
+class MarkConfig:
+    """The declared sublayers to mark: ``((kind, block), module path)`` pairs."""
+
+    paths: tuple[tuple[SublayerKey, str], ...]
+
+    @classmethod
+    def of(cls, paths: Mapping[SublayerKey, str]) -> MarkConfig:
+        """From a ``{key: path}`` mapping, in key order."""
+        return cls(tuple(sorted(paths.items(), key=lambda kv: key_order(kv[0]))))
+
+
+def mark_sublayers(gm: fx.GraphModule, config: MarkConfig | None = None) -> PassResult:
+    """Annotate each sublayer output node (``l2c_sublayer``) and its residual add (``l2c_residual``).
+
+    ``config``: the sublayers to find; None takes the traced model's declaration.
+    """
+    subs = find_sublayers(gm, dict(config.paths) if config is not None else None)
     for s in subs:
         s.value.meta[SUBLAYER_META] = s.key
         s.add.meta[RESIDUAL_META] = s.key
