@@ -2,10 +2,14 @@
 
 Pipeline (each step a pass in ``passes/``, run by the pass manager that checks the invariants):
 
-    trace the guided step once ─► mark sublayers ─► shape propagation (fake tensors)
+    trace the guided step once (values named from the source) ─► mark the declared sublayers by
+    module scope ─► shape propagation (fake tensors)
     cache liveness over the whole plan (distinct masks, exports, drops)
     for each distinct step mask:  specialize ─► dce ─► prune_chunks ─► fuse_reuse ─► dce
-    emit one Python module (step graphs + unrolled loop) ─► CompiledSampler
+    emit one readable Python module (step functions + unrolled loop) ─► CompiledSampler
+
+Deterministic: the same inputs give the same source and ``info`` (pass seconds go to
+``CompiledSampler.timings``, never into ``info``), which is what ``artifact.load`` relies on.
 """
 
 from __future__ import annotations
