@@ -205,3 +205,21 @@ def test_every_manifest_field_load_acts_on_is_checked(artifact, field):
     manifest_path.write_text(json.dumps(manifest, indent=1) + "\n")
     with pytest.raises(L2CError, match=match):
         l2c_compile.load(out)
+
+
+@pytest.mark.parametrize(("name", "mode"), [("U-ViT-Tiny", "cache"), ("DiT-Tiny", "drop")])
+def test_other_families_and_drop_mode_round_trip(tmp_path, name, mode):
+    import dataclasses
+
+    from l2c_compile.models.registry import build_model, init_random, num_blocks
+
+    spec = get_spec(name)
+    model = init_random(build_model(spec), 0)
+    plan = make_plan(spec.default_sampler, 4, noise_schedule=spec.noise_schedule, time_input=spec.time_input)
+    sched = random_schedule(plan, num_blocks(spec), random.Random(2), p=0.6, model=name)
+    sched = dataclasses.replace(sched, mode=mode)
+    compiled = l2c_compile.compile(model, plan, sched, model_info=spec.to_dict())
+    loaded = l2c_compile.load(compiled.save(tmp_path / "art"))
+    noise, labels = inputs(compiled.model)
+    assert loaded.source == compiled.source
+    assert rel_error(loaded(noise, labels, 2.0), compiled(noise, labels, 2.0)) == 0.0

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 from torch import fx, nn
 
+from l2c_compile.models.dit import DiT
+from l2c_compile.models.uvit import UViT
 from l2c_compile.passes.base import (
     RESIDUAL_META,
     SUBLAYER_META,
@@ -73,22 +75,22 @@ class SublayerSpec:
         }
 
 
-SUBLAYER_SPECS: dict[str, SublayerSpec] = {
-    "DiT": SublayerSpec(blocks=("blocks",)),
-    "UViT": SublayerSpec(blocks=("in_blocks", "mid_block", "out_blocks")),
+SUBLAYER_SPECS: dict[type, SublayerSpec] = {
+    DiT: SublayerSpec(blocks=("blocks",)),
+    UViT: SublayerSpec(blocks=("in_blocks", "mid_block", "out_blocks")),
 }
 
 
 def register_sublayers(cls: type, spec: SublayerSpec) -> None:
     """Declare ``cls``'s cacheable sublayers (adapters for other model families call this)."""
-    SUBLAYER_SPECS[cls.__name__] = spec
+    SUBLAYER_SPECS[cls] = spec
 
 
 def sublayer_spec(model: nn.Module) -> SublayerSpec:
     """The declaration for ``model``'s class (or the nearest base class that has one)."""
     for cls in type(model).__mro__:
-        if cls.__name__ in SUBLAYER_SPECS:
-            return SUBLAYER_SPECS[cls.__name__]
+        if cls in SUBLAYER_SPECS:
+            return SUBLAYER_SPECS[cls]
     raise CompileError(
         f"no cacheable sublayers are declared for {type(model).__name__} "
         "(declare them with passes.sublayers.register_sublayers)"
