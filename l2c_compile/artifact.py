@@ -4,7 +4,8 @@ An artifact is shared like a model file, and whoever wrote the folder also wrote
 that vouches for it, so a hash in ``manifest.json`` proves nothing about ``sampler.py``. ``load``
 therefore treats the folder as *data* and rebuilds the code itself:
 
-1. ``manifest.json``: format and version; every file it lists is present and matches its sha256.
+1. ``manifest.json``: format and version; every file it lists is present and matches its sha256;
+   the model record of a registered model (``DiT-XL/2``) is the registry's (checkpoint path aside).
 2. ``weights.safetensors``: read without unpickling; its tensors' dtype must be the manifest's
    ``dtype`` and its keys and shapes must fit the model the manifest's config builds (strict).
 3. The sampler plan is rebuilt from the manifest's sampler name, NFE and options and must list
@@ -77,6 +78,22 @@ def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any]:
                 f"artifact {root}: {name} does not match its sha256 in manifest.json (modified or corrupt)"
             )
     return manifest
+
+
+def check_model_record(root: Path, info: Any) -> None:
+    """A registered model's record must be the registry's own (its checkpoint path aside)."""
+    from l2c_compile.models.registry import MODELS
+
+    name = info.get("name") if isinstance(info, dict) else None
+    if name not in MODELS:
+        return  # a model compiled with its own record: its code is still regenerated from it
+    want = MODELS[name].to_dict()
+    for key in sorted(set(want) | set(info)):
+        if key != "checkpoint" and json.dumps(info.get(key), default=str) != json.dumps(want.get(key), default=str):
+            raise L2CError(
+                f"artifact {root}: manifest.json's model record for {name} differs from the registry's "
+                f"(field {key!r}); recompile it"
+            )
 
 
 def build_from_info(info: Any) -> nn.Module:
@@ -166,6 +183,7 @@ def load(
     """
     root = Path(directory)
     manifest = read_manifest(root)
+    check_model_record(root, manifest.get("model"))
     model = _load_weights(root, build_from_info(manifest.get("model")), manifest.get("dtype"))
     if device is not None:
         model = model.to(device)

@@ -185,7 +185,7 @@ def test_manifest_dtype_edit_is_refused(artifact):
         l2c_compile.load(out)
 
 
-@pytest.mark.parametrize("field", ["schedule", "graphs", "cfg", "sampler"])
+@pytest.mark.parametrize("field", ["schedule", "graphs", "cfg", "sampler", "model"])
 def test_every_manifest_field_load_acts_on_is_checked(artifact, field):
     _, out = artifact
     manifest_path = out / "manifest.json"
@@ -199,9 +199,12 @@ def test_every_manifest_field_load_acts_on_is_checked(artifact, field):
     elif field == "cfg":
         manifest["cfg"] = False
         match = "sampler.py differs"
-    else:
+    elif field == "sampler":
         manifest["sampler"]["calls"][0]["timestep"] += 1.0
         match = "sampler calls are not what its sampler and options give"
+    else:  # the CLI's sample and verify act on the guidance default
+        manifest["model"]["default_cfg_scale"] = 9.0
+        match = r"model record for DiT-Tiny differs from the registry's \(field 'default_cfg_scale'\)"
     manifest_path.write_text(json.dumps(manifest, indent=1) + "\n")
     with pytest.raises(L2CError, match=match):
         l2c_compile.load(out)
