@@ -102,3 +102,22 @@ def test_operator_precedence_and_order_are_exact():
 def test_module_ref_writes_indices_and_attributes():
     assert module_ref("model.blocks.3.adaLN_modulation.1.weight") == "m.blocks[3].adaLN_modulation[1].weight"
     assert module_ref("mid_block.attn") == "m.mid_block.attn"
+
+
+class _InPlace(torch.nn.Module):
+    def forward(self, a, b):
+        c = a * 2
+        d = c + b
+        c.add_(1)  # mutates c after d read it: folding d into its user would read the new c
+        return d * c
+
+
+def test_a_graph_with_in_place_ops_is_not_reordered():
+    gm = fx.symbolic_trace(_InPlace())
+    ctx = StepContext(model=gm, blocks={}, sublayers={}, base_scopes={})
+    src, imports = step_source(gm, 0, ctx)
+    namespace: dict = {}
+    exec("\n".join(sorted(imports)) + "\n" + src, namespace)
+    a, b = torch.randn(3), torch.randn(3)
+    holder = type("Holder", (), {"model": gm})()
+    assert torch.equal(namespace["step_0"](holder, a.clone(), b), _InPlace()(a.clone(), b))

@@ -8,8 +8,9 @@ after every last use. This printer writes instead:
   survived the passes; one tensor in, one out) — ``m`` is the model;
 - values named after the model's source (``b3_shift_msa``, ``b3_x``; ``passes/naming.py``),
   block ``i``'s values prefixed ``b{i}_``, each sublayer's output ``b{i}_attn`` / ``b{i}_mlp``;
-- single-use intermediate values inlined into the expression that uses them (pure ops only, within
-  one block, up to a readable length), with Python's operator precedence and fx's evaluation order
+- single-use intermediate values inlined into the expression that uses them (within one block, up
+  to a readable length; not at all in a graph with an in-place op), with Python's operator
+  precedence and fx's evaluation order
   (a same-precedence right operand keeps its parentheses: float addition is not associative);
 - ``torch.nn.functional`` as ``F``; tuple results unpacked (``a, _, b = h.chunk(3, dim=-1)``);
 - one ``# block i: …`` comment where a block starts, and one ``del`` there of the values that died
@@ -151,6 +152,8 @@ class _Printer:
         self.names: dict[fx.Node, str] = {}
         self.by_name: dict[str, fx.Node] = {}
         self.taken: set[str] = set(RESERVED)
+        # Folding a value into a later expression moves its evaluation; only safe without mutation.
+        self.pure = not any(_mutates(n) for n in self.nodes)
 
     # ── naming ──────────────────────────────────────────────────────────────────────────────
     def _block(self, n: fx.Node) -> int | None:
@@ -314,7 +317,7 @@ class _Printer:
 
     def _inlined(self, n: fx.Node, e: _Expr) -> bool:
         """Whether ``n`` is written into its only user's expression instead of a statement."""
-        if self._sublayer_kind(n) is not None or len(e.text) > INLINE_LIMIT:
+        if not self.pure or self._sublayer_kind(n) is not None or len(e.text) > INLINE_LIMIT:
             return False
         items = {self.hidden.get(u, u) for u in n.users}
         if len(items) != 1:
@@ -404,6 +407,19 @@ class _Printer:
 
 def _inside(scope: str | None, path: str) -> bool:
     return scope is not None and (scope == path or scope.startswith(path + "."))
+
+
+def _mutates(n: fx.Node) -> bool:
+    """An in-place op (``x.add_(…)``, ``torch.relu_``, ``aten.copy_``)."""
+    if n.op == "call_method":
+        name = str(n.target)
+    elif n.op == "call_function":
+        name = getattr(n.target, "__name__", "")
+        if isinstance(n.target, torch._ops.OpOverload):
+            return n.target._schema.is_mutable
+    else:
+        return False
+    return name.endswith("_") and not name.endswith("__")
 
 
 def _leaf_name(path: str) -> str:
