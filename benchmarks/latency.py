@@ -11,6 +11,7 @@ Executors (one run measures all of them, so ratios are comparable):
   compiled-uncached   l2c-compile's module for the all-compute schedule (eager step graphs)
   compiled-l2c        l2c-compile's module for the schedule (eager step graphs)
   inductor-*          the same two with ``backend="inductor"`` (``--inductor``)
+  compiled+graph-*    eager step graphs, whole trajectory in one CUDA graph (``--cuda-graph``, CUDA)
   inductor+graph-*    inductor steps, whole trajectory in one CUDA graph (``--cuda-graph``, CUDA)
   torch-compile-{default,reduce-overhead}-uncached   torch.compile of the uncached denoiser driven
                       by the eager loop (``--torch-compile``; reduce-overhead on CUDA only)
@@ -195,12 +196,18 @@ def append_text(path: Path, text: str) -> None:
     write_text_atomic(path, old + text)
 
 
+def partial_path(out: Path) -> Path:
+    """Where rows go one by one while a configuration runs: a killed run keeps what it measured."""
+    return out.with_suffix(".partial.jsonl")
+
+
 def report(rows: list[dict[str, Any]], out: Path) -> None:
     """Print one configuration's table and append it (JSON lines + markdown) to the results."""
     title, table = config_title(rows), config_table(rows)
     print(f"\n### {title}\n\n{table}", flush=True)
     append_text(out, "".join(json.dumps(r, default=str) + "\n" for r in rows))
     append_text(out.with_suffix(".md"), f"\n### {title}\n\n{table}\n")
+    partial_path(out).unlink(missing_ok=True)  # the finished rows (with ratios) replace it
 
 
 # ── driver ───────────────────────────────────────────────────────────────────────────────────
@@ -227,11 +234,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--fraction", type=float, default=0.44)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--interleave", action="store_true",
-                   help="time the executors round-robin (robust to load drift on a shared CPU; no peak memory)")
+    p.add_argument(
+        "--interleave",
+        action="store_true",
+        help="time the executors round-robin (robust to load drift on a shared CPU; no peak memory)",
+    )
     p.add_argument("--inductor", action="store_true", help="also time backend='inductor'")
     p.add_argument(
         "--cuda-graph", action="store_true", help="also time inductor + whole-trajectory CUDA graph"
+    )
+    p.add_argument(
+        "--no-inductor-graph",
+        action="store_true",
+        help="with --cuda-graph: graph the eager step graphs only (no inductor compiles)",
     )
     p.add_argument("--torch-compile", action="store_true", help="also time torch.compile uncached")
     p.add_argument(
@@ -331,6 +346,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     )
     env = environment(args.device)
     out = Path(args.out)
+    args.partial = partial_path(out)
     deadline = None if args.deadline is None else time.perf_counter() + args.deadline
     if not args.matrix:
         torch.manual_seed(args.seed)
@@ -386,6 +402,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         )
         scale = None if args.no_cfg else spec.default_cfg_scale
         group = build_group(spec, model, plan, sched, dtype, scale, args)
+        print(f"{model_name} {dtype} {sampler}-{nfe}: compiled in {group.build_s}", flush=True)
         for batch in batches:
             rows = run_config(group, batch, args, env, deadline)
             report(rows, out)

@@ -63,7 +63,7 @@ def run_demo(cfg: DemoConfig, stage: Stage = lambda _: None) -> dict[str, Any]:
     """Run every step of the demo; return the report (also written as report.json / report.md)."""
     import l2c_compile
     from l2c_compile import reference
-    from l2c_compile.images import as_pictures, make_grid, save_png
+    from l2c_compile.images import comparison_figure, save_figure
     from l2c_compile.models.registry import build_model, get_spec, load_checkpoint
     from l2c_compile.samplers import make_plan
     from l2c_compile.schedule import default_threshold, import_router, save_heatmap
@@ -114,19 +114,22 @@ def run_demo(cfg: DemoConfig, stage: Stage = lambda _: None) -> dict[str, Any]:
 
     stage("sampling every class, cached and uncached")
     n_cls = spec.num_classes
-    labels = torch.arange(n_cls).repeat_interleave(cfg.per_class)
+    labels = torch.arange(n_cls).repeat_interleave(cfg.per_class)  # class-major: row c = class c
     g = torch.Generator().manual_seed(cfg.seed)
     noise = torch.randn(len(labels), *spec.latent_shape, generator=g)
     scale = spec.default_cfg_scale
     cached = compiled(noise, labels, scale)
     uncached = uncached_module(noise, labels, scale)
-    # Grid: one column per class; the uncached rows on top, the cached rows below.
-    order = torch.arange(len(labels)).view(n_cls, cfg.per_class).t().reshape(-1)
-    grid = make_grid(as_pictures(torch.cat([uncached[order], cached[order]])), ncol=n_cls,
-                     scale=max(1, 64 // spec.latent_shape[-1]))
-    save_png(grid, out / "samples.png")
-
     quality = _quality(spec, cached, uncached, labels)
+    # One row per class; the same noise left (uncached) and right (cached).
+    names = class_names(spec)
+    fig = comparison_figure(
+        uncached, cached, names,
+        title=f"{spec.name} · {sampler}-{cfg.nfe}\nsame noise left and right, PSNR "
+              f"{quality['psnr_cached_vs_uncached_db']:.1f} dB",
+        scale=max(1, 64 // spec.latent_shape[-1]),
+    )
+    save_figure(fig, out / "samples.png")
 
     stage("timing the four executors")
     batch = len(labels)
@@ -148,7 +151,8 @@ def run_demo(cfg: DemoConfig, stage: Stage = lambda _: None) -> dict[str, Any]:
                                               "macs_full", "macs_cached", "ideal_speedup") if k in summary},
         "compile_s": compile_s, "distinct_graphs": compiled.info["distinct_graphs"],
         "verify": {k: verify[k] for k in ("max_abs_error", "max_rel_error")},
-        "quality": quality, "latency": latency, "batch": batch, "cfg_scale": scale,
+        "quality": quality, "latency": latency,
+        "samples_grid": {"rows": names, "panels": ["uncached", "cached (L2C)"], "per_class": cfg.per_class}, "batch": batch, "cfg_scale": scale,
         "device": "cpu", "torch": torch.__version__, "threads": torch.get_num_threads(),
     }
     write_text_atomic(out / "report.json", json.dumps(report, indent=2) + "\n")
@@ -156,11 +160,23 @@ def run_demo(cfg: DemoConfig, stage: Stage = lambda _: None) -> dict[str, Any]:
     return report
 
 
+def class_names(spec: Any) -> list[str]:
+    """Display names of the model's classes: Fashion-MNIST's for its models, ``class i`` otherwise."""
+    from l2c_compile.metrics.quality import has_feature_network
+
+    if has_feature_network(spec):
+        from l2c_compile.fmnist.data import CLASS_NAMES
+
+        return list(CLASS_NAMES)
+    return [f"class {i}" for i in range(spec.num_classes)]
+
+
 def _quality(spec, cached: torch.Tensor, uncached: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
     """PSNR of cached vs same-seed uncached samples; class accuracy where the classifier applies."""
     a, b = cached.clamp(-1, 1).float(), uncached.clamp(-1, 1).float()
     mse = ((a - b) ** 2).flatten(1).mean(1).clamp_min(1e-12)
-    out: dict[str, Any] = {"psnr_cached_vs_uncached_db": float((10 * torch.log10(4.0 / mse)).mean())}
+    out: dict[str, Any] = {"samples": len(labels),
+                           "psnr_cached_vs_uncached_db": float((10 * torch.log10(4.0 / mse)).mean())}
     if tuple(spec.latent_shape) == (1, 32, 32) and spec.num_classes == 10:
         try:
             from l2c_compile.metrics.quality import class_accuracy
@@ -170,6 +186,21 @@ def _quality(spec, cached: torch.Tensor, uncached: torch.Tensor, labels: torch.T
         except (ImportError, L2CError) as exc:
             out["note"] = f"class accuracy unavailable: {exc}"
     return out
+
+
+def quality_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(metric, uncached, cached, unit) rows of a demo report's quality, formatted for people."""
+    q, s = r["quality"], r["schedule"]
+    rows = [("PSNR vs. the same-noise uncached sample", "–",
+             f"{q['psnr_cached_vs_uncached_db']:.2f}", "dB")]
+    if "class_accuracy_cached" in q:
+        rows.append(("class accuracy (Fashion-MNIST classifier)",
+                     f"{100 * q['class_accuracy_uncached']:.1f}", f"{100 * q['class_accuracy_cached']:.1f}",
+                     f"% of {q['samples']} samples"))
+    if "macs_full" in s and "macs_cached" in s:
+        rows.append(("MACs per image", f"{s['macs_full'] / 1e9:.3f}", f"{s['macs_cached'] / 1e9:.3f}",
+                     "GMAC"))
+    return rows
 
 
 def render_report(r: dict[str, Any]) -> str:
@@ -186,11 +217,14 @@ def render_report(r: dict[str, Any]) -> str:
         f"Compiled in {r['compile_s']:.1f} s into {r['distinct_graphs']} distinct step graphs (`artifact/sampler.py`).",
         f"Compiled vs reference executor: max relative error {r['verify']['max_rel_error']:.2e}.",
         "",
-        "## Quality (`samples.png`: uncached rows on top, cached below)",
+        "## Quality (`samples.png`: one row per class, uncached left, cached right, same noise)",
         "",
+        "| metric | uncached | cached (L2C) | unit |",
+        "|---|---|---|---|",
+        *(f"| {name} | {full} | {cached} | {unit} |" for name, full, cached, unit in quality_rows(r)),
     ]
-    for k, v in r["quality"].items():
-        lines.append(f"- {k}: {v:.4g}" if isinstance(v, float) else f"- {k}: {v}")
+    if "note" in r["quality"]:
+        lines += ["", f"({r['quality']['note']})"]
     lines += ["", f"## Latency (batch {r['batch']} with CFG, CPU, {r['threads']} threads, torch {r['torch']})", "",
               "| executor | median s | min s | max s | × compiled uncached |", "|---|---|---|---|---|"]
     for name, row in r["latency"].items():

@@ -9,6 +9,10 @@ schedule removes, and the measured time per image on this machine.
 FID and precision/recall use the Fashion-MNIST classifier's features (see
 :mod:`l2c_compile.metrics.quality`), so only models that draw 1×32×32 Fashion-MNIST images in 10
 classes can be evaluated; the numbers are labelled "FID (Fashion-MNIST features)" everywhere.
+
+Under torchrun every rank draws a share of the samples (whole batches, dealt round-robin) and the
+metrics combine the ranks' features before scoring, so K ranks report what one process would for
+the same seeds (to float rounding).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import torch
 from torch import nn
 
 from l2c_compile.errors import L2CError
+from l2c_compile.metrics.quality import has_feature_network as has_feature_network  # re-exported
 
 ROUTER_SUFFIXES = (".safetensors", ".pt", ".pth")
 Progress = Callable[[str], None]
@@ -32,15 +37,6 @@ Progress = Callable[[str], None]
 # ---------------------------------------------------------------------------------------------
 # Inputs: model, plan, schedule, seeded noise
 # ---------------------------------------------------------------------------------------------
-
-
-def has_feature_network(spec: Any) -> bool:
-    """Whether the quality metrics apply: pixel-space 1×32×32 images in Fashion-MNIST's 10 classes."""
-    return (
-        bool(spec.pixel_space)
-        and tuple(spec.latent_shape) == (1, 32, 32)
-        and spec.num_classes == 10
-    )
 
 
 def require_feature_network(spec: Any) -> None:
@@ -115,6 +111,45 @@ def eval_inputs(
     return noise, labels
 
 
+def shard_indices(n: int, batch: int, rank: int, world: int) -> tuple[torch.Tensor, int]:
+    """The sample indices ``rank`` of ``world`` draws, and the batch size every rank uses.
+
+    Whole batches are dealt round-robin (batch b goes to rank b mod world), so each sampler call
+    sees the same batch it would in one process. The batch shrinks when there are fewer batches
+    than ranks, so that every rank has at least one.
+    """
+    if not 0 <= rank < world:
+        raise L2CError(f"rank {rank} is not in a world of {world}")
+    if n < world:
+        raise L2CError(f"{n} samples cannot be shared by {world} ranks; draw at least {world}")
+    if batch < 1:
+        raise L2CError(f"batch must be >= 1, got {batch}")
+    batch = min(batch, n // world)
+    starts = range(rank * batch, n, world * batch)
+    return torch.cat([torch.arange(s, min(s + batch, n)) for s in starts]), batch
+
+
+def _world() -> tuple[int, int]:
+    """(rank, world size) of the torch.distributed job this process is in, (0, 1) outside one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _metric_group() -> Any:
+    """The process group the metrics gather over: the default one, or gloo beside NCCL.
+
+    The metric states live on the CPU (the classifier runs there), which NCCL cannot gather.
+    """
+    import torch.distributed as dist
+
+    if dist.is_initialized() and dist.get_backend() != "gloo":
+        return dist.new_group(backend="gloo")
+    return None
+
+
 # ---------------------------------------------------------------------------------------------
 # Sampling and metrics
 # ---------------------------------------------------------------------------------------------
@@ -143,6 +178,8 @@ def draw(
     for i in range(0, len(noise), batch):
         t0 = time.perf_counter()
         out = sampler(noise[i : i + batch], labels[i : i + batch], cfg_scale)  # (b, C, H, W)
+        if out.is_cuda:
+            torch.cuda.synchronize(out.device)  # the kernels are queued: wait before timing
         per_image.append((time.perf_counter() - t0) / len(out))
         outs.append(out.float().clamp(-1, 1))
     # The median shrugs off a batch slowed by other work on a shared machine.
@@ -176,12 +213,17 @@ class EvalConfig:
     seed: int = 0
     cfg_scale: float | None = None  # None: the model's default
     batch: int = 250
+    device: str = "cpu"  # where the samplers run (under torchrun with GPUs: each rank's own)
 
 
 def run_eval(cfg: EvalConfig, progress: Progress = lambda _: None) -> dict[str, Any]:
-    """Evaluate one schedule against the uncached sampler at the same seeds; return the report."""
+    """Evaluate one schedule against the uncached sampler at the same seeds; return the report.
+
+    Under torch.distributed every rank must call it: each draws and featurizes its share of the
+    samples and every rank returns the same report (whose latency is rank 0's share).
+    """
     import l2c_compile
-    from l2c_compile.metrics.quality import metric_names
+    from l2c_compile.metrics.quality import SampleQuality, metric_names
     from l2c_compile.models.registry import get_spec
     from l2c_compile.schedule_summary import schedule_summary
 
@@ -193,17 +235,26 @@ def run_eval(cfg: EvalConfig, progress: Progress = lambda _: None) -> dict[str, 
     sched = resolve_schedule(spec, plan, depth, cfg.schedule, cfg.threshold)
     scale = spec.default_cfg_scale if cfg.cfg_scale is None else cfg.cfg_scale
     noise, labels = eval_inputs(cfg.samples, spec.latent_shape, spec.num_classes, cfg.seed)
+    rank, world = _world()
+    mine, batch = shard_indices(cfg.samples, cfg.batch, rank, world)
+    noise, labels = noise[mine].to(cfg.device), labels[mine].to(cfg.device)
 
     progress("compiling the cached and the uncached sampler")
-    cached = l2c_compile.compile(model, plan, sched, model_info=spec.to_dict())
-    full = l2c_compile.compile(model, plan, None, model_info=spec.to_dict())
-    progress(f"sampling {cfg.samples} images, uncached")
-    ref = draw(full, noise, labels, scale, cfg.batch)
-    progress(f"sampling {cfg.samples} images with the schedule")
-    got = draw(cached, noise, labels, scale, cfg.batch)
+    info = spec.to_dict()
+    cached = l2c_compile.compile(model, plan, sched, device=cfg.device, model_info=info)
+    full = l2c_compile.compile(model, plan, None, device=cfg.device, model_info=info)
+    share = f" (this rank's {len(mine)} of {cfg.samples})" if world > 1 else ""
+    progress(f"sampling {cfg.samples} images, uncached{share}")
+    ref = draw(full, noise, labels, scale, batch)
+    progress(f"sampling {cfg.samples} images with the schedule{share}")
+    got = draw(cached, noise, labels, scale, batch)
     progress("scoring")
-    q_full = quality(ref.images, labels)
-    q = quality(got.images, labels, ref.images)
+    group = _metric_group()
+    scores = {}
+    for name, images, twins in (("cached", got.images, ref.images), ("full", ref.images, None)):
+        metric = SampleQuality(distributed=world > 1, process_group=group)
+        metric.update(images, labels, twins)
+        scores[name] = {k: float(v) for k, v in metric.compute().items()}
 
     summary = schedule_summary(sched)
     stats = sched.stats()
@@ -214,9 +265,11 @@ def run_eval(cfg: EvalConfig, progress: Progress = lambda _: None) -> dict[str, 
         "samples": cfg.samples,
         "seed": cfg.seed,
         "cfg_scale": scale,
+        "batch": batch,
+        "world_size": world,
         "schedule": {"mode": sched.mode, "threshold": sched.threshold, "source": sched.source},
-        **q,
-        **{f"{k}_full": v for k, v in q_full.items()},
+        **scores["cached"],
+        **{f"{k}_full": v for k, v in scores["full"].items()},
         "macs_cached": summary["macs_cached"],
         "macs_full": summary["macs_full"],
         "removed": stats["skipped_total"],
@@ -225,12 +278,12 @@ def run_eval(cfg: EvalConfig, progress: Progress = lambda _: None) -> dict[str, 
         "latency_per_image_full_s": ref.seconds_per_image,
         "speedup": ref.seconds_per_image / got.seconds_per_image,
         "metric_names": metric_names,
-        "machine": machine(),
+        "machine": machine(cfg.device),
     }
 
 
-def machine() -> dict[str, Any]:
-    """Where the latency was measured (CPU model, threads, torch)."""
+def machine(device: str = "cpu") -> dict[str, Any]:
+    """Where the latency was measured (device, CPU model, threads, torch)."""
     import platform
 
     cpu = platform.processor() or platform.machine()
@@ -241,8 +294,10 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
+    if str(device).startswith("cuda"):
+        device = torch.cuda.get_device_name(torch.device(device))
     return {
-        "device": "cpu",
+        "device": str(device),
         "cpu": cpu,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from typing import Any
 
 import numpy as np
 import torch
@@ -73,3 +74,67 @@ def save_png(array: np.ndarray, path: str | os.PathLike[str]) -> None:
         raise L2CError("writing PNG files needs Pillow: pip install 'l2c-compile[images]'") from None
     with atomic_path(path) as tmp:
         Image.fromarray(array).save(tmp, format="PNG")
+
+
+def comparison_figure(
+    uncached: torch.Tensor,
+    cached: torch.Tensor,
+    row_names: list[str],
+    *,
+    title: str = "",
+    scale: int = 2,
+    panels: tuple[str, str] = ("uncached", "cached (L2C)"),
+) -> Any:
+    """Uncached and cached samples side by side: one row per class, the same seeds left and right.
+
+    ``uncached`` and ``cached`` are (R·K, C, H, W) in row-major order (K samples of row 0, then
+    row 1, …) with R = ``len(row_names)``; each row is labelled with its name. Returns a
+    matplotlib Figure (no pyplot state is touched).
+    """
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise L2CError("sample grids need matplotlib: pip install 'l2c-compile[images]'") from None
+    rows = len(row_names)
+    if uncached.shape != cached.shape or rows == 0 or len(uncached) % rows:
+        raise L2CError(
+            f"a comparison grid needs two batches of the same shape with K samples for each of "
+            f"{rows} rows, got {tuple(uncached.shape)} and {tuple(cached.shape)}"
+        )
+    per_row, pad = len(uncached) // rows, 2
+    grids = [make_grid(as_pictures(x), ncol=per_row, pad=pad, scale=scale) for x in (uncached, cached)]
+    h = uncached.shape[-2] * scale  # a picture's height in the grid
+    height, width = grids[0].shape[:2]
+    # Place the panels in pixels (constrained layout would spread aspect-locked images apart).
+    label_w = 20 + 7 * max(len(n) for n in row_names)  # room for the row labels, ~7 px a glyph
+    gap = max(24, 100 - width)  # keeps the two panel titles apart when panels are narrow
+    title_w = 20 + 7 * max((len(line) for line in title.splitlines()), default=0)
+    side = max(10, title_w - (label_w + 2 * width + gap))
+    top, bottom = 62 if title else 30, 10
+    fig_w, fig_h = label_w + 2 * width + gap + side, top + height + bottom
+    dpi = 100
+    fig = Figure(figsize=(fig_w / dpi, fig_h / dpi), dpi=dpi)
+    FigureCanvasAgg(fig)
+    axes = [
+        fig.add_axes((x0 / fig_w, bottom / fig_h, width / fig_w, height / fig_h))
+        for x0 in (label_w, label_w + width + gap)
+    ]
+    for ax, grid, name in zip(axes, grids, panels, strict=True):
+        ax.imshow(grid, interpolation="nearest")
+        ax.set_title(name, fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([pad + r * (h + pad) + h / 2 for r in range(rows)], row_names, fontsize=9)
+        ax.tick_params(length=0)
+        for side_spine in ax.spines.values():
+            side_spine.set_visible(False)
+    axes[1].set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=10, y=1 - 4 / fig_h, va="top")
+    return fig
+
+
+def save_figure(fig: Any, path: str | os.PathLike[str]) -> None:
+    """Write a matplotlib Figure as PNG, atomically."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")

@@ -91,13 +91,23 @@ def rich_grid(schedule: Schedule) -> Any:
     return table
 
 
-def save_heatmap(schedule: Schedule, path: str | os.PathLike[str], *, dpi: int = 120) -> None:
-    """Write a two-panel (attention / MLP) reuse heatmap, cache steps × layers, atomically."""
+COMPUTED_COLOUR = "#eeeeee"
+REUSED_COLOUR = "#c0392b"
+
+
+def heatmap_figure(schedule: Schedule) -> Any:
+    """A two-panel (attention / MLP) reuse heatmap, cache steps × layers, as a matplotlib Figure.
+
+    Cells are red where the sublayer is reused (dropped, for a drop schedule) and light grey
+    where it is computed; layers are integer ticks; the title gives the removed share.
+    """
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.colors import ListedColormap
         from matplotlib.figure import Figure
+        from matplotlib.patches import Patch
     except ImportError:
-        raise L2CError("save_heatmap needs matplotlib: pip install 'l2c-compile[images]'") from None
+        raise L2CError("heatmaps need matplotlib: pip install 'l2c-compile[images]'") from None
     calls = schedule.cache_calls
     if not calls:
         raise L2CError("schedule has no cache steps to plot")
@@ -107,19 +117,49 @@ def save_heatmap(schedule: Schedule, path: str | os.PathLike[str], *, dpi: int =
         attn[j, list(c.reuse_attn)] = 1.0
         mlp[j, list(c.reuse_mlp)] = 1.0
     labels = [f"{c.router_index} · t={c.timestep:.0f}" for c in calls]
+    reused = "dropped (zero output)" if schedule.mode == "drop" else "reused from the cache"
+    cmap = ListedColormap([COMPUTED_COLOUR, REUSED_COLOUR])
     # Figure + Agg canvas directly: no pyplot, so no global backend state is touched.
-    fig = Figure(figsize=(10, 1.5 + 0.25 * max(len(calls), 1)))
+    fig = Figure(
+        figsize=(max(8.0, 1.5 + 0.5 * schedule.depth), 2.2 + 0.25 * len(calls)),
+        layout="constrained",
+    )
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 2, sharey=True)
     for ax, data, name in zip(axes, (attn, mlp), ("attention", "MLP"), strict=True):
-        ax.imshow(data.numpy(), cmap="Reds", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
-        ax.set_title(f"{name} reused ({int(data.sum())})")
-        ax.set_xlabel("layer")
+        ax.imshow(data.numpy(), cmap=cmap, vmin=0, vmax=1, aspect="auto", interpolation="nearest")
+        ax.set_title(f"{name}: {int(data.sum())} of {data.numel()} {reused.split()[0]}")
+        ax.set_xlabel("layer (block index)")
+        ax.set_xticks(range(schedule.depth), [str(b) for b in range(schedule.depth)], fontsize=7)
         ax.set_yticks(range(len(calls)), labels, fontsize=7)
+        # Thin white lines between cells, so single reused sublayers stay visible.
+        ax.set_xticks([b - 0.5 for b in range(1, schedule.depth)], minor=True)
+        ax.set_yticks([j - 0.5 for j in range(1, len(calls))], minor=True)
+        ax.grid(which="minor", color="white", linewidth=0.6)
+        ax.tick_params(which="minor", length=0)
     axes[0].set_ylabel("cache step (router idx · t)")
+    stats = schedule.stats()
     theta = "" if schedule.threshold is None else f", θ={schedule.threshold:g}"
-    fig.suptitle(f"{schedule.model} · {schedule.sampler} · {schedule.nfe} NFE{theta}")
-    fig.tight_layout()
+    fig.suptitle(
+        f"{schedule.model} · {schedule.sampler} · {schedule.nfe} NFE{theta} — removed "
+        f"{stats['skipped_fraction']:.0%} of cache-step sublayers "
+        f"({stats['skipped_total']} of {stats['total_cache_sublayers']})"
+    )
+    fig.legend(
+        handles=[
+            Patch(facecolor=REUSED_COLOUR, label=reused),
+            Patch(facecolor=COMPUTED_COLOUR, edgecolor="#999999", label="computed"),
+        ],
+        loc="outside lower center",
+        ncols=2,
+        frameon=False,
+    )
+    return fig
+
+
+def save_heatmap(schedule: Schedule, path: str | os.PathLike[str], *, dpi: int = 120) -> None:
+    """Write :func:`heatmap_figure` to ``path`` (png, pdf or svg by suffix), atomically."""
+    fig = heatmap_figure(schedule)
     fmt = Path(path).suffix.lstrip(".").lower() or "png"
     if fmt not in fig.canvas.get_supported_filetypes():
         raise L2CError(f"cannot write a heatmap as .{fmt}; use .png, .pdf or .svg")

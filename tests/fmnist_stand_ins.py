@@ -37,6 +37,12 @@ def install_feature_net(tmp_path: Path, monkeypatch: Any) -> None:
         feats = net.features(images)  # (300, 128)
     mean, cov = classifier.feature_stats(feats)
     save_file({"mean": mean, "cov": cov, "features": feats.contiguous()}, str(stats))
+    use_feature_net(tmp_path, monkeypatch)
+
+
+def use_feature_net(tmp_path: Path, monkeypatch: Any) -> None:
+    """Point the metrics at the stand-in feature net :func:`install_feature_net` wrote."""
+    weights, stats = tmp_path / "clf.safetensors", tmp_path / "stats.safetensors"
     monkeypatch.setattr(classifier, "CLASSIFIER_PATH", weights)
     monkeypatch.setattr(classifier, "STATS_PATH", stats)
     # load_classifier / reference_stats are functools.cache'd: forget the real (or absent) assets.
@@ -46,15 +52,25 @@ def install_feature_net(tmp_path: Path, monkeypatch: Any) -> None:
 
 def install_model(tmp_path: Path, monkeypatch: Any, shipped: str, name: str) -> registry.ModelSpec:
     """Register a small random model shaped like ``shipped`` (DiT-FMNIST or U-ViT-FMNIST) as ``name``."""
+    spec = _stand_in_spec(tmp_path, shipped, name)
+    model = registry.init_random(registry.build_model(spec), 0)
+    registry.save_checkpoint(model, spec.checkpoint)
+    monkeypatch.setitem(registry.MODELS, name, spec)
+    return spec
+
+
+def use_model(tmp_path: Path, monkeypatch: Any, shipped: str, name: str) -> registry.ModelSpec:
+    """Register the stand-in model :func:`install_model` wrote (e.g. in another process)."""
+    spec = _stand_in_spec(tmp_path, shipped, name)
+    monkeypatch.setitem(registry.MODELS, name, spec)
+    return spec
+
+
+def _stand_in_spec(tmp_path: Path, shipped: str, name: str) -> registry.ModelSpec:
     fields = dict(SPEC_FIELDS[shipped])
     fields.update(name=name, kwargs={**fields["kwargs"], **SMALL[fields["family"]]})
     spec = registry.ModelSpec(**fields)
-    model = registry.init_random(registry.build_model(spec), 0)
-    ckpt = tmp_path / f"{name}.safetensors"
-    registry.save_checkpoint(model, ckpt)
-    spec = dataclasses.replace(spec, checkpoint=str(ckpt))
-    monkeypatch.setitem(registry.MODELS, name, spec)
-    return spec
+    return dataclasses.replace(spec, checkpoint=str(tmp_path / f"{name}.safetensors"))
 
 
 def use_router_dir(tmp_path: Path, monkeypatch: Any) -> Path:

@@ -6,10 +6,17 @@ import dataclasses
 import json
 
 import pytest
+import torch
 
 from l2c_compile.demo import DemoConfig, run_demo
 from l2c_compile.errors import L2CError
+from l2c_compile.fmnist import classifier
+from l2c_compile.fmnist.data import CLASS_NAMES
+from l2c_compile.images import comparison_figure
 from l2c_compile.models import registry
+from tests.fmnist_stand_ins import install_feature_net, install_model, ship_router, use_router_dir
+
+QUALITY_HEADER = "| metric | uncached | cached (L2C) | unit |"
 
 
 @pytest.fixture()
@@ -41,3 +48,67 @@ def test_demo_writes_everything_and_verifies(tmp_path, tiny_with_weights):
 def test_demo_needs_shipped_weights(tmp_path):
     with pytest.raises(L2CError, match="ships no weights"):
         run_demo(DemoConfig(model="DiT-Tiny", out=tmp_path / "d"))
+
+
+def _quality_table(markdown: str) -> list[list[str]]:
+    """The rows (cells) of report.md's quality table, header first."""
+    lines = markdown.splitlines()
+    start = lines.index(QUALITY_HEADER)
+    rows = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    return [rows[0], *rows[2:]]  # without the |---| rule
+
+
+def test_demo_report_and_pictures_on_a_fashion_mnist_model(tmp_path, monkeypatch):
+    """Every class gets a labelled row; quality is a table with units, not a dictionary."""
+    install_feature_net(tmp_path, monkeypatch)
+    spec = install_model(tmp_path, monkeypatch, "DiT-FMNIST", "DiT-FMNIST-stand-in")
+    ship_router(use_router_dir(tmp_path, monkeypatch), spec, "ddim", 4)
+    out = tmp_path / "demo"
+    try:
+        report = run_demo(DemoConfig(model=spec.name, nfe=4, per_class=2, repeats=1, out=out))
+    finally:
+        classifier.load_classifier.cache_clear()
+        classifier.reference_stats.cache_clear()
+    assert report["router"]["origin"] == "shipped"
+    assert report["samples_grid"] == {
+        "rows": list(CLASS_NAMES), "panels": ["uncached", "cached (L2C)"], "per_class": 2,
+    }  # fmt: skip
+    table = _quality_table((out / "report.md").read_text())
+    assert table[0] == ["metric", "uncached", "cached (L2C)", "unit"]
+    by_name = {row[0]: row[1:] for row in table[1:]}
+    psnr = by_name["PSNR vs. the same-noise uncached sample"]
+    assert psnr[0] == "–" and psnr[2] == "dB"
+    assert float(psnr[1]) == pytest.approx(report["quality"]["psnr_cached_vs_uncached_db"], abs=0.01)
+    acc = by_name["class accuracy (Fashion-MNIST classifier)"]
+    assert acc[2] == "% of 20 samples"
+    assert float(acc[1]) == pytest.approx(100 * report["quality"]["class_accuracy_cached"], abs=0.05)
+    macs = by_name["MACs per image"]
+    assert macs[2] == "GMAC" and float(macs[1]) < float(macs[0])
+    assert "{" not in (out / "report.md").read_text()  # no raw dictionary anywhere
+    from PIL import Image
+
+    with Image.open(out / "samples.png") as png, Image.open(out / "schedule.png") as heat:
+        assert png.format == heat.format == "PNG"
+        assert png.height > 10 * 64  # ten rows of 64-px samples (32 px, doubled)
+        assert png.width > 2 * 2 * 64  # two panels of two samples
+
+
+def test_comparison_figure_labels_every_row_and_both_panels():
+    pytest.importorskip("matplotlib")
+    names = ["a", "b", "c"]
+    x = torch.rand(6, 1, 8, 8) * 2 - 1  # 3 rows × 2 samples
+    fig = comparison_figure(x, -x, names, title="t", scale=1)
+    left, right = fig.axes
+    assert [t.get_text() for t in left.get_yticklabels()] == names
+    # Row labels sit at each row's centre: pad 2, 8-px pictures.
+    assert list(left.get_yticks()) == [6.0, 16.0, 26.0]
+    assert (left.get_title(), right.get_title()) == ("uncached", "cached (L2C)")
+    assert right.get_yticks().size == 0 and fig.get_suptitle() == "t"
+    with pytest.raises(L2CError, match="same shape"):
+        comparison_figure(x, x[:4], names)
+    with pytest.raises(L2CError, match="3 rows"):
+        comparison_figure(x[:5], x[:5], names)

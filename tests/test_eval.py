@@ -11,7 +11,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import random
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,7 +25,14 @@ from typer.testing import CliRunner
 from l2c_compile import demo
 from l2c_compile.cli.main import app
 from l2c_compile.errors import L2CError
-from l2c_compile.evaluate import EvalConfig, draw, eval_inputs, has_feature_network, run_eval
+from l2c_compile.evaluate import (
+    EvalConfig,
+    draw,
+    eval_inputs,
+    has_feature_network,
+    run_eval,
+    shard_indices,
+)
 from l2c_compile.fmnist import classifier
 from l2c_compile.models import registry
 from l2c_compile.schedule import Schedule, heuristic
@@ -29,6 +41,7 @@ from tests.helpers import random_schedule
 
 NAME = "DiT-FMNIST-stand-in"
 NFE = 4
+REPO = Path(__file__).resolve().parents[1]
 KEYS = (
     "fid",
     "fid_full",
@@ -41,6 +54,17 @@ KEYS = (
     "macs_full",
     "removed",
     "latency_per_image_s",
+)
+SCORES = (
+    "fid",
+    "fid_full",
+    "precision",
+    "precision_full",
+    "recall",
+    "recall_full",
+    "class_accuracy",
+    "class_accuracy_full",
+    "psnr",
 )
 
 
@@ -145,13 +169,15 @@ def test_errors_are_clear(stand_in, tmp_path):
     )
 
 
-def test_cli_json_and_rich_output(stand_in):
+def test_cli_json_and_rich_output(stand_in, tmp_path):
     runner = _runner()
     args = ["eval", "--model", NAME, "--nfe", str(NFE), "--samples", "10", "--seed", "2"]
-    res = runner.invoke(app, [*args, "--format", "json"])
+    res = runner.invoke(app, [*args, "--format", "json", "--out", str(tmp_path / "r.json")])
     assert res.exit_code == 0, res.stderr
     report = json.loads(res.stdout)
-    assert {*KEYS, "fid_full", "psnr"} <= set(report) and report["seed"] == 2
+    assert {*KEYS, *SCORES} <= set(report) and report["seed"] == 2
+    assert report["world_size"] == 1 and report["machine"]["device"] == "cpu"
+    assert json.loads((tmp_path / "r.json").read_text()) == report
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.stderr
     assert "FID (Fashion-MNIST features)" in res.stdout and "removed" in res.stdout
@@ -164,3 +190,65 @@ def _plan(spec):
     from l2c_compile.evaluate import make_spec_plan
 
     return make_spec_plan(spec, None, NFE)
+
+
+# ----------------------------------------------------------------------------- several ranks
+
+
+def test_shards_deal_whole_batches_round_robin():
+    a, batch = shard_indices(10, 3, 0, 2)
+    b, _ = shard_indices(10, 3, 1, 2)
+    assert batch == 3 and a.tolist() == [0, 1, 2, 6, 7, 8] and b.tolist() == [3, 4, 5, 9]
+    assert shard_indices(10, 3, 0, 1)[0].tolist() == list(range(10))
+    # Fewer batches than ranks: the batch shrinks so every rank draws some.
+    shares = [shard_indices(5, 250, r, 4) for r in range(4)]
+    assert all(len(idx) > 0 and bs == 1 for idx, bs in shares)
+    assert sorted(torch.cat([idx for idx, _ in shares]).tolist()) == list(range(5))
+    with pytest.raises(L2CError, match="3 samples cannot be shared by 4 ranks"):
+        shard_indices(3, 2, 0, 4)
+
+
+_DRIVER = """
+import sys
+from pathlib import Path
+
+import pytest
+
+from l2c_compile.cli.main import app
+from tests.fmnist_stand_ins import use_feature_net, use_model, use_router_dir
+
+tmp, name = Path(sys.argv[1]), sys.argv[2]
+patch = pytest.MonkeyPatch()
+use_feature_net(tmp, patch)
+use_model(tmp, patch, "DiT-FMNIST", name)
+use_router_dir(tmp, patch)
+app(sys.argv[3:], prog_name="l2c-compile")
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_gloo_ranks_score_what_one_process_scores(stand_in, tmp_path):
+    """torchrun, 2 CPU ranks: the same seeds give the same FID (and every other score)."""
+    one = run_eval(EvalConfig(model=NAME, nfe=NFE, samples=12, batch=3, seed=1))
+    (tmp_path / "driver.py").write_text(_DRIVER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    out = tmp_path / "two.json"
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+        "--master_port", str(_free_port()), str(tmp_path / "driver.py"), str(tmp_path), NAME,
+        "eval", "--model", NAME, "--nfe", str(NFE), "--samples", "12", "--batch", "3",
+        "--seed", "1", "--format", "json", "--out", str(out),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    two = json.loads(proc.stdout)  # only rank 0 prints: one JSON document
+    assert json.loads(out.read_text()) == two  # and only rank 0 wrote the file
+    assert (one["world_size"], two["world_size"]) == (1, 2) and two["batch"] == 3
+    for key in SCORES:  # measured: FID and PSNR agree to ~3e-7 (float32 rounding of other threads)
+        assert two[key] == pytest.approx(one[key], rel=1e-5), key
+    assert one["fid"] > 0 and one["fid"] != one["fid_full"]

@@ -181,19 +181,19 @@ def test_shipped_model_is_registered_with_card(name: str) -> None:
     assert name in card and "final loss" in card and "Retrain" in card
 
 
-# Known gap (issue 6 stays open): the shipped weights had ~15 CPU-minutes of training each and their
-# samples are not yet recognisable to the classifier. The test states the requirement; it turns
-# into a pass (and should lose this mark) once better-trained weights are shipped.
-@pytest.mark.xfail(reason="shipped Fashion-MNIST weights are undertrained (issue 6 open)", strict=False)
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_shipped_model_samples_are_recognisable(name: str) -> None:
+    """The shipped weights draw their classes: the classifier (0.90 on real test images) agrees.
+
+    Measured on 500 seeded samples at NFE 20 and the default CFG scale: DiT-FMNIST 0.926,
+    U-ViT-FMNIST 0.956 (model cards). Here 50 samples at seed 0, against a bar of 0.8.
+    """
     from l2c_compile.fmnist.preview import generate, load_model
     from l2c_compile.metrics.quality import class_accuracy
 
     if not _shipped(name):
         pytest.skip(f"{name} weights not built")
     spec, model = load_model(name)  # strict load of the shipped safetensors
-    images, labels = generate(spec, model, per_class=2, nfe=10, seed=0)
-    assert images.shape == (20, 1, 32, 32)
-    # Chance is 10 %; a trained class-conditional model is far above it even at 10 NFE.
-    assert class_accuracy(images, labels) >= 0.5
+    images, labels = generate(spec, model, per_class=5, nfe=20, seed=0)
+    assert images.shape == (50, 1, 32, 32)
+    assert class_accuracy(images, labels) >= 0.8

@@ -11,7 +11,14 @@ from l2c_compile.errors import L2CError
 from l2c_compile.fmnist import data
 from l2c_compile.fmnist.classifier import CLASSIFIER_PATH, STATS_PATH
 from l2c_compile.metrics import quality
-from l2c_compile.metrics.quality import fid, frechet_distance, precision_recall, psnr
+from l2c_compile.metrics.quality import (
+    SampleQuality,
+    evaluate,
+    fid,
+    fid_metric,
+    precision_recall,
+    psnr,
+)
 
 needs_assets = pytest.mark.skipif(
     not (CLASSIFIER_PATH.is_file() and STATS_PATH.is_file()), reason="classifier assets not built"
@@ -52,15 +59,65 @@ def test_psnr_rejects_bad_input() -> None:
 # ----------------------------------------------------------------------------- FID
 
 
-def test_frechet_distance_known_values() -> None:
+def _exact_gaussian_sample(n: int, mean: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
+    """(n, D) float64 points whose sample mean and unbiased covariance are exactly mean, cov."""
+    x = torch.randn(n, len(mean), generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    x = x - x.mean(0)
+    x = x @ torch.linalg.inv(torch.linalg.cholesky(torch.cov(x.T))).T  # sample covariance = I
+    return x @ torch.linalg.cholesky(cov).T + mean
+
+
+def test_fid_known_values() -> None:
     d = 6
     eye = torch.eye(d, dtype=torch.float64)
     mu = torch.zeros(d, dtype=torch.float64)
-    assert frechet_distance(mu, eye, mu, eye) == pytest.approx(0.0, abs=1e-4)
+    same = _exact_gaussian_sample(50, mu, eye)
+    assert fid(same, mu, eye) == pytest.approx(0.0, abs=1e-9)
     # Mean shift only: the squared distance of the means.
-    assert frechet_distance(mu, eye, mu + 0.5, eye) == pytest.approx(d * 0.25, rel=1e-9)
+    assert fid(same, mu + 0.5, eye) == pytest.approx(d * 0.25, rel=1e-9)
     # Σ = I vs 4I: tr(I + 4I − 2·2I) = d.
-    assert frechet_distance(mu, eye, mu, 4 * eye) == pytest.approx(float(d), rel=1e-9)
+    assert fid(same, mu, 4 * eye) == pytest.approx(float(d), rel=1e-9)
+    assert fid(_exact_gaussian_sample(50, mu, 4 * eye), mu, eye) == pytest.approx(float(d), rel=1e-9)
+
+
+def _scipy_fid(features: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor) -> float:
+    """The hand-written FID torchmetrics replaced (scipy.linalg.sqrtm, pytorch-fid's ε fallback)."""
+    import numpy as np
+    from scipy import linalg
+
+    f = features.double()
+    a, b = torch.cov(f.T).numpy(), cov.double().numpy()
+    diff = (f.mean(0) - mean.double()).numpy()
+    covmean = linalg.sqrtm(a @ b)
+    if not np.isfinite(covmean).all():
+        eps = np.eye(a.shape[0]) * 1e-6
+        covmean = linalg.sqrtm((a + eps) @ (b + eps))
+    return float(diff @ diff + np.trace(a) + np.trace(b) - 2.0 * np.trace(covmean.real))
+
+
+@pytest.mark.parametrize("n", [20, 100, 300, 1000])
+def test_torchmetrics_fid_agrees_with_the_scipy_implementation(n: int) -> None:
+    gen = torch.Generator().manual_seed(n)
+    d = 32
+    ref = torch.randn(2000, d, generator=gen, dtype=torch.float64) @ torch.randn(
+        d, d, generator=gen, dtype=torch.float64
+    )
+    mean, cov = ref.mean(0), torch.cov(ref.T)
+    feats = torch.randn(n, d, generator=gen, dtype=torch.float64) * 1.5 + 0.3
+    # n < d: the sample covariance is singular; both still agree to rounding.
+    assert fid(feats, mean, cov) == pytest.approx(_scipy_fid(feats, mean, cov), rel=1e-6)
+
+
+@needs_assets
+@pytest.mark.parametrize("n", [100, 1000])
+def test_fid_against_the_shipped_statistics_agrees_with_scipy(n: int) -> None:
+    """The stored test-set statistics stay usable: torchmetrics and sqrtm agree on them."""
+    from l2c_compile.fmnist.classifier import reference_stats
+
+    stats = reference_stats()
+    feats = stats["features"][:n]  # real test features: a small FID, the hard case for rounding
+    expected = _scipy_fid(feats, stats["mean"], stats["cov"])
+    assert fid(feats, stats["mean"], stats["cov"]) == pytest.approx(expected, rel=1e-6)
 
 
 def test_fid_of_gaussian_samples_matches_their_parameters() -> None:
@@ -151,3 +208,49 @@ def test_evaluate_reports_every_metric() -> None:
     # Real test images lie on the real manifold and cover it.
     assert out["precision"] > 0.6 and out["recall"] > 0.6
     assert "psnr" not in quality.evaluate(images, labels)
+
+
+# ----------------------------------------------------------------------------- torchmetrics forms
+
+
+@pytest.fixture()
+def random_feature_net(tmp_path, monkeypatch):
+    from l2c_compile.fmnist import classifier
+    from tests.fmnist_stand_ins import install_feature_net
+
+    install_feature_net(tmp_path, monkeypatch)
+    yield classifier
+    classifier.load_classifier.cache_clear()
+    classifier.reference_stats.cache_clear()
+
+
+def _images(n: int, seed: int) -> torch.Tensor:
+    return torch.rand(n, 1, 32, 32, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def test_fid_metric_uses_the_classifier_as_feature_network(random_feature_net) -> None:
+    stats = random_feature_net.reference_stats()
+    images = _images(40, 0) * 0.5  # not the law of the stand-in statistics: FID > 0
+    metric = fid_metric()
+    metric.update(images, real=False)
+    expected = fid(quality.classifier_features(images), stats["mean"], stats["cov"], 300)
+    assert float(metric.compute()) == pytest.approx(expected, rel=1e-9) and expected > 0.01
+    assert int(metric.real_features_num_samples) == 300  # no metadata: the stored features' count
+    assert int(fid_metric(reference=False).real_features_num_samples) == 0
+
+
+def test_sample_quality_in_batches_equals_all_at_once(random_feature_net) -> None:
+    images, twins = _images(30, 1), _images(30, 2)
+    labels = torch.arange(30) % 10
+    whole = evaluate(images, labels, twins)
+    metric = SampleQuality()
+    for i in (0, 7, 19):  # uneven batches
+        j = {0: 7, 7: 19, 19: 30}[i]
+        metric.update(images[i:j], labels[i:j], twins[i:j])
+    parts = metric.compute()
+    assert set(whole) == {"fid", "precision", "recall", "class_accuracy", "psnr"}
+    for key, value in whole.items():  # features of other batch sizes differ in float32 rounding
+        assert parts[key] == pytest.approx(value, rel=1e-6), key
+    assert math.isfinite(whole["psnr"]) and 0 <= whole["class_accuracy"] <= 1
+    with pytest.raises(L2CError, match="one label per image"):
+        metric.update(images[:3], labels[:2])

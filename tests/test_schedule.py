@@ -477,3 +477,28 @@ def test_heatmap_png_written(tmp_path: Path) -> None:
         save_heatmap, small_schedule(), tmp_path / "plots" / "x.bogus", match="cannot write"
     )
     assert sorted(p.name for p in path.parent.iterdir()) == ["ddim20.png"]
+
+
+def test_heatmap_has_layer_ticks_a_legend_and_the_removed_share() -> None:
+    pytest.importorskip("matplotlib")
+    from l2c_compile.schedule_render import REUSED_COLOUR, heatmap_figure
+
+    sched = small_schedule()  # 3 blocks, bottom half of the sublayers reused
+    st = sched.stats()
+    fig = heatmap_figure(sched)
+    attn_ax, mlp_ax = fig.axes
+    for ax in (attn_ax, mlp_ax):
+        assert list(ax.get_xticks()) == [0, 1, 2]
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "1", "2"]
+        assert ax.get_xlabel() == "layer (block index)"
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["reused from the cache", "computed"]
+    assert legend.legend_handles[0].get_facecolor()[:3] == pytest.approx(
+        tuple(int(REUSED_COLOUR[i : i + 2], 16) / 255 for i in (1, 3, 5))
+    )
+    title = fig.get_suptitle()
+    share = f"removed {st['skipped_fraction']:.0%} of cache-step sublayers"
+    assert share in title and f"({st['skipped_total']} of {st['total_cache_sublayers']})" in title
+    assert attn_ax.get_title().endswith(f"of {len(sched.cache_calls) * 3} reused")
+    drop = heatmap_figure(heuristic("bottom", ddim_plan(6), model="t", depth=3, fraction=0.5, mode="drop"))
+    assert drop.legends[0].get_texts()[0].get_text() == "dropped (zero output)"

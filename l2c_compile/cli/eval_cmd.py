@@ -1,7 +1,12 @@
-"""`l2c-compile eval`: sample quality of a schedule against the same-seed uncached sampler."""
+"""`l2c-compile eval`: sample quality of a schedule against the same-seed uncached sampler.
+
+Under ``torchrun --nproc_per_node K -m l2c_compile.cli.main eval ...`` the K ranks share the
+samples (gloo on CPU, NCCL with one GPU per rank); only rank 0 prints and writes.
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
@@ -23,24 +28,46 @@ def eval_cmd(
     seed: int = typer.Option(0, "--seed", help="seed of the noise and label order"),
     cfg_scale: float | None = typer.Option(None, "--cfg-scale", help="guidance scale (default: the model's)"),
     batch: int = typer.Option(250, "--batch", help="images per sampler call"),
+    device: str | None = typer.Option(
+        None, "--device", help="cpu | cuda (default: cpu; under torchrun: each rank's GPU if any)"
+    ),
+    out: Path | None = typer.Option(None, "--out", "-o", help="also write the report here (JSON)"),
     fmt: OutputFormat = typer.Option(OutputFormat.rich, "--format"),
 ) -> None:
     """Sample K images with a schedule and without, and score both (FID on Fashion-MNIST features)."""
     from l2c_compile.evaluate import EvalConfig, run_eval
+    from l2c_compile.io import write_text_atomic
+    from l2c_compile.router import init_distributed
 
-    cfg = EvalConfig(model=model, nfe=nfe, sampler=sampler, schedule=schedule, threshold=threshold,
-                     samples=samples, seed=seed, cfg_scale=cfg_scale, batch=batch)
-    if fmt == OutputFormat.json:
-        print_json(run_eval(cfg))
+    rank, world, rank_device = init_distributed()
+    try:
+        cfg = EvalConfig(model=model, nfe=nfe, sampler=sampler, schedule=schedule,
+                         threshold=threshold, samples=samples, seed=seed, cfg_scale=cfg_scale,
+                         batch=batch, device=device or (str(rank_device) if world > 1 else "cpu"))
+        if fmt == OutputFormat.json or rank != 0:
+            report = run_eval(cfg)
+        else:
+            with console.status("starting…") as status:
+                report = run_eval(cfg, lambda msg: status.update(msg + "…"))
+    finally:
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    if rank != 0:  # every rank holds the same report; one prints and writes it
         return
-    with console.status("starting…") as status:
-        report = run_eval(cfg, lambda msg: status.update(msg + "…"))
+    if out is not None:
+        write_text_atomic(out, json.dumps(report, indent=2, default=str) + "\n")
+    if fmt == OutputFormat.json:
+        print_json(report)
+        return
     console.print(render_table(report))
     m = report["machine"]
     console.print(
         f"MACs/image {report['macs_full'] / 1e9:.3f} G → {report['macs_cached'] / 1e9:.3f} G · removed "
         f"{report['removed']}/{report['removable']} cache-step sublayers ({report['schedule']['mode']}) · "
-        f"latency measured on {m['cpu']} with {m['threads']} threads",
+        f"latency measured on {m['device'] if m['device'] != 'cpu' else m['cpu']} with "
+        f"{m['threads']} threads" + (f" (rank 0 of {report['world_size']})" if report['world_size'] > 1 else ""),
         highlight=False,
     )
 
@@ -48,8 +75,9 @@ def eval_cmd(
 def render_table(report: dict) -> Table:
     """The cached-vs-uncached metrics of an evaluation report as a rich table."""
     names = report["metric_names"]
+    ranks = f" · {report['world_size']} ranks" if report.get("world_size", 1) > 1 else ""
     table = Table(title=f"{report['model']} · {report['sampler']} · NFE {report['nfe']} · "
-                        f"{report['samples']} samples · seed {report['seed']}")
+                        f"{report['samples']} samples · seed {report['seed']}{ranks}")
     table.add_column("metric")
     table.add_column("uncached", justify="right")
     table.add_column("schedule", justify="right")

@@ -1,7 +1,9 @@
 """The two Fashion-MNIST reference models as registry specs, with their shipped weights.
 
 Both are pixel-space, class-conditional (10 classes + the CFG null class), 1×32×32 inputs with
-patch 2, so their blocks see 256 patch tokens, like DiT-XL/2 at 256 px.
+patch 4, so their blocks see 64 patch tokens: sized so that a 2-core CPU evaluates 1,000 samples
+in a few minutes, while 6 DiT blocks / 7 U-ViT blocks (12 / 14 cacheable sublayers per step) leave
+a schedule real choices to make.
 
 - ``DiT-FMNIST``: the DiT convention (integer timesteps, DDIM, ε only, no learned σ).
 - ``U-ViT-FMNIST``: the U-ViT convention (continuous time ``t · 1000``, DPM-Solver-2).
@@ -30,10 +32,10 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
 DIT_FMNIST_KWARGS: dict[str, Any] = dict(
     input_size=32,
-    patch_size=2,
+    patch_size=4,
     in_channels=1,
-    hidden_size=96,
-    depth=4,
+    hidden_size=128,
+    depth=6,
     num_heads=4,
     mlp_ratio=4.0,
     class_dropout_prob=0.1,
@@ -42,10 +44,10 @@ DIT_FMNIST_KWARGS: dict[str, Any] = dict(
 )
 UVIT_FMNIST_KWARGS: dict[str, Any] = dict(
     img_size=32,
-    patch_size=2,
+    patch_size=4,
     in_chans=1,
-    embed_dim=96,
-    depth=4,
+    embed_dim=128,
+    depth=6,
     num_heads=4,
     mlp_ratio=4.0,
     qkv_bias=False,
@@ -67,7 +69,7 @@ SPEC_FIELDS: dict[str, dict[str, Any]] = {
         default_sampler="ddim",
         default_cfg_scale=3.0,
         pixel_space=True,
-        description="DiT trained here on Fashion-MNIST 32px (4 blocks, width 96, patch 2); shipped weights",
+        description="DiT trained here on Fashion-MNIST 32px (6 blocks, width 128, patch 4); shipped weights",
     ),
     "U-ViT-FMNIST": dict(
         name="U-ViT-FMNIST",
@@ -80,7 +82,7 @@ SPEC_FIELDS: dict[str, dict[str, Any]] = {
         default_sampler="dpm-solver-2",
         default_cfg_scale=2.0,
         pixel_space=True,
-        description="U-ViT trained here on Fashion-MNIST 32px (5 blocks, width 96, patch 2); shipped weights",
+        description="U-ViT trained here on Fashion-MNIST 32px (7 blocks, width 128, patch 4); shipped weights",
     ),
 }
 

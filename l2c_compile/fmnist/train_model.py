@@ -1,6 +1,7 @@
-"""Train a Fashion-MNIST reference diffusion model (DiT-FMNIST or U-ViT-FMNIST) on the CPU.
+"""Train a Fashion-MNIST reference diffusion model (DiT-FMNIST or U-ViT-FMNIST), CPU or CUDA.
 
     python -m l2c_compile.fmnist.train_model --model DiT-FMNIST --minutes 40 --out runs/dit
+    python -m l2c_compile.fmnist.train_model --model DiT-FMNIST --device cuda --batch 128 ...
 
 ε-prediction with the plain MSE loss of DDPM, over the model's own β table and timestep
 convention (DiT: integer step i; U-ViT: continuous time · 1000 = i + 1, DPM-Solver's discrete VP
@@ -9,6 +10,10 @@ EMA of the weights (the EMA is what ships). The wall-clock budget is enforced in
 a full training state is checkpointed atomically every few minutes and at the end, and a run
 started on the same ``--out`` resumes from it. At the end the EMA weights are written as
 safetensors together with a model card.
+
+Every random draw (batch order, timesteps, noise, label dropout) comes from one CPU generator, so
+a run is resumable on any device; on CUDA the training set lives on the device and the matrix
+products use TF32.
 """
 
 from __future__ import annotations
@@ -59,11 +64,11 @@ def diffusion_loss(
     gen: torch.Generator,
 ) -> torch.Tensor:
     """The DDPM ε-MSE on a batch, with random steps, noise and CFG label dropout."""
-    n = x0.shape[0]
-    steps = torch.randint(0, len(sqrt_ac), (n,), generator=gen)  # (N,)
-    noise = torch.randn(x0.shape, generator=gen)  # (N, C, H, W)
+    n, dev = x0.shape[0], x0.device
+    steps = torch.randint(0, len(sqrt_ac), (n,), generator=gen).to(dev)  # (N,)
+    noise = torch.randn(x0.shape, generator=gen).to(dev)  # (N, C, H, W)
     x_t = sqrt_ac[steps].view(n, 1, 1, 1) * x0 + sqrt_1m_ac[steps].view(n, 1, 1, 1) * noise
-    drop = torch.rand(n, generator=gen) < 0.1
+    drop = (torch.rand(n, generator=gen) < 0.1).to(dev)
     y_in = model.drop_labels(y, drop_mask=drop)  # (N,) null class where dropped
     out = model(x_t, model_timesteps(steps, spec.time_input), y_in)  # (N, C_out, H, W)
     return (model.eps(out) - noise).pow(2).mean()
@@ -72,9 +77,9 @@ def diffusion_loss(
 @torch.no_grad()
 def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
     """ema ← decay · ema + (1 − decay) · model, on every floating parameter and buffer."""
-    for e, p in zip(ema.state_dict().values(), model.state_dict().values(), strict=True):
-        if e.is_floating_point():
-            e.lerp_(p, 1.0 - decay)
+    pairs = zip(ema.state_dict().values(), model.state_dict().values(), strict=True)
+    floats = [(e, p) for e, p in pairs if e.is_floating_point()]
+    torch._foreach_lerp_([e for e, _ in floats], [p for _, p in floats], 1.0 - decay)
 
 
 def ema_decay(step: int, target: float) -> float:
@@ -89,7 +94,7 @@ def lr_at(step: int, base: float, warmup: int) -> float:
 
 def run_args(args: argparse.Namespace) -> dict[str, Any]:
     """The options of a run that shape the result (recorded per run for the model card)."""
-    keys = ("batch", "lr", "warmup", "ema", "seed", "grad_clip")
+    keys = ("batch", "lr", "warmup", "ema", "seed", "grad_clip", "device")
     return {k: getattr(args, k) for k in keys}
 
 
@@ -103,7 +108,7 @@ def run_history(state: dict[str, Any]) -> list[dict[str, Any]]:
         {
             "from": 0,
             "to": int(state["step"]),
-            "args": {**args, "grad_clip": 0.0},
+            "args": {**args, "grad_clip": 0.0, "device": "cpu"},
         }
     ]
 
@@ -153,12 +158,12 @@ set (60,000 images, Debian package `dataset-fashion-mnist`), 28×28 padded with 
 | EMA | decay {info["ema"]} (with warm-up); the shipped weights are the EMA |
 | steps | {info["step"]:,} ({info["images"]:,} images, {info["images"] / 60000:.2f} epochs) |
 | final loss | {info["final_loss"]:.4f} (ε-MSE, mean of the last {info["loss_window"]} steps, training weights) |
-| wall time | {info["wall_minutes"]:.1f} min, {info["threads"]} thread(s); CPU time {info["cpu_minutes"]:.1f} min (the machine was shared) |
+| wall time | {info["wall_minutes"]:.1f} min on {info["device"]}, {info["threads"]} CPU thread(s); CPU time {info["cpu_minutes"]:.1f} min |
 | machine | {info["machine"]} |
 | seed | {info["seed"]} |
 | default sampler | {spec.default_sampler}, CFG scale {spec.default_cfg_scale} (family convention) |
 
-Retrain (one CPU thread). A run on a folder that already holds a training state resumes it, so
+Retrain. A run on a folder that already holds a training state resumes it, so
 the runs below, one after the other on the same `--out`, repeat the shipped training (`--minutes`
 only bounds each run's wall time; the step counts are what matters):
 
@@ -168,8 +173,8 @@ only bounds each run's wall time; the step counts are what matters):
 """
 
 
-def machine_description() -> str:
-    """CPU model, logical core count, OS and torch version, for the model card."""
+def machine_description(device: torch.device | None = None) -> str:
+    """CPU model, logical core count, OS, torch version and the GPU if used, for the model card."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -178,7 +183,8 @@ def machine_description() -> str:
                 break
     except OSError:
         pass  # not Linux: keep platform's answer
-    return f"{cpu}, {os.cpu_count()} logical cores, {platform.system()}, torch {torch.__version__}"
+    gpu = f"{torch.cuda.get_device_name(device)}, " if device is not None and device.type == "cuda" else ""
+    return f"{gpu}{cpu}, {os.cpu_count()} logical cores, {platform.system()}, torch {torch.__version__}"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -197,6 +203,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm (0: off)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:k]")
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--checkpoint-minutes", type=float, default=5.0)
     p.add_argument(
@@ -212,15 +219,23 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
     start, cpu_start = time.monotonic(), time.process_time()
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise L2CError(f"--device {args.device}: this torch build sees no CUDA device")
+        torch.backends.cuda.matmul.allow_tf32 = True
     spec = build_spec(args.model)
     x_all, y_all = load_tensors("train")  # (60000, 1, 32, 32), (60000,)
+    x_all, y_all = x_all.to(device), y_all.to(device)
     ac = torch.from_numpy(alphas_cumprod(spec.noise_schedule).copy()).float()
-    sqrt_ac, sqrt_1m_ac = ac.sqrt(), (1 - ac).sqrt()
+    sqrt_ac, sqrt_1m_ac = ac.sqrt().to(device), (1 - ac).sqrt().to(device)
 
     torch.manual_seed(args.seed)
-    model = build_model(spec).train()
+    model = build_model(spec).to(device).train()
     ema = copy.deepcopy(model).eval().requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=args.lr, weight_decay=0.0, fused=device.type == "cuda"
+    )
     gen = torch.Generator().manual_seed(args.seed)
     step, elapsed_before, cpu_before, losses = 0, 0.0, 0.0, []
     history: list[dict[str, Any]] = []
@@ -243,11 +258,25 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         )
 
     first_step = step
+    pending: list[torch.Tensor] = []
+
+    def flush_losses() -> None:
+        """Move the pending losses to ``losses``; a non-finite one stops the run."""
+        if not pending:
+            return
+        values = torch.stack(pending).tolist()
+        pending.clear()
+        bad = next((i for i, v in enumerate(values) if not math.isfinite(v)), None)
+        if bad is not None:
+            at = step - len(values) + bad
+            raise RuntimeError(f"loss is {values[bad]} at step {at}; lower --lr")
+        losses.extend(values)
 
     def this_run() -> dict[str, Any]:
         return {"from": first_step, "to": step, "args": run_args(args)}
 
     def snapshot() -> None:
+        flush_losses()
         save_state(
             state_path,
             {
@@ -271,22 +300,21 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     while time.monotonic() < deadline and (args.max_steps is None or step < args.max_steps):
         if cursor + args.batch > len(order):
             order, cursor = torch.randperm(len(x_all), generator=gen), 0
-        idx = order[cursor : cursor + args.batch]
+        idx = order[cursor : cursor + args.batch].to(device)
         cursor += args.batch
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args.lr, args.warmup)
         loss = diffusion_loss(model, spec, x_all[idx], y_all[idx], sqrt_ac, sqrt_1m_ac, gen)
-        if not math.isfinite(loss.item()):
-            raise RuntimeError(f"loss is {loss.item()} at step {step}; lower --lr")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if args.grad_clip > 0:
             nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
         opt.step()
         update_ema(ema, model, ema_decay(step, args.ema))
-        losses.append(loss.item())
+        pending.append(loss.detach())  # read back every log_every steps: no sync per step
         step += 1
         if step % args.log_every == 0:
+            flush_losses()
             now = time.monotonic()
             recent = sum(losses[-args.log_every :]) / args.log_every
             print(
@@ -311,13 +339,15 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "ema": args.ema,
         "seed": args.seed,
         "threads": args.threads,
+        "device": str(device),
         "history": [*history, this_run()],
         "loss_window": window,
         "final_loss": sum(losses[-window:]) / max(1, window),
         "wall_minutes": (elapsed_before + time.monotonic() - start) / 60.0,
         "cpu_minutes": (cpu_before + time.process_time() - cpu_start) / 60.0,
-        "machine": machine_description(),
+        "machine": machine_description(device),
     }
+    ema = ema.to("cpu")
     ema.model_name = spec.name
     save_checkpoint(ema, args.weights or specs.checkpoint_path(spec.name))
     write_text_atomic(args.card or specs.card_path(spec.name), model_card(spec, info))

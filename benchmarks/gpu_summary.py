@@ -1,0 +1,156 @@
+"""The GPU targets of ``shared/docs/PERFORMANCE.md`` beside what a latency run measured.
+
+    python benchmarks/gpu_summary.py results/latency-gpu.jsonl [--kernels results/kernels-gpu.jsonl]
+
+Reads the JSON lines of ``benchmarks/latency.py`` (and optionally ``benchmarks/kernels.py``) and
+prints one markdown table: each target, the measured value, and whether it is met. A target whose
+rows are missing (skipped by a time limit, failed) is listed as "not measured", never guessed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+# Targets for DiT-XL/2 256, released DDIM20 router, bf16, DDIM-20 (PERFORMANCE.md, "Targets").
+SECONDS_TARGET = {8: 0.19, 1: 0.10}
+SHARE_OF_IDEAL = 0.95
+L2C_EXECUTORS = ("compiled-l2c", "compiled+graph-l2c", "inductor-l2c", "inductor+graph-l2c")
+
+
+def load(path: Path) -> list[dict[str, Any]]:
+    """The JSON lines of ``path`` and of the partial file a killed run left beside it."""
+    rows = []
+    for p in (path, path.with_suffix(".partial.jsonl")):
+        if p.is_file():
+            rows += [
+                json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line
+            ]
+    return rows
+
+
+def _fmt_s(row: dict[str, Any] | None) -> str:
+    return "not measured" if row is None else f"{row['median_s']:.4f} s ({row['executor']})"
+
+
+def targets(rows: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """(target, measured, verdict) for every target the rows can speak to."""
+    timed = [r for r in rows if "median_s" in r]
+    out: list[tuple[str, str, str]] = []
+    for batch, limit in SECONDS_TARGET.items():
+        cell = [
+            r
+            for r in timed
+            if r["model"] == "DiT-XL/2"
+            and r["dtype"] == "bfloat16"
+            and r["sampler"] == "ddim"
+            and r["nfe"] == 20
+            and r["batch"] == batch
+            and r["executor"] in L2C_EXECUTORS
+        ]
+        best = min(cell, key=lambda r: r["median_s"], default=None)
+        verdict = "–" if best is None else ("met" if best["median_s"] <= limit else "NOT met")
+        out.append(
+            (f"DiT-XL/2 bf16 DDIM-20 n={batch}: compiled L2C ≤ {limit} s", _fmt_s(best), verdict)
+        )
+        ref = next(
+            (
+                r
+                for r in timed
+                if r["model"] == "DiT-XL/2"
+                and r["dtype"] == "bfloat16"
+                and r["sampler"] == "ddim"
+                and r["nfe"] == 20
+                and r["batch"] == batch
+                and r["executor"] == "eager-l2c"
+            ),
+            None,
+        )
+        if best is not None and ref is not None:
+            out.append(
+                (
+                    f"n={batch}: compiled L2C over the eager reference L2C (official semantics)",
+                    f"{ref['median_s'] / best['median_s']:.2f}× ({ref['median_s']:.4f} s → {best['median_s']:.4f} s)",
+                    "info",
+                )
+            )
+    for r in timed:
+        if r["executor"] in L2C_EXECUTORS and "share_of_ideal" in r:
+            share = r["share_of_ideal"]
+            out.append(
+                (
+                    f"{r['model']} {r['dtype']} n={r['batch']} {r['executor']}: speedup over its "
+                    f"uncached twin ≥ {SHARE_OF_IDEAL} × ideal ({r['ideal_speedup']:.3f}×)",
+                    f"{share:.3f} × ideal ({r['speedup_vs_same_uncached']:.3f}×)",
+                    "met" if share >= SHARE_OF_IDEAL else "NOT met",
+                )
+            )
+    by = {(r["model"], r["dtype"], r["batch"], r["executor"]): r for r in timed}
+    for (model, dtype, batch, name), r in by.items():
+        if not name.endswith("-l2c") or "peak_extra_bytes" not in r:
+            continue
+        twin = by.get((model, dtype, batch, name.removesuffix("-l2c") + "-uncached"))
+        if twin is None or "peak_extra_bytes" not in twin:
+            continue
+        bound = twin["peak_extra_bytes"] + r["cache_bytes_expected"]
+        out.append(
+            (
+                f"{model} {dtype} n={batch} {name}: peak memory ≤ uncached + live cache",
+                f"{r['peak_extra_bytes'] / 2**20:.0f} MiB vs {bound / 2**20:.0f} MiB",
+                "met" if r["peak_extra_bytes"] <= bound else "NOT met",
+            )
+        )
+    for r in rows:
+        if "skipped" in r or "error" in r:
+            out.append(
+                (
+                    f"{r['model']} n={r['batch']} {r['executor']}",
+                    r.get("skipped") or r["error"][:80],
+                    "not run",
+                )
+            )
+    return out
+
+
+def kernel_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per (op, case, dtype): GB/s of each variant and the fused kernel's share of peak."""
+    cells: dict[tuple[str, str, str], dict[str, dict[str, Any]]] = {}
+    for r in rows:
+        cells.setdefault((r["op"], r["case"], r["dtype"]), {})[r["variant"]] = r
+    lines = []
+    for (op, case, dtype), variants in cells.items():
+        rates = ", ".join(f"{v} {r['gbps']:.0f} GB/s" for v, r in variants.items())
+        fused = variants.get("l2c_triton", {})
+        share = fused.get("pct_of_roofline")
+        ok = fused.get("within_tol")
+        lines.append(
+            f"- {op} {case} {dtype}: {rates}"
+            + (f"; fused at {share:.0f} % of the copy roofline" if share is not None else "")
+            + ("" if ok in (None, True) else " — OUTSIDE TOLERANCE")
+        )
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Print (and with ``--out`` write) the summary."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("latency", type=Path, nargs="+", help="latency.py JSON lines")
+    p.add_argument("--kernels", type=Path, default=None)
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args(argv)
+    rows = [r for path in args.latency for r in load(path)]
+    device = next((r["device_name"] for r in rows if "device_name" in r), "unknown device")
+    text = [f"# GPU check on {device}", "", "| target | measured | verdict |", "|---|---|---|"]
+    text += [f"| {t} | {m} | {v} |" for t, m, v in targets(rows)] or ["| (no latency rows) | | |"]
+    if args.kernels is not None:
+        text += ["", "Fused epilogues (benchmarks/kernels.py):", *kernel_lines(load(args.kernels))]
+    body = "\n".join(text) + "\n"
+    print(body)
+    if args.out is not None:
+        args.out.write_text(body, encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
