@@ -226,3 +226,16 @@ def test_other_families_and_drop_mode_round_trip(tmp_path, name, mode):
     noise, labels = inputs(compiled.model)
     assert loaded.source == compiled.source
     assert rel_error(loaded(noise, labels, 2.0), compiled(noise, labels, 2.0)) == 0.0
+
+
+def test_free_text_from_the_manifest_never_becomes_code(tmp_path):
+    """A model name is the only free text that reaches the generated source: it stays a comment."""
+    model = tiny_dit(0)
+    plan = make_plan("ddim", 2, noise_schedule="linear", time_input="discrete")
+    evil = 'x"""\nraise SystemExit("ran")\n"""\u2028raise SystemExit("ran")\r#'
+    compiled = l2c_compile.compile(model, plan, None, model_info={"name": evil})
+    assert "raise SystemExit" not in "".join(
+        line for line in compiled.source.splitlines() if not line.lstrip().startswith("#")
+    )
+    noise, labels = inputs(model)
+    assert compiled(noise, labels, 2.0).shape == noise.shape
