@@ -2,15 +2,18 @@
 
 Pipeline (each step a pass in ``passes/``, run by the pass manager that checks the invariants):
 
-    trace the guided step once ─► mark sublayers ─► shape propagation (fake tensors)
+    trace the guided step once (values named from the source) ─► mark the declared sublayers by
+    module scope ─► shape propagation (fake tensors)
     cache liveness over the whole plan (distinct masks, exports, drops)
     for each distinct step mask:  specialize ─► dce ─► prune_chunks ─► fuse_reuse ─► dce
-    emit one Python module (step graphs + unrolled loop) ─► CompiledSampler
+    emit one readable Python module (step functions + unrolled loop) ─► CompiledSampler
+
+Deterministic: the same inputs give the same source and ``info`` (pass seconds go to
+``CompiledSampler.timings``, never into ``info``), which is what ``artifact.load`` relies on.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any
 
 import torch
@@ -19,13 +22,14 @@ from torch import nn
 from l2c_compile.errors import L2CError
 from l2c_compile.passes.analysis import count_linear_calls, graph_macs, propagate_shapes
 from l2c_compile.passes.base import CompileError
+from l2c_compile.passes.codegen import StepContext, scope_members
 from l2c_compile.passes.dce import dead_code
 from l2c_compile.passes.emit import emit_module
 from l2c_compile.passes.liveness import plan_cache
-from l2c_compile.passes.manager import PassManager
+from l2c_compile.passes.manager import Pass, PassManager, PassReport
 from l2c_compile.passes.prune_chunks import prune_chunks
-from l2c_compile.passes.specialize import specialize
-from l2c_compile.passes.sublayers import mark_sublayers
+from l2c_compile.passes.specialize import SpecializeConfig, specialize
+from l2c_compile.passes.sublayers import MarkConfig, mark_sublayers, sublayer_spec
 from l2c_compile.passes.trace import trace_step
 from l2c_compile.reference import check_schedule
 from l2c_compile.runtime import CompiledSampler, check_cuda_graph_device
@@ -93,7 +97,11 @@ def compile(
         masks = [(frozenset(c.reuse_attn), frozenset(c.reuse_mlp)) for c in schedule.calls]
 
     base = trace_step(model, cfg=cfg)
-    base, reports = PassManager([("mark_sublayers", lambda gm: mark_sublayers(gm, depth))], check=False).run(base)
+    paths = sublayer_spec(model).paths(model)
+    if len(paths) != 2 * depth:
+        raise CompileError(f"{type(model).__name__} declares {len(paths) // 2} sublayer blocks but has {depth}")
+    base, reports = PassManager([Pass("mark_sublayers", mark_sublayers, MarkConfig.of(paths))],
+                                check=False).run(base)
     p = next(model.parameters())
     c, h, w = model.in_channels, model.input_size, model.input_size
     example = [torch.zeros(1, c, h, w, dtype=p.dtype, device=p.device),
@@ -107,15 +115,17 @@ def compile(
     mode = getattr(schedule, "mode", "cache")  # "drop": masked sublayers add nothing, read nothing
     cache = plan_cache(masks, depth, mode)
     fuse_fn = _fuse_pass() if fuse else None
+    timings: dict[str, float] = {}
+    trace_reports = [_record(r, timings) for r in reports]
     graphs, graph_reports = [], []
     for g, mask in enumerate(cache.masks):
         exports = cache.exports[g]
-        passes = [("specialize", lambda gm, m=mask, e=exports: specialize(gm, m, e, mode)),
-                  ("dce", dead_code),
-                  ("prune_chunks", prune_chunks)]
+        config = SpecializeConfig(mask, tuple(exports), mode)
+        passes = [Pass("specialize", specialize, config), Pass("dce", dead_code),
+                  Pass("prune_chunks", prune_chunks)]
         if fuse_fn is not None:
-            passes += [("fuse_reuse", fuse_fn), ("dce", dead_code)]
-        gm, reps = PassManager(passes).run(base)
+            passes += [Pass("fuse_reuse", fuse_fn), Pass("dce", dead_code)]
+        gm, reps = PassManager(passes, graph=f"step graph {g}: {config.describe()}").run(base)
         graphs.append(gm)
         graph_reports.append({
             "graph": g,
@@ -125,13 +135,16 @@ def compile(
             "exports": len(exports),
             "linear_calls": count_linear_calls(gm),
             "macs_per_image": graph_macs(gm, rows),
-            "passes": [asdict(r) for r in reps],
+            "passes": [_record(r, timings) for r in reps],
         })
 
     roles = [call.role for call in plan.calls]
     name = (model_info or {}).get("name") or type(model).__name__
-    title = f"model {name} · sampler {plan.sampler} · NFE {plan.nfe} · CFG {'batched' if cfg else 'off'}"
-    source = emit_module(graphs, plan, cache, roles, title)
+    title = (f"model {name} · {str(p.dtype).removeprefix('torch.')} · sampler {plan.sampler} · NFE {plan.nfe}"
+             f" · CFG {'batched' if cfg else 'off'}")
+    blocks = {key[1]: path.rsplit(".", 1)[0] for key, path in paths.items()}
+    ctx = StepContext(model=model, blocks=blocks, sublayers=paths, base_scopes=scope_members(base))
+    source = emit_module(graphs, plan, cache, roles, title, ctx, mode)
     per_call = [graph_reports[cache.calls[i].graph]["macs_per_image"] for i in range(plan.nfe)]
     info = {
         "model": model_info or {"name": name},
@@ -146,11 +159,20 @@ def compile(
         "distinct_graphs": len(graphs),
         "peak_live_cache_entries": cache.peak_live_entries,
         "macs_per_image": {"uncached": macs_uncached * plan.nfe, "compiled": sum(per_call)},
-        "trace": [asdict(r) for r in reports],
+        "trace": trace_reports,
+        "fuse": fuse,
     }
     try:
-        return CompiledSampler(model, source, info, backend=backend, cuda_graph=cuda_graph)
+        sampler = CompiledSampler(model, source, info, backend=backend, cuda_graph=cuda_graph)
     except CompileError:
         raise
     except Exception as exc:  # the generated code must always load; anything else is a bug
         raise CompileError(f"generated sampler failed to load: {exc}") from exc
+    sampler.timings = timings
+    return sampler
+
+
+def _record(report: PassReport, timings: dict[str, float]) -> dict[str, Any]:
+    """A pass report for the manifest: its seconds go to ``timings`` (never into hashed files)."""
+    timings[report.name] = timings.get(report.name, 0.0) + report.seconds
+    return {"name": report.name, "modified": report.modified, "stats": report.stats}

@@ -63,12 +63,12 @@ def run_demo(cfg: DemoConfig, stage: Stage = lambda _: None) -> dict[str, Any]:
     """Run every step of the demo; return the report (also written as report.json / report.md)."""
     import l2c_compile
     from l2c_compile import reference
-    from l2c_compile.cli.compile_cmd import verify_artifact
     from l2c_compile.images import comparison_figure, save_figure
     from l2c_compile.models.registry import build_model, get_spec, load_checkpoint
     from l2c_compile.samplers import make_plan
     from l2c_compile.schedule import default_threshold, import_router, save_heatmap
     from l2c_compile.schedule_summary import schedule_summary
+    from l2c_compile.verify import verify_artifact
 
     out = cfg.out
     out.mkdir(parents=True, exist_ok=True)
@@ -110,7 +110,7 @@ def run_demo(cfg: DemoConfig, stage: Stage = lambda _: None) -> dict[str, Any]:
     uncached_module = l2c_compile.compile(model, plan, None, model_info=spec.to_dict())
 
     stage("verifying against the reference executor")
-    verify = verify_artifact(out / "artifact", batch=2, seed=cfg.seed)
+    verify = verify_artifact(out / "artifact", batch=2, seed=cfg.seed).to_dict()
 
     stage("sampling every class, cached and uncached")
     n_cls = spec.num_classes
@@ -162,7 +162,7 @@ def run_demo(cfg: DemoConfig, stage: Stage = lambda _: None) -> dict[str, Any]:
 
 def class_names(spec: Any) -> list[str]:
     """Display names of the model's classes: Fashion-MNIST's for its models, ``class i`` otherwise."""
-    from l2c_compile.evaluate import has_feature_network
+    from l2c_compile.metrics.quality import has_feature_network
 
     if has_feature_network(spec):
         from l2c_compile.fmnist.data import CLASS_NAMES

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from l2c_compile.errors import L2CError
+from l2c_compile.metrics.quality import has_feature_network as has_feature_network  # re-exported
 
 ROUTER_SUFFIXES = (".safetensors", ".pt", ".pth")
 Progress = Callable[[str], None]
@@ -36,15 +37,6 @@ Progress = Callable[[str], None]
 # ---------------------------------------------------------------------------------------------
 # Inputs: model, plan, schedule, seeded noise
 # ---------------------------------------------------------------------------------------------
-
-
-def has_feature_network(spec: Any) -> bool:
-    """Whether the quality metrics apply: pixel-space 1×32×32 images in Fashion-MNIST's 10 classes."""
-    return (
-        bool(spec.pixel_space)
-        and tuple(spec.latent_shape) == (1, 32, 32)
-        and spec.num_classes == 10
-    )
 
 
 def require_feature_network(spec: Any) -> None:

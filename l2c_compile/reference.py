@@ -20,17 +20,14 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 from torch import nn
 
 from l2c_compile.errors import L2CError
 from l2c_compile.guidance import GuidedDenoiser, timestep_vector
+from l2c_compile.masks import CacheMode, SublayerKey
 from l2c_compile.samplers.base import ModelCall, SamplerPlan, execute_plan
-
-Kind = Literal["attn", "mlp"]
-SublayerKey = tuple[str, int]  # ("attn" | "mlp", block id)
 
 
 @dataclass
@@ -46,7 +43,7 @@ class CacheState:
     cache: dict[SublayerKey, torch.Tensor] = field(default_factory=dict)
     reuse: frozenset[SublayerKey] = frozenset()
     weights: dict[SublayerKey, torch.Tensor] | None = None
-    mode: Literal["cache", "drop"] = "cache"
+    mode: CacheMode = "cache"
     record: bool = True
     computed: int = 0  # sublayers actually computed in this call (for tests and reports)
     reused: int = 0

@@ -1,14 +1,14 @@
-"""Running and shipping compiled samplers: CompiledSampler, ``save`` and ``load``.
+"""Running and saving compiled samplers: CompiledSampler and its ``save``.
 
 An artifact is a folder::
 
     manifest.json        format/version, versions, model config, sampler, NFE, dtype, schedule,
                          pass reports, and the sha256 of every other file
-    sampler.py           the generated code (step graphs + unrolled loop), readable
+    sampler.py           the generated code (step graphs + unrolled loop), for people to read
     weights.safetensors  the model's state dict
 
-``load`` verifies every hash before reading anything, refuses another format version, and never
-unpickles: weights come from safetensors, code from the verified generated source.
+Loading (:mod:`l2c_compile.artifact`) regenerates ``sampler.py`` from the manifest's data and
+refuses a copy that differs: it never runs code it did not generate, and never unpickles.
 
 Precision: the model (CFG combination included) runs in the artifact's dtype; the sampler state
 and every update ``x = a·x + b·ε`` stay in float32. ``forward`` promotes half-precision noise to
@@ -40,12 +40,32 @@ from typing import Any
 import torch
 from torch import nn
 
-from l2c_compile import __version__
 from l2c_compile.errors import L2CError
+from l2c_compile.version import __version__
 
 ARTIFACT_FORMAT = "l2c-artifact"
-ARTIFACT_VERSION = 1
+ARTIFACT_VERSION = 2  # 2: no timings, fuse recorded, sampler.py regenerated and compared by load
 FILES = ("sampler.py", "weights.safetensors")
+
+
+def artifact_manifest(info: dict[str, Any], files: dict[str, str]) -> dict[str, Any]:
+    """The manifest of an artifact: format, versions, the compile record ``info`` and file hashes.
+
+    A pure function of its inputs (no clock, no timings), so the same inputs give the same bytes.
+    """
+    return {
+        "format": ARTIFACT_FORMAT,
+        "version": ARTIFACT_VERSION,
+        "l2c_compile": __version__,
+        "torch": torch.__version__,
+        **{k: v for k, v in info.items() if k != "backend"},
+        "files": dict(files),
+    }
+
+
+def manifest_text(manifest: dict[str, Any]) -> str:
+    """How a manifest is written: indented JSON with a final newline."""
+    return json.dumps(manifest, indent=1, default=str) + "\n"
 
 
 def _exec_source(source: str, filename: str) -> dict[str, Any]:
@@ -187,6 +207,7 @@ class CompiledSampler(nn.Module):
         self.model = model.eval()
         self.source = source
         self.info = info
+        self.timings: dict[str, float] = {}  # seconds per pass, summed over step graphs; never saved
         self.backend = backend
         self.model_dtype = next(model.parameters()).dtype
         self._graph: _GraphedTrajectory | None = None
@@ -285,17 +306,8 @@ class CompiledSampler(nn.Module):
             (tmp / "sampler.py").write_text(self.source, encoding="utf-8")
             state = {k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}
             save_file(state, str(tmp / "weights.safetensors"))
-            manifest = {
-                "format": ARTIFACT_FORMAT,
-                "version": ARTIFACT_VERSION,
-                "l2c_compile": __version__,
-                "torch": torch.__version__,
-                **{k: v for k, v in self.info.items() if k != "backend"},
-                "files": {name: _sha256(tmp / name) for name in FILES},
-            }
-            (tmp / "manifest.json").write_text(
-                json.dumps(manifest, indent=1, default=str) + "\n", encoding="utf-8"
-            )
+            manifest = artifact_manifest(self.info, {name: sha256_file(tmp / name) for name in FILES})
+            (tmp / "manifest.json").write_text(manifest_text(manifest), encoding="utf-8")
             old = None
             if target.exists():
                 old = target.with_name(f".{target.name}.old")
@@ -318,100 +330,10 @@ def _scale_tensor(value: float | torch.Tensor, device: torch.device) -> torch.Te
     return torch.full((), float(value), dtype=torch.float32, device=device)
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """The hex sha256 of a file's bytes."""
     h = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read and check an artifact's manifest and file hashes; L2CError on any mismatch."""
-    root = Path(directory)
-    if not root.is_dir():
-        raise L2CError(f"artifact folder {root} does not exist")
-    path = root / "manifest.json"
-    if not path.is_file():
-        raise L2CError(f"{root} is not an l2c-compile artifact: manifest.json is missing")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise L2CError(
-            f"{path} is not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc})"
-        ) from None
-    if manifest.get("format") != ARTIFACT_FORMAT:
-        raise L2CError(f"{path} is not an l2c-compile artifact manifest")
-    if manifest.get("version") != ARTIFACT_VERSION:
-        raise L2CError(
-            f"artifact format version {manifest.get('version')} is not supported "
-            f"(this l2c-compile reads version {ARTIFACT_VERSION}); recompile it"
-        )
-    for name in FILES:
-        file = root / name
-        if not file.is_file():
-            raise L2CError(f"artifact {root} is missing {name}")
-        expected = manifest.get("files", {}).get(name)
-        if expected is None or _sha256(file) != expected:
-            raise L2CError(
-                f"artifact {root}: {name} does not match its sha256 in manifest.json (modified or corrupt)"
-            )
-    return manifest
-
-
-def build_from_info(info: dict[str, Any]) -> nn.Module:
-    """Rebuild a model from the ``model`` record of a manifest (family + constructor kwargs)."""
-    from l2c_compile.models.registry import FAMILIES
-
-    family = info.get("family")
-    if family not in FAMILIES or not isinstance(info.get("kwargs"), dict):
-        raise L2CError(f"artifact manifest names no buildable model (family {family!r})")
-    try:
-        model = FAMILIES[family](**info["kwargs"])
-    except TypeError as exc:
-        raise L2CError(f"artifact manifest has a bad model config: {exc}") from None
-    model.model_name = info.get("name", family)
-    return model.eval()
-
-
-def load(
-    directory: str | os.PathLike[str],
-    *,
-    device: str | torch.device | None = None,
-    backend: str = "eager",
-    cuda_graph: bool | None = None,
-) -> CompiledSampler:
-    """Load a saved artifact (hashes verified, no unpickling) as a :class:`CompiledSampler`.
-
-    ``cuda_graph``: None keeps the manifest's choice; True/False overrides it.
-    """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    root = Path(directory)
-    manifest = read_manifest(root)
-    model = build_from_info(manifest["model"])
-    try:
-        state = load_file(str(root / "weights.safetensors"))
-    except (SafetensorError, OSError) as exc:
-        raise L2CError(f"artifact {root}: cannot read weights.safetensors ({exc})") from None
-    dtype = getattr(torch, manifest.get("dtype", "float32"))
-    model = model.to(dtype=dtype)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise L2CError(
-            f"artifact {root}: weights do not fit {manifest['model'].get('name')} "
-            f"({len(missing)} missing, {len(unexpected)} unexpected keys)"
-        )
-    if device is not None:
-        model = model.to(device)
-    source = (root / "sampler.py").read_text(encoding="utf-8")
-    info = {
-        k: v
-        for k, v in manifest.items()
-        if k not in ("format", "version", "files", "l2c_compile", "torch")
-    }
-    graphed = bool(manifest.get("cuda_graph", False)) if cuda_graph is None else cuda_graph
-    if graphed:
-        check_cuda_graph_device(next(model.parameters()).device)
-    return CompiledSampler(model, source, info, backend=backend, cuda_graph=graphed)

@@ -29,6 +29,7 @@ import torch
 
 from l2c_compile.errors import L2CError, suggest
 from l2c_compile.io import write_text_atomic
+from l2c_compile.masks import MODES, Mask
 from l2c_compile.routers import (
     ROUTER_FORMAT,
     RouterFile,
@@ -62,9 +63,7 @@ SCHEDULE_FORMAT = "l2c-schedule"
 SCHEDULE_VERSION = 1
 ROLES = ("full", "cache")
 HEURISTICS = ("random", "top", "bottom", "all")
-MODES = ("cache", "drop")  # what a skipped sublayer contributes: its cached output, or nothing
 
-Mask = tuple[frozenset[int], frozenset[int]]  # (reused attention blocks, reused MLP blocks)
 
 # The θ each official codebase samples with (spec §4.1); the one place the CLI takes defaults from.
 DEFAULT_THRESHOLDS = {"dit": 0.1, "uvit": 0.9}

@@ -7,16 +7,39 @@ only MLP reused, ``.`` both computed. Rows are the cache calls in sampling order
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 
 from l2c_compile.errors import L2CError
 from l2c_compile.io import atomic_path
 
-if TYPE_CHECKING:
-    from l2c_compile.schedule import Schedule
+
+class _Call(Protocol):
+    """What rendering reads of one call (``schedule.CallSchedule``)."""
+
+    timestep: float
+    router_index: int | None
+    reuse_attn: Sequence[int]
+    reuse_mlp: Sequence[int]
+
+    @property
+    def mask(self) -> tuple[Any, Any]: ...
+
+
+class Schedule(Protocol):
+    """What rendering reads of a ``schedule.Schedule`` (a protocol: this module does not import it)."""
+
+    model: str
+    sampler: str
+    nfe: int
+    depth: int
+    threshold: float | None
+
+    @property
+    def cache_calls(self) -> Sequence[_Call]: ...
 
 
 _CELL = {(True, True): "B", (True, False): "A", (False, True): "M", (False, False): "."}

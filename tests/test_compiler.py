@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -159,21 +160,23 @@ def test_macs_drop_with_reuse_and_prune_reports_rows():
     assert prune["stats"]["rows_removed"] == 2 * 4 * 32
 
 
-def test_sublayers_found_structurally_agree_with_module_names():
+def test_sublayers_found_by_module_scope():
     model = tiny_dit(0, depth=3)
     gm = trace_step(model, cfg=True)
-    subs = find_sublayers(gm, 3)
+    subs = find_sublayers(gm)
+    assert [s.key for s in subs] == [(k, i) for i in range(3) for k in ("attn", "mlp")]
     for s in subs:
-        stack = s.value.meta.get("nn_module_stack", {})
-        names = [v[0] if isinstance(v, tuple) else k for k, v in stack.items()]
-        assert any(f"blocks.{s.key[1]}.{s.key[0]}" in str(n) for n in names), (s.key, names)
+        assert s.path == f"blocks.{s.key[1]}.{s.key[0]}"
+        assert s.value.target == f"model.blocks.{s.key[1]}.{s.key[0]}.{'proj' if s.key[0] == 'attn' else 'fc2'}"
+        assert s.gate is not None
 
 
-def test_trace_rejects_wrong_depth():
+def test_a_declared_sublayer_that_is_missing_is_named():
     model = tiny_dit(0, depth=2)
     gm = trace_step(model, cfg=False)
-    with pytest.raises(CompileError, match="expected 6 residual branches"):
-        find_sublayers(gm, 3)
+    paths = {("attn", 0): "blocks.0.attn", ("mlp", 0): "blocks.0.feed_forward"}
+    with pytest.raises(CompileError, match=r"sublayer blocks\.0\.feed_forward \(mlp of block 0\) is not in"):
+        find_sublayers(gm, paths)
 
 
 def test_liveness_drops_after_last_reader():
@@ -209,6 +212,31 @@ def test_pass_manager_names_the_pass_that_broke_an_invariant():
 
     with pytest.raises(CompileError, match=r"pass sneaky broke an invariant.*host sync"):
         PassManager([("sneaky", bad_pass)]).run(gm)
+
+
+def test_pass_errors_name_the_pass_the_passes_before_and_the_step_mask():
+    from l2c_compile.passes.dce import dead_code
+    from l2c_compile.passes.manager import Pass
+    from l2c_compile.passes.specialize import SpecializeConfig, specialize
+    from l2c_compile.passes.sublayers import mark_sublayers
+
+    model = tiny_dit(0, depth=2)
+    gm = mark_sublayers(trace_step(model, cfg=False)).gm
+    config = SpecializeConfig((frozenset({0}), frozenset({1})), exported=(("attn", 1),))
+    assert config.describe() == "reuses attention [0], MLP [1]"
+
+    def broken(g):
+        raise ValueError("no luck\nsecond line")
+
+    passes = [Pass("specialize", specialize, config), Pass("dce", dead_code), Pass("broken", broken)]
+    with pytest.raises(CompileError) as err:
+        PassManager(passes, graph=f"step graph 3: {config.describe()}").run(gm)
+    assert str(err.value) == ("pass broken failed: no luck (step graph 3: reuses attention [0], MLP [1]; "
+                              "after specialize, dce)")
+    with pytest.raises(CompileError, match="unknown specialize mode"):
+        SpecializeConfig((frozenset(), frozenset()), mode="skip")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.mode = "drop"
 
 
 def test_generated_source_is_readable_python():

@@ -304,7 +304,7 @@ def test_bf16_cuda_graph_against_the_fp32_reference():
 @pytest.mark.gpu
 @needs_cuda
 def test_cuda_graph_artifact_round_trip_and_verify(artifact):
-    from l2c_compile.cli.compile_cmd import verify_artifact
+    from l2c_compile.verify import verify_artifact
 
     loaded = l2c_compile.load(artifact, device="cuda", cuda_graph=True)
     noise, labels = _cuda_inputs(loaded.model, 2, 0)
@@ -312,4 +312,4 @@ def test_cuda_graph_artifact_round_trip_and_verify(artifact):
     assert rel_error(loaded(noise, labels, 4.0), plain(noise, labels, 4.0)) <= 1e-6
     result = verify_artifact(artifact, device="cuda", cuda_graph=True)
     # Fused Triton epilogues vs the reference's torch ops: fp32 rounding differences only.
-    assert result["cuda_graph"] is True and result["max_rel_error"] <= 1e-4
+    assert result.cuda_graph is True and result.max_rel_error <= 1e-4

@@ -14,7 +14,8 @@ from l2c_compile.metrics import (
     sublayer_macs,
     trajectory_macs,
 )
-from l2c_compile.models import get_spec, model_table
+from l2c_compile.metrics.macs import model_table
+from l2c_compile.models import get_spec
 
 G, T = 1e9, 1e12
 

@@ -11,6 +11,7 @@ import torch
 from torch import fx
 
 from l2c_compile.errors import L2CError
+from l2c_compile.metrics.macs import model_table
 from l2c_compile.models import (
     MODELS,
     DiT,
@@ -19,7 +20,6 @@ from l2c_compile.models import (
     count_params,
     get_spec,
     init_random,
-    model_table,
     num_blocks,
 )
 from l2c_compile.models.dit import sincos_pos_embed_2d
@@ -229,7 +229,7 @@ def test_compiler_finds_every_residual_branch(name: str, gated: bool) -> None:
 
     model = tiny(name)
     for cfg in (False, True):  # with CFG the guidance arithmetic must not look like a branch
-        subs = find_sublayers(trace_step(model, cfg=cfg), num_blocks(name))
+        subs = find_sublayers(trace_step(model, cfg=cfg))
         assert len(subs) == 2 * num_blocks(name)
         assert all((s.gate is not None) == gated for s in subs)
 

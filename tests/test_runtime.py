@@ -34,7 +34,7 @@ def test_round_trip_gives_identical_samples(artifact):
     assert rel_error(loaded(noise, labels, 4.0), compiled(noise, labels, 4.0)) == 0.0
     assert loaded.source == compiled.source
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["format"] == "l2c-artifact" and manifest["version"] == 1
+    assert manifest["format"] == "l2c-artifact" and manifest["version"] == 2
     assert set(manifest["files"]) == {"sampler.py", "weights.safetensors"}
     assert manifest["schedule"]["nfe"] == 4 and manifest["model"]["name"] == "DiT-Tiny"
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temp folders left
@@ -132,8 +132,110 @@ def test_artifact_with_fused_ops_loads_in_a_fresh_process(tmp_path):
                    "num_heads": 2, "num_classes": 5, "learn_sigma": True}})
     assert "torch.ops.l2c." in compiled.source
     out = compiled.save(tmp_path / "art")
-    code = (f"import torch, l2c_compile.runtime as r; s = r.load({str(out)!r}); "
+    code = (f"import torch, l2c_compile.artifact as r; s = r.load({str(out)!r}); "
             "print(s(torch.zeros(1, 4, 8, 8), torch.zeros(1, dtype=torch.long), 2.0).shape)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "torch.Size([1, 4, 8, 8])" in res.stdout
+
+
+def _rehash(out, name: str) -> None:
+    """Put ``name``'s new sha256 into the manifest, as someone tampering with an artifact would."""
+    import hashlib
+
+    manifest_path = out / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["files"][name] = hashlib.sha256((out / name).read_bytes()).hexdigest()
+    manifest_path.write_text(json.dumps(manifest, indent=1) + "\n")
+
+
+def test_the_same_inputs_give_a_byte_identical_artifact(artifact, tmp_path):
+    compiled, out = artifact
+    spec = get_spec("DiT-Tiny")
+    from l2c_compile.models.registry import build_model, init_random
+
+    model = init_random(build_model(spec), 0)
+    plan = make_plan("ddim", 4, noise_schedule=spec.noise_schedule, time_input=spec.time_input)
+    sched = random_schedule(plan, 3, random.Random(0), p=0.7, model="DiT-Tiny")
+    again = l2c_compile.compile(model, plan, sched, model_info=spec.to_dict()).save(tmp_path / "again")
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["manifest.json", "sampler.py", "weights.safetensors"]
+    assert names == sorted(p.name for p in again.iterdir())
+    for name in names:
+        assert (out / name).read_bytes() == (again / name).read_bytes(), name
+    assert compiled.timings and "seconds" not in (out / "manifest.json").read_text()
+
+
+def test_edited_and_rehashed_sampler_code_is_refused(artifact):
+    _, out = artifact
+    path = out / "sampler.py"
+    path.write_text(path.read_text().replace("    return x\n", "    import os  # anything at all\n    return x\n"))
+    _rehash(out, "sampler.py")
+    with pytest.raises(L2CError, match=r"^artifact .*: sampler\.py differs from the code this l2c-compile generates"):
+        l2c_compile.load(out)
+
+
+def test_manifest_dtype_edit_is_refused(artifact):
+    _, out = artifact
+    manifest_path = out / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["dtype"] = "bfloat16"
+    manifest_path.write_text(json.dumps(manifest, indent=1) + "\n")
+    with pytest.raises(L2CError, match=r"says dtype bfloat16 but weights\.safetensors holds float32 tensors"):
+        l2c_compile.load(out)
+
+
+@pytest.mark.parametrize("field", ["schedule", "graphs", "cfg", "sampler", "model"])
+def test_every_manifest_field_load_acts_on_is_checked(artifact, field):
+    _, out = artifact
+    manifest_path = out / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    if field == "schedule":  # reuse nothing in the last call: the code would differ
+        manifest["schedule"]["calls"][-1].update(reuse_attn=[], reuse_mlp=[])
+        match = "sampler.py differs"
+    elif field == "graphs":
+        manifest["graphs"][0]["macs_per_image"] += 1
+        match = "field 'graphs' is not what this l2c-compile derives"
+    elif field == "cfg":
+        manifest["cfg"] = False
+        match = "sampler.py differs"
+    elif field == "sampler":
+        manifest["sampler"]["calls"][0]["timestep"] += 1.0
+        match = "sampler calls are not what its sampler and options give"
+    else:  # the CLI's sample and verify act on the guidance default
+        manifest["model"]["default_cfg_scale"] = 9.0
+        match = r"model record for DiT-Tiny differs from the registry's \(field 'default_cfg_scale'\)"
+    manifest_path.write_text(json.dumps(manifest, indent=1) + "\n")
+    with pytest.raises(L2CError, match=match):
+        l2c_compile.load(out)
+
+
+@pytest.mark.parametrize(("name", "mode"), [("U-ViT-Tiny", "cache"), ("DiT-Tiny", "drop")])
+def test_other_families_and_drop_mode_round_trip(tmp_path, name, mode):
+    import dataclasses
+
+    from l2c_compile.models.registry import build_model, init_random, num_blocks
+
+    spec = get_spec(name)
+    model = init_random(build_model(spec), 0)
+    plan = make_plan(spec.default_sampler, 4, noise_schedule=spec.noise_schedule, time_input=spec.time_input)
+    sched = random_schedule(plan, num_blocks(spec), random.Random(2), p=0.6, model=name)
+    sched = dataclasses.replace(sched, mode=mode)
+    compiled = l2c_compile.compile(model, plan, sched, model_info=spec.to_dict())
+    loaded = l2c_compile.load(compiled.save(tmp_path / "art"))
+    noise, labels = inputs(compiled.model)
+    assert loaded.source == compiled.source
+    assert rel_error(loaded(noise, labels, 2.0), compiled(noise, labels, 2.0)) == 0.0
+
+
+def test_free_text_from_the_manifest_never_becomes_code(tmp_path):
+    """A model name is the only free text that reaches the generated source: it stays a comment."""
+    model = tiny_dit(0)
+    plan = make_plan("ddim", 2, noise_schedule="linear", time_input="discrete")
+    evil = 'x"""\nraise SystemExit("ran")\n"""\u2028raise SystemExit("ran")\r#'
+    compiled = l2c_compile.compile(model, plan, None, model_info={"name": evil})
+    assert "raise SystemExit" not in "".join(
+        line for line in compiled.source.splitlines() if not line.lstrip().startswith("#")
+    )
+    noise, labels = inputs(model)
+    assert compiled(noise, labels, 2.0).shape == noise.shape

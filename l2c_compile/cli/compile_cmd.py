@@ -10,6 +10,7 @@ from rich.table import Table
 
 from l2c_compile.cli.common import OutputFormat, cli_errors, console, print_json
 from l2c_compile.errors import L2CError
+from l2c_compile.verify import compile_summary, verify_artifact
 
 
 def build_for_cli(model_name: str, checkpoint: Path | None, init: str | None, seed: int):
@@ -84,80 +85,6 @@ def compile_cmd(
     console.print(table)
 
 
-def compile_summary(info: dict) -> dict:
-    """The headline numbers of a compiled sampler."""
-    macs = info["macs_per_image"]
-    passes: dict[str, dict] = {}
-    for g in info["graphs"]:
-        for rep in g["passes"]:
-            agg = passes.setdefault(rep["name"], {})
-            for k, v in rep["stats"].items():
-                if isinstance(v, (int, float)):
-                    agg[k] = agg.get(k, 0) + v
-    return {
-        "model": info["model"].get("name"),
-        "sampler": info["sampler"]["sampler"],
-        "nfe": info["nfe"],
-        "dtype": info["dtype"],
-        "cuda_graph": bool(info.get("cuda_graph", False)),
-        "distinct_graphs": info["distinct_graphs"],
-        "peak_live_cache_entries": info["peak_live_cache_entries"],
-        "macs_uncached": macs["uncached"],
-        "macs_compiled": macs["compiled"],
-        "ideal_speedup": round(macs["uncached"] / max(macs["compiled"], 1), 4),
-        "passes": passes,
-    }
-
-
-def _seeded_inputs(compiled, batch: int, seed: int, device: str):
-    gen = torch.Generator().manual_seed(seed)
-    m = compiled.model
-    noise = torch.randn(batch, m.in_channels, m.input_size, m.input_size, generator=gen)
-    num_classes = m.null_class  # real classes are 0..null-1
-    labels = torch.randint(0, num_classes, (batch,), generator=gen)
-    return noise.to(device), labels.to(device)
-
-
-def verify_artifact(directory: Path, *, batch: int = 2, seed: int = 0, device: str = "cpu",
-                    cfg_scale: float | None = None, cuda_graph: bool | None = None) -> dict:
-    """Run an artifact and the reference executor on the same seeded inputs; return the errors."""
-    from l2c_compile import reference
-    from l2c_compile.runtime import load
-    from l2c_compile.samplers import make_plan, sampler_options
-    from l2c_compile.schedule import Schedule
-
-    compiled = load(directory, device=device, cuda_graph=cuda_graph)
-    info = compiled.info
-    s = info["sampler"]
-    accepted = set(sampler_options(s["sampler"]))
-    options = {k: v for k, v in s.get("options", {}).items() if k in accepted}
-    plan = make_plan(s["sampler"], s["nfe"], noise_schedule=s["noise_schedule"], time_input=s["time_input"],
-                     **options)
-    sched = Schedule.from_dict(info["schedule"]) if info.get("schedule") else None
-    if compiled.cfg and cfg_scale is None:
-        cfg_scale = float(info["model"].get("default_cfg_scale", 4.0))
-    noise, labels = _seeded_inputs(compiled, batch, seed, device)
-    got = compiled(noise, labels, cfg_scale if compiled.cfg else None)
-    # The reference runs in float32 whatever the artifact's dtype: it is the oracle.
-    ref_model = compiled.model.float()
-    want = reference.sample(ref_model, plan, sched, noise.float(), labels, cfg_scale if compiled.cfg else None)
-    compiled.model.to(compiled.model_dtype)
-    err = (got.float() - want).abs()
-    return {
-        "artifact": str(directory),
-        "dtype": info["dtype"],
-        "reference_dtype": "float32",
-        "cuda_graph": compiled.cuda_graph,
-        "max_abs_error": float(err.max()),
-        "max_rel_error": float(err.max() / want.abs().max().clamp_min(1e-30)),
-        "distinct_graphs": info["distinct_graphs"],
-        "macs_uncached": info["macs_per_image"]["uncached"],
-        "macs_compiled": info["macs_per_image"]["compiled"],
-        "batch": batch,
-        "seed": seed,
-    }
-
-
 @cli_errors
 def verify_cmd(
     directory: Path = typer.Argument(..., help="artifact folder"),
@@ -173,11 +100,9 @@ def verify_cmd(
 ) -> None:
     """Check an artifact against the reference executor on seeded inputs."""
     with console.status("running compiled sampler and reference executor…"):
-        result = verify_artifact(directory, batch=batch, seed=seed, device=device, cfg_scale=cfg_scale,
-                                 cuda_graph=cuda_graph)
-    tol = tolerance if tolerance is not None else (1e-5 if result["dtype"] == "float32" else 5e-2)
-    result["tolerance"] = tol
-    result["ok"] = result["max_rel_error"] <= tol
+        checked = verify_artifact(directory, batch=batch, seed=seed, device=device, cfg_scale=cfg_scale,
+                                  cuda_graph=cuda_graph, tolerance=tolerance)
+    result = checked.to_dict()
     if fmt == OutputFormat.json:
         print_json(result)
     else:
@@ -185,7 +110,7 @@ def verify_cmd(
         for k, v in result.items():
             table.add_row(k, f"{v:.3e}" if isinstance(v, float) and k.endswith("error") else str(v))
         console.print(table)
-    if not result["ok"]:
+    if not checked.ok:
         raise typer.Exit(1)
 
 
@@ -203,8 +128,8 @@ def sample_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="PNG file to write"),
 ) -> None:
     """Draw samples with an artifact and write them as an image grid."""
+    from l2c_compile.artifact import load
     from l2c_compile.images import as_pictures, decode_latents, latents_preview, make_grid, save_png
-    from l2c_compile.runtime import load
 
     try:
         labels = torch.tensor([int(c) for c in classes.split(",") if c.strip()], dtype=torch.long)

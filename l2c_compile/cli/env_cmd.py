@@ -9,8 +9,8 @@ import torch
 import typer
 from rich.table import Table
 
-from l2c_compile import __version__
 from l2c_compile.cli.common import OutputFormat, cli_errors, console, print_json
+from l2c_compile.version import __version__
 
 
 def environment() -> dict[str, object]:

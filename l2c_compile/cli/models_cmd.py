@@ -23,7 +23,7 @@ def models(
     fmt: OutputFormat = typer.Option(OutputFormat.rich, "--format", help="rich or json"),
 ) -> None:
     """List every registry model: sizes, parameters and MACs of one forward pass per image."""
-    from l2c_compile.models.registry import model_table
+    from l2c_compile.metrics.macs import model_table
 
     with console.status("counting parameters and MACs…"):
         rows = model_table()

@@ -5,6 +5,7 @@ from l2c_compile.metrics.macs import (
     count_macs,
     forward_macs,
     measure_macs,
+    model_table,
     sublayer_macs,
     trajectory_macs,
 )
@@ -14,6 +15,7 @@ __all__ = [
     "count_macs",
     "forward_macs",
     "measure_macs",
+    "model_table",
     "sublayer_macs",
     "trajectory_macs",
 ]

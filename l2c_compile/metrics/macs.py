@@ -13,15 +13,17 @@ import functools
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
 from l2c_compile.errors import L2CError
 from l2c_compile.models.registry import (
+    MODELS,
     ModelSpec,
     build_model,
+    count_params,
     depth_units,
     get_spec,
     num_blocks,
@@ -152,3 +154,26 @@ def trajectory_macs(
             )
         saved += len(attn) * count.attn + len(mlp) * count.mlp
     return full, full - saved
+
+
+def model_table(names: list[str] | None = None) -> list[dict[str, Any]]:
+    """One row per registered model (or per name in ``names``): sizes, params, MACs per image."""
+    rows = []
+    for spec in (get_spec(n) for n in (names if names is not None else MODELS)):
+        c, h, w = spec.latent_shape
+        rows.append(
+            {
+                "name": spec.name,
+                "family": spec.family,
+                "depth": num_blocks(spec),
+                "hidden": spec.hidden,
+                "heads": spec.heads,
+                "patch": spec.patch,
+                "tokens": spec.tokens,
+                "params": count_params(spec),
+                "macs_per_forward": forward_macs(spec),
+                "latent": f"{c}x{h}x{w}",
+                "description": spec.description,
+            }
+        )
+    return rows

@@ -307,3 +307,12 @@ def evaluate(
     metric = SampleQuality(k=k)
     metric.update(images, labels, reference_images)
     return metric.compute()
+
+
+def has_feature_network(spec: Any) -> bool:
+    """Whether the quality metrics apply: pixel-space 1×32×32 images in Fashion-MNIST's 10 classes."""
+    return (
+        bool(spec.pixel_space)
+        and tuple(spec.latent_shape) == (1, 32, 32)
+        and spec.num_classes == 10
+    )

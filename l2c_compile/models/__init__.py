@@ -9,7 +9,6 @@ from l2c_compile.models.registry import (
     get_spec,
     init_random,
     load_checkpoint,
-    model_table,
     num_blocks,
     save_checkpoint,
 )
@@ -25,7 +24,6 @@ __all__ = [
     "get_spec",
     "init_random",
     "load_checkpoint",
-    "model_table",
     "num_blocks",
     "save_checkpoint",
 ]

@@ -7,8 +7,7 @@ deliberate departures keep the model traceable by ``torch.fx.symbolic_trace``:
 - spatial sizes come from config constants, never from ``int(x.shape[...])``;
 - ``forward`` never drops labels; training calls :meth:`DiT.drop_labels` explicitly.
 
-The model knows nothing about caching: L2C reuses the ungated outputs of each block's ``attn``
-and ``mlp`` submodules, which the compiler finds from the block's residual structure.
+The model knows nothing about caching.
 """
 
 from __future__ import annotations
@@ -159,7 +158,6 @@ class DiTBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """x: (N, T, D) tokens, c: (N, D) conditioning -> (N, T, D)."""
-        # The compiler locates the two residual branches from exactly this shape of code.
         # fmt: off
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)
         x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))  # (N, T, D)
@@ -303,9 +301,8 @@ class DiT(nn.Module):
             if self.cfg_channels is None
             else min(self.cfg_channels, self.in_channels)
         )
-        # Written as s·c + (1−s)·u: the same value, but not an ``a + f(a)`` add, which the
-        # compiler's sublayer pass would take for one more residual branch.
-        guided = cond_out[:, :k] * scale + uncond_out[:, :k] * (1 - scale)  # (N, k, H, W)
+        cond, uncond = cond_out[:, :k], uncond_out[:, :k]  # (N, k, H, W)
+        guided = uncond + scale * (cond - uncond)  # (N, k, H, W)
         if k == self.in_channels:
             return guided
         return torch.cat([guided, cond_out[:, k : self.in_channels]], dim=1)  # (N, C, H, W)

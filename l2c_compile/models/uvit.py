@@ -60,7 +60,6 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B, L, D), skip: (B, L, D) for out-blocks -> (B, L, D)."""
-        # The compiler locates the two residual branches from exactly this shape of code.
         if self.skip_linear is not None:
             x = self.skip_linear(torch.cat([x, skip], dim=-1))  # (B, L, D)
         x = x + self.attn(self.norm1(x))  # (B, L, D)
@@ -216,6 +215,4 @@ class UViT(nn.Module):
         self, cond_out: torch.Tensor, uncond_out: torch.Tensor, scale: float | torch.Tensor
     ) -> torch.Tensor:
         """U-ViT CFG convention ``cond + s (cond - uncond)`` (the paper's s = 0.4 is weight 1.4)."""
-        # Written as (1+s)·c − s·u: the same value, but not an ``a + f(a)`` add, which the
-        # compiler's sublayer pass would take for one more residual branch.
-        return cond_out * (1 + scale) - uncond_out * scale  # (B, C, H, W)
+        return cond_out + scale * (cond_out - uncond_out)  # (B, C, H, W)

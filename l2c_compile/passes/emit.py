@@ -1,7 +1,8 @@
 """Pass — emit: the specialized step graphs and the unrolled sampler loop as readable Python.
 
 Output is one self-contained module source: a ``step_<g>(self, x, t, y, cfg_scale, *caches)``
-function per distinct step graph (fx's own code generation, rooted at ``self``), ``STEPS``, and
+function per distinct step graph (written for a person by :mod:`~l2c_compile.passes.codegen`),
+``STEPS``, and
 ``sample(self, noise, labels, cfg_scale)`` — every model call of the plan unrolled with its
 timestep and update coefficients as literals, cache tensors held in locals from writer to last
 reader and ``del``-ed right after. ``self`` is the :class:`~l2c_compile.runtime.CompiledSampler`,
@@ -11,48 +12,29 @@ which owns ``self.model`` (the weights), ``self.steps`` and ``self.model_dtype``
 from __future__ import annotations
 
 import math
-import types
+from dataclasses import replace
 
 from torch import fx
 
-from l2c_compile import __version__
-from l2c_compile.passes.base import CompileError, SublayerKey, cache_input_name
+from l2c_compile.passes.base import CompileError, Mask, SublayerKey, cache_input_name
+from l2c_compile.passes.codegen import StepContext, step_source
 from l2c_compile.passes.liveness import CachePlan
 from l2c_compile.samplers.base import Combination, SamplerPlan
 
-HEADER_IMPORTS = {
-    "torch": "import torch",
-    "inf": "from math import inf",
-    "nan": "from math import nan",
-    "device": "from torch import device",
-    "fx_pytree": "import torch.fx._pytree as fx_pytree",
-    "pytree": "import torch.utils._pytree as pytree",
-    "NoneType": "NoneType = type(None)",
-}
+
+def comment_text(text: str) -> str:
+    """``text`` made safe for one ``#`` comment line: line breaks and other unprintable characters
+    escaped, so free text from a manifest (a model's name) can never become code."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
-def _import_line(name: str, obj: object) -> str | None:
-    if name in HEADER_IMPORTS:
-        return HEADER_IMPORTS[name]
-    if isinstance(obj, types.ModuleType):
-        return f"import {obj.__name__} as {name}"
-    module, qual = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
-    if module == "builtins" and qual == name:
-        return None  # builtins (getattr, slice, …) need no import
-    if module and qual and "<" not in qual and "." not in qual:
-        return f"from {module} import {qual} as {name}"
-    raise CompileError(f"emit: cannot express global {name!r} ({obj!r}) as an import")
-
-
-def step_source(gm: fx.GraphModule, graph_id: int) -> tuple[str, list[str]]:
-    """Source of one step function and the import lines it needs."""
-    code = gm.graph.python_code(root_module="self")
-    src = code.src.strip("\n")
-    if not src.startswith("def forward(self"):
-        raise CompileError("emit: unexpected fx code layout")
-    src = f"def step_{graph_id}(self" + src[len("def forward(self"):]
-    imports = [_import_line(name, obj) for name, obj in sorted(code.globals.items())]
-    return src, [line for line in imports if line is not None]
+def block_notes(mask: Mask, depth: int, mode: str = "cache") -> dict[int, str]:
+    """What a step with ``mask`` does in each block, for the ``# block i: …`` comments."""
+    skipped = "reused" if mode == "cache" else "dropped"
+    return {
+        b: f"attention {skipped if b in mask[0] else 'computed'}, MLP {skipped if b in mask[1] else 'computed'}"
+        for b in range(depth)
+    }
 
 
 def _var(key: SublayerKey) -> str:
@@ -86,16 +68,20 @@ def sample_source(plan: SamplerPlan, cache: CachePlan, roles: list[str]) -> str:
         for call in step.calls:
             cc = cache.calls[call.index]
             exports = cache.exports[cc.graph]
-            args = ", ".join(["x_in.to(dt)", f"torch.full((n,), {_lit(call.timestep)}, dtype=torch.float32, device=dev)",
+            state = "x" if call.input.x == 1.0 and not call.input.eps else "x_in"
+            args = ", ".join([f"{state}.to(dt)", f"torch.full((n,), {_lit(call.timestep)}, dtype=torch.float32, device=dev)",
                               "labels", "cfg_scale", *[_var(k) for k in cc.reads]])
             lines.append(f"    # call {call.index} · t={call.timestep:g} · {roles[call.index]} · graph {cc.graph}"
                          + (f" · reuses {len(cc.reads)}" if cc.reads else ""))
-            lines.append(f"    x_in = {_combination(call.input)}")
+            if state == "x_in":
+                lines.append(f"    x_in = {_combination(call.input)}")
             lines.append(f"    out = self.steps[{cc.graph}]({args})")
             lines.append(f"    eps_{call.index} = out[0].to(x.dtype)")
-            for k in cc.keeps:
-                lines.append(f"    {_var(k)} = out[{1 + exports.index(k)}]")
-            drops = ["out", "x_in", *[_var(k) for k in cc.drops_after]]
+            if cc.keeps:
+                kept = ", ".join(_var(k) for k in cc.keeps)
+                items = ", ".join(f"out[{1 + exports.index(k)}]" for k in cc.keeps)
+                lines.append(f"    {kept} = {items}")
+            drops = ["out", *(["x_in"] if state == "x_in" else []), *[_var(k) for k in cc.drops_after]]
             lines.append(f"    del {', '.join(drops)}")
         lines.append(f"    x = {_combination(step.update)}")
         lines.append(f"    del {', '.join(f'eps_{c.index}' for c in step.calls)}")
@@ -104,27 +90,26 @@ def sample_source(plan: SamplerPlan, cache: CachePlan, roles: list[str]) -> str:
 
 
 def emit_module(graphs: list[fx.GraphModule], plan: SamplerPlan, cache: CachePlan, roles: list[str],
-                title: str) -> str:
-    """The whole generated module's source."""
+                title: str, ctx: StepContext, mode: str = "cache") -> str:
+    """The whole generated module's source (``ctx``: the model and its scopes, see codegen)."""
     steps, imports = [], {"import torch"}
+    depth = len(ctx.blocks)
     for g, gm in enumerate(graphs):
-        src, imps = step_source(gm, g)
-        calls = cache.graph_calls(g)
         mask = cache.masks[g]
-        desc = (f"# ── step graph {g}: reuses {len(mask[0])} attention + {len(mask[1])} MLP sublayers; "
+        src, imps = step_source(gm, g, replace(ctx, notes=block_notes(mask, depth, mode)))
+        calls = cache.graph_calls(g)
+        verb = "reuses" if mode == "cache" else "drops"
+        desc = (f"# ── step graph {g}: {verb} {len(mask[0])} attention + {len(mask[1])} MLP sublayers; "
                 f"exports {len(cache.exports[g])} cache entries; calls {', '.join(map(str, calls))}")
         steps.append(desc + "\n" + src)
         imports.update(imps)
-    if any("torch.ops.l2c." in st for st in steps):
-        imports.add("import l2c_compile.kernels  # registers the fused torch.ops.l2c.* epilogues")
     reads_doc = ", ".join(cache_input_name(k) for k in cache.calls[0].reads) or "none"
     head = [
-        f'"""Generated by l2c-compile {__version__} — do not edit; recompile instead.',
+        '"""Generated by l2c-compile; `load` regenerates this file and refuses a copy that differs."""',
         "",
-        title,
-        f"{len(graphs)} distinct step graphs; peak live cache entries {cache.peak_live_entries}; "
+        f"# {comment_text(title)}",
+        f"# {len(graphs)} distinct step graphs; peak live cache entries {cache.peak_live_entries}; "
         f"first call reads: {reads_doc}.",
-        '"""',
         "",
         *sorted(imports),
         "",

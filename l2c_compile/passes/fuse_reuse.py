@@ -23,7 +23,13 @@ import operator
 import torch
 from torch import fx, nn
 
-from l2c_compile.passes.base import CACHE_INPUT_META, PassResult, is_add, is_mul
+from l2c_compile.passes.base import (
+    CACHE_INPUT_META,
+    PassResult,
+    copy_scope,
+    is_add,
+    is_mul,
+)
 
 
 def _is_cache(node) -> bool:
@@ -136,6 +142,10 @@ def fuse_reuse(gm: fx.GraphModule) -> PassResult:
         with graph.inserting_before(anchor):
             x_new = graph.call_function(operator.getitem, (fused, 0))
             h = graph.call_function(operator.getitem, (fused, 1))
+        new = [n for n in graph.nodes if n.op not in ("placeholder", "output") and not n.meta]
+        copy_scope(ln, *new)  # the block of the LayerNorm it replaces
+        x_new.meta["l2c_name"] = add.meta.get("l2c_name", "x")
+        h.meta["l2c_name"] = "h"
         for meta_key in ("tensor_meta",):
             if meta_key in add.meta:
                 x_new.meta[meta_key] = add.meta[meta_key]

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from l2c_compile.passes.base import CompileError, Mask, SublayerKey, key_order
+from l2c_compile.masks import MODES, Mask, SublayerKey, key_order
+from l2c_compile.passes.base import CompileError
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ class CachePlan:
 
 def plan_cache(call_masks: list[Mask], depth: int, mode: str = "cache") -> CachePlan:
     """Compute the cache plan for per-call masks (reused — or, in drop mode, dropped — block ids)."""
-    if mode not in ("cache", "drop"):
+    if mode not in MODES:
         raise CompileError(f"unknown cache mode {mode!r}; expected cache or drop")
     everything = [("attn", i) for i in range(depth)] + [("mlp", i) for i in range(depth)]
     reads = [sorted([("attn", i) for i in a] + [("mlp", i) for i in m], key=key_order) for a, m in call_masks]

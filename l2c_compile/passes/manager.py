@@ -1,7 +1,11 @@
 """The pass manager: run passes in order, lint and check invariants after each, name the culprit.
 
+A pass is a :class:`Pass`: a name, a function ``fn(gm) -> PassResult`` or ``fn(gm, config)``, and
+its typed, frozen config (``SpecializeConfig``, ``MarkConfig``; None for passes without options).
 Invariants (written out in ``INVARIANTS.md`` beside this file) are checked after every pass; a
-violation raises :class:`~l2c_compile.passes.base.CompileError` naming the pass that broke it.
+failure or violation raises :class:`~l2c_compile.passes.base.CompileError` in one line naming the
+pass, the passes that ran before it and the step graph (its mask), e.g. ``pass prune_chunks broke
+an invariant: … (step graph 2: reuses attention [0, 3], MLP [1]; after specialize, dce)``.
 """
 
 from __future__ import annotations
@@ -15,7 +19,18 @@ from torch import fx
 
 from l2c_compile.passes.base import CACHE_INPUT_META, SUBLAYER_META, CompileError, PassResult
 
-Pass = Callable[[fx.GraphModule], PassResult]
+
+@dataclass(frozen=True)
+class Pass:
+    """One named pass with its typed, frozen config (None: the pass takes none)."""
+
+    name: str
+    fn: Callable[..., PassResult]
+    config: Any = None
+
+    def __call__(self, gm: fx.GraphModule) -> PassResult:
+        """Run the pass on ``gm``."""
+        return self.fn(gm) if self.config is None else self.fn(gm, self.config)
 
 HOST_SYNC_METHODS = frozenset({"item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__", "nonzero"})
 STANDARD_INPUTS = ("x", "t", "y", "cfg_scale")
@@ -64,30 +79,46 @@ def check_invariants(gm: fx.GraphModule) -> None:
 
 
 class PassManager:
-    """Runs named passes; after each, lints the graph and checks the invariants."""
+    """Runs passes in order; after each, lints the graph and checks the invariants.
 
-    def __init__(self, passes: Sequence[tuple[str, Pass]], *, check: bool = True) -> None:
-        self.passes = list(passes)
+    ``passes``: :class:`Pass` objects (or ``(name, fn)`` pairs for passes without config).
+    ``graph``: what is being compiled, for error messages (``step graph 2: reuses …``).
+    """
+
+    def __init__(
+        self,
+        passes: Sequence[Pass | tuple[str, Callable[[fx.GraphModule], PassResult]]],
+        *,
+        check: bool = True,
+        graph: str = "the traced step",
+    ) -> None:
+        self.passes = [p if isinstance(p, Pass) else Pass(p[0], p[1]) for p in passes]
         self.check = check
+        self.graph = graph
+
+    def _where(self, done: list[str]) -> str:
+        return f"({self.graph}; after {', '.join(done) if done else 'no other pass'})"
 
     def run(self, gm: fx.GraphModule) -> tuple[fx.GraphModule, list[PassReport]]:
         """Apply every pass in order; return the final module and one report per pass."""
-        reports = []
-        for name, fn in self.passes:
+        reports: list[PassReport] = []
+        done: list[str] = []
+        for p in self.passes:
             start = time.perf_counter()
             try:
-                result = fn(gm)
-            except CompileError:
-                raise
-            except Exception as exc:
-                raise CompileError(f"pass {name} failed: {exc}") from exc
+                result = p(gm)
+            except Exception as exc:  # a pass's own CompileError included: add where it happened
+                msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise CompileError(f"pass {p.name} failed: {msg} {self._where(done)}") from exc
             gm = result.gm
             if self.check:
                 try:
                     check_invariants(gm)
                 except CompileError as exc:
-                    raise CompileError(f"pass {name} broke an invariant: {exc}") from exc
+                    raise CompileError(f"pass {p.name} broke an invariant: {exc} {self._where(done)}") from exc
                 except Exception as exc:  # fx lint errors
-                    raise CompileError(f"pass {name} left an invalid graph: {exc}") from exc
-            reports.append(PassReport(name, result.modified, time.perf_counter() - start, result.stats))
+                    msg = str(exc).splitlines()[0]
+                    raise CompileError(f"pass {p.name} left an invalid graph: {msg} {self._where(done)}") from exc
+            reports.append(PassReport(p.name, result.modified, time.perf_counter() - start, result.stats))
+            done.append(p.name)
         return gm, reports

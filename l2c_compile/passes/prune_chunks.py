@@ -17,7 +17,8 @@ import operator
 import torch.nn.functional as F
 from torch import fx, nn
 
-from l2c_compile.passes.base import PassResult
+from l2c_compile.passes.base import PassResult, copy_name, copy_scope
+from l2c_compile.passes.naming import NAME_META
 
 
 def _chunk_parts(node: fx.Node) -> tuple[fx.Node, int] | None:
@@ -67,14 +68,23 @@ def prune_chunks(gm: fx.GraphModule) -> PassResult:
                 rows = slice(run[0] * width, (run[-1] + 1) * width)
                 w = graph.call_function(operator.getitem, (weight, rows))
                 b = graph.call_function(operator.getitem, (bias, rows)) if bias is not None else None
+                if b is not None:
+                    copy_scope(node, bias, b)
                 out = graph.call_function(F.linear, (inp, w, b))
                 out.meta["l2c_linear_macs_per_sample"] = module.in_features * len(run) * width
+                copy_scope(node, weight, w, out)
                 if len(run) == 1:
+                    copy_name(getitems[run[0]], out)
                     getitems[run[0]].replace_all_uses_with(out)
                 else:
+                    out.meta[NAME_META] = "modulation"
                     pieces = graph.call_method("chunk", (out, len(run)), {"dim": -1})
+                    copy_scope(node, pieces)
                     for j, i in enumerate(run):
-                        getitems[i].replace_all_uses_with(graph.call_function(operator.getitem, (pieces, j)))
+                        piece = graph.call_function(operator.getitem, (pieces, j))
+                        copy_scope(node, piece)
+                        copy_name(getitems[i], piece)
+                        getitems[i].replace_all_uses_with(piece)
         pruned += 1
         dead_rows = (n - len(used)) * width
         rows_removed += dead_rows

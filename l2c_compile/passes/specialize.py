@@ -12,12 +12,14 @@ sublayer outputs that later calls read (in ``key_order``). Dead nodes are *not* 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from dataclasses import dataclass
 
 from torch import fx
 
+from l2c_compile.masks import MODES, CacheMode
 from l2c_compile.passes.base import (
     CACHE_INPUT_META,
+    RESIDUAL_META,
     SUBLAYER_META,
     CompileError,
     Mask,
@@ -27,18 +29,33 @@ from l2c_compile.passes.base import (
     copy_graph_module,
     key_order,
 )
-from l2c_compile.passes.sublayers import Sublayer, find_sublayers, sublayer_nodes
-
-MODES = ("cache", "drop")
+from l2c_compile.passes.sublayers import residual_adds, sublayer_nodes
 
 
-def specialize(
-    gm: fx.GraphModule, mask: Mask, exported: Sequence[SublayerKey], mode: str = "cache"
-) -> PassResult:
-    """Return a new GraphModule (sharing weights) with ``mask`` baked in and ``exported`` as outputs.
+@dataclass(frozen=True)
+class SpecializeConfig:
+    """One step graph: its mask, the sublayer outputs later calls read, and the cache/drop mode."""
 
-    ``mode``: what a masked sublayer becomes — a cache input (``"cache"``) or nothing (``"drop"``).
+    mask: Mask
+    exported: tuple[SublayerKey, ...] = ()
+    mode: CacheMode = "cache"
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise CompileError(f"unknown specialize mode {self.mode!r}; expected cache or drop")
+
+    def describe(self) -> str:
+        """The mask in words, for messages: ``reuses attention [0, 3], MLP [1]``."""
+        verb = "reuses" if self.mode == "cache" else "drops"
+        return f"{verb} attention {sorted(self.mask[0])}, MLP {sorted(self.mask[1])}"
+
+
+def specialize(gm: fx.GraphModule, config: SpecializeConfig) -> PassResult:
+    """Return a new GraphModule (sharing weights) with ``config.mask`` baked in and
+    ``config.exported`` as outputs; a masked sublayer becomes a cache input (``mode="cache"``) or
+    nothing (``"drop"``). CompileError when a key is not in the graph or both reused and exported.
     """
+    mask, exported, mode = config.mask, config.exported, config.mode
     if mode not in MODES:
         raise CompileError(f"unknown specialize mode {mode!r}; expected cache or drop")
     new = copy_graph_module(gm)
@@ -86,24 +103,26 @@ def _bypass_residuals(
     gm: fx.GraphModule, nodes: dict[SublayerKey, fx.Node], dropped: list[SublayerKey]
 ) -> None:
     """Make every dropped sublayer's residual add return its stream input unchanged."""
-    # The marked graph holds every sublayer, so its structure gives the depth back.
-    adds = {s.key: s for s in find_sublayers(gm, len(nodes) // 2)}
+    adds = residual_adds(gm)
     for key in dropped:
-        sub = adds[key]
-        if sub.value is not nodes[key]:
-            raise CompileError(f"sublayer {key} is marked on a node its residual add does not use")
-        stream = _stream_operand(sub)
-        sub.add.replace_all_uses_with(stream)
+        if key not in adds:
+            raise CompileError(f"sublayer {key} has no marked residual add")
+        add = adds[key]
+        operands = [a for a in add.args[:2] if isinstance(a, fx.Node)]
+        stream = [a for a in operands if a is not nodes[key] and nodes[key] not in _ancestors(a)]
+        if len(stream) != 1:
+            raise CompileError(f"cannot tell the stream from the branch in the residual add of {key}")
+        add.replace_all_uses_with(stream[0])
+        add.meta.pop(RESIDUAL_META)
         nodes[key].meta.pop(SUBLAYER_META)  # nothing computes it any more; dce removes the branch
 
 
-def _stream_operand(sub: Sublayer) -> fx.Node:
-    """The residual add's stream operand: the one that is not ``[gate *] value``."""
-    operands = [a for a in sub.add.args[:2] if isinstance(a, fx.Node)]
-    branch = [a for a in operands if a is sub.value or sub.value in a.all_input_nodes]
-    stream = [a for a in operands if a not in branch]
-    if len(branch) != 1 or len(stream) != 1:
-        raise CompileError(
-            f"cannot tell the stream from the branch in the residual add of {sub.key}"
-        )
-    return stream[0]
+def _ancestors(node: fx.Node) -> set[fx.Node]:
+    seen: set[fx.Node] = set()
+    todo = [node]
+    while todo:
+        for inp in todo.pop().all_input_nodes:
+            if inp not in seen:
+                seen.add(inp)
+                todo.append(inp)
+    return seen

@@ -39,6 +39,7 @@ import torch.distributed as dist
 from torch import nn
 
 from l2c_compile.errors import L2CError, suggest
+from l2c_compile.masks import MODES
 from l2c_compile.reference import CacheState, instrument
 from l2c_compile.router.checkpoint import (
     checkpoint_path,
@@ -57,8 +58,6 @@ from l2c_compile.router.objective import (
 )
 from l2c_compile.routers import save_router
 from l2c_compile.samplers.base import SamplerPlan
-
-MODES = ("cache", "drop")
 
 
 @dataclass(frozen=True)

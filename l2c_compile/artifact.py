@@ -1,0 +1,219 @@
+"""Loading an artifact folder: every file checked, the code regenerated, nothing foreign run.
+
+An artifact is shared like a model file, and whoever wrote the folder also wrote the manifest
+that vouches for it, so a hash in ``manifest.json`` proves nothing about ``sampler.py``. ``load``
+therefore treats the folder as *data* and rebuilds the code itself:
+
+1. ``manifest.json``: format and version; every file it lists is present and matches its sha256;
+   the model record of a registered model (``DiT-XL/2``) is the registry's (checkpoint path aside).
+2. ``weights.safetensors``: read without unpickling; its tensors' dtype must be the manifest's
+   ``dtype`` and its keys and shapes must fit the model the manifest's config builds (strict).
+3. The sampler plan is rebuilt from the manifest's sampler name, NFE and options and must list
+   exactly the manifest's calls (timesteps, roles); the schedule is parsed and validated.
+4. This l2c-compile compiles (model, plan, schedule, cfg, fuse, dtype) again; the regenerated
+   ``sampler.py`` must equal the folder's byte for byte, and the regenerated manifest must equal
+   the folder's in every field but the versions and the weights hash (checked in 1).
+
+Only then is the regenerated source executed — the folder's copy is never run; it stays in the
+folder for people to read and diff. Any failed check is one line (:class:`L2CError`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from l2c_compile.compiler import compile as compile_sampler
+from l2c_compile.errors import L2CError
+from l2c_compile.runtime import (
+    ARTIFACT_FORMAT,
+    ARTIFACT_VERSION,
+    FILES,
+    CompiledSampler,
+    artifact_manifest,
+    check_cuda_graph_device,
+    sha256_file,
+)
+from l2c_compile.samplers import make_plan, sampler_options
+from l2c_compile.samplers.base import SamplerPlan
+from l2c_compile.schedule import Schedule
+
+NOT_COMPARED = ("l2c_compile", "torch")  # versions: recorded, but another version may load it
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
+
+
+def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read an artifact's manifest and check its format and every file hash; L2CError on a mismatch."""
+    root = Path(directory)
+    if not root.is_dir():
+        raise L2CError(f"artifact folder {root} does not exist")
+    path = root / "manifest.json"
+    if not path.is_file():
+        raise L2CError(f"{root} is not an l2c-compile artifact: manifest.json is missing")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise L2CError(f"{path} is not valid JSON ({getattr(exc, 'msg', exc)})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != ARTIFACT_FORMAT:
+        raise L2CError(f"{path} is not an l2c-compile artifact manifest")
+    if manifest.get("version") != ARTIFACT_VERSION:
+        raise L2CError(
+            f"artifact format version {manifest.get('version')} is not supported "
+            f"(this l2c-compile reads version {ARTIFACT_VERSION}); recompile it"
+        )
+    files = manifest.get("files")
+    if not isinstance(files, dict) or set(files) != set(FILES):
+        raise L2CError(f"{path} must list exactly the files {', '.join(FILES)}")
+    for name in FILES:
+        file = root / name
+        if not file.is_file():
+            raise L2CError(f"artifact {root} is missing {name}")
+        if sha256_file(file) != files[name]:
+            raise L2CError(
+                f"artifact {root}: {name} does not match its sha256 in manifest.json (modified or corrupt)"
+            )
+    return manifest
+
+
+def check_model_record(root: Path, info: Any) -> None:
+    """A registered model's record must be the registry's own (its checkpoint path aside)."""
+    from l2c_compile.models.registry import MODELS
+
+    name = info.get("name") if isinstance(info, dict) else None
+    if name not in MODELS:
+        return  # a model compiled with its own record: its code is still regenerated from it
+    want = MODELS[name].to_dict()
+    for key in sorted(set(want) | set(info)):
+        if key != "checkpoint" and json.dumps(info.get(key), default=str) != json.dumps(want.get(key), default=str):
+            raise L2CError(
+                f"artifact {root}: manifest.json's model record for {name} differs from the registry's "
+                f"(field {key!r}); recompile it"
+            )
+
+
+def build_from_info(info: Any) -> nn.Module:
+    """An empty model (parameters on the meta device) from a manifest's ``model`` record."""
+    from l2c_compile.models.registry import FAMILIES
+
+    family = info.get("family") if isinstance(info, dict) else None
+    if family not in FAMILIES or not isinstance(info.get("kwargs"), dict):
+        raise L2CError(f"artifact manifest names no buildable model (family {family!r})")
+    try:
+        with torch.device("meta"):  # no memory, no random init: the weights come from the file
+            model = FAMILIES[family](**info["kwargs"])
+    except (TypeError, ValueError) as exc:
+        raise L2CError(f"artifact manifest has a bad model config: {exc}") from None
+    model.model_name = info.get("name", family)
+    return model.eval()
+
+
+def plan_from_manifest(record: Any) -> SamplerPlan:
+    """The sampler plan a manifest's ``sampler`` record describes; L2CError unless it is exact."""
+    if not isinstance(record, dict):
+        raise L2CError("artifact manifest has no sampler record")
+    try:
+        name = str(record["sampler"])
+        accepted = sampler_options(name)  # the rest of ``options`` describes fixed choices
+        options = {k: v for k, v in dict(record.get("options") or {}).items() if k in accepted}
+        plan = make_plan(name, record["nfe"], noise_schedule=record["noise_schedule"],
+                         time_input=record["time_input"], **options)
+    except KeyError as exc:
+        raise L2CError(f"artifact manifest's sampler record lacks {exc}") from None
+    if json.loads(json.dumps(plan.describe())) != record:
+        raise L2CError("artifact manifest's sampler calls are not what its sampler and options give")
+    return plan
+
+
+def _load_weights(root: Path, model: nn.Module, dtype_name: Any) -> nn.Module:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if dtype_name not in DTYPE_NAMES:
+        raise L2CError(f"artifact {root}: manifest.json has an unknown dtype {dtype_name!r}")
+    try:
+        state = load_file(str(root / "weights.safetensors"))
+    except (SafetensorError, OSError) as exc:
+        raise L2CError(f"artifact {root}: cannot read weights.safetensors ({exc})") from None
+    held = sorted({str(v.dtype).removeprefix("torch.") for v in state.values() if v.is_floating_point()})
+    if held != [dtype_name]:
+        raise L2CError(
+            f"artifact {root}: manifest.json says dtype {dtype_name} but weights.safetensors holds "
+            f"{', '.join(held) or 'no floating-point'} tensors"
+        )
+    try:
+        model.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[1:2] or [str(exc)]
+        raise L2CError(
+            f"artifact {root}: weights do not fit {getattr(model, 'model_name', 'the model')} "
+            f"({first[0].strip()})"
+        ) from None
+    return model
+
+
+def _first_difference(got: dict[str, Any], want: dict[str, Any]) -> str | None:
+    for key in sorted(set(got) | set(want)):
+        if key in NOT_COMPARED:
+            continue
+        if key == "files":
+            if got.get(key, {}).get("sampler.py") != want.get(key, {}).get("sampler.py"):
+                return "files"
+        elif json.dumps(got.get(key), default=str) != json.dumps(want.get(key), default=str):
+            return key
+    return None
+
+
+def load(
+    directory: str | os.PathLike[str],
+    *,
+    device: str | torch.device | None = None,
+    backend: str = "eager",
+    cuda_graph: bool | None = None,
+) -> CompiledSampler:
+    """Load an artifact folder as a :class:`CompiledSampler`, running only code regenerated here.
+
+    The checks (module docstring) cover every file and every manifest field ``load`` acts on;
+    each failure is one :class:`L2CError` line. ``device``: where the weights go (default CPU).
+    ``backend``: ``"eager"`` or ``"inductor"``. ``cuda_graph``: None keeps the manifest's choice.
+    """
+    root = Path(directory)
+    manifest = read_manifest(root)
+    check_model_record(root, manifest.get("model"))
+    model = _load_weights(root, build_from_info(manifest.get("model")), manifest.get("dtype"))
+    if device is not None:
+        model = model.to(device)
+    plan = plan_from_manifest(manifest.get("sampler"))
+    try:
+        schedule = Schedule.from_dict(manifest["schedule"]) if manifest.get("schedule") else None
+    except KeyError as exc:
+        raise L2CError(f"artifact {root}: manifest.json's schedule lacks {exc}") from None
+    for key in ("cfg", "fuse", "cuda_graph"):
+        if not isinstance(manifest.get(key), bool):
+            raise L2CError(f"artifact {root}: manifest.json field {key!r} must be true or false")
+    compiled = compile_sampler(model, plan, schedule, backend=backend, cfg=manifest["cfg"],
+                               fuse=manifest["fuse"], model_info=manifest["model"])
+    compiled.info["cuda_graph"] = manifest["cuda_graph"]
+    source = (root / "sampler.py").read_text(encoding="utf-8")
+    if source != compiled.source:
+        raise L2CError(
+            f"artifact {root}: sampler.py differs from the code this l2c-compile generates from the "
+            "manifest (edited, or written by another version); refusing to load it — recompile"
+        )
+    expected = artifact_manifest(compiled.info, {name: manifest["files"][name] for name in FILES})
+    expected["files"]["sampler.py"] = sha256_file(root / "sampler.py")
+    field = _first_difference(manifest, expected)
+    if field is not None:
+        raise L2CError(
+            f"artifact {root}: manifest.json field {field!r} is not what this l2c-compile derives "
+            "from the artifact's data (edited, or written by another version) — recompile"
+        )
+    graphed = manifest["cuda_graph"] if cuda_graph is None else cuda_graph
+    if graphed:
+        check_cuda_graph_device(next(model.parameters()).device)
+    compiled.cuda_graph = graphed
+    return compiled

@@ -1,0 +1,131 @@
+"""Checking an artifact against the reference executor, and the headline numbers of a compile.
+
+The library side of ``l2c-compile verify`` and ``compile`` (and of the demo): the CLI only prints.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from l2c_compile import reference
+from l2c_compile.artifact import load, plan_from_manifest
+from l2c_compile.runtime import CompiledSampler
+from l2c_compile.schedule import Schedule
+
+TOLERANCES = {"float32": 1e-5}  # max relative error vs the float32 reference; others: 5e-2
+LOW_PRECISION_TOLERANCE = 5e-2
+
+
+def default_tolerance(dtype: str) -> float:
+    """The verify tolerance for an artifact dtype (1e-5 for float32, 5e-2 for bf16/fp16)."""
+    return TOLERANCES.get(dtype, LOW_PRECISION_TOLERANCE)
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """Compiled vs reference executor on the same seeded inputs (errors relative to the reference)."""
+
+    artifact: str
+    dtype: str
+    reference_dtype: str
+    cuda_graph: bool
+    max_abs_error: float
+    max_rel_error: float
+    distinct_graphs: int
+    macs_uncached: int
+    macs_compiled: int
+    batch: int
+    seed: int
+    tolerance: float
+
+    @property
+    def ok(self) -> bool:
+        """Whether the relative error is within ``tolerance``."""
+        return self.max_rel_error <= self.tolerance
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields plus ``ok``, for JSON and tables."""
+        return {**asdict(self), "ok": self.ok}
+
+
+def seeded_inputs(
+    compiled: CompiledSampler, batch: int, seed: int, device: str | torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noise (batch, C, H, W) and labels (batch,) drawn on CPU from ``seed``, moved to ``device``."""
+    gen = torch.Generator().manual_seed(seed)
+    m = compiled.model
+    noise = torch.randn(batch, m.in_channels, m.input_size, m.input_size, generator=gen)
+    labels = torch.randint(0, m.null_class, (batch,), generator=gen)  # real classes are 0..null-1
+    return noise.to(device), labels.to(device)
+
+
+def verify_artifact(
+    directory: str | os.PathLike[str],
+    *,
+    batch: int = 2,
+    seed: int = 0,
+    device: str = "cpu",
+    cfg_scale: float | None = None,
+    cuda_graph: bool | None = None,
+    tolerance: float | None = None,
+) -> VerifyResult:
+    """Load an artifact (all of ``load``'s checks) and run it and the float32 reference executor on
+    the same seeded inputs. ``cfg_scale`` defaults to the model's; ``tolerance`` to
+    :func:`default_tolerance` of the artifact's dtype. Raises L2CError when the artifact is refused.
+    """
+    compiled = load(directory, device=device, cuda_graph=cuda_graph)
+    info = compiled.info
+    plan = plan_from_manifest(info["sampler"])
+    sched = Schedule.from_dict(info["schedule"]) if info.get("schedule") else None
+    if compiled.cfg and cfg_scale is None:
+        cfg_scale = float(info["model"].get("default_cfg_scale", 4.0))
+    scale = cfg_scale if compiled.cfg else None
+    noise, labels = seeded_inputs(compiled, batch, seed, device)
+    got = compiled(noise, labels, scale)
+    # The reference runs in float32 whatever the artifact's dtype: it is the oracle.
+    want = reference.sample(compiled.model.float(), plan, sched, noise.float(), labels, scale)
+    compiled.model.to(compiled.model_dtype)
+    err = (got.float() - want).abs()
+    return VerifyResult(
+        artifact=str(directory),
+        dtype=info["dtype"],
+        reference_dtype="float32",
+        cuda_graph=compiled.cuda_graph,
+        max_abs_error=float(err.max()),
+        max_rel_error=float(err.max() / want.abs().max().clamp_min(1e-30)),
+        distinct_graphs=info["distinct_graphs"],
+        macs_uncached=info["macs_per_image"]["uncached"],
+        macs_compiled=info["macs_per_image"]["compiled"],
+        batch=batch,
+        seed=seed,
+        tolerance=default_tolerance(info["dtype"]) if tolerance is None else tolerance,
+    )
+
+
+def compile_summary(info: dict[str, Any]) -> dict[str, Any]:
+    """The headline numbers of a compiled sampler's ``info``: sizes, MACs, summed pass statistics."""
+    macs = info["macs_per_image"]
+    passes: dict[str, dict[str, float]] = {}
+    for g in info["graphs"]:
+        for rep in g["passes"]:
+            agg = passes.setdefault(rep["name"], {})
+            for k, v in rep["stats"].items():
+                if isinstance(v, int | float):
+                    agg[k] = agg.get(k, 0) + v
+    return {
+        "model": info["model"].get("name"),
+        "sampler": info["sampler"]["sampler"],
+        "nfe": info["nfe"],
+        "dtype": info["dtype"],
+        "cuda_graph": bool(info.get("cuda_graph", False)),
+        "distinct_graphs": info["distinct_graphs"],
+        "peak_live_cache_entries": info["peak_live_cache_entries"],
+        "macs_uncached": macs["uncached"],
+        "macs_compiled": macs["compiled"],
+        "ideal_speedup": round(macs["uncached"] / max(macs["compiled"], 1), 4),
+        "passes": passes,
+    }

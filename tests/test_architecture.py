@@ -1,0 +1,77 @@
+"""The package's shape: no import cycles, and the library never imports the CLI."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "l2c_compile"
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        out[name] = path
+    return out
+
+
+def _imports(path: Path, known: dict[str, Path]) -> set[str]:
+    """Every package module ``path`` imports, at module level or inside functions."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        for name in names:
+            while name and name not in known:
+                name = name.rpartition(".")[0]
+            if name and name != "l2c_compile":  # every module runs the package __init__ anyway
+                found.add(name)
+    return found
+
+
+def test_no_import_cycles():
+    known = _modules()
+    graph = {m: _imports(p, known) - {m} for m, p in known.items()}
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(m: str) -> None:
+        state[m] = 1
+        stack.append(m)
+        for dep in sorted(graph[m]):
+            if state.get(dep) == 1:
+                cycle = [*stack[stack.index(dep):], dep]
+                raise AssertionError("import cycle: " + " -> ".join(cycle))
+            if dep not in state:
+                visit(dep)
+        stack.pop()
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m)
+
+
+def test_the_library_never_imports_the_cli():
+    known = _modules()
+    for name, path in known.items():
+        if name.startswith("l2c_compile.cli"):
+            continue
+        cli = sorted(d for d in _imports(path, known) if d.startswith("l2c_compile.cli"))
+        assert not cli, f"{name} imports {cli}"
+
+
+def test_shared_vocabulary_is_defined_once():
+    import re
+
+    wanted = {"SublayerKey": r"^SublayerKey\s*=", "Mask": r"^Mask\s*=", "MODES": r"^\s*MODES\b.*=",
+              "Kind": r"^Kind\s*="}
+    for name, pattern in wanted.items():
+        where = [str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
+                 if re.search(pattern, p.read_text(encoding="utf-8"), re.MULTILINE)]
+        assert where == ["masks.py"], (name, where)

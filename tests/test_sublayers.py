@@ -1,0 +1,122 @@
+"""Sublayers are found by module scope: rewritten forwards, extra adds and torch.export graphs."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import pytest
+import torch
+
+import l2c_compile
+from l2c_compile import reference
+from l2c_compile.models.dit import DiT, DiTBlock, modulate
+from l2c_compile.models.uvit import UViT
+from l2c_compile.passes.base import CompileError, is_add
+from l2c_compile.passes.sublayers import (
+    SublayerSpec,
+    find_sublayers,
+    register_sublayers,
+    sublayer_spec,
+)
+from l2c_compile.passes.trace import trace_step
+from l2c_compile.samplers import make_plan
+from tests.helpers import inputs, random_schedule, rel_error, tiny_dit, tiny_uvit
+
+
+class SplitBlock(DiTBlock):
+    """The same block, its residuals split over statements and written stream-last."""
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        chunks = self.adaLN_modulation(c).chunk(6, dim=1)
+        h = modulate(self.norm1(x), chunks[0], chunks[1])
+        attn = self.attn(h)
+        branch = chunks[2].unsqueeze(1) * attn
+        x = x + branch
+        mlp_out = self.mlp(modulate(self.norm2(x), chunks[3], chunks[4]))
+        gated = mlp_out * chunks[5].unsqueeze(1)
+        return gated + x
+
+
+class SkipDiT(DiT):
+    """A DiT with one more residual add outside the sublayers: a long skip over all blocks."""
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        x = self.x_embedder(x) + self.pos_embed  # (N, T, D)
+        c = self.t_embedder(t) + self.y_embedder(y)  # (N, D)
+        first = x
+        for block in self.blocks:
+            x = block(x, c)
+        x = x + 0.5 * first  # the extra residual add
+        return self.unpatchify(self.final_layer(x, c))
+
+
+def _plan(nfe: int = 4):
+    return make_plan("ddim", nfe, noise_schedule="linear", time_input="discrete")
+
+
+def test_a_residual_split_over_statements_compiles_to_the_same_result():
+    plan = _plan()
+    model = tiny_dit(3, depth=3)
+    sched = random_schedule(plan, 3, random.Random(3), p=0.6)
+    want = l2c_compile.compile(model, plan, sched)
+    for block in model.blocks:
+        block.__class__ = SplitBlock  # the same weights, the rewritten forward
+    got = l2c_compile.compile(model, plan, sched)
+    noise, labels = inputs(model)
+    assert rel_error(got(noise, labels, 4.0), want(noise, labels, 4.0)) == 0.0
+    assert rel_error(got(noise, labels, 4.0), reference.sample(model, plan, sched, noise, labels, 4.0)) <= 1e-5
+
+
+@pytest.mark.parametrize("mode", ["cache", "drop"])
+def test_an_extra_residual_add_outside_the_sublayers_is_left_alone(mode):
+    plan = _plan()
+    base = tiny_dit(4, depth=2)
+    model = SkipDiT(**{k: getattr(base, k) for k in ("input_size", "patch_size", "in_channels", "num_heads")},
+                    hidden_size=32, depth=2, num_classes=5).eval()
+    model.load_state_dict(base.state_dict())
+    sched = random_schedule(plan, 2, random.Random(1), p=0.7)
+    sched = dataclasses.replace(sched, mode=mode)
+    compiled = l2c_compile.compile(model, plan, sched)
+    noise, labels = inputs(model)
+    want = reference.sample(model, plan, sched, noise, labels, 4.0)
+    assert rel_error(compiled(noise, labels, 4.0), want) <= 1e-5
+    subs = find_sublayers(trace_step(model, cfg=True))
+    assert len(subs) == 4  # the skip add and the guidance arithmetic are not sublayers
+
+
+def test_a_model_without_its_declared_sublayers_is_one_clear_error():
+    class Renamed(DiT):
+        pass
+
+    register_sublayers(Renamed, SublayerSpec(blocks=("blocks",), mlp="ffn"))
+    model = Renamed(input_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=2, num_heads=2,
+                    num_classes=5)
+    with pytest.raises(CompileError, match=r"^pass mark_sublayers failed: sublayer blocks\.0\.ffn \(mlp of block 0\) is not in the traced graph"):
+        l2c_compile.compile(model, _plan(), None)
+    with pytest.raises(CompileError, match="has no module 'stages'"):
+        SublayerSpec(blocks=("stages",)).paths(model)
+
+
+def test_uvit_declares_in_mid_and_out_blocks():
+    model = tiny_uvit(0, depth=4)
+    paths = sublayer_spec(model).paths(model)
+    assert paths[("attn", 0)] == "in_blocks.0.attn"
+    assert paths[("mlp", 2)] == "mid_block.mlp"
+    assert paths[("attn", 4)] == "out_blocks.1.attn"
+    assert isinstance(model, UViT) and len(paths) == 10
+
+
+@pytest.mark.parametrize("family", ["dit", "uvit"])
+def test_discovery_works_on_torch_export_graphs(family):
+    model = tiny_dit(0, depth=2) if family == "dit" else tiny_uvit(0, depth=2)
+    n, c, s = 1, model.in_channels, model.input_size
+    example = (torch.zeros(n, c, s, s), torch.zeros(n), torch.zeros(n, dtype=torch.long))
+    exported = torch.export.export(model, example)
+    paths = sublayer_spec(model).paths(model)
+    subs = find_sublayers(exported.graph_module, paths, root="")
+    assert [s.key for s in subs] == [(k, i) for i in range(len(paths) // 2) for k in ("attn", "mlp")]
+    for sub in subs:
+        assert sub.value.target == torch.ops.aten.linear.default  # attention proj / MLP fc2
+        assert is_add(sub.add) and sub.add.target == torch.ops.aten.add.Tensor
+        assert (sub.gate is not None) == (family == "dit")
