@@ -32,7 +32,6 @@ import linecache
 import math
 import os
 import shutil
-import tempfile
 import types
 from collections.abc import Callable
 from pathlib import Path
@@ -342,12 +341,19 @@ class CompiledSampler(nn.Module):
 
     # ── artifacts ────────────────────────────────────────────────────────────────────────────
     def save(self, directory: str | os.PathLike[str]) -> Path:
-        """Write the artifact folder atomically (a temp folder renamed into place)."""
+        """Write the artifact folder atomically (a temp folder renamed into place).
+
+        An existing artifact there is replaced; an existing file, or a folder holding anything
+        else, is refused untouched (L2CError) before anything is written. Files and the folder
+        get the user's umask.
+        """
         from safetensors.torch import save_file
 
+        from l2c_compile.io import apply_umask_to_folder, check_output_folder, make_temp_dir
+
         target = Path(directory)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        check_output_folder(target, force=True)
+        tmp = make_temp_dir(target)
         try:
             (tmp / "sampler.py").write_text(self.source, encoding="utf-8")
             state = {k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}
@@ -363,6 +369,7 @@ class CompiledSampler(nn.Module):
             (tmp / "manifest.json").write_text(
                 json.dumps(manifest, indent=1, default=str) + "\n", encoding="utf-8"
             )
+            apply_umask_to_folder(tmp)  # safetensors writes 0600 whatever the umask
             old = None
             if target.exists():
                 old = target.with_name(f".{target.name}.old")

@@ -114,7 +114,15 @@ def test_bf16_artifact_round_trips_and_verify_reports_the_fp32_error(tmp_path):
     assert r.exit_code == 0, r.output
     result = json.loads(r.output)
     assert result["dtype"] == "bfloat16" and result["reference_dtype"] == "float32"
-    assert result["tolerance"] == 5e-2 and 0.0 < result["max_rel_error"] <= 5e-2
+    # Low precision is judged by the RMS error against the fp32 reference, with the tolerance
+    # measured for this model and dtype (l2c_compile/tolerances.py); the max error is reported.
+    assert result["metric"] == "rms_rel_error" and result["tolerance"] == 3e-2
+    assert result["ok"] and 0.0 < result["rms_rel_error"] <= 3e-2
+    assert result["max_rel_error"] > 0.0
     # The reference ran in fp32 but the artifact's model is back in bf16 afterwards.
     r = runner.invoke(app, ["verify", str(art), "--tolerance", "1e-6"])
-    assert r.exit_code == 1 and "bfloat16" in r.output and "float32" in r.output
+    assert r.exit_code == 1 and "bfloat16" in r.stdout and "float32" in r.stdout
+    # A failed verify says in one line what failed and by how much.
+    failure = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(failure) == 1 and failure[0].startswith("verify failed: bfloat16 artifact")
+    assert "rms_rel_error" in failure[0] and "exceeds the tolerance 1e-06 by" in failure[0]

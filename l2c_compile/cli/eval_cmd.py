@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from l2c_compile.cli.common import OutputFormat, cli_errors, console, print_json
+from l2c_compile.cli.common import CFG_SCALE_HELP, OutputFormat, cli_errors, console, print_json
 
 
 @cli_errors
@@ -21,7 +21,7 @@ def eval_cmd(
     threshold: float | None = typer.Option(None, "--threshold", help="θ for a router (default: the family's)"),
     samples: int = typer.Option(1000, "--samples", "-k", help="images per sampler, balanced over classes"),
     seed: int = typer.Option(0, "--seed", help="seed of the noise and label order"),
-    cfg_scale: float | None = typer.Option(None, "--cfg-scale", help="guidance scale (default: the model's)"),
+    cfg_scale: float | None = typer.Option(None, "--cfg-scale", help=CFG_SCALE_HELP),
     batch: int = typer.Option(250, "--batch", help="images per sampler call"),
     fmt: OutputFormat = typer.Option(OutputFormat.rich, "--format"),
 ) -> None:

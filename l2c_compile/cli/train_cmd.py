@@ -89,8 +89,9 @@ def train_cmd(
 
     rank, world, dist_device = init_distributed()
     try:
+        target = _device(device, world, dist_device)  # before any work: one line if unavailable
         spec, net = build_for_cli(model, checkpoint, init, seed)
-        net = net.to(_device(device, world, dist_device))
+        net = net.to(target)
         plan = plan_for(spec, sampler, nfe)
         recipe_name = recipe or default_recipe(spec.family)
         if recipe_name not in RECIPES:
@@ -142,14 +143,11 @@ def train_cmd(
 
 
 def _device(device: str | None, world: int, dist_device):
-    import torch
-
     if device is None or world > 1:  # under torchrun each rank takes its own device
         return dist_device
-    try:
-        return torch.device(device)
-    except RuntimeError as exc:
-        raise L2CError(f"invalid device {device!r}: {exc}") from None
+    from l2c_compile.devices import resolve_device
+
+    return resolve_device(device)
 
 
 def _train(
