@@ -300,7 +300,8 @@ def test_odd_nfe_dpm_solver_compiles_exactly() -> None:
     model = tiny_uvit()
     plan = make_plan("dpm-solver-2", 5)
     assert [c.role for c in plan.calls] == ["full", "full", "cache", "full", "cache"]
-    sched = random_schedule(plan, 2, random.Random(5), p=0.8)
+    depth = len(model.transformer_blocks())
+    sched = random_schedule(plan, depth, random.Random(5), p=0.8)
     compiled = l2c_compile.compile(model, plan, sched)
     noise, labels = inputs(model)
     want = reference.sample(model, plan, sched, noise, labels, 0.4)
