@@ -111,8 +111,14 @@ def _load_official(p: Path, head: bytes) -> RouterFile:
         with torch.serialization.safe_globals([argparse.Namespace]):
             obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for bad pickles/zips; all mean "unreadable"
-        kind = "torch" if head.startswith(_ZIP_MAGIC) else "router"
-        raise L2CError(f"{p.name}: not a readable {kind} file ({_one_line(exc)})") from None
+        from l2c_compile.filekind import torch_load_problem
+
+        with p.open("rb") as fh:
+            head = fh.read(512)
+        raise L2CError(
+            f"{p.name}: not a router file: {torch_load_problem(exc, head)} (expected an official "
+            "DiT/U-ViT router .pt/.pth or an l2c-router .safetensors)"
+        ) from None
     if isinstance(obj, dict) and isinstance(obj.get("routers"), dict):
         logits = _stack_probs(obj["routers"], p.name)
         meta: dict[str, Any] = {"format": "dit-official", "family": "dit"}
