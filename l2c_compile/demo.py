@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from l2c_compile import progress
 from l2c_compile.errors import L2CError
 from l2c_compile.io import write_text_atomic
 
@@ -51,11 +52,13 @@ Stage = Callable[[str], None]
 
 def _timed(fn: Callable[[], Any], repeats: int) -> dict[str, float]:
     fn()  # warm-up
+    progress.advance()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
+        progress.advance()
     return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times)}
 
 
@@ -118,8 +121,10 @@ def run_demo(cfg: DemoConfig, stage: Stage = lambda _: None) -> dict[str, Any]:
     g = torch.Generator().manual_seed(cfg.seed)
     noise = torch.randn(len(labels), *spec.latent_shape, generator=g)
     scale = spec.default_cfg_scale
-    cached = compiled(noise, labels, scale)
-    uncached = uncached_module(noise, labels, scale)
+    with progress.task("sampling every class", 2 * plan.nfe, "model calls"), \
+            progress.counting_model_calls(compiled), progress.counting_model_calls(uncached_module):
+        cached = compiled(noise, labels, scale)
+        uncached = uncached_module(noise, labels, scale)
     # Grid: one column per class; the uncached rows on top, the cached rows below.
     order = torch.arange(len(labels)).view(n_cls, cfg.per_class).t().reshape(-1)
     grid = make_grid(as_pictures(torch.cat([uncached[order], cached[order]])), ncol=n_cls,
@@ -136,7 +141,8 @@ def run_demo(cfg: DemoConfig, stage: Stage = lambda _: None) -> dict[str, Any]:
         "compiled uncached": lambda: uncached_module(noise, labels, scale),
         "compiled L2C": lambda: compiled(noise, labels, scale),
     }
-    latency = {name: _timed(fn, cfg.repeats) for name, fn in runs.items()}
+    with progress.task("timing the four executors", len(runs) * (cfg.repeats + 1), "runs"):
+        latency = {name: _timed(fn, cfg.repeats) for name, fn in runs.items()}
     base = latency["compiled uncached"]["median_s"]
     for row in latency.values():
         row["speedup_vs_compiled_uncached"] = base / row["median_s"]

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from l2c_compile import progress as bars
 from l2c_compile.errors import L2CError
 
 ROUTER_SUFFIXES = (".safetensors", ".pt", ".pth")
@@ -197,10 +198,15 @@ def run_eval(cfg: EvalConfig, progress: Progress = lambda _: None) -> dict[str, 
     progress("compiling the cached and the uncached sampler")
     cached = l2c_compile.compile(model, plan, sched, model_info=spec.to_dict())
     full = l2c_compile.compile(model, plan, None, model_info=spec.to_dict())
+    calls = -(-cfg.samples // max(cfg.batch, 1)) * plan.nfe  # every batch runs the whole plan
     progress(f"sampling {cfg.samples} images, uncached")
-    ref = draw(full, noise, labels, scale, cfg.batch)
+    with bars.task(f"{cfg.samples} images, uncached", calls, "model calls"), \
+            bars.counting_model_calls(full):
+        ref = draw(full, noise, labels, scale, cfg.batch)
     progress(f"sampling {cfg.samples} images with the schedule")
-    got = draw(cached, noise, labels, scale, cfg.batch)
+    with bars.task(f"{cfg.samples} images, schedule", calls, "model calls"), \
+            bars.counting_model_calls(cached):
+        got = draw(cached, noise, labels, scale, cfg.batch)
     progress("scoring")
     q_full = quality(ref.images, labels)
     q = quality(got.images, labels, ref.images)

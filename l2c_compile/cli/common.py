@@ -53,19 +53,22 @@ def print_json(obj: Any) -> None:
 
 
 @contextlib.contextmanager
-def progress_bars(enabled: bool | None = None) -> Iterator[Any]:
-    """Draw the library's progress (stages, and bars for loops) on stderr inside the block.
+def progress_bars(enabled: bool | None = None, *, on: Console | None = None) -> Iterator[Any]:
+    """Draw the library's progress (stages, and bars for loops) inside the block.
 
-    ``enabled`` None: only when stderr is a terminal, so pipes, logs and tests get no redraws.
-    Yields the reporter (or None), whose ``stage`` can serve as a stage callback.
+    ``on``: the console to draw on (default stderr, so ``--format json`` keeps stdout clean; a
+    command that logs to stdout meanwhile passes ``console``). ``enabled`` None: only when that
+    console is a terminal, so pipes, logs and tests get no redraws. Yields the reporter (or
+    None), whose ``stage`` can serve as a stage callback.
     """
     from l2c_compile.progress import RichReporter, reporting
 
+    target = err_console if on is None else on
     if enabled is None:
-        enabled = err_console.is_terminal
+        enabled = target.is_terminal
     if not enabled:
         with reporting(None):
             yield None
         return
-    with RichReporter(err_console) as reporter, reporting(reporter):
+    with RichReporter(target) as reporter, reporting(reporter):
         yield reporter

@@ -7,7 +7,14 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from l2c_compile.cli.common import CFG_SCALE_HELP, OutputFormat, cli_errors, console, print_json
+from l2c_compile.cli.common import (
+    CFG_SCALE_HELP,
+    OutputFormat,
+    cli_errors,
+    console,
+    print_json,
+    progress_bars,
+)
 
 
 @cli_errors
@@ -31,10 +38,12 @@ def eval_cmd(
     cfg = EvalConfig(model=model, nfe=nfe, sampler=sampler, schedule=schedule, threshold=threshold,
                      samples=samples, seed=seed, cfg_scale=cfg_scale, batch=batch)
     if fmt == OutputFormat.json:
-        print_json(run_eval(cfg))
+        with progress_bars():  # on stderr: stdout stays JSON
+            report = run_eval(cfg)
+        print_json(report)
         return
-    with console.status("starting…") as status:
-        report = run_eval(cfg, lambda msg: status.update(msg + "…"))
+    with progress_bars(on=console) as bars:
+        report = run_eval(cfg, (lambda msg: bars.stage(msg + "…")) if bars else (lambda _: None))
     console.print(render_table(report))
     m = report["machine"]
     console.print(
