@@ -110,3 +110,31 @@ def test_unavailable_device_is_one_line(latent_artifact, tmp_path, command) -> N
     r = runner.invoke(app, [*args, "--device", "cuda"])
     _one_line(r, "device 'cuda' is not available", "available here: cpu")
     assert not (tmp_path / "x").exists() and not (tmp_path / "g.png").exists()
+
+
+def test_compile_table_shows_passes_as_lines(tmp_path) -> None:
+    r = runner.invoke(app, ["compile", "-m", "DiT-Tiny", "--init", "random", "--nfe", "4", "-o",
+                            str(tmp_path / "a")])
+    assert r.exit_code == 0, r.stderr
+    assert "{'" not in r.stdout and "specialize:" in r.stdout and "dce:" in r.stdout
+
+
+@pytest.mark.parametrize("command", [["sample"], ["verify"], ["eval"]])
+def test_cfg_scale_help_says_what_the_scale_means(command) -> None:
+    r = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "200"})
+    text = " ".join(r.stdout.replace("│", " ").split())  # the help panel wraps long lines
+    assert "DiT: u + s·(c − u), so 1 = no guidance" in text
+    assert "U-ViT: c + s·(c − u), so 0 = no guidance" in text
+
+
+def test_logs_name_no_source_location() -> None:
+    import io
+
+    from rich.console import Console
+
+    from l2c_compile.cli import common
+
+    buf = io.StringIO()
+    probe = Console(file=buf, width=100, log_path=common.console._log_render.show_path)
+    probe.log("importing the router into a schedule")
+    assert ".py:" not in buf.getvalue()
