@@ -58,16 +58,9 @@ def decode_latents(
 
 def check_png_path(path: str | os.PathLike[str]) -> None:
     """L2CError unless a PNG can be written at ``path`` (checked before any sampling)."""
-    p = Path(path)
-    if p.is_dir():
-        raise L2CError(f"cannot write {p}: it is an existing folder (give a .png file path)")
-    for parent in p.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise L2CError(f"cannot write {p}: {parent} is not a folder")
-            if not os.access(parent, os.W_OK):
-                raise L2CError(f"cannot write {p}: {parent} is not writable")
-            break
+    from l2c_compile.io import check_output_file
+
+    check_output_file(path, "image")
 
 
 def latents_preview(latents: torch.Tensor) -> torch.Tensor:

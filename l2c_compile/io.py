@@ -100,6 +100,23 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
 # Output paths, checked before any work
 # ---------------------------------------------------------------------------------------------
 
+
+def check_output_file(path: str | os.PathLike[str], what: str = "file") -> None:
+    """L2CError unless a ``what`` can be written at ``path`` (checked before long work).
+
+    Refused: an existing folder at ``path``, a parent that is a file, an unwritable folder.
+    """
+    p = Path(path)
+    if p.is_dir():
+        raise L2CError(f"cannot write the {what} to {p}: it is an existing folder (give a file path)")
+    for parent in p.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise L2CError(f"cannot write the {what} to {p}: {parent} is not a folder")
+            if not os.access(parent, os.W_OK):
+                raise L2CError(f"cannot write the {what} to {p}: {parent} is not writable")
+            break
+
 ARTIFACT_FORMAT = "l2c-artifact"  # the manifest's "format" (runtime.ARTIFACT_FORMAT)
 
 

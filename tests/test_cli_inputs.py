@@ -138,3 +138,13 @@ def test_logs_name_no_source_location() -> None:
     probe = Console(file=buf, width=100, log_path=common.console._log_render.show_path)
     probe.log("importing the router into a schedule")
     assert ".py:" not in buf.getvalue()
+
+
+def test_train_checks_its_outputs_before_training(tmp_path) -> None:
+    base = ["train", "-m", "DiT-Tiny", "--init", "random", "--nfe", "2", "--data", "self",
+            "--steps", "1"]
+    _one_line(runner.invoke(app, [*base, "-o", str(tmp_path)]), "cannot write the router",
+              "existing folder")
+    _one_line(runner.invoke(app, [*base, "-o", str(tmp_path / "r.safetensors"), "--export-official",
+                                  str(tmp_path)]), "cannot write the official router")
+    assert list(tmp_path.iterdir()) == []

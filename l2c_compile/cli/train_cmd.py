@@ -85,8 +85,12 @@ def train_cmd(
     fmt: OutputFormat = typer.Option(OutputFormat.rich, "--format"),
 ) -> None:
     """Train a Learning-to-Cache router (the model stays frozen)."""
+    from l2c_compile.io import check_output_file
     from l2c_compile.router import RECIPES, TrainConfig, default_recipe, init_distributed
 
+    check_output_file(out, "router")  # before training, not after it
+    if export_official is not None:
+        check_output_file(export_official, "official router")
     rank, world, dist_device = init_distributed()
     try:
         target = _device(device, world, dist_device)  # before any work: one line if unavailable
