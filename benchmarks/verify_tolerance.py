@@ -49,11 +49,13 @@ def measure(name: str, seeds: list[int], batch: int = 2) -> list[dict]:
     depth = len(model.transformer_blocks())
     router = shipped_router(spec.name, spec.default_sampler, 20)
     nfe = 20 if router else 6
-    plan = make_plan(spec.default_sampler, nfe, noise_schedule=spec.noise_schedule,
-                     time_input=spec.time_input)
+    plan = make_plan(
+        spec.default_sampler, nfe, noise_schedule=spec.noise_schedule, time_input=spec.time_input
+    )
     if router:
-        sched = import_router(router, plan, model=spec.name, depth=depth,
-                              threshold=default_threshold(spec.family))
+        sched = import_router(
+            router, plan, model=spec.name, depth=depth, threshold=default_threshold(spec.family)
+        )
     else:
         sched = heuristic("random", plan, model=spec.name, depth=depth, fraction=0.5)
     scale = spec.default_cfg_scale
@@ -73,12 +75,20 @@ def measure(name: str, seeds: list[int], batch: int = 2) -> list[dict]:
             rms.append(_rel_rms(out, ref))
             max32.append(_rel_max(out, ref))
             same.append(_rel_max(out, low))
-        rows.append({
-            "model": name, "dtype": dtype_name, "nfe": nfe, "batch": batch, "seeds": seeds,
-            "rms_rel_error_max": max(rms), "max_rel_error_max": max(max32),
-            "max_rel_error_same_dtype_max": max(same), "rms_rel_error": rms,
-            "max_rel_error": max32,
-        })
+        rows.append(
+            {
+                "model": name,
+                "dtype": dtype_name,
+                "nfe": nfe,
+                "batch": batch,
+                "seeds": seeds,
+                "rms_rel_error_max": max(rms),
+                "max_rel_error_max": max(max32),
+                "max_rel_error_same_dtype_max": max(same),
+                "rms_rel_error": rms,
+                "max_rel_error": max32,
+            }
+        )
     return rows
 
 

@@ -46,7 +46,9 @@ def resolve_device(device: str | torch.device | None) -> torch.device | None:
         return dev
     available = available_devices()
     if dev.type == "cuda":
-        ok = torch.cuda.is_available() and (dev.index is None or dev.index < torch.cuda.device_count())
+        ok = torch.cuda.is_available() and (
+            dev.index is None or dev.index < torch.cuda.device_count()
+        )
     elif dev.type == "mps":
         ok = "mps" in available
     elif dev.type == "xpu":

@@ -200,12 +200,16 @@ def run_eval(cfg: EvalConfig, progress: Progress = lambda _: None) -> dict[str, 
     full = l2c_compile.compile(model, plan, None, model_info=spec.to_dict())
     calls = -(-cfg.samples // max(cfg.batch, 1)) * plan.nfe  # every batch runs the whole plan
     progress(f"sampling {cfg.samples} images, uncached")
-    with bars.task(f"{cfg.samples} images, uncached", calls, "model calls"), \
-            bars.counting_model_calls(full):
+    with (
+        bars.task(f"{cfg.samples} images, uncached", calls, "model calls"),
+        bars.counting_model_calls(full),
+    ):
         ref = draw(full, noise, labels, scale, cfg.batch)
     progress(f"sampling {cfg.samples} images with the schedule")
-    with bars.task(f"{cfg.samples} images, schedule", calls, "model calls"), \
-            bars.counting_model_calls(cached):
+    with (
+        bars.task(f"{cfg.samples} images, schedule", calls, "model calls"),
+        bars.counting_model_calls(cached),
+    ):
         got = draw(cached, noise, labels, scale, cfg.batch)
     progress("scoring")
     q_full = quality(ref.images, labels)

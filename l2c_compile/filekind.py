@@ -72,7 +72,9 @@ def torch_load_problem(exc: BaseException, head: bytes) -> str:
     kind = describe_bytes(head)
     if head.startswith(b"PK\x03\x04"):
         first = (text.strip().splitlines() or [type(exc).__name__])[0].strip(" .:")
-        return f"it is a zip archive torch cannot read (truncated, or not a torch file: {first[:80]})"
+        return (
+            f"it is a zip archive torch cannot read (truncated, or not a torch file: {first[:80]})"
+        )
     if kind.startswith("a Python pickle"):
         return f"it is {kind} that cannot be read (truncated or corrupt)"
     return f"it is {kind}"

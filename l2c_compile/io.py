@@ -108,7 +108,9 @@ def check_output_file(path: str | os.PathLike[str], what: str = "file") -> None:
     """
     p = Path(path)
     if p.is_dir():
-        raise L2CError(f"cannot write the {what} to {p}: it is an existing folder (give a file path)")
+        raise L2CError(
+            f"cannot write the {what} to {p}: it is an existing folder (give a file path)"
+        )
     for parent in p.parents:
         if parent.exists():
             if not parent.is_dir():
@@ -116,6 +118,7 @@ def check_output_file(path: str | os.PathLike[str], what: str = "file") -> None:
             if not os.access(parent, os.W_OK):
                 raise L2CError(f"cannot write the {what} to {p}: {parent} is not writable")
             break
+
 
 ARTIFACT_FORMAT = "l2c-artifact"  # the manifest's "format" (runtime.ARTIFACT_FORMAT)
 

@@ -191,8 +191,12 @@ class RichReporter:
         from rich.console import Group
         from rich.live import Live
 
-        self._live = Live(Group(self._bars, self._stage), console=self.console,
-                          refresh_per_second=8, transient=False)
+        self._live = Live(
+            Group(self._bars, self._stage),
+            console=self.console,
+            refresh_per_second=8,
+            transient=False,
+        )
         self._live.__enter__()
         return self
 

@@ -244,8 +244,11 @@ def _target_meta(meta: dict[str, Any]) -> dict[str, Any]:
     spec = MODELS.get(meta.get("model")) if isinstance(meta.get("model"), str) else None
     if spec is not None:
         side = int(spec.latent_shape[1])
-        out.update(family=spec.family, resolution=side if spec.pixel_space else side * 8,
-                   classes=int(spec.num_classes))
+        out.update(
+            family=spec.family,
+            resolution=side if spec.pixel_space else side * 8,
+            classes=int(spec.num_classes),
+        )
     return out
 
 
@@ -271,8 +274,17 @@ def export_official(path: str | os.PathLike[str], logits: torch.Tensor, family: 
 
 # Every fact a router file may carry; a file that lacks one leaves it unchecked.
 # Checked in this order: the shape first (a wrong-size file is the plainest message).
-FACTS = ("depth", "nfe", "sublayers", "family", "model", "resolution", "classes", "sampler",
-         "sampler_options")
+FACTS = (
+    "depth",
+    "nfe",
+    "sublayers",
+    "family",
+    "model",
+    "resolution",
+    "classes",
+    "sampler",
+    "sampler_options",
+)
 SUBLAYERS = ("attn", "mlp")  # every layout interleaves them per block: attn0, mlp0, attn1, …
 
 
@@ -300,8 +312,11 @@ def router_facts(router: RouterFile) -> dict[str, Any]:
         args = meta.get("args")
         if isinstance(args, dict):
             facts["sampler"] = "ddim"
-            for key, name in (("model", "model"), ("image_size", "resolution"),
-                              ("num_classes", "classes")):
+            for key, name in (
+                ("model", "model"),
+                ("image_size", "resolution"),
+                ("num_classes", "classes"),
+            ):
                 if args.get(key) is not None:
                     facts[name] = args[key]
     elif fmt == "uvit-official":

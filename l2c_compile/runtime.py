@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import json
 import linecache
-import math
 import os
 import shutil
 import types
@@ -42,6 +41,7 @@ from torch import nn
 
 from l2c_compile import __version__
 from l2c_compile.errors import L2CError
+from l2c_compile.sampler_inputs import check_call, check_scale
 
 ARTIFACT_FORMAT = "l2c-artifact"
 ARTIFACT_VERSION = 1
@@ -240,82 +240,18 @@ class CompiledSampler(nn.Module):
         to another dtype after compiling.
         """
         unconditional = labels is None
-        noise, labels = self._check_inputs(noise, labels)
+        name = self.info.get("model", {}).get("name", "this model")
+        noise, labels = check_call(self.model, self.model_dtype, noise, labels, name)
         if self.cfg and cfg_scale is None and not unconditional:
             raise L2CError(
                 "this sampler was compiled with classifier-free guidance: pass cfg_scale "
                 "(or labels=None for unconditional samples)"
             )
-        value = 1.0 if cfg_scale is None else _check_scale(cfg_scale)
+        value = 1.0 if cfg_scale is None else check_scale(cfg_scale)
         with torch.no_grad():
             if self._cuda_graph:
                 return self._graphed(noise, labels, value)
             return self._sample(self, noise, labels, _scale_tensor(value, noise.device))
-
-    def _check_inputs(
-        self, noise: object, labels: object
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Validate ``noise`` and ``labels`` (see :meth:`forward`); return them ready to run."""
-        weight = next(self.model.parameters())
-        if weight.dtype != self.model_dtype:
-            want = str(self.model_dtype).removeprefix("torch.")
-            have = str(weight.dtype).removeprefix("torch.")
-            raise L2CError(
-                f"this sampler was compiled for {want} weights but they are now {have} (moved "
-                f"after compiling); move them back with .to(torch.{want}) or compile a {have} sampler"
-            )
-        expected = (self.model.in_channels, self.model.input_size, self.model.input_size)
-        if not isinstance(noise, torch.Tensor):
-            raise L2CError(
-                f"noise must be a torch.Tensor of shape (N, {', '.join(map(str, expected))}), "
-                f"got {type(noise).__name__}"
-            )
-        if noise.dim() != 4 or tuple(noise.shape[1:]) != expected or noise.shape[0] == 0:
-            raise L2CError(
-                f"noise must have shape (N, {', '.join(map(str, expected))}) with N >= 1, "
-                f"got {tuple(noise.shape)}"
-            )
-        if not noise.is_floating_point():
-            raise L2CError(f"noise must be a floating-point tensor, got {noise.dtype}")
-        if noise.device != weight.device:
-            raise L2CError(
-                f"noise is on {noise.device} but the sampler's weights are on {weight.device}; "
-                "move one of them"
-            )
-        n = noise.shape[0]
-        real = int(self.model.null_class)  # real classes are 0 .. null_class-1
-        if labels is None:
-            if _label_rows(self.model) <= real:
-                raise L2CError(
-                    f"{self.info.get('model', {}).get('name', 'this model')} has no null class, "
-                    "so it cannot sample unconditionally: pass labels"
-                )
-            labels = torch.full((n,), real, dtype=torch.long, device=noise.device)
-        elif not isinstance(labels, torch.Tensor):
-            raise L2CError(
-                f"labels must be a torch.Tensor of integer class ids, shape ({n},), got "
-                f"{type(labels).__name__} (use torch.tensor(labels))"
-            )
-        else:
-            if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-                raise L2CError(
-                    f"labels must be integer class ids (torch.long), got {labels.dtype}"
-                )
-            if labels.shape != (n,):
-                raise L2CError(f"labels must have shape ({n},), got {tuple(labels.shape)}")
-            lo, hi = int(labels.min()), int(labels.max())
-            if lo < 0 or hi >= real:
-                bad = lo if lo < 0 else hi
-                what = " (the null class: pass labels=None for unconditional samples)" if (
-                    bad == real
-                ) else ""
-                raise L2CError(
-                    f"label {bad} is out of range: this model has classes 0..{real - 1}{what}"
-                )
-            labels = labels.to(device=noise.device, dtype=torch.long)
-        if noise.dtype != torch.float32:
-            noise = noise.float()  # the sampler state is float32 (module docstring)
-        return noise, labels
 
     def _graphed(
         self, noise: torch.Tensor, labels: torch.Tensor, cfg_scale: float | torch.Tensor
@@ -383,35 +319,6 @@ class CompiledSampler(nn.Module):
             if tmp.exists():
                 shutil.rmtree(tmp)
         return target
-
-
-def _label_rows(model: nn.Module) -> int:
-    """How many label ids the model embeds (its real classes, plus the null class if it has one)."""
-    for path in ("y_embedder.embedding_table", "label_emb"):  # DiT, U-ViT
-        emb = model
-        for part in path.split("."):
-            emb = getattr(emb, part, None)
-        if isinstance(emb, nn.Embedding):
-            return int(emb.num_embeddings)
-    return int(model.null_class) + 1
-
-
-def _check_scale(value: float | torch.Tensor) -> float | torch.Tensor:
-    """The guidance scale if it is one finite number (or a one-element tensor); else L2CError."""
-    if isinstance(value, torch.Tensor):
-        if value.numel() != 1 or value.dtype == torch.bool or value.is_complex():
-            raise L2CError(
-                "cfg_scale must be a number or a one-element real tensor, got "
-                f"{value.dtype} of shape {tuple(value.shape)}"
-            )
-        ok = bool(torch.isfinite(value.detach().float()).all())
-    elif isinstance(value, int | float) and not isinstance(value, bool):
-        ok = math.isfinite(value)
-    else:
-        raise L2CError(f"cfg_scale must be a number, got {type(value).__name__}")
-    if not ok:
-        raise L2CError(f"cfg_scale must be finite, got {value}")
-    return value
 
 
 def _scale_tensor(value: float | torch.Tensor, device: torch.device) -> torch.Tensor:

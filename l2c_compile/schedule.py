@@ -526,8 +526,13 @@ def import_router(
             f"{p.name}: router metadata has unknown mode {mode!r}; expected cache or drop"
         )
     digest = hashlib.sha256(p.read_bytes()).hexdigest()
-    source = {"kind": "router", "file": p.name, "sha256": digest, "format": meta.get("format"),
-              **facts}
+    source = {
+        "kind": "router",
+        "file": p.name,
+        "sha256": digest,
+        "format": meta.get("format"),
+        **facts,
+    }
     try:
         return Schedule.from_router(
             router.logits,

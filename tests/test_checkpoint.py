@@ -100,7 +100,9 @@ def test_missing_checkpoint(tmp_path) -> None:
 def test_corrupt_checkpoint(suffix: str, tmp_path) -> None:
     path = tmp_path / f"junk{suffix}"
     path.write_bytes(b"\x00\x01 definitely not weights \xff" * 40)
-    one_line_error(build_model("DiT-Tiny"), path, "cannot be loaded: it is unrecognised binary data")
+    one_line_error(
+        build_model("DiT-Tiny"), path, "cannot be loaded: it is unrecognised binary data"
+    )
 
 
 @pytest.mark.parametrize("saver", ["torch", "safetensors"])
@@ -112,7 +114,11 @@ def test_truncated_checkpoint(saver: str, tmp_path) -> None:
     else:
         save_checkpoint(model, path)
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    one_line_error(build_model("DiT-Tiny"), path, "cannot be loaded: it is a (zip archive torch cannot read|corrupt or truncated safetensors)")
+    one_line_error(
+        build_model("DiT-Tiny"),
+        path,
+        "cannot be loaded: it is a (zip archive torch cannot read|corrupt or truncated safetensors)",
+    )
 
 
 def test_unsafe_pickle_is_refused(tmp_path) -> None:

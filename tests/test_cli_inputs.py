@@ -22,7 +22,9 @@ runner = CliRunner()
 def latent_artifact(tmp_path_factory) -> Path:
     """A DiT-Tiny artifact (random weights); the VAE tests make it pose as a latent model."""
     out = tmp_path_factory.mktemp("a") / "art"
-    r = runner.invoke(app, ["compile", "-m", "DiT-Tiny", "--init", "random", "--nfe", "2", "-o", str(out)])
+    r = runner.invoke(
+        app, ["compile", "-m", "DiT-Tiny", "--init", "random", "--nfe", "2", "-o", str(out)]
+    )
     assert r.exit_code == 0, r.stderr
     return out
 
@@ -63,14 +65,20 @@ def _pretend_latent(monkeypatch) -> None:
     [
         (lambda p: p / "missing-vae", ["VAE folder not found"]),
         (lambda p: (p / "empty-vae").mkdir() or p / "empty-vae", ["has no config.json"]),
-        (lambda p: "stabilityai/sd-vae-ft-ema", ["VAE folder not found"]),  # a hub name: no download
+        (
+            lambda p: "stabilityai/sd-vae-ft-ema",
+            ["VAE folder not found"],
+        ),  # a hub name: no download
     ],
 )
-def test_sample_checks_the_vae_before_sampling(latent_artifact, tmp_path, monkeypatch, no_sampling,
-                                               make, needles) -> None:
+def test_sample_checks_the_vae_before_sampling(
+    latent_artifact, tmp_path, monkeypatch, no_sampling, make, needles
+) -> None:
     _pretend_latent(monkeypatch)
     vae = make(tmp_path)
-    r = runner.invoke(app, ["sample", str(latent_artifact), "--vae", str(vae), "-o", str(tmp_path / "g.png")])
+    r = runner.invoke(
+        app, ["sample", str(latent_artifact), "--vae", str(vae), "-o", str(tmp_path / "g.png")]
+    )
     _one_line(r, *needles)
     assert not (tmp_path / "g.png").exists()
 
@@ -84,12 +92,16 @@ def test_sample_checks_the_vae_before_sampling(latent_artifact, tmp_path, monkey
         (["--classes", ","], ["names no class"]),
     ],
 )
-def test_sample_checks_classes_before_sampling(latent_artifact, tmp_path, no_sampling, args, needles) -> None:
+def test_sample_checks_classes_before_sampling(
+    latent_artifact, tmp_path, no_sampling, args, needles
+) -> None:
     r = runner.invoke(app, ["sample", str(latent_artifact), *args, "-o", str(tmp_path / "g.png")])
     _one_line(r, *needles)
 
 
-def test_sample_checks_the_output_path_before_sampling(latent_artifact, tmp_path, no_sampling) -> None:
+def test_sample_checks_the_output_path_before_sampling(
+    latent_artifact, tmp_path, no_sampling
+) -> None:
     r = runner.invoke(app, ["sample", str(latent_artifact), "-o", str(tmp_path)])
     _one_line(r, "is an existing folder")
     (tmp_path / "f").write_text("x")
@@ -101,11 +113,34 @@ def test_sample_checks_the_output_path_before_sampling(latent_artifact, tmp_path
 @pytest.mark.parametrize("command", ["compile", "verify", "sample", "train"])
 def test_unavailable_device_is_one_line(latent_artifact, tmp_path, command) -> None:
     args = {
-        "compile": ["compile", "-m", "DiT-Tiny", "--init", "random", "--nfe", "2", "-o", str(tmp_path / "x")],
+        "compile": [
+            "compile",
+            "-m",
+            "DiT-Tiny",
+            "--init",
+            "random",
+            "--nfe",
+            "2",
+            "-o",
+            str(tmp_path / "x"),
+        ],
         "verify": ["verify", str(latent_artifact)],
         "sample": ["sample", str(latent_artifact), "-o", str(tmp_path / "g.png")],
-        "train": ["train", "-m", "DiT-Tiny", "--init", "random", "--nfe", "2", "--data", "self",
-                  "--steps", "1", "-o", str(tmp_path / "r.safetensors")],
+        "train": [
+            "train",
+            "-m",
+            "DiT-Tiny",
+            "--init",
+            "random",
+            "--nfe",
+            "2",
+            "--data",
+            "self",
+            "--steps",
+            "1",
+            "-o",
+            str(tmp_path / "r.safetensors"),
+        ],
     }[command]
     r = runner.invoke(app, [*args, "--device", "cuda"])
     _one_line(r, "device 'cuda' is not available", "available here: cpu")
@@ -113,8 +148,10 @@ def test_unavailable_device_is_one_line(latent_artifact, tmp_path, command) -> N
 
 
 def test_compile_table_shows_passes_as_lines(tmp_path) -> None:
-    r = runner.invoke(app, ["compile", "-m", "DiT-Tiny", "--init", "random", "--nfe", "4", "-o",
-                            str(tmp_path / "a")])
+    r = runner.invoke(
+        app,
+        ["compile", "-m", "DiT-Tiny", "--init", "random", "--nfe", "4", "-o", str(tmp_path / "a")],
+    )
     assert r.exit_code == 0, r.stderr
     assert "{'" not in r.stdout and "specialize:" in r.stdout and "dce:" in r.stdout
 
@@ -141,10 +178,28 @@ def test_logs_name_no_source_location() -> None:
 
 
 def test_train_checks_its_outputs_before_training(tmp_path) -> None:
-    base = ["train", "-m", "DiT-Tiny", "--init", "random", "--nfe", "2", "--data", "self",
-            "--steps", "1"]
-    _one_line(runner.invoke(app, [*base, "-o", str(tmp_path)]), "cannot write the router",
-              "existing folder")
-    _one_line(runner.invoke(app, [*base, "-o", str(tmp_path / "r.safetensors"), "--export-official",
-                                  str(tmp_path)]), "cannot write the official router")
+    base = [
+        "train",
+        "-m",
+        "DiT-Tiny",
+        "--init",
+        "random",
+        "--nfe",
+        "2",
+        "--data",
+        "self",
+        "--steps",
+        "1",
+    ]
+    _one_line(
+        runner.invoke(app, [*base, "-o", str(tmp_path)]),
+        "cannot write the router",
+        "existing folder",
+    )
+    _one_line(
+        runner.invoke(
+            app, [*base, "-o", str(tmp_path / "r.safetensors"), "--export-official", str(tmp_path)]
+        ),
+        "cannot write the official router",
+    )
     assert list(tmp_path.iterdir()) == []

@@ -75,8 +75,9 @@ def test_replacing_an_artifact_needs_force(tmp_path: Path) -> None:
     r = runner.invoke(app, [*COMPILE, "--seed", "1", "-o", str(art), "--force"])
     assert r.exit_code == 0, r.stderr
     assert l2c_compile.load(art) is not None
-    assert _listing(tmp_path) == sorted(["art", *(f"art/{n}" for n in
-                                              ("manifest.json", "sampler.py", "weights.safetensors"))])
+    assert _listing(tmp_path) == sorted(
+        ["art", *(f"art/{n}" for n in ("manifest.json", "sampler.py", "weights.safetensors"))]
+    )
 
 
 def test_empty_folder_is_used(tmp_path: Path) -> None:
@@ -102,8 +103,21 @@ def test_outputs_follow_the_umask(tmp_path: Path, umask: int) -> None:
         sampler = l2c_compile.compile(tiny_dit(), make_plan("ddim", 2), None)
         art = sampler.save(tmp_path / "art")
         io.write_text_atomic(tmp_path / "s.json", "{}")
-        r = runner.invoke(app, ["schedule", "heuristic", "-m", "DiT-Tiny", "--nfe", "2", "--kind",
-                                "all", "-o", str(tmp_path / "h.json")])
+        r = runner.invoke(
+            app,
+            [
+                "schedule",
+                "heuristic",
+                "-m",
+                "DiT-Tiny",
+                "--nfe",
+                "2",
+                "--kind",
+                "all",
+                "-o",
+                str(tmp_path / "h.json"),
+            ],
+        )
         assert r.exit_code == 0
     finally:
         os.umask(old)

@@ -48,10 +48,16 @@ def test_model_calls_are_counted_for_both_executors() -> None:
     noise, labels = inputs(model)
     rec = Recorder()
     with progress.reporting(rec):
-        with progress.task("compiled", plan.nfe, "model calls"), progress.counting_model_calls(sampler):
+        with (
+            progress.task("compiled", plan.nfe, "model calls"),
+            progress.counting_model_calls(sampler),
+        ):
             sampler(noise, labels, 4.0)
         assert _ticks(rec.events) == 5
-        with progress.task("reference", plan.nfe, "model calls"), progress.counting_model_calls(model):
+        with (
+            progress.task("reference", plan.nfe, "model calls"),
+            progress.counting_model_calls(model),
+        ):
             reference.sample(model, plan, None, noise, labels, 4.0)
         assert _ticks(rec.events) == 10
     assert rec.events[0] == ("start", "compiled", 5, "model calls")
@@ -67,15 +73,18 @@ def test_verify_reports_both_runs(tmp_path) -> None:
     from l2c_compile.models.registry import build_model, get_spec, init_random
 
     spec = get_spec("DiT-Tiny")
-    sampler = l2c_compile.compile(init_random(build_model(spec), 0), make_plan("ddim", 4), None,
-                                  model_info=spec.to_dict())
+    sampler = l2c_compile.compile(
+        init_random(build_model(spec), 0), make_plan("ddim", 4), None, model_info=spec.to_dict()
+    )
     art = sampler.save(tmp_path / "art")
     rec = Recorder()
     with progress.reporting(rec):
         verify_artifact(art)
     starts = [e for e in rec.events if e[0] == "start"]
-    assert starts == [("start", "compiled sampler (float32)", 4, "model calls"),
-                      ("start", "reference executor (float32)", 4, "model calls")]
+    assert starts == [
+        ("start", "compiled sampler (float32)", 4, "model calls"),
+        ("start", "reference executor (float32)", 4, "model calls"),
+    ]
     assert _ticks(rec.events) == 8
 
 

@@ -47,7 +47,9 @@ def test_readme_has_snippets() -> None:
     assert PYTHON_BLOCKS and len(COMMANDS) >= 10
 
 
-@pytest.mark.parametrize("code", PYTHON_BLOCKS, ids=[f"python-{i}" for i in range(len(PYTHON_BLOCKS))])
+@pytest.mark.parametrize(
+    "code", PYTHON_BLOCKS, ids=[f"python-{i}" for i in range(len(PYTHON_BLOCKS))]
+)
 def test_python_snippet_runs(code: str, tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     exec(compile(code, str(README), "exec"), {"__name__": "readme"})
@@ -56,8 +58,11 @@ def test_python_snippet_runs(code: str, tmp_path, monkeypatch) -> None:
 @pytest.mark.parametrize("line", COMMANDS)
 def test_shell_command_matches_the_cli(line: str) -> None:
     words = shlex.split(line)
-    words = words[words.index("l2c-compile") + 1:] if "l2c-compile" in words else \
-        words[words.index("l2c_compile.cli.main") + 1:]
+    words = (
+        words[words.index("l2c-compile") + 1 :]
+        if "l2c-compile" in words
+        else words[words.index("l2c_compile.cli.main") + 1 :]
+    )
     cmd = typer.main.get_command(app)  # typer's (vendored) click objects: duck-typed here
     while getattr(cmd, "commands", None) and words and not words[0].startswith("-"):
         sub = cmd.commands.get(words[0])

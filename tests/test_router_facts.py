@@ -43,11 +43,18 @@ def _refused(result, out: Path, *needles: str) -> None:
 @pytest.mark.parametrize(
     ("args", "needles"),
     [
-        (["--model", "DiT-XL/2", "--nfe", "20", "--sampler", "dpm-solver-2"],
-         ["trained for sampler ddim but the plan is dpm-solver-2"]),
-        (["--model", "DiT-XL/2-512", "--nfe", "20"],
-         ["trained at resolution 256 px but the model draws 512 px"]),
-        (["--model", "DiT-XL/2", "--nfe", "50"], ["router has 20 steps but the sampler plan has 50"]),
+        (
+            ["--model", "DiT-XL/2", "--nfe", "20", "--sampler", "dpm-solver-2"],
+            ["trained for sampler ddim but the plan is dpm-solver-2"],
+        ),
+        (
+            ["--model", "DiT-XL/2-512", "--nfe", "20"],
+            ["trained at resolution 256 px but the model draws 512 px"],
+        ),
+        (
+            ["--model", "DiT-XL/2", "--nfe", "50"],
+            ["router has 20 steps but the sampler plan has 50"],
+        ),
         (["--model", "DiT-S/2", "--nfe", "20"], ["router has 56 entries per step", "12 blocks"]),
     ],
 )
@@ -59,16 +66,32 @@ def test_released_dit_router_on_another_target_is_refused(tmp_path, args, needle
 @needs_routers
 def test_released_routers_record_what_was_checked(tmp_path) -> None:
     out = tmp_path / "d.json"
-    assert _import(str(ROUTERS / "DDIM20_router.pt"), "-m", "DiT-XL/2", "--nfe", "20",
-                   out=out).exit_code == 0
+    assert (
+        _import(
+            str(ROUTERS / "DDIM20_router.pt"), "-m", "DiT-XL/2", "--nfe", "20", out=out
+        ).exit_code
+        == 0
+    )
     src = Schedule.load(out).source
     assert src["format"] == "dit-official"
-    assert src["checked"] == ["depth", "nfe", "sublayers", "family", "model", "resolution",
-                              "classes", "sampler"]
+    assert src["checked"] == [
+        "depth",
+        "nfe",
+        "sublayers",
+        "family",
+        "model",
+        "resolution",
+        "classes",
+        "sampler",
+    ]
     assert src["unchecked"] == ["sampler_options"]
     out = tmp_path / "u.json"
-    assert _import(str(ROUTERS / "dpm20_router.pth"), "-m", "U-ViT-H/2", "--nfe", "20",
-                   out=out).exit_code == 0
+    assert (
+        _import(
+            str(ROUTERS / "dpm20_router.pth"), "-m", "U-ViT-H/2", "--nfe", "20", out=out
+        ).exit_code
+        == 0
+    )
     src = Schedule.load(out).source
     assert src["checked"] == ["depth", "nfe", "sublayers", "family"]
     assert src["unchecked"] == ["model", "resolution", "classes", "sampler", "sampler_options"]
@@ -77,7 +100,9 @@ def test_released_routers_record_what_was_checked(tmp_path) -> None:
     text = " ".join(shown.stdout.split())
     assert "router facts checked │ depth, nfe, sublayers, family" in text
     assert "unchecked (not in the file)" in text and "sampler_options" in text
-    as_json = json.loads(runner.invoke(app, ["schedule", "show", str(out), "--format", "json"]).stdout)
+    as_json = json.loads(
+        runner.invoke(app, ["schedule", "show", str(out), "--format", "json"]).stdout
+    )
     assert as_json["source"]["unchecked"][0] == "model"
 
 
@@ -85,8 +110,11 @@ def test_official_uvit_layout_on_a_dit_is_refused(tmp_path) -> None:
     path = tmp_path / "u.pth"
     export_official(path, torch.zeros(20, 56), "uvit")  # the right size for DiT-XL/2
     out = tmp_path / "x.json"
-    _refused(_import(str(path), "-m", "DiT-XL/2", "--nfe", "20", out=out), out,
-             "router is a uvit router but the model family is dit")
+    _refused(
+        _import(str(path), "-m", "DiT-XL/2", "--nfe", "20", out=out),
+        out,
+        "router is a uvit router but the model family is dit",
+    )
 
 
 def test_official_dit_layout_without_args_checks_only_its_family(tmp_path) -> None:
@@ -101,16 +129,22 @@ def test_official_dit_layout_without_args_checks_only_its_family(tmp_path) -> No
 def test_own_router_records_and_checks_every_fact(tmp_path) -> None:
     path = tmp_path / "r.safetensors"
     plan = make_plan("dpm-solver-2", 6, noise_schedule="linear", time_input="discrete")
-    save_router(path, torch.zeros(6, 6), {"model": "DiT-Tiny", "sampler": "dpm-solver-2",
-                                          "nfe": 6, "options": dict(plan.options)})
+    save_router(
+        path,
+        torch.zeros(6, 6),
+        {"model": "DiT-Tiny", "sampler": "dpm-solver-2", "nfe": 6, "options": dict(plan.options)},
+    )
     facts = router_facts(load_router(path))
     assert set(facts) == set(FACTS)
     assert facts["family"] == "dit" and facts["sublayers"] == ["attn", "mlp"]
     sched = import_router(path, plan, model="DiT-Tiny", depth=3, threshold=0.5)
     assert sched.source["checked"] == list(FACTS) and sched.source["unchecked"] == []
-    unshifted = make_plan("dpm-solver-2", 6, noise_schedule="linear", time_input="discrete",
-                          shifted=False)
-    with pytest.raises(L2CError, match=r"sampler option shifted=True but the plan has shifted=False"):
+    unshifted = make_plan(
+        "dpm-solver-2", 6, noise_schedule="linear", time_input="discrete", shifted=False
+    )
+    with pytest.raises(
+        L2CError, match=r"sampler option shifted=True but the plan has shifted=False"
+    ):
         import_router(path, unshifted, model="DiT-Tiny", depth=3, threshold=0.5)
 
 

@@ -37,11 +37,17 @@ def test_router_file_errors(tmp_path: Path) -> None:
     one_line_error(load_router, tmp_path / "missing.pt", match="not found")
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"\x00\x01 definitely not a checkpoint")
-    one_line_error(load_router, garbage, match="garbage.pt: not a router file: it is unrecognised binary data")
+    one_line_error(
+        load_router, garbage, match="garbage.pt: not a router file: it is unrecognised binary data"
+    )
     whole, truncated = tmp_path / "whole.pt", tmp_path / "trunc.pt"
     torch.save({"routers": {f"{i}.prob": torch.zeros(56) for i in range(20)}}, whole)
     truncated.write_bytes(whole.read_bytes()[:2000])
-    one_line_error(load_router, truncated, match="trunc.pt: not a router file: it is a zip archive torch cannot read")
+    one_line_error(
+        load_router,
+        truncated,
+        match="trunc.pt: not a router file: it is a zip archive torch cannot read",
+    )
     unknown = tmp_path / "unknown.pt"
     torch.save({"weights": torch.zeros(3)}, unknown)
     one_line_error(load_router, unknown, match="unknown router format")

@@ -30,10 +30,16 @@ def dit_sampler():
 @pytest.mark.parametrize(
     ("labels", "match"),
     [
-        (torch.tensor([0, 5]), r"label 5 is out of range: this model has classes 0\.\.4 \(the null class: pass labels=None"),
+        (
+            torch.tensor([0, 5]),
+            r"label 5 is out of range: this model has classes 0\.\.4 \(the null class: pass labels=None",
+        ),
         (torch.tensor([11, 0]), r"label 11 is out of range: this model has classes 0\.\.4$"),
         (torch.tensor([-1, 0]), r"label -1 is out of range: this model has classes 0\.\.4$"),
-        (torch.tensor([0.0, 1.0]), r"labels must be integer class ids \(torch\.long\), got torch\.float32"),
+        (
+            torch.tensor([0.0, 1.0]),
+            r"labels must be integer class ids \(torch\.long\), got torch\.float32",
+        ),
         (torch.tensor([True, False]), r"labels must be integer class ids"),
         ([0, 1], r"labels must be a torch\.Tensor of integer class ids, shape \(2,\), got list"),
         (torch.tensor([0, 1, 2]), r"labels must have shape \(2,\), got \(3,\)"),
@@ -50,7 +56,10 @@ def test_bad_labels_are_one_clear_error(dit_sampler, labels, match) -> None:
     ("noise", "match"),
     [
         ([[0.0]], r"noise must be a torch\.Tensor of shape \(N, 4, 8, 8\), got list"),
-        (torch.zeros(2, 4, 8), r"noise must have shape \(N, 4, 8, 8\) with N >= 1, got \(2, 4, 8\)"),
+        (
+            torch.zeros(2, 4, 8),
+            r"noise must have shape \(N, 4, 8, 8\) with N >= 1, got \(2, 4, 8\)",
+        ),
         (torch.zeros(0, 4, 8, 8), r"with N >= 1, got \(0, 4, 8, 8\)"),
         (torch.zeros(2, 4, 8, 8, dtype=torch.long), r"noise must be a floating-point tensor"),
     ],
@@ -161,7 +170,9 @@ def test_unavailable_devices_are_one_line() -> None:
     assert resolve_device(None) is None
     missing = [d for d in ("cuda", "cuda:7", "mps", "xpu") if d not in available_devices()]
     for name in missing:
-        with pytest.raises(L2CError, match=rf"device '{name}.*' is not available.*available here: cpu"):
+        with pytest.raises(
+            L2CError, match=rf"device '{name}.*' is not available.*available here: cpu"
+        ):
             resolve_device(name)
     with pytest.raises(L2CError, match=r"unknown device 'gpu0'; available here: cpu"):
         resolve_device("gpu0")

@@ -547,8 +547,12 @@ def test_dpm_steps_and_coefficients_match_diffusers_singlestep(nfe: int) -> None
     """
     diffusers = pytest.importorskip("diffusers")
     sched = diffusers.DPMSolverSinglestepScheduler(
-        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, solver_order=2,
-        algorithm_type="dpmsolver++", solver_type="midpoint",
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        solver_order=2,
+        algorithm_type="dpmsolver++",
+        solver_type="midpoint",
         lower_order_final=nfe % 2 == 1,  # the official [2]*K for even counts; [.., 1] for odd
         final_sigmas_type="sigma_min",
     )
@@ -578,8 +582,9 @@ def test_dpm_odd_nfe_matches_published_update(nfe: int) -> None:
     x0 = torch.randn(2, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     even = dpm_solver2_plan(nfe)
     # Run the second-order steps from the plan, then the closing step by hand.
-    prefix = SamplerPlan(even.sampler, nfe - 1, even.steps[:-1], even.noise_schedule,
-                         even.time_input, even.options)
+    prefix = SamplerPlan(
+        even.sampler, nfe - 1, even.steps[:-1], even.noise_schedule, even.time_input, even.options
+    )
     x = execute_plan(prefix, x0, wiggly_eps)
     last = even.calls[-1]
     s, t = last.timestep / 1000, outer_grid(nfe)[-1]  # the grid's float32 1e-3

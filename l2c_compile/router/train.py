@@ -472,7 +472,12 @@ class _Bar:
             ),
         )
         self.task = self.progress.add_task(
-            "training router", total=total, completed=done, unit="steps", loss="-", reg="-",
+            "training router",
+            total=total,
+            completed=done,
+            unit="steps",
+            loss="-",
+            reg="-",
             skip="-",
         )
         self.progress.start()
