@@ -52,13 +52,11 @@ Stage = Callable[[str], None]
 
 def _timed(fn: Callable[[], Any], repeats: int) -> dict[str, float]:
     fn()  # warm-up
-    progress.advance()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-        progress.advance()
     return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times)}
 
 
@@ -121,8 +119,11 @@ def run_demo(cfg: DemoConfig, stage: Stage = lambda _: None) -> dict[str, Any]:
     g = torch.Generator().manual_seed(cfg.seed)
     noise = torch.randn(len(labels), *spec.latent_shape, generator=g)
     scale = spec.default_cfg_scale
-    with progress.task("sampling every class", 2 * plan.nfe, "model calls"), \
-            progress.counting_model_calls(compiled), progress.counting_model_calls(uncached_module):
+    with (
+        progress.task("sampling every class", 2 * plan.nfe, "model calls"),
+        progress.counting_model_calls(compiled),
+        progress.counting_model_calls(uncached_module),
+    ):
         cached = compiled(noise, labels, scale)
         uncached = uncached_module(noise, labels, scale)
     # Grid: one column per class; the uncached rows on top, the cached rows below.
@@ -141,7 +142,13 @@ def run_demo(cfg: DemoConfig, stage: Stage = lambda _: None) -> dict[str, Any]:
         "compiled uncached": lambda: uncached_module(noise, labels, scale),
         "compiled L2C": lambda: compiled(noise, labels, scale),
     }
-    with progress.task("timing the four executors", len(runs) * (cfg.repeats + 1), "runs"):
+    total = len(runs) * (cfg.repeats + 1) * plan.nfe  # every run, warm-up included, is a trajectory
+    with (
+        progress.task("timing the four executors", total, "model calls"),
+        progress.counting_model_calls(model),  # the eager runs call the model itself
+        progress.counting_model_calls(compiled),
+        progress.counting_model_calls(uncached_module),
+    ):
         latency = {name: _timed(fn, cfg.repeats) for name, fn in runs.items()}
     base = latency["compiled uncached"]["median_s"]
     for row in latency.values():

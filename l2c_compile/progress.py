@@ -160,9 +160,11 @@ def bar_columns(unit: str = "steps") -> list[Any]:
         MofNCompleteColumn(),
         TextColumn("{task.fields[unit]}"),
         RateColumn(),
+        TextColumn("·"),
         TimeElapsedColumn(),
-        TextColumn("left"),
+        TextColumn("elapsed ·"),
         TimeRemainingColumn(),
+        TextColumn("left"),
     ]
 
 

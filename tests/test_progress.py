@@ -105,3 +105,40 @@ def test_counting_refuses_what_it_cannot_count() -> None:
     with progress.reporting(Recorder()), pytest.raises(TypeError):  # noqa: SIM117
         with progress.counting_model_calls(object()):
             pass
+
+
+def test_demo_timing_counts_every_model_call(tmp_path, monkeypatch) -> None:
+    """The demo's timing stage (5.7 silent minutes on a CPU) advances once per model call."""
+    import dataclasses
+
+    from l2c_compile.demo import DemoConfig, run_demo
+    from l2c_compile.models import registry
+
+    spec = registry.get_spec("DiT-Tiny")  # a tiny model posing as one with shipped weights
+    ckpt = tmp_path / "tiny.safetensors"
+    registry.save_checkpoint(registry.init_random(registry.build_model(spec), 0), ckpt)
+    shipped = dataclasses.replace(spec, name="DiT-Tiny-shipped", checkpoint=str(ckpt))
+    monkeypatch.setitem(registry.MODELS, shipped.name, shipped)
+    rec = Recorder()
+    with progress.reporting(rec):
+        run_demo(
+            DemoConfig(
+                model=shipped.name,
+                nfe=4,
+                train_steps=2,
+                per_class=1,
+                repeats=1,
+                out=tmp_path / "demo",
+            )
+        )
+    starts = {e[1]: e[2] for e in rec.events if e[0] == "start"}
+    assert starts["timing the four executors"] == 4 * 2 * 4
+    # each task's ticks add up to its total
+    done, current = {}, None
+    for e in rec.events:
+        if e[0] == "start":
+            current = e[1]
+            done[current] = 0
+        elif e[0] == "advance":
+            done[current] += e[1]
+    assert done == starts
