@@ -203,3 +203,10 @@ def test_train_checks_its_outputs_before_training(tmp_path) -> None:
         "cannot write the official router",
     )
     assert list(tmp_path.iterdir()) == []
+
+
+def test_vae_for_a_pixel_model_is_refused(latent_artifact, tmp_path, no_sampling) -> None:
+    r = runner.invoke(
+        app, ["sample", str(latent_artifact), "--vae", str(tmp_path), "-o", str(tmp_path / "g.png")]
+    )
+    _one_line(r, "draws pixels", "--vae")

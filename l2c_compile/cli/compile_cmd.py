@@ -283,6 +283,8 @@ def sample_cmd(
     if not pixel and vae is None and not preview:  # pixel models with 1/3 channels are pictures as-is
         raise L2CError("this model samples latents: pass --vae PATH (diffusers AutoencoderKL folder) "
                        "or --latent-preview")
+    if pixel and vae is not None:
+        raise L2CError("this model draws pixels, not latents: there is nothing for --vae to decode")
     if not pixel and vae is not None:
         decoder = load_vae_decoder(vae, latent_channels=compiled.model.in_channels, device=device)
     if compiled.cfg and cfg_scale is None:
