@@ -187,6 +187,8 @@ class RichReporter:
         self._stage = Progress(SpinnerColumn(), TextColumn("{task.description}"), console=console)
         self._stage_task: Any = None
         self._task: Any = None
+        self._total: int | None = None
+        self._done = 0
         self._live: Any = None
 
     def __enter__(self) -> RichReporter:
@@ -220,10 +222,14 @@ class RichReporter:
     def start(self, description: str, total: int | None, unit: str) -> None:
         """Add a bar for a new loop."""
         self._task = self._bars.add_task(description, total=total, unit=unit)
+        self._total, self._done = total, 0
 
     def advance(self, n: int) -> None:
-        """Move the current bar."""
+        """Move the current bar (never past its total: a CUDA-graph capture runs warm-ups)."""
         if self._task is not None:
+            if self._total is not None:
+                n = max(0, min(n, self._total - self._done))
+            self._done += n
             self._bars.advance(self._task, n)
 
     def finish(self) -> None:
