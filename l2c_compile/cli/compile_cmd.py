@@ -74,18 +74,20 @@ def compile_cmd(
     from l2c_compile.compiler import resolve_dtype
     from l2c_compile.devices import resolve_device
     from l2c_compile.io import check_output_folder
+    from l2c_compile.models.registry import get_spec, num_blocks
     from l2c_compile.schedule import Schedule
 
     # Every input is checked before the first expensive step, and the output path before anything.
     check_output_folder(out, force=force)
     resolve_device(device)
     resolve_dtype(dtype)
-    spec, net = build_for_cli(model, checkpoint, init, seed)
+    spec = get_spec(model)
     plan = plan_for(spec, sampler, nfe)
     sched = None
-    if schedule is not None:
+    if schedule is not None:  # before the weights load: a wrong schedule should not wait for them
         sched = Schedule.load(schedule)
-        sched.validate_for(spec.name, len(net.transformer_blocks()), plan)
+        sched.validate_for(spec.name, num_blocks(spec), plan)
+    spec, net = build_for_cli(model, checkpoint, init, seed)
     with console.status(f"compiling {spec.name} · {plan.sampler} · NFE {nfe}…"):
         compiled = l2c_compile.compile(net, plan, sched, dtype=dtype, device=device, backend=backend,
                                        cfg=cfg, fuse=fuse, model_info=spec.to_dict(), cuda_graph=cuda_graph)
