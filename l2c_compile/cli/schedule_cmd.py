@@ -56,8 +56,16 @@ def summary_table(summary: dict[str, Any], title: str | None = None) -> Table:
     table.add_row("model", f"{s['model']} ({s['depth']} blocks)")
     table.add_row("sampler", f"{s['sampler']} · {s['nfe']} NFE · θ={theta}")
     # a full sha256 would wrap the table; 12 hex digits identify a file for a reader
-    source = {k: f"{v[:12]}…" if k == "sha256" else v for k, v in s["source"].items()}
+    source = {
+        k: f"{v[:12]}…" if k == "sha256" else v
+        for k, v in s["source"].items()
+        if k not in ("checked", "unchecked")
+    }
     table.add_row("source", ", ".join(f"{k}={v}" for k, v in source.items()))
+    if "checked" in s["source"]:  # router imports: which facts of the file matched the target
+        table.add_row("router facts checked", ", ".join(s["source"]["checked"]) or "none")
+        unchecked = s["source"].get("unchecked") or []
+        table.add_row("unchecked (not in the file)", ", ".join(unchecked) if unchecked else "none")
     table.add_row("cache steps", f"{s['cache_steps']} of {s['nfe']}")
     per_kind = s["cache_steps"] * s["depth"]
     table.add_row("skipped attention", _pct(s["skipped_attn"], per_kind))
