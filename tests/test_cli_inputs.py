@@ -48,16 +48,16 @@ def _one_line(r, *needles: str) -> str:
 
 def _pretend_latent(monkeypatch) -> None:
     """Make the tiny pixel-space artifact look like a latent model (needs --vae)."""
-    import l2c_compile.runtime as runtime
+    import l2c_compile.artifact as artifact
 
-    real_load = runtime.load
+    real_load = artifact.load
 
     def load(*args, **kwargs):
         sampler = real_load(*args, **kwargs)
         sampler.info["model"]["pixel_space"] = False
         return sampler
 
-    monkeypatch.setattr(runtime, "load", load)
+    monkeypatch.setattr(artifact, "load", load)
 
 
 @pytest.mark.parametrize(

@@ -13,8 +13,8 @@ from rich.console import Console
 
 import l2c_compile
 from l2c_compile import progress, reference
-from l2c_compile.verify import verify_artifact
 from l2c_compile.samplers import make_plan
+from l2c_compile.verify import verify_artifact
 from tests.helpers import inputs, tiny_dit
 
 

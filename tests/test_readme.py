@@ -19,7 +19,7 @@ from l2c_compile.cli.main import app
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 TEXT = README.read_text(encoding="utf-8")
-PYTHON_BLOCKS = re.findall(r"```python\n(.*?)```", TEXT, re.S)
+PYTHON_BLOCKS = re.findall(r"```python\n(.*?)```", TEXT, re.S)  # "```python excerpt": shown, not run
 SHELL_BLOCKS = re.findall(r"```(?:bash|sh|console)\n(.*?)```", TEXT, re.S)
 
 
