@@ -16,8 +16,8 @@ comes from (measured on CPU, NFE 20 with the shipped routers, batch 2, seeds 0�
   into the state with the update coefficients (up to ``6.16·x − 5.16·ε`` on a DDIM step) and
   along 20 steps, so the final samples drift by 1–2 % RMS.
 * The maximum is a tail statistic. ``max_rel_error`` (max |diff| / max |ref|) is set by the one
-  pixel whose trajectory diverged most: for DiT-FMNIST bf16 it ranged 0.044–0.294 over six
-  seeds while the RMS error stayed within 0.016–0.023; it also grows with the batch. A
+  pixel whose trajectory diverged most: for DiT-FMNIST bf16 it ranged 0.054–0.128 over six
+  seeds while the RMS error stayed within 0.009–0.016; it also grows with the batch. A
   max-based tolerance is either flaky or too loose to catch anything, so it is reported but
   does not decide the verdict for low-precision artifacts.
 
@@ -26,10 +26,10 @@ leaving room for other seeds, batch sizes and retrained weights):
 
 | model         | dtype    | measured | tolerance |
 |---------------|----------|----------|-----------|
-| DiT-FMNIST    | bfloat16 | 0.0230   | 0.05      |
-| DiT-FMNIST    | float16  | 0.0038   | 0.01      |
-| U-ViT-FMNIST  | bfloat16 | 0.0145   | 0.03      |
-| U-ViT-FMNIST  | float16  | 0.0021   | 0.005     |
+| DiT-FMNIST    | bfloat16 | 0.0158   | 0.05      |
+| DiT-FMNIST    | float16  | 0.0026   | 0.01      |
+| U-ViT-FMNIST  | bfloat16 | 0.0131   | 0.03      |
+| U-ViT-FMNIST  | float16  | 0.0017   | 0.005     |
 | DiT-Tiny      | bfloat16 | 0.0154   | 0.03      |
 | DiT-Tiny      | float16  | 0.0019   | 0.005     |
 | U-ViT-Tiny    | bfloat16 | 0.0044   | 0.01      |
