@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.node import _get_qualified_name
 
-from l2c_compile.passes.base import SUBLAYER_META, CompileError, SublayerKey, node_scope
+from l2c_compile.passes.base import SUBLAYER_META, CompileError, SublayerKey, chunk_call, node_scope
 from l2c_compile.passes.naming import NAME_META
 
 ROOT = "model."  # where the model sits in the traced module
@@ -186,6 +186,8 @@ class _Printer:
             return first.meta[NAME_META]  # ``freqs[None]``, ``time_token.unsqueeze(1)``: still freqs
         if n.op == "call_method":
             return str(n.target)
+        if isinstance(n.target, torch._ops.OpOverload):  # aten.sym_size.int → sym_size
+            return n.target.overloadpacket.__name__.strip("_") or "value"
         return getattr(n.target, "__name__", "value").strip("_") or "value"
 
     def name(self, n: fx.Node, base: str | None = None) -> str:
@@ -307,12 +309,14 @@ class _Printer:
         if not users or not all(u.op == "call_function" and u.target is operator.getitem
                                 and isinstance(u.args[1], int) for u in users):
             return None
-        if n.op == "call_method" and n.target == "chunk" and isinstance(n.args[1] if len(n.args) > 1 else None, int):
-            return int(n.args[1])
-        if n.op == "call_function" and n.target is torch.chunk and isinstance(n.args[1], int):
-            return int(n.args[1])
+        chunk = chunk_call(n)
+        if chunk is not None:
+            return chunk[1]
         if isinstance(n.target, torch._ops.OpOverload):
-            return len(n.target._schema.returns)
+            returns = n.target._schema.returns
+            if any(isinstance(r.type, torch.ListType) for r in returns):
+                return None  # a list of unknown length (aten.split, aten.unbind)
+            return len(returns)
         return None
 
     def _inlined(self, n: fx.Node, e: _Expr) -> bool:
