@@ -34,6 +34,35 @@ def build_for_cli(model_name: str, checkpoint: Path | None, init: str | None, se
     return spec, model.eval()
 
 
+def model_for_cli(model_name: str | None, diffusers: Path | None, checkpoint: Path | None, init: str | None,
+                  seed: int):
+    """``(spec, model)`` from ``--model`` (registry) or ``--diffusers DIR`` (a local diffusers folder)."""
+    if diffusers is None:
+        if model_name is None:
+            raise L2CError("pass --model NAME (see `l2c-compile models`) or --diffusers DIR")
+        return build_for_cli(model_name, checkpoint, init, seed)
+    if model_name is not None or checkpoint is not None or init is not None:
+        raise L2CError("--diffusers DIR brings its own model and weights: drop --model, --checkpoint and --init")
+    from l2c_compile.diffusers.load import load_diffusers
+    from l2c_compile.diffusers.spec import spec_for_folder
+
+    spec = spec_for_folder(diffusers)
+    return spec, load_diffusers(diffusers)
+
+
+def spec_for_cli(model_name: str | None, diffusers: Path | None):
+    """The spec (no weights) for ``--model`` or ``--diffusers DIR``; exactly one must be given."""
+    if (model_name is None) == (diffusers is None):
+        raise L2CError("pass exactly one of --model NAME and --diffusers DIR")
+    if diffusers is not None:
+        from l2c_compile.diffusers.spec import spec_for_folder
+
+        return spec_for_folder(diffusers)
+    from l2c_compile.models.registry import get_spec
+
+    return get_spec(model_name)
+
+
 def plan_for(spec, sampler: str | None, nfe: int, **options):
     """The sampler plan for a model spec (its noise schedule and time convention)."""
     from l2c_compile.samplers import make_plan
@@ -44,7 +73,9 @@ def plan_for(spec, sampler: str | None, nfe: int, **options):
 
 @cli_errors
 def compile_cmd(
-    model: str = typer.Option(..., "--model", "-m", help="registry name, see `l2c-compile models`"),
+    model: str | None = typer.Option(None, "--model", "-m", help="registry name, see `l2c-compile models`"),
+    diffusers: Path | None = typer.Option(None, "--diffusers", help="local diffusers pipeline or model folder "
+                                          "(DiTTransformer2DModel), instead of --model"),
     checkpoint: Path | None = typer.Option(None, "--checkpoint", help="official or own checkpoint"),
     init: str | None = typer.Option(None, "--init", help="'random': seeded non-degenerate weights"),
     seed: int = typer.Option(0, "--seed", help="seed for --init random"),
@@ -65,7 +96,7 @@ def compile_cmd(
     import l2c_compile
     from l2c_compile.schedule import Schedule
 
-    spec, net = build_for_cli(model, checkpoint, init, seed)
+    spec, net = model_for_cli(model, diffusers, checkpoint, init, seed)
     plan = plan_for(spec, sampler, nfe)
     sched = None
     if schedule is not None:

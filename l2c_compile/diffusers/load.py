@@ -7,8 +7,10 @@ was found.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,19 @@ from l2c_compile.errors import L2CError
 
 ADAPTED = {"DiTTransformer2DModel": "DiT"}  # diffusers class → adapter (dit.py)
 PIPELINES = ("DiTPipeline",)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """diffusers' loading advice (install accelerate, …) is not ours to print; errors still raise."""
+    from diffusers.utils import logging as diffusers_logging
+
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        diffusers_logging.set_verbosity(level)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -59,7 +74,8 @@ def load_diffusers(path: str | os.PathLike[str]):
     from l2c_compile.diffusers.dit import DiffusersDiT
 
     try:
-        transformer = DiTTransformer2DModel.from_pretrained(folder, local_files_only=True)
+        with _quiet():
+            transformer = DiTTransformer2DModel.from_pretrained(folder, local_files_only=True)
     except Exception as exc:  # diffusers raises many types for a bad folder
         raise L2CError(f"cannot load DiTTransformer2DModel from {folder}: {str(exc).splitlines()[0]}") from None
     return DiffusersDiT(transformer.eval())
@@ -77,6 +93,7 @@ def load_pipeline(path: str | os.PathLike[str]):
     from diffusers import DiTPipeline
 
     try:
-        return DiTPipeline.from_pretrained(root, local_files_only=True)
+        with _quiet():
+            return DiTPipeline.from_pretrained(root, local_files_only=True)
     except Exception as exc:  # diffusers raises many types for a bad folder
         raise L2CError(f"cannot load DiTPipeline from {root}: {str(exc).splitlines()[0]}") from None
