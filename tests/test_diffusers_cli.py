@@ -71,3 +71,46 @@ def test_the_official_shape_takes_the_registry_name():
               "num_layers": 28, "sample_size": 32, "patch_size": 2, "num_embeds_ada_norm": 1000, "_x": 1}
     spec = spec_from_config("DiTTransformer2DModel", config)
     assert spec.name == "DiT-XL/2" and spec.depth == 28 and "_x" not in spec.config
+
+
+def _train_args(folder, out, *extra: str) -> list[str]:
+    return ["train", "--diffusers", str(folder), "--nfe", "6", "--data", "self", "--pool-size", "4",
+            "--steps", "3", "--batch-size", "4", "--lam", "1e-3", "--lr", "0.05", "--checkpoint-every", "0",
+            "--device", "cpu", "-o", str(out), "--format", "json", *extra]
+
+
+def test_train_data_free_then_import_and_compile(tmp_path, folder):
+    router = tmp_path / "r.safetensors"
+    r = _run(*_train_args(folder, router, "--export-official", str(tmp_path / "r.pt")))
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.output)
+    assert summary["model"] == "diffusers:DiTTransformer2DModel" and summary["steps"] == 3
+    assert "self" in summary["data"] and summary["trained_rows"]
+    sched = tmp_path / "s.json"
+    for src in (router, tmp_path / "r.pt"):  # our router format and the official DiT layout
+        r = _run("schedule", "import", str(src), "--diffusers", str(folder), "--nfe", "6", "--threshold", "0.5",
+                 "-o", str(sched))
+        assert r.exit_code == 0, r.output
+    r = _run("compile", "--diffusers", str(folder), "--nfe", "6", "--schedule", str(sched), "-o", str(tmp_path / "a"))
+    assert r.exit_code == 0, r.output
+
+
+@pytest.mark.slow
+def test_train_under_torchrun_two_gloo_ranks(tmp_path, folder):
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    repo = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo)}
+    out = tmp_path / "r.safetensors"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+           "-m", "l2c_compile.cli.main", *_train_args(folder, out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout)["world_size"] == 2 and out.is_file()

@@ -61,6 +61,17 @@ class DiffusersDiT(nn.Module):
         u = uncond[:, :c]
         return u + scale * (cond[:, :c] - u)
 
+    def drop_labels(self, y: torch.Tensor, drop_mask: torch.Tensor | None = None,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+        """Training-time CFG label dropout (router training): dropped labels become the null class.
+
+        ``drop_mask`` (N,) bool; None draws it with the label embedder's dropout probability.
+        """
+        if drop_mask is None:
+            prob = self.transformer.transformer_blocks[0].norm1.emb.class_embedder.dropout_prob
+            drop_mask = torch.rand(y.shape[0], generator=generator, device=y.device) < prob
+        return torch.where(drop_mask.to(y.device), torch.full_like(y, self.null_class), y)
+
     def describe(self) -> dict[str, Any]:
         """What the manifest records: the diffusers class and its config."""
         return {"class": type(self.transformer).__name__, "config": dict(self.transformer.config)}

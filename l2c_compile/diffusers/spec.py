@@ -47,11 +47,16 @@ class DiffusersSpec:
         """Real classes (the null class is the row after them)."""
         return int(self.config["num_embeds_ada_norm"])
 
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) the network denoises."""
+        side = int(self.config["sample_size"])
+        return int(self.config["in_channels"]), side, side
+
     def to_dict(self) -> dict[str, Any]:
         """The manifest's model record."""
-        side = int(self.config["sample_size"])
         return {"name": self.name, "family": self.family, "diffusers_class": self.diffusers_class,
-                "config": dict(self.config), "latent_shape": [int(self.config["in_channels"]), side, side],
+                "config": dict(self.config), "latent_shape": list(self.latent_shape),
                 "num_classes": self.num_classes, "noise_schedule": self.noise_schedule,
                 "time_input": self.time_input, "default_sampler": self.default_sampler,
                 "default_cfg_scale": self.default_cfg_scale, "pixel_space": self.pixel_space}
