@@ -102,3 +102,12 @@ def test_dead_work_goes_and_epilogues_fuse_on_the_exported_graph():
     noise, labels = inputs(model)
     want = reference.sample(model, plan, sched, noise, labels, 4.0)
     assert rel_error(compiled(noise, labels, 4.0), want) <= 1e-5
+
+
+def test_generated_code_spells_aten_ops_as_people_write_them():
+    model = _model()
+    plan = make_plan("ddim", 4)
+    src = l2c_compile.compile(model, plan, random_schedule(plan, 2, random.Random(0), p=1.0)).source
+    assert "torch.ops.aten." not in src
+    assert "F.linear(" in src and "F.scaled_dot_product_attention(" in src and ".chunk(6, 1)" in src
+    assert "m.transformer.transformer_blocks[1].attn1.to_q.weight" in src

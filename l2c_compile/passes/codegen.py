@@ -323,10 +323,12 @@ class _Printer:
             a = self.call_args(n.args[1:], kwargs)
             return _Expr(f"{obj.text}.{what}({a.text})", ATOM, obj.refs | a.refs)
         dim, start, end, step = (list(n.args[1:]) + [0, None, None, 1][len(n.args) - 1:])[:4]
-        if kwargs or not all(isinstance(v, int | None) for v in (dim, start, end, step)) or dim < 0:
+        bounds_ok = all(isinstance(v, int | fx.Node | None) for v in (start, end, step))
+        if kwargs or not isinstance(dim, int) or dim < 0 or not bounds_ok:
             return None
-        end = None if end == SLICE_END else end
-        index = (slice(None),) * dim + (slice(start or None, end, None if step == 1 else step),)
+        end = None if isinstance(end, int) and end == SLICE_END else end
+        start = None if isinstance(start, int) and start == 0 else start
+        index = (slice(None),) * dim + (slice(start, end, None if isinstance(step, int) and step == 1 else step),)
         idx = self._index(index)
         return _Expr(f"{obj.text}[{idx.text}]", ATOM, obj.refs | idx.refs)
 
