@@ -111,3 +111,8 @@ def test_generated_code_spells_aten_ops_as_people_write_them():
     assert "torch.ops.aten." not in src
     assert "F.linear(" in src and "F.scaled_dot_product_attention(" in src and ".chunk(6, 1)" in src
     assert "m.transformer.transformer_blocks[1].attn1.to_q.weight" in src
+
+
+def test_generated_code_takes_its_device_from_the_input():
+    src = l2c_compile.compile(_model(), make_plan("ddim", 2), None).source
+    assert "torch.device(" not in src and "device=device" in src and "device = x.device" in src

@@ -11,7 +11,8 @@ read by ``get_attr`` at their module paths under ``model.``; every node keeps it
 module's ``meta["l2c_sublayer_paths"]`` holds the model family's declared sublayers, and values
 carry the names the source gives them (``meta["l2c_name"]``, ``passes/naming.py``). An exported
 graph additionally has no export guard call, no ``_assert_tensor_metadata`` checks and no
-eval-mode dropout (each an identity or a check on values the step never changes), and
+eval-mode dropout (each an identity or a check on values the step never changes), factory calls
+take their device from ``x`` rather than the capture's, and
 ``gm.meta["l2c_capture"]`` says which capture made it.
 """
 
@@ -101,6 +102,7 @@ def export_step(model: nn.Module, *, cfg: bool) -> fx.GraphModule:
         env[node] = new
     for node in graph.nodes:
         node.type = None
+    _device_from_input(graph)
     gm = fx.GraphModule(root, graph, class_name="L2CStep")
     graph.eliminate_dead_code()
     gm.recompile()
@@ -120,6 +122,21 @@ def _identity(node: fx.Node) -> bool:
         return False
     train = node.args[2] if len(node.args) > 2 else node.kwargs.get("train")
     return train is False
+
+
+def _device_from_input(graph: fx.Graph) -> None:
+    """Export writes the capture's device into factory calls (``arange(…, device='cpu')``); read it
+    from the input instead (``x.device``), so the step runs wherever its input lives."""
+    x = next(n for n in graph.nodes if n.op == "placeholder")
+    device = None
+    for node in list(graph.nodes):
+        if not isinstance(node.kwargs.get("device"), torch.device):
+            continue
+        if device is None:
+            with graph.inserting_after(x):
+                device = graph.call_function(getattr, (x, "device"))
+            device.meta["l2c_name"] = "device"
+        node.kwargs = {**node.kwargs, "device": device}
 
 
 def _finish(gm: fx.GraphModule, model: nn.Module, capture: str) -> fx.GraphModule:
