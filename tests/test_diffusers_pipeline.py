@@ -57,6 +57,7 @@ def test_a_schedule_equals_the_reference_executor(pipe, seed):
     want = reference.sample(compiled.model, plan, sched, noise, labels, 4.0)
     got = compiled.sampler(8, True)(noise, labels, 4.0)
     assert rel_error(got, want) <= 1e-5
+    assert compiled.sampler(8, True).info["model"]["diffusers_class"] == "DiTTransformer2DModel"
     images = compiled([5, 6], num_inference_steps=8, generator=torch.Generator().manual_seed(seed), output_type="pt")
     assert torch.equal(images.images, compiled.decode(got, "pt"))
     uncached = pipe([5, 6], num_inference_steps=8, generator=torch.Generator().manual_seed(seed), output_type="pt")
@@ -88,6 +89,8 @@ def test_mismatches_are_one_clear_error(pipe):
     other.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=True)
     with pytest.raises(L2CError, match="clip_sample=True is not supported"):
         compile_pipeline(other)
+    with pytest.raises(L2CError, match="DDIMScheduler cannot take 1001 steps"):
+        pipeline_plan(pipe.scheduler, 1001)
     with pytest.raises(L2CError, match="compile_pipeline sets cfg itself"):
         compile_pipeline(pipe, None, cfg=False)
 

@@ -11,8 +11,6 @@ extra row (1000 for the ImageNet models).
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from diffusers import DiTTransformer2DModel
 from torch import nn
@@ -71,10 +69,6 @@ class DiffusersDiT(nn.Module):
             prob = self.transformer.transformer_blocks[0].norm1.emb.class_embedder.dropout_prob
             drop_mask = torch.rand(y.shape[0], generator=generator, device=y.device) < prob
         return torch.where(drop_mask.to(y.device), torch.full_like(y, self.null_class), y)
-
-    def describe(self) -> dict[str, Any]:
-        """What the manifest records: the diffusers class and its config."""
-        return {"class": type(self.transformer).__name__, "config": dict(self.transformer.config)}
 
 
 register_sublayers(DiTTransformer2DModel, DIT_SUBLAYERS)

@@ -22,6 +22,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from l2c_compile.compiler import compile as compile_sampler
 from l2c_compile.diffusers.dit import DiffusersDiT
+from l2c_compile.diffusers.spec import spec_from_config
 from l2c_compile.errors import L2CError
 from l2c_compile.runtime import CompiledSampler
 from l2c_compile.samplers.base import Combination, ModelCall, SamplerPlan, SolverStep
@@ -48,7 +49,10 @@ def pipeline_plan(scheduler: Any, num_inference_steps: int) -> SamplerPlan:
     if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
         raise L2CError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
     sched = copy.deepcopy(scheduler)
-    sched.set_timesteps(num_inference_steps)
+    try:
+        sched.set_timesteps(num_inference_steps)
+    except ValueError as exc:  # e.g. more steps than training timesteps
+        raise L2CError(f"DDIMScheduler cannot take {num_inference_steps} steps: {exc}") from None
     ts = [int(t) for t in sched.timesteps]
     ac = [float(a) for a in sched.alphas_cumprod.double()]
     final = float(sched.final_alpha_cumprod)
@@ -91,7 +95,8 @@ class CompiledPipeline:
             if sched is not None and (sched.nfe != plan.nfe or sched.sampler != plan.sampler):
                 raise L2CError(f"the schedule is for {sched.sampler} with {sched.nfe} NFE, the pipeline runs "
                                f"{plan.sampler} with num_inference_steps={num_inference_steps}")
-            info = {"name": "diffusers:" + type(self.pipe.transformer).__name__, **self.model.describe()}
+            transformer = self.pipe.transformer
+            info = spec_from_config(type(transformer).__name__, dict(transformer.config)).to_dict()
             self.samplers[key] = compile_sampler(self.model, plan, sched, cfg=cfg, model_info=info,
                                                  **self.compile_kwargs)
         return self.samplers[key]
@@ -134,7 +139,8 @@ class CompiledPipeline:
 def compile_pipeline(pipe: Any, schedule: Any = None, **compile_kwargs: Any) -> CompiledPipeline:
     """A drop-in for ``pipe`` (a diffusers ``DiTPipeline``) running ``schedule`` (None: compute
     everything) as compiled code; ``compile_kwargs`` go to :func:`l2c_compile.compile` (``fuse``,
-    ``backend``, ``cuda_graph``). L2CError for an unsupported pipeline or scheduler."""
+    ``backend``, ``cuda_graph``, ``dtype``, ``device``: the last two convert ``pipe.transformer``
+    in place, as ``pipe.to`` would). L2CError for an unsupported pipeline or scheduler."""
     from diffusers import DiTPipeline
 
     if not isinstance(pipe, DiTPipeline):
