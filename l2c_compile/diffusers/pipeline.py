@@ -67,8 +67,11 @@ def pipeline_plan(scheduler: Any, num_inference_steps: int) -> SamplerPlan:
         role, router_index = ddim_role(n - 1 - i, i)
         call = ModelCall(index=i, timestep=float(t), role=role, router_index=router_index)
         steps.append(SolverStep(calls=(call,), update=Combination(x_coef, ((i, eps_coef),))))
+    # The coefficients come from the scheduler's own ᾱ; the plan's noise-schedule label names the
+    # table for router training's q-sampling, and options keep what the scheduler actually used.
     schedule = cfg.beta_schedule if cfg.beta_schedule in NOISE_SCHEDULES else "linear"
-    options = (("eta", 0.0), ("spacing", str(cfg.timestep_spacing)), ("scheduler", "DDIMScheduler"))
+    options = (("eta", 0.0), ("spacing", str(cfg.timestep_spacing)), ("scheduler", "DDIMScheduler"),
+               ("beta_schedule", str(cfg.beta_schedule)))
     return SamplerPlan("ddim", n, tuple(steps), schedule, "discrete", options)
 
 
