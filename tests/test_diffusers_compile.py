@@ -116,3 +116,16 @@ def test_generated_code_spells_aten_ops_as_people_write_them():
 def test_generated_code_takes_its_device_from_the_input():
     src = l2c_compile.compile(_model(), make_plan("ddim", 2), None).source
     assert "torch.device(" not in src and "device=device" in src and "device = x.device" in src
+
+
+def test_without_a_declared_capture_fx_is_tried_then_export():
+    class Undeclared(DiffusersDiT):
+        l2c_capture = None
+
+    assert trace_step(Undeclared(tiny_transformer(0)), cfg=False).meta["l2c_capture"] == "export"
+
+    class Wrong(DiffusersDiT):
+        l2c_capture = "jit"
+
+    with pytest.raises(l2c_compile.errors.L2CError, match="l2c_capture is 'jit'; expected fx or export"):
+        trace_step(Wrong(tiny_transformer(0)), cfg=False)
