@@ -82,6 +82,9 @@ def test_mismatches_are_one_clear_error(pipe):
     compiled = compile_pipeline(pipe, random_schedule(plan, 2, random.Random(0)))
     with pytest.raises(L2CError, match=r"schedule is for ddim with 8 NFE.*num_inference_steps=9$"):
         compiled([1], num_inference_steps=9)
+    dpm = make_plan("dpm-solver-2", 8)
+    with pytest.raises(L2CError, match=r"^the schedule is for dpm-solver-2 with 8 NFE, the pipeline runs ddim"):
+        compile_pipeline(pipe, random_schedule(dpm, 2, random.Random(0)))([1], num_inference_steps=8)
     other = tiny_pipeline(0)
     other.scheduler = DPMSolverMultistepScheduler.from_config(other.scheduler.config)
     with pytest.raises(L2CError, match="supports the DDIMScheduler, this pipeline has DPMSolverMultistepScheduler"):
