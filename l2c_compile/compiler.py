@@ -15,11 +15,13 @@ Deterministic: the same inputs give the same source and ``info`` (pass seconds g
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
 from torch import nn
 
+from l2c_compile.devices import resolve_device
 from l2c_compile.errors import L2CError
 from l2c_compile.passes.analysis import count_linear_calls, graph_macs, propagate_shapes
 from l2c_compile.passes.base import CompileError
@@ -50,6 +52,29 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     return DTYPES[dtype]
 
 
+def private_copy(
+    model: nn.Module, *, device: torch.device | None = None, dtype: torch.dtype | None = None
+) -> nn.Module:
+    """A deep copy of ``model`` whose floating-point tensors are converted on the way.
+
+    Compiling never changes the caller's model (dtype, device, train/eval mode, submodules), and
+    two samplers compiled from one model share no tensor. Each tensor is copied once, straight to
+    the target ``device``/``dtype`` (like ``nn.Module.to``: only floating-point tensors change
+    dtype), so the peak memory is the original plus one converted copy.
+    """
+    memo: dict[int, object] = {}
+
+    def convert(t: torch.Tensor) -> torch.Tensor:
+        to_dtype = dtype if dtype is not None and t.is_floating_point() else t.dtype
+        return t.detach().to(device=device or t.device, dtype=to_dtype, copy=True)
+
+    for p in model.parameters():
+        memo[id(p)] = nn.Parameter(convert(p), requires_grad=p.requires_grad)
+    for b in model.buffers():
+        memo[id(b)] = convert(b)
+    return copy.deepcopy(model, memo)
+
+
 def _fuse_pass():
     """The reuse-epilogue fusion pass, when the kernels package provides it."""
     try:
@@ -77,6 +102,8 @@ def compile(
 
     ``cfg``: batch classifier-free guidance into every call (the scale is a run-time argument).
     ``fuse``: lower reuse epilogues to the fused kernels' custom ops (when available).
+    The caller's ``model`` is never changed: the sampler owns a private copy of the weights
+    (converted to ``dtype``/``device``). ``device`` must exist here (``L2CError`` otherwise).
     ``model_info``: ``{"name", "family", "config"}`` recorded in the artifact so ``load`` can rebuild
     the model; filled from the model itself when it was built by the registry.
     ``cuda_graph``: capture the whole trajectory into one CUDA graph on the first call and replay
@@ -85,9 +112,7 @@ def compile(
     if backend not in BACKENDS:
         raise L2CError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     torch_dtype = resolve_dtype(dtype)
-    model = model.eval()
-    if device is not None or torch_dtype is not None:
-        model = model.to(device=device, dtype=torch_dtype)
+    model = private_copy(model, device=resolve_device(device), dtype=torch_dtype).eval()
     if cuda_graph:
         check_cuda_graph_device(next(model.parameters()).device)
     depth = len(model.transformer_blocks())

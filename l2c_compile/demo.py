@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from l2c_compile import progress
 from l2c_compile.errors import L2CError
 from l2c_compile.io import write_text_atomic
 
@@ -118,8 +119,13 @@ def run_demo(cfg: DemoConfig, stage: Stage = lambda _: None) -> dict[str, Any]:
     g = torch.Generator().manual_seed(cfg.seed)
     noise = torch.randn(len(labels), *spec.latent_shape, generator=g)
     scale = spec.default_cfg_scale
-    cached = compiled(noise, labels, scale)
-    uncached = uncached_module(noise, labels, scale)
+    with (
+        progress.task("sampling every class", 2 * plan.nfe, "model calls"),
+        progress.counting_model_calls(compiled),
+        progress.counting_model_calls(uncached_module),
+    ):
+        cached = compiled(noise, labels, scale)
+        uncached = uncached_module(noise, labels, scale)
     quality = _quality(spec, cached, uncached, labels)
     # One row per class; the same noise left (uncached) and right (cached).
     names = class_names(spec)
@@ -139,7 +145,14 @@ def run_demo(cfg: DemoConfig, stage: Stage = lambda _: None) -> dict[str, Any]:
         "compiled uncached": lambda: uncached_module(noise, labels, scale),
         "compiled L2C": lambda: compiled(noise, labels, scale),
     }
-    latency = {name: _timed(fn, cfg.repeats) for name, fn in runs.items()}
+    total = len(runs) * (cfg.repeats + 1) * plan.nfe  # every run, warm-up included, is a trajectory
+    with (
+        progress.task("timing the four executors", total, "model calls"),
+        progress.counting_model_calls(model),  # the eager runs call the model itself
+        progress.counting_model_calls(compiled),
+        progress.counting_model_calls(uncached_module),
+    ):
+        latency = {name: _timed(fn, cfg.repeats) for name, fn in runs.items()}
     base = latency["compiled uncached"]["median_s"]
     for row in latency.values():
         row["speedup_vs_compiled_uncached"] = base / row["median_s"]

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from l2c_compile import progress as bars
 from l2c_compile.errors import L2CError
 from l2c_compile.metrics.quality import has_feature_network as has_feature_network  # re-exported
 
@@ -244,10 +245,19 @@ def run_eval(cfg: EvalConfig, progress: Progress = lambda _: None) -> dict[str, 
     cached = l2c_compile.compile(model, plan, sched, device=cfg.device, model_info=info)
     full = l2c_compile.compile(model, plan, None, device=cfg.device, model_info=info)
     share = f" (this rank's {len(mine)} of {cfg.samples})" if world > 1 else ""
+    calls = -(-len(mine) // max(batch, 1)) * plan.nfe  # every batch runs the whole plan
     progress(f"sampling {cfg.samples} images, uncached{share}")
-    ref = draw(full, noise, labels, scale, batch)
+    with (
+        bars.task(f"{len(mine)} images, uncached", calls, "model calls"),
+        bars.counting_model_calls(full),
+    ):
+        ref = draw(full, noise, labels, scale, batch)
     progress(f"sampling {cfg.samples} images with the schedule{share}")
-    got = draw(cached, noise, labels, scale, batch)
+    with (
+        bars.task(f"{len(mine)} images, schedule", calls, "model calls"),
+        bars.counting_model_calls(cached),
+    ):
+        got = draw(cached, noise, labels, scale, batch)
     progress("scoring")
     group = _metric_group()
     scores = {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,19 +16,52 @@ from l2c_compile.io import atomic_path
 VAE_SCALE = 0.18215  # SD VAE latent scale used by DiT and U-ViT
 
 
-def decode_latents(latents: torch.Tensor, vae_path: str | os.PathLike[str]) -> torch.Tensor:
-    """Decode (N, 4, h, w) latents with a local diffusers AutoencoderKL folder → images in [-1, 1]."""
+def load_vae_decoder(
+    path: str | os.PathLike[str], *, latent_channels: int | None = None, device: str | torch.device = "cpu"
+) -> torch.nn.Module:
+    """A diffusers ``AutoencoderKL`` from a local folder, checked before any sampling.
+
+    Never touches the network: the folder must exist and hold ``config.json`` (a hub name or a
+    missing path is an L2CError, not a download attempt). ``latent_channels``: the sampler's
+    latent channels, which the VAE must take.
+    """
+    p = Path(path)
+    if not p.is_dir():
+        raise L2CError(f"VAE folder not found: {p} (expected a local diffusers AutoencoderKL folder)")
+    if not (p / "config.json").is_file():
+        raise L2CError(f"{p} is not a diffusers AutoencoderKL folder: it has no config.json")
     try:
         from diffusers import AutoencoderKL
     except ImportError:
         raise L2CError("decoding latents needs diffusers: pip install 'l2c-compile[interop]'") from None
-    try:
-        vae = AutoencoderKL.from_pretrained(str(vae_path), local_files_only=True)
+    try:  # an absolute existing folder: diffusers reads it and never resolves a hub name
+        vae = AutoencoderKL.from_pretrained(str(p.resolve()), local_files_only=True)
     except Exception as exc:  # diffusers raises many types for a bad folder
-        raise L2CError(f"cannot load a diffusers AutoencoderKL from {vae_path}: {str(exc).splitlines()[0]}") from None
-    vae = vae.to(latents.device).eval()
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise L2CError(f"cannot load a diffusers AutoencoderKL from {p}: {first}") from None
+    channels = getattr(vae.config, "latent_channels", None)
+    if latent_channels is not None and channels is not None and channels != latent_channels:
+        raise L2CError(
+            f"the VAE in {p} decodes {channels}-channel latents but the sampler draws {latent_channels}"
+        )
+    return vae.to(device).eval()
+
+
+def decode_latents(
+    latents: torch.Tensor, vae: torch.nn.Module | str | os.PathLike[str]
+) -> torch.Tensor:
+    """Decode (N, 4, h, w) latents with a VAE (or a local folder holding one) → images in [-1, 1]."""
+    if not isinstance(vae, torch.nn.Module):
+        vae = load_vae_decoder(vae, latent_channels=latents.shape[1], device=latents.device)
     with torch.no_grad():
         return vae.decode(latents.float() / VAE_SCALE).sample.clamp(-1, 1)
+
+
+def check_png_path(path: str | os.PathLike[str]) -> None:
+    """L2CError unless a PNG can be written at ``path`` (checked before any sampling)."""
+    from l2c_compile.io import check_output_file
+
+    check_output_file(path, "image")
 
 
 def latents_preview(latents: torch.Tensor) -> torch.Tensor:

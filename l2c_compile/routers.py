@@ -111,8 +111,14 @@ def _load_official(p: Path, head: bytes) -> RouterFile:
         with torch.serialization.safe_globals([argparse.Namespace]):
             obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for bad pickles/zips; all mean "unreadable"
-        kind = "torch" if head.startswith(_ZIP_MAGIC) else "router"
-        raise L2CError(f"{p.name}: not a readable {kind} file ({_one_line(exc)})") from None
+        from l2c_compile.filekind import torch_load_problem
+
+        with p.open("rb") as fh:
+            head = fh.read(512)
+        raise L2CError(
+            f"{p.name}: not a router file: {torch_load_problem(exc, head)} (expected an official "
+            "DiT/U-ViT router .pt/.pth or an l2c-router .safetensors)"
+        ) from None
     if isinstance(obj, dict) and isinstance(obj.get("routers"), dict):
         logits = _stack_probs(obj["routers"], p.name)
         meta: dict[str, Any] = {"format": "dit-official", "family": "dit"}
@@ -215,15 +221,35 @@ def _one_line(exc: BaseException) -> str:
 
 
 def save_router(path: str | os.PathLike[str], logits: torch.Tensor, meta: dict[str, Any]) -> None:
-    """Write ``logits [rows, 2*depth]`` and ``meta`` (needs model, sampler, nfe) as an l2c-router."""
+    """Write ``logits [rows, 2*depth]`` and ``meta`` (needs model, sampler, nfe) as an l2c-router.
+
+    The file also records the sublayer kinds and, for a registry model, its family, resolution
+    and class count, so an import can check them (:func:`router_facts`).
+    """
     from safetensors.torch import save
 
     name = Path(path).name
     t = _check_logits(logits, name)
-    full = {**meta, "format": ROUTER_FORMAT, "version": ROUTER_VERSION}
+    full = {**_target_meta(meta), **meta, "format": ROUTER_FORMAT, "version": ROUTER_VERSION}
     _check_meta(full, t, name)
     header = {str(k): _encode_meta(v) for k, v in full.items()}
     write_bytes_atomic(path, save({"logits": t}, metadata=header))
+
+
+def _target_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    """Facts about the target that a router file should carry, derived from its model name."""
+    from l2c_compile.models.registry import MODELS
+
+    out: dict[str, Any] = {"sublayers": list(SUBLAYERS)}
+    spec = MODELS.get(meta.get("model")) if isinstance(meta.get("model"), str) else None
+    if spec is not None:
+        side = int(spec.latent_shape[1])
+        out.update(
+            family=spec.family,
+            resolution=side if spec.pixel_space else side * 8,
+            classes=int(spec.num_classes),
+        )
+    return out
 
 
 def export_official(path: str | os.PathLike[str], logits: torch.Tensor, family: str) -> None:
@@ -240,3 +266,133 @@ def export_official(path: str | os.PathLike[str], logits: torch.Tensor, family: 
     obj: dict[str, Any] = {"routers": probs} if fam == "dit" else probs
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
+
+
+# ---------------------------------------------------------------------------------------------
+# What a router file says about its target, checked against the target
+# ---------------------------------------------------------------------------------------------
+
+# Every fact a router file may carry; a file that lacks one leaves it unchecked.
+# Checked in this order: the shape first (a wrong-size file is the plainest message).
+FACTS = (
+    "depth",
+    "nfe",
+    "sublayers",
+    "family",
+    "model",
+    "resolution",
+    "classes",
+    "sampler",
+    "sampler_options",
+)
+SUBLAYERS = ("attn", "mlp")  # every layout interleaves them per block: attn0, mlp0, attn1, …
+
+
+def router_facts(router: RouterFile) -> dict[str, Any]:
+    """The facts about its target that ``router`` carries, by name (see :data:`FACTS`).
+
+    * every layout: ``nfe`` (its rows), ``depth`` (half its width) and ``sublayers``
+      (attention and MLP of each block, interleaved);
+    * official DiT (``horseee/learning-to-cache`` ``train_router.py`` saves its ``args``):
+      ``family`` dit, and from the args ``model``, ``resolution`` (``image_size``), ``classes``
+      and ``sampler`` ddim — that trainer only trains DDIM routers;
+    * official U-ViT (a bare ``{"{i}.prob"}`` dict): ``family`` uvit, nothing else;
+    * l2c-router: what its metadata records (``model``, ``sampler``, ``sampler_options``,
+      ``family``, ``resolution``, ``classes`` when present).
+    """
+    meta = router.meta
+    facts: dict[str, Any] = {
+        "nfe": router.rows,
+        "depth": router.depth,
+        "sublayers": list(meta.get("sublayers", SUBLAYERS)),
+    }
+    fmt = meta.get("format")
+    if fmt == "dit-official":
+        facts["family"] = "dit"
+        args = meta.get("args")
+        if isinstance(args, dict):
+            facts["sampler"] = "ddim"
+            for key, name in (
+                ("model", "model"),
+                ("image_size", "resolution"),
+                ("num_classes", "classes"),
+            ):
+                if args.get(key) is not None:
+                    facts[name] = args[key]
+    elif fmt == "uvit-official":
+        facts["family"] = "uvit"
+    elif fmt == ROUTER_FORMAT:
+        for key in ("model", "sampler", "family", "resolution", "classes"):
+            if meta.get(key) is not None:
+                facts[key] = meta[key]
+        if isinstance(meta.get("options"), dict):
+            facts["sampler_options"] = meta["options"]
+    return facts
+
+
+def check_router_target(
+    router: RouterFile, name: str, target: dict[str, Any]
+) -> dict[str, list[str]]:
+    """Check every fact ``router`` carries against ``target`` (same keys as :data:`FACTS`).
+
+    Raises :class:`L2CError` naming the first fact that differs (``name`` is the file's name).
+    Returns ``{"checked": [...], "unchecked": [...]}``: a fact is unchecked when the file lacks
+    it, or the target does not say (e.g. a model that is not in the registry).
+    """
+    facts = router_facts(router)
+    checked, unchecked = [], []
+    for fact in FACTS:
+        have, want = facts.get(fact), target.get(fact)
+        if have is None or want is None:
+            unchecked.append(fact)
+            continue
+        problem = _mismatch(fact, have, want, target)
+        if problem:
+            raise L2CError(f"{name}: {problem}; this router was not made for this target")
+        checked.append(fact)
+    return {"checked": checked, "unchecked": unchecked}
+
+
+def _mismatch(fact: str, have: Any, want: Any, target: dict[str, Any]) -> str | None:
+    if fact == "model":
+        # The official DiT args name the architecture ("DiT-XL/2"); the registry adds "-512".
+        res = target.get("resolution")
+        if have == want or (res is not None and f"{have}-{res}" == want):
+            return None
+        return f"router was trained for {have} but the model is {want}"
+    if fact == "sampler_options":
+        for key in sorted(set(have) & set(want)):
+            if _norm(have[key]) != _norm(want[key]):
+                return (
+                    f"router was trained with sampler option {key}={have[key]!r} but the plan "
+                    f"has {key}={want[key]!r}"
+                )
+        return None
+    if fact == "sublayers":
+        if list(have) != list(want):
+            return f"router covers sublayers {list(have)} but the model has {list(want)}"
+        return None
+    if _norm(have) == _norm(want):
+        return None
+    if fact == "depth":
+        return (
+            f"router has {2 * have} entries per step but {target.get('model')} has {want} blocks "
+            f"(needs {2 * want})"
+        )
+    if fact == "nfe":
+        return f"router has {have} steps but the sampler plan has {want} NFE"
+    words = {
+        "resolution": ("trained at resolution", "px but the model draws", "px"),
+        "classes": ("trained for", "classes but the model has", "classes"),
+        "family": ("is a", "router but the model family is", ""),
+        "sampler": ("was trained for sampler", "but the plan is", ""),
+    }[fact]
+    return f"router {words[0]} {have} {words[1]} {want}{(' ' + words[2]) if words[2] else ''}"
+
+
+def _norm(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list | tuple):
+        return [_norm(v) for v in value]
+    return value

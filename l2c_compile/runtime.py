@@ -11,8 +11,8 @@ Loading (:mod:`l2c_compile.artifact`) regenerates ``sampler.py`` from the manife
 refuses a copy that differs: it never runs code it did not generate, and never unpickles.
 
 Precision: the model (CFG combination included) runs in the artifact's dtype; the sampler state
-and every update ``x = a·x + b·ε`` stay in float32. ``forward`` promotes half-precision noise to
-float32, the generated loop casts each model input down (``x_in.to(dt)``) and each ε back up
+and every update ``x = a·x + b·ε`` stay in float32. ``forward`` computes in float32 whatever the
+noise dtype (half, float64), the generated loop casts each model input down (``x_in.to(dt)``) and each ε back up
 (``.to(x.dtype)``), so a bf16 artifact returns float32 latents. Why: an update is a difference
 of large terms (the first DDIM-6 step on the linear schedule is ``6.16·x − 5.16·ε``), and rounding
 the state to bf16's 8-bit mantissa after every step adds error the network never made; on the
@@ -31,7 +31,6 @@ import json
 import linecache
 import os
 import shutil
-import tempfile
 import types
 from collections.abc import Callable
 from pathlib import Path
@@ -41,6 +40,7 @@ import torch
 from torch import nn
 
 from l2c_compile.errors import L2CError
+from l2c_compile.sampler_inputs import check_call, check_scale
 from l2c_compile.version import __version__
 
 ARTIFACT_FORMAT = "l2c-artifact"
@@ -246,27 +246,29 @@ class CompiledSampler(nn.Module):
     def forward(
         self,
         noise: torch.Tensor,
-        labels: torch.Tensor,
+        labels: torch.Tensor | None,
         cfg_scale: float | torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Run the whole trajectory from ``noise`` (N, C, H, W) for ``labels`` (N,); return latents."""
-        expected = (self.model.in_channels, self.model.input_size, self.model.input_size)
-        if noise.dim() != 4 or tuple(noise.shape[1:]) != expected:
+        """Run the whole trajectory; return the final latents ``(N, C, H, W)`` in float32.
+
+        ``noise``: a floating-point tensor ``(N, C, H, W)`` on the weights' device (computed in
+        float32 whatever its dtype: the sampler state is float32, module docstring).
+        ``labels``: an integer tensor ``(N,)`` of class ids in ``0 .. num_classes-1``; ``None``
+        asks for unconditional samples (every row gets the null class, and guidance has no
+        effect, so ``cfg_scale`` may be omitted). ``cfg_scale``: a finite number or scalar
+        tensor, required when guidance is batched (``self.cfg``) and labels are given.
+        Raises :class:`L2CError` (one line) for anything else, and when the weights were moved
+        to another dtype after compiling.
+        """
+        unconditional = labels is None
+        name = self.info.get("model", {}).get("name", "this model")
+        noise, labels = check_call(self.model, self.model_dtype, noise, labels, name)
+        if self.cfg and cfg_scale is None and not unconditional:
             raise L2CError(
-                f"noise must have shape (N, {', '.join(map(str, expected))}), got {tuple(noise.shape)}"
+                "this sampler was compiled with classifier-free guidance: pass cfg_scale "
+                "(or labels=None for unconditional samples)"
             )
-        if labels.shape != (noise.shape[0],):
-            raise L2CError(f"labels must have shape ({noise.shape[0]},), got {tuple(labels.shape)}")
-        if not noise.is_floating_point():
-            raise L2CError(f"noise must be a floating-point tensor, got {noise.dtype}")
-        if self.cfg and cfg_scale is None:
-            raise L2CError(
-                "this sampler was compiled with classifier-free guidance: pass cfg_scale"
-            )
-        if noise.dtype in (torch.float16, torch.bfloat16):
-            noise = noise.float()  # the sampler state stays float32 (module docstring)
-        labels = labels.to(noise.device)
-        value = 1.0 if cfg_scale is None else cfg_scale
+        value = 1.0 if cfg_scale is None else check_scale(cfg_scale)
         with torch.no_grad():
             if self._cuda_graph:
                 return self._graphed(noise, labels, value)
@@ -296,18 +298,26 @@ class CompiledSampler(nn.Module):
 
     # ── artifacts ────────────────────────────────────────────────────────────────────────────
     def save(self, directory: str | os.PathLike[str]) -> Path:
-        """Write the artifact folder atomically (a temp folder renamed into place)."""
+        """Write the artifact folder atomically (a temp folder renamed into place).
+
+        An existing artifact there is replaced; an existing file, or a folder holding anything
+        else, is refused untouched (L2CError) before anything is written. Files and the folder
+        get the user's umask.
+        """
         from safetensors.torch import save_file
 
+        from l2c_compile.io import apply_umask_to_folder, check_output_folder, make_temp_dir
+
         target = Path(directory)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        check_output_folder(target, force=True)
+        tmp = make_temp_dir(target)
         try:
             (tmp / "sampler.py").write_text(self.source, encoding="utf-8")
             state = {k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}
             save_file(state, str(tmp / "weights.safetensors"))
             manifest = artifact_manifest(self.info, {name: sha256_file(tmp / name) for name in FILES})
             (tmp / "manifest.json").write_text(manifest_text(manifest), encoding="utf-8")
+            apply_umask_to_folder(tmp)  # safetensors writes 0600 whatever the umask
             old = None
             if target.exists():
                 old = target.with_name(f".{target.name}.old")

@@ -31,8 +31,9 @@ from l2c_compile.errors import L2CError, suggest
 from l2c_compile.io import write_text_atomic
 from l2c_compile.masks import MODES, Mask
 from l2c_compile.routers import (
-    ROUTER_FORMAT,
+    SUBLAYERS,
     RouterFile,
+    check_router_target,
     export_official,
     load_router,
     save_router,
@@ -55,6 +56,7 @@ __all__ = [
     "load_router",
     "render_grid",
     "rich_grid",
+    "router_target",
     "save_heatmap",
     "save_router",
 ]
@@ -494,34 +496,42 @@ def _from_reuse(
 
 
 def import_router(
-    path: str | os.PathLike[str], plan: SamplerPlan, *, model: str, depth: int, threshold: float
+    path: str | os.PathLike[str],
+    plan: SamplerPlan,
+    *,
+    model: str,
+    depth: int,
+    threshold: float,
+    spec: Any | None = None,
 ) -> Schedule:
     """Load a router file (any layout) and threshold it into a Schedule for ``plan``.
 
+    Every fact the file carries about its target (model, resolution, classes, family, sampler
+    and its options, NFE, depth, sublayer kinds; see :func:`~l2c_compile.routers.router_facts`)
+    is checked against ``model``/``depth``/``plan`` and the model's registry spec (``spec``, or
+    looked up by ``model``); a mismatch is an :class:`L2CError`. The schedule's ``source`` lists
+    the facts ``checked`` and those left ``unchecked`` because the file (or target) lacks them.
     The schedule's mode comes from the router's ``mode`` metadata (a learning-to-drop router
     gives a drop schedule); official files carry none and are cache routers.
     """
     p = Path(path)
     router = load_router(p)
     meta = router.meta
-    # Our own files say what they were trained for; refuse an obvious mismatch early.
-    if meta.get("format") == ROUTER_FORMAT:
-        if meta.get("model") != model:
-            raise L2CError(
-                f"{p.name}: router was trained for {meta.get('model')} but the model is {model}"
-            )
-        if meta.get("sampler") != plan.sampler:
-            raise L2CError(
-                f"{p.name}: router was trained for sampler {meta.get('sampler')} but "
-                f"the plan is {plan.sampler}"
-            )
+    target = router_target(model, depth, plan, spec)
+    facts = check_router_target(router, p.name, target)
     mode = meta.get("mode", "cache")
     if mode not in MODES:
         raise L2CError(
             f"{p.name}: router metadata has unknown mode {mode!r}; expected cache or drop"
         )
     digest = hashlib.sha256(p.read_bytes()).hexdigest()
-    source = {"kind": "router", "file": p.name, "sha256": digest}
+    source = {
+        "kind": "router",
+        "file": p.name,
+        "sha256": digest,
+        "format": meta.get("format"),
+        **facts,
+    }
     try:
         return Schedule.from_router(
             router.logits,
@@ -534,6 +544,34 @@ def import_router(
         )
     except L2CError as exc:
         raise L2CError(f"{p.name}: {exc}") from None
+
+
+def router_target(
+    model: str, depth: int, plan: SamplerPlan, spec: Any | None = None
+) -> dict[str, Any]:
+    """What a router for (``model``, ``depth``, ``plan``) must say, fact by fact.
+
+    Model family, resolution and class count come from ``spec`` or the registry entry of
+    ``model``; for a model outside the registry they stay unknown (and so unchecked).
+    """
+    if spec is None:
+        from l2c_compile.models.registry import MODELS, get_spec
+
+        spec = get_spec(model) if model in MODELS else None
+    target: dict[str, Any] = {
+        "model": model,
+        "sampler": plan.sampler,
+        "sampler_options": dict(plan.options),
+        "nfe": plan.nfe,
+        "depth": depth,
+        "sublayers": list(SUBLAYERS),
+    }
+    if spec is not None:
+        side = int(spec.latent_shape[1])
+        target["family"] = spec.family
+        target["resolution"] = side if spec.pixel_space else side * 8  # SD VAE: 8× downsampling
+        target["classes"] = int(spec.num_classes)
+    return target
 
 
 def heuristic(

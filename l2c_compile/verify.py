@@ -13,43 +13,41 @@ import torch
 
 from l2c_compile import reference
 from l2c_compile.artifact import load, plan_from_manifest
+from l2c_compile.errors import L2CError
 from l2c_compile.runtime import CompiledSampler
 from l2c_compile.schedule import Schedule
-
-TOLERANCES = {"float32": 1e-5}  # max relative error vs the float32 reference; others: 5e-2
-LOW_PRECISION_TOLERANCE = 5e-2
-
-
-def default_tolerance(dtype: str) -> float:
-    """The verify tolerance for an artifact dtype (1e-5 for float32, 5e-2 for bf16/fp16)."""
-    return TOLERANCES.get(dtype, LOW_PRECISION_TOLERANCE)
 
 
 @dataclass(frozen=True)
 class VerifyResult:
-    """Compiled vs reference executor on the same seeded inputs (errors relative to the reference)."""
+    """Compiled vs reference executor on the same seeded inputs (errors relative to the reference).
+
+    ``metric`` (``max_rel_error`` for float32, ``rms_rel_error`` for bf16/fp16) against
+    ``tolerance`` decides ``ok``; ``failure`` says in one line what failed and by how much
+    (:mod:`l2c_compile.tolerances` explains the choice and lists the measured tolerances).
+    """
 
     artifact: str
+    model: str | None
     dtype: str
     reference_dtype: str
     cuda_graph: bool
     max_abs_error: float
-    max_rel_error: float
+    max_rel_error: float  # max |diff| / max |ref|
+    rms_rel_error: float  # ‖diff‖₂ / ‖ref‖₂
     distinct_graphs: int
     macs_uncached: int
     macs_compiled: int
     batch: int
     seed: int
+    metric: str
     tolerance: float
-
-    @property
-    def ok(self) -> bool:
-        """Whether the relative error is within ``tolerance``."""
-        return self.max_rel_error <= self.tolerance
+    ok: bool
+    failure: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The fields plus ``ok``, for JSON and tables."""
-        return {**asdict(self), "ok": self.ok}
+        """The fields, for JSON and tables."""
+        return asdict(self)
 
 
 def seeded_inputs(
@@ -74,9 +72,17 @@ def verify_artifact(
     tolerance: float | None = None,
 ) -> VerifyResult:
     """Load an artifact (all of ``load``'s checks) and run it and the float32 reference executor on
-    the same seeded inputs. ``cfg_scale`` defaults to the model's; ``tolerance`` to
-    :func:`default_tolerance` of the artifact's dtype. Raises L2CError when the artifact is refused.
+    the same seeded inputs. ``cfg_scale`` defaults to the model's; ``tolerance`` overrides the
+    measured one of :mod:`l2c_compile.tolerances`. Raises L2CError when the artifact is refused
+    or ``device`` is not available.
     """
+    from l2c_compile import progress
+    from l2c_compile.devices import resolve_device
+    from l2c_compile.tolerances import verdict
+
+    if batch < 1:
+        raise L2CError(f"batch must be >= 1, got {batch}")
+    resolve_device(device)
     compiled = load(directory, device=device, cuda_graph=cuda_graph)
     info = compiled.info
     plan = plan_from_manifest(info["sampler"])
@@ -85,25 +91,38 @@ def verify_artifact(
         cfg_scale = float(info["model"].get("default_cfg_scale", 4.0))
     scale = cfg_scale if compiled.cfg else None
     noise, labels = seeded_inputs(compiled, batch, seed, device)
-    got = compiled(noise, labels, scale)
+    with (
+        progress.task(f"compiled sampler ({info['dtype']})", plan.nfe, "model calls"),
+        progress.counting_model_calls(compiled),
+    ):
+        got = compiled(noise, labels, scale)
     # The reference runs in float32 whatever the artifact's dtype: it is the oracle.
-    want = reference.sample(compiled.model.float(), plan, sched, noise.float(), labels, scale)
-    compiled.model.to(compiled.model_dtype)
-    err = (got.float() - want).abs()
-    return VerifyResult(
-        artifact=str(directory),
-        dtype=info["dtype"],
-        reference_dtype="float32",
-        cuda_graph=compiled.cuda_graph,
-        max_abs_error=float(err.max()),
-        max_rel_error=float(err.max() / want.abs().max().clamp_min(1e-30)),
-        distinct_graphs=info["distinct_graphs"],
-        macs_uncached=info["macs_per_image"]["uncached"],
-        macs_compiled=info["macs_per_image"]["compiled"],
-        batch=batch,
-        seed=seed,
-        tolerance=default_tolerance(info["dtype"]) if tolerance is None else tolerance,
-    )
+    ref_model = compiled.model.float()
+    try:
+        with (
+            progress.task("reference executor (float32)", plan.nfe, "model calls"),
+            progress.counting_model_calls(ref_model),
+        ):
+            want = reference.sample(ref_model, plan, sched, noise.float(), labels, scale)
+    finally:
+        compiled.model.to(compiled.model_dtype)
+    diff = got.float() - want
+    measured = {
+        "artifact": str(directory),
+        "model": info["model"].get("name"),
+        "dtype": info["dtype"],
+        "reference_dtype": "float32",
+        "cuda_graph": compiled.cuda_graph,
+        "max_abs_error": float(diff.abs().max()),
+        "max_rel_error": float(diff.abs().max() / want.abs().max().clamp_min(1e-30)),
+        "rms_rel_error": float(diff.norm() / want.norm().clamp_min(1e-30)),
+        "distinct_graphs": info["distinct_graphs"],
+        "macs_uncached": info["macs_per_image"]["uncached"],
+        "macs_compiled": info["macs_per_image"]["compiled"],
+        "batch": batch,
+        "seed": seed,
+    }
+    return VerifyResult(**measured, **verdict(measured, tolerance))
 
 
 def compile_summary(info: dict[str, Any]) -> dict[str, Any]:

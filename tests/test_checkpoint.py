@@ -100,7 +100,9 @@ def test_missing_checkpoint(tmp_path) -> None:
 def test_corrupt_checkpoint(suffix: str, tmp_path) -> None:
     path = tmp_path / f"junk{suffix}"
     path.write_bytes(b"\x00\x01 definitely not weights \xff" * 40)
-    one_line_error(build_model("DiT-Tiny"), path, "corrupt|not a readable")
+    one_line_error(
+        build_model("DiT-Tiny"), path, "cannot be loaded: it is unrecognised binary data"
+    )
 
 
 @pytest.mark.parametrize("saver", ["torch", "safetensors"])
@@ -112,14 +114,18 @@ def test_truncated_checkpoint(saver: str, tmp_path) -> None:
     else:
         save_checkpoint(model, path)
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    one_line_error(build_model("DiT-Tiny"), path, "corrupt|not a readable")
+    one_line_error(
+        build_model("DiT-Tiny"),
+        path,
+        "cannot be loaded: it is a (zip archive torch cannot read|corrupt or truncated safetensors)",
+    )
 
 
 def test_unsafe_pickle_is_refused(tmp_path) -> None:
     path = tmp_path / "evil.pt"
     # Any class outside the weights_only allow-list must be refused, never executed.
     torch.save({"ema": tiny("DiT-Tiny").state_dict(), "extra": fractions.Fraction(1, 3)}, path)
-    one_line_error(build_model("DiT-Tiny"), path, "corrupt or not a torch")
+    one_line_error(build_model("DiT-Tiny"), path, "pickles a fractions.Fraction object")
 
 
 def test_wrong_keys(tmp_path) -> None:
@@ -168,3 +174,22 @@ def test_save_refuses_meta_model(tmp_path) -> None:
     with pytest.raises(L2CError, match="meta"):
         save_checkpoint(build_model("DiT-Tiny", device="meta"), tmp_path / "w.safetensors")
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        (b"hi\n", "it is a text file (starting 'hi')"),
+        (b"", "it is an empty file"),
+        (b'{"weights": [1, 2]}', "it is a JSON document"),
+        (b"\x89PNG\r\n\x1a\n" + bytes(64), "it is a PNG image"),
+        (bytes(range(256)) * 4, "it is unrecognised binary data (first bytes 00 01 02"),
+    ],
+)
+def test_wrong_kind_of_file_says_what_it_is(tmp_path, content: bytes, says: str) -> None:
+    """Issue 12, item 5: no torch text cut off at '…', no bare '101': what it is, what was expected."""
+    path = tmp_path / "weights.pt"
+    path.write_bytes(content)
+    msg = one_line_error(build_model("DiT-Tiny"), path, "cannot be loaded")
+    assert says in msg and "expected a torch .pt/.pth checkpoint or a .safetensors file" in msg
+    assert "…" not in msg and "weights_only" not in msg

@@ -321,3 +321,16 @@ def test_fuse_pass_fires_on_uvit_graphs():
     noise, labels = inputs(model)
     want = reference.sample(model, plan, sched, noise, labels, 0.4)
     assert rel_error(fused(noise, labels, 0.4), want) <= 1e-5
+
+
+def test_odd_nfe_dpm_solver_compiles_exactly() -> None:
+    """DPM-Solver-2 with an odd NFE (closing first-order step, itself a cache step) compiles."""
+    model = tiny_uvit()
+    plan = make_plan("dpm-solver-2", 5)
+    assert [c.role for c in plan.calls] == ["full", "full", "cache", "full", "cache"]
+    depth = len(model.transformer_blocks())
+    sched = random_schedule(plan, depth, random.Random(5), p=0.8)
+    compiled = l2c_compile.compile(model, plan, sched)
+    noise, labels = inputs(model)
+    want = reference.sample(model, plan, sched, noise, labels, 0.4)
+    assert rel_error(compiled(noise, labels, 0.4), want) <= 1e-5

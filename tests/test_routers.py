@@ -37,11 +37,17 @@ def test_router_file_errors(tmp_path: Path) -> None:
     one_line_error(load_router, tmp_path / "missing.pt", match="not found")
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"\x00\x01 definitely not a checkpoint")
-    one_line_error(load_router, garbage, match="garbage.pt: not a readable")
+    one_line_error(
+        load_router, garbage, match="garbage.pt: not a router file: it is unrecognised binary data"
+    )
     whole, truncated = tmp_path / "whole.pt", tmp_path / "trunc.pt"
     torch.save({"routers": {f"{i}.prob": torch.zeros(56) for i in range(20)}}, whole)
     truncated.write_bytes(whole.read_bytes()[:2000])
-    one_line_error(load_router, truncated, match="trunc.pt: not a readable torch file")
+    one_line_error(
+        load_router,
+        truncated,
+        match="trunc.pt: not a router file: it is a zip archive torch cannot read",
+    )
     unknown = tmp_path / "unknown.pt"
     torch.save({"weights": torch.zeros(3)}, unknown)
     one_line_error(load_router, unknown, match="unknown router format")
@@ -128,9 +134,18 @@ def test_own_format_round_trip(tmp_path: Path) -> None:
     save_router(path, logits, meta)
     back = load_router(path)
     assert torch.equal(back.logits, logits)
-    assert back.meta == {**meta, "format": "l2c-router", "version": 1}
+    # save_router adds what it knows about the target, so an import can check it (issue 12)
+    target = {"family": "dit", "resolution": 256, "classes": 1000, "sublayers": ["attn", "mlp"]}
+    assert back.meta == {**meta, **target, "format": "l2c-router", "version": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["r.safetensors"]
     s = import_router(path, make_plan("ddim", 20), model="DiT-XL/2", depth=28, threshold=0.1)
     assert s == Schedule.from_router(
         logits, make_plan("ddim", 20), model="DiT-XL/2", depth=28, threshold=0.1, source=s.source
     )
+
+
+def test_text_file_as_router_says_what_it_is(tmp_path: Path) -> None:
+    text = tmp_path / "router.pt"
+    text.write_text("hi\n")
+    msg = one_line_error(load_router, text, match="router.pt: not a router file: it is a text file")
+    assert "expected an official DiT/U-ViT router" in msg and "101" not in msg

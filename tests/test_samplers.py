@@ -24,6 +24,7 @@ from l2c_compile.samplers import (
     sampler_options,
 )
 from l2c_compile.samplers.ddim import ddim_plan_for_timesteps, space_timesteps
+from l2c_compile.samplers.dpm_solver import outer_grid
 from l2c_compile.samplers.schedules import DiscreteVP, alphas_cumprod, betas
 
 # fmt: off
@@ -258,9 +259,9 @@ def test_dpm_shifted_and_unshifted_cadence(nfe: int) -> None:
     assert unshifted == [r for i in range(k) for r in (("full", None), ("cache", i))]
 
 
-@pytest.mark.parametrize("bad", [0, 1, 3, 21, -2, 2.0, True])
+@pytest.mark.parametrize("bad", [0, -2, -3, 2.0, True, "4"])
 def test_dpm_rejects_impossible_nfe(bad: object) -> None:
-    with pytest.raises(L2CError, match="even number"):
+    with pytest.raises(L2CError, match="positive integer number of model calls"):
         dpm_solver2_plan(bad)  # type: ignore[arg-type]
 
 
@@ -469,7 +470,7 @@ def test_make_plan_dispatch_and_options() -> None:
         (("dpm-solver2", 20), {}, "did you mean 'dpm-solver-2'"),
         (("ddim", 0), {}, "positive integer"),
         (("ddim", 1001), {}, "cannot take 1001"),
-        (("dpm-solver-2", 21), {}, "even number"),
+        (("dpm-solver-2", 0), {}, "positive integer"),
         (("dpm-solver-2", 20), {"shifed": True}, "did you mean 'shifted'"),
         (("ddim", 20), {"shifted": True}, "has no option 'shifted'"),
         (("ddim", 20), {"noise_schedule": "cosine"}, "unknown noise schedule"),
@@ -511,3 +512,96 @@ def test_dpm_plan_invariants(k: int, shifted: bool) -> None:
         # The midpoint input uses only x and the ε at s_k; the update needs both calls.
         assert [j for j, _ in step.calls[1].input.eps] == [step.calls[0].index]
         assert {j for j, _ in step.update.eps} == {c.index for c in step.calls}
+
+
+# ---------------------------------------------------------------------------------------------
+# DPM-Solver-2 with an odd number of model calls (issue 12, item 13)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("nfe", [1, 3, 5, 21, 51])
+def test_dpm_odd_nfe_ends_with_one_first_order_step(nfe: int) -> None:
+    plan = dpm_solver2_plan(nfe)
+    assert plan.nfe == nfe and [len(s.calls) for s in plan.steps] == [2] * (nfe // 2) + [1]
+    # Outer times: the official grid for uneven orders, linspace(1, 1e-3, nfe + 1) at 0, 2, …, nfe.
+    fine = torch.linspace(1.0, 1e-3, nfe + 1).tolist()
+    outer = [s.calls[0].timestep for s in plan.steps]
+    assert outer == pytest.approx([1000 * fine[i] for i in range(0, nfe, 2)], rel=1e-12)
+    # Cadence: the closing call is a cache step (router row K-1) when shifted, full otherwise.
+    k = nfe // 2
+    last = plan.calls[-1]
+    assert (last.role, last.router_index) == (("cache", k) if k >= 1 else ("full", None))
+    assert roles(plan)[:-1] == roles(dpm_solver2_plan(nfe - 1))[: nfe - 1] if nfe > 1 else True
+    unshifted = dpm_solver2_plan(nfe, shifted=False)
+    assert (unshifted.calls[-1].role, unshifted.calls[-1].router_index) == ("full", None)
+    assert [r for r, _ in roles(unshifted)].count("cache") == k
+
+
+@pytest.mark.parametrize("nfe", [2, 3, 9, 10, 21])
+def test_dpm_steps_and_coefficients_match_diffusers_singlestep(nfe: int) -> None:
+    """diffusers' DPMSolverSinglestepScheduler, walked over our noise levels, is the oracle.
+
+    Its order list decides which steps are second order and that an odd count ends with one
+    first-order step; its update formulas (dpmsolver++ = data prediction, midpoint) then run on
+    our sigmas, so every coefficient of our plan is checked, the closing step included.
+    """
+    diffusers = pytest.importorskip("diffusers")
+    sched = diffusers.DPMSolverSinglestepScheduler(
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        solver_order=2,
+        algorithm_type="dpmsolver++",
+        solver_type="midpoint",
+        lower_order_final=nfe % 2 == 1,  # the official [2]*K for even counts; [.., 1] for odd
+        final_sigmas_type="sigma_min",
+    )
+    sched.set_timesteps(nfe)
+    # diffusers counts a second-order step as the pair (1, 2): the midpoint, then the update.
+    assert sched.order_list == [1, 2] * (nfe // 2) + [1] * (nfe % 2)
+
+    plan = dpm_solver2_plan(nfe)
+    vp = DiscreteVP("scaled_linear")
+    times = [c.timestep / 1000 for c in plan.calls] + [1e-3]  # every call's time, then the end
+    alpha = np.exp(vp.marginal_log_mean_coeff(np.array(times, dtype=np.float64)))
+    sched.sigmas = torch.tensor(np.sqrt(1 - alpha**2) / alpha, dtype=torch.float64)  # σ/α
+    sched._step_index = 0
+
+    x0 = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(nfe), dtype=torch.float64)
+    x = x0
+    for call in plan.calls:
+        x = sched.step(wiggly_eps(call, x), call.timestep, x).prev_sample
+    # (diffusers recovers λ from σ/α by logs: agreement to ~1e-9, a wrong coefficient is ~1e-2)
+    torch.testing.assert_close(execute_plan(plan, x0, wiggly_eps), x, rtol=1e-7, atol=1e-7)
+
+
+@pytest.mark.parametrize("nfe", [3, 5, 21])
+def test_dpm_odd_nfe_matches_published_update(nfe: int) -> None:
+    """The closing step is DPM-Solver-1 in data prediction: x_t = σ_t/σ_s x − α_t φ1 x0(x, s)."""
+    vp = DiscreteVP("scaled_linear")
+    x0 = torch.randn(2, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    even = dpm_solver2_plan(nfe)
+    # Run the second-order steps from the plan, then the closing step by hand.
+    prefix = SamplerPlan(
+        even.sampler, nfe - 1, even.steps[:-1], even.noise_schedule, even.time_input, even.options
+    )
+    x = execute_plan(prefix, x0, wiggly_eps)
+    last = even.calls[-1]
+    s, t = last.timestep / 1000, outer_grid(nfe)[-1]  # the grid's float32 1e-3
+    h = float(vp.marginal_lambda(t) - vp.marginal_lambda(s))
+    a_s, a_t = float(vp.marginal_alpha(s)), float(vp.marginal_alpha(t))
+    sig_s, sig_t = float(vp.marginal_std(s)), float(vp.marginal_std(t))
+    m = (x - sig_s * wiggly_eps(last, x)) / a_s
+    want = (sig_t / sig_s) * x - a_t * math.expm1(-h) * m
+    torch.testing.assert_close(execute_plan(even, x0, wiggly_eps), want, rtol=1e-12, atol=1e-12)
+
+
+@settings(max_examples=20, deadline=None)
+@given(k=st.integers(0, 60), shifted=st.booleans())
+def test_dpm_odd_plan_invariants(k: int, shifted: bool) -> None:
+    plan = dpm_solver2_plan(2 * k + 1, shifted=shifted)
+    ts = [c.timestep for c in plan.calls]
+    assert all(a > b for a, b in itertools.pairwise(ts)) and ts[0] == 1000.0
+    cache_rows = [c.router_index for c in plan.calls if c.role == "cache"]
+    assert cache_rows == (list(range(1, k + 1)) if shifted else list(range(k)))
+    assert {j for j, _ in plan.steps[-1].update.eps} == {2 * k}

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from enum import Enum
 from typing import Any, TypeVar
 
@@ -13,10 +14,16 @@ from rich.console import Console
 
 from l2c_compile.errors import L2CError
 
-console = Console()
+console = Console(log_path=False)  # a log line names the event, not the CLI's source line
 err_console = Console(stderr=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+# What the guidance scale means differs per family (models/dit.py and models/uvit.py `guide`).
+CFG_SCALE_HELP = (
+    "guidance scale s (default: the model's). DiT: u + s·(c − u), so 1 = no guidance "
+    "(DiT-XL/2 samples with 4); U-ViT: c + s·(c − u), so 0 = no guidance (U-ViT-H/2 uses 0.4)"
+)
 
 
 class OutputFormat(str, Enum):
@@ -43,3 +50,25 @@ def cli_errors(fn: F) -> F:
 def print_json(obj: Any) -> None:
     """Print ``obj`` as JSON on stdout (plain, machine-readable)."""
     typer.echo(json.dumps(obj, indent=2, sort_keys=False, default=str))
+
+
+@contextlib.contextmanager
+def progress_bars(enabled: bool | None = None, *, on: Console | None = None) -> Iterator[Any]:
+    """Draw the library's progress (stages, and bars for loops) inside the block.
+
+    ``on``: the console to draw on (default stderr, so ``--format json`` keeps stdout clean; a
+    command that logs to stdout meanwhile passes ``console``). ``enabled`` None: only when that
+    console is a terminal, so pipes, logs and tests get no redraws. Yields the reporter (or
+    None), whose ``stage`` can serve as a stage callback.
+    """
+    from l2c_compile.progress import RichReporter, reporting
+
+    target = err_console if on is None else on
+    if enabled is None:
+        enabled = target.is_terminal
+    if not enabled:
+        with reporting(None):
+            yield None
+        return
+    with RichReporter(target) as reporter, reporting(reporter):
+        yield reporter

@@ -8,7 +8,15 @@ import torch
 import typer
 from rich.table import Table
 
-from l2c_compile.cli.common import OutputFormat, cli_errors, console, print_json
+from l2c_compile.cli.common import (
+    CFG_SCALE_HELP,
+    OutputFormat,
+    cli_errors,
+    console,
+    err_console,
+    print_json,
+    progress_bars,
+)
 from l2c_compile.errors import L2CError
 from l2c_compile.verify import compile_summary, verify_artifact
 
@@ -52,8 +60,10 @@ def model_for_cli(model_name: str | None, diffusers: Path | None, checkpoint: Pa
 
 def spec_for_cli(model_name: str | None, diffusers: Path | None):
     """The spec (no weights) for ``--model`` or ``--diffusers DIR``; exactly one must be given."""
-    if (model_name is None) == (diffusers is None):
-        raise L2CError("pass exactly one of --model NAME and --diffusers DIR")
+    if model_name is None and diffusers is None:
+        raise L2CError("pass --model NAME (see `l2c-compile models`) or --diffusers DIR")
+    if model_name is not None and diffusers is not None:
+        raise L2CError("--diffusers DIR brings its own model and weights: drop --model, --checkpoint and --init")
     if diffusers is not None:
         from l2c_compile.diffusers.spec import spec_for_folder
 
@@ -61,6 +71,15 @@ def spec_for_cli(model_name: str | None, diffusers: Path | None):
     from l2c_compile.models.registry import get_spec
 
     return get_spec(model_name)
+
+
+def spec_blocks(spec) -> int:
+    """Number of cacheable blocks of a registry or diffusers spec."""
+    if spec.family == "diffusers":
+        return spec.depth
+    from l2c_compile.models.registry import num_blocks
+
+    return num_blocks(spec)
 
 
 def plan_for(spec, sampler: str | None, nfe: int, **options):
@@ -83,25 +102,34 @@ def compile_cmd(
     nfe: int = typer.Option(..., "--nfe", help="number of model calls"),
     schedule: Path | None = typer.Option(None, "--schedule", help="schedule JSON (omit: all-compute)"),
     dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16"),
-    device: str = typer.Option("cpu", "--device", help="cpu | cuda"),
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N (must exist here)"),
     backend: str = typer.Option("eager", "--backend", help="eager | inductor"),
     cfg: bool = typer.Option(True, "--cfg/--no-cfg", help="batch classifier-free guidance"),
     fuse: bool = typer.Option(True, "--fuse/--no-fuse", help="fuse reuse epilogues into kernels"),
     cuda_graph: bool = typer.Option(False, "--cuda-graph/--no-cuda-graph",
                                     help="capture the whole trajectory in one CUDA graph (CUDA only)"),
-    out: Path = typer.Option(..., "--out", "-o", help="artifact folder to write"),
+    out: Path = typer.Option(..., "--out", "-o", help="artifact folder to write (new, empty, or an artifact with --force)"),
+    force: bool = typer.Option(False, "--force", help="replace an existing artifact at --out"),
     fmt: OutputFormat = typer.Option(OutputFormat.rich, "--format"),
 ) -> None:
     """Compile a schedule into a specialized sampler artifact."""
     import l2c_compile
+    from l2c_compile.compiler import resolve_dtype
+    from l2c_compile.devices import resolve_device
+    from l2c_compile.io import check_output_folder
     from l2c_compile.schedule import Schedule
 
-    spec, net = model_for_cli(model, diffusers, checkpoint, init, seed)
+    # Every input is checked before the first expensive step, and the output path before anything.
+    check_output_folder(out, force=force)
+    resolve_device(device)
+    resolve_dtype(dtype)
+    spec = spec_for_cli(model, diffusers)
     plan = plan_for(spec, sampler, nfe)
     sched = None
-    if schedule is not None:
+    if schedule is not None:  # before the weights load: a wrong schedule should not wait for them
         sched = Schedule.load(schedule)
-        sched.validate_for(spec.name, len(net.transformer_blocks()), plan)
+        sched.validate_for(spec.name, spec_blocks(spec), plan)
+    spec, net = model_for_cli(model, diffusers, checkpoint, init, seed)
     with console.status(f"compiling {spec.name} · {plan.sampler} · NFE {nfe}…"):
         compiled = l2c_compile.compile(net, plan, sched, dtype=dtype, device=device, backend=backend,
                                        cfg=cfg, fuse=fuse, model_info=spec.to_dict(), cuda_graph=cuda_graph)
@@ -112,8 +140,17 @@ def compile_cmd(
         return
     table = Table(title=f"compiled → {out}", show_header=False)
     for k, v in summary.items():
-        table.add_row(k, str(v))
+        table.add_row(k, format_passes(v) if k == "passes" else str(v))
     console.print(table)
+
+
+def format_passes(passes: dict) -> str:
+    """The per-pass counters as lines a person reads: ``dce: 349 nodes removed, …``."""
+    lines = []
+    for name, stats in passes.items():
+        parts = [f"{v:,} {k.replace('_', ' ')}" for k, v in stats.items() if v]
+        lines.append(f"{name}: {', '.join(parts) if parts else 'no change'}")
+    return "\n".join(lines)
 
 
 @cli_errors
@@ -121,16 +158,17 @@ def verify_cmd(
     directory: Path = typer.Argument(..., help="artifact folder"),
     batch: int = typer.Option(2, "--batch"),
     seed: int = typer.Option(0, "--seed"),
-    device: str = typer.Option("cpu", "--device"),
-    cfg_scale: float | None = typer.Option(None, "--cfg-scale"),
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N (must exist here)"),
+    cfg_scale: float | None = typer.Option(None, "--cfg-scale", help=CFG_SCALE_HELP),
     cuda_graph: bool | None = typer.Option(None, "--cuda-graph/--no-cuda-graph",
                                            help="override the artifact's CUDA-graph choice"),
-    tolerance: float | None = typer.Option(None, "--tolerance", help="fail above this max_rel_error "
-                                           "(default 1e-5 for float32, 5e-2 for bf16/fp16)"),
+    tolerance: float | None = typer.Option(None, "--tolerance", help="fail above this error (float32: "
+                                           "max_rel_error, default 1e-5; bf16/fp16: rms_rel_error, "
+                                           "default measured per model, see README)"),
     fmt: OutputFormat = typer.Option(OutputFormat.rich, "--format"),
 ) -> None:
-    """Check an artifact against the reference executor on seeded inputs."""
-    with console.status("running compiled sampler and reference executor…"):
+    """Check an artifact against the reference executor on seeded inputs (exit 1 if it fails)."""
+    with progress_bars():
         checked = verify_artifact(directory, batch=batch, seed=seed, device=device, cfg_scale=cfg_scale,
                                   cuda_graph=cuda_graph, tolerance=tolerance)
     result = checked.to_dict()
@@ -139,9 +177,13 @@ def verify_cmd(
     else:
         table = Table(title="verify", show_header=False)
         for k, v in result.items():
-            table.add_row(k, f"{v:.3e}" if isinstance(v, float) and k.endswith("error") else str(v))
+            if k == "failure":
+                continue
+            table.add_row(k, f"{v:.3e}" if isinstance(v, float) and ("error" in k or k == "tolerance")
+                          else str(v))
         console.print(table)
     if not checked.ok:
+        err_console.print(f"[bold red]verify failed:[/] {checked.failure}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
 
 
@@ -150,40 +192,64 @@ def sample_cmd(
     directory: Path = typer.Argument(..., help="artifact folder"),
     classes: str = typer.Option("0,1,2,3", "--classes", help="comma-separated class labels"),
     seed: int = typer.Option(0, "--seed"),
-    cfg_scale: float | None = typer.Option(None, "--cfg-scale"),
+    cfg_scale: float | None = typer.Option(None, "--cfg-scale", help=CFG_SCALE_HELP),
     vae: Path | None = typer.Option(None, "--vae", help="local diffusers AutoencoderKL folder (latent models)"),
     preview: bool = typer.Option(False, "--latent-preview", help="latent models without a VAE: show raw channels"),
-    device: str = typer.Option("cpu", "--device"),
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N (must exist here)"),
     cuda_graph: bool | None = typer.Option(None, "--cuda-graph/--no-cuda-graph",
                                            help="override the artifact's CUDA-graph choice"),
     out: Path = typer.Option(..., "--out", "-o", help="PNG file to write"),
 ) -> None:
     """Draw samples with an artifact and write them as an image grid."""
+    from l2c_compile import progress
     from l2c_compile.artifact import load
-    from l2c_compile.images import as_pictures, decode_latents, latents_preview, make_grid, save_png
+    from l2c_compile.devices import resolve_device
+    from l2c_compile.images import (
+        as_pictures,
+        check_png_path,
+        decode_latents,
+        latents_preview,
+        load_vae_decoder,
+        make_grid,
+        save_png,
+    )
 
+    # Every input is checked before the first model call: a late failure wastes the whole run.
     try:
         labels = torch.tensor([int(c) for c in classes.split(",") if c.strip()], dtype=torch.long)
     except ValueError:
         raise L2CError(f"--classes must be comma-separated integers, got {classes!r}") from None
+    if labels.numel() == 0:
+        raise L2CError("--classes names no class")
+    resolve_device(device)
+    check_png_path(out)
     compiled = load(directory, device=device, cuda_graph=cuda_graph)
-    if labels.numel() == 0 or int(labels.min()) < 0 or int(labels.max()) >= compiled.model.null_class:
-        raise L2CError(f"class labels must lie in 0..{compiled.model.null_class - 1}")
+    real = compiled.model.null_class
+    if int(labels.min()) < 0 or int(labels.max()) >= real:
+        bad = int(labels.min()) if int(labels.min()) < 0 else int(labels.max())
+        raise L2CError(f"--classes: label {bad} is out of range; this model has classes 0..{real - 1}")
     pixel = bool(compiled.info["model"].get("pixel_space", False))
+    decoder = None
     if not pixel and vae is None and not preview:  # pixel models with 1/3 channels are pictures as-is
         raise L2CError("this model samples latents: pass --vae PATH (diffusers AutoencoderKL folder) "
                        "or --latent-preview")
+    if pixel and vae is not None:
+        raise L2CError("this model draws pixels, not latents: there is nothing for --vae to decode")
+    if not pixel and vae is not None:
+        decoder = load_vae_decoder(vae, latent_channels=compiled.model.in_channels, device=device)
     if compiled.cfg and cfg_scale is None:
         cfg_scale = float(compiled.info["model"].get("default_cfg_scale", 4.0))
     gen = torch.Generator().manual_seed(seed)
     m = compiled.model
     noise = torch.randn(len(labels), m.in_channels, m.input_size, m.input_size, generator=gen).to(device)
-    with console.status(f"sampling {len(labels)} images…"):
+    nfe = int(compiled.info["nfe"])
+    with progress_bars(), progress.task(f"sampling {len(labels)} images", nfe, "model calls"), \
+                progress.counting_model_calls(compiled):
         x = compiled(noise, labels.to(device), cfg_scale if compiled.cfg else None)
     if pixel:
         images = as_pictures(x)
-    elif vae is not None:
-        images = decode_latents(x, vae)
+    elif decoder is not None:
+        images = decode_latents(x, decoder)
     else:
         images = latents_preview(x)
     save_png(make_grid(images, scale=max(1, 128 // images.shape[-1])), out)

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from l2c_compile.cli.common import cli_errors, console
+from l2c_compile.cli.common import cli_errors, console, progress_bars
 
 
 @cli_errors
@@ -27,10 +27,11 @@ def demo(
 
     cfg = DemoConfig(model=model, nfe=nfe, router=router, threshold=threshold, train_steps=train_steps,
                      per_class=per_class, repeats=repeats, seed=seed, out=out)
-    with console.status("starting…") as status:
+    with progress_bars(on=console) as bars:
         def stage(msg: str) -> None:
             console.log(msg)
-            status.update(msg + "…")
+            if bars is not None:
+                bars.stage(msg + "…")
 
         report = run_demo(cfg, stage)
     table = Table(title=f"{report['model']} · {report['sampler']}-{report['nfe']} · batch {report['batch']}")

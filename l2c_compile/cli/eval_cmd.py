@@ -12,7 +12,14 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from l2c_compile.cli.common import OutputFormat, cli_errors, console, print_json
+from l2c_compile.cli.common import (
+    CFG_SCALE_HELP,
+    OutputFormat,
+    cli_errors,
+    console,
+    print_json,
+    progress_bars,
+)
 
 
 @cli_errors
@@ -26,7 +33,7 @@ def eval_cmd(
     threshold: float | None = typer.Option(None, "--threshold", help="θ for a router (default: the family's)"),
     samples: int = typer.Option(1000, "--samples", "-k", help="images per sampler, balanced over classes"),
     seed: int = typer.Option(0, "--seed", help="seed of the noise and label order"),
-    cfg_scale: float | None = typer.Option(None, "--cfg-scale", help="guidance scale (default: the model's)"),
+    cfg_scale: float | None = typer.Option(None, "--cfg-scale", help=CFG_SCALE_HELP),
     batch: int = typer.Option(250, "--batch", help="images per sampler call"),
     device: str | None = typer.Option(
         None, "--device", help="cpu | cuda (default: cpu; under torchrun: each rank's GPU if any)"
@@ -44,11 +51,16 @@ def eval_cmd(
         cfg = EvalConfig(model=model, nfe=nfe, sampler=sampler, schedule=schedule,
                          threshold=threshold, samples=samples, seed=seed, cfg_scale=cfg_scale,
                          batch=batch, device=device or (str(rank_device) if world > 1 else "cpu"))
-        if fmt == OutputFormat.json or rank != 0:
+        if rank != 0:
             report = run_eval(cfg)
+        elif fmt == OutputFormat.json:
+            with progress_bars():  # on stderr: stdout stays JSON
+                report = run_eval(cfg)
         else:
-            with console.status("starting…") as status:
-                report = run_eval(cfg, lambda msg: status.update(msg + "…"))
+            with progress_bars(on=console) as bars:
+                report = run_eval(
+                    cfg, (lambda msg: bars.stage(msg + "…")) if bars else (lambda _: None)
+                )
     finally:
         if world > 1:
             import torch.distributed as dist

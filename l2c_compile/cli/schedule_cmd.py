@@ -38,12 +38,10 @@ def _writing(path: Path) -> Iterator[None]:
 
 def _target(model: str | None, diffusers: Path | None, sampler: str | None, nfe: int) -> tuple[Any, Any, int]:
     """(model spec, sampler plan, number of cacheable blocks) for the command-line choices."""
-    from l2c_compile.cli.compile_cmd import plan_for, spec_for_cli
-    from l2c_compile.models.registry import num_blocks
+    from l2c_compile.cli.compile_cmd import plan_for, spec_blocks, spec_for_cli
 
     spec = spec_for_cli(model, diffusers)
-    depth = spec.depth if spec.family == "diffusers" else num_blocks(spec)
-    return spec, plan_for(spec, sampler, nfe), depth
+    return spec, plan_for(spec, sampler, nfe), spec_blocks(spec)
 
 
 def _pct(part: int, whole: int) -> str:
@@ -58,8 +56,16 @@ def summary_table(summary: dict[str, Any], title: str | None = None) -> Table:
     table.add_row("model", f"{s['model']} ({s['depth']} blocks)")
     table.add_row("sampler", f"{s['sampler']} · {s['nfe']} NFE · θ={theta}")
     # a full sha256 would wrap the table; 12 hex digits identify a file for a reader
-    source = {k: f"{v[:12]}…" if k == "sha256" else v for k, v in s["source"].items()}
+    source = {
+        k: f"{v[:12]}…" if k == "sha256" else v
+        for k, v in s["source"].items()
+        if k not in ("checked", "unchecked")
+    }
     table.add_row("source", ", ".join(f"{k}={v}" for k, v in source.items()))
+    if "checked" in s["source"]:  # router imports: which facts of the file matched the target
+        table.add_row("router facts checked", ", ".join(s["source"]["checked"]) or "none")
+        unchecked = s["source"].get("unchecked") or []
+        table.add_row("unchecked (not in the file)", ", ".join(unchecked) if unchecked else "none")
     table.add_row("cache steps", f"{s['cache_steps']} of {s['nfe']}")
     per_kind = s["cache_steps"] * s["depth"]
     table.add_row("skipped attention", _pct(s["skipped_attn"], per_kind))

@@ -87,12 +87,17 @@ def train_cmd(
     fmt: OutputFormat = typer.Option(OutputFormat.rich, "--format"),
 ) -> None:
     """Train a Learning-to-Cache router (the model stays frozen)."""
+    from l2c_compile.io import check_output_file
     from l2c_compile.router import RECIPES, TrainConfig, default_recipe, init_distributed
 
+    check_output_file(out, "router")  # before training, not after it
+    if export_official is not None:
+        check_output_file(export_official, "official router")
     rank, world, dist_device = init_distributed()
     try:
+        target = _device(device, world, dist_device)  # before any work: one line if unavailable
         spec, net = model_for_cli(model, diffusers, checkpoint, init, seed)
-        net = net.to(_device(device, world, dist_device))
+        net = net.to(target)
         plan = plan_for(spec, sampler, nfe)
         recipe_name = recipe or default_recipe(spec.family)
         if recipe_name not in RECIPES:
@@ -144,14 +149,11 @@ def train_cmd(
 
 
 def _device(device: str | None, world: int, dist_device):
-    import torch
-
     if device is None or world > 1:  # under torchrun each rank takes its own device
         return dist_device
-    try:
-        return torch.device(device)
-    except RuntimeError as exc:
-        raise L2CError(f"invalid device {device!r}: {exc}") from None
+    from l2c_compile.devices import resolve_device
+
+    return resolve_device(device)
 
 
 def _train(

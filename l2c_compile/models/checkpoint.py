@@ -40,7 +40,7 @@ def _looks_like_safetensors(head: bytes) -> bool:
 def _read(path: Path) -> object:
     try:
         with path.open("rb") as f:
-            head = f.read(16)
+            head = f.read(512)
     except OSError as exc:
         raise L2CError(f"checkpoint {path} cannot be read: {exc.strerror or exc}") from None
     if path.suffix == ".safetensors" or _looks_like_safetensors(head):
@@ -49,8 +49,16 @@ def _read(path: Path) -> object:
         try:
             return load_file(str(path), device="cpu")
         except Exception as exc:  # safetensors raises several types for bad bytes
+            from l2c_compile.filekind import describe_bytes
+
+            kind = describe_bytes(head)
+            what = (
+                "a corrupt or truncated safetensors file"
+                if kind == "a safetensors file"
+                else f"{kind}, not safetensors"
+            )
             raise L2CError(
-                f"checkpoint {path} is not a readable safetensors file: {_first_line(exc)}"
+                f"checkpoint {path} cannot be loaded: it is {what} ({_first_line(exc, 80)})"
             ) from None
     # Official DiT training checkpoints carry their argparse args: allow exactly that class.
     allow = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
@@ -58,8 +66,11 @@ def _read(path: Path) -> object:
         with allow([argparse.Namespace]) if allow else contextlib.nullcontext():
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt zip, truncated pickle, unsafe globals, …
+        from l2c_compile.filekind import torch_load_problem
+
         raise L2CError(
-            f"checkpoint {path} is corrupt or not a torch/safetensors file: {_first_line(exc)}"
+            f"checkpoint {path} cannot be loaded: {torch_load_problem(exc, head)} (expected a "
+            "torch .pt/.pth checkpoint or a .safetensors file)"
         ) from None
 
 

@@ -433,19 +433,15 @@ def _broadcast_chunk(
     labels[lo:hi] = buf[:, -1].round().long()
 
 
-def _progress_bar(enabled: bool, what: str, total: int):
+def _progress_bar(enabled: bool, what: str, total: int, unit: str = "chunks"):
     if not enabled:
         return None
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
+    from rich.progress import Progress
 
-    bar = Progress(TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    task = bar.add_task(what, total=total)
+    from l2c_compile.progress import bar_columns
+
+    bar = Progress(*bar_columns(unit))
+    task = bar.add_task(what, total=total, unit=unit)
     bar.start()
     return bar, task
 

@@ -459,25 +459,25 @@ class _Bar:
         self.progress = None
         if not enabled:
             return
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
+        from rich.progress import Progress, TextColumn
 
+        from l2c_compile.progress import bar_columns
+
+        # The shared columns (steps done / total, rate, elapsed, time left), then the losses.
         self.progress = Progress(
-            TextColumn("training router"),
-            BarColumn(),
-            MofNCompleteColumn(),
+            *bar_columns("steps"),
             TextColumn(
                 "loss {task.fields[loss]}  reg {task.fields[reg]}  skip {task.fields[skip]}"
             ),
-            TimeRemainingColumn(),
         )
         self.task = self.progress.add_task(
-            "train", total=total, completed=done, loss="-", reg="-", skip="-"
+            "training router",
+            total=total,
+            completed=done,
+            unit="steps",
+            loss="-",
+            reg="-",
+            skip="-",
         )
         self.progress.start()
 
