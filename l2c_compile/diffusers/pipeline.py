@@ -134,7 +134,8 @@ class CompiledPipeline:
         sampler = self.sampler(num_inference_steps, cfg)
         noise = self.noise(len(class_labels), generator)
         labels = torch.tensor(class_labels, device=noise.device).reshape(-1)
-        latents = sampler(noise, labels, guidance_scale if cfg else None)
+        device = next(sampler.model.parameters()).device  # the sampler's copy may live elsewhere
+        latents = sampler(noise.to(device), labels.to(device), guidance_scale if cfg else None)
         samples = self.decode(latents, output_type)
         return ImagePipelineOutput(images=samples) if return_dict else (samples,)
 
@@ -142,8 +143,9 @@ class CompiledPipeline:
 def compile_pipeline(pipe: Any, schedule: Any = None, **compile_kwargs: Any) -> CompiledPipeline:
     """A drop-in for ``pipe`` (a diffusers ``DiTPipeline``) running ``schedule`` (None: compute
     everything) as compiled code; ``compile_kwargs`` go to :func:`l2c_compile.compile` (``fuse``,
-    ``backend``, ``cuda_graph``, ``dtype``, ``device``: the last two convert ``pipe.transformer``
-    in place, as ``pipe.to`` would). L2CError for an unsupported pipeline or scheduler."""
+    ``backend``, ``cuda_graph``, ``dtype``, ``device``: those two apply to the compiled sampler's
+    own copy of the weights; the pipeline and its components are never changed). L2CError for an
+    unsupported pipeline or scheduler."""
     from diffusers import DiTPipeline
 
     if not isinstance(pipe, DiTPipeline):
