@@ -129,3 +129,18 @@ def test_without_a_declared_capture_fx_is_tried_then_export():
 
     with pytest.raises(l2c_compile.errors.L2CError, match="l2c_capture is 'jit'; expected fx or export"):
         trace_step(Wrong(tiny_transformer(0)), cfg=False)
+
+
+def test_exported_step_code_compiles_whole_without_graph_breaks():
+    import torch._dynamo
+
+    model = _model(0, layers=1)
+    plan = make_plan("ddim", 2)
+    sched = random_schedule(plan, 1, random.Random(0), p=1.0)
+    torch._dynamo.reset()
+    compiled = l2c_compile.compile(model, plan, sched)
+    noise, labels = inputs(model)
+    want = compiled(noise, labels, 2.0)
+    # fullgraph=True raises on any graph break; the "eager" dynamo backend keeps this test fast.
+    compiled.steps = [torch.compile(s, fullgraph=True, backend="eager") for s in compiled.steps]
+    assert rel_error(compiled(noise, labels, 2.0), want) <= 1e-6
