@@ -85,7 +85,7 @@ def check_model_record(root: Path, info: Any) -> None:
     from l2c_compile.models.registry import MODELS
 
     name = info.get("name") if isinstance(info, dict) else None
-    if name not in MODELS:
+    if name not in MODELS or info.get("family") == "diffusers":
         return  # a model compiled with its own record: its code is still regenerated from it
     want = MODELS[name].to_dict()
     for key in sorted(set(want) | set(info)):
@@ -101,6 +101,10 @@ def build_from_info(info: Any) -> nn.Module:
     from l2c_compile.models.registry import FAMILIES
 
     family = info.get("family") if isinstance(info, dict) else None
+    if family == "diffusers":  # a diffusers model: rebuilt from its class and config
+        from l2c_compile.diffusers.spec import build_from_record
+
+        return build_from_record(info)
     if family not in FAMILIES or not isinstance(info.get("kwargs"), dict):
         raise L2CError(f"artifact manifest names no buildable model (family {family!r})")
     try:

@@ -2,7 +2,8 @@
 
 Pipeline (each step a pass in ``passes/``, run by the pass manager that checks the invariants):
 
-    trace the guided step once (values named from the source) ─► mark the declared sublayers by
+    capture the guided step once (torch.fx, or torch.export for models fx cannot trace; values
+    named from the source) ─► mark the declared sublayers by
     module scope ─► shape propagation (fake tensors)
     cache liveness over the whole plan (distinct masks, exports, drops)
     for each distinct step mask:  specialize ─► dce ─► prune_chunks ─► fuse_reuse ─► dce

@@ -15,10 +15,13 @@ from torch import nn
 class GuidedDenoiser(nn.Module):
     """ε(x, t, y) of a DiT / U-ViT, with batched classifier-free guidance when ``cfg`` is set."""
 
-    def __init__(self, model: nn.Module, cfg: bool) -> None:
+    def __init__(self, model: nn.Module, cfg: bool, *, slice_halves: bool = False) -> None:
         super().__init__()
         self.model = model
         self.cfg = cfg
+        # torch.export with a dynamic batch cannot prove that chunk(2) of 2N rows gives two halves;
+        # slicing at N says the same thing in a form it can (the values are identical).
+        self.slice_halves = slice_halves
 
     def forward(
         self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, cfg_scale: torch.Tensor
@@ -30,7 +33,11 @@ class GuidedDenoiser(nn.Module):
         tt = torch.cat([t, t], dim=0)  # (2N,)
         yy = torch.cat([y, torch.full_like(y, self.model.null_class)], dim=0)  # (2N,)
         out = self.model(xx, tt, yy)  # (2N, C_out, H, W)
-        cond, uncond = torch.chunk(out, 2, dim=0)
+        if self.slice_halves:
+            n = x.shape[0]
+            cond, uncond = out[:n], out[n:]
+        else:
+            cond, uncond = torch.chunk(out, 2, dim=0)
         return self.model.guide(cond, uncond, cfg_scale)  # (N, C, H, W)
 
 

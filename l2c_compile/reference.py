@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -27,6 +28,7 @@ from torch import nn
 from l2c_compile.errors import L2CError
 from l2c_compile.guidance import GuidedDenoiser, timestep_vector
 from l2c_compile.masks import CacheMode, SublayerKey
+from l2c_compile.passes.sublayers import sublayer_spec
 from l2c_compile.samplers.base import ModelCall, SamplerPlan, execute_plan
 
 
@@ -69,7 +71,8 @@ class CachedSublayer(nn.Module):
         self.key = key
         self.state = state
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """h: (N, T, D) the sublayer's input; further arguments go to the sublayer unchanged."""
         st = self.state
         if self.key in st.reuse:
             if st.mode == "drop":
@@ -79,7 +82,7 @@ class CachedSublayer(nn.Module):
                 raise L2CError(f"schedule reuses {self.key[0]} of block {self.key[1]} before it was ever computed")
             st.reused += 1
             return st.cache[self.key]
-        out = self.inner(h)  # (N, T, D) ungated sublayer output
+        out = self.inner(h, *args, **kwargs)  # (N, T, D) ungated sublayer output
         st.computed += 1
         if st.weights is not None and self.key in st.weights:
             w = st.weights[self.key]
@@ -92,18 +95,21 @@ class CachedSublayer(nn.Module):
 
 @contextlib.contextmanager
 def instrument(model: nn.Module) -> Iterator[CacheState]:
-    """Swap every block's attn/mlp for a :class:`CachedSublayer` sharing one :class:`CacheState`."""
+    """Swap every declared sublayer (``passes.sublayers``: ``blocks.{i}.attn``,
+    ``transformer_blocks.{i}.ff``, …) for a :class:`CachedSublayer` sharing one :class:`CacheState`."""
     state = CacheState()
-    blocks = list(model.transformer_blocks())
-    originals = [(b.attn, b.mlp) for b in blocks]
+    slots = []
+    for key, path in sublayer_spec(model).paths(model).items():
+        parent, _, name = path.rpartition(".")
+        owner = model.get_submodule(parent)
+        slots.append((owner, name, getattr(owner, name), key))
     try:
-        for i, b in enumerate(blocks):
-            b.attn = CachedSublayer(originals[i][0], ("attn", i), state)
-            b.mlp = CachedSublayer(originals[i][1], ("mlp", i), state)
+        for owner, name, inner, key in slots:
+            setattr(owner, name, CachedSublayer(inner, key, state))
         yield state
     finally:
-        for b, (attn, mlp) in zip(blocks, originals, strict=True):
-            b.attn, b.mlp = attn, mlp
+        for owner, name, inner, _ in slots:
+            setattr(owner, name, inner)
 
 
 def check_schedule(model: nn.Module, plan: SamplerPlan, schedule) -> None:

@@ -166,3 +166,22 @@ def test_matrix_schedules_use_released_routers_or_their_fraction(latency):
     synthetic = schedule("DiT-L/2", 20)
     assert synthetic.source["kind"] == "heuristic"
     assert synthetic.stats()["skipped_fraction"] == pytest.approx(248 / 560, abs=2e-3)
+
+
+def test_diffusers_pipeline_row_measures_three_executors(tmp_path):
+    pytest.importorskip("diffusers")
+    path = BENCH / "latency_diffusers.py"
+    spec = importlib.util.spec_from_file_location("bench_latency_diffusers", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec.loader.exec_module(module)
+        rows = module.main(["--latent", "8", "--steps", "2", "--repeats", "1", "--out", str(tmp_path / "l.jsonl"),
+                            "--threads", str(torch.get_num_threads())])  # leave this process's threads alone
+    finally:
+        sys.path.remove(str(BENCH))
+        for name in ("latency_exec", "common"):
+            sys.modules.pop(name, None)
+    assert [r["executor"] for r in rows] == ["pipeline-uncached", "compiled-uncached", "compiled-l2c"]
+    assert rows[1]["max_rel_diff_vs_pipeline"] <= 1e-5 and rows[2]["ideal_speedup"] > 1
+    assert all(r["median_s"] > 0 for r in rows) and (tmp_path / "l.md").read_text().count("| compiled-l2c |") == 1

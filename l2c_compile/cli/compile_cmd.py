@@ -42,6 +42,46 @@ def build_for_cli(model_name: str, checkpoint: Path | None, init: str | None, se
     return spec, model.eval()
 
 
+def model_for_cli(model_name: str | None, diffusers: Path | None, checkpoint: Path | None, init: str | None,
+                  seed: int):
+    """``(spec, model)`` from ``--model`` (registry) or ``--diffusers DIR`` (a local diffusers folder)."""
+    if diffusers is None:
+        if model_name is None:
+            raise L2CError("pass --model NAME (see `l2c-compile models`) or --diffusers DIR")
+        return build_for_cli(model_name, checkpoint, init, seed)
+    if model_name is not None or checkpoint is not None or init is not None:
+        raise L2CError("--diffusers DIR brings its own model and weights: drop --model, --checkpoint and --init")
+    from l2c_compile.diffusers.load import load_diffusers
+    from l2c_compile.diffusers.spec import spec_for_folder
+
+    spec = spec_for_folder(diffusers)
+    return spec, load_diffusers(diffusers)
+
+
+def spec_for_cli(model_name: str | None, diffusers: Path | None):
+    """The spec (no weights) for ``--model`` or ``--diffusers DIR``; exactly one must be given."""
+    if model_name is None and diffusers is None:
+        raise L2CError("pass --model NAME (see `l2c-compile models`) or --diffusers DIR")
+    if model_name is not None and diffusers is not None:
+        raise L2CError("--diffusers DIR brings its own model and weights: drop --model, --checkpoint and --init")
+    if diffusers is not None:
+        from l2c_compile.diffusers.spec import spec_for_folder
+
+        return spec_for_folder(diffusers)
+    from l2c_compile.models.registry import get_spec
+
+    return get_spec(model_name)
+
+
+def spec_blocks(spec) -> int:
+    """Number of cacheable blocks of a registry or diffusers spec."""
+    if spec.family == "diffusers":
+        return spec.depth
+    from l2c_compile.models.registry import num_blocks
+
+    return num_blocks(spec)
+
+
 def plan_for(spec, sampler: str | None, nfe: int, **options):
     """The sampler plan for a model spec (its noise schedule and time convention)."""
     from l2c_compile.samplers import make_plan
@@ -52,7 +92,9 @@ def plan_for(spec, sampler: str | None, nfe: int, **options):
 
 @cli_errors
 def compile_cmd(
-    model: str = typer.Option(..., "--model", "-m", help="registry name, see `l2c-compile models`"),
+    model: str | None = typer.Option(None, "--model", "-m", help="registry name, see `l2c-compile models`"),
+    diffusers: Path | None = typer.Option(None, "--diffusers", help="local diffusers pipeline or model folder "
+                                          "(DiTTransformer2DModel), instead of --model"),
     checkpoint: Path | None = typer.Option(None, "--checkpoint", help="official or own checkpoint"),
     init: str | None = typer.Option(None, "--init", help="'random': seeded non-degenerate weights"),
     seed: int = typer.Option(0, "--seed", help="seed for --init random"),
@@ -75,20 +117,19 @@ def compile_cmd(
     from l2c_compile.compiler import resolve_dtype
     from l2c_compile.devices import resolve_device
     from l2c_compile.io import check_output_folder
-    from l2c_compile.models.registry import get_spec, num_blocks
     from l2c_compile.schedule import Schedule
 
     # Every input is checked before the first expensive step, and the output path before anything.
     check_output_folder(out, force=force)
     resolve_device(device)
     resolve_dtype(dtype)
-    spec = get_spec(model)
+    spec = spec_for_cli(model, diffusers)
     plan = plan_for(spec, sampler, nfe)
     sched = None
     if schedule is not None:  # before the weights load: a wrong schedule should not wait for them
         sched = Schedule.load(schedule)
-        sched.validate_for(spec.name, num_blocks(spec), plan)
-    spec, net = build_for_cli(model, checkpoint, init, seed)
+        sched.validate_for(spec.name, spec_blocks(spec), plan)
+    spec, net = model_for_cli(model, diffusers, checkpoint, init, seed)
     with console.status(f"compiling {spec.name} · {plan.sampler} · NFE {nfe}…"):
         compiled = l2c_compile.compile(net, plan, sched, dtype=dtype, device=device, backend=backend,
                                        cfg=cfg, fuse=fuse, model_info=spec.to_dict(), cuda_graph=cuda_graph)

@@ -19,7 +19,8 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-_MODEL = typer.Option(..., "--model", "-m", help="registry name, see `l2c-compile models`")
+_MODEL = typer.Option(None, "--model", "-m", help="registry name, see `l2c-compile models`")
+_DIFFUSERS = typer.Option(None, "--diffusers", help="local diffusers pipeline or model folder, instead of --model")
 _SAMPLER = typer.Option(None, "--sampler", "-s", help="ddim | dpm-solver-2 (default: the model's)")
 _NFE = typer.Option(..., "--nfe", help="number of model calls")
 _OUT = typer.Option(..., "--out", "-o", help="schedule JSON file to write")
@@ -35,13 +36,12 @@ def _writing(path: Path) -> Iterator[None]:
         raise L2CError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
-def _target(model: str, sampler: str | None, nfe: int) -> tuple[Any, Any, int]:
+def _target(model: str | None, diffusers: Path | None, sampler: str | None, nfe: int) -> tuple[Any, Any, int]:
     """(model spec, sampler plan, number of cacheable blocks) for the command-line choices."""
-    from l2c_compile.cli.compile_cmd import plan_for
-    from l2c_compile.models.registry import get_spec, num_blocks
+    from l2c_compile.cli.compile_cmd import plan_for, spec_blocks, spec_for_cli
 
-    spec = get_spec(model)
-    return spec, plan_for(spec, sampler, nfe), num_blocks(spec)
+    spec = spec_for_cli(model, diffusers)
+    return spec, plan_for(spec, sampler, nfe), spec_blocks(spec)
 
 
 def _pct(part: int, whole: int) -> str:
@@ -93,7 +93,8 @@ def _report(schedule: Any, out: Path | None, fmt: OutputFormat) -> None:
 @cli_errors
 def import_cmd(
     router: Path = typer.Argument(..., help="router file: official DiT/U-ViT or l2c-router"),
-    model: str = _MODEL,
+    model: str | None = _MODEL,
+    diffusers: Path | None = _DIFFUSERS,
     sampler: str | None = _SAMPLER,
     nfe: int = _NFE,
     threshold: float | None = typer.Option(
@@ -105,8 +106,8 @@ def import_cmd(
     """Threshold a trained (or released) router into a schedule file."""
     from l2c_compile.schedule import default_threshold, import_router
 
-    spec, plan, depth = _target(model, sampler, nfe)
-    theta = default_threshold(spec.family) if threshold is None else threshold
+    spec, plan, depth = _target(model, diffusers, sampler, nfe)
+    theta = default_threshold(getattr(spec, "router_family", spec.family)) if threshold is None else threshold
     schedule = import_router(router, plan, model=spec.name, depth=depth, threshold=theta)
     with _writing(out):
         schedule.save(out)
@@ -116,7 +117,8 @@ def import_cmd(
 @app.command("heuristic")
 @cli_errors
 def heuristic_cmd(
-    model: str = _MODEL,
+    model: str | None = _MODEL,
+    diffusers: Path | None = _DIFFUSERS,
     sampler: str | None = _SAMPLER,
     nfe: int = _NFE,
     kind: str = typer.Option(..., "--kind", help="random | top | bottom | all"),
@@ -130,7 +132,7 @@ def heuristic_cmd(
     """A baseline schedule (paper Fig. 4): reuse random, top or bottom sublayers, or all of them."""
     from l2c_compile.schedule import heuristic
 
-    spec, plan, depth = _target(model, sampler, nfe)
+    spec, plan, depth = _target(model, diffusers, sampler, nfe)
     if fraction is None:
         if kind != "all":
             raise L2CError(f"--kind {kind} needs --fraction F (share of sublayers, in [0, 1])")

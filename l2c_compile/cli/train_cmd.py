@@ -12,13 +12,15 @@ import typer
 from rich.table import Table
 
 from l2c_compile.cli.common import OutputFormat, cli_errors, console, err_console, print_json
-from l2c_compile.cli.compile_cmd import build_for_cli, plan_for
+from l2c_compile.cli.compile_cmd import model_for_cli, plan_for
 from l2c_compile.errors import L2CError
 
 
 @cli_errors
 def train_cmd(
-    model: str = typer.Option(..., "--model", "-m", help="registry name, see `l2c-compile models`"),
+    model: str | None = typer.Option(None, "--model", "-m", help="registry name, see `l2c-compile models`"),
+    diffusers: Path | None = typer.Option(None, "--diffusers", help="local diffusers pipeline or model folder "
+                                          "(DiTTransformer2DModel), instead of --model"),
     checkpoint: Path | None = typer.Option(
         None, "--checkpoint", help="model weights (official or own)"
     ),
@@ -94,7 +96,7 @@ def train_cmd(
     rank, world, dist_device = init_distributed()
     try:
         target = _device(device, world, dist_device)  # before any work: one line if unavailable
-        spec, net = build_for_cli(model, checkpoint, init, seed)
+        spec, net = model_for_cli(model, diffusers, checkpoint, init, seed)
         net = net.to(target)
         plan = plan_for(spec, sampler, nfe)
         recipe_name = recipe or default_recipe(spec.family)
@@ -207,7 +209,7 @@ def _train(
         import torch.distributed as dist
 
         if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0:
-            write_official(export_official, result.logits, spec.family)
+            write_official(export_official, result.logits, getattr(spec, "router_family", spec.family))
     last = result.history[-1] if result.history else {}
     return {
         "router": str(out),

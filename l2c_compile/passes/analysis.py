@@ -14,6 +14,8 @@ from torch import fx, nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.passes.shape_prop import ShapeProp
 
+from l2c_compile.passes.base import LINEAR_TARGETS, linear_call
+
 
 def propagate_shapes(gm: fx.GraphModule, example_inputs: list[torch.Tensor]) -> None:
     """Fill ``node.meta['tensor_meta']`` for every node, running on fake tensors."""
@@ -43,13 +45,31 @@ def graph_macs(gm: fx.GraphModule, rows_per_image: int) -> int:
             inp_meta = n.args[0].meta.get("tensor_meta") if isinstance(n.args[0], fx.Node) else None
             rows = _rows(inp_meta) if inp_meta is not None else rows_per_image
             total += rows * n.meta["l2c_linear_macs_per_sample"]
+        elif n.op == "call_function":  # torch.export: aten.linear / aten.conv2d on get_attr weights
+            total += _aten_macs(gm, n)
     return total // rows_per_image
+
+
+def _aten_macs(gm: fx.GraphModule, n: fx.Node) -> int:
+    meta = n.meta.get("tensor_meta")
+    if meta is None:
+        return 0
+    lin = linear_call(gm, n)
+    if lin is not None and n.target is torch.ops.aten.linear.default:
+        out_f, in_f = gm.get_parameter(lin.weight).shape
+        return _rows(meta) * in_f * out_f
+    weight = n.args[1] if n.target is torch.ops.aten.conv2d.default and len(n.args) > 1 else None
+    if isinstance(weight, fx.Node) and weight.op == "get_attr":
+        w = gm.get_parameter(str(weight.target))
+        return math.prod(meta.shape) * math.prod(w.shape[1:])
+    return 0
 
 
 def count_linear_calls(gm: fx.GraphModule) -> int:
     """Number of Linear evaluations in a step graph (call_module Linear and F.linear)."""
     count = 0
     for n in gm.graph.nodes:
-        if (n.op == "call_module" and isinstance(gm.get_submodule(n.target), nn.Linear)) or (n.op == "call_function" and n.target is F.linear):
+        if (n.op == "call_module" and isinstance(gm.get_submodule(n.target), nn.Linear)) or (
+                n.op == "call_function" and n.target in LINEAR_TARGETS):
             count += 1
     return count

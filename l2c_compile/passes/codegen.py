@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.node import _get_qualified_name
 
-from l2c_compile.passes.base import SUBLAYER_META, CompileError, SublayerKey, node_scope
+from l2c_compile.passes.base import SUBLAYER_META, CompileError, SublayerKey, chunk_call, node_scope
 from l2c_compile.passes.naming import NAME_META
 
 ROOT = "model."  # where the model sits in the traced module
@@ -44,6 +44,29 @@ BINARY = {operator.add: ("+", 60), operator.sub: ("-", 60), operator.mul: ("*", 
           operator.matmul: ("@", 70), operator.pow: ("**", 90)}
 UNARY = {operator.neg: ("-", 80), operator.pos: ("+", 80), operator.invert: ("~", 80)}
 RESERVED = {MODEL, "self", "torch", "F", "operator", "math"}
+SLICE_END = 2**63 - 1  # aten.slice's "to the end"
+
+# How ATen ops recorded by torch.export are written for a person: each spelling calls the same
+# ATen op with the same arguments (operators, methods and public functions dispatch to it).
+_aten = torch.ops.aten
+ATEN_SPELLING: dict[Any, tuple[str, Any]] = {
+    _aten.add.Tensor: ("binary", operator.add), _aten.sub.Tensor: ("binary", operator.sub),
+    _aten.mul.Tensor: ("binary", operator.mul), _aten.div.Tensor: ("binary", operator.truediv),
+    _aten.linear.default: ("function", F.linear), _aten.layer_norm.default: ("function", F.layer_norm),
+    _aten.silu.default: ("function", F.silu), _aten.gelu.default: ("function", F.gelu),
+    _aten.scaled_dot_product_attention.default: ("function", F.scaled_dot_product_attention),
+    _aten.conv2d.default: ("function", F.conv2d), _aten.embedding.default: ("function", torch.embedding),
+    _aten.cat.default: ("function", torch.cat), _aten.exp.default: ("function", torch.exp),
+    _aten.sin.default: ("function", torch.sin), _aten.cos.default: ("function", torch.cos),
+    _aten.arange.start: ("function", torch.arange), _aten.full_like.default: ("function", torch.full_like),
+    _aten.einsum.default: ("function", torch.einsum),
+    _aten.view.default: ("method", "view"), _aten.reshape.default: ("method", "reshape"),
+    _aten.transpose.int: ("method", "transpose"), _aten.unsqueeze.default: ("method", "unsqueeze"),
+    _aten.flatten.using_ints: ("method", "flatten"), _aten.chunk.default: ("method", "chunk"),
+    _aten.to.dtype: ("method", "to"), _aten.permute.default: ("method", "permute"),
+    _aten.sym_size.int: ("method", "size"), _aten.expand.default: ("method", "expand"),
+    _aten.slice.Tensor: ("slice", None),
+}
 
 
 @dataclass(frozen=True)
@@ -186,6 +209,8 @@ class _Printer:
             return first.meta[NAME_META]  # ``freqs[None]``, ``time_token.unsqueeze(1)``: still freqs
         if n.op == "call_method":
             return str(n.target)
+        if isinstance(n.target, torch._ops.OpOverload):  # aten.sym_size.int → sym_size
+            return n.target.overloadpacket.__name__.strip("_") or "value"
         return getattr(n.target, "__name__", "value").strip("_") or "value"
 
     def name(self, n: fx.Node, base: str | None = None) -> str:
@@ -256,6 +281,10 @@ class _Printer:
         if n.op != "call_function":
             raise CompileError(f"emit: unexpected node {n.op} {n.name}")
         target = n.target
+        if target in ATEN_SPELLING:
+            spelled = self._aten(n)
+            if spelled is not None:
+                return spelled
         if target in BINARY and len(n.args) == 2 and not n.kwargs:
             sym, prec = BINARY[target]
             left = _paren(self.arg(n.args[0]), prec)
@@ -274,6 +303,34 @@ class _Printer:
             return _Expr(f"{obj.text}.{n.args[1]}", ATOM, obj.refs)
         a = self.call_args(n.args, n.kwargs)
         return _Expr(f"{self.function(target)}({a.text})", ATOM, a.refs)
+
+    def _aten(self, n: fx.Node) -> _Expr | None:
+        """An ATen op in its public spelling (``ATEN_SPELLING``); None to keep ``torch.ops.aten``."""
+        kind, what = ATEN_SPELLING[n.target]
+        kwargs = {k: v for k, v in n.kwargs.items() if not (k == "pin_memory" and v is False)}
+        if kind == "binary":
+            if len(n.args) != 2 or kwargs:
+                return None
+            sym, prec = BINARY[what]
+            left = _paren(self.arg(n.args[0]), prec)
+            right = _paren(self.arg(n.args[1]), prec + 1)
+            return _Expr(f"{left.text} {sym} {right.text}", prec, left.refs | right.refs)
+        if kind == "function":
+            a = self.call_args(n.args, kwargs)
+            return _Expr(f"{self.function(what)}({a.text})", ATOM, a.refs)
+        obj = _paren(self.arg(n.args[0]), ATOM)
+        if kind == "method":
+            a = self.call_args(n.args[1:], kwargs)
+            return _Expr(f"{obj.text}.{what}({a.text})", ATOM, obj.refs | a.refs)
+        dim, start, end, step = (list(n.args[1:]) + [0, None, None, 1][len(n.args) - 1:])[:4]
+        bounds_ok = all(isinstance(v, int | fx.Node | None) for v in (start, end, step))
+        if kwargs or not isinstance(dim, int) or dim < 0 or not bounds_ok:
+            return None
+        end = None if isinstance(end, int) and end == SLICE_END else end
+        start = None if isinstance(start, int) and start == 0 else start
+        index = (slice(None),) * dim + (slice(start, end, None if isinstance(step, int) and step == 1 else step),)
+        idx = self._index(index)
+        return _Expr(f"{obj.text}[{idx.text}]", ATOM, obj.refs | idx.refs)
 
     def function(self, target: Any) -> str:
         """How the emitted code names a called function; records the import it needs."""
@@ -307,12 +364,14 @@ class _Printer:
         if not users or not all(u.op == "call_function" and u.target is operator.getitem
                                 and isinstance(u.args[1], int) for u in users):
             return None
-        if n.op == "call_method" and n.target == "chunk" and isinstance(n.args[1] if len(n.args) > 1 else None, int):
-            return int(n.args[1])
-        if n.op == "call_function" and n.target is torch.chunk and isinstance(n.args[1], int):
-            return int(n.args[1])
+        chunk = chunk_call(n)
+        if chunk is not None:
+            return chunk[1]
         if isinstance(n.target, torch._ops.OpOverload):
-            return len(n.target._schema.returns)
+            returns = n.target._schema.returns
+            if any(isinstance(r.type, torch.ListType) for r in returns):
+                return None  # a list of unknown length (aten.split, aten.unbind)
+            return len(returns)
         return None
 
     def _inlined(self, n: fx.Node, e: _Expr) -> bool:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import operator
 
 import torch
-from torch import fx, nn
+from torch import fx
 
 from l2c_compile.passes.base import (
     CACHE_INPUT_META,
@@ -29,20 +29,13 @@ from l2c_compile.passes.base import (
     copy_scope,
     is_add,
     is_mul,
+    layer_norm_call,
+    unsqueezed,
 )
 
 
 def _is_cache(node) -> bool:
     return isinstance(node, fx.Node) and node.op == "placeholder" and CACHE_INPUT_META in node.meta
-
-
-def _unsqueezed(node) -> fx.Node | None:
-    """``v`` when node is ``v.unsqueeze(1)``."""
-    if isinstance(node, fx.Node) and node.op == "call_method" and node.target == "unsqueeze":
-        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
-        if dim == 1 and isinstance(node.args[0], fx.Node):
-            return node.args[0]
-    return None
 
 
 def _reuse_term(add: fx.Node) -> tuple[fx.Node, fx.Node | None, fx.Node] | None:
@@ -56,7 +49,7 @@ def _reuse_term(add: fx.Node) -> tuple[fx.Node, fx.Node | None, fx.Node] | None:
             return stream, None, term
         if isinstance(term, fx.Node) and is_mul(term) and len(term.args) == 2:
             for g, c in (term.args, term.args[::-1]):
-                gate = _unsqueezed(g)
+                gate = unsqueezed(g)
                 if gate is not None and _is_cache(c) and len(term.users) == 1:
                     return stream, gate, c
     return None
@@ -72,11 +65,11 @@ def _modulation(ln: fx.Node) -> tuple[fx.Node, fx.Node, fx.Node] | None:
     other = mul.args[1] if mul.args[0] is ln else mul.args[0]
     if not (isinstance(other, fx.Node) and is_add(other) and 1 in other.args):
         return None
-    scale = _unsqueezed(other.args[1] if other.args[0] == 1 else other.args[0])
+    scale = unsqueezed(other.args[1] if other.args[0] == 1 else other.args[0])
     out = next(iter(mul.users))
     if scale is None or not is_add(out):
         return None
-    shift = _unsqueezed(out.args[1] if out.args[0] is mul else out.args[0])
+    shift = unsqueezed(out.args[1] if out.args[0] is mul else out.args[0])
     return (out, shift, scale) if shift is not None else None
 
 
@@ -96,12 +89,12 @@ def fuse_reuse(gm: fx.GraphModule) -> PassResult:
     graph = gm.graph
     counts = {"reuse_residual_ln_modulate": 0, "reuse2_residual_ln_modulate": 0, "reuse_residual_layernorm": 0}
     for ln in list(graph.nodes):
-        if ln.op != "call_module" or ln.graph is not graph:
+        if ln.graph is not graph:
             continue
-        module = gm.get_submodule(ln.target)
-        if not isinstance(module, nn.LayerNorm) or len(module.normalized_shape) != 1:
+        norm = layer_norm_call(gm, ln)
+        if norm is None:
             continue
-        add = ln.args[0]
+        add = norm.input
         term = _reuse_term(add)
         if term is None:
             continue
@@ -109,15 +102,15 @@ def fuse_reuse(gm: fx.GraphModule) -> PassResult:
         anchor = ln
         with graph.inserting_before(anchor):
             cached = graph.call_method("contiguous", (cached,))  # a no-op for Linear outputs
-        if module.elementwise_affine:
-            if gate is not None:
+        if norm.weight is not None:
+            if gate is not None or norm.bias is None:
                 continue
             with graph.inserting_before(anchor):
-                weight = graph.get_attr(f"{ln.target}.weight")
-                bias = graph.get_attr(f"{ln.target}.bias")
+                weight = graph.get_attr(norm.weight)
+                bias = graph.get_attr(norm.bias)
                 x = graph.call_method("contiguous", (stream,))
                 fused = graph.call_function(torch.ops.l2c.reuse_residual_layernorm.default,
-                                            (x, cached, weight, bias, module.eps))
+                                            (x, cached, weight, bias, norm.eps))
             h_old, op = ln, "reuse_residual_layernorm"
         else:
             mod = _modulation(ln)
@@ -132,12 +125,12 @@ def fuse_reuse(gm: fx.GraphModule) -> PassResult:
                     cached1 = graph.call_method("contiguous", (first[2],))
                     fused = graph.call_function(
                         torch.ops.l2c.reuse2_residual_ln_modulate.default,
-                        (x, first[1], cached1, gate, cached, shift, scale, module.eps))
+                        (x, first[1], cached1, gate, cached, shift, scale, norm.eps))
                     op = "reuse2_residual_ln_modulate"
                 else:
                     x = graph.call_method("contiguous", (stream,))
                     fused = graph.call_function(torch.ops.l2c.reuse_residual_ln_modulate.default,
-                                                (x, gate, cached, shift, scale, module.eps))
+                                                (x, gate, cached, shift, scale, norm.eps))
                     op = "reuse_residual_ln_modulate"
         with graph.inserting_before(anchor):
             x_new = graph.call_function(operator.getitem, (fused, 0))

@@ -15,22 +15,28 @@ from __future__ import annotations
 import operator
 
 import torch.nn.functional as F
-from torch import fx, nn
+from torch import fx
 
-from l2c_compile.passes.base import PassResult, copy_name, copy_scope
+from l2c_compile.passes.base import (
+    LinearCall,
+    PassResult,
+    chunk_call,
+    copy_name,
+    copy_scope,
+    linear_call,
+)
 from l2c_compile.passes.naming import NAME_META
 
 
-def _chunk_parts(node: fx.Node) -> tuple[fx.Node, int] | None:
-    """``(linear_node, n_chunks)`` when node is ``linear(...).chunk(n, dim=-1|1)``."""
-    if node.op == "call_method" and node.target == "chunk":
-        src, n = node.args[0], node.args[1] if len(node.args) > 1 else node.kwargs.get("chunks")
-        dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
-    else:
+def _chunk_parts(gm: fx.GraphModule, node: fx.Node) -> tuple[fx.Node, LinearCall, int] | None:
+    """``(linear_node, linear, n_chunks)`` when node is ``linear(...).chunk(n, dim=-1|1)`` (a Linear
+    module, or ``F.linear`` / ``aten.linear`` on whole parameters as ``torch.export`` records it)."""
+    parts = chunk_call(node)
+    if parts is None:
         return None
-    if dim not in (1, -1) or not isinstance(src, fx.Node) or src.op != "call_module":
-        return None
-    return src, int(n)
+    src, n, dim = parts
+    lin = linear_call(gm, src) if dim in (1, -1) else None
+    return (src, lin, n) if lin is not None else None
 
 
 def prune_chunks(gm: fx.GraphModule) -> PassResult:
@@ -40,12 +46,12 @@ def prune_chunks(gm: fx.GraphModule) -> PassResult:
     rows_removed = 0
     macs_removed = 0  # per sample (the adaLN projections act on one vector per sample)
     for node in list(graph.nodes):
-        parts = _chunk_parts(node)
+        parts = _chunk_parts(gm, node)
         if parts is None:
             continue
-        lin, n = parts
-        module = gm.get_submodule(lin.target)
-        if not isinstance(module, nn.Linear) or len(lin.users) != 1 or module.out_features % n:
+        lin_node, lin, n = parts
+        out_features, in_features = gm.get_parameter(lin.weight).shape
+        if len(lin_node.users) != 1 or out_features % n:
             continue
         getitems = {u.args[1]: u for u in node.users if u.op == "call_function" and u.target is operator.getitem}
         if len(getitems) != len(node.users):
@@ -53,17 +59,17 @@ def prune_chunks(gm: fx.GraphModule) -> PassResult:
         used = sorted(i for i, g in getitems.items() if g.users)
         if len(used) == n:
             continue
-        width = module.out_features // n
+        width = out_features // n
         runs: list[list[int]] = []
         for i in used:
             if runs and runs[-1][-1] == i - 1:
                 runs[-1].append(i)
             else:
                 runs.append([i])
-        inp = lin.args[0]
+        inp = lin.input
         with graph.inserting_before(node):
-            weight = graph.get_attr(f"{lin.target}.weight")
-            bias = graph.get_attr(f"{lin.target}.bias") if module.bias is not None else None
+            weight = graph.get_attr(lin.weight)
+            bias = graph.get_attr(lin.bias) if lin.bias is not None else None
             for run in runs:
                 rows = slice(run[0] * width, (run[-1] + 1) * width)
                 w = graph.call_function(operator.getitem, (weight, rows))
@@ -71,7 +77,7 @@ def prune_chunks(gm: fx.GraphModule) -> PassResult:
                 if b is not None:
                     copy_scope(node, bias, b)
                 out = graph.call_function(F.linear, (inp, w, b))
-                out.meta["l2c_linear_macs_per_sample"] = module.in_features * len(run) * width
+                out.meta["l2c_linear_macs_per_sample"] = in_features * len(run) * width
                 copy_scope(node, weight, w, out)
                 if len(run) == 1:
                     copy_name(getitems[run[0]], out)
@@ -88,7 +94,7 @@ def prune_chunks(gm: fx.GraphModule) -> PassResult:
         pruned += 1
         dead_rows = (n - len(used)) * width
         rows_removed += dead_rows
-        macs_removed += dead_rows * module.in_features
+        macs_removed += dead_rows * in_features
     if pruned:
         graph.eliminate_dead_code()
         graph.lint()

@@ -75,6 +75,11 @@ class SublayerSpec:
         }
 
 
+    def under(self, prefix: str) -> SublayerSpec:
+        """The same declaration for a module that holds this family's model at ``prefix``."""
+        return SublayerSpec(tuple(f"{prefix}.{b}" for b in self.blocks), self.attn, self.mlp)
+
+
 SUBLAYER_SPECS: dict[type, SublayerSpec] = {
     DiT: SublayerSpec(blocks=("blocks",)),
     UViT: SublayerSpec(blocks=("in_blocks", "mid_block", "out_blocks")),

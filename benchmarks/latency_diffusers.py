@@ -1,0 +1,147 @@
+"""Latency of diffusers' ``DiTPipeline`` against ``compile_pipeline``, measured in one run.
+
+    python benchmarks/latency_diffusers.py                      # DiT-S/2 shape, DDIM 20, batch 1, CFG 4
+    python benchmarks/latency_diffusers.py --size XL --steps 50 --repeats 3
+
+Executors (interleaved: each repeat runs every executor once, so drift hits all alike):
+  pipeline-uncached   ``pipe(...)``, diffusers' own loop (the baseline)
+  compiled-uncached   ``compile_pipeline(pipe, None)``: the same computation as compiled code
+  compiled-l2c        ``compile_pipeline(pipe, schedule)`` with a random heuristic schedule that
+                      reuses ``--fraction`` of the cache steps' sublayers
+
+The transformer has a DiT size's shape (random weights: latency does not depend on them) at a
+32×32 latent; the VAE is a one-level random AutoencoderKL so decoding (identical in every
+executor) does not hide the loop. Every executor decodes; ratios are whole-call ratios. The
+ideal figure is the schedule's MAC ratio. Writes JSON lines and a markdown table to
+``benchmarks/results/latency-diffusers-<device>.{jsonl,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import RESULTS, environment, markdown_table, write_jsonl
+
+SIZES = {"S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16)}
+EXECUTORS = ("pipeline-uncached", "compiled-uncached", "compiled-l2c")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Command-line options (see the module docstring)."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", choices=sorted(SIZES), default="S")
+    p.add_argument("--latent", type=int, default=32, help="latent side (32 = 256 px)")
+    p.add_argument("--steps", type=int, default=20, help="num_inference_steps (DDIM)")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--guidance", type=float, default=4.0)
+    p.add_argument("--fraction", type=float, default=0.44, help="share of cache-step sublayers reused")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1, help="CPU threads (1: a shared CPU thrashes with more)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="JSON lines file (default: results/latency-diffusers-cpu.jsonl)")
+    return p.parse_args(argv)
+
+
+def build_pipeline(size: str, latent: int, seed: int):
+    """A DiTPipeline with a random DiT-``size``/2 transformer, a small random VAE and DDIM."""
+    from diffusers import AutoencoderKL, DDIMScheduler, DiTPipeline, DiTTransformer2DModel
+
+    depth, hidden, heads = SIZES[size]
+    torch.manual_seed(seed)
+    transformer = DiTTransformer2DModel(num_attention_heads=heads, attention_head_dim=hidden // heads,
+                                        in_channels=4, out_channels=8, num_layers=depth, sample_size=latent,
+                                        patch_size=2, num_embeds_ada_norm=1000)
+    with torch.no_grad():
+        for p in transformer.parameters():
+            p.normal_(0, 0.02)
+    vae = AutoencoderKL(block_out_channels=(32,), norm_num_groups=8, latent_channels=4, layers_per_block=1)
+    scheduler = DDIMScheduler(beta_schedule="linear", clip_sample=False, set_alpha_to_one=False)
+    pipe = DiTPipeline(transformer=transformer.eval(), vae=vae.eval(), scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    """Measure the three executors; write and return one row each."""
+    from l2c_compile.diffusers import compile_pipeline, pipeline_plan
+    from l2c_compile.schedule import heuristic
+
+    args = parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    pipe = build_pipeline(args.size, args.latent, args.seed)
+    depth = len(pipe.transformer.transformer_blocks)
+    plan = pipeline_plan(pipe.scheduler, args.steps)
+    sched = heuristic("random", plan, model="bench", depth=depth, fraction=args.fraction, seed=args.seed)
+    labels = list(range(args.batch))
+    t0 = time.perf_counter()
+    uncached = compile_pipeline(pipe, None)
+    uncached.sampler(args.steps, args.guidance > 1)
+    compile_uncached = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    cached = compile_pipeline(pipe, sched)
+    compiled = cached.sampler(args.steps, args.guidance > 1)
+    compile_l2c = time.perf_counter() - t0
+    macs = compiled.info["macs_per_image"]
+    ideal = macs["uncached"] / macs["compiled"]
+    run = {"pipeline-uncached": pipe, "compiled-uncached": uncached, "compiled-l2c": cached}
+
+    def call(name: str) -> Any:
+        gen = torch.Generator().manual_seed(args.seed)
+        return run[name](labels, guidance_scale=args.guidance, num_inference_steps=args.steps,
+                         generator=gen, output_type="np").images
+
+    first, times = {}, {name: [] for name in EXECUTORS}
+    outputs = {}
+    for name in EXECUTORS:
+        t0 = time.perf_counter()
+        outputs[name] = call(name)
+        first[name] = time.perf_counter() - t0
+    for _ in range(args.repeats):
+        for name in EXECUTORS:
+            t0 = time.perf_counter()
+            call(name)
+            times[name].append(time.perf_counter() - t0)
+    base = statistics.median(times["pipeline-uncached"])
+    same = statistics.median(times["compiled-uncached"])
+    ref = outputs["pipeline-uncached"]
+    env = environment("cpu")
+    rows = []
+    for name in EXECUTORS:
+        med = statistics.median(times[name])
+        err = float(abs(outputs[name] - ref).max() / abs(ref).max())
+        rows.append({"benchmark": "latency-diffusers", **env, "model": f"DiTTransformer2DModel DiT-{args.size}/2",
+                     "latent": args.latent, "steps": args.steps, "batch": args.batch, "guidance": args.guidance,
+                     "dtype": "float32", "skipped_fraction": args.fraction, "executor": name,
+                     "median_s": med, "min_s": min(times[name]), "max_s": max(times[name]),
+                     "first_s": first[name], "repeats": args.repeats,
+                     "compile_s": {"compiled-uncached": compile_uncached, "compiled-l2c": compile_l2c}.get(name),
+                     "speedup_vs_pipeline": base / med, "speedup_vs_compiled_uncached": same / med, "ideal_speedup": ideal if name == "compiled-l2c" else 1.0,
+                     "max_rel_diff_vs_pipeline": err})
+    out = Path(args.out) if args.out else RESULTS / "latency-diffusers-cpu.jsonl"
+    write_jsonl(out, rows)
+    columns = [("executor", "executor"), ("median_s", "median s"), ("min_s", "min s"), ("max_s", "max s"),
+               ("first_s", "first call s"), ("compile_s", "compile s"), ("speedup_vs_pipeline", "× DiTPipeline"),
+               ("speedup_vs_compiled_uncached", "× compiled uncached"),
+               ("ideal_speedup", "ideal ×"), ("max_rel_diff_vs_pipeline", "max rel. diff vs pipe")]
+    title = (f"### DiTPipeline · DiT-{args.size}/2 shape · DDIM {args.steps} · batch {args.batch} + CFG "
+             f"{args.guidance:g} · float32 · {env['device_name']} · torch {env['torch']} · git {env['git']} — "
+             f"random schedule reusing {args.fraction:.0%} of cache-step sublayers")
+    with out.with_suffix(".md").open("a", encoding="utf-8") as f:
+        f.write(f"\n{title}\n\n{markdown_table(rows, columns)}\n")
+    print(title)
+    print(markdown_table(rows, columns))
+    return rows
+
+
+if __name__ == "__main__":
+    main()

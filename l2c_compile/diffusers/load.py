@@ -1,0 +1,99 @@
+"""Load diffusers models and pipelines from local folders (never the hub), as adapters.
+
+A folder is either a whole pipeline (``model_index.json``; the model is its ``transformer/``) or a
+model folder (``config.json`` with ``_class_name``). Anything else is one L2CError line naming what
+was found.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from l2c_compile.errors import L2CError
+
+ADAPTED = {"DiTTransformer2DModel": "DiT"}  # diffusers class → adapter (dit.py)
+PIPELINES = ("DiTPipeline",)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """diffusers' loading advice (install accelerate, …) is not ours to print; errors still raise."""
+    from diffusers.utils import logging as diffusers_logging
+
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        diffusers_logging.set_verbosity(level)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise L2CError(f"cannot read {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise L2CError(f"{path} is not a JSON object")
+    return data
+
+
+def model_folder(path: str | os.PathLike[str]) -> tuple[Path, str]:
+    """``(folder of the model, its diffusers class)`` for a pipeline or model folder; L2CError when
+    ``path`` holds no supported diffusers model (the message names what it holds)."""
+    root = Path(path)
+    if not root.is_dir():
+        raise L2CError(f"{root} is not a folder (expected a diffusers pipeline or model folder)")
+    if (root / "model_index.json").is_file():
+        index = _read_json(root / "model_index.json")
+        entry = index.get("transformer")
+        if not isinstance(entry, list | tuple) or len(entry) != 2:
+            raise L2CError(f"{root} is a diffusers {index.get('_class_name', 'pipeline')} without a transformer; "
+                           f"supported: {', '.join(ADAPTED)}")
+        root = root / "transformer"
+    if not (root / "config.json").is_file():
+        found = ", ".join(sorted(p.name for p in root.iterdir())[:5]) or "nothing"
+        raise L2CError(f"{root} is not a diffusers model folder (no model_index.json or config.json; found {found})")
+    cls = str(_read_json(root / "config.json").get("_class_name", "no _class_name"))
+    if cls not in ADAPTED:
+        raise L2CError(f"{root} holds a diffusers {cls}; supported: {', '.join(ADAPTED)}")
+    return root, cls
+
+
+def load_diffusers(path: str | os.PathLike[str]):
+    """The adapted model (e.g. :class:`~l2c_compile.diffusers.dit.DiffusersDiT`) of a local
+    pipeline or model folder, in eval mode, loaded offline; L2CError for anything unsupported."""
+    folder, _ = model_folder(path)
+    from diffusers import DiTTransformer2DModel
+
+    from l2c_compile.diffusers.dit import DiffusersDiT
+
+    try:
+        with _quiet():
+            transformer = DiTTransformer2DModel.from_pretrained(folder, local_files_only=True)
+    except Exception as exc:  # diffusers raises many types for a bad folder
+        raise L2CError(f"cannot load DiTTransformer2DModel from {folder}: {str(exc).splitlines()[0]}") from None
+    return DiffusersDiT(transformer.eval())
+
+
+def load_pipeline(path: str | os.PathLike[str]):
+    """A whole ``DiTPipeline`` from a local folder (offline); L2CError naming what was found."""
+    root = Path(path)
+    if not (root / "model_index.json").is_file():
+        raise L2CError(f"{root} is not a diffusers pipeline folder (no model_index.json)")
+    cls = str(_read_json(root / "model_index.json").get("_class_name"))
+    if cls not in PIPELINES:
+        raise L2CError(f"{root} holds a diffusers {cls}; supported pipelines: {', '.join(PIPELINES)}")
+    model_folder(root)
+    from diffusers import DiTPipeline
+
+    try:
+        with _quiet():
+            return DiTPipeline.from_pretrained(root, local_files_only=True)
+    except Exception as exc:  # diffusers raises many types for a bad folder
+        raise L2CError(f"cannot load DiTPipeline from {root}: {str(exc).splitlines()[0]}") from None

@@ -1,0 +1,109 @@
+"""What the CLI, schedules and artifacts know about a diffusers model: a spec read from its config.
+
+:class:`DiffusersSpec` answers the questions a registry :class:`~l2c_compile.models.spec.ModelSpec`
+answers (name, sampler conventions, depth) for a diffusers folder, from ``config.json`` alone. Its
+name is the registry name of the official architecture with the same shape when there is one
+(``DiT-XL/2`` for ``facebook/DiT-XL-2-256``), so schedules and routers made for that architecture
+apply; otherwise ``diffusers:<class>``. The manifest records ``family: "diffusers"``, the diffusers
+class and its config; :func:`build_from_record` rebuilds the model from that record.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from l2c_compile.errors import L2CError
+
+
+@dataclass(frozen=True)
+class DiffusersSpec:
+    """A diffusers model's conventions (DiT: DDIM, linear β, integer timesteps, CFG 4.0, latents)."""
+
+    name: str
+    diffusers_class: str
+    config: dict[str, Any]
+    family: str = "diffusers"
+    default_sampler: str = "ddim"
+    noise_schedule: str = "linear"
+    time_input: str = "discrete"
+    default_cfg_scale: float = 4.0
+    pixel_space: bool = False
+
+    @property
+    def router_family(self) -> str:
+        """The family whose routers and thresholds apply (a diffusers DiT takes DiT's)."""
+        return "dit"
+
+    @property
+    def depth(self) -> int:
+        """Number of cacheable blocks."""
+        return int(self.config["num_layers"])
+
+    @property
+    def num_classes(self) -> int:
+        """Real classes (the null class is the row after them)."""
+        return int(self.config["num_embeds_ada_norm"])
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) the network denoises."""
+        side = int(self.config["sample_size"])
+        return int(self.config["in_channels"]), side, side
+
+    def to_dict(self) -> dict[str, Any]:
+        """The manifest's model record."""
+        return {"name": self.name, "family": self.family, "diffusers_class": self.diffusers_class,
+                "config": dict(self.config), "latent_shape": list(self.latent_shape),
+                "num_classes": self.num_classes, "noise_schedule": self.noise_schedule,
+                "time_input": self.time_input, "default_sampler": self.default_sampler,
+                "default_cfg_scale": self.default_cfg_scale, "pixel_space": self.pixel_space}
+
+
+def spec_from_config(cls: str, config: dict[str, Any]) -> DiffusersSpec:
+    """The spec of a ``cls`` model with ``config`` (private ``_`` keys dropped)."""
+    config = {k: v for k, v in sorted(config.items()) if not k.startswith("_")}
+    return DiffusersSpec(_official_name(config) or f"diffusers:{cls}", cls, config)
+
+
+def spec_for_folder(path: str | os.PathLike[str]) -> DiffusersSpec:
+    """The spec of the model in a pipeline or model folder, from its ``config.json`` only."""
+    from l2c_compile.diffusers.load import model_folder
+
+    folder, cls = model_folder(path)
+    return spec_from_config(cls, json.loads((folder / "config.json").read_text(encoding="utf-8")))
+
+
+def _official_name(config: dict[str, Any]) -> str | None:
+    """The registry name of the official DiT with this shape, if any."""
+    from l2c_compile.models.registry import MODELS
+
+    heads = config.get("num_attention_heads")
+    want = {"input_size": config.get("sample_size"), "patch_size": config.get("patch_size"),
+            "in_channels": config.get("in_channels"), "depth": config.get("num_layers"), "num_heads": heads,
+            "hidden_size": (heads or 0) * (config.get("attention_head_dim") or 0),
+            "num_classes": config.get("num_embeds_ada_norm"),
+            "learn_sigma": config.get("out_channels") == 2 * (config.get("in_channels") or 0)}
+    for name, spec in MODELS.items():
+        if spec.family == "dit" and all(spec.kwargs.get(k) == v for k, v in want.items()):
+            return name
+    return None
+
+
+def build_from_record(record: dict[str, Any]):
+    """A :class:`~l2c_compile.diffusers.dit.DiffusersDiT` (random weights) from a manifest record."""
+    from diffusers import DiTTransformer2DModel
+
+    from l2c_compile.diffusers.dit import DiffusersDiT
+
+    if record.get("diffusers_class") != "DiTTransformer2DModel" or not isinstance(record.get("config"), dict):
+        raise L2CError(f"artifact manifest names an unsupported diffusers model {record.get('diffusers_class')!r}")
+    try:
+        transformer = DiTTransformer2DModel.from_config(record["config"])
+    except (TypeError, ValueError) as exc:
+        raise L2CError(f"artifact manifest has a bad diffusers config: {exc}") from None
+    model = DiffusersDiT(transformer.eval())
+    model.model_name = record.get("name", "diffusers")
+    return model.eval()
