@@ -4,7 +4,8 @@ An artifact is shared like a model file, and whoever wrote the folder also wrote
 that vouches for it, so a hash in ``manifest.json`` proves nothing about ``sampler.py``. ``load``
 therefore treats the folder as *data* and rebuilds the code itself:
 
-1. ``manifest.json``: format and version; every file it lists is present and matches its sha256;
+1. ``manifest.json``: format, version, dtype and flags, parsed once into a typed
+   :class:`~l2c_compile.manifest.Manifest`; every file it lists is present and matches its sha256;
    the model record of a registered model (``DiT-XL/2``) is the registry's (checkpoint path aside).
 2. ``weights.safetensors``: read without unpickling; its tensors' dtype must be the manifest's
    ``dtype`` and its keys and shapes must fit the model the manifest's config builds (strict).
