@@ -33,7 +33,10 @@ FLAGS = ("cfg", "fuse", "cuda_graph")  # the manifest's true/false fields
 
 @dataclass(frozen=True)
 class Manifest:
-    """An artifact manifest: the fields ``load``, ``verify`` and the CLI act on, and the document.
+    """An artifact manifest: the fields ``load`` acts on, typed, and the whole document.
+
+``verify`` and the CLI read a sampler's in-memory compile record (``CompiledSampler.info``),
+which for a loaded artifact ``load`` has checked equal to this manifest field by field.
 
     ``model``, ``sampler`` and ``schedule`` stay JSON records: their readers check them
     (:func:`~l2c_compile.artifact.build_from_info`, :func:`~l2c_compile.artifact.plan_from_manifest`,
