@@ -4,7 +4,8 @@ An artifact is shared like a model file, and whoever wrote the folder also wrote
 that vouches for it, so a hash in ``manifest.json`` proves nothing about ``sampler.py``. ``load``
 therefore treats the folder as *data* and rebuilds the code itself:
 
-1. ``manifest.json``: format and version; every file it lists is present and matches its sha256;
+1. ``manifest.json``: format, version, dtype and flags, parsed once into a typed
+   :class:`~l2c_compile.manifest.Manifest`; every file it lists is present and matches its sha256;
    the model record of a registered model (``DiT-XL/2``) is the registry's (checkpoint path aside).
 2. ``weights.safetensors``: read without unpickling; its tensors' dtype must be the manifest's
    ``dtype`` and its keys and shapes must fit the model the manifest's config builds (strict).
@@ -29,26 +30,25 @@ import torch
 from torch import nn
 
 from l2c_compile.compiler import compile as compile_sampler
+from l2c_compile.cuda_graph import check_cuda_graph_device
 from l2c_compile.errors import L2CError
-from l2c_compile.runtime import (
-    ARTIFACT_FORMAT,
-    ARTIFACT_VERSION,
+from l2c_compile.manifest import (
     FILES,
-    CompiledSampler,
+    Manifest,
     artifact_manifest,
-    check_cuda_graph_device,
+    parse_manifest,
     sha256_file,
 )
+from l2c_compile.runtime import CompiledSampler
 from l2c_compile.samplers import make_plan, sampler_options
 from l2c_compile.samplers.base import SamplerPlan
 from l2c_compile.schedule import Schedule
 
 NOT_COMPARED = ("l2c_compile", "torch")  # versions: recorded, but another version may load it
-DTYPE_NAMES = ("float32", "bfloat16", "float16")
 
 
-def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read an artifact's manifest and check its format and every file hash; L2CError on a mismatch."""
+def read_manifest(directory: str | os.PathLike[str]) -> Manifest:
+    """Read an artifact's manifest, check it and every file hash, and type it; L2CError on a mismatch."""
     root = Path(directory)
     if not root.is_dir():
         raise L2CError(f"artifact folder {root} does not exist")
@@ -56,24 +56,15 @@ def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any]:
     if not path.is_file():
         raise L2CError(f"{root} is not an l2c-compile artifact: manifest.json is missing")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        document = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise L2CError(f"{path} is not valid JSON ({getattr(exc, 'msg', exc)})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != ARTIFACT_FORMAT:
-        raise L2CError(f"{path} is not an l2c-compile artifact manifest")
-    if manifest.get("version") != ARTIFACT_VERSION:
-        raise L2CError(
-            f"artifact format version {manifest.get('version')} is not supported "
-            f"(this l2c-compile reads version {ARTIFACT_VERSION}); recompile it"
-        )
-    files = manifest.get("files")
-    if not isinstance(files, dict) or set(files) != set(FILES):
-        raise L2CError(f"{path} must list exactly the files {', '.join(FILES)}")
+    manifest = parse_manifest(document, path)
     for name in FILES:
         file = root / name
         if not file.is_file():
             raise L2CError(f"artifact {root} is missing {name}")
-        if sha256_file(file) != files[name]:
+        if sha256_file(file) != manifest.files[name]:
             raise L2CError(
                 f"artifact {root}: {name} does not match its sha256 in manifest.json (modified or corrupt)"
             )
@@ -133,12 +124,10 @@ def plan_from_manifest(record: Any) -> SamplerPlan:
     return plan
 
 
-def _load_weights(root: Path, model: nn.Module, dtype_name: Any) -> nn.Module:
+def _load_weights(root: Path, model: nn.Module, dtype_name: str) -> nn.Module:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    if dtype_name not in DTYPE_NAMES:
-        raise L2CError(f"artifact {root}: manifest.json has an unknown dtype {dtype_name!r}")
     try:
         state = load_file(str(root / "weights.safetensors"))
     except (SafetensorError, OSError) as exc:
@@ -187,36 +176,33 @@ def load(
     """
     root = Path(directory)
     manifest = read_manifest(root)
-    check_model_record(root, manifest.get("model"))
-    model = _load_weights(root, build_from_info(manifest.get("model")), manifest.get("dtype"))
+    check_model_record(root, manifest.model)
+    model = _load_weights(root, build_from_info(manifest.model), manifest.dtype)
     if device is not None:
         model = model.to(device)
-    plan = plan_from_manifest(manifest.get("sampler"))
+    plan = plan_from_manifest(manifest.sampler)
     try:
-        schedule = Schedule.from_dict(manifest["schedule"]) if manifest.get("schedule") else None
+        schedule = Schedule.from_dict(manifest.schedule) if manifest.schedule else None
     except KeyError as exc:
         raise L2CError(f"artifact {root}: manifest.json's schedule lacks {exc}") from None
-    for key in ("cfg", "fuse", "cuda_graph"):
-        if not isinstance(manifest.get(key), bool):
-            raise L2CError(f"artifact {root}: manifest.json field {key!r} must be true or false")
-    compiled = compile_sampler(model, plan, schedule, backend=backend, cfg=manifest["cfg"],
-                               fuse=manifest["fuse"], model_info=manifest["model"])
-    compiled.info["cuda_graph"] = manifest["cuda_graph"]
+    compiled = compile_sampler(model, plan, schedule, backend=backend, cfg=manifest.cfg,
+                               fuse=manifest.fuse, model_info=manifest.model)
+    compiled.info["cuda_graph"] = manifest.cuda_graph
     source = (root / "sampler.py").read_text(encoding="utf-8")
     if source != compiled.source:
         raise L2CError(
             f"artifact {root}: sampler.py differs from the code this l2c-compile generates from the "
             "manifest (edited, or written by another version); refusing to load it — recompile"
         )
-    expected = artifact_manifest(compiled.info, {name: manifest["files"][name] for name in FILES})
-    expected["files"]["sampler.py"] = sha256_file(root / "sampler.py")
-    field = _first_difference(manifest, expected)
+    files = {**manifest.files, "sampler.py": sha256_file(root / "sampler.py")}
+    expected = artifact_manifest(compiled.info, files)
+    field = _first_difference(manifest.document, expected.document)
     if field is not None:
         raise L2CError(
             f"artifact {root}: manifest.json field {field!r} is not what this l2c-compile derives "
             "from the artifact's data (edited, or written by another version) — recompile"
         )
-    graphed = manifest["cuda_graph"] if cuda_graph is None else cuda_graph
+    graphed = manifest.cuda_graph if cuda_graph is None else cuda_graph
     if graphed:
         check_cuda_graph_device(next(model.parameters()).device)
     compiled.cuda_graph = graphed

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from l2c_compile.cuda_graph import check_cuda_graph_device
 from l2c_compile.devices import resolve_device
 from l2c_compile.errors import L2CError
 from l2c_compile.passes.analysis import count_linear_calls, graph_macs, propagate_shapes
@@ -35,7 +36,7 @@ from l2c_compile.passes.specialize import SpecializeConfig, specialize
 from l2c_compile.passes.sublayers import MarkConfig, mark_sublayers, sublayer_spec
 from l2c_compile.passes.trace import trace_step
 from l2c_compile.reference import check_schedule
-from l2c_compile.runtime import CompiledSampler, check_cuda_graph_device
+from l2c_compile.runtime import CompiledSampler
 from l2c_compile.samplers.base import SamplerPlan
 
 BACKENDS = ("eager", "inductor")

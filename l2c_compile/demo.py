@@ -68,7 +68,7 @@ def run_demo(cfg: DemoConfig, stage: Stage = lambda _: None) -> dict[str, Any]:
     from l2c_compile.models.registry import build_model, get_spec, load_checkpoint
     from l2c_compile.samplers import make_plan
     from l2c_compile.schedule import default_threshold, import_router, save_heatmap
-    from l2c_compile.schedule_summary import schedule_summary
+    from l2c_compile.schedule.summary import schedule_summary
     from l2c_compile.verify import verify_artifact
 
     out = cfg.out

@@ -226,7 +226,7 @@ def run_eval(cfg: EvalConfig, progress: Progress = lambda _: None) -> dict[str, 
     import l2c_compile
     from l2c_compile.metrics.quality import SampleQuality, metric_names
     from l2c_compile.models.registry import get_spec
-    from l2c_compile.schedule_summary import schedule_summary
+    from l2c_compile.schedule.summary import schedule_summary
 
     spec = get_spec(cfg.model)
     require_feature_network(spec)

@@ -120,7 +120,7 @@ def check_output_file(path: str | os.PathLike[str], what: str = "file") -> None:
             break
 
 
-ARTIFACT_FORMAT = "l2c-artifact"  # the manifest's "format" (runtime.ARTIFACT_FORMAT)
+ARTIFACT_FORMAT = "l2c-artifact"  # the manifest's "format" (manifest.ARTIFACT_FORMAT)
 
 
 def is_artifact(path: str | os.PathLike[str]) -> bool:

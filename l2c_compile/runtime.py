@@ -1,9 +1,9 @@
-"""Running and saving compiled samplers: CompiledSampler and its ``save``.
+"""The compiled sampler: :class:`CompiledSampler`, how it runs, and its ``save``.
 
 An artifact is a folder::
 
     manifest.json        format/version, versions, model config, sampler, NFE, dtype, schedule,
-                         pass reports, and the sha256 of every other file
+                         pass reports, and the sha256 of every other file (:mod:`l2c_compile.manifest`)
     sampler.py           the generated code (step graphs + unrolled loop), for people to read
     weights.safetensors  the model's state dict
 
@@ -21,51 +21,31 @@ The state costs one latent-sized float32 tensor, nothing next to the activations
 
 CUDA graphs (``cuda_graph=True``): the whole trajectory — every model call and every sampler
 update — is captured into one ``torch.cuda.CUDAGraph`` on the first call and replayed after; see
-:class:`_GraphedTrajectory`.
+:mod:`l2c_compile.cuda_graph`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import linecache
 import os
 import shutil
 import types
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from l2c_compile.cuda_graph import (
+    GraphedTrajectory,
+    check_cuda_graph_device,
+    describe_signature,
+    input_signature,
+)
 from l2c_compile.errors import L2CError
+from l2c_compile.manifest import FILES, artifact_manifest, manifest_text, sha256_file
 from l2c_compile.sampler_inputs import check_call, check_scale
-from l2c_compile.version import __version__
-
-ARTIFACT_FORMAT = "l2c-artifact"
-ARTIFACT_VERSION = 2  # 2: no timings, fuse recorded, sampler.py regenerated and compared by load
-FILES = ("sampler.py", "weights.safetensors")
-
-
-def artifact_manifest(info: dict[str, Any], files: dict[str, str]) -> dict[str, Any]:
-    """The manifest of an artifact: format, versions, the compile record ``info`` and file hashes.
-
-    A pure function of its inputs (no clock, no timings), so the same inputs give the same bytes.
-    """
-    return {
-        "format": ARTIFACT_FORMAT,
-        "version": ARTIFACT_VERSION,
-        "l2c_compile": __version__,
-        "torch": torch.__version__,
-        **{k: v for k, v in info.items() if k != "backend"},
-        "files": dict(files),
-    }
-
-
-def manifest_text(manifest: dict[str, Any]) -> str:
-    """How a manifest is written: indented JSON with a final newline."""
-    return json.dumps(manifest, indent=1, default=str) + "\n"
 
 
 def _exec_source(source: str, filename: str) -> dict[str, Any]:
@@ -74,114 +54,6 @@ def _exec_source(source: str, filename: str) -> dict[str, Any]:
     namespace: dict[str, Any] = {"__name__": "l2c_compiled", "__file__": filename}
     exec(compile(source, filename, "exec"), namespace)  # our own generated, hash-verified code
     return namespace
-
-
-# ── CUDA graph of the whole trajectory ──────────────────────────────────────────────────────
-GRAPH_WARMUP_RUNS = 2  # side-stream runs before capture: cuBLAS, Triton and inductor init lazily
-Signature = tuple[tuple[int, ...], torch.dtype, torch.device]
-
-
-def check_cuda_graph_device(device: torch.device | str) -> None:
-    """CUDA graphs need a CUDA device; L2CError (one line, with the fix) for anything else."""
-    if torch.device(device).type != "cuda":
-        raise L2CError(
-            f"cuda_graph=True needs the model on a CUDA device, got {torch.device(device)} "
-            "(pass device='cuda', or cuda_graph=False)"
-        )
-
-
-def input_signature(noise: torch.Tensor) -> Signature:
-    """What a captured graph is specialized to: noise shape (hence batch), dtype and device."""
-    return tuple(noise.shape), noise.dtype, noise.device
-
-
-def _describe(sig: Signature) -> str:
-    shape, dtype, device = sig
-    return f"noise {shape} {str(dtype).removeprefix('torch.')} on {device}"
-
-
-class _GraphedTrajectory:
-    """The sampling loop ``run(noise, labels, cfg_scale)`` captured once and replayed.
-
-    Static buffers hold the inputs; each call copies its inputs in, replays, and returns a *clone*
-    of the static output: the next replay overwrites that buffer, and a caller keeping an earlier
-    result (a batch of images queued for decoding) must not see it change. The clone costs one
-    latent-sized copy, negligible next to the trajectory. The graph reads the weights through the
-    pointers it was captured with, so it records them and reports itself stale when they move.
-
-    Why the generated ``sample`` is capture-safe: its timestep vectors are ``torch.full(...,
-    device=dev)`` (an allocation from the graph's pool plus a fill kernel whose value is a kernel
-    argument — no host→device copy); casts and the sampler updates are plain kernels; step graphs
-    hold no host syncs (passes/INVARIANTS.md, rule 3); the fused epilogues launch Triton kernels on
-    the current stream with host-side launch configs only; inductor steps compile, and Triton JITs,
-    during the warm-up runs, which use the same shapes and grad mode as the capture.
-    """
-
-    def __init__(
-        self,
-        run: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
-        noise: torch.Tensor,
-        labels: torch.Tensor,
-        cfg_scale: torch.Tensor,
-        weights: list[torch.Tensor],
-        *,
-        warmup: int = GRAPH_WARMUP_RUNS,
-    ) -> None:
-        self.signature = input_signature(noise)
-        self.static_noise = noise.clone()  # (N, C, H, W)
-        self.static_labels = labels.clone()  # (N,)
-        self.static_scale = cfg_scale.detach().clone()  # ()
-        self._weights = weights
-        self._pointers = self._weight_pointers()
-        self.replays = 0
-        self.static_out, self._replay = self._capture(run, warmup)
-
-    def _weight_pointers(self) -> tuple[int, ...]:
-        return tuple(w.data_ptr() for w in self._weights)
-
-    def _capture(
-        self, run: Callable[..., torch.Tensor], warmup: int
-    ) -> tuple[torch.Tensor, Callable[[], None]]:
-        """Warm up on a side stream, then record one run; return the static output and replay."""
-        inputs = (self.static_noise, self.static_labels, self.static_scale)
-        side = torch.cuda.Stream(device=self.static_noise.device)
-        side.wait_stream(torch.cuda.current_stream(self.static_noise.device))
-        with torch.cuda.stream(side):
-            for _ in range(warmup):
-                run(*inputs)
-        torch.cuda.current_stream(self.static_noise.device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        # thread_local: another thread's CUDA work (a server's) must not invalidate this capture,
-        # while an unsafe call (a host sync) on this thread still fails loudly.
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            out = run(*inputs)
-        return out, graph.replay
-
-    def matches(self, noise: torch.Tensor) -> bool:
-        """Whether ``noise`` has the captured shape, dtype and device."""
-        return input_signature(noise) == self.signature
-
-    def stale(self) -> bool:
-        """Whether any weight moved since capture (``.to()``, ``.float()``): replay would read freed memory."""
-        return self._weight_pointers() != self._pointers
-
-    def describe(self) -> str:
-        """The captured signature in words, for error messages."""
-        return _describe(self.signature)
-
-    def __call__(
-        self, noise: torch.Tensor, labels: torch.Tensor, cfg_scale: float | torch.Tensor
-    ) -> torch.Tensor:
-        """Copy the inputs into the static buffers, replay, return a copy of the latents."""
-        self.static_noise.copy_(noise)
-        self.static_labels.copy_(labels)
-        if isinstance(cfg_scale, torch.Tensor):
-            self.static_scale.copy_(cfg_scale.reshape(()))
-        else:
-            self.static_scale.fill_(float(cfg_scale))  # a kernel argument: no host→device copy
-        self._replay()
-        self.replays += 1
-        return self.static_out.clone()
 
 
 class CompiledSampler(nn.Module):
@@ -210,7 +82,7 @@ class CompiledSampler(nn.Module):
         self.timings: dict[str, float] = {}  # seconds per pass, summed over step graphs; never saved
         self.backend = backend
         self.model_dtype = next(model.parameters()).dtype
-        self._graph: _GraphedTrajectory | None = None
+        self._graph: GraphedTrajectory | None = None
         self._cuda_graph = False
         self.cuda_graph = cuda_graph
         digest = hashlib.sha256(source.encode()).hexdigest()[:12]
@@ -285,13 +157,13 @@ class CompiledSampler(nn.Module):
         if graph is None:
             weights = [*self.model.parameters(), *self.model.buffers()]
             scale = _scale_tensor(cfg_scale, noise.device)
-            graph = self._graph = _GraphedTrajectory(
+            graph = self._graph = GraphedTrajectory(
                 lambda x, y, s: self._sample(self, x, y, s), noise, labels, scale, weights
             )
         elif not graph.matches(noise):
             raise L2CError(
                 f"this sampler's CUDA graph was captured for {graph.describe()}, got "
-                f"{_describe(input_signature(noise))}; call reset_cuda_graph() to capture "
+                f"{describe_signature(input_signature(noise))}; call reset_cuda_graph() to capture "
                 "the new shape, or use one sampler per shape"
             )
         return graph(noise, labels, cfg_scale)
@@ -338,12 +210,3 @@ def _scale_tensor(value: float | torch.Tensor, device: torch.device) -> torch.Te
     if isinstance(value, torch.Tensor):
         return value.to(device=device, dtype=torch.float32).reshape(())
     return torch.full((), float(value), dtype=torch.float32, device=device)
-
-
-def sha256_file(path: Path) -> str:
-    """The hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

@@ -16,7 +16,7 @@ from l2c_compile import demo
 from l2c_compile.fmnist import classifier
 from l2c_compile.fmnist.specs import SPEC_FIELDS
 from l2c_compile.models import registry
-from l2c_compile.routers import save_router
+from l2c_compile.schedule.router_files import save_router
 
 SMALL = {
     "dit": {"patch_size": 4, "hidden_size": 32, "depth": 2, "num_heads": 2},

@@ -75,3 +75,35 @@ def test_shared_vocabulary_is_defined_once():
         where = [str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
                  if re.search(pattern, p.read_text(encoding="utf-8"), re.MULTILINE)]
         assert where == ["masks.py"], (name, where)
+
+
+def test_importing_the_package_leaves_the_fmnist_training_code_unloaded():
+    """``import l2c_compile`` and the registry list the reference models from ``fmnist/specs.py``
+    without loading their training side (data reading, the training loop)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, l2c_compile, l2c_compile.models.registry as r; "
+        "assert 'DiT-FMNIST' in r.MODELS, sorted(r.MODELS); "
+        "print(sorted(m for m in sys.modules if m.startswith('l2c_compile.fmnist')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=PACKAGE.parent)
+    loaded = eval(out.stdout)  # a printed list of module names
+    for training in ("l2c_compile.fmnist.train_model", "l2c_compile.fmnist.data", "l2c_compile.fmnist.classifier"):
+        assert training not in loaded, loaded
+
+
+def test_the_readme_layout_names_every_top_level_module_and_package():
+    import re
+
+    readme = (PACKAGE.parent / "README.md").read_text(encoding="utf-8")
+    start = readme.index("## Layout")
+    block = readme[readme.index("```", start) + 3:]
+    block = block[: block.index("```")]
+    names = [p.name for p in PACKAGE.glob("*.py") if p.name != "__init__.py"]
+    names += [f"{p.name}/" for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").is_file()]
+    # A top-level name stands on its own: ``samplers/base.py`` does not name a top-level base.py.
+    missing = sorted(n for n in names if not re.search(rf"(?<![\w/.]){re.escape(n)}", block))
+    assert not missing, f"README's Layout block does not name {missing}"

@@ -19,8 +19,8 @@ from typer.testing import CliRunner
 from l2c_compile.cli.main import app
 from l2c_compile.cli.models_cmd import human
 from l2c_compile.models.registry import MODELS
-from l2c_compile.routers import export_official
 from l2c_compile.schedule import DEFAULT_THRESHOLDS, Schedule, default_threshold
+from l2c_compile.schedule.router_files import export_official
 
 ROUTERS = Path(__file__).resolve().parents[1].parent / "shared/data/routers"
 

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 import l2c_compile
 from l2c_compile import compiler as compiler_module
-from l2c_compile import runtime
+from l2c_compile import cuda_graph, runtime
 from l2c_compile.cli.main import app
 from l2c_compile.errors import L2CError
 from l2c_compile.models.registry import build_model, get_spec, init_random
@@ -143,7 +143,7 @@ def test_cli_flag_on_compile_verify_and_sample(tmp_path, artifact):
 
 
 # ── CPU: the replay logic with an eager stand-in for the capture ─────────────────────────────
-class EagerCapture(runtime._GraphedTrajectory):
+class EagerCapture(cuda_graph.GraphedTrajectory):
     """Runs eagerly into one static output buffer, like a replayed graph; counts captures."""
 
     captures = 0
@@ -158,7 +158,7 @@ class EagerCapture(runtime._GraphedTrajectory):
 @pytest.fixture()
 def graphed(monkeypatch):
     """A CPU sampler with ``cuda_graph`` on, capturing through :class:`EagerCapture`."""
-    monkeypatch.setattr(runtime, "_GraphedTrajectory", EagerCapture)
+    monkeypatch.setattr(runtime, "GraphedTrajectory", EagerCapture)
     for module in (runtime, compiler_module):
         monkeypatch.setattr(module, "check_cuda_graph_device", lambda device: None)
     EagerCapture.captures = 0

@@ -15,9 +15,9 @@ import l2c_compile
 from l2c_compile import reference
 from l2c_compile.errors import L2CError
 from l2c_compile.passes.liveness import plan_cache
-from l2c_compile.routers import save_router
 from l2c_compile.samplers import make_plan
 from l2c_compile.schedule import CallSchedule, Schedule, heuristic, import_router
+from l2c_compile.schedule.router_files import save_router
 from tests.helpers import inputs, random_schedule, rel_error, tiny_dit, tiny_uvit
 
 SETTINGS = settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])

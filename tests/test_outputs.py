@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 import l2c_compile
-from l2c_compile import io, runtime
+from l2c_compile import io, manifest
 from l2c_compile.cli.main import app
 from l2c_compile.errors import L2CError
 from l2c_compile.samplers import make_plan
@@ -38,7 +38,7 @@ def _one_line_error(r, *needles: str) -> None:
 
 
 def test_artifact_format_is_shared() -> None:
-    assert io.ARTIFACT_FORMAT == runtime.ARTIFACT_FORMAT
+    assert io.ARTIFACT_FORMAT == manifest.ARTIFACT_FORMAT
 
 
 def test_existing_file_is_refused_untouched(tmp_path: Path) -> None:

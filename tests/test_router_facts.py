@@ -17,9 +17,15 @@ from typer.testing import CliRunner
 
 from l2c_compile.cli.main import app
 from l2c_compile.errors import L2CError
-from l2c_compile.routers import FACTS, export_official, load_router, router_facts, save_router
 from l2c_compile.samplers import make_plan
 from l2c_compile.schedule import Schedule, import_router
+from l2c_compile.schedule.router_files import (
+    FACTS,
+    export_official,
+    load_router,
+    router_facts,
+    save_router,
+)
 
 ROUTERS = Path(__file__).resolve().parents[1].parent / "shared/data/routers"
 runner = CliRunner()

@@ -28,10 +28,10 @@ from l2c_compile.router import (
     train,
 )
 from l2c_compile.router.objective import initial_logits, mixing_weights
-from l2c_compile.routers import load_router
 from l2c_compile.samplers import make_plan
 from l2c_compile.samplers.schedules import alphas_cumprod
 from l2c_compile.schedule import import_router
+from l2c_compile.schedule.router_files import load_router
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from l2c_compile.errors import L2CError
-from l2c_compile.routers import export_official, load_router, save_router
 from l2c_compile.samplers import make_plan
 from l2c_compile.schedule import Schedule, import_router
+from l2c_compile.schedule.router_files import export_official, load_router, save_router
 
 ROUTERS = Path(__file__).resolve().parents[1].parent / "shared/data/routers"
 FILES = {"DDIM20": "DDIM20_router.pt", "dpm20": "dpm20_router.pth", "dpm50": "dpm50_router.pth"}

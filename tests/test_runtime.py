@@ -83,6 +83,24 @@ def test_bad_artifacts_are_clear_errors(artifact, edit):
         l2c_compile.load(out)
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "match"),
+    [("dtype", "float64", "unknown dtype 'float64'"), ("cfg", "yes", "field 'cfg' must be true or false"),
+     ("cuda_graph", None, "field 'cuda_graph' must be true or false")],
+)
+def test_manifest_fields_are_checked_when_parsed(artifact, key, value, match):
+    from l2c_compile.artifact import read_manifest
+
+    _, out = artifact
+    manifest_path = out / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    assert getattr(read_manifest(out), key) == manifest[key]  # the typed view of the same field
+    manifest[key] = value
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(L2CError, match=match):
+        l2c_compile.load(out)
+
+
 def test_missing_folder(tmp_path):
     with pytest.raises(L2CError, match="does not exist"):
         l2c_compile.load(tmp_path / "nope")

@@ -481,7 +481,7 @@ def test_heatmap_png_written(tmp_path: Path) -> None:
 
 def test_heatmap_has_layer_ticks_a_legend_and_the_removed_share() -> None:
     pytest.importorskip("matplotlib")
-    from l2c_compile.schedule_render import REUSED_COLOUR, heatmap_figure
+    from l2c_compile.schedule.render import REUSED_COLOUR, heatmap_figure
 
     sched = small_schedule()  # 3 blocks, bottom half of the sublayers reused
     st = sched.stats()

@@ -11,8 +11,8 @@ import torch
 
 from l2c_compile.errors import L2CError
 from l2c_compile.router.data import TensorData
-from l2c_compile.routers import load_router
 from l2c_compile.schedule import Schedule
+from l2c_compile.schedule.router_files import load_router
 from tests.fmnist_stand_ins import install_model
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "train_fmnist_routers.py"

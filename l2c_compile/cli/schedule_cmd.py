@@ -80,7 +80,7 @@ def summary_table(summary: dict[str, Any], title: str | None = None) -> Table:
 
 def _report(schedule: Any, out: Path | None, fmt: OutputFormat) -> None:
     """Print the summary of a schedule just written to ``out``."""
-    from l2c_compile.schedule_summary import schedule_summary
+    from l2c_compile.schedule.summary import schedule_summary
 
     summary = schedule_summary(schedule)
     if fmt == OutputFormat.json:
@@ -152,7 +152,7 @@ def show_cmd(
 ) -> None:
     """Show a schedule: the skip grid and its summary, or the summary as JSON."""
     from l2c_compile.schedule import Schedule, rich_grid, save_heatmap
-    from l2c_compile.schedule_summary import schedule_summary
+    from l2c_compile.schedule.summary import schedule_summary
 
     schedule = Schedule.load(file)
     summary = schedule_summary(schedule)

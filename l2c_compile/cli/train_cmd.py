@@ -172,7 +172,7 @@ def _train(
 ) -> dict:
     """Open the data, train, write the files; the summary the command prints."""
     from l2c_compile.router import TrainingInterrupted, checkpoint_path, load_vae, open_data, train
-    from l2c_compile.routers import export_official as write_official
+    from l2c_compile.schedule.router_files import export_official as write_official
 
     device = next(net.parameters()).device
     encoder = load_vae(vae, device) if vae is not None else None

@@ -56,8 +56,8 @@ from l2c_compile.router.objective import (
     mixing_weights,
     shard_loss,
 )
-from l2c_compile.routers import save_router
 from l2c_compile.samplers.base import SamplerPlan
+from l2c_compile.schedule.router_files import save_router
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from l2c_compile.errors import L2CError
-from l2c_compile.schedule import Schedule
+from l2c_compile.schedule.format import Schedule
 
 
 def schedule_summary(schedule: Schedule) -> dict[str, Any]:

@@ -30,7 +30,7 @@ class _Call(Protocol):
 
 
 class Schedule(Protocol):
-    """What rendering reads of a ``schedule.Schedule`` (a protocol: this module does not import it)."""
+    """What rendering reads of a ``schedule.format.Schedule`` (a protocol: this module does not import it)."""
 
     model: str
     sampler: str

@@ -1,4 +1,7 @@
-"""Schedule: a router thresholded into a static, per-call cache plan (spec §4.1, §5).
+"""The schedule format: a router thresholded into a static, per-call cache plan (spec §4.1, §5).
+
+This module holds the :class:`Schedule` class and its JSON document, the threshold rule, the
+official-router import (:func:`import_router`) and the heuristic baselines (:func:`heuristic`).
 
 A :class:`Schedule` says, for every model call (NFE) of one sampler plan, whether it is a full
 call (computes every sublayer, refreshes the cache) or a cache call, and which attention and MLP
@@ -30,35 +33,18 @@ import torch
 from l2c_compile.errors import L2CError, suggest
 from l2c_compile.io import write_text_atomic
 from l2c_compile.masks import MODES, Mask
-from l2c_compile.routers import (
-    SUBLAYERS,
-    RouterFile,
-    check_router_target,
-    export_official,
-    load_router,
-    save_router,
-)
 from l2c_compile.samplers.base import SamplerPlan
-from l2c_compile.schedule_render import render_grid, rich_grid, save_heatmap
+from l2c_compile.schedule.router_files import SUBLAYERS, check_router_target, load_router
 
 __all__ = [
     "DEFAULT_THRESHOLDS",
     "HEURISTICS",
-    "MODES",
     "CallSchedule",
-    "Mask",
-    "RouterFile",
     "Schedule",
     "default_threshold",
-    "export_official",
     "heuristic",
     "import_router",
-    "load_router",
-    "render_grid",
-    "rich_grid",
     "router_target",
-    "save_heatmap",
-    "save_router",
 ]
 
 SCHEDULE_FORMAT = "l2c-schedule"
@@ -507,7 +493,7 @@ def import_router(
     """Load a router file (any layout) and threshold it into a Schedule for ``plan``.
 
     Every fact the file carries about its target (model, resolution, classes, family, sampler
-    and its options, NFE, depth, sublayer kinds; see :func:`~l2c_compile.routers.router_facts`)
+    and its options, NFE, depth, sublayer kinds; see :func:`~l2c_compile.schedule.router_files.router_facts`)
     is checked against ``model``/``depth``/``plan`` and the model's registry spec (``spec``, or
     looked up by ``model``); a mismatch is an :class:`L2CError`. The schedule's ``source`` lists
     the facts ``checked`` and those left ``unchecked`` because the file (or target) lacks them.
