@@ -33,6 +33,7 @@ from l2c_compile.compiler import compile as compile_sampler
 from l2c_compile.cuda_graph import check_cuda_graph_device
 from l2c_compile.errors import L2CError
 from l2c_compile.manifest import (
+    BACKENDS,
     FILES,
     Manifest,
     artifact_manifest,
@@ -165,15 +166,18 @@ def load(
     directory: str | os.PathLike[str],
     *,
     device: str | torch.device | None = None,
-    backend: str = "eager",
+    backend: str | None = None,
     cuda_graph: bool | None = None,
 ) -> CompiledSampler:
     """Load an artifact folder as a :class:`CompiledSampler`, running only code regenerated here.
 
     The checks (module docstring) cover every file and every manifest field ``load`` acts on;
     each failure is one :class:`L2CError` line. ``device``: where the weights go (default CPU).
-    ``backend``: ``"eager"`` or ``"inductor"``. ``cuda_graph``: None keeps the manifest's choice.
+    ``backend``: ``"eager"`` or ``"inductor"``; None (default) keeps the backend the artifact was
+    compiled for. ``cuda_graph``: None keeps the manifest's choice.
     """
+    if backend is not None and backend not in BACKENDS:
+        raise L2CError(f"unknown backend {backend!r}; choose {' or '.join(BACKENDS)}")
     root = Path(directory)
     manifest = read_manifest(root)
     check_model_record(root, manifest.model)
@@ -185,7 +189,7 @@ def load(
         schedule = Schedule.from_dict(manifest.schedule) if manifest.schedule else None
     except KeyError as exc:
         raise L2CError(f"artifact {root}: manifest.json's schedule lacks {exc}") from None
-    compiled = compile_sampler(model, plan, schedule, backend=backend, cfg=manifest.cfg,
+    compiled = compile_sampler(model, plan, schedule, backend=manifest.backend, cfg=manifest.cfg,
                                fuse=manifest.fuse, model_info=manifest.model)
     compiled.info["cuda_graph"] = manifest.cuda_graph
     source = (root / "sampler.py").read_text(encoding="utf-8")
@@ -202,6 +206,9 @@ def load(
             f"artifact {root}: manifest.json field {field!r} is not what this l2c-compile derives "
             "from the artifact's data (edited, or written by another version) — recompile"
         )
+    if backend is not None and backend != manifest.backend:  # a caller's override, after the checks
+        compiled = CompiledSampler(compiled.model, compiled.source, dict(compiled.info, backend=backend),
+                                   backend=backend)
     graphed = manifest.cuda_graph if cuda_graph is None else cuda_graph
     if graphed:
         check_cuda_graph_device(next(model.parameters()).device)

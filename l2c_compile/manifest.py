@@ -25,18 +25,19 @@ from l2c_compile.errors import L2CError
 from l2c_compile.version import __version__
 
 ARTIFACT_FORMAT = "l2c-artifact"
-ARTIFACT_VERSION = 2  # 2: no timings, fuse recorded, sampler.py regenerated and compared by load
+ARTIFACT_VERSION = 3  # 2: no timings, sampler.py regenerated and compared by load; 3: backend
 FILES = ("sampler.py", "weights.safetensors")
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
 FLAGS = ("cfg", "fuse", "cuda_graph")  # the manifest's true/false fields
+BACKENDS = ("eager", "inductor")  # how the step graphs run: as written, or torch.compile'd
 
 
 @dataclass(frozen=True)
 class Manifest:
     """An artifact manifest: the fields ``load`` acts on, typed, and the whole document.
 
-``verify`` and the CLI read a sampler's in-memory compile record (``CompiledSampler.info``),
-which for a loaded artifact ``load`` has checked equal to this manifest field by field.
+    ``verify`` and the CLI read a sampler's in-memory compile record (``CompiledSampler.info``),
+    which for a loaded artifact ``load`` has checked equal to this manifest field by field.
 
     ``model``, ``sampler`` and ``schedule`` stay JSON records: their readers check them
     (:func:`~l2c_compile.artifact.build_from_info`, :func:`~l2c_compile.artifact.plan_from_manifest`,
@@ -51,6 +52,7 @@ which for a loaded artifact ``load`` has checked equal to this manifest field by
     cfg: bool
     fuse: bool
     cuda_graph: bool
+    backend: str  # "eager" | "inductor": what the sampler was compiled for; load honours it
     files: dict[str, str]
     document: dict[str, Any] = field(repr=False, compare=False)
 
@@ -65,6 +67,7 @@ def _typed(document: dict[str, Any]) -> Manifest:
         cfg=bool(document.get("cfg")),
         fuse=bool(document.get("fuse")),
         cuda_graph=bool(document.get("cuda_graph")),
+        backend=str(document.get("backend")),
         files=dict(document.get("files") or {}),
         document=document,
     )
@@ -80,7 +83,7 @@ def artifact_manifest(info: dict[str, Any], files: dict[str, str]) -> Manifest:
         "version": ARTIFACT_VERSION,
         "l2c_compile": __version__,
         "torch": torch.__version__,
-        **{k: v for k, v in info.items() if k != "backend"},
+        **info,
         "files": dict(files),
     })
 
@@ -112,6 +115,11 @@ def parse_manifest(document: Any, path: Path) -> Manifest:
     for key in FLAGS:
         if not isinstance(document.get(key), bool):
             raise L2CError(f"artifact {root}: manifest.json field {key!r} must be true or false")
+    if document.get("backend") not in BACKENDS:
+        raise L2CError(
+            f"artifact {root}: manifest.json has an unknown backend {document.get('backend')!r} "
+            f"(expected {' or '.join(BACKENDS)})"
+        )
     return _typed(document)
 
 

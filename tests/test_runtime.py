@@ -34,7 +34,7 @@ def test_round_trip_gives_identical_samples(artifact):
     assert rel_error(loaded(noise, labels, 4.0), compiled(noise, labels, 4.0)) == 0.0
     assert loaded.source == compiled.source
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["format"] == "l2c-artifact" and manifest["version"] == 2
+    assert manifest["format"] == "l2c-artifact" and manifest["version"] == 3
     assert set(manifest["files"]) == {"sampler.py", "weights.safetensors"}
     assert manifest["schedule"]["nfe"] == 4 and manifest["model"]["name"] == "DiT-Tiny"
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temp folders left
@@ -86,7 +86,8 @@ def test_bad_artifacts_are_clear_errors(artifact, edit):
 @pytest.mark.parametrize(
     ("key", "value", "match"),
     [("dtype", "float64", "unknown dtype 'float64'"), ("cfg", "yes", "field 'cfg' must be true or false"),
-     ("cuda_graph", None, "field 'cuda_graph' must be true or false")],
+     ("cuda_graph", None, "field 'cuda_graph' must be true or false"),
+     ("backend", "tensorrt", "unknown backend 'tensorrt'")],
 )
 def test_manifest_fields_are_checked_when_parsed(artifact, key, value, match):
     from l2c_compile.artifact import read_manifest
@@ -257,3 +258,27 @@ def test_free_text_from_the_manifest_never_becomes_code(tmp_path):
     )
     noise, labels = inputs(model)
     assert compiled(noise, labels, 2.0).shape == noise.shape
+
+
+def test_the_backend_chosen_at_compile_time_is_recorded_and_honoured(tmp_path):
+    """An inductor artifact loads as inductor (what verify and sample then run), unless overridden."""
+    from l2c_compile.artifact import read_manifest
+
+    from l2c_compile.models.registry import build_model, init_random
+
+    spec = get_spec("DiT-Tiny")
+    model = init_random(build_model(spec), 3)
+    plan = make_plan("ddim", 4, noise_schedule=spec.noise_schedule, time_input=spec.time_input)
+    info = spec.to_dict()
+    compiled = l2c_compile.compile(model, plan, None, backend="inductor", model_info=info)
+    out = tmp_path / "art"
+    compiled.save(out)
+    assert read_manifest(out).backend == "inductor"
+    loaded = l2c_compile.load(out)
+    assert loaded.backend == "inductor" and loaded.info["backend"] == "inductor"
+    assert l2c_compile.load(out, backend="eager").backend == "eager"
+    with pytest.raises(L2CError, match="unknown backend 'cuda'"):
+        l2c_compile.load(out, backend="cuda")
+    eager = tmp_path / "eager"
+    l2c_compile.compile(model, plan, None, model_info=info).save(eager)
+    assert l2c_compile.load(eager).backend == "eager"
