@@ -263,7 +263,6 @@ def test_free_text_from_the_manifest_never_becomes_code(tmp_path):
 def test_the_backend_chosen_at_compile_time_is_recorded_and_honoured(tmp_path):
     """An inductor artifact loads as inductor (what verify and sample then run), unless overridden."""
     from l2c_compile.artifact import read_manifest
-
     from l2c_compile.models.registry import build_model, init_random
 
     spec = get_spec("DiT-Tiny")
