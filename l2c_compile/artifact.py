@@ -52,6 +52,8 @@ def read_manifest(directory: str | os.PathLike[str]) -> Manifest:
     """Read an artifact's manifest, check it and every file hash, and type it; L2CError on a mismatch."""
     root = Path(directory)
     if not root.is_dir():
+        if root.exists():
+            raise L2CError(f"{root} is a file, not an artifact folder (give the folder `compile -o` wrote)")
         raise L2CError(f"artifact folder {root} does not exist")
     path = root / "manifest.json"
     if not path.is_file():

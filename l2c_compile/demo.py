@@ -60,19 +60,83 @@ def _timed(fn: Callable[[], Any], repeats: int) -> dict[str, float]:
     return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times)}
 
 
+def is_demo_output(path: Path) -> bool:
+    """Whether ``path`` is a folder an earlier demo wrote (a report beside an artifact)."""
+    return (path / "report.json").is_file() and (path / "artifact").is_dir()
+
+
+def check_demo_inputs(cfg: DemoConfig) -> None:
+    """Every option and the output path, before any work; one L2CError line for the first fault.
+
+    The output may be a new path, an empty folder, or an earlier demo's folder (replaced); an
+    existing file or a folder holding anything else is refused and left untouched.
+    """
+    if cfg.per_class < 1:
+        raise L2CError(f"--per-class must be >= 1, got {cfg.per_class}")
+    if cfg.repeats < 1:
+        raise L2CError(f"--repeats must be >= 1, got {cfg.repeats}")
+    if cfg.nfe < 1:
+        raise L2CError(f"--nfe must be >= 1, got {cfg.nfe}")
+    if cfg.threshold is not None and not 0.0 < cfg.threshold < 1.0:
+        raise L2CError(f"--threshold (θ) must be in (0, 1), got {cfg.threshold}")
+    if cfg.router is not None and not Path(cfg.router).is_file():
+        raise L2CError(f"router file {cfg.router} not found")
+    out = Path(cfg.out)
+    for parent in out.parents:
+        if parent.exists() and not parent.is_dir():
+            raise L2CError(f"cannot write the demo to {out}: {parent} is a file, not a folder")
+    if out.exists() or out.is_symlink():
+        if not out.is_dir() or out.is_symlink():
+            raise L2CError(f"{out} exists and is not a folder; choose another --out (nothing was written)")
+        if any(out.iterdir()) and not is_demo_output(out):
+            raise L2CError(
+                f"{out} is a folder that an earlier demo did not write; choose another --out "
+                "(nothing was written)"
+            )
+
+
 def run_demo(cfg: DemoConfig, stage: Stage = lambda _: None) -> dict[str, Any]:
-    """Run every step of the demo; return the report (also written as report.json / report.md)."""
+    """Run every step of the demo; return the report (also written as report.json / report.md).
+
+    Everything is written into a hidden folder beside ``cfg.out`` that replaces it only when the
+    whole run succeeded: a failed or interrupted demo leaves nothing behind (and an earlier
+    demo's folder as it was). Raises L2CError for bad options (:func:`check_demo_inputs`).
+    """
+    import shutil
+
+    from l2c_compile.io import make_temp_dir
+
+    check_demo_inputs(cfg)
+    final = Path(cfg.out)
+    tmp = make_temp_dir(final)
+    try:
+        report = _run_demo(cfg, tmp, stage)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+    tmp.rename(final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return report
+
+
+def _run_demo(cfg: DemoConfig, out: Path, stage: Stage) -> dict[str, Any]:
+    """The demo's steps, writing into ``out``."""
     import l2c_compile
     from l2c_compile import reference
     from l2c_compile.images import comparison_figure, save_figure
+    from l2c_compile.metrics.macs import timing_note
     from l2c_compile.models.registry import build_model, get_spec, load_checkpoint
     from l2c_compile.samplers import make_plan
     from l2c_compile.schedule import default_threshold, import_router, save_heatmap
     from l2c_compile.schedule.summary import schedule_summary
     from l2c_compile.verify import verify_artifact
 
-    out = cfg.out
-    out.mkdir(parents=True, exist_ok=True)
     spec = get_spec(cfg.model)
     if not getattr(spec, "checkpoint", None) or not Path(spec.checkpoint).is_file():
         raise L2CError(f"{spec.name} ships no weights; the demo needs a model with shipped weights")
@@ -156,10 +220,12 @@ def run_demo(cfg: DemoConfig, stage: Stage = lambda _: None) -> dict[str, Any]:
     base = latency["compiled uncached"]["median_s"]
     for row in latency.values():
         row["speedup_vs_compiled_uncached"] = base / row["median_s"]
+    note = timing_note(latency["compiled L2C"]["speedup_vs_compiled_uncached"], summary["ideal_speedup"])
 
     report = {
         "model": spec.name, "sampler": sampler, "nfe": cfg.nfe, "threshold": theta,
-        "router": {"file": str(router_path), "origin": router_origin},
+        "router": {"file": str(router_path) if cfg.router or router_origin == "shipped" else "router.safetensors",
+                   "origin": router_origin},
         "schedule": {k: summary[k] for k in ("cache_steps", "skipped_attn", "skipped_mlp", "skipped_fraction",
                                               "macs_full", "macs_cached", "ideal_speedup") if k in summary},
         "compile_s": compile_s, "distinct_graphs": compiled.info["distinct_graphs"],
@@ -167,6 +233,7 @@ def run_demo(cfg: DemoConfig, stage: Stage = lambda _: None) -> dict[str, Any]:
         "quality": quality, "latency": latency,
         "samples_grid": {"rows": names, "panels": ["uncached", "cached (L2C)"], "per_class": cfg.per_class}, "batch": batch, "cfg_scale": scale,
         "device": "cpu", "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "timing_note": note,
     }
     write_text_atomic(out / "report.json", json.dumps(report, indent=2) + "\n")
     write_text_atomic(out / "report.md", render_report(report))
@@ -244,4 +311,6 @@ def render_report(r: dict[str, Any]) -> str:
         lines.append(f"| {name} | {row['median_s']:.3f} | {row['min_s']:.3f} | {row['max_s']:.3f} | "
                      f"{row['speedup_vs_compiled_uncached']:.2f} |")
     lines.append(f"\nIdeal (MACs) speedup of the schedule: {s.get('ideal_speedup', 0):.3f}×.")
+    if r.get("timing_note"):
+        lines.append(f"\nNote: {r['timing_note']}.")
     return "\n".join(lines) + "\n"

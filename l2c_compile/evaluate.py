@@ -32,6 +32,7 @@ from l2c_compile.errors import L2CError
 from l2c_compile.metrics.quality import has_feature_network as has_feature_network  # re-exported
 
 ROUTER_SUFFIXES = (".safetensors", ".pt", ".pth")
+MIN_SAMPLES = 4  # precision/recall use each sample's 3 nearest neighbours among the others
 Progress = Callable[[str], None]
 
 
@@ -103,8 +104,10 @@ def eval_inputs(
     n: int, latent_shape: tuple[int, ...], num_classes: int, seed: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Seeded noise (n, C, H, W) and class-balanced labels (n,): class i % num_classes, shuffled."""
-    if n < 2:
-        raise L2CError(f"evaluation needs at least 2 samples, got {n}")
+    if n < MIN_SAMPLES:
+        raise L2CError(
+            f"evaluation needs at least {MIN_SAMPLES} samples (k-NN precision/recall with k = 3), got {n}"
+        )
     gen = torch.Generator().manual_seed(seed)
     noise = torch.randn(n, *latent_shape, generator=gen)  # (n, C, H, W)
     # Every class gets ⌊n/C⌋ or ⌈n/C⌉ samples; the shuffle only decides which noise each gets.
@@ -224,6 +227,7 @@ def run_eval(cfg: EvalConfig, progress: Progress = lambda _: None) -> dict[str, 
     samples and every rank returns the same report (whose latency is rank 0's share).
     """
     import l2c_compile
+    from l2c_compile.metrics.macs import timing_note
     from l2c_compile.metrics.quality import SampleQuality, metric_names
     from l2c_compile.models.registry import get_spec
     from l2c_compile.schedule.summary import schedule_summary
@@ -287,6 +291,11 @@ def run_eval(cfg: EvalConfig, progress: Progress = lambda _: None) -> dict[str, 
         "latency_per_image_s": got.seconds_per_image,
         "latency_per_image_full_s": ref.seconds_per_image,
         "speedup": ref.seconds_per_image / got.seconds_per_image,
+        "ideal_speedup": summary["macs_full"] / summary["macs_cached"],
+        "timing_note": timing_note(
+            ref.seconds_per_image / got.seconds_per_image,
+            summary["macs_full"] / summary["macs_cached"],
+        ),
         "metric_names": metric_names,
         "machine": machine(cfg.device),
     }

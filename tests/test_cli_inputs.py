@@ -12,7 +12,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+import l2c_compile
 from l2c_compile.cli.main import app
+from l2c_compile.errors import L2CError
 from l2c_compile.runtime import CompiledSampler
 
 runner = CliRunner()
@@ -210,3 +212,20 @@ def test_vae_for_a_pixel_model_is_refused(latent_artifact, tmp_path, no_sampling
         app, ["sample", str(latent_artifact), "--vae", str(tmp_path), "-o", str(tmp_path / "g.png")]
     )
     _one_line(r, "draws pixels", "--vae")
+
+
+def test_wrong_kind_of_file_says_what_it_is(tmp_path):
+    """A router given as a schedule, a file given as an artifact, too few samples: one line each."""
+    from l2c_compile.evaluate import eval_inputs
+    from l2c_compile.schedule import Schedule
+
+    binary = tmp_path / "router.pt"
+    binary.write_bytes(b"PK\x03\x04" + bytes(range(256)))
+    with pytest.raises(L2CError, match=r"router\.pt is a zip archive, not a schedule .*schedule import"):
+        Schedule.load(binary)
+    afile = tmp_path / "manifest.json"
+    afile.write_text("{}")
+    with pytest.raises(L2CError, match="is a file, not an artifact folder"):
+        l2c_compile.load(afile)
+    with pytest.raises(L2CError, match="at least 4 samples"):
+        eval_inputs(3, (1, 32, 32), 10, 0)

@@ -48,6 +48,45 @@ def test_demo_writes_everything_and_verifies(tmp_path, tiny_with_weights):
 def test_demo_needs_shipped_weights(tmp_path):
     with pytest.raises(L2CError, match="ships no weights"):
         run_demo(DemoConfig(model="DiT-Tiny", out=tmp_path / "d"))
+    assert list(tmp_path.iterdir()) == []  # a refused demo leaves nothing behind
+
+
+@pytest.mark.parametrize(
+    ("option", "match"),
+    [
+        ({"per_class": 0}, "--per-class must be >= 1"),
+        ({"repeats": 0}, "--repeats must be >= 1"),
+        ({"threshold": 2.0}, r"--threshold \(θ\) must be in \(0, 1\)"),
+        ({"router": "missing.pt"}, "router file missing.pt not found"),
+    ],
+)
+def test_demo_refuses_bad_options_before_any_work(tmp_path, option, match):
+    with pytest.raises(L2CError, match=match):
+        run_demo(DemoConfig(model="DiT-FMNIST", out=tmp_path / "d", **option))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_demo_output_path_rules(tmp_path, tiny_with_weights):
+    """A file or a foreign folder is refused untouched; an earlier demo's folder is replaced."""
+    afile = tmp_path / "afile"
+    afile.write_text("hi")
+    with pytest.raises(L2CError, match="exists and is not a folder"):
+        run_demo(DemoConfig(model=tiny_with_weights.name, out=afile))
+    assert afile.read_text() == "hi"
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("mine")
+    with pytest.raises(L2CError, match="an earlier demo did not write"):
+        run_demo(DemoConfig(model=tiny_with_weights.name, out=foreign))
+    assert [f.name for f in foreign.iterdir()] == ["keep.txt"]
+
+    out = tmp_path / "demo"
+    cfg = DemoConfig(model=tiny_with_weights.name, nfe=4, train_steps=2, per_class=1, repeats=1, out=out)
+    run_demo(cfg)
+    (out / "stale.txt").write_text("from before")
+    run_demo(cfg)  # an earlier demo's folder is replaced as a whole
+    assert not (out / "stale.txt").exists() and (out / "report.json").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
 
 
 def _quality_table(markdown: str) -> list[list[str]]:

@@ -94,7 +94,7 @@ def test_eval_inputs_are_balanced_and_seeded():
     assert torch.equal(noise, again) and torch.equal(labels, labels2)
     other, _ = eval_inputs(25, (1, 32, 32), 10, seed=4)
     assert not torch.equal(noise, other)
-    with pytest.raises(L2CError, match="at least 2 samples"):
+    with pytest.raises(L2CError, match="at least 4 samples"):
         eval_inputs(1, (1, 32, 32), 10, seed=0)
 
 

@@ -146,3 +146,12 @@ def test_trajectory_rejects_mismatches() -> None:
 def test_model_table_reports_forward_macs() -> None:
     (row,) = model_table(["U-ViT-H/2"])
     assert row["macs_per_forward"] == forward_macs("U-ViT-H/2")
+
+
+def test_timing_note_flags_a_speedup_the_schedule_cannot_give():
+    from l2c_compile.metrics.macs import timing_note
+
+    assert timing_note(1.2, 1.209) is None  # within what the MACs allow
+    assert timing_note(1.05, None) is None  # no MACs ratio known: nothing to compare
+    note = timing_note(1.749, 1.209)
+    assert note is not None and "exceeds the schedule's ideal 1.21×" in note

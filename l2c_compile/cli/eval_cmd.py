@@ -82,6 +82,8 @@ def eval_cmd(
         f"{m['threads']} threads" + (f" (rank 0 of {report['world_size']})" if report['world_size'] > 1 else ""),
         highlight=False,
     )
+    if report.get("timing_note"):
+        console.print(f"[yellow]note:[/] {report['timing_note']}", highlight=False)
 
 
 def render_table(report: dict) -> Table:

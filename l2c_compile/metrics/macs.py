@@ -177,3 +177,18 @@ def model_table(names: list[str] | None = None) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def timing_note(measured: float, ideal: float | None, slack: float = 1.10) -> str | None:
+    """A warning when a measured speedup is beyond what the schedule can give (its MACs ratio).
+
+    A schedule cannot make sampling faster than it makes the arithmetic smaller, so a measured
+    speedup above ``slack × ideal`` means the machine's load changed while the executors were
+    timed; None when the measurement is plausible.
+    """
+    if ideal is not None and measured > slack * ideal:
+        return (
+            f"measured speedup {measured:.2f}× exceeds the schedule's ideal {ideal:.2f}× (MACs): "
+            "the machine's load changed while timing; rerun on a quiet machine before reading the latency"
+        )
+    return None

@@ -432,7 +432,14 @@ class Schedule:
             raise L2CError(f"schedule file not found: {p}")
         try:
             text = p.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
+        except UnicodeDecodeError:
+            from l2c_compile.filekind import describe_file
+
+            raise L2CError(
+                f"{p} is {describe_file(p)}, not a schedule (the JSON file that `schedule import` or "
+                "`schedule heuristic` writes); a router file goes through `schedule import`"
+            ) from None
+        except OSError as exc:
             raise L2CError(f"{p.name}: cannot read schedule ({exc})") from None
         try:
             return cls.from_json(text)
