@@ -35,39 +35,28 @@ def _fmt_s(row: dict[str, Any] | None) -> str:
     return "not measured" if row is None else f"{row['median_s']:.4f} s ({row['executor']})"
 
 
+def _target_cell(rows: list[dict[str, Any]], batch: int) -> list[dict[str, Any]]:
+    """The rows of the targets' configuration: DiT-XL/2, bf16, DDIM-20, ``batch`` images."""
+    return [
+        r
+        for r in rows
+        if (r["model"], r["dtype"], r["sampler"], r["nfe"], r["batch"])
+        == ("DiT-XL/2", "bfloat16", "ddim", 20, batch)
+    ]
+
+
 def targets(rows: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
     """(target, measured, verdict) for every target the rows can speak to."""
     timed = [r for r in rows if "median_s" in r]
     out: list[tuple[str, str, str]] = []
     for batch, limit in SECONDS_TARGET.items():
-        cell = [
-            r
-            for r in timed
-            if r["model"] == "DiT-XL/2"
-            and r["dtype"] == "bfloat16"
-            and r["sampler"] == "ddim"
-            and r["nfe"] == 20
-            and r["batch"] == batch
-            and r["executor"] in L2C_EXECUTORS
-        ]
+        cell = [r for r in _target_cell(timed, batch) if r["executor"] in L2C_EXECUTORS]
         best = min(cell, key=lambda r: r["median_s"], default=None)
         verdict = "–" if best is None else ("met" if best["median_s"] <= limit else "NOT met")
         out.append(
             (f"DiT-XL/2 bf16 DDIM-20 n={batch}: compiled L2C ≤ {limit} s", _fmt_s(best), verdict)
         )
-        ref = next(
-            (
-                r
-                for r in timed
-                if r["model"] == "DiT-XL/2"
-                and r["dtype"] == "bfloat16"
-                and r["sampler"] == "ddim"
-                and r["nfe"] == 20
-                and r["batch"] == batch
-                and r["executor"] == "eager-l2c"
-            ),
-            None,
-        )
+        ref = next((r for r in _target_cell(timed, batch) if r["executor"] == "eager-l2c"), None)
         if best is not None and ref is not None:
             out.append(
                 (

@@ -143,51 +143,34 @@ def executors_for(
             ),
             Executor("eager-l2c", lambda: reference.sample(m, p, s, noise, labels, scale)),
         ]
-    for label in ("uncached", "l2c"):
-        cs = g.samplers[f"compiled-{label}"]
-        out.append(
-            Executor(
-                f"compiled-{label}",
-                _sampler_call(cs, False, noise, labels, scale),
-                g.build_s[label],
-            )
+
+    def sampler(backend: str, label: str, graph: bool) -> Executor:
+        """l2c-compile's sampler: ``backend`` "compiled" (eager step graphs) or "inductor",
+        with or without the whole trajectory in one CUDA graph."""
+        cs = g.samplers[f"{backend}-{label}"]
+        return Executor(
+            f"{backend}{'+graph' if graph else ''}-{label}",
+            _sampler_call(cs, graph, noise, labels, scale),
+            g.build_s[label],
+            after=cs.reset_cuda_graph if graph else None,
         )
+
+    labels_ = ("uncached", "l2c")
+    out += [sampler("compiled", label, False) for label in labels_]
     if opts.cuda_graph:  # eager step graphs in one CUDA graph: no inductor compile to wait for
-        for label in ("uncached", "l2c"):
-            cs = g.samplers[f"compiled-{label}"]
-            out.append(
-                Executor(
-                    f"compiled+graph-{label}",
-                    _sampler_call(cs, True, noise, labels, scale),
-                    g.build_s[label],
-                    after=cs.reset_cuda_graph,
-                )
-            )
+        out += [sampler("compiled", label, True) for label in labels_]
     # torch.compile of the uncached model (the peer a user would pick) before the inductor step
     # graphs, whose many compiles are the first thing a time limit cuts.
     for name, run in g.baselines.items():
         out.append(Executor(name, lambda run=run: run(noise, labels)))
-    for label in ("uncached", "l2c"):
-        ind = g.samplers.get(f"inductor-{label}")
-        if ind is None:
+    inductor_graph = opts.cuda_graph and not getattr(opts, "no_inductor_graph", False)
+    for label in labels_:
+        if f"inductor-{label}" not in g.samplers:
             continue
         if opts.inductor:
-            out.append(
-                Executor(
-                    f"inductor-{label}",
-                    _sampler_call(ind, False, noise, labels, scale),
-                    g.build_s[label],
-                )
-            )
-        if opts.cuda_graph and not getattr(opts, "no_inductor_graph", False):
-            out.append(
-                Executor(
-                    f"inductor+graph-{label}",
-                    _sampler_call(ind, True, noise, labels, scale),
-                    g.build_s[label],
-                    after=ind.reset_cuda_graph,
-                )
-            )
+            out.append(sampler("inductor", label, False))
+        if inductor_graph:
+            out.append(sampler("inductor", label, True))
     return out
 
 

@@ -185,3 +185,61 @@ def test_diffusers_pipeline_row_measures_three_executors(tmp_path):
     assert [r["executor"] for r in rows] == ["pipeline-uncached", "compiled-uncached", "compiled-l2c"]
     assert rows[1]["max_rel_diff_vs_pipeline"] <= 1e-5 and rows[2]["ideal_speedup"] > 1
     assert all(r["median_s"] > 0 for r in rows) and (tmp_path / "l.md").read_text().count("| compiled-l2c |") == 1
+
+
+def test_executor_order_puts_graphs_and_peers_before_inductor_compiles(latency):
+    """Executors are built, not run: the cheap ones first, inductor's many compiles last."""
+    import argparse
+
+    import latency_exec
+
+    from l2c_compile.models.registry import build_model, get_spec, init_random
+    from l2c_compile.samplers import make_plan
+
+    spec = get_spec("DiT-Tiny")
+    model = init_random(build_model(spec), 0)
+    plan = make_plan("ddim", 4, noise_schedule=spec.noise_schedule, time_input=spec.time_input)
+    sched = latency.matrix_schedule(spec, plan, 3, None, 0.5, 0)
+
+    def names(**flags: bool) -> list[str]:
+        opts = argparse.Namespace(**{"inductor": False, "cuda_graph": False, "torch_compile": False,
+                                     "no_inductor_graph": False, "skip_eager": False,
+                                     "device": "cpu", **flags})  # fmt: skip
+        g = latency_exec.build_group(spec, model, plan, sched, "float32", 4.0, opts)
+        noise, labels = torch.zeros(1, 4, 8, 8), torch.zeros(1, dtype=torch.long)
+        return [ex.name for ex in latency_exec.executors_for(g, opts, noise, labels)]
+
+    eager = ["eager-uncached", "eager-l2c", "compiled-uncached", "compiled-l2c"]
+    assert names() == eager
+    graphs = ["compiled+graph-uncached", "compiled+graph-l2c"]
+    assert names(cuda_graph=True, no_inductor_graph=True) == eager + graphs
+    assert names(cuda_graph=True, inductor=True, torch_compile=True) == [
+        *eager, *graphs, "torch-compile-default-uncached",
+        "inductor-uncached", "inductor+graph-uncached", "inductor-l2c", "inductor+graph-l2c",
+    ]  # fmt: skip
+
+
+def test_rows_are_written_as_they_are_measured(latency, tmp_path, monkeypatch):
+    """A killed run keeps its measured rows in <out>.partial.jsonl; a finished one removes it."""
+    out = tmp_path / "x.jsonl"
+    args = ["--matrix", "--only", "DiT-Tiny", "--batches", "1", "--dtypes", "float32",
+            "--samplers", "ddim-4", *TINY, "--out", str(out)]  # fmt: skip
+
+    def killed(rows, path):
+        raise KeyboardInterrupt  # as if the run were killed before the configuration's report
+
+    with monkeypatch.context() as m:
+        m.setattr(latency, "report", killed)
+        with pytest.raises(KeyboardInterrupt):
+            latency.main(args)
+    kept = [json.loads(line) for line in latency.partial_path(out).read_text().splitlines()]
+    assert [r["executor"] for r in kept] == [
+        "eager-uncached", "eager-l2c", "compiled-uncached", "compiled-l2c"
+    ] and all("median_s" in r for r in kept)  # fmt: skip
+    latency.partial_path(out).unlink()
+    rows = latency.main(
+        ["--matrix", "--only", "DiT-Tiny", "--batches", "1", "--dtypes", "float32",
+         "--samplers", "ddim-4", *TINY, "--out", str(out)]
+    )  # fmt: skip
+    assert rows and out.is_file() and not latency.partial_path(out).exists()
+    assert latency.partial_path(out) == tmp_path / "x.partial.jsonl"
