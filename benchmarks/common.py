@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from l2c_compile.io import write_text_atomic
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -90,3 +92,9 @@ def markdown_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -
             cells.append(f"{v:.4g}" if isinstance(v, float) else ("–" if v is None else str(v)))
         body.append("| " + " | ".join(cells) + " |")
     return "\n".join([head, sep, *body])
+
+
+def append_text(path: Path, text: str) -> None:
+    """Append to a results file through an atomic rewrite (a killed run never leaves half a line)."""
+    old = path.read_text(encoding="utf-8") if path.exists() else ""
+    write_text_atomic(path, old + text)

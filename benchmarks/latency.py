@@ -47,10 +47,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS, environment, markdown_table
+from common import RESULTS, append_text, environment, markdown_table
 from latency_exec import build_group, run_config
 
-from l2c_compile.io import write_text_atomic
 from l2c_compile.models.registry import (
     ModelSpec,
     build_model,
@@ -188,12 +187,6 @@ def config_table(rows: list[dict[str, Any]]) -> str:
         r["note"] = r.get("skipped") or r.get("error")
         shown.append(r)
     return markdown_table(shown, COLUMNS)
-
-
-def append_text(path: Path, text: str) -> None:
-    """Append to a results file through an atomic rewrite (a killed run never leaves half a line)."""
-    old = path.read_text(encoding="utf-8") if path.exists() else ""
-    write_text_atomic(path, old + text)
 
 
 def partial_path(out: Path) -> Path:

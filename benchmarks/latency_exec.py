@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from common import sync
+from common import append_text, sync
 
 import l2c_compile
 from l2c_compile import reference
@@ -340,8 +340,7 @@ def run_config(
         )
         print(f"  n={batch} {ex.name}: {done}", flush=True)  # a killed run still shows progress
         if getattr(opts, "partial", None) is not None:
-            with open(opts.partial, "a", encoding="utf-8") as f:
-                f.write(json.dumps(row, default=str) + "\n")
+            append_text(opts.partial, json.dumps(row, default=str) + "\n")
         rows.append(row)
     add_ratios(rows)
     return rows

@@ -40,7 +40,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS, environment
+from common import RESULTS, append_text, environment
 from quality_tables import TABLES, TITLES, Row, build_rows, macs
 
 import l2c_compile
@@ -350,8 +350,7 @@ def main(argv: list[str] | None = None) -> None:
         ref_latency = runner.draw(row.model, ref_plan, None, seeds[0]).seconds_per_image
         result = {**summarize(row, per_seed, ref_latency), "samples": args.samples, "env": env}
         results.append(result)
-        old = jsonl.read_text(encoding="utf-8") if jsonl.is_file() else ""
-        write_text_atomic(jsonl, old + json.dumps(result, default=str) + "\n")
+        append_text(jsonl, json.dumps(result, default=str) + "\n")
         print(
             f"[{time.monotonic() - start:6.0f} s] T{row.table} {row.method} NFE {row.plan.nfe}: "
             f"FID {result['fid']:.2f} PSNR {_fmt(result.get('psnr'), '.1f')} ({time.monotonic() - t0:.0f} s)",

@@ -36,7 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS, environment
+from common import RESULTS, append_text, environment
 
 from l2c_compile.demo import ROUTERS
 from l2c_compile.errors import L2CError
@@ -280,8 +280,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{job.name}: skip {row['final_skip']:.1%} in {row['seconds']:.0f} s", flush=True)
         if out is not None:
             log = Path(args.log)
-            old = log.read_text(encoding="utf-8") if log.is_file() else ""
-            write_text_atomic(log, old + json.dumps(row, default=str) + "\n")
+            append_text(log, json.dumps(row, default=str) + "\n")
 
 
 if __name__ == "__main__":

@@ -59,30 +59,38 @@ def from_diffusers(transformer: DiTTransformer2DModel) -> DiT:
     return model.eval()
 
 
+# Official key → diffusers key, one table read both ways (the q/k/v split and the per-block
+# embedder copies are the only parts that are not a rename).
+TOP_KEYS = {
+    "x_embedder.proj": "pos_embed.proj",
+    "final_layer.adaLN_modulation.1": "proj_out_1",
+    "final_layer.linear": "proj_out_2",
+}
+T_EMBEDDER_KEYS = {"t_embedder.mlp.0": "linear_1", "t_embedder.mlp.2": "linear_2"}
+BLOCK_KEYS = {
+    "adaLN_modulation.1": "norm1.linear",
+    "attn.proj": "attn1.to_out.0",
+    "mlp.fc1": "ff.net.0.proj",
+    "mlp.fc2": "ff.net.2",
+}
+PARAMS = ("weight", "bias")
+
+
 def official_to_diffusers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Official DiT state dict → diffusers keys (tensors shared or split, never changed)."""
     depth = _depth(state, "blocks.")
-    out: dict[str, torch.Tensor] = {
-        "pos_embed.proj.weight": state["x_embedder.proj.weight"],
-        "pos_embed.proj.bias": state["x_embedder.proj.bias"],
-        "proj_out_1.weight": state["final_layer.adaLN_modulation.1.weight"],
-        "proj_out_1.bias": state["final_layer.adaLN_modulation.1.bias"],
-        "proj_out_2.weight": state["final_layer.linear.weight"],
-        "proj_out_2.bias": state["final_layer.linear.bias"],
-    }
+    out = {f"{b}.{p}": state[f"{a}.{p}"] for a, b in TOP_KEYS.items() for p in PARAMS}
     for i in range(depth):
         src, dst = f"blocks.{i}.", f"transformer_blocks.{i}."
         emb = dst + "norm1.emb."
-        for a, b in (("t_embedder.mlp.0", "linear_1"), ("t_embedder.mlp.2", "linear_2")):
-            for p in ("weight", "bias"):
+        for a, b in T_EMBEDDER_KEYS.items():
+            for p in PARAMS:
                 out[f"{emb}timestep_embedder.{b}.{p}"] = state[f"{a}.{p}"]
         out[f"{emb}class_embedder.embedding_table.weight"] = state["y_embedder.embedding_table.weight"]
-        pairs = {"adaLN_modulation.1": "norm1.linear", "attn.proj": "attn1.to_out.0",
-                 "mlp.fc1": "ff.net.0.proj", "mlp.fc2": "ff.net.2"}
-        for a, b in pairs.items():
-            for p in ("weight", "bias"):
+        for a, b in BLOCK_KEYS.items():
+            for p in PARAMS:
                 out[f"{dst}{b}.{p}"] = state[f"{src}{a}.{p}"]
-        for p in ("weight", "bias"):
+        for p in PARAMS:
             q, k, v = state[f"{src}attn.qkv.{p}"].chunk(3, dim=0)
             out[f"{dst}attn1.to_q.{p}"], out[f"{dst}attn1.to_k.{p}"], out[f"{dst}attn1.to_v.{p}"] = q, k, v
     return out
@@ -95,17 +103,10 @@ def diffusers_to_official(state: dict[str, torch.Tensor]) -> dict[str, torch.Ten
     """
     depth = _depth(state, "transformer_blocks.")
     emb = "transformer_blocks.0.norm1.emb."
-    out: dict[str, torch.Tensor] = {
-        "x_embedder.proj.weight": state["pos_embed.proj.weight"],
-        "x_embedder.proj.bias": state["pos_embed.proj.bias"],
-        "y_embedder.embedding_table.weight": state[emb + "class_embedder.embedding_table.weight"],
-        "final_layer.adaLN_modulation.1.weight": state["proj_out_1.weight"],
-        "final_layer.adaLN_modulation.1.bias": state["proj_out_1.bias"],
-        "final_layer.linear.weight": state["proj_out_2.weight"],
-        "final_layer.linear.bias": state["proj_out_2.bias"],
-    }
-    for a, b in (("t_embedder.mlp.0", "linear_1"), ("t_embedder.mlp.2", "linear_2")):
-        for p in ("weight", "bias"):
+    out = {f"{a}.{p}": state[f"{b}.{p}"] for a, b in TOP_KEYS.items() for p in PARAMS}
+    out["y_embedder.embedding_table.weight"] = state[emb + "class_embedder.embedding_table.weight"]
+    for a, b in T_EMBEDDER_KEYS.items():
+        for p in PARAMS:
             out[f"{a}.{p}"] = state[f"{emb}timestep_embedder.{b}.{p}"]
     for i in range(1, depth):
         for key in [k for k in state if k.startswith(emb)]:
@@ -115,12 +116,10 @@ def diffusers_to_official(state: dict[str, torch.Tensor]) -> dict[str, torch.Ten
                                "the official DiT has one timestep/label embedder")
     for i in range(depth):
         src, dst = f"transformer_blocks.{i}.", f"blocks.{i}."
-        pairs = {"norm1.linear": "adaLN_modulation.1", "attn1.to_out.0": "attn.proj",
-                 "ff.net.0.proj": "mlp.fc1", "ff.net.2": "mlp.fc2"}
-        for a, b in pairs.items():
-            for p in ("weight", "bias"):
-                out[f"{dst}{b}.{p}"] = state[f"{src}{a}.{p}"]
-        for p in ("weight", "bias"):
+        for a, b in BLOCK_KEYS.items():
+            for p in PARAMS:
+                out[f"{dst}{a}.{p}"] = state[f"{src}{b}.{p}"]
+        for p in PARAMS:
             out[f"{dst}attn.qkv.{p}"] = torch.cat([state[f"{src}attn1.to_{n}.{p}"] for n in "qkv"], dim=0)
     return out
 
