@@ -10,13 +10,16 @@ Executors (one run measures all of them, so ratios are comparable):
   eager-l2c           the reference executor applying the schedule at run time (official semantics)
   compiled-uncached   l2c-compile's module for the all-compute schedule (eager step graphs)
   compiled-l2c        l2c-compile's module for the schedule (eager step graphs)
-  inductor-*          the same two with ``backend="inductor"`` (``--inductor``)
+  inductor-*          the same two with ``backend="inductor"`` (``--inductor``): whole step graphs
+                      through inductor, linears through oneDNN on CPU (l2c_compile/backends.py)
+  regional-*          the same two with ``backend="regional"`` (``--regional``): each sublayer kind
+                      compiled once, the glue eager
   compiled+graph-*    eager step graphs, whole trajectory in one CUDA graph (``--cuda-graph``, CUDA)
   inductor+graph-*    inductor steps, whole trajectory in one CUDA graph (``--cuda-graph``, CUDA)
   torch-compile-{default,reduce-overhead}-uncached   torch.compile of the uncached denoiser driven
                       by the eager loop (``--torch-compile``; reduce-overhead on CUDA only)
 
-``--matrix`` runs the issue's grid in one process: on CUDA DiT-XL/2 (256, 512), DiT-L/2 and U-ViT-H/2
+``--matrix`` runs the issue's grid in one process: on CUDA DiT-S/2, DiT-XL/2 (256, 512), DiT-L/2 and U-ViT-H/2
 with random weights × batch 1, 8, 32 (with CFG) × float32 (TF32) and bfloat16 × DDIM and
 DPM-Solver-2 at 20 and 50 NFE; on CPU the tiny models at 10 NFE. Released routers (``--routers-dir``)
 serve DiT-XL/2 DDIM-20/50 and U-ViT-H/2 DPM-Solver-2-20/50; every other cell gets a random heuristic
@@ -63,7 +66,7 @@ from l2c_compile.schedule import Schedule, heuristic, import_router
 
 ROOT = Path(__file__).resolve().parents[1]
 GPU_GRID = {
-    "models": ["DiT-XL/2", "DiT-XL/2-512", "DiT-L/2", "U-ViT-H/2"],
+    "models": ["DiT-S/2", "DiT-XL/2", "DiT-XL/2-512", "DiT-L/2", "U-ViT-H/2"],
     "batches": [1, 8, 32],
     "dtypes": ["float32", "bfloat16"],
     "samplers": ["ddim-20", "ddim-50", "dpm-solver-2-20", "dpm-solver-2-50"],
@@ -233,6 +236,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="time the executors round-robin (robust to load drift on a shared CPU; no peak memory)",
     )
     p.add_argument("--inductor", action="store_true", help="also time backend='inductor'")
+    p.add_argument("--regional", action="store_true", help="also time backend='regional'")
     p.add_argument(
         "--cuda-graph", action="store_true", help="also time inductor + whole-trajectory CUDA graph"
     )

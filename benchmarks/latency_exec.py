@@ -8,6 +8,7 @@ them in order on the same inputs, so their ratios are comparable.
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
 import json
 import statistics
@@ -34,6 +35,7 @@ UNCACHED = (
     "compiled-uncached",
     "inductor-uncached",
     "inductor+graph-uncached",
+    "regional-uncached",
     "torch-compile-default-uncached",
     "torch-compile-reduce-overhead-uncached",
 )
@@ -102,6 +104,7 @@ def build_group(
 ) -> Group:
     """Compile the samplers of one cell (passes once; inductor wraps the same generated source)."""
     g = Group(spec, model, plan, sched, dtype, cfg_scale)
+    regional_model = None
     for label, s in (("uncached", None), ("l2c", sched)):
         t0 = time.perf_counter()
         cs = l2c_compile.compile(model, plan, s, cfg=cfg_scale is not None)
@@ -110,6 +113,13 @@ def build_group(
         if opts.inductor or (opts.cuda_graph and not getattr(opts, "no_inductor_graph", False)):
             g.samplers[f"inductor-{label}"] = CompiledSampler(
                 model, cs.source, dict(cs.info), backend="inductor"
+            )
+        if getattr(opts, "regional", False):
+            # regional compiles sublayer modules in place: a private model shared by both twins
+            if regional_model is None:
+                regional_model = copy.deepcopy(cs.model)
+            g.samplers[f"regional-{label}"] = CompiledSampler(
+                regional_model, cs.source, dict(cs.info, backend="regional"), backend="regional"
             )
     if opts.torch_compile:
         for mode in [None] + (["reduce-overhead"] if opts.device.startswith("cuda") else []):
@@ -163,6 +173,9 @@ def executors_for(
     # graphs, whose many compiles are the first thing a time limit cuts.
     for name, run in g.baselines.items():
         out.append(Executor(name, lambda run=run: run(noise, labels)))
+    for label in labels_:
+        if f"regional-{label}" in g.samplers:
+            out.append(sampler("regional", label, False))
     inductor_graph = opts.cuda_graph and not getattr(opts, "no_inductor_graph", False)
     for label in labels_:
         if f"inductor-{label}" not in g.samplers:
@@ -175,6 +188,36 @@ def executors_for(
 
 
 # ── measurement ──────────────────────────────────────────────────────────────────────────────
+_STATUS = "/proc/self/status"
+
+
+def reset_peak_rss() -> int | None:
+    """Reset the process's peak resident set (Linux: ``/proc/self/clear_refs``); return the
+    current resident bytes, or None where the kernel offers no reset."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # 5: reset VmHWM (the peak RSS) to the current RSS
+        return _status_bytes("VmRSS")
+    except OSError:
+        return None
+
+
+def peak_rss() -> int | None:
+    """Peak resident bytes since the last :func:`reset_peak_rss` (Linux), else None."""
+    try:
+        return _status_bytes("VmHWM")
+    except OSError:
+        return None
+
+
+def _status_bytes(field_name: str) -> int:
+    with open(_STATUS) as f:
+        for line in f:
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1]) * 1024  # reported in kB
+    raise OSError(f"{field_name} not in {_STATUS}")
+
+
 def measure(fn: Callable[[], Any], device: str, repeats: int, budget_s: float) -> dict[str, Any]:
     """First call apart, then up to ``repeats`` timed calls while ``budget_s`` lasts (at least one)."""
     cuda = device.startswith("cuda")
@@ -183,6 +226,9 @@ def measure(fn: Callable[[], Any], device: str, repeats: int, budget_s: float) -
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
+    else:
+        gc.collect()
+        base = reset_peak_rss()
     sync(device)
     t0 = time.perf_counter()
     fn()
@@ -205,6 +251,11 @@ def measure(fn: Callable[[], Any], device: str, repeats: int, budget_s: float) -
     if cuda:
         row["peak_mem_bytes"] = torch.cuda.max_memory_allocated()
         row["peak_extra_bytes"] = row["peak_mem_bytes"] - base  # above weights and inputs
+    elif base is not None:  # CPU: resident set, first call (compiles) included
+        peak = peak_rss()
+        if peak is not None:
+            row["peak_mem_bytes"] = peak
+            row["peak_extra_bytes"] = peak - base
     return row
 
 

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from l2c_compile.backends import restore_regions
 from l2c_compile.compiler import compile as compile_sampler
 from l2c_compile.cuda_graph import check_cuda_graph_device
 from l2c_compile.errors import L2CError
@@ -175,11 +176,11 @@ def load(
 
     The checks (module docstring) cover every file and every manifest field ``load`` acts on;
     each failure is one :class:`L2CError` line. ``device``: where the weights go (default CPU).
-    ``backend``: ``"eager"`` or ``"inductor"``; None (default) keeps the backend the artifact was
+    ``backend``: ``"eager"``, ``"inductor"`` or ``"regional"``; None (default) keeps the backend the artifact was
     compiled for. ``cuda_graph``: None keeps the manifest's choice.
     """
     if backend is not None and backend not in BACKENDS:
-        raise L2CError(f"unknown backend {backend!r}; choose {' or '.join(BACKENDS)}")
+        raise L2CError(f"unknown backend {backend!r}; choose {', '.join(BACKENDS)}")
     root = Path(directory)
     manifest = read_manifest(root)
     check_model_record(root, manifest.model)
@@ -209,6 +210,8 @@ def load(
             "from the artifact's data (edited, or written by another version) — recompile"
         )
     if backend is not None and backend != manifest.backend:  # a caller's override, after the checks
+        if manifest.backend == "regional":
+            restore_regions(compiled.model)
         compiled = CompiledSampler(compiled.model, compiled.source, dict(compiled.info, backend=backend),
                                    backend=backend)
     graphed = manifest.cuda_graph if cuda_graph is None else cuda_graph

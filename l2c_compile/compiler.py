@@ -24,6 +24,7 @@ from torch import nn
 from l2c_compile.cuda_graph import check_cuda_graph_device
 from l2c_compile.devices import resolve_device
 from l2c_compile.errors import L2CError
+from l2c_compile.manifest import BACKENDS
 from l2c_compile.passes.analysis import count_linear_calls, graph_macs, propagate_shapes
 from l2c_compile.passes.base import CompileError
 from l2c_compile.passes.codegen import StepContext, scope_members
@@ -39,7 +40,6 @@ from l2c_compile.reference import check_schedule
 from l2c_compile.runtime import CompiledSampler
 from l2c_compile.samplers.base import SamplerPlan
 
-BACKENDS = ("eager", "inductor")
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 

@@ -29,7 +29,8 @@ ARTIFACT_VERSION = 3  # 2: no timings, sampler.py regenerated and compared by lo
 FILES = ("sampler.py", "weights.safetensors")
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
 FLAGS = ("cfg", "fuse", "cuda_graph")  # the manifest's true/false fields
-BACKENDS = ("eager", "inductor")  # how the step graphs run: as written, or torch.compile'd
+# how step graphs run: as written, compiled whole, or their sublayers compiled (backends.py)
+BACKENDS = ("eager", "inductor", "regional")
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ class Manifest:
     cfg: bool
     fuse: bool
     cuda_graph: bool
-    backend: str  # "eager" | "inductor": what the sampler was compiled for; load honours it
+    backend: str  # one of BACKENDS: what the sampler was compiled for; load honours it
     files: dict[str, str]
     document: dict[str, Any] = field(repr=False, compare=False)
 
@@ -118,7 +119,7 @@ def parse_manifest(document: Any, path: Path) -> Manifest:
     if document.get("backend") not in BACKENDS:
         raise L2CError(
             f"artifact {root}: manifest.json has an unknown backend {document.get('backend')!r} "
-            f"(expected {' or '.join(BACKENDS)})"
+            f"(expected one of {', '.join(BACKENDS)})"
         )
     return _typed(document)
 

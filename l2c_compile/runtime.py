@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from l2c_compile.backends import compile_regions, compile_step
 from l2c_compile.cuda_graph import (
     GraphedTrajectory,
     check_cuda_graph_device,
@@ -89,9 +90,9 @@ class CompiledSampler(nn.Module):
         ns = _exec_source(source, f"<l2c-compiled-{digest}>")
         self._sample = ns["sample"]
         steps = [types.MethodType(fn, self) for fn in ns["STEPS"]]
-        if backend == "inductor":
-            steps = [torch.compile(s, fullgraph=True, dynamic=False) for s in steps]
-        self.steps = steps
+        self.steps = [compile_step(s, backend) for s in steps]
+        if backend == "regional":
+            compile_regions(self.model)
 
     @property
     def cuda_graph(self) -> bool:

@@ -139,7 +139,8 @@ def test_measure_respects_repeats_and_budget(latency):
 def test_grid_lists_the_issue_matrix_and_refuses_bad_flags(latency, capsys):
     args = latency.parse_args(["--matrix", "--device", "cuda"])
     cells = latency.grid(args)
-    assert len(cells) == 4 * 2 * 4 and all(batches == [1, 8, 32] for *_, batches in cells)
+    assert len(cells) == 5 * 2 * 4 and all(batches == [1, 8, 32] for *_, batches in cells)
+    assert {m for m, *_ in cells} == {"DiT-S/2", "DiT-XL/2", "DiT-XL/2-512", "DiT-L/2", "U-ViT-H/2"}
     assert {(m, s, n) for m, _, s, n, _ in cells} >= set(latency.RELEASED)
     with pytest.raises(SystemExit) as exc:
         latency.parse_args(["--cuda-graph", "--device", "cpu"])

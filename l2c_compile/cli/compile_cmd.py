@@ -103,7 +103,7 @@ def compile_cmd(
     schedule: Path | None = typer.Option(None, "--schedule", help="schedule JSON (omit: all-compute)"),
     dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16"),
     device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N (must exist here)"),
-    backend: str = typer.Option("eager", "--backend", help="eager | inductor"),
+    backend: str = typer.Option("eager", "--backend", help="eager | inductor | regional"),
     cfg: bool = typer.Option(True, "--cfg/--no-cfg", help="batch classifier-free guidance"),
     fuse: bool = typer.Option(True, "--fuse/--no-fuse", help="fuse reuse epilogues into kernels"),
     cuda_graph: bool = typer.Option(False, "--cuda-graph/--no-cuda-graph",
