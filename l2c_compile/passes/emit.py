@@ -16,6 +16,7 @@ from dataclasses import replace
 
 from torch import fx
 
+from l2c_compile.masks import DEFAULT_KINDS, KIND_NAMES
 from l2c_compile.passes.base import CompileError, Mask, SublayerKey, cache_input_name
 from l2c_compile.passes.codegen import StepContext, step_source
 from l2c_compile.passes.liveness import CachePlan
@@ -28,11 +29,13 @@ def comment_text(text: str) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
-def block_notes(mask: Mask, depth: int, mode: str = "cache") -> dict[int, str]:
+def block_notes(mask: Mask, depth: int, mode: str = "cache",
+                kinds: tuple[str, ...] = DEFAULT_KINDS) -> dict[int, str]:
     """What a step with ``mask`` does in each block, for the ``# block i: …`` comments."""
     skipped = "reused" if mode == "cache" else "dropped"
     return {
-        b: f"attention {skipped if b in mask[0] else 'computed'}, MLP {skipped if b in mask[1] else 'computed'}"
+        b: ", ".join(f"{KIND_NAMES[k]} {skipped if b in ids else 'computed'}"
+                     for k, ids in zip(kinds, mask, strict=True))
         for b in range(depth)
     }
 
@@ -96,10 +99,11 @@ def emit_module(graphs: list[fx.GraphModule], plan: SamplerPlan, cache: CachePla
     depth = len(ctx.blocks)
     for g, gm in enumerate(graphs):
         mask = cache.masks[g]
-        src, imps = step_source(gm, g, replace(ctx, notes=block_notes(mask, depth, mode)))
+        src, imps = step_source(gm, g, replace(ctx, notes=block_notes(mask, depth, mode, cache.kinds)))
         calls = cache.graph_calls(g)
         verb = "reuses" if mode == "cache" else "drops"
-        desc = (f"# ── step graph {g}: {verb} {len(mask[0])} attention + {len(mask[1])} MLP sublayers; "
+        counts = " + ".join(f"{len(ids)} {KIND_NAMES[k]}" for k, ids in zip(cache.kinds, mask, strict=True))
+        desc = (f"# ── step graph {g}: {verb} {counts} sublayers; "
                 f"exports {len(cache.exports[g])} cache entries; calls {', '.join(map(str, calls))}")
         steps.append(desc + "\n" + src)
         imports.update(imps)

@@ -48,11 +48,24 @@ class SublayerSpec:
     ``blocks``: module paths of the transformer blocks in execution order; a path naming a
     ``ModuleList`` stands for its children in order. Block ids count from 0 over the expansion.
     ``attn`` / ``mlp``: each block's attention and MLP sublayer, relative to the block.
+    ``cross``: the cross-attention sublayer relative to the block, for blocks that have one
+    (PixArt's ``attn2``); None for two-kind blocks (DiT, U-ViT).
     """
 
     blocks: tuple[str, ...]
     attn: str = "attn"
     mlp: str = "mlp"
+    cross: str | None = None
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """The declared kinds in block order: ``("attn", "mlp")`` or ``("attn", "cross", "mlp")``."""
+        return tuple(k for k, _ in self.relative())
+
+    def relative(self) -> tuple[tuple[str, str], ...]:
+        """``(kind, path relative to the block)`` in block order (:data:`~l2c_compile.masks.KINDS`)."""
+        pairs = (("attn", self.attn), ("cross", self.cross), ("mlp", self.mlp))
+        return tuple((k, rel) for k, rel in pairs if rel is not None)
 
     def paths(self, model: nn.Module) -> dict[SublayerKey, str]:
         """``{(kind, block): module path}`` for ``model``; CompileError naming a missing path."""
@@ -71,13 +84,12 @@ class SublayerSpec:
         return {
             (kind, i): f"{block}.{rel}"
             for i, block in enumerate(block_paths)
-            for kind, rel in (("attn", self.attn), ("mlp", self.mlp))
+            for kind, rel in self.relative()
         }
-
 
     def under(self, prefix: str) -> SublayerSpec:
         """The same declaration for a module that holds this family's model at ``prefix``."""
-        return SublayerSpec(tuple(f"{prefix}.{b}" for b in self.blocks), self.attn, self.mlp)
+        return SublayerSpec(tuple(f"{prefix}.{b}" for b in self.blocks), self.attn, self.mlp, self.cross)
 
 
 SUBLAYER_SPECS: dict[type, SublayerSpec] = {

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from l2c_compile.errors import L2CError
+from l2c_compile.passes.sublayers import sublayer_spec
 from l2c_compile.reference import CacheState
 from l2c_compile.samplers.base import ModelCall, SamplerPlan, SolverStep
 from l2c_compile.samplers.schedules import alpha_bar_at
@@ -96,9 +97,10 @@ class RouterLogits(nn.Module):
             p.clamp_(-bound, bound)
 
 
-def initial_logits(nfe: int, depth: int, seed: int) -> torch.Tensor:
-    """Standard-normal logits from the seed, like the official ``Router`` init (all rows)."""
-    return torch.randn(nfe, 2 * depth, generator=torch.Generator().manual_seed(seed))
+def initial_logits(nfe: int, depth: int, seed: int, kinds: int = 2) -> torch.Tensor:
+    """Standard-normal logits ``(nfe, kinds·depth)`` from the seed, like the official ``Router``
+    init (all rows); ``kinds``: sublayer kinds per block (2 for DiT / U-ViT, 3 for PixArt)."""
+    return torch.randn(nfe, kinds * depth, generator=torch.Generator().manual_seed(seed))
 
 
 def mixing_weights(scores: torch.Tensor, ste_threshold: float | None) -> torch.Tensor:
@@ -134,7 +136,8 @@ def shard_loss(
     distance: str,
     mode: str,
 ) -> torch.Tensor:
-    """distance(teacher, student) at ``target``'s cache call; ``weights``: (2·depth,) fresh weights."""
+    """distance(teacher, student) at ``target``'s cache call; ``weights``: (K·depth,) fresh weights,
+    entry ``K·i + k`` for kind ``k`` of block ``i`` (K = the model's sublayer kinds)."""
     ab = target.alpha_bar
     x = math.sqrt(ab) * x0 + math.sqrt(1.0 - ab) * noise  # (B, C, H, W) state at the step start
     with torch.no_grad():
@@ -152,10 +155,11 @@ def shard_loss(
     state.set_call(record=False)
     state.mode = mode
     w = weights.to(teacher.dtype)
+    kinds = sublayer_spec(model).kinds
     state.weights = {
-        (kind, i): w[2 * i + j]
-        for i in range(w.shape[0] // 2)
-        for j, kind in enumerate(("attn", "mlp"))
+        (kind, i): w[len(kinds) * i + j]
+        for i in range(w.shape[0] // len(kinds))
+        for j, kind in enumerate(kinds)
     }
     student = _model_call(model, target.call, x_m, labels)  # (B, C_out, H, W)
     state.weights = None
