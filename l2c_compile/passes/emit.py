@@ -20,7 +20,7 @@ from l2c_compile.masks import DEFAULT_KINDS, KIND_NAMES
 from l2c_compile.passes.base import CompileError, Mask, SublayerKey, cache_input_name
 from l2c_compile.passes.codegen import StepContext, step_source
 from l2c_compile.passes.liveness import CachePlan
-from l2c_compile.samplers.base import Combination, SamplerPlan
+from l2c_compile.samplers.base import Combination, SamplerPlan, last_reads
 
 
 def comment_text(text: str) -> str:
@@ -66,6 +66,7 @@ def sample_source(plan: SamplerPlan, cache: CachePlan, roles: list[str]) -> str:
         "    dt = self.model_dtype",
         "    x = noise",
     ]
+    last = last_reads(plan)
     for s, step in enumerate(plan.steps):
         lines.append(f"    # ── solver step {s}")
         for call in step.calls:
@@ -80,6 +81,8 @@ def sample_source(plan: SamplerPlan, cache: CachePlan, roles: list[str]) -> str:
                 lines.append(f"    x_in = {_combination(call.input)}")
             lines.append(f"    out = self.steps[{cc.graph}]({args})")
             lines.append(f"    eps_{call.index} = out[0].to(x.dtype)")
+            if call.output is not None:  # what the updates read: the data prediction x0
+                lines.append(f"    eps_{call.index} = {_combination(call.output, state)}")
             if cc.keeps:
                 kept = ", ".join(_var(k) for k in cc.keeps)
                 items = ", ".join(f"out[{1 + exports.index(k)}]" for k in cc.keeps)
@@ -87,7 +90,9 @@ def sample_source(plan: SamplerPlan, cache: CachePlan, roles: list[str]) -> str:
             drops = ["out", *(["x_in"] if state == "x_in" else []), *[_var(k) for k in cc.drops_after]]
             lines.append(f"    del {', '.join(drops)}")
         lines.append(f"    x = {_combination(step.update)}")
-        lines.append(f"    del {', '.join(f'eps_{c.index}' for c in step.calls)}")
+        done = [j for j in sorted(last) if last[j] == s]
+        if done:
+            lines.append(f"    del {', '.join(f'eps_{j}' for j in done)}")
     lines.append("    return x")
     return "\n".join(lines)
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import torch
 from torch import fx, nn
 
 from l2c_compile.models.dit import DiT
@@ -140,6 +141,13 @@ def ancestor_sets(graph: fx.Graph) -> dict[fx.Node, int]:
     return anc
 
 
+def _is_value(node: fx.Node) -> bool:
+    """Whether ``node`` computes a tensor (an exported node records its value in ``meta["val"]``;
+    an fx node records nothing and counts as a tensor)."""
+    val = node.meta.get("val")
+    return val is None or isinstance(val, torch.Tensor)
+
+
 def _inside(scope: str | None, path: str) -> bool:
     return scope is not None and (scope == path or scope.startswith(path + "."))
 
@@ -174,7 +182,9 @@ def find_sublayers(
         inside = [n for n in graph.nodes if _inside(scopes[n], path)]
         if not inside:
             raise CompileError(f"{where} is not in the traced graph (no node runs in that module)")
-        outputs = [n for n in inside if any(not _inside(scopes[u], path) for u in n.users)]
+        # Shape arithmetic (an exported graph's symbolic sizes, e.g. batch · heads) may be shared
+        # with later modules; only tensor values are the sublayer's output.
+        outputs = [n for n in inside if _is_value(n) and any(not _inside(scopes[u], path) for u in n.users)]
         if len(outputs) != 1:
             raise CompileError(f"{where} has {len(outputs)} values used outside it; expected one output")
         value = cur = outputs[0]
