@@ -9,7 +9,7 @@ import pytest
 import torch
 
 pytest.importorskip("diffusers")
-from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
 
 from l2c_compile import reference
 from l2c_compile.diffusers import compile_pipeline, load_diffusers, load_pipeline, pipeline_plan
@@ -86,8 +86,11 @@ def test_mismatches_are_one_clear_error(pipe):
     with pytest.raises(L2CError, match=r"^the schedule is for dpm-solver-2 with 8 NFE, the pipeline runs ddim"):
         compile_pipeline(pipe, random_schedule(dpm, 2, random.Random(0)))([1], num_inference_steps=8)
     other = tiny_pipeline(0)
-    other.scheduler = DPMSolverMultistepScheduler.from_config(other.scheduler.config)
-    with pytest.raises(L2CError, match="supports the DDIMScheduler, this pipeline has DPMSolverMultistepScheduler"):
+    other.scheduler = EulerDiscreteScheduler.from_config(other.scheduler.config)
+    with pytest.raises(L2CError, match="DPMSolverMultistepScheduler, this pipeline has EulerDiscreteScheduler"):
+        compile_pipeline(other)
+    other.scheduler = DPMSolverMultistepScheduler.from_config(other.scheduler.config, solver_order=3)
+    with pytest.raises(L2CError, match="solver_order=3 is not supported"):
         compile_pipeline(other)
     other.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=True)
     with pytest.raises(L2CError, match="clip_sample=True is not supported"):

@@ -16,7 +16,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from l2c_compile.masks import DEFAULT_KINDS, MODES, Mask, SublayerKey, all_keys, key_order, mask_keys
+from l2c_compile.masks import (
+    DEFAULT_KINDS,
+    MODES,
+    Mask,
+    SublayerKey,
+    all_keys,
+    key_order,
+    mask_keys,
+)
 from l2c_compile.passes.base import CompileError
 
 

@@ -94,9 +94,12 @@ def dpm_solver_pp_from_sigmas(
     noise_schedule: str = "linear",
     time_input: str = "discrete",
     options: tuple[tuple[str, object], ...] = (),
+    final_first_order: bool = True,
 ) -> SamplerPlan:
     """The plan over explicit ``timesteps`` (N, descending) and ``sigmas`` (N + 1; the last is
     the σ after the final step, 0 for ``final_sigmas_type="zero"``), coefficients in float64.
+    ``final_first_order``: the last step is first order (diffusers' ``lower_order_final`` rule;
+    always so onto σ = 0).
 
     L2CError when the lengths disagree or a σ is negative or not finite.
     """
@@ -120,7 +123,7 @@ def dpm_solver_pp_from_sigmas(
             h = lam[i + 1] - lam[i]
             phi = math.expm1(-h)
             ratio = s_t[i + 1] / s_t[i]
-            first = i == 0 or i == n - 1  # lower_order_final: the last step is first order too
+            first = i == 0 or (i == n - 1 and final_first_order)
             if first:
                 update = Combination(ratio, ((i, -alpha[i + 1] * phi),))
             else:
