@@ -55,7 +55,9 @@ def timestep_vector(value: float, n: int, device: torch.device | str) -> torch.T
     return torch.full((n,), float(value), dtype=torch.float32, device=device)
 
 
-def example_condition(model: nn.Module, n: int, cfg: bool, device: torch.device | str) -> torch.Tensor:
+def example_condition(
+    model: nn.Module, n: int, cfg: bool, device: torch.device | str
+) -> torch.Tensor:
     """A condition ``y`` for ``n`` rows to capture or shape-propagate a step with: the model's own
     (``model.example_condition``) or ``(n,)`` zero labels."""
     if hasattr(model, "example_condition"):

@@ -20,7 +20,11 @@ __all__ = ["check_call", "check_scale", "label_rows"]
 
 
 def check_call(
-    model: nn.Module, model_dtype: torch.dtype, noise: object, labels: object, name: str,
+    model: nn.Module,
+    model_dtype: torch.dtype,
+    noise: object,
+    labels: object,
+    name: str,
     cfg: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Validate a sampler call's ``noise`` and ``labels``; return them ready to run.
@@ -93,19 +97,24 @@ def check_call(
     return noise, labels
 
 
-def _check_condition(model: nn.Module, model_dtype: torch.dtype, y: object, n: int, cfg: bool,
-                     device: torch.device) -> torch.Tensor:
+def _check_condition(
+    model: nn.Module, model_dtype: torch.dtype, y: object, n: int, cfg: bool, device: torch.device
+) -> torch.Tensor:
     """A text-conditioned model's condition tensor, checked (see :func:`check_call`)."""
     want = tuple(model.example_condition(n, cfg, "meta").shape)
     if not isinstance(y, torch.Tensor):
-        raise L2CError(f"this sampler is conditioned on a prompt: pass its condition tensor of shape {want}, "
-                       f"got {type(y).__name__}")
+        raise L2CError(
+            f"this sampler is conditioned on a prompt: pass its condition tensor of shape {want}, "
+            f"got {type(y).__name__}"
+        )
     if not y.is_floating_point():
         raise L2CError(f"the prompt condition must be a floating-point tensor, got {y.dtype}")
     if tuple(y.shape) != want:
         raise L2CError(f"the prompt condition must have shape {want}, got {tuple(y.shape)}")
     if y.device != device:
-        raise L2CError(f"the prompt condition is on {y.device} but the noise is on {device}; move one of them")
+        raise L2CError(
+            f"the prompt condition is on {y.device} but the noise is on {device}; move one of them"
+        )
     return y.to(model_dtype)
 
 

@@ -27,7 +27,9 @@ from torch import nn
 from l2c_compile.errors import L2CError
 from l2c_compile.passes.sublayers import SublayerSpec, register_sublayers
 
-PIXART_SUBLAYERS = SublayerSpec(blocks=("transformer_blocks",), attn="attn1", cross="attn2", mlp="ff")
+PIXART_SUBLAYERS = SublayerSpec(
+    blocks=("transformer_blocks",), attn="attn1", cross="attn2", mlp="ff"
+)
 
 
 def pack_condition(embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -36,8 +38,10 @@ def pack_condition(embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     The mask becomes the embeddings' dtype (0/1 exactly). L2CError when the shapes disagree.
     """
     if embeds.dim() != 3 or mask.shape != embeds.shape[:2]:
-        raise L2CError(f"prompt embeddings must be (N, L, D) with a (N, L) mask, got {tuple(embeds.shape)} "
-                       f"and {tuple(mask.shape)}")
+        raise L2CError(
+            f"prompt embeddings must be (N, L, D) with a (N, L) mask, got {tuple(embeds.shape)} "
+            f"and {tuple(mask.shape)}"
+        )
     return torch.cat([embeds, mask.to(embeds.dtype).unsqueeze(-1)], dim=-1)  # (N, L, D + 1)
 
 
@@ -51,20 +55,32 @@ class DiffusersPixArt(nn.Module):
 
     l2c_capture = "export"
 
-    def __init__(self, transformer: PixArtTransformer2DModel, text_len: int = 120, height: int | None = None,
-                 width: int | None = None, vae_scale_factor: int = 8) -> None:
+    def __init__(
+        self,
+        transformer: PixArtTransformer2DModel,
+        text_len: int = 120,
+        height: int | None = None,
+        width: int | None = None,
+        vae_scale_factor: int = 8,
+    ) -> None:
         super().__init__()
         if not isinstance(transformer, PixArtTransformer2DModel):
-            raise L2CError(f"DiffusersPixArt wraps a PixArtTransformer2DModel, got {type(transformer).__name__}")
+            raise L2CError(
+                f"DiffusersPixArt wraps a PixArtTransformer2DModel, got {type(transformer).__name__}"
+            )
         config = transformer.config
         if config.norm_type != "ada_norm_single":
-            raise L2CError(f"PixArtTransformer2DModel with norm_type {config.norm_type!r} is not supported "
-                           "(only ada_norm_single)")
+            raise L2CError(
+                f"PixArtTransformer2DModel with norm_type {config.norm_type!r} is not supported "
+                "(only ada_norm_single)"
+            )
         side = int(config.sample_size) * vae_scale_factor
         height, width = height or side, width or side
         if height != width or height % vae_scale_factor:
-            raise L2CError(f"only square images whose side is a multiple of {vae_scale_factor} are supported, "
-                           f"got {height}×{width}")
+            raise L2CError(
+                f"only square images whose side is a multiple of {vae_scale_factor} are supported, "
+                f"got {height}×{width}"
+            )
         if isinstance(text_len, bool) or not isinstance(text_len, int) or text_len < 1:
             raise L2CError(f"text_len must be a positive integer, got {text_len!r}")
         self.transformer = transformer
@@ -76,8 +92,12 @@ class DiffusersPixArt(nn.Module):
         self.height, self.width = height, width
         self.micro_conditions = bool(transformer.use_additional_conditions)
         # The pipeline's micro-conditions for this size (used only by the 1024-px models).
-        self.register_buffer("resolution", torch.tensor([[float(height), float(width)]]), persistent=False)
-        self.register_buffer("aspect_ratio", torch.tensor([[float(height / width)]]), persistent=False)
+        self.register_buffer(
+            "resolution", torch.tensor([[float(height), float(width)]]), persistent=False
+        )
+        self.register_buffer(
+            "aspect_ratio", torch.tensor([[float(height / width)]]), persistent=False
+        )
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """x: (N, C, H, W) latents; t: (N,) timesteps; y: (N, L, D + 1) packed prompt → (N, C_out, H, W)."""
@@ -85,10 +105,18 @@ class DiffusersPixArt(nn.Module):
         added = {"resolution": None, "aspect_ratio": None}
         if self.micro_conditions:
             n = x.shape[0]
-            added = {"resolution": self.resolution.expand(n, 2).to(embeds.dtype),  # (N, 2)
-                     "aspect_ratio": self.aspect_ratio.expand(n, 1).to(embeds.dtype)}  # (N, 1)
-        return self.transformer(x, encoder_hidden_states=embeds, encoder_attention_mask=mask, timestep=t,
-                                added_cond_kwargs=added, return_dict=False)[0]
+            added = {
+                "resolution": self.resolution.expand(n, 2).to(embeds.dtype),  # (N, 2)
+                "aspect_ratio": self.aspect_ratio.expand(n, 1).to(embeds.dtype),
+            }  # (N, 1)
+        return self.transformer(
+            x,
+            encoder_hidden_states=embeds,
+            encoder_attention_mask=mask,
+            timestep=t,
+            added_cond_kwargs=added,
+            return_dict=False,
+        )[0]
 
     def transformer_blocks(self) -> list[nn.Module]:
         """The transformer blocks in execution order."""
@@ -109,7 +137,9 @@ class DiffusersPixArt(nn.Module):
         """ε from a raw output (N, C_out, H, W): its first ``in_channels`` channels."""
         return out[:, : self.in_channels]
 
-    def guide(self, cond: torch.Tensor, uncond: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
+    def guide(
+        self, cond: torch.Tensor, uncond: torch.Tensor, scale: float | torch.Tensor
+    ) -> torch.Tensor:
         """The pipeline's CFG ``u + s · (c − u)`` on the ε channels → (N, C, H, W)."""
         c = self.in_channels
         u = uncond[:, :c]

@@ -87,7 +87,9 @@ def module_macs(model: nn.Module, *inputs: Any, **kwargs: Any) -> MacCount:
             sum(v for k, v in per_module.items() if k.startswith(path + "."))
         )
     if any(len(v) != 1 for v in per_kind.values()):
-        raise ValueError(f"{type(model).__name__}: blocks differ in size, per-block sublayer MACs are ambiguous")
+        raise ValueError(
+            f"{type(model).__name__}: blocks differ in size, per-block sublayer MACs are ambiguous"
+        )
     one = {k: v.pop() for k, v in per_kind.items()}
     return MacCount(sum(per_module.values()), one["attn"], one["mlp"], one.get("cross", 0))
 
@@ -192,8 +194,10 @@ def trajectory_macs(
     saved = 0
     for call in schedule.calls:
         kinds = tuple(getattr(call, "kinds", ("attn", "mlp")))
-        reused = {k: set(call.reused(k) if hasattr(call, "reused") else getattr(call, f"reuse_{k}"))
-                  for k in kinds}
+        reused = {
+            k: set(call.reused(k) if hasattr(call, "reused") else getattr(call, f"reuse_{k}"))
+            for k in kinds
+        }
         out_of_range = sorted(i for ids in reused.values() for i in ids if not 0 <= int(i) < depth)
         if out_of_range:
             raise L2CError(

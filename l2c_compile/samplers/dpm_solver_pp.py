@@ -56,7 +56,7 @@ def diffusers_sigmas(noise_schedule: str) -> np.ndarray:
     else:
         betas = torch.linspace(start**0.5, end**0.5, NUM_TRAIN_STEPS, dtype=torch.float32) ** 2
     ac = torch.cumprod(1.0 - betas, dim=0)  # (1000,) float32
-    return np.array(((1 - ac) / ac) ** 0.5)  # float32
+    return (((1 - ac) / ac) ** 0.5).numpy()  # (1000,) float32
 
 
 def linspace_timesteps(nfe: int) -> list[int]:
@@ -65,7 +65,9 @@ def linspace_timesteps(nfe: int) -> list[int]:
     return [int(t) for t in ts]
 
 
-def dpm_solver_pp_plan(nfe: int, *, noise_schedule: str = "linear", time_input: str = "discrete") -> SamplerPlan:
+def dpm_solver_pp_plan(
+    nfe: int, *, noise_schedule: str = "linear", time_input: str = "discrete"
+) -> SamplerPlan:
     """DPM-Solver++ 2M with ``nfe`` steps (one model call each) on a 1000-step β table.
 
     ``noise_schedule``: "linear" (PixArt, DiT) or "scaled_linear"; ``time_input``: "discrete"
@@ -77,8 +79,9 @@ def dpm_solver_pp_plan(nfe: int, *, noise_schedule: str = "linear", time_input: 
     table = diffusers_sigmas(noise_schedule)
     timesteps = linspace_timesteps(nfe)
     sigmas = np.concatenate([table[timesteps], [0.0]]).astype(np.float32)
-    return dpm_solver_pp_from_sigmas(timesteps, [float(s) for s in sigmas], noise_schedule=noise_schedule,
-                                     time_input=time_input)
+    return dpm_solver_pp_from_sigmas(
+        timesteps, [float(s) for s in sigmas], noise_schedule=noise_schedule, time_input=time_input
+    )
 
 
 def _alpha_sigma(sigma: float) -> tuple[float, float]:
@@ -105,18 +108,24 @@ def dpm_solver_pp_from_sigmas(
     """
     n = len(timesteps)
     if n < 1 or len(sigmas) != n + 1:
-        raise L2CError(f"dpm-solver++ needs N timesteps and N + 1 sigmas, got {n} and {len(sigmas)}")
+        raise L2CError(
+            f"dpm-solver++ needs N timesteps and N + 1 sigmas, got {n} and {len(sigmas)}"
+        )
     sig = [float(s) for s in sigmas]
     if any(not math.isfinite(s) or s < 0 for s in sig) or any(s == 0 for s in sig[:-1]):
         raise L2CError("dpm-solver++ sigmas must be finite and positive (the last may be 0)")
     alpha, s_t = zip(*(_alpha_sigma(s) for s in sig), strict=True)
-    lam = [math.log(a) - math.log(s) if s > 0 else math.inf for a, s in zip(alpha, s_t, strict=True)]
+    lam = [
+        math.log(a) - math.log(s) if s > 0 else math.inf for a, s in zip(alpha, s_t, strict=True)
+    ]
     offset = 1 if time_input == "continuous" else 0
     steps = []
     for i, t in enumerate(timesteps):
         role, row = ddim_role(n - 1 - i, i)
         x0 = Combination(1.0 / alpha[i], ((i, -s_t[i] / alpha[i]),))  # (x − s ε) / α
-        call = ModelCall(index=i, timestep=float(int(t) + offset), role=role, router_index=row, output=x0)
+        call = ModelCall(
+            index=i, timestep=float(int(t) + offset), role=role, router_index=row, output=x0
+        )
         if s_t[i + 1] == 0.0:  # the last step onto σ = 0: h = ∞, x_{i+1} = x0_i
             update = Combination(0.0, ((i, 1.0),))
         else:
@@ -131,5 +140,10 @@ def dpm_solver_pp_from_sigmas(
                 d1 = -0.5 * alpha[i + 1] * phi / r0  # coefficient of (x0_i − x0_{i−1})
                 update = Combination(ratio, ((i - 1, -d1), (i, -alpha[i + 1] * phi + d1)))
         steps.append(SolverStep(calls=(call,), update=update))
-    opts = (("algorithm", "dpmsolver++"), ("solver_order", 2), ("final_sigma", float(sig[-1])), *options)
+    opts = (
+        ("algorithm", "dpmsolver++"),
+        ("solver_order", 2),
+        ("final_sigma", float(sig[-1])),
+        *options,
+    )
     return SamplerPlan(SAMPLER, n, tuple(steps), noise_schedule, time_input, opts)

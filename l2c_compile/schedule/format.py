@@ -148,7 +148,9 @@ class CallSchedule:
     def reused(self, kind: str) -> tuple[int, ...]:
         """The block ids whose ``kind`` sublayer this call reuses (sorted)."""
         if kind not in self.kinds:
-            raise L2CError(f"call {self.index} has no {kind!r} sublayers (kinds {list(self.kinds)})")
+            raise L2CError(
+                f"call {self.index} has no {kind!r} sublayers (kinds {list(self.kinds)})"
+            )
         return {"attn": self.reuse_attn, "cross": self.reuse_cross, "mlp": self.reuse_mlp}[kind]
 
     @property
@@ -456,7 +458,9 @@ class Schedule:
             calls=calls,
             version=d["version"],
             mode=d.get("mode", "cache"),  # absent in documents written before drop mode existed
-            kinds=tuple(d["kinds"]) if isinstance(d.get("kinds"), list) else d.get("kinds", DEFAULT_KINDS),
+            kinds=tuple(d["kinds"])
+            if isinstance(d.get("kinds"), list)
+            else d.get("kinds", DEFAULT_KINDS),
         )
 
     @classmethod

@@ -48,8 +48,16 @@ class Schedule(Protocol):
 
 
 _CELL = {(True, True): "B", (True, False): "A", (False, True): "M", (False, False): "."}
-_STYLE = {"B": "bold red", "A": "yellow", "M": "cyan", ".": "dim", "a": "yellow", "x": "magenta",
-          "m": "cyan", " ": ""}
+_STYLE = {
+    "B": "bold red",
+    "A": "yellow",
+    "M": "cyan",
+    ".": "dim",
+    "a": "yellow",
+    "x": "magenta",
+    "m": "cyan",
+    " ": "",
+}
 _LETTER = {"attn": "a", "cross": "x", "mlp": "m"}
 
 
@@ -101,9 +109,12 @@ def rich_grid(schedule: Schedule) -> Any:
     from rich.text import Text
 
     theta = "" if schedule.threshold is None else f", θ={schedule.threshold:g}"
-    caption = ("B both reused · A attention reused · M MLP reused · . computed"
-               if _kinds(schedule) == DEFAULT_KINDS else
-               " · ".join(f"{_LETTER[k]} {KIND_NAMES[k]} reused" for k in _kinds(schedule)) + " · . computed")
+    caption = (
+        "B both reused · A attention reused · M MLP reused · . computed"
+        if _kinds(schedule) == DEFAULT_KINDS
+        else " · ".join(f"{_LETTER[k]} {KIND_NAMES[k]} reused" for k in _kinds(schedule))
+        + " · . computed"
+    )
     table = Table(
         title=f"{schedule.model} · {schedule.sampler} · {schedule.nfe} NFE{theta}",
         caption=caption,
@@ -143,7 +154,9 @@ def heatmap_figure(schedule: Schedule) -> Any:
     if not calls:
         raise L2CError("schedule has no cache steps to plot")
     kinds = _kinds(schedule)
-    panels = torch.zeros(len(kinds), len(calls), schedule.depth)  # (kinds, cache steps, layers), 1 = reused
+    panels = torch.zeros(
+        len(kinds), len(calls), schedule.depth
+    )  # (kinds, cache steps, layers), 1 = reused
     for j, c in enumerate(calls):
         for k, ids in enumerate(c.mask):
             panels[k, j, sorted(ids)] = 1.0
@@ -152,7 +165,10 @@ def heatmap_figure(schedule: Schedule) -> Any:
     cmap = ListedColormap([COMPUTED_COLOUR, REUSED_COLOUR])
     # Figure + Agg canvas directly: no pyplot, so no global backend state is touched.
     fig = Figure(
-        figsize=(max(4.0 * len(kinds), 1.5 + 0.25 * len(kinds) * schedule.depth), 2.2 + 0.25 * len(calls)),
+        figsize=(
+            max(4.0 * len(kinds), 1.5 + 0.25 * len(kinds) * schedule.depth),
+            2.2 + 0.25 * len(calls),
+        ),
         layout="constrained",
     )
     FigureCanvasAgg(fig)
