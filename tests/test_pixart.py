@@ -358,3 +358,87 @@ def test_three_kind_router_files_save_load_and_import(tmp_path):
         L2CError, match=r"router covers sublayers \['attn', 'cross', 'mlp'\] but the model has"
     ):
         import_router(path, plan, model="pixart-tiny", depth=3, threshold=0.5)
+
+
+# ---------------------------------------------------------------------------------------------
+# The CLI from a saved folder
+# ---------------------------------------------------------------------------------------------
+
+
+def test_cli_schedule_compile_verify_sample_with_a_prompt(tmp_path, pipe):
+    import json
+
+    from typer.testing import CliRunner
+
+    from l2c_compile.cli.main import app
+
+    def run(*args):
+        return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+    folder = tmp_path / "pixart"
+    pipe.save_pretrained(folder)
+    sched, art, png = tmp_path / "s.json", tmp_path / "art", tmp_path / "x.png"
+    r = run(
+        "schedule",
+        "heuristic",
+        "--diffusers",
+        folder,
+        "--nfe",
+        6,
+        "--kind",
+        "random",
+        "--fraction",
+        0.5,
+        "-o",
+        sched,
+        "--format",
+        "json",
+    )
+    assert r.exit_code == 0, r.output
+    doc = json.loads(sched.read_text())
+    assert doc["kinds"] == list(THREE) and doc["sampler"] == "dpm-solver++"
+    r = run(
+        "compile",
+        "--diffusers",
+        folder,
+        "--nfe",
+        6,
+        "--schedule",
+        sched,
+        "-o",
+        art,
+        "--format",
+        "json",
+    )
+    assert r.exit_code == 0, r.output
+    manifest = json.loads((art / "manifest.json").read_text())
+    assert manifest["model"]["diffusers_class"] == "PixArtTransformer2DModel"
+    assert manifest["model"]["pixart"]["text_len"] == 120
+    r = run("verify", art, "--format", "json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["max_rel_error"] <= 1e-5
+    r = run(
+        "sample",
+        art,
+        "--prompt",
+        "a red cat",
+        "--prompt",
+        "the big house",
+        "--diffusers",
+        folder,
+        "-o",
+        png,
+    )
+    assert r.exit_code == 0, r.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for args, message in [
+        ((), "this artifact draws from text: pass --prompt TEXT and --diffusers DIR"),
+        (("--prompt", "a cat"), "--prompt needs --diffusers DIR"),
+        (
+            ("--prompt", "a cat", "--diffusers", folder / "vae"),
+            "is not a diffusers pipeline folder",
+        ),
+    ]:
+        r = run("sample", art, *args, "-o", tmp_path / "y.png")
+        assert r.exit_code != 0 and message in r.output, r.output
+        assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "y.png").exists()

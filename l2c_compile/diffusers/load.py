@@ -22,15 +22,26 @@ PIPELINES = ("DiTPipeline", "PixArtAlphaPipeline", "PixArtSigmaPipeline")
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """diffusers' loading advice (install accelerate, …) is not ours to print; errors still raise."""
+    """diffusers' loading advice (install accelerate, …) and progress bars are not ours to print;
+    errors still raise."""
     from diffusers.utils import logging as diffusers_logging
 
     level = diffusers_logging.get_verbosity()
     diffusers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()  # "Loading pipeline components…" bars are not ours either
+    try:  # PixArt's T5 prints "Loading weights" bars
+        from transformers.utils import logging as transformers_logging
+    except ImportError:
+        transformers_logging = None
+    if transformers_logging is not None:
+        transformers_logging.disable_progress_bar()
     try:
         yield
     finally:
+        diffusers_logging.enable_progress_bar()
         diffusers_logging.set_verbosity(level)
+        if transformers_logging is not None:
+            transformers_logging.enable_progress_bar()
 
 
 def _read_json(path: Path) -> dict[str, Any]:

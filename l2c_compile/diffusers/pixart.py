@@ -148,3 +148,38 @@ class DiffusersPixArt(nn.Module):
 
 register_sublayers(PixArtTransformer2DModel, PIXART_SUBLAYERS)
 register_sublayers(DiffusersPixArt, PIXART_SUBLAYERS.under("transformer"))
+
+
+@torch.no_grad()
+def prompt_condition(
+    pipe,
+    prompts: list[str],
+    *,
+    negative_prompt: str = "",
+    cfg: bool,
+    text_len: int,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Encode ``prompts`` with a PixArt pipeline's own tokenizer and T5 encoder
+    (``pipe.encode_prompt``, ``max_sequence_length = text_len``) into the condition the compiled
+    sampler takes: (N, 2, L, D + 1) with ``cfg`` (the negative prompt as the second entry), else
+    (N, L, D + 1). L2CError when the pipeline has no text encoder or tokenizer, or no prompt is given.
+    """
+    if getattr(pipe, "text_encoder", None) is None or getattr(pipe, "tokenizer", None) is None:
+        raise L2CError(
+            f"this {type(pipe).__name__} has no text encoder and tokenizer to encode prompts with"
+        )
+    if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
+        raise L2CError("pass at least one non-empty prompt")
+    pe, pm, ne, nm = pipe.encode_prompt(
+        list(prompts),
+        cfg,
+        negative_prompt=negative_prompt,
+        device=pipe._execution_device,
+        clean_caption=False,
+        max_sequence_length=text_len,
+    )
+    y = pack_condition(pe, pm)  # (N, L, D + 1)
+    if cfg:
+        y = torch.stack([y, pack_condition(ne, nm)], dim=1)  # (N, 2, L, D + 1)
+    return y.to(device)
