@@ -442,3 +442,96 @@ def test_cli_schedule_compile_verify_sample_with_a_prompt(tmp_path, pipe):
         r = run("sample", art, *args, "-o", tmp_path / "y.png")
         assert r.exit_code != 0 and message in r.output, r.output
         assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "y.png").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Routers from prompts
+# ---------------------------------------------------------------------------------------------
+
+
+def test_prompt_driven_training_learns_one_logit_per_step_block_and_kind(tmp_path, pipe):
+    import json
+
+    from safetensors.torch import save_file
+    from typer.testing import CliRunner
+
+    from l2c_compile.cli.main import app
+    from l2c_compile.router.objective import initial_logits
+    from l2c_compile.schedule.router_files import load_router
+
+    folder = tmp_path / "pixart"
+    pipe.save_pretrained(folder)
+    inputs = prompt_inputs(3, seed=5)
+    embeds = tmp_path / "embeds.safetensors"
+    save_file(
+        {
+            "prompt_embeds": inputs["prompt_embeds"],
+            "prompt_attention_mask": inputs["prompt_attention_mask"],
+            "negative_prompt_embeds": inputs["negative_prompt_embeds"][:1].contiguous(),
+            "negative_prompt_attention_mask": inputs["negative_prompt_attention_mask"][
+                :1
+            ].contiguous(),
+        },
+        embeds,
+    )
+    text = tmp_path / "prompts.txt"
+    text.write_text("a red cat\n\nthe big blue house\n", encoding="utf-8")
+    for prompts, folder_arg in ((embeds, folder / "transformer"), (text, folder)):
+        out = tmp_path / f"{prompts.stem}.safetensors"
+        r = CliRunner().invoke(
+            app,
+            [
+                "train",
+                "--diffusers",
+                str(folder_arg),
+                "--prompts",
+                str(prompts),
+                "--nfe",
+                "6",
+                "--steps",
+                "6",
+                "--batch-size",
+                "2",
+                "--pool-size",
+                "4",
+                "--lam",
+                "1.0",
+                "--lr",
+                "0.1",
+                "-o",
+                str(out),
+                "--format",
+                "json",
+            ],
+            catch_exceptions=False,
+        )
+        assert r.exit_code == 0, r.output
+        summary = json.loads(r.output)
+        assert summary["trained_rows"] == [0, 2, 4] and np.isfinite(summary["final_loss"])
+        router = load_router(out)
+        assert router.kinds == THREE and router.logits.shape == (6, 3 * 2)
+        init = initial_logits(6, 2, 0, 3)
+        trained = [0, 2, 4]
+        untrained = [1, 3, 5]
+        assert torch.equal(router.logits[untrained], init[untrained])
+        # λ = 1 outweighs the tiny model's distillation error: every trained logit moved down
+        assert (router.logits[trained] < init[trained]).all()
+    bad = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--diffusers",
+            str(folder / "transformer"),
+            "--prompts",
+            str(text),
+            "--nfe",
+            "6",
+            "-o",
+            str(tmp_path / "x.safetensors"),
+        ],
+    )
+    assert bad.exit_code != 0 and "model folder without a text encoder" in bad.output
+    bad = CliRunner().invoke(
+        app, ["train", "--diffusers", str(folder), "--nfe", "6", "-o", str(tmp_path / "x.st")]
+    )
+    assert bad.exit_code != 0 and "pass --prompts FILE" in bad.output

@@ -133,6 +133,32 @@ class DiffusersPixArt(nn.Module):
         y[..., -1] = 1.0
         return torch.stack([y, y], dim=1) if cfg else y
 
+    null_condition: torch.Tensor | None = (
+        None  # (L, D + 1): the empty prompt, for training's dropout
+    )
+
+    def set_null_condition(self, null: torch.Tensor | None) -> None:
+        """The condition that CFG dropout puts in during router training (the encoded empty
+        prompt, (L, D + 1)); None: no dropout possible."""
+        self.null_condition = None if null is None else null.detach().clone()
+
+    def drop_labels(
+        self,
+        y: torch.Tensor,
+        drop_mask: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Training-time CFG dropout: rows of ``y`` (N, L, D + 1) in ``drop_mask`` (N,) bool (None:
+        drawn with PixArt's caption dropout 0.1) become the null condition. L2CError without one."""
+        if self.null_condition is None:
+            raise L2CError(
+                "label dropout needs the empty prompt's condition (a negative prompt), which was not given"
+            )
+        if drop_mask is None:
+            drop_mask = torch.rand(y.shape[0], generator=generator) < 0.1
+        null = self.null_condition.to(y.device, y.dtype).expand_as(y)
+        return torch.where(drop_mask.to(y.device)[:, None, None], null, y)
+
     def eps(self, out: torch.Tensor) -> torch.Tensor:
         """ε from a raw output (N, C_out, H, W): its first ``in_channels`` channels."""
         return out[:, : self.in_channels]

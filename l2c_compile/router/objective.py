@@ -18,7 +18,7 @@ from torch import nn
 from l2c_compile.errors import L2CError
 from l2c_compile.passes.sublayers import sublayer_spec
 from l2c_compile.reference import CacheState
-from l2c_compile.samplers.base import ModelCall, SamplerPlan, SolverStep
+from l2c_compile.samplers.base import Combination, ModelCall, SamplerPlan, SolverStep
 from l2c_compile.samplers.schedules import alpha_bar_at
 
 
@@ -31,6 +31,7 @@ class CacheTarget:
     warm: tuple[ModelCall, ...]  # that step's calls up to m−1 (full compute, recording)
     crosses_step: bool  # m is the first call of the next step: apply the step update first
     alpha_bar: float  # ᾱ at the start of ``step``
+    update: Combination | None = None  # the update to cross with (None: ``step.update``)
 
     @property
     def row(self) -> int:
@@ -53,7 +54,18 @@ def cache_targets(plan: SamplerPlan) -> tuple[CacheTarget, ...]:
         warm = tuple(c for c in step.calls if c.index < call.index)
         start = step.calls[0].timestep
         ab = alpha_bar_at(start, plan.noise_schedule, plan.time_input)
-        targets.append(CacheTarget(call, step, warm, owner[call.index] is not step, ab))
+        crosses = owner[call.index] is not step
+        update = step.update
+        first = step.calls[0].index
+        if crosses and any(j < first for j, _ in update.eps):
+            # A multistep update reads an earlier step the warm-up does not run: restart there.
+            if step.restart is None:
+                raise L2CError(
+                    f"{plan.sampler} plan: the step before cache call {call.index} reads earlier "
+                    "steps and has no restart update; cannot train it"
+                )
+            update = step.restart
+        targets.append(CacheTarget(call, step, warm, crosses, ab, update))
     if not targets:
         raise L2CError(
             f"the {plan.sampler} plan with {plan.nfe} NFE has no cache steps: nothing to train"
@@ -145,10 +157,13 @@ def shard_loss(
         eps: dict[int, torch.Tensor] = {}
         for call in target.warm:
             state.set_call(record=True)
-            out = _model_call(model, call, call.input.apply(x, eps), labels)
+            x_in = call.input.apply(x, eps)  # (B, C, H, W)
+            out = _model_call(model, call, x_in, labels)
             eps[call.index] = model.eps(out).to(x.dtype)  # (B, C, H, W)
+            if call.output is not None:  # what the update reads (DPM-Solver++: the x0 prediction)
+                eps[call.index] = call.output.apply(x_in, eps)
         if target.crosses_step:
-            x, eps = target.step.update.apply(x, eps), {}
+            x, eps = (target.update or target.step.update).apply(x, eps), {}
         x_m = target.call.input.apply(x, eps)  # (B, C, H, W) input of the cache call
         state.set_call(record=False)
         teacher = _model_call(model, target.call, x_m, labels)  # (B, C_out, H, W)

@@ -65,10 +65,17 @@ class ModelCall:
 
 @dataclass(frozen=True)
 class SolverStep:
-    """A solver step: its model calls, then the update of the latent state."""
+    """A solver step: its model calls, then the update of the latent state.
+
+    ``restart``: for a multistep update that reads an earlier step's output, the update the
+    solver uses when it starts at this step with no history (DPM-Solver++: the first-order step);
+    router training, which noises x0 straight to a step's start, uses it. None: ``update`` reads
+    only this step's calls.
+    """
 
     calls: tuple[ModelCall, ...]
     update: Combination
+    restart: Combination | None = None
 
 
 @dataclass(frozen=True)

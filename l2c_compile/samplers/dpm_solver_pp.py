@@ -132,13 +132,16 @@ def dpm_solver_pp_from_sigmas(
             h = lam[i + 1] - lam[i]
             phi = math.expm1(-h)
             ratio = s_t[i + 1] / s_t[i]
-            first = i == 0 or (i == n - 1 and final_first_order)
-            if first:
-                update = Combination(ratio, ((i, -alpha[i + 1] * phi),))
+            first_order = Combination(ratio, ((i, -alpha[i + 1] * phi),))
+            if i == 0 or (i == n - 1 and final_first_order):
+                update = first_order
             else:
                 r0 = (lam[i] - lam[i - 1]) / h
                 d1 = -0.5 * alpha[i + 1] * phi / r0  # coefficient of (x0_i − x0_{i−1})
                 update = Combination(ratio, ((i - 1, -d1), (i, -alpha[i + 1] * phi + d1)))
+                # started here without history (router training), the solver takes a first-order step
+                steps.append(SolverStep(calls=(call,), update=update, restart=first_order))
+                continue
         steps.append(SolverStep(calls=(call,), update=update))
     opts = (
         ("algorithm", "dpmsolver++"),
