@@ -85,7 +85,12 @@ TEXT_LEN, TEXT_DIM = 120, 4096  # PixArt-α's max_sequence_length; T5-XXL's widt
 def build_pixart_pipeline(depth: int, latent: int, seed: int):
     """A PixArtAlphaPipeline: a random PixArt-XL/2-wide transformer with ``depth`` blocks, a small
     random VAE and diffusers' DPM-Solver++ scheduler (no text encoder: prompt_embeds are given)."""
-    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, PixArtAlphaPipeline, PixArtTransformer2DModel
+    from diffusers import (
+        AutoencoderKL,
+        DPMSolverMultistepScheduler,
+        PixArtAlphaPipeline,
+        PixArtTransformer2DModel,
+    )
 
     torch.manual_seed(seed)
     transformer = PixArtTransformer2DModel(num_attention_heads=16, attention_head_dim=72, in_channels=4,

@@ -535,3 +535,30 @@ def test_prompt_driven_training_learns_one_logit_per_step_block_and_kind(tmp_pat
         app, ["train", "--diffusers", str(folder), "--nfe", "6", "-o", str(tmp_path / "x.st")]
     )
     assert bad.exit_code != 0 and "pass --prompts FILE" in bad.output
+
+
+def test_pixart_needs_the_export_capture_as_diffusers_dit_does():
+    from l2c_compile.passes.base import CompileError
+    from l2c_compile.passes.trace import export_step, fx_step
+
+    model = DiffusersPixArt(tiny_pixart_transformer(0), text_len=TEXT_LEN)
+    with pytest.raises(CompileError, match=r"cannot trace DiffusersPixArt with torch\.fx"):
+        fx_step(model, cfg=True)
+    gm = export_step(model, cfg=True)
+    assert sorted(k for k, _ in gm.meta["l2c_sublayer_paths"]) == sorted(THREE * 2)
+
+
+def test_shipped_and_released_routers_stay_two_kind():
+    from pathlib import Path
+
+    from l2c_compile.schedule.router_files import load_router
+
+    shipped = sorted(
+        (Path(__file__).resolve().parents[1] / "l2c_compile/assets/routers").glob("*.safetensors")
+    )
+    assert shipped
+    for path in shipped:
+        router = load_router(path)
+        assert router.kinds == ("attn", "mlp") and router.depth * 2 == router.logits.shape[1], (
+            path.name
+        )
