@@ -17,7 +17,7 @@ After the last step σ = 0 (s = 0, α = 1, λ = ∞), so the last update is x0 i
 linear in the state and the ε outputs once the σ are known, so the plan stores each call's
 ``x0`` conversion (``ModelCall.output``) and each update's coefficients, in float64. The σ table
 is the scheduler's own: float32 ᾱ (diffusers builds β in float32), σ rounded to float32, as
-``set_timesteps`` leaves it. Checked step for step against diffusers (tests/test_samplers_pp.py).
+``set_timesteps`` leaves it. Checked step for step against diffusers (tests/test_dpm_solver_pp.py).
 
 Timesteps (``timestep_spacing="linspace"``): ``linspace(0, 999, N + 1).round()`` descending,
 without the last; the network receives the integer timestep (``"discrete"``), or ``t + 1``
