@@ -117,3 +117,13 @@ def test_saved_folders_load_offline_and_bad_folders_are_named(tmp_path):
         load_diffusers(tmp_path / "missing")
     with pytest.raises(L2CError, match="not a diffusers pipeline folder"):
         load_pipeline(folder / "transformer")
+
+
+def test_a_dit_pipeline_with_dpm_solver_pp_is_reproduced():
+    other = tiny_pipeline(0)
+    other.scheduler = DPMSolverMultistepScheduler.from_config(other.scheduler.config)
+    assert pipeline_plan(other.scheduler, 8).sampler == "dpm-solver++"
+    kw = dict(class_labels=[3, 7], guidance_scale=4.0, num_inference_steps=8, output_type="np")
+    want = other(generator=torch.Generator().manual_seed(1), **kw).images
+    got = compile_pipeline(other)(generator=torch.Generator().manual_seed(1), **kw).images
+    assert _rel(got, want) <= 1e-5
