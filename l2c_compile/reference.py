@@ -64,7 +64,7 @@ class CacheState:
 
 
 class CachedSublayer(nn.Module):
-    """Stands in for a block's ``attn``/``mlp`` while the reference executor runs."""
+    """Stands in for a block's declared sublayer (``attn``, ``cross``, ``mlp``) while the reference executor runs."""
 
     def __init__(self, inner: nn.Module, key: SublayerKey, state: CacheState) -> None:
         super().__init__()

@@ -1,11 +1,14 @@
 """Pass 2 — find sublayers by module scope: each declared sublayer's output, gate and residual add.
 
 Each model family *declares* its cacheable sublayers by module path (:class:`SublayerSpec`:
-``blocks.{i}.attn``, ``blocks.{i}.mlp`` for DiT; U-ViT's in-, mid- and out-blocks). The pass finds
+``blocks.{i}.attn``, ``blocks.{i}.mlp`` for DiT; U-ViT's in-, mid- and out-blocks; PixArt's
+``transformer_blocks.{i}.attn1`` / ``attn2`` / ``ff``, three kinds per block). The pass finds
 them in a traced graph from the nodes' module scope (``node.meta["nn_module_stack"]``, which both
 ``torch.fx`` symbolic tracing and ``torch.export`` record), never from the shape of the code:
 
-- the sublayer's *output* is the one node inside its module scope that is used outside it;
+- the sublayer's *output* is the one tensor-valued node inside its module scope that is used
+  outside it (an exported graph's shape arithmetic, e.g. PixArt's cross-attention batch · heads,
+  may be shared with later modules and is not an output);
 - following that output's users: an optional ``mul`` by a value that does not depend on it is the
   *gate* (DiT's adaLN-Zero), and the first ``add`` with an operand that does not depend on it is
   the *residual add* (that operand is the stream).

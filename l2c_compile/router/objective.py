@@ -88,15 +88,15 @@ class RouterLogits(nn.Module):
 
     def __init__(self, init: torch.Tensor, rows: tuple[int, ...]) -> None:
         super().__init__()
-        self.table = init.detach().clone()  # (nfe, 2·depth): untrained rows stay as initialised
+        self.table = init.detach().clone()  # (nfe, K·depth): untrained rows stay as initialised
         self.rows = nn.ParameterDict({str(r): nn.Parameter(init[r].detach().clone()) for r in rows})
 
     def forward(self, rows: list[int]) -> tuple[torch.Tensor, ...]:
-        """Scores sigmoid(logits) of ``rows``, each (2·depth,)."""
+        """Scores sigmoid(logits) of ``rows``, each (K·depth,), K = sublayer kinds per block."""
         return tuple(torch.sigmoid(self.rows[str(r)]) for r in rows)
 
     def logits(self) -> torch.Tensor:
-        """The full table (nfe, 2·depth) with the current trained rows, detached, on the CPU."""
+        """The full table (nfe, K·depth) with the current trained rows, detached, on the CPU."""
         out = self.table.clone()
         for r, p in self.rows.items():
             out[int(r)] = p.detach().cpu()

@@ -412,7 +412,7 @@ def _iteration(
     total = torch.zeros((), device=run.device)
     sums = torch.zeros(2, dtype=torch.float64)  # Σ distance, Σ λ·l1 over this process's shards
     for target, x0, noise, y in draws:
-        s = scores[target.row]  # (2·depth,)
+        s = scores[target.row]  # (K·depth,)
         distance = shard_loss(
             run.model,
             run.state,

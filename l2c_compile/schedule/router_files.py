@@ -43,7 +43,8 @@ _ZIP_MAGIC = b"PK\x03\x04"
 
 @dataclass(frozen=True)
 class RouterFile:
-    """Router logits ``[rows, 2*depth]`` (float32) and what the file says about them."""
+    """Router logits ``[rows, K*depth]`` (float32; K = 2 kinds unless ``meta["sublayers"]`` names more)
+    and what the file says about them."""
 
     logits: torch.Tensor
     meta: dict[str, Any] = field(default_factory=dict, hash=False)
