@@ -109,11 +109,11 @@ def rich_grid(schedule: Schedule) -> Any:
     from rich.text import Text
 
     theta = "" if schedule.threshold is None else f", θ={schedule.threshold:g}"
+    kinds = _kinds(schedule)
     caption = (
         "B both reused · A attention reused · M MLP reused · . computed"
-        if _kinds(schedule) == DEFAULT_KINDS
-        else " · ".join(f"{_LETTER[k]} {KIND_NAMES[k]} reused" for k in _kinds(schedule))
-        + " · . computed"
+        if kinds == DEFAULT_KINDS
+        else f"{'/'.join(_LETTER[k] for k in kinds)} reused ({', '.join(KIND_NAMES[k] for k in kinds)}) · . computed"
     )
     table = Table(
         title=f"{schedule.model} · {schedule.sampler} · {schedule.nfe} NFE{theta}",
