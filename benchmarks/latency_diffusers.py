@@ -1,7 +1,10 @@
-"""Latency of diffusers' ``DiTPipeline`` against ``compile_pipeline``, measured in one run.
+"""Latency of diffusers' ``DiTPipeline`` / ``PixArtAlphaPipeline`` against ``compile_pipeline``,
+measured in one run.
 
     python benchmarks/latency_diffusers.py                      # DiT-S/2 shape, DDIM 20, batch 1, CFG 4
     python benchmarks/latency_diffusers.py --size XL --steps 50 --repeats 3
+    python benchmarks/latency_diffusers.py --pipeline pixart --depth 4   # PixArt-XL/2 width, 4 blocks,
+                                                                          # DPM-Solver++ 20, CFG 4.5
 
 Executors (interleaved: each repeat runs every executor once, so drift hits all alike):
   pipeline-uncached   ``pipe(...)``, diffusers' own loop (the baseline)
@@ -11,7 +14,11 @@ Executors (interleaved: each repeat runs every executor once, so drift hits all 
 
 The transformer has a DiT size's shape (random weights: latency does not depend on them) at a
 32×32 latent; the VAE is a one-level random AutoencoderKL so decoding (identical in every
-executor) does not hide the loop. Every executor decodes; ratios are whole-call ratios. The
+executor) does not hide the loop. ``--pipeline pixart``: a ``PixArtTransformer2DModel`` of
+PixArt-XL/2's width (1152, 16 heads, T5-XXL's 4096-channel captions of 120 tokens) with ``--depth``
+blocks instead of 28 (a reduced-depth PixArt shape: every block costs the same, so the ratios
+carry over), fed ``prompt_embeds`` (the text encoder would run identically in every executor),
+with diffusers' DPM-Solver++ scheduler; its schedule reuses self-attention, cross-attention and MLP. Every executor decodes; ratios are whole-call ratios. The
 ideal figure is the schedule's MAC ratio. Writes JSON lines and a markdown table to
 ``benchmarks/results/latency-diffusers-<device>.{jsonl,md}``.
 """
@@ -38,11 +45,13 @@ EXECUTORS = ("pipeline-uncached", "compiled-uncached", "compiled-l2c")
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Command-line options (see the module docstring)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--size", choices=sorted(SIZES), default="S")
+    p.add_argument("--pipeline", choices=("dit", "pixart"), default="dit")
+    p.add_argument("--size", choices=sorted(SIZES), default="S", help="DiT size (--pipeline dit)")
+    p.add_argument("--depth", type=int, default=4, help="PixArt blocks (--pipeline pixart; PixArt-XL has 28)")
     p.add_argument("--latent", type=int, default=32, help="latent side (32 = 256 px)")
     p.add_argument("--steps", type=int, default=20, help="num_inference_steps (DDIM)")
     p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--guidance", type=float, default=4.0)
+    p.add_argument("--guidance", type=float, default=None, help="CFG scale (default: DiT 4.0, PixArt 4.5)")
     p.add_argument("--fraction", type=float, default=0.44, help="share of cache-step sublayers reused")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1, help="CPU threads (1: a shared CPU thrashes with more)")
@@ -70,6 +79,34 @@ def build_pipeline(size: str, latent: int, seed: int):
     return pipe
 
 
+TEXT_LEN, TEXT_DIM = 120, 4096  # PixArt-α's max_sequence_length; T5-XXL's width
+
+
+def build_pixart_pipeline(depth: int, latent: int, seed: int):
+    """A PixArtAlphaPipeline: a random PixArt-XL/2-wide transformer with ``depth`` blocks, a small
+    random VAE and diffusers' DPM-Solver++ scheduler (no text encoder: prompt_embeds are given)."""
+    from diffusers import (
+        AutoencoderKL,
+        DPMSolverMultistepScheduler,
+        PixArtAlphaPipeline,
+        PixArtTransformer2DModel,
+    )
+
+    torch.manual_seed(seed)
+    transformer = PixArtTransformer2DModel(num_attention_heads=16, attention_head_dim=72, in_channels=4,
+                                           out_channels=8, num_layers=depth, sample_size=latent, patch_size=2,
+                                           cross_attention_dim=1152, caption_channels=TEXT_DIM)
+    with torch.no_grad():
+        for p in transformer.parameters():
+            p.normal_(0, 0.02)
+    vae = AutoencoderKL(block_out_channels=(32,), norm_num_groups=8, latent_channels=4, layers_per_block=1)
+    scheduler = DPMSolverMultistepScheduler(beta_schedule="linear", beta_start=0.0001, beta_end=0.02)
+    pipe = PixArtAlphaPipeline(tokenizer=None, text_encoder=None, vae=vae.eval(), transformer=transformer.eval(),
+                               scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     """Measure the three executors; write and return one row each."""
     from l2c_compile.diffusers import compile_pipeline, pipeline_plan
@@ -78,18 +115,38 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    pipe = build_pipeline(args.size, args.latent, args.seed)
+    pixart = args.pipeline == "pixart"
+    if args.guidance is None:
+        args.guidance = 4.5 if pixart else 4.0
+    pipe = build_pixart_pipeline(args.depth, args.latent, args.seed) if pixart else \
+        build_pipeline(args.size, args.latent, args.seed)
     depth = len(pipe.transformer.transformer_blocks)
     plan = pipeline_plan(pipe.scheduler, args.steps)
-    sched = heuristic("random", plan, model="bench", depth=depth, fraction=args.fraction, seed=args.seed)
+    kinds = ("attn", "cross", "mlp") if pixart else ("attn", "mlp")
+    sched = heuristic("random", plan, model="bench", depth=depth, fraction=args.fraction, seed=args.seed,
+                      kinds=kinds)
     labels = list(range(args.batch))
+    g = torch.Generator().manual_seed(args.seed)
+    mask = torch.ones(args.batch, TEXT_LEN, dtype=torch.long)
+    mask[:, 20:] = 0  # a 20-token prompt padded to 120, as T5 gives PixArt
+    prompt = {"prompt_embeds": torch.randn(args.batch, TEXT_LEN, TEXT_DIM, generator=g), "prompt_attention_mask": mask,
+              "negative_prompt_embeds": torch.randn(args.batch, TEXT_LEN, TEXT_DIM, generator=g),
+              "negative_prompt_attention_mask": mask.clone(), "negative_prompt": None,
+              "use_resolution_binning": False}
+    side = args.latent * 8
+
+    def warm(compiled_pipe):  # compile now, so compile time is reported apart from the calls
+        if pixart:
+            return compiled_pipe.pixart_sampler(args.steps, args.guidance > 1, TEXT_LEN, side)
+        return compiled_pipe.sampler(args.steps, args.guidance > 1)
+
     t0 = time.perf_counter()
     uncached = compile_pipeline(pipe, None)
-    uncached.sampler(args.steps, args.guidance > 1)
+    warm(uncached)
     compile_uncached = time.perf_counter() - t0
     t0 = time.perf_counter()
     cached = compile_pipeline(pipe, sched)
-    compiled = cached.sampler(args.steps, args.guidance > 1)
+    compiled = warm(cached)
     compile_l2c = time.perf_counter() - t0
     macs = compiled.info["macs_per_image"]
     ideal = macs["uncached"] / macs["compiled"]
@@ -97,8 +154,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
     def call(name: str) -> Any:
         gen = torch.Generator().manual_seed(args.seed)
-        return run[name](labels, guidance_scale=args.guidance, num_inference_steps=args.steps,
-                         generator=gen, output_type="np").images
+        kw = dict(guidance_scale=args.guidance, num_inference_steps=args.steps, generator=gen, output_type="np")
+        if pixart:
+            return run[name](**prompt, **kw).images
+        return run[name](labels, **kw).images
 
     first, times = {}, {name: [] for name in EXECUTORS}
     outputs = {}
@@ -119,7 +178,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     for name in EXECUTORS:
         med = statistics.median(times[name])
         err = float(abs(outputs[name] - ref).max() / abs(ref).max())
-        rows.append({"benchmark": "latency-diffusers", **env, "model": f"DiTTransformer2DModel DiT-{args.size}/2",
+        model = (f"PixArtTransformer2DModel PixArt-XL/2 width, {depth} blocks" if pixart
+                 else f"DiTTransformer2DModel DiT-{args.size}/2")
+        rows.append({"benchmark": "latency-diffusers", **env, "model": model, "pipeline": type(pipe).__name__,
+                     "sampler": plan.sampler, "sublayer_kinds": list(kinds),
                      "latent": args.latent, "steps": args.steps, "batch": args.batch, "guidance": args.guidance,
                      "dtype": "float32", "skipped_fraction": args.fraction, "executor": name,
                      "median_s": med, "min_s": min(times[name]), "max_s": max(times[name]),
@@ -130,10 +192,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     out = Path(args.out) if args.out else RESULTS / "latency-diffusers-cpu.jsonl"
     write_jsonl(out, rows)
     columns = [("executor", "executor"), ("median_s", "median s"), ("min_s", "min s"), ("max_s", "max s"),
-               ("first_s", "first call s"), ("compile_s", "compile s"), ("speedup_vs_pipeline", "× DiTPipeline"),
+               ("first_s", "first call s"), ("compile_s", "compile s"), ("speedup_vs_pipeline", "× pipeline"),
                ("speedup_vs_compiled_uncached", "× compiled uncached"),
                ("ideal_speedup", "ideal ×"), ("max_rel_diff_vs_pipeline", "max rel. diff vs pipe")]
-    title = (f"### DiTPipeline · DiT-{args.size}/2 shape · DDIM {args.steps} · batch {args.batch} + CFG "
+    shape = (f"PixArt-XL/2 width, {depth} blocks · DPM-Solver++ {args.steps}" if pixart
+             else f"DiT-{args.size}/2 shape · DDIM {args.steps}")
+    title = (f"### {type(pipe).__name__} · {shape} · batch {args.batch} + CFG "
              f"{args.guidance:g} · float32 · {env['device_name']} · torch {env['torch']} · git {env['git']} — "
              f"random schedule reusing {args.fraction:.0%} of cache-step sublayers")
     with out.with_suffix(".md").open("a", encoding="utf-8") as f:

@@ -24,7 +24,9 @@ from torch import nn
 from l2c_compile.cuda_graph import check_cuda_graph_device
 from l2c_compile.devices import resolve_device
 from l2c_compile.errors import L2CError
+from l2c_compile.guidance import example_condition
 from l2c_compile.manifest import BACKENDS
+from l2c_compile.masks import empty_mask
 from l2c_compile.passes.analysis import count_linear_calls, graph_macs, propagate_shapes
 from l2c_compile.passes.base import CompileError
 from l2c_compile.passes.codegen import StepContext, scope_members
@@ -117,37 +119,39 @@ def compile(
     if cuda_graph:
         check_cuda_graph_device(next(model.parameters()).device)
     depth = len(model.transformer_blocks())
+    kinds = sublayer_spec(model).kinds
     if schedule is None:
-        masks = [(frozenset(), frozenset()) for _ in plan.calls]
+        masks = [empty_mask(kinds) for _ in plan.calls]
     else:
         check_schedule(model, plan, schedule)
-        masks = [(frozenset(c.reuse_attn), frozenset(c.reuse_mlp)) for c in schedule.calls]
+        masks = [c.mask for c in schedule.calls]
 
     base = trace_step(model, cfg=cfg)
     paths = sublayer_spec(model).paths(model)
-    if len(paths) != 2 * depth:
-        raise CompileError(f"{type(model).__name__} declares {len(paths) // 2} sublayer blocks but has {depth}")
+    if len(paths) != len(kinds) * depth:
+        raise CompileError(f"{type(model).__name__} declares {len(paths) // len(kinds)} sublayer blocks "
+                           f"but has {depth}")
     base, reports = PassManager([Pass("mark_sublayers", mark_sublayers, MarkConfig.of(paths))],
                                 check=False).run(base)
     p = next(model.parameters())
     c, h, w = model.in_channels, model.input_size, model.input_size
     example = [torch.zeros(1, c, h, w, dtype=p.dtype, device=p.device),
                torch.zeros(1, dtype=torch.float32, device=p.device),
-               torch.zeros(1, dtype=torch.long, device=p.device),
+               example_condition(model, 1, cfg, p.device),
                torch.ones((), dtype=torch.float32, device=p.device)]
     propagate_shapes(base, example)
     rows = 2 if cfg else 1
     macs_uncached = graph_macs(base, rows)
 
     mode = getattr(schedule, "mode", "cache")  # "drop": masked sublayers add nothing, read nothing
-    cache = plan_cache(masks, depth, mode)
+    cache = plan_cache(masks, depth, mode, kinds)
     fuse_fn = _fuse_pass() if fuse else None
     timings: dict[str, float] = {}
     trace_reports = [_record(r, timings) for r in reports]
     graphs, graph_reports = [], []
     for g, mask in enumerate(cache.masks):
         exports = cache.exports[g]
-        config = SpecializeConfig(mask, tuple(exports), mode)
+        config = SpecializeConfig(mask, tuple(exports), mode, kinds)
         passes = [Pass("specialize", specialize, config), Pass("dce", dead_code),
                   Pass("prune_chunks", prune_chunks)]
         if fuse_fn is not None:
@@ -157,8 +161,7 @@ def compile(
         graph_reports.append({
             "graph": g,
             "calls": cache.graph_calls(g),
-            "reuse_attn": sorted(mask[0]),
-            "reuse_mlp": sorted(mask[1]),
+            **{f"reuse_{k}": sorted(ids) for k, ids in zip(kinds, mask, strict=True)},
             "exports": len(exports),
             "linear_calls": count_linear_calls(gm),
             "macs_per_image": graph_macs(gm, rows),

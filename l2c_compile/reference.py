@@ -1,8 +1,8 @@
 """The reference executor: eager sampling under any Schedule, with the official L2C semantics.
 
 This is the oracle every compiled sampler is tested against, and the engine router training runs
-on. It keeps the model pristine: for the duration of a run, each block's ``attn`` and ``mlp``
-submodules are swapped for a :class:`CachedSublayer` that computes, reuses or blends the
+on. It keeps the model pristine: for the duration of a run, each block's declared sublayers
+(``attn`` and ``mlp``; also ``cross`` where the blocks have cross-attention) are swapped for a :class:`CachedSublayer` that computes, reuses or blends the
 sublayer's *ungated* output; the block's own forward still applies the current step's gate and
 the residual (spec §1, §4.2, §4.3).
 
@@ -50,9 +50,10 @@ class CacheState:
     computed: int = 0  # sublayers actually computed in this call (for tests and reports)
     reused: int = 0
 
-    def set_call(self, reuse_attn=(), reuse_mlp=(), *, record: bool = True) -> None:
-        """Configure the next model call: which sublayers reuse the cache."""
-        self.reuse = frozenset([("attn", int(i)) for i in reuse_attn] + [("mlp", int(i)) for i in reuse_mlp])
+    def set_call(self, reuse_attn=(), reuse_mlp=(), *, reuse_cross=(), record: bool = True) -> None:
+        """Configure the next model call: which sublayers (block ids per kind) reuse the cache."""
+        self.reuse = frozenset([("attn", int(i)) for i in reuse_attn] + [("mlp", int(i)) for i in reuse_mlp]
+                               + [("cross", int(i)) for i in reuse_cross or ()])
         self.weights = None
         self.record = record
         self.computed = self.reused = 0
@@ -63,7 +64,7 @@ class CacheState:
 
 
 class CachedSublayer(nn.Module):
-    """Stands in for a block's ``attn``/``mlp`` while the reference executor runs."""
+    """Stands in for a block's declared sublayer (``attn``, ``cross``, ``mlp``) while the reference executor runs."""
 
     def __init__(self, inner: nn.Module, key: SublayerKey, state: CacheState) -> None:
         super().__init__()
@@ -117,10 +118,14 @@ def check_schedule(model: nn.Module, plan: SamplerPlan, schedule) -> None:
     depth = len(model.transformer_blocks())
     if schedule.depth != depth:
         raise L2CError(f"schedule is for a model with {schedule.depth} blocks, this model has {depth}")
+    kinds = sublayer_spec(model).kinds
+    if tuple(getattr(schedule, "kinds", kinds)) != kinds:
+        raise L2CError(f"schedule covers sublayer kinds {list(schedule.kinds)}, this model's blocks have "
+                       f"{list(kinds)}")
     if schedule.nfe != plan.nfe:
         raise L2CError(f"schedule has {schedule.nfe} NFE but the sampler plan has {plan.nfe}")
     for call, sc in zip(plan.calls, schedule.calls, strict=True):
-        if (sc.reuse_attn or sc.reuse_mlp) and call.role != "cache":
+        if any(sc.mask) and call.role != "cache":
             raise L2CError(f"schedule reuses sublayers at call {call.index}, a full step of the {plan.sampler} plan")
 
 
@@ -152,7 +157,7 @@ def sample(
         def eps_fn(call: ModelCall, x_in: torch.Tensor) -> torch.Tensor:
             if state is not None:
                 sc = schedule.calls[call.index]
-                state.set_call(sc.reuse_attn, sc.reuse_mlp)
+                state.set_call(sc.reuse_attn, sc.reuse_mlp, reuse_cross=sc.reuse_cross)
             t = timestep_vector(call.timestep, x_in.shape[0], x_in.device)
             return denoiser(x_in.to(dtype), t, labels, scale).to(noise.dtype)
 

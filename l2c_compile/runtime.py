@@ -135,7 +135,7 @@ class CompiledSampler(nn.Module):
         """
         unconditional = labels is None
         name = self.info.get("model", {}).get("name", "this model")
-        noise, labels = check_call(self.model, self.model_dtype, noise, labels, name)
+        noise, labels = check_call(self.model, self.model_dtype, noise, labels, name, self.cfg)
         if self.cfg and cfg_scale is None and not unconditional:
             raise L2CError(
                 "this sampler was compiled with classifier-free guidance: pass cfg_scale "

@@ -20,14 +20,22 @@ __all__ = ["check_call", "check_scale", "label_rows"]
 
 
 def check_call(
-    model: nn.Module, model_dtype: torch.dtype, noise: object, labels: object, name: str
+    model: nn.Module,
+    model_dtype: torch.dtype,
+    noise: object,
+    labels: object,
+    name: str,
+    cfg: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Validate a sampler call's ``noise`` and ``labels``; return them ready to run.
 
     ``noise``: floating-point ``(N, C, H, W)`` on the weights' device, returned as float32.
     ``labels``: an integer ``(N,)`` tensor of real classes, or None (unconditional: every row
     gets the null class). Raises :class:`L2CError` naming the valid range or type, and when the
-    weights' dtype is no longer ``model_dtype`` (moved after compiling).
+    weights' dtype is no longer ``model_dtype`` (moved after compiling). A text-conditioned model
+    (one with ``example_condition``, e.g. PixArt) takes its condition tensor instead of labels, of
+    the shape that method gives for ``cfg`` (PixArt: ``(N, 2, L, D + 1)`` with guidance, else
+    ``(N, L, D + 1)``), floating point; it is returned in ``model_dtype``.
     """
     weight = next(model.parameters())
     if weight.dtype != model_dtype:
@@ -56,6 +64,8 @@ def check_call(
             "move one of them"
         )
     n = noise.shape[0]
+    if hasattr(model, "example_condition"):
+        return noise.float(), _check_condition(model, model_dtype, labels, n, cfg, noise.device)
     real = int(model.null_class)  # real classes are 0 .. null_class-1
     if labels is None:
         if label_rows(model) <= real:
@@ -85,6 +95,27 @@ def check_call(
     if noise.dtype != torch.float32:
         noise = noise.float()  # the sampler state is float32 (runtime.py's docstring)
     return noise, labels
+
+
+def _check_condition(
+    model: nn.Module, model_dtype: torch.dtype, y: object, n: int, cfg: bool, device: torch.device
+) -> torch.Tensor:
+    """A text-conditioned model's condition tensor, checked (see :func:`check_call`)."""
+    want = tuple(model.example_condition(n, cfg, "meta").shape)
+    if not isinstance(y, torch.Tensor):
+        raise L2CError(
+            f"this sampler is conditioned on a prompt: pass its condition tensor of shape {want}, "
+            f"got {type(y).__name__}"
+        )
+    if not y.is_floating_point():
+        raise L2CError(f"the prompt condition must be a floating-point tensor, got {y.dtype}")
+    if tuple(y.shape) != want:
+        raise L2CError(f"the prompt condition must have shape {want}, got {tuple(y.shape)}")
+    if y.device != device:
+        raise L2CError(
+            f"the prompt condition is on {y.device} but the noise is on {device}; move one of them"
+        )
+    return y.to(model_dtype)
 
 
 def label_rows(model: nn.Module) -> int:

@@ -53,10 +53,22 @@ class VerifyResult:
 def seeded_inputs(
     compiled: CompiledSampler, batch: int, seed: int, device: str | torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Noise (batch, C, H, W) and labels (batch,) drawn on CPU from ``seed``, moved to ``device``."""
+    """Noise (batch, C, H, W) and labels (batch,) drawn on CPU from ``seed``, moved to ``device``.
+
+    A text-conditioned model (PixArt) gets a random prompt condition instead of labels: standard
+    normal embeddings, and a mask whose row ``i`` pads its last ``i mod L`` tokens.
+    """
     gen = torch.Generator().manual_seed(seed)
     m = compiled.model
     noise = torch.randn(batch, m.in_channels, m.input_size, m.input_size, generator=gen)
+    if hasattr(m, "example_condition"):
+        y = m.example_condition(batch, compiled.cfg, "cpu").float()  # (N, [2,] L, D + 1)
+        y[..., :-1] = torch.randn(y[..., :-1].shape, generator=gen)
+        length = y.shape[-2]
+        for i in range(batch):
+            if i % length:
+                y[i, ..., length - i % length :, -1] = 0.0
+        return noise.to(device), y.to(device)
     labels = torch.randint(0, m.null_class, (batch,), generator=gen)  # real classes are 0..null-1
     return noise.to(device), labels.to(device)
 

@@ -39,3 +39,78 @@ def save_tiny_pipeline(folder: Path, seed: int = 0, *, layers: int = 2) -> Path:
     """``tiny_pipeline`` written with ``save_pretrained``; returns the folder."""
     tiny_pipeline(seed, layers=layers).save_pretrained(folder)
     return folder
+
+
+# ---------------------------------------------------------------------------------------------
+# PixArt (text-to-image): tiny transformer, T5 encoder, tokenizer, pipeline
+# ---------------------------------------------------------------------------------------------
+
+TEXT_DIM = 12  # the tiny T5's d_model = the transformer's caption_channels
+TEXT_LEN = 6  # max_sequence_length of the tiny pipelines
+WORDS = ["a", "photo", "of", "cat", "dog", "red", "blue", "tree", "house", "small", "big", "the"]
+
+
+def tiny_pixart_transformer(seed: int = 0, *, layers: int = 2, sample_size: int = 8):
+    """A random ``PixArtTransformer2DModel`` (learned σ, adaLN-single, caption projection)."""
+    from diffusers import PixArtTransformer2DModel
+
+    torch.manual_seed(seed)
+    model = PixArtTransformer2DModel(
+        num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8, num_layers=layers,
+        sample_size=sample_size, patch_size=2, cross_attention_dim=16, caption_channels=TEXT_DIM,
+        norm_num_groups=4)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # diffusers zero-initialises some projections; random weights exercise every path
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    return model.eval()
+
+
+def tiny_tokenizer():
+    """A T5 tokenizer over a dozen words, built in memory (no hub access)."""
+    from tokenizers import Tokenizer, models, processors
+    from transformers import T5TokenizerFast
+
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [(w, -1.0) for w in WORDS]
+    tok = Tokenizer(models.Unigram(vocab, unk_id=2))
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return T5TokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+                           extra_ids=0)
+
+
+def tiny_pixart_pipeline(seed: int = 0, *, layers: int = 2, sigma: bool = False):
+    """A ``PixArtAlphaPipeline`` (or ``PixArtSigmaPipeline``) with a tiny random transformer, VAE and
+    T5 encoder, a tiny tokenizer, and the DPM-Solver++ scheduler PixArt ships with."""
+    from diffusers import (
+        AutoencoderKL,
+        DPMSolverMultistepScheduler,
+        PixArtAlphaPipeline,
+        PixArtSigmaPipeline,
+    )
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8,),
+                        down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",),
+                        layers_per_block=1, norm_num_groups=4, sample_size=8).eval()
+    t5 = T5EncoderModel(T5Config(vocab_size=len(WORDS) + 3, d_model=TEXT_DIM, d_kv=4, d_ff=16, num_layers=1,
+                                 num_heads=2, relative_attention_num_buckets=8)).eval()
+    scheduler = DPMSolverMultistepScheduler(beta_start=0.0001, beta_end=0.02, beta_schedule="linear",
+                                            num_train_timesteps=1000)
+    cls = PixArtSigmaPipeline if sigma else PixArtAlphaPipeline
+    return cls(tokenizer=tiny_tokenizer(), text_encoder=t5, vae=vae,
+               transformer=tiny_pixart_transformer(seed, layers=layers), scheduler=scheduler)
+
+
+def prompt_inputs(batch: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random ``prompt_embeds`` / ``negative_prompt_embeds`` (batch, TEXT_LEN, TEXT_DIM) with masks
+    that pad a different tail in every row (they stand in for the tokenizer and T5)."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for name in ("prompt", "negative_prompt"):
+        mask = torch.ones(batch, TEXT_LEN, dtype=torch.long)
+        for i in range(batch):
+            mask[i, TEXT_LEN - 1 - i % (TEXT_LEN - 1):] = 0
+        out[f"{name}_embeds"] = torch.randn(batch, TEXT_LEN, TEXT_DIM, generator=g)
+        out[f"{name}_attention_mask"] = mask
+    return out

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 pytest.importorskip("diffusers")
-from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
 
 from l2c_compile import reference
 from l2c_compile.diffusers import compile_pipeline, load_diffusers, load_pipeline, pipeline_plan
@@ -86,8 +86,11 @@ def test_mismatches_are_one_clear_error(pipe):
     with pytest.raises(L2CError, match=r"^the schedule is for dpm-solver-2 with 8 NFE, the pipeline runs ddim"):
         compile_pipeline(pipe, random_schedule(dpm, 2, random.Random(0)))([1], num_inference_steps=8)
     other = tiny_pipeline(0)
-    other.scheduler = DPMSolverMultistepScheduler.from_config(other.scheduler.config)
-    with pytest.raises(L2CError, match="supports the DDIMScheduler, this pipeline has DPMSolverMultistepScheduler"):
+    other.scheduler = EulerDiscreteScheduler.from_config(other.scheduler.config)
+    with pytest.raises(L2CError, match="DPMSolverMultistepScheduler, this pipeline has EulerDiscreteScheduler"):
+        compile_pipeline(other)
+    other.scheduler = DPMSolverMultistepScheduler.from_config(other.scheduler.config, solver_order=3)
+    with pytest.raises(L2CError, match="solver_order=3 is not supported"):
         compile_pipeline(other)
     other.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=True)
     with pytest.raises(L2CError, match="clip_sample=True is not supported"):
@@ -105,7 +108,7 @@ def test_saved_folders_load_offline_and_bad_folders_are_named(tmp_path):
         model = load_diffusers(path)
         assert type(model.transformer).__name__ == "DiTTransformer2DModel"
         assert torch.equal(model.transformer.pos_embed.proj.weight, pipe.transformer.pos_embed.proj.weight)
-    with pytest.raises(L2CError, match=r"vae holds a diffusers AutoencoderKL; supported: DiTTransformer2DModel$"):
+    with pytest.raises(L2CError, match=r"vae holds a diffusers AutoencoderKL; supported: DiTTransformer2DModel, PixArtTransformer2DModel$"):
         load_diffusers(folder / "vae")
     (tmp_path / "empty").mkdir()
     with pytest.raises(L2CError, match="is not a diffusers model folder"):
@@ -114,3 +117,13 @@ def test_saved_folders_load_offline_and_bad_folders_are_named(tmp_path):
         load_diffusers(tmp_path / "missing")
     with pytest.raises(L2CError, match="not a diffusers pipeline folder"):
         load_pipeline(folder / "transformer")
+
+
+def test_a_dit_pipeline_with_dpm_solver_pp_is_reproduced():
+    other = tiny_pipeline(0)
+    other.scheduler = DPMSolverMultistepScheduler.from_config(other.scheduler.config)
+    assert pipeline_plan(other.scheduler, 8).sampler == "dpm-solver++"
+    kw = dict(class_labels=[3, 7], guidance_scale=4.0, num_inference_steps=8, output_type="np")
+    want = other(generator=torch.Generator().manual_seed(1), **kw).images
+    got = compile_pipeline(other)(generator=torch.Generator().manual_seed(1), **kw).images
+    assert _rel(got, want) <= 1e-5

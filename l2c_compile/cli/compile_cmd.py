@@ -82,6 +82,12 @@ def spec_blocks(spec) -> int:
     return num_blocks(spec)
 
 
+def spec_kinds(spec) -> tuple[str, ...]:
+    """The sublayer kinds of each block of a registry or diffusers spec (DiT, U-ViT: attention and
+    MLP; PixArt adds cross-attention)."""
+    return tuple(getattr(spec, "kinds", ("attn", "mlp")))
+
+
 def plan_for(spec, sampler: str | None, nfe: int, **options):
     """The sampler plan for a model spec (its noise schedule and time convention)."""
     from l2c_compile.samplers import make_plan
@@ -191,6 +197,11 @@ def verify_cmd(
 def sample_cmd(
     directory: Path = typer.Argument(..., help="artifact folder"),
     classes: str = typer.Option("0,1,2,3", "--classes", help="comma-separated class labels"),
+    prompt: list[str] | None = typer.Option(None, "--prompt", help="text-to-image artifacts (PixArt): a prompt "
+                                            "to draw; repeat for several"),
+    negative_prompt: str = typer.Option("", "--negative-prompt", help="with --prompt: the unconditional prompt"),
+    pipeline: Path | None = typer.Option(None, "--diffusers", help="with --prompt: the PixArt pipeline folder "
+                                         "whose text encoder, tokenizer and VAE to use"),
     seed: int = typer.Option(0, "--seed"),
     cfg_scale: float | None = typer.Option(None, "--cfg-scale", help=CFG_SCALE_HELP),
     vae: Path | None = typer.Option(None, "--vae", help="local diffusers AutoencoderKL folder (latent models)"),
@@ -215,6 +226,9 @@ def sample_cmd(
     )
 
     # Every input is checked before the first model call: a late failure wastes the whole run.
+    if prompt or pipeline is not None:
+        _sample_prompts(directory, prompt or [], negative_prompt, pipeline, seed, cfg_scale, device, cuda_graph, out)
+        return
     try:
         labels = torch.tensor([int(c) for c in classes.split(",") if c.strip()], dtype=torch.long)
     except ValueError:
@@ -224,6 +238,9 @@ def sample_cmd(
     resolve_device(device)
     check_png_path(out)
     compiled = load(directory, device=device, cuda_graph=cuda_graph)
+    if hasattr(compiled.model, "example_condition"):
+        raise L2CError("this artifact draws from text: pass --prompt TEXT and --diffusers DIR (its PixArt "
+                       "pipeline folder, for the text encoder and VAE)")
     real = compiled.model.null_class
     if int(labels.min()) < 0 or int(labels.max()) >= real:
         bad = int(labels.min()) if int(labels.min()) < 0 else int(labels.max())
@@ -254,3 +271,46 @@ def sample_cmd(
         images = latents_preview(x)
     save_png(make_grid(images, scale=max(1, 128 // images.shape[-1])), out)
     console.print(f"wrote {out} ({len(labels)} samples)")
+
+
+def _sample_prompts(directory: Path, prompts: list[str], negative_prompt: str, pipeline: Path | None, seed: int,
+                    cfg_scale: float | None, device: str, cuda_graph: bool | None, out: Path) -> None:
+    """``sample --prompt``: encode with the pipeline folder's T5, run the artifact, decode with its VAE."""
+    from l2c_compile import progress
+    from l2c_compile.artifact import load
+    from l2c_compile.devices import resolve_device
+    from l2c_compile.images import check_png_path, make_grid, save_png
+
+    if not prompts:
+        raise L2CError("--diffusers DIR goes with --prompt TEXT (text-to-image artifacts)")
+    if pipeline is None:
+        raise L2CError("--prompt needs --diffusers DIR: the PixArt pipeline folder whose text encoder, "
+                       "tokenizer and VAE encode the prompt and decode the image")
+    resolve_device(device)
+    check_png_path(out)
+    from l2c_compile.diffusers.load import load_pipeline
+    from l2c_compile.diffusers.pixart import prompt_condition
+
+    pipe = load_pipeline(pipeline)
+    if getattr(pipe, "text_encoder", None) is None or not hasattr(pipe, "encode_prompt"):
+        raise L2CError(f"{pipeline} has no text encoder: pass a PixArt pipeline folder")
+    compiled = load(directory, device=device, cuda_graph=cuda_graph)
+    m = compiled.model
+    if not hasattr(m, "example_condition"):
+        raise L2CError("this artifact draws classes, not text: use --classes instead of --prompt")
+    if compiled.cfg and cfg_scale is None:
+        cfg_scale = float(compiled.info["model"].get("default_cfg_scale", 4.5))
+    with console.status(f"encoding {len(prompts)} prompt(s)…"):
+        y = prompt_condition(pipe, prompts, negative_prompt=negative_prompt, cfg=compiled.cfg,
+                             text_len=m.text_len, device=device)
+    gen = torch.Generator().manual_seed(seed)
+    noise = torch.randn(len(prompts), m.in_channels, m.input_size, m.input_size, generator=gen).to(device)
+    nfe = int(compiled.info["nfe"])
+    with progress_bars(), progress.task(f"sampling {len(prompts)} images", nfe, "model calls"), \
+            progress.counting_model_calls(compiled):
+        x = compiled(noise, y, cfg_scale if compiled.cfg else None)
+    with torch.no_grad():
+        vae = pipe.vae
+        images = vae.decode(x.to(vae.device, vae.dtype) / vae.config.scaling_factor).sample.float().cpu()
+    save_png(make_grid(images.clamp(-1, 1), scale=max(1, 128 // images.shape[-1])), out)
+    console.print(f"wrote {out} ({len(prompts)} samples)")

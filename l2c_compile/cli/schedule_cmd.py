@@ -11,6 +11,7 @@ import typer
 from rich.table import Table
 
 from l2c_compile.cli.common import OutputFormat, cli_errors, console, print_json
+from l2c_compile.cli.compile_cmd import spec_kinds
 from l2c_compile.cli.models_cmd import human
 from l2c_compile.errors import L2CError
 
@@ -68,8 +69,9 @@ def summary_table(summary: dict[str, Any], title: str | None = None) -> Table:
         table.add_row("unchecked (not in the file)", ", ".join(unchecked) if unchecked else "none")
     table.add_row("cache steps", f"{s['cache_steps']} of {s['nfe']}")
     per_kind = s["cache_steps"] * s["depth"]
-    table.add_row("skipped attention", _pct(s["skipped_attn"], per_kind))
-    table.add_row("skipped MLP", _pct(s["skipped_mlp"], per_kind))
+    for kind, name in (("attn", "attention"), ("cross", "cross-attention"), ("mlp", "MLP")):
+        if f"skipped_{kind}" in s:
+            table.add_row(f"skipped {name}", _pct(s[f"skipped_{kind}"], per_kind))
     table.add_row("skipped total", _pct(s["skipped_total"], s["total_cache_sublayers"]))
     table.add_row("distinct step masks", str(s["distinct_masks"]))
     if s["macs_full"] is not None:
@@ -108,7 +110,7 @@ def import_cmd(
 
     spec, plan, depth = _target(model, diffusers, sampler, nfe)
     theta = default_threshold(getattr(spec, "router_family", spec.family)) if threshold is None else threshold
-    schedule = import_router(router, plan, model=spec.name, depth=depth, threshold=theta)
+    schedule = import_router(router, plan, model=spec.name, depth=depth, threshold=theta, kinds=spec_kinds(spec))
     with _writing(out):
         schedule.save(out)
     _report(schedule, out, fmt)
@@ -137,7 +139,8 @@ def heuristic_cmd(
         if kind != "all":
             raise L2CError(f"--kind {kind} needs --fraction F (share of sublayers, in [0, 1])")
         fraction = 1.0
-    schedule = heuristic(kind, plan, model=spec.name, depth=depth, fraction=fraction, seed=seed)
+    schedule = heuristic(kind, plan, model=spec.name, depth=depth, fraction=fraction, seed=seed,
+                         kinds=spec_kinds(spec))
     with _writing(out):
         schedule.save(out)
     _report(schedule, out, fmt)

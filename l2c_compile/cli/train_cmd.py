@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 
 from l2c_compile.cli.common import OutputFormat, cli_errors, console, err_console, print_json
-from l2c_compile.cli.compile_cmd import model_for_cli, plan_for
+from l2c_compile.cli.compile_cmd import model_for_cli, plan_for, spec_for_cli
 from l2c_compile.errors import L2CError
 
 
@@ -20,7 +20,10 @@ from l2c_compile.errors import L2CError
 def train_cmd(
     model: str | None = typer.Option(None, "--model", "-m", help="registry name, see `l2c-compile models`"),
     diffusers: Path | None = typer.Option(None, "--diffusers", help="local diffusers pipeline or model folder "
-                                          "(DiTTransformer2DModel), instead of --model"),
+                                          "(DiTTransformer2DModel, PixArtTransformer2DModel), instead of --model"),
+    prompts: Path | None = typer.Option(None, "--prompts", help="text-to-image models (PixArt): one prompt per "
+                                        "line (encoded with the --diffusers pipeline's T5), or precomputed "
+                                        "prompt_embeds in a .safetensors file; x0 is drawn from the model"),
     checkpoint: Path | None = typer.Option(
         None, "--checkpoint", help="model weights (official or own)"
     ),
@@ -96,6 +99,14 @@ def train_cmd(
     rank, world, dist_device = init_distributed()
     try:
         target = _device(device, world, dist_device)  # before any work: one line if unavailable
+        text = bool(getattr(spec_for_cli(model, diffusers), "text_conditioned", False))
+        if text and prompts is None:
+            raise L2CError("this model draws from text: pass --prompts FILE (one prompt per line, or prompt_embeds "
+                           "in a .safetensors file)")
+        if prompts is not None and not text:
+            raise L2CError("--prompts is for text-to-image models (a PixArt --diffusers folder)")
+        if prompts is not None and data != "self":
+            raise L2CError("--prompts trains data-free: drop --data")
         spec, net = model_for_cli(model, diffusers, checkpoint, init, seed)
         net = net.to(target)
         plan = plan_for(spec, sampler, nfe)
@@ -123,6 +134,7 @@ def train_cmd(
             plan,
             config,
             data=data,
+            prompts=(prompts, diffusers) if prompts is not None else None,
             vae=vae,
             pool_size=pool_size,
             out=out,
@@ -163,6 +175,7 @@ def _train(
     config,
     *,
     data: str,
+    prompts: tuple[Path, Path] | None,
     vae: Path | None,
     pool_size: int,
     out: Path,
@@ -176,16 +189,19 @@ def _train(
 
     device = next(net.parameters()).device
     encoder = load_vae(vae, device) if vae is not None else None
-    dataset = open_data(
-        data,
-        spec,
-        model=net,
-        plan=plan,
-        vae=encoder,
-        pool_size=pool_size,
-        seed=config.seed,
-        progress=show,
-    )
+    if prompts is not None:
+        dataset = _prompt_data(spec, net, plan, prompts, pool_size, config.seed, show)
+    else:
+        dataset = open_data(
+            data,
+            spec,
+            model=net,
+            plan=plan,
+            vae=encoder,
+            pool_size=pool_size,
+            seed=config.seed,
+            progress=show,
+        )
     try:
         result = train(
             net,
@@ -230,3 +246,22 @@ def _train(
         "skip_ratio": last.get("skip"),
         "threshold": config.theta,
     }
+
+
+def _prompt_data(spec, net, plan, prompts: tuple[Path, Path], pool_size: int, seed: int, show: bool):
+    """PixArt's data-free pool: conditions from the prompts file, x0 drawn from the model."""
+    from l2c_compile.router.prompts import draw_prompt_data, load_conditions
+
+    path, folder = prompts
+    pipe = None
+    if path.suffix != ".safetensors":
+        from l2c_compile.diffusers.load import load_pipeline
+
+        if not (folder / "model_index.json").is_file():
+            raise L2CError(f"{folder} is a model folder without a text encoder: pass the PixArt pipeline folder, "
+                           "or precomputed prompt_embeds in a .safetensors file")
+        pipe = load_pipeline(folder)
+    conds, null, description = load_conditions(path, net, pipe)
+    net.set_null_condition(null)
+    return draw_prompt_data(net, plan, conds, null, size=pool_size, seed=seed, cfg_scale=spec.default_cfg_scale,
+                            description=description, progress=show)

@@ -16,21 +16,32 @@ from typing import Any
 
 from l2c_compile.errors import L2CError
 
-ADAPTED = {"DiTTransformer2DModel": "DiT"}  # diffusers class → adapter (dit.py)
-PIPELINES = ("DiTPipeline",)
+ADAPTED = {"DiTTransformer2DModel": "DiT", "PixArtTransformer2DModel": "PixArt"}  # → adapter (dit.py, pixart.py)
+PIPELINES = ("DiTPipeline", "PixArtAlphaPipeline", "PixArtSigmaPipeline")
 
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """diffusers' loading advice (install accelerate, …) is not ours to print; errors still raise."""
+    """diffusers' loading advice (install accelerate, …) and progress bars are not ours to print;
+    errors still raise."""
     from diffusers.utils import logging as diffusers_logging
 
     level = diffusers_logging.get_verbosity()
     diffusers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()  # "Loading pipeline components…" bars are not ours either
+    try:  # PixArt's T5 prints "Loading weights" bars
+        from transformers.utils import logging as transformers_logging
+    except ImportError:
+        transformers_logging = None
+    if transformers_logging is not None:
+        transformers_logging.disable_progress_bar()
     try:
         yield
     finally:
+        diffusers_logging.enable_progress_bar()
         diffusers_logging.set_verbosity(level)
+        if transformers_logging is not None:
+            transformers_logging.enable_progress_bar()
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -65,24 +76,46 @@ def model_folder(path: str | os.PathLike[str]) -> tuple[Path, str]:
     return root, cls
 
 
-def load_diffusers(path: str | os.PathLike[str]):
-    """The adapted model (e.g. :class:`~l2c_compile.diffusers.dit.DiffusersDiT`) of a local
-    pipeline or model folder, in eval mode, loaded offline; L2CError for anything unsupported."""
-    folder, _ = model_folder(path)
-    from diffusers import DiTTransformer2DModel
-
-    from l2c_compile.diffusers.dit import DiffusersDiT
+def load_diffusers(path: str | os.PathLike[str], *, text_len: int | None = None):
+    """The adapted model (:class:`~l2c_compile.diffusers.dit.DiffusersDiT`,
+    :class:`~l2c_compile.diffusers.pixart.DiffusersPixArt`) of a local pipeline or model folder,
+    in eval mode, loaded offline; L2CError for anything unsupported. ``text_len``: PixArt's prompt
+    length (default: the pipeline's ``max_sequence_length``, 120 for a bare model folder)."""
+    folder, cls = model_folder(path)
+    import diffusers
 
     try:
         with _quiet():
-            transformer = DiTTransformer2DModel.from_pretrained(folder, local_files_only=True)
+            transformer = getattr(diffusers, cls).from_pretrained(folder, local_files_only=True)
     except Exception as exc:  # diffusers raises many types for a bad folder
-        raise L2CError(f"cannot load DiTTransformer2DModel from {folder}: {str(exc).splitlines()[0]}") from None
+        raise L2CError(f"cannot load {cls} from {folder}: {str(exc).splitlines()[0]}") from None
+    if cls == "PixArtTransformer2DModel":
+        from l2c_compile.diffusers.pixart import DiffusersPixArt
+
+        return DiffusersPixArt(transformer.eval(), text_len=text_len or default_text_len(path))
+    from l2c_compile.diffusers.dit import DiffusersDiT
+
     return DiffusersDiT(transformer.eval())
 
 
+def default_text_len(path: str | os.PathLike[str]) -> int:
+    """The prompt length a PixArt folder's pipeline encodes to (its ``max_sequence_length``
+    default: 120 for PixArt-α, 300 for PixArt-Σ; 120 without a pipeline)."""
+    import inspect
+
+    import diffusers
+
+    root = Path(path)
+    if (root / "model_index.json").is_file():
+        cls = getattr(diffusers, str(_read_json(root / "model_index.json").get("_class_name")), None)
+        if cls is not None and "max_sequence_length" in inspect.signature(cls.__call__).parameters:
+            return int(inspect.signature(cls.__call__).parameters["max_sequence_length"].default)
+    return 120
+
+
 def load_pipeline(path: str | os.PathLike[str]):
-    """A whole ``DiTPipeline`` from a local folder (offline); L2CError naming what was found."""
+    """A whole ``DiTPipeline`` / ``PixArtAlphaPipeline`` / ``PixArtSigmaPipeline`` from a local
+    folder (offline); L2CError naming what was found."""
     root = Path(path)
     if not (root / "model_index.json").is_file():
         raise L2CError(f"{root} is not a diffusers pipeline folder (no model_index.json)")
@@ -90,10 +123,10 @@ def load_pipeline(path: str | os.PathLike[str]):
     if cls not in PIPELINES:
         raise L2CError(f"{root} holds a diffusers {cls}; supported pipelines: {', '.join(PIPELINES)}")
     model_folder(root)
-    from diffusers import DiTPipeline
+    import diffusers
 
     try:
         with _quiet():
-            return DiTPipeline.from_pretrained(root, local_files_only=True)
+            return getattr(diffusers, cls).from_pretrained(root, local_files_only=True)
     except Exception as exc:  # diffusers raises many types for a bad folder
-        raise L2CError(f"cannot load DiTPipeline from {root}: {str(exc).splitlines()[0]}") from None
+        raise L2CError(f"cannot load {cls} from {root}: {str(exc).splitlines()[0]}") from None

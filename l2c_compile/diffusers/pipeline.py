@@ -1,4 +1,5 @@
-"""``compile_pipeline``: a diffusers ``DiTPipeline`` whose denoising loop is compiled code.
+"""``compile_pipeline``: a diffusers ``DiTPipeline`` or ``PixArtAlphaPipeline`` /
+``PixArtSigmaPipeline`` whose denoising loop is compiled code.
 
 The returned :class:`CompiledPipeline` takes the pipeline's own arguments and returns its own
 output type. Noise is drawn exactly as the pipeline draws it (same generator, shape, device and
@@ -7,47 +8,62 @@ dtype); the loop is a :class:`~l2c_compile.runtime.CompiledSampler` over a
 spacing and its update, including how it steps past t = 0); CFG is the pipeline's
 (``u + s · (c − u)`` on the ε channels, only when ``guidance_scale > 1``); the latents are decoded
 with the pipeline's own VAE. Sources: diffusers ``DiTPipeline.__call__``, ``DDIMScheduler.step``.
+
+PixArt (text-to-image, :class:`CompiledPixArtPipeline`): the prompt is encoded by the pipeline's
+own ``encode_prompt`` (its T5 encoder and tokenizer, or the ``prompt_embeds`` given), the
+negative prompt is the unconditional half of the batch, the scheduler is its
+``DPMSolverMultistepScheduler`` (DPM-Solver++ 2M, :mod:`~l2c_compile.samplers.dpm_solver_pp`),
+and the decoded image goes through the pipeline's image processor (resolution binning included).
+Sources: diffusers ``PixArtAlphaPipeline.__call__``, ``DPMSolverMultistepScheduler.step``.
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 from typing import Any
 
 import torch
-from diffusers import DDIMScheduler
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from l2c_compile.compiler import compile as compile_sampler
 from l2c_compile.diffusers.dit import DiffusersDiT
+from l2c_compile.diffusers.pixart import DiffusersPixArt, pack_condition
 from l2c_compile.diffusers.spec import spec_from_config
 from l2c_compile.errors import L2CError
 from l2c_compile.runtime import CompiledSampler
 from l2c_compile.samplers.base import Combination, ModelCall, SamplerPlan, SolverStep
 from l2c_compile.samplers.ddim import ddim_role
+from l2c_compile.samplers.dpm_solver_pp import dpm_solver_pp_from_sigmas
 from l2c_compile.samplers.schedules import NOISE_SCHEDULES
 
 
 def pipeline_plan(scheduler: Any, num_inference_steps: int) -> SamplerPlan:
-    """The trajectory ``scheduler`` (a diffusers ``DDIMScheduler``, η = 0) takes in
-    ``num_inference_steps`` steps, as a plan with the DDIM cadence of L2C.
+    """The trajectory ``scheduler`` (a diffusers ``DDIMScheduler``, η = 0, or a
+    ``DPMSolverMultistepScheduler`` running DPM-Solver++ 2M) takes in ``num_inference_steps``
+    steps, as a plan with the DDIM cadence of L2C.
 
-    Coefficients come from the scheduler's own ᾱ table and its own ``prev_timestep`` rule
-    (``t − T // N``, ᾱ_prev = ``final_alpha_cumprod`` below 0). L2CError for another scheduler or
-    a setting that makes the update non-linear (clipping, thresholding, non-ε prediction).
+    DDIM: coefficients come from the scheduler's own ᾱ table and its own ``prev_timestep`` rule
+    (``t − T // N``, ᾱ_prev = ``final_alpha_cumprod`` below 0). DPM-Solver++: from the
+    scheduler's own ``timesteps`` and ``sigmas`` after ``set_timesteps``. L2CError for another
+    scheduler or a setting that makes the update non-linear (clipping, thresholding, non-ε
+    prediction, SDE variants, a third order).
     """
+    if isinstance(scheduler, DPMSolverMultistepScheduler):
+        return _dpm_solver_pp_plan(scheduler, num_inference_steps)
     if not isinstance(scheduler, DDIMScheduler):
-        raise L2CError(f"compile_pipeline supports the DDIMScheduler, this pipeline has {type(scheduler).__name__}")
+        raise L2CError("compile_pipeline supports the DDIMScheduler and DPMSolverMultistepScheduler, this "
+                       f"pipeline has {type(scheduler).__name__}")
     cfg = scheduler.config
     bad = [name for name, ok in (("clip_sample", not cfg.clip_sample), ("thresholding", not cfg.thresholding),
                                  ("prediction_type", cfg.prediction_type == "epsilon")) if not ok]
     if bad:
         raise L2CError(f"DDIMScheduler setting {bad[0]}={getattr(cfg, bad[0])!r} is not supported "
                        "(the compiled update must be linear in x and ε)")
-    if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-        raise L2CError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
+    _check_steps(num_inference_steps)
     sched = copy.deepcopy(scheduler)
     try:
         sched.set_timesteps(num_inference_steps)
@@ -73,6 +89,41 @@ def pipeline_plan(scheduler: Any, num_inference_steps: int) -> SamplerPlan:
     options = (("eta", 0.0), ("spacing", str(cfg.timestep_spacing)), ("scheduler", "DDIMScheduler"),
                ("beta_schedule", str(cfg.beta_schedule)))
     return SamplerPlan("ddim", n, tuple(steps), schedule, "discrete", options)
+
+
+def _check_steps(num_inference_steps: object) -> None:
+    if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+        raise L2CError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
+
+
+# DPMSolverMultistepScheduler settings the compiled update follows exactly (anything else refused).
+DPM_SETTINGS = {"algorithm_type": ("dpmsolver++",), "solver_order": (2,), "solver_type": ("midpoint",),
+                "prediction_type": ("epsilon",), "thresholding": (False,), "variance_type": (None,)}
+
+
+def _dpm_solver_pp_plan(scheduler: Any, num_inference_steps: int) -> SamplerPlan:
+    """DPM-Solver++ 2M over the scheduler's own timesteps and σ (see :func:`pipeline_plan`)."""
+    cfg = scheduler.config
+    for name, ok in DPM_SETTINGS.items():
+        if cfg.get(name) not in ok:
+            raise L2CError(f"DPMSolverMultistepScheduler setting {name}={cfg.get(name)!r} is not supported "
+                           f"(supported: {', '.join(map(repr, ok))}; the compiled update is DPM-Solver++ 2M)")
+    _check_steps(num_inference_steps)
+    sched = copy.deepcopy(scheduler)
+    try:
+        sched.set_timesteps(num_inference_steps)
+    except ValueError as exc:
+        raise L2CError(f"DPMSolverMultistepScheduler cannot take {num_inference_steps} steps: {exc}") from None
+    ts = [int(t) for t in sched.timesteps]
+    sigmas = [float(s) for s in sched.sigmas]
+    n = len(ts)
+    # The scheduler's own rule for the last step's order (step(): lower_order_final).
+    final_first = bool(cfg.euler_at_final or (cfg.lower_order_final and n < 15) or cfg.final_sigmas_type == "zero")
+    schedule = cfg.beta_schedule if cfg.beta_schedule in NOISE_SCHEDULES else "linear"
+    options = (("spacing", str(cfg.timestep_spacing)), ("scheduler", "DPMSolverMultistepScheduler"),
+               ("beta_schedule", str(cfg.beta_schedule)))
+    return dpm_solver_pp_from_sigmas(ts, sigmas, noise_schedule=schedule, options=options,
+                                     final_first_order=final_first)
 
 
 class CompiledPipeline:
@@ -140,18 +191,135 @@ class CompiledPipeline:
         return ImagePipelineOutput(images=samples) if return_dict else (samples,)
 
 
-def compile_pipeline(pipe: Any, schedule: Any = None, **compile_kwargs: Any) -> CompiledPipeline:
-    """A drop-in for ``pipe`` (a diffusers ``DiTPipeline``) running ``schedule`` (None: compute
-    everything) as compiled code; ``compile_kwargs`` go to :func:`l2c_compile.compile` (``fuse``,
-    ``backend``, ``cuda_graph``, ``dtype``, ``device``: those two apply to the compiled sampler's
-    own copy of the weights; the pipeline and its components are never changed). L2CError for an
-    unsupported pipeline or scheduler."""
-    from diffusers import DiTPipeline
+class CompiledPixArtPipeline(CompiledPipeline):
+    """``pipe(...)`` of a PixArt-α/Σ pipeline with the denoising loop compiled for one schedule.
 
-    if not isinstance(pipe, DiTPipeline):
-        raise L2CError(f"compile_pipeline supports DiTPipeline, got {type(pipe).__name__}")
+    Compiled samplers are made on first use per (``num_inference_steps``, CFG on/off, prompt
+    length, latent side) and kept. The adapter for each is a
+    :class:`~l2c_compile.diffusers.pixart.DiffusersPixArt` over the pipeline's transformer.
+    """
+
+    def __init__(self, pipe: Any, schedule: Any, compile_kwargs: dict[str, Any]) -> None:
+        self.pipe = pipe
+        self.schedule = schedule
+        self.compile_kwargs = compile_kwargs
+        self.samplers: dict[tuple[int, ...], CompiledSampler] = {}
+        default = inspect.signature(type(pipe).__call__).parameters["max_sequence_length"].default
+        self.max_sequence_length = int(default)
+
+    def pixart_sampler(self, num_inference_steps: int, cfg: bool, text_len: int, side: int) -> CompiledSampler:
+        """The compiled sampler for these settings (``side``: image side in pixels); L2CError when
+        they do not fit the schedule's NFE or sampler."""
+        key = (num_inference_steps, cfg, text_len, side)
+        if key not in self.samplers:
+            plan = pipeline_plan(self.pipe.scheduler, num_inference_steps)
+            sched = self.schedule
+            if sched is not None and (sched.nfe != plan.nfe or sched.sampler != plan.sampler):
+                raise L2CError(f"the schedule is for {sched.sampler} with {sched.nfe} NFE, the pipeline runs "
+                               f"{plan.sampler} with num_inference_steps={num_inference_steps}")
+            transformer = self.pipe.transformer
+            model = DiffusersPixArt(transformer, text_len=text_len, height=side, width=side,
+                                    vae_scale_factor=self.pipe.vae_scale_factor)
+            info = spec_from_config(type(transformer).__name__, dict(transformer.config)).to_dict()
+            info["pixart"] = {"text_len": text_len, "height": side, "width": side,
+                              "vae_scale_factor": self.pipe.vae_scale_factor}
+            self.samplers[key] = compile_sampler(model, plan, sched, cfg=cfg, model_info=info,
+                                                 **self.compile_kwargs)
+        return self.samplers[key]
+
+    def size(self, height: int | None, width: int | None, binning: bool) -> tuple[int, int, int]:
+        """(side the model draws, requested height, requested width), as the pipeline resolves
+        them (resolution binning maps the request to its bin; only square sizes are supported)."""
+        pipe = self.pipe
+        side = pipe.transformer.config.sample_size * pipe.vae_scale_factor
+        height, width = height or side, width or side
+        if binning:
+            bins = _aspect_ratio_bins(pipe)
+            if bins is None:
+                raise L2CError(f"resolution binning has no table for sample_size "
+                               f"{pipe.transformer.config.sample_size}: pass use_resolution_binning=False")
+            h, w = pipe.image_processor.classify_height_width_bin(height, width, ratios=bins)
+        else:
+            h, w = height, width
+        if h != w:
+            raise L2CError(f"compile_pipeline draws square images only, this call asks for {h}×{w}")
+        return int(h), int(height), int(width)
+
+    @torch.no_grad()
+    def __call__(self, prompt: str | list[str] | None = None, negative_prompt: str = "",
+                 num_inference_steps: int = 20, guidance_scale: float = 4.5, num_images_per_prompt: int = 1,
+                 height: int | None = None, width: int | None = None,
+                 generator: torch.Generator | list[torch.Generator] | None = None,
+                 prompt_embeds: torch.Tensor | None = None, prompt_attention_mask: torch.Tensor | None = None,
+                 negative_prompt_embeds: torch.Tensor | None = None,
+                 negative_prompt_attention_mask: torch.Tensor | None = None, output_type: str | None = "pil",
+                 return_dict: bool = True, clean_caption: bool = True, use_resolution_binning: bool = True,
+                 max_sequence_length: int | None = None) -> ImagePipelineOutput | tuple:
+        """Arguments and output as ``PixArtAlphaPipeline.__call__`` (``PixArtSigmaPipeline``'s):
+        ``.images`` as PIL images, a (N, H, W, 3) numpy array in [0, 1] (``"np"``), a
+        (N, 3, H, W) tensor (``"pt"``) or the final latents (``"latent"``). L2CError for inputs
+        the pipeline would refuse (no prompt and no embeddings, an embedding without its mask)."""
+        pipe = self.pipe
+        side, orig_h, orig_w = self.size(height, width, use_resolution_binning)
+        try:  # the pipeline's own input rules, one line each
+            pipe.check_inputs(prompt, side, side, negative_prompt, 1, prompt_embeds, negative_prompt_embeds,
+                              prompt_attention_mask, negative_prompt_attention_mask)
+        except ValueError as exc:
+            raise L2CError(str(exc).splitlines()[0].split(" Please")[0]) from None
+        cfg = guidance_scale > 1.0
+        device = pipe._execution_device
+        pe, pm, ne, nm = pipe.encode_prompt(
+            prompt, cfg, negative_prompt=negative_prompt, num_images_per_prompt=num_images_per_prompt,
+            device=device, prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
+            prompt_attention_mask=prompt_attention_mask, negative_prompt_attention_mask=negative_prompt_attention_mask,
+            clean_caption=clean_caption, max_sequence_length=max_sequence_length or self.max_sequence_length)
+        y = pack_condition(pe, pm)  # (N, L, D + 1)
+        if cfg:
+            y = torch.stack([y, pack_condition(ne, nm)], dim=1)  # (N, 2, L, D + 1)
+        sampler = self.pixart_sampler(num_inference_steps, cfg, int(pe.shape[1]), side)
+        channels, latent = pipe.transformer.config.in_channels, side // pipe.vae_scale_factor
+        noise = randn_tensor((pe.shape[0], channels, latent, latent), generator=generator, device=device,
+                             dtype=pe.dtype) * pipe.scheduler.init_noise_sigma
+        weights = next(sampler.model.parameters())  # the sampler's copy may live elsewhere
+        latents = sampler(noise.to(weights.device), y.to(weights.device), guidance_scale if cfg else None)
+        if output_type == "latent":
+            images = latents
+        else:
+            images = pipe.vae.decode(latents.to(device, pipe.vae.dtype) / pipe.vae.config.scaling_factor,
+                                     return_dict=False)[0]
+            if use_resolution_binning:
+                images = pipe.image_processor.resize_and_crop_tensor(images, orig_w, orig_h)
+            images = pipe.image_processor.postprocess(images, output_type=output_type)
+        return ImagePipelineOutput(images=images) if return_dict else (images,)
+
+
+def _aspect_ratio_bins(pipe: Any) -> dict[str, list[float]] | None:
+    """The pipeline's resolution-binning table for its transformer's sample_size (None: none)."""
+    from diffusers.pipelines.pixart_alpha import pipeline_pixart_alpha as alpha
+    from diffusers.pipelines.pixart_alpha import pipeline_pixart_sigma as sigma
+
+    tables = {128: alpha.ASPECT_RATIO_1024_BIN, 64: alpha.ASPECT_RATIO_512_BIN, 32: alpha.ASPECT_RATIO_256_BIN}
+    if type(pipe).__name__ == "PixArtSigmaPipeline":
+        tables[256] = sigma.ASPECT_RATIO_2048_BIN
+    return tables.get(int(pipe.transformer.config.sample_size))
+
+
+PIPELINES = {"DiTPipeline": CompiledPipeline, "PixArtAlphaPipeline": CompiledPixArtPipeline,
+             "PixArtSigmaPipeline": CompiledPixArtPipeline}
+
+
+def compile_pipeline(pipe: Any, schedule: Any = None, **compile_kwargs: Any) -> CompiledPipeline:
+    """A drop-in for ``pipe`` (a diffusers ``DiTPipeline``, ``PixArtAlphaPipeline`` or
+    ``PixArtSigmaPipeline``) running ``schedule`` (None: compute everything) as compiled code;
+    ``compile_kwargs`` go to :func:`l2c_compile.compile` (``fuse``, ``backend``, ``cuda_graph``,
+    ``dtype``, ``device``: those two apply to the compiled sampler's own copy of the weights; the
+    pipeline and its components are never changed). L2CError for an unsupported pipeline or
+    scheduler."""
+    cls = next((PIPELINES[c.__name__] for c in type(pipe).__mro__ if c.__name__ in PIPELINES), None)
+    if cls is None:
+        raise L2CError(f"compile_pipeline supports {', '.join(PIPELINES)}, got {type(pipe).__name__}")
     for key in ("cfg", "model_info"):
         if key in compile_kwargs:
             raise L2CError(f"compile_pipeline sets {key} itself (from guidance_scale and the pipeline)")
     pipeline_plan(pipe.scheduler, 1)  # an unsupported scheduler fails here, not on the first call
-    return CompiledPipeline(pipe, schedule, compile_kwargs)
+    return cls(pipe, schedule, compile_kwargs)

@@ -6,6 +6,10 @@ name is the registry name of the official architecture with the same shape when 
 (``DiT-XL/2`` for ``facebook/DiT-XL-2-256``), so schedules and routers made for that architecture
 apply; otherwise ``diffusers:<class>``. The manifest records ``family: "diffusers"``, the diffusers
 class and its config; :func:`build_from_record` rebuilds the model from that record.
+
+PixArt (``PixArtTransformer2DModel``): DPM-Solver++ 2M, linear β, integer timesteps, CFG 4.5 (the
+pipeline's defaults), three sublayer kinds per block, text-conditioned (no classes); the record
+adds the prompt length and image size the sampler is made for (``pixart``).
 """
 
 from __future__ import annotations
@@ -17,10 +21,13 @@ from typing import Any
 
 from l2c_compile.errors import L2CError
 
+PIXART = "PixArtTransformer2DModel"
+
 
 @dataclass(frozen=True)
 class DiffusersSpec:
-    """A diffusers model's conventions (DiT: DDIM, linear β, integer timesteps, CFG 4.0, latents)."""
+    """A diffusers model's conventions (DiT: DDIM, linear β, integer timesteps, CFG 4.0, latents;
+    PixArt: DPM-Solver++, CFG 4.5, text-conditioned)."""
 
     name: str
     diffusers_class: str
@@ -31,6 +38,17 @@ class DiffusersSpec:
     time_input: str = "discrete"
     default_cfg_scale: float = 4.0
     pixel_space: bool = False
+    text_len: int | None = None  # PixArt: the prompt length the sampler is made for
+
+    @property
+    def text_conditioned(self) -> bool:
+        """Whether the model is conditioned on a prompt (PixArt) rather than a class."""
+        return self.diffusers_class == PIXART
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """The sublayer kinds of each block (``masks.KINDS`` order)."""
+        return ("attn", "cross", "mlp") if self.text_conditioned else ("attn", "mlp")
 
     @property
     def router_family(self) -> str:
@@ -44,8 +62,8 @@ class DiffusersSpec:
 
     @property
     def num_classes(self) -> int:
-        """Real classes (the null class is the row after them)."""
-        return int(self.config["num_embeds_ada_norm"])
+        """Real classes (the null class is the row after them); 0 for a text-conditioned model."""
+        return 0 if self.text_conditioned else int(self.config["num_embeds_ada_norm"])
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
@@ -55,25 +73,36 @@ class DiffusersSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """The manifest's model record."""
-        return {"name": self.name, "family": self.family, "diffusers_class": self.diffusers_class,
-                "config": dict(self.config), "latent_shape": list(self.latent_shape),
-                "num_classes": self.num_classes, "noise_schedule": self.noise_schedule,
-                "time_input": self.time_input, "default_sampler": self.default_sampler,
-                "default_cfg_scale": self.default_cfg_scale, "pixel_space": self.pixel_space}
+        out = {"name": self.name, "family": self.family, "diffusers_class": self.diffusers_class,
+               "config": dict(self.config), "latent_shape": list(self.latent_shape),
+               "num_classes": self.num_classes, "noise_schedule": self.noise_schedule,
+               "time_input": self.time_input, "default_sampler": self.default_sampler,
+               "default_cfg_scale": self.default_cfg_scale, "pixel_space": self.pixel_space}
+        if self.text_conditioned:
+            side = self.latent_shape[1] * 8
+            out["pixart"] = {"text_len": self.text_len or 120, "height": side, "width": side,
+                             "vae_scale_factor": 8}
+        return out
 
 
-def spec_from_config(cls: str, config: dict[str, Any]) -> DiffusersSpec:
-    """The spec of a ``cls`` model with ``config`` (private ``_`` keys dropped)."""
+def spec_from_config(cls: str, config: dict[str, Any], text_len: int | None = None) -> DiffusersSpec:
+    """The spec of a ``cls`` model with ``config`` (private ``_`` keys dropped); ``text_len``:
+    PixArt's prompt length (default 120)."""
     config = {k: v for k, v in sorted(config.items()) if not k.startswith("_")}
+    if cls == PIXART:
+        return DiffusersSpec(f"diffusers:{cls}", cls, config, default_sampler="dpm-solver++",
+                             default_cfg_scale=4.5, text_len=text_len or 120)
     return DiffusersSpec(_official_name(config) or f"diffusers:{cls}", cls, config)
 
 
 def spec_for_folder(path: str | os.PathLike[str]) -> DiffusersSpec:
-    """The spec of the model in a pipeline or model folder, from its ``config.json`` only."""
-    from l2c_compile.diffusers.load import model_folder
+    """The spec of the model in a pipeline or model folder, from its ``config.json`` (and for
+    PixArt the pipeline's prompt length) only."""
+    from l2c_compile.diffusers.load import default_text_len, model_folder
 
     folder, cls = model_folder(path)
-    return spec_from_config(cls, json.loads((folder / "config.json").read_text(encoding="utf-8")))
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    return spec_from_config(cls, config, default_text_len(path) if cls == PIXART else None)
 
 
 def _official_name(config: dict[str, Any]) -> str | None:
@@ -93,17 +122,29 @@ def _official_name(config: dict[str, Any]) -> str | None:
 
 
 def build_from_record(record: dict[str, Any]):
-    """A :class:`~l2c_compile.diffusers.dit.DiffusersDiT` (random weights) from a manifest record."""
-    from diffusers import DiTTransformer2DModel
+    """A :class:`~l2c_compile.diffusers.dit.DiffusersDiT` or
+    :class:`~l2c_compile.diffusers.pixart.DiffusersPixArt` (random weights) from a manifest record."""
+    import diffusers
 
-    from l2c_compile.diffusers.dit import DiffusersDiT
-
-    if record.get("diffusers_class") != "DiTTransformer2DModel" or not isinstance(record.get("config"), dict):
-        raise L2CError(f"artifact manifest names an unsupported diffusers model {record.get('diffusers_class')!r}")
+    cls = record.get("diffusers_class")
+    if cls not in ("DiTTransformer2DModel", PIXART) or not isinstance(record.get("config"), dict):
+        raise L2CError(f"artifact manifest names an unsupported diffusers model {cls!r}")
     try:
-        transformer = DiTTransformer2DModel.from_config(record["config"])
+        transformer = getattr(diffusers, cls).from_config(record["config"])
     except (TypeError, ValueError) as exc:
         raise L2CError(f"artifact manifest has a bad diffusers config: {exc}") from None
+    if cls == PIXART:
+        from l2c_compile.diffusers.pixart import DiffusersPixArt
+
+        px = record.get("pixart")
+        if not isinstance(px, dict) or not all(isinstance(px.get(k), int) for k in ("text_len", "height")):
+            raise L2CError("artifact manifest's PixArt record lacks its prompt length and image size")
+        model = DiffusersPixArt(transformer.eval(), text_len=px["text_len"], height=px["height"],
+                                width=px.get("width", px["height"]), vae_scale_factor=px.get("vae_scale_factor", 8))
+        model.model_name = record.get("name", "diffusers")
+        return model.eval()
+    from l2c_compile.diffusers.dit import DiffusersDiT
+
     model = DiffusersDiT(transformer.eval())
     model.model_name = record.get("name", "diffusers")
     return model.eval()

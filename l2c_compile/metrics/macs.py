@@ -34,6 +34,9 @@ from l2c_compile.models.registry import (
 class _Call(Protocol):
     reuse_attn: Sequence[int]
     reuse_mlp: Sequence[int]
+    kinds: tuple[str, ...]  # optional: ("attn", "mlp") when absent
+
+    def reused(self, kind: str) -> Sequence[int]: ...
 
 
 class _Schedule(Protocol):
@@ -50,6 +53,45 @@ class MacCount:
     total: int
     attn: int  # one block's attention sublayer (qkv + proj)
     mlp: int  # one block's MLP sublayer (fc1 + fc2)
+    cross: int = 0  # one block's cross-attention sublayer (q, k, v, out), where blocks have one
+
+    def of(self, kind: str) -> int:
+        """One block's MACs of sublayer ``kind`` ("attn", "cross", "mlp")."""
+        return {"attn": self.attn, "cross": self.cross, "mlp": self.mlp}[kind]
+
+
+def module_macs(model: nn.Module, *inputs: Any, **kwargs: Any) -> MacCount:
+    """thop-style MACs of ``model(*inputs, **kwargs)`` (one image's inputs) with one block's
+    sublayer MACs per declared kind (``passes.sublayers``); works for any model with a sublayer
+    declaration, e.g. diffusers' PixArt. ValueError when the blocks differ in size."""
+    from l2c_compile.passes.sublayers import sublayer_spec
+
+    per_module: dict[str, int] = {}
+    handles = []
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)):
+
+            def hook(mod: nn.Module, args: object, out: torch.Tensor, name: str = name) -> None:
+                per_module[name] = per_module.get(name, 0) + _module_macs(mod, out)
+
+            handles.append(module.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            model(*inputs, **kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+    per_kind: dict[str, set[int]] = {}
+    for (kind, _), path in sublayer_spec(model).paths(model).items():
+        per_kind.setdefault(kind, set()).add(
+            sum(v for k, v in per_module.items() if k.startswith(path + "."))
+        )
+    if any(len(v) != 1 for v in per_kind.values()):
+        raise ValueError(
+            f"{type(model).__name__}: blocks differ in size, per-block sublayer MACs are ambiguous"
+        )
+    one = {k: v.pop() for k, v in per_kind.items()}
+    return MacCount(sum(per_module.values()), one["attn"], one["mlp"], one.get("cross", 0))
 
 
 def _module_macs(module: nn.Module, out: torch.Tensor) -> int:
@@ -121,14 +163,21 @@ def sublayer_macs(spec: str | ModelSpec) -> tuple[int, int]:
 
 
 def trajectory_macs(
-    spec: str | ModelSpec, schedule: _Schedule | None, nfe: int | None = None
+    spec: str | ModelSpec | tuple[MacCount, int], schedule: _Schedule | None, nfe: int | None = None
 ) -> tuple[int, int]:
     """(uncached, cached) MACs of a whole trajectory per image.
 
-    ``schedule`` has ``.nfe`` and ``.calls`` (each with ``reuse_attn`` / ``reuse_mlp`` block ids);
-    with ``schedule=None``, ``nfe`` alone gives the uncached baseline twice.
+    ``schedule`` has ``.nfe`` and ``.calls`` (each with ``reuse_attn`` / ``reuse_mlp`` block ids,
+    and ``reused(kind)`` for schedules with more kinds); with ``schedule=None``, ``nfe`` alone
+    gives the uncached baseline twice. ``spec``: a registry name or spec, or a :class:`MacCount`
+    with the model's block count as ``(count, depth)`` (e.g. from :func:`module_macs`).
     """
-    spec = _spec(spec)
+    if isinstance(spec, tuple):
+        count, depth = spec
+        name = "the model"
+    else:
+        spec = _spec(spec)
+        count, depth, name = count_macs(spec), num_blocks(spec), spec.name
     if schedule is None:
         if nfe is None:
             raise L2CError("trajectory_macs needs a schedule or an nfe")
@@ -139,20 +188,22 @@ def trajectory_macs(
             raise L2CError(f"nfe {n} does not match the schedule's {schedule.nfe} model calls")
     if n < 0:
         raise L2CError(f"nfe must be positive, got {n}")
-    count = count_macs(spec)
     full = n * count.total
     if schedule is None:
         return full, full
-    depth = num_blocks(spec)
     saved = 0
     for call in schedule.calls:
-        attn, mlp = set(call.reuse_attn), set(call.reuse_mlp)
-        out_of_range = sorted(i for i in attn | mlp if not 0 <= int(i) < depth)
+        kinds = tuple(getattr(call, "kinds", ("attn", "mlp")))
+        reused = {
+            k: set(call.reused(k) if hasattr(call, "reused") else getattr(call, f"reuse_{k}"))
+            for k in kinds
+        }
+        out_of_range = sorted(i for ids in reused.values() for i in ids if not 0 <= int(i) < depth)
         if out_of_range:
             raise L2CError(
-                f"schedule reuses block {out_of_range[0]}, but {spec.name} has {depth} blocks"
+                f"schedule reuses block {out_of_range[0]}, but {name} has {depth} blocks"
             )
-        saved += len(attn) * count.attn + len(mlp) * count.mlp
+        saved += sum(len(ids) * count.of(k) for k, ids in reused.items())
     return full, full - saved
 
 

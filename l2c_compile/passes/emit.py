@@ -16,10 +16,11 @@ from dataclasses import replace
 
 from torch import fx
 
+from l2c_compile.masks import DEFAULT_KINDS, KIND_NAMES
 from l2c_compile.passes.base import CompileError, Mask, SublayerKey, cache_input_name
 from l2c_compile.passes.codegen import StepContext, step_source
 from l2c_compile.passes.liveness import CachePlan
-from l2c_compile.samplers.base import Combination, SamplerPlan
+from l2c_compile.samplers.base import Combination, SamplerPlan, last_reads
 
 
 def comment_text(text: str) -> str:
@@ -28,11 +29,13 @@ def comment_text(text: str) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
-def block_notes(mask: Mask, depth: int, mode: str = "cache") -> dict[int, str]:
+def block_notes(mask: Mask, depth: int, mode: str = "cache",
+                kinds: tuple[str, ...] = DEFAULT_KINDS) -> dict[int, str]:
     """What a step with ``mask`` does in each block, for the ``# block i: …`` comments."""
     skipped = "reused" if mode == "cache" else "dropped"
     return {
-        b: f"attention {skipped if b in mask[0] else 'computed'}, MLP {skipped if b in mask[1] else 'computed'}"
+        b: ", ".join(f"{KIND_NAMES[k]} {skipped if b in ids else 'computed'}"
+                     for k, ids in zip(kinds, mask, strict=True))
         for b in range(depth)
     }
 
@@ -63,6 +66,7 @@ def sample_source(plan: SamplerPlan, cache: CachePlan, roles: list[str]) -> str:
         "    dt = self.model_dtype",
         "    x = noise",
     ]
+    last = last_reads(plan)
     for s, step in enumerate(plan.steps):
         lines.append(f"    # ── solver step {s}")
         for call in step.calls:
@@ -77,6 +81,8 @@ def sample_source(plan: SamplerPlan, cache: CachePlan, roles: list[str]) -> str:
                 lines.append(f"    x_in = {_combination(call.input)}")
             lines.append(f"    out = self.steps[{cc.graph}]({args})")
             lines.append(f"    eps_{call.index} = out[0].to(x.dtype)")
+            if call.output is not None:  # what the updates read: the data prediction x0
+                lines.append(f"    eps_{call.index} = {_combination(call.output, state)}")
             if cc.keeps:
                 kept = ", ".join(_var(k) for k in cc.keeps)
                 items = ", ".join(f"out[{1 + exports.index(k)}]" for k in cc.keeps)
@@ -84,7 +90,9 @@ def sample_source(plan: SamplerPlan, cache: CachePlan, roles: list[str]) -> str:
             drops = ["out", *(["x_in"] if state == "x_in" else []), *[_var(k) for k in cc.drops_after]]
             lines.append(f"    del {', '.join(drops)}")
         lines.append(f"    x = {_combination(step.update)}")
-        lines.append(f"    del {', '.join(f'eps_{c.index}' for c in step.calls)}")
+        done = [j for j in sorted(last) if last[j] == s]
+        if done:
+            lines.append(f"    del {', '.join(f'eps_{j}' for j in done)}")
     lines.append("    return x")
     return "\n".join(lines)
 
@@ -96,10 +104,11 @@ def emit_module(graphs: list[fx.GraphModule], plan: SamplerPlan, cache: CachePla
     depth = len(ctx.blocks)
     for g, gm in enumerate(graphs):
         mask = cache.masks[g]
-        src, imps = step_source(gm, g, replace(ctx, notes=block_notes(mask, depth, mode)))
+        src, imps = step_source(gm, g, replace(ctx, notes=block_notes(mask, depth, mode, cache.kinds)))
         calls = cache.graph_calls(g)
         verb = "reuses" if mode == "cache" else "drops"
-        desc = (f"# ── step graph {g}: {verb} {len(mask[0])} attention + {len(mask[1])} MLP sublayers; "
+        counts = " + ".join(f"{len(ids)} {KIND_NAMES[k]}" for k, ids in zip(cache.kinds, mask, strict=True))
+        desc = (f"# ── step graph {g}: {verb} {counts} sublayers; "
                 f"exports {len(cache.exports[g])} cache entries; calls {', '.join(map(str, calls))}")
         steps.append(desc + "\n" + src)
         imports.update(imps)

@@ -16,7 +16,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from l2c_compile.masks import MODES, Mask, SublayerKey, key_order
+from l2c_compile.masks import (
+    DEFAULT_KINDS,
+    MODES,
+    Mask,
+    SublayerKey,
+    all_keys,
+    key_order,
+    mask_keys,
+)
 from l2c_compile.passes.base import CompileError
 
 
@@ -39,18 +47,24 @@ class CachePlan:
     exports: tuple[tuple[SublayerKey, ...], ...]  # graph id -> exported keys (key_order)
     calls: tuple[CallCache, ...]
     peak_live_entries: int
+    kinds: tuple[str, ...] = DEFAULT_KINDS  # what each mask's sets stand for, in order
 
     def graph_calls(self, graph: int) -> list[int]:
         """Indices of the calls that run graph ``graph``."""
         return [c.index for c in self.calls if c.graph == graph]
 
 
-def plan_cache(call_masks: list[Mask], depth: int, mode: str = "cache") -> CachePlan:
-    """Compute the cache plan for per-call masks (reused — or, in drop mode, dropped — block ids)."""
+def plan_cache(call_masks: list[Mask], depth: int, mode: str = "cache",
+               kinds: tuple[str, ...] = DEFAULT_KINDS) -> CachePlan:
+    """Compute the cache plan for per-call masks (reused — or, in drop mode, dropped — block ids,
+    one set per kind of ``kinds``)."""
     if mode not in MODES:
         raise CompileError(f"unknown cache mode {mode!r}; expected cache or drop")
-    everything = [("attn", i) for i in range(depth)] + [("mlp", i) for i in range(depth)]
-    reads = [sorted([("attn", i) for i in a] + [("mlp", i) for i in m], key=key_order) for a, m in call_masks]
+    everything = all_keys(depth, kinds)
+    try:
+        reads = [mask_keys(m, kinds) for m in call_masks]
+    except ValueError as exc:
+        raise CompileError(str(exc)) from None
     if mode == "drop":
         reads = [[] for _ in call_masks]  # dropped keys are not reads
     writer: dict[SublayerKey, int] = {}
@@ -69,7 +83,7 @@ def plan_cache(call_masks: list[Mask], depth: int, mode: str = "cache") -> Cache
     masks: list[Mask] = []
     graph_of: list[int] = []
     for mask in call_masks:
-        norm = (frozenset(mask[0]), frozenset(mask[1]))
+        norm = tuple(frozenset(ids) for ids in mask)
         if norm not in masks:
             masks.append(norm)
         graph_of.append(masks.index(norm))
@@ -91,4 +105,4 @@ def plan_cache(call_masks: list[Mask], depth: int, mode: str = "cache") -> Cache
                   tuple(sorted(drops[i], key=key_order)))
         for i in range(len(call_masks))
     )
-    return CachePlan(tuple(masks), tuple(exports), calls, peak)
+    return CachePlan(tuple(masks), tuple(exports), calls, peak, tuple(kinds))

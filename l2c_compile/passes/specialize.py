@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from torch import fx
 
-from l2c_compile.masks import MODES, CacheMode
+from l2c_compile.masks import DEFAULT_KINDS, KIND_NAMES, MODES, CacheMode, mask_keys
 from l2c_compile.passes.base import (
     CACHE_INPUT_META,
     RESIDUAL_META,
@@ -39,6 +39,7 @@ class SpecializeConfig:
     mask: Mask
     exported: tuple[SublayerKey, ...] = ()
     mode: CacheMode = "cache"
+    kinds: tuple[str, ...] = DEFAULT_KINDS  # what the mask's sets stand for, in order
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -47,7 +48,8 @@ class SpecializeConfig:
     def describe(self) -> str:
         """The mask in words, for messages: ``reuses attention [0, 3], MLP [1]``."""
         verb = "reuses" if self.mode == "cache" else "drops"
-        return f"{verb} attention {sorted(self.mask[0])}, MLP {sorted(self.mask[1])}"
+        parts = [f"{KIND_NAMES[k]} {sorted(ids)}" for k, ids in zip(self.kinds, self.mask, strict=True)]
+        return f"{verb} {', '.join(parts)}"
 
 
 def specialize(gm: fx.GraphModule, config: SpecializeConfig) -> PassResult:
@@ -61,7 +63,10 @@ def specialize(gm: fx.GraphModule, config: SpecializeConfig) -> PassResult:
     new = copy_graph_module(gm)
     graph = new.graph
     nodes = sublayer_nodes(new)
-    skipped = sorted([("attn", i) for i in mask[0]] + [("mlp", i) for i in mask[1]], key=key_order)
+    try:
+        skipped = mask_keys(mask, config.kinds)
+    except ValueError as exc:
+        raise CompileError(str(exc)) from None
     missing = [k for k in (*skipped, *exported) if k not in nodes]
     if missing:
         raise CompileError(f"sublayers {missing} are not in the traced graph")

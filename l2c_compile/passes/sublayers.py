@@ -1,11 +1,14 @@
 """Pass 2 — find sublayers by module scope: each declared sublayer's output, gate and residual add.
 
 Each model family *declares* its cacheable sublayers by module path (:class:`SublayerSpec`:
-``blocks.{i}.attn``, ``blocks.{i}.mlp`` for DiT; U-ViT's in-, mid- and out-blocks). The pass finds
+``blocks.{i}.attn``, ``blocks.{i}.mlp`` for DiT; U-ViT's in-, mid- and out-blocks; PixArt's
+``transformer_blocks.{i}.attn1`` / ``attn2`` / ``ff``, three kinds per block). The pass finds
 them in a traced graph from the nodes' module scope (``node.meta["nn_module_stack"]``, which both
 ``torch.fx`` symbolic tracing and ``torch.export`` record), never from the shape of the code:
 
-- the sublayer's *output* is the one node inside its module scope that is used outside it;
+- the sublayer's *output* is the one tensor-valued node inside its module scope that is used
+  outside it (an exported graph's shape arithmetic, e.g. PixArt's cross-attention batch · heads,
+  may be shared with later modules and is not an output);
 - following that output's users: an optional ``mul`` by a value that does not depend on it is the
   *gate* (DiT's adaLN-Zero), and the first ``add`` with an operand that does not depend on it is
   the *residual add* (that operand is the stream).
@@ -24,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import torch
 from torch import fx, nn
 
 from l2c_compile.models.dit import DiT
@@ -48,11 +52,24 @@ class SublayerSpec:
     ``blocks``: module paths of the transformer blocks in execution order; a path naming a
     ``ModuleList`` stands for its children in order. Block ids count from 0 over the expansion.
     ``attn`` / ``mlp``: each block's attention and MLP sublayer, relative to the block.
+    ``cross``: the cross-attention sublayer relative to the block, for blocks that have one
+    (PixArt's ``attn2``); None for two-kind blocks (DiT, U-ViT).
     """
 
     blocks: tuple[str, ...]
     attn: str = "attn"
     mlp: str = "mlp"
+    cross: str | None = None
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """The declared kinds in block order: ``("attn", "mlp")`` or ``("attn", "cross", "mlp")``."""
+        return tuple(k for k, _ in self.relative())
+
+    def relative(self) -> tuple[tuple[str, str], ...]:
+        """``(kind, path relative to the block)`` in block order (:data:`~l2c_compile.masks.KINDS`)."""
+        pairs = (("attn", self.attn), ("cross", self.cross), ("mlp", self.mlp))
+        return tuple((k, rel) for k, rel in pairs if rel is not None)
 
     def paths(self, model: nn.Module) -> dict[SublayerKey, str]:
         """``{(kind, block): module path}`` for ``model``; CompileError naming a missing path."""
@@ -71,13 +88,12 @@ class SublayerSpec:
         return {
             (kind, i): f"{block}.{rel}"
             for i, block in enumerate(block_paths)
-            for kind, rel in (("attn", self.attn), ("mlp", self.mlp))
+            for kind, rel in self.relative()
         }
-
 
     def under(self, prefix: str) -> SublayerSpec:
         """The same declaration for a module that holds this family's model at ``prefix``."""
-        return SublayerSpec(tuple(f"{prefix}.{b}" for b in self.blocks), self.attn, self.mlp)
+        return SublayerSpec(tuple(f"{prefix}.{b}" for b in self.blocks), self.attn, self.mlp, self.cross)
 
 
 SUBLAYER_SPECS: dict[type, SublayerSpec] = {
@@ -128,6 +144,13 @@ def ancestor_sets(graph: fx.Graph) -> dict[fx.Node, int]:
     return anc
 
 
+def _is_value(node: fx.Node) -> bool:
+    """Whether ``node`` computes a tensor (an exported node records its value in ``meta["val"]``;
+    an fx node records nothing and counts as a tensor)."""
+    val = node.meta.get("val")
+    return val is None or isinstance(val, torch.Tensor)
+
+
 def _inside(scope: str | None, path: str) -> bool:
     return scope is not None and (scope == path or scope.startswith(path + "."))
 
@@ -162,7 +185,9 @@ def find_sublayers(
         inside = [n for n in graph.nodes if _inside(scopes[n], path)]
         if not inside:
             raise CompileError(f"{where} is not in the traced graph (no node runs in that module)")
-        outputs = [n for n in inside if any(not _inside(scopes[u], path) for u in n.users)]
+        # Shape arithmetic (an exported graph's symbolic sizes, e.g. batch · heads) may be shared
+        # with later modules; only tensor values are the sublayer's output.
+        outputs = [n for n in inside if _is_value(n) and any(not _inside(scopes[u], path) for u in n.users)]
         if len(outputs) != 1:
             raise CompileError(f"{where} has {len(outputs)} values used outside it; expected one output")
         value = cur = outputs[0]

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import fx, nn
 
-from l2c_compile.guidance import GuidedDenoiser
+from l2c_compile.guidance import GuidedDenoiser, example_condition
 from l2c_compile.passes.base import CompileError
 from l2c_compile.passes.naming import name_values
 from l2c_compile.passes.sublayers import PATHS_META, sublayer_spec
@@ -77,7 +77,7 @@ def export_step(model: nn.Module, *, cfg: bool) -> fx.GraphModule:
     n, c, s = EXPORT_BATCH, model.in_channels, model.input_size
     example = (torch.zeros(n, c, s, s, dtype=p.dtype, device=p.device),
                torch.zeros(n, dtype=torch.float32, device=p.device),
-               torch.zeros(n, dtype=torch.long, device=p.device),
+               example_condition(model, n, cfg, p.device),
                torch.ones((), dtype=torch.float32, device=p.device))
     batch = torch.export.Dim("batch", min=1, max=65536)
     dynamic = ({0: batch}, {0: batch}, {0: batch}, None)

@@ -16,8 +16,9 @@ import torch
 from torch import nn
 
 from l2c_compile.errors import L2CError
+from l2c_compile.passes.sublayers import sublayer_spec
 from l2c_compile.reference import CacheState
-from l2c_compile.samplers.base import ModelCall, SamplerPlan, SolverStep
+from l2c_compile.samplers.base import Combination, ModelCall, SamplerPlan, SolverStep
 from l2c_compile.samplers.schedules import alpha_bar_at
 
 
@@ -30,6 +31,7 @@ class CacheTarget:
     warm: tuple[ModelCall, ...]  # that step's calls up to m−1 (full compute, recording)
     crosses_step: bool  # m is the first call of the next step: apply the step update first
     alpha_bar: float  # ᾱ at the start of ``step``
+    update: Combination | None = None  # the update to cross with (None: ``step.update``)
 
     @property
     def row(self) -> int:
@@ -52,7 +54,18 @@ def cache_targets(plan: SamplerPlan) -> tuple[CacheTarget, ...]:
         warm = tuple(c for c in step.calls if c.index < call.index)
         start = step.calls[0].timestep
         ab = alpha_bar_at(start, plan.noise_schedule, plan.time_input)
-        targets.append(CacheTarget(call, step, warm, owner[call.index] is not step, ab))
+        crosses = owner[call.index] is not step
+        update = step.update
+        first = step.calls[0].index
+        if crosses and any(j < first for j, _ in update.eps):
+            # A multistep update reads an earlier step the warm-up does not run: restart there.
+            if step.restart is None:
+                raise L2CError(
+                    f"{plan.sampler} plan: the step before cache call {call.index} reads earlier "
+                    "steps and has no restart update; cannot train it"
+                )
+            update = step.restart
+        targets.append(CacheTarget(call, step, warm, crosses, ab, update))
     if not targets:
         raise L2CError(
             f"the {plan.sampler} plan with {plan.nfe} NFE has no cache steps: nothing to train"
@@ -75,15 +88,15 @@ class RouterLogits(nn.Module):
 
     def __init__(self, init: torch.Tensor, rows: tuple[int, ...]) -> None:
         super().__init__()
-        self.table = init.detach().clone()  # (nfe, 2·depth): untrained rows stay as initialised
+        self.table = init.detach().clone()  # (nfe, K·depth): untrained rows stay as initialised
         self.rows = nn.ParameterDict({str(r): nn.Parameter(init[r].detach().clone()) for r in rows})
 
     def forward(self, rows: list[int]) -> tuple[torch.Tensor, ...]:
-        """Scores sigmoid(logits) of ``rows``, each (2·depth,)."""
+        """Scores sigmoid(logits) of ``rows``, each (K·depth,), K = sublayer kinds per block."""
         return tuple(torch.sigmoid(self.rows[str(r)]) for r in rows)
 
     def logits(self) -> torch.Tensor:
-        """The full table (nfe, 2·depth) with the current trained rows, detached, on the CPU."""
+        """The full table (nfe, K·depth) with the current trained rows, detached, on the CPU."""
         out = self.table.clone()
         for r, p in self.rows.items():
             out[int(r)] = p.detach().cpu()
@@ -96,9 +109,10 @@ class RouterLogits(nn.Module):
             p.clamp_(-bound, bound)
 
 
-def initial_logits(nfe: int, depth: int, seed: int) -> torch.Tensor:
-    """Standard-normal logits from the seed, like the official ``Router`` init (all rows)."""
-    return torch.randn(nfe, 2 * depth, generator=torch.Generator().manual_seed(seed))
+def initial_logits(nfe: int, depth: int, seed: int, kinds: int = 2) -> torch.Tensor:
+    """Standard-normal logits ``(nfe, kinds·depth)`` from the seed, like the official ``Router``
+    init (all rows); ``kinds``: sublayer kinds per block (2 for DiT / U-ViT, 3 for PixArt)."""
+    return torch.randn(nfe, kinds * depth, generator=torch.Generator().manual_seed(seed))
 
 
 def mixing_weights(scores: torch.Tensor, ste_threshold: float | None) -> torch.Tensor:
@@ -134,7 +148,8 @@ def shard_loss(
     distance: str,
     mode: str,
 ) -> torch.Tensor:
-    """distance(teacher, student) at ``target``'s cache call; ``weights``: (2·depth,) fresh weights."""
+    """distance(teacher, student) at ``target``'s cache call; ``weights``: (K·depth,) fresh weights,
+    entry ``K·i + k`` for kind ``k`` of block ``i`` (K = the model's sublayer kinds)."""
     ab = target.alpha_bar
     x = math.sqrt(ab) * x0 + math.sqrt(1.0 - ab) * noise  # (B, C, H, W) state at the step start
     with torch.no_grad():
@@ -142,20 +157,24 @@ def shard_loss(
         eps: dict[int, torch.Tensor] = {}
         for call in target.warm:
             state.set_call(record=True)
-            out = _model_call(model, call, call.input.apply(x, eps), labels)
+            x_in = call.input.apply(x, eps)  # (B, C, H, W)
+            out = _model_call(model, call, x_in, labels)
             eps[call.index] = model.eps(out).to(x.dtype)  # (B, C, H, W)
+            if call.output is not None:  # what the update reads (DPM-Solver++: the x0 prediction)
+                eps[call.index] = call.output.apply(x_in, eps)
         if target.crosses_step:
-            x, eps = target.step.update.apply(x, eps), {}
+            x, eps = (target.update or target.step.update).apply(x, eps), {}
         x_m = target.call.input.apply(x, eps)  # (B, C, H, W) input of the cache call
         state.set_call(record=False)
         teacher = _model_call(model, target.call, x_m, labels)  # (B, C_out, H, W)
     state.set_call(record=False)
     state.mode = mode
     w = weights.to(teacher.dtype)
+    kinds = sublayer_spec(model).kinds
     state.weights = {
-        (kind, i): w[2 * i + j]
-        for i in range(w.shape[0] // 2)
-        for j, kind in enumerate(("attn", "mlp"))
+        (kind, i): w[len(kinds) * i + j]
+        for i in range(w.shape[0] // len(kinds))
+        for j, kind in enumerate(kinds)
     }
     student = _model_call(model, target.call, x_m, labels)  # (B, C_out, H, W)
     state.weights = None

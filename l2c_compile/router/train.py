@@ -40,6 +40,7 @@ from torch import nn
 
 from l2c_compile.errors import L2CError, suggest
 from l2c_compile.masks import MODES
+from l2c_compile.passes.sublayers import sublayer_spec
 from l2c_compile.reference import CacheState, instrument
 from l2c_compile.router.checkpoint import (
     checkpoint_path,
@@ -167,7 +168,7 @@ class TrainConfig:
 class TrainResult:
     """What :func:`train` returns."""
 
-    logits: torch.Tensor  # (nfe, 2·depth) float32, the official layout
+    logits: torch.Tensor  # (nfe, K·depth) float32, the official layout for K = 2 kinds
     history: list[dict[str, float]]  # per step: step, loss, distance, reg, skip
     path: Path | None  # the router file written (None when no output was asked for)
     trained_rows: tuple[int, ...]
@@ -250,6 +251,15 @@ def _check_inputs(model: nn.Module, data: TrainData, config: TrainConfig, shards
     embed = getattr(getattr(model, "y_embedder", None), "embedding_table", None)
     if config.label_dropout > 0 and embed is not None and embed.num_embeddings <= model.null_class:
         raise L2CError("label dropout needs the model's null class, which this model lacks")
+    if (
+        config.label_dropout > 0
+        and hasattr(model, "null_condition")
+        and model.null_condition is None
+    ):
+        raise L2CError(
+            "label dropout needs the empty prompt's condition: give negative_prompt_embeds with the "
+            "prompt embeddings, or set label dropout to 0"
+        )
     if len(data) == 0:
         raise L2CError("the training data is empty")
 
@@ -299,7 +309,8 @@ def train(
     rows = tuple(sorted(t.row for t in targets))
     if rows[-1] >= plan.nfe:
         raise L2CError(f"router row {rows[-1]} is outside a table of {plan.nfe} rows")
-    router = RouterLogits(initial_logits(plan.nfe, depth, config.seed), rows).to(device)
+    kinds = sublayer_spec(model).kinds  # one logit per (row, block, kind): K·depth per row
+    router = RouterLogits(initial_logits(plan.nfe, depth, config.seed, len(kinds)), rows).to(device)
     optimizer = torch.optim.AdamW(
         [router.rows[str(r)] for r in rows], lr=config.lr, weight_decay=0.0
     )
@@ -375,6 +386,8 @@ def train(
         "trained_rows": list(rows),
         "depth": depth,
     }
+    if kinds != ("attn", "mlp"):  # two-kind routers keep the metadata they always had
+        meta["sublayers"] = list(kinds)
     path = Path(output) if output is not None else None
     if path is not None:
         if rank == 0:
@@ -399,7 +412,7 @@ def _iteration(
     total = torch.zeros((), device=run.device)
     sums = torch.zeros(2, dtype=torch.float64)  # Σ distance, Σ λ·l1 over this process's shards
     for target, x0, noise, y in draws:
-        s = scores[target.row]  # (2·depth,)
+        s = scores[target.row]  # (K·depth,)
         distance = shard_loss(
             run.model,
             run.state,

@@ -21,13 +21,15 @@ from l2c_compile.samplers.base import (
 )
 from l2c_compile.samplers.ddim import ddim_plan
 from l2c_compile.samplers.dpm_solver import dpm_solver2_plan
+from l2c_compile.samplers.dpm_solver_pp import dpm_solver_pp_plan
 from l2c_compile.samplers.schedules import NOISE_SCHEDULES, TIME_INPUTS
 
-SAMPLERS = ("ddim", "dpm-solver-2")
+SAMPLERS = ("ddim", "dpm-solver-2", "dpm-solver++")
 
 _FACTORIES: dict[str, Callable[..., SamplerPlan]] = {
     "ddim": ddim_plan,
     "dpm-solver-2": dpm_solver2_plan,
+    "dpm-solver++": dpm_solver_pp_plan,
 }
 
 __all__ = [
@@ -42,6 +44,7 @@ __all__ = [
     "SolverStep",
     "ddim_plan",
     "dpm_solver2_plan",
+    "dpm_solver_pp_plan",
     "execute_plan",
     "make_plan",
     "sampler_options",

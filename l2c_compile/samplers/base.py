@@ -9,9 +9,15 @@ Shape of a plan::
 
     for step in plan.steps:                      # solver steps (DDIM: 1 call, DPM-Solver-2: 2)
         for call in step.calls:                  # model evaluations, in sampling order
-            x_in = call.input.x * x + Σ coef * eps[j]    (j: earlier calls of this step)
+            x_in = call.input.x * x + Σ coef * eps[j]    (j: earlier calls)
             eps[call.index] = model(x_in, call.timestep)  # guided ε prediction
+            if call.output: eps[call.index] = call.output.x * x_in + coef * eps[call.index]
         x = step.update.x * x + Σ coef * eps[j]
+
+``eps[j]`` is what call ``j`` hands the updates: its ε, or, for a call with an ``output``
+(multistep solvers in data prediction, DPM-Solver++), a linear function of its input and its ε
+(``x0 = (x_in − σ ε) / α``). Combinations may read any earlier call, also one of an earlier
+step (a multistep update reads the previous step's prediction).
 
 ``call.role`` is the L2C cadence: ``"full"`` calls compute every sublayer and refresh the cache;
 ``"cache"`` calls may reuse cached sublayer outputs and use router row ``call.router_index``.
@@ -52,14 +58,24 @@ class ModelCall:
     role: Role  # "full" refreshes the cache; "cache" may reuse it
     router_index: int | None  # router row used at a cache call (None for full calls)
     input: Combination = field(default_factory=lambda: Combination(1.0))
+    # What later combinations read as eps[index]: None = the ε itself; else this combination of
+    # the call's input (its ``x``) and its ε (the one ``eps`` entry, at ``index``).
+    output: Combination | None = None
 
 
 @dataclass(frozen=True)
 class SolverStep:
-    """A solver step: its model calls, then the update of the latent state."""
+    """A solver step: its model calls, then the update of the latent state.
+
+    ``restart``: for a multistep update that reads an earlier step's output, the update the
+    solver uses when it starts at this step with no history (DPM-Solver++: the first-order step);
+    router training, which noises x0 straight to a step's start, uses it. None: ``update`` reads
+    only this step's calls.
+    """
 
     calls: tuple[ModelCall, ...]
     update: Combination
+    restart: Combination | None = None
 
 
 @dataclass(frozen=True)
@@ -109,10 +125,28 @@ def execute_plan(plan: SamplerPlan, noise: torch.Tensor, eps_fn: EpsFn) -> torch
     The latent state and the sampler arithmetic stay in the dtype of ``noise``.
     """
     x = noise
-    for step in plan.steps:
-        eps: dict[int, torch.Tensor] = {}
+    eps: dict[int, torch.Tensor] = {}
+    last = last_reads(plan)
+    for s, step in enumerate(plan.steps):
         for call in step.calls:
             x_in = call.input.apply(x, eps)
             eps[call.index] = eps_fn(call, x_in)
+            if call.output is not None:
+                eps[call.index] = call.output.apply(x_in, eps)
         x = step.update.apply(x, eps)
+        for j in [j for j in eps if last[j] <= s]:
+            del eps[j]
     return x
+
+
+def last_reads(plan: SamplerPlan) -> dict[int, int]:
+    """For each call, the index of the last solver step whose combinations read its output
+    (its own step when none reads it later)."""
+    last: dict[int, int] = {}
+    for s, step in enumerate(plan.steps):
+        for call in step.calls:
+            last[call.index] = s
+        reads = [j for c in step.calls for j, _ in c.input.eps] + [j for j, _ in step.update.eps]
+        for j in reads:
+            last[j] = max(last.get(j, s), s)
+    return last

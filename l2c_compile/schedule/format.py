@@ -4,8 +4,8 @@ This module holds the :class:`Schedule` class and its JSON document, the thresho
 official-router import (:func:`import_router`) and the heuristic baselines (:func:`heuristic`).
 
 A :class:`Schedule` says, for every model call (NFE) of one sampler plan, whether it is a full
-call (computes every sublayer, refreshes the cache) or a cache call, and which attention and MLP
-sublayers a cache call reuses. It is plain data: a versioned JSON document a person can read and
+call (computes every sublayer, refreshes the cache) or a cache call, and which sublayers of each
+kind a cache call reuses. It is plain data: a versioned JSON document a person can read and
 diff, baked into the compiled sampler as constants and applied by the reference executor.
 
 Threshold rule (both official codebases): a sublayer is *computed* iff ``sigmoid(logit) > θ``;
@@ -15,6 +15,13 @@ Mode: ``"cache"`` (L2C) makes a skipped sublayer reuse its cached output; ``"dro
 learning-to-drop and random-drop baselines, Table 5) makes it contribute nothing, so the residual
 add keeps only the stream. The ``reuse_attn``/``reuse_mlp`` lists name the skipped sublayers in
 both modes; a document without ``mode`` is a cache schedule.
+
+Kinds: a schedule covers the sublayer kinds of its model's blocks (``masks.KINDS``). A document
+without ``kinds`` is a two-kind ``["attn", "mlp"]`` schedule (DiT, U-ViT: every document written
+before kinds existed reads unchanged, and writing it back gives the same bytes); a three-kind
+schedule (PixArt) says ``"kinds": ["attn", "cross", "mlp"]`` and every call lists ``reuse_cross``
+too. Router logits are laid out per block, kinds interleaved: entry ``K·i + k`` is kind ``k`` of
+block ``i`` (for two kinds: ``attn0, mlp0, attn1, …``, the official layout).
 """
 
 from __future__ import annotations
@@ -32,9 +39,9 @@ import torch
 
 from l2c_compile.errors import L2CError, suggest
 from l2c_compile.io import write_text_atomic
-from l2c_compile.masks import MODES, Mask
+from l2c_compile.masks import DEFAULT_KINDS, MODES, Mask, check_kinds
 from l2c_compile.samplers.base import SamplerPlan
-from l2c_compile.schedule.router_files import SUBLAYERS, check_router_target, load_router
+from l2c_compile.schedule.router_files import check_router_target, load_router
 
 __all__ = [
     "DEFAULT_THRESHOLDS",
@@ -97,6 +104,7 @@ class CallSchedule:
     router_index: int | None = None
     reuse_attn: tuple[int, ...] = ()
     reuse_mlp: tuple[int, ...] = ()
+    reuse_cross: tuple[int, ...] | None = None  # None: the model's blocks have no cross-attention
 
     def __post_init__(self) -> None:
         if not _is_int(self.index) or self.index < 0:
@@ -125,24 +133,40 @@ class CallSchedule:
             self, "reuse_attn", _layer_ids(self.reuse_attn, "reuse_attn", self.index)
         )
         object.__setattr__(self, "reuse_mlp", _layer_ids(self.reuse_mlp, "reuse_mlp", self.index))
-        if self.role == "full" and (self.reuse_attn or self.reuse_mlp):
+        if self.reuse_cross is not None:
+            object.__setattr__(
+                self, "reuse_cross", _layer_ids(self.reuse_cross, "reuse_cross", self.index)
+            )
+        if self.role == "full" and any(self.reused(k) for k in self.kinds):
             raise L2CError(f"call {self.index} is a full step but reuses sublayers")
 
     @property
+    def kinds(self) -> tuple[str, ...]:
+        """The sublayer kinds this call covers, in block order."""
+        return DEFAULT_KINDS if self.reuse_cross is None else ("attn", "cross", "mlp")
+
+    def reused(self, kind: str) -> tuple[int, ...]:
+        """The block ids whose ``kind`` sublayer this call reuses (sorted)."""
+        if kind not in self.kinds:
+            raise L2CError(
+                f"call {self.index} has no {kind!r} sublayers (kinds {list(self.kinds)})"
+            )
+        return {"attn": self.reuse_attn, "cross": self.reuse_cross, "mlp": self.reuse_mlp}[kind]
+
+    @property
     def mask(self) -> Mask:
-        """(reused attention blocks, reused MLP blocks)."""
-        return frozenset(self.reuse_attn), frozenset(self.reuse_mlp)
+        """Reused block ids per kind: (attention, MLP), or (attention, cross-attention, MLP)."""
+        return tuple(frozenset(self.reused(k)) for k in self.kinds)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict (key order fixed for stable diffs)."""
-        return {
+        head = {
             "index": self.index,
             "timestep": self.timestep,
             "role": self.role,
             "router_index": self.router_index,
-            "reuse_attn": list(self.reuse_attn),
-            "reuse_mlp": list(self.reuse_mlp),
         }
+        return head | {f"reuse_{k}": list(self.reused(k)) for k in self.kinds}
 
     @classmethod
     def from_dict(cls, d: Any) -> CallSchedule:
@@ -153,7 +177,9 @@ class CallSchedule:
         missing = [k for k in keys if k not in d]
         if missing:
             raise L2CError(f"schedule call {d.get('index', '?')} lacks {', '.join(missing)}")
-        for k in ("reuse_attn", "reuse_mlp"):
+        if "reuse_cross" in d:
+            keys += ("reuse_cross",)
+        for k in keys[4:]:
             if not isinstance(d[k], list):
                 raise L2CError(f"schedule call {d['index']}: {k} must be a list of layer ids")
         return cls(**{k: d[k] for k in keys})
@@ -172,6 +198,7 @@ class Schedule:
     calls: tuple[CallSchedule, ...]
     version: int = SCHEDULE_VERSION
     mode: str = "cache"  # "cache": skipped sublayers reuse the cache; "drop": they add nothing
+    kinds: tuple[str, ...] = DEFAULT_KINDS  # the blocks' sublayer kinds (masks.KINDS order)
 
     def __post_init__(self) -> None:
         if self.version != SCHEDULE_VERSION:
@@ -207,6 +234,14 @@ class Schedule:
             object.__setattr__(self, "source", json.loads(json.dumps(self.source)))
         except (TypeError, ValueError) as exc:
             raise L2CError(f"schedule source is not JSON-serializable ({exc})") from None
+        try:
+            object.__setattr__(self, "kinds", check_kinds(self.kinds))
+        except ValueError as exc:
+            raise L2CError(f"schedule {exc}") from None
+        if self.kinds not in (DEFAULT_KINDS, ("attn", "cross", "mlp")):
+            raise L2CError(
+                f"schedule kinds must be [attn, mlp] or [attn, cross, mlp], got {list(self.kinds)}"
+            )
         calls = tuple(self.calls)
         object.__setattr__(self, "calls", calls)
         if not all(isinstance(c, CallSchedule) for c in calls):
@@ -216,9 +251,14 @@ class Schedule:
         if [c.index for c in calls] != list(range(self.nfe)):
             raise L2CError("schedule call indices must be 0..nfe-1 in order")
         computed: set[tuple[str, int]] = set()
-        every = {(k, b) for k in ("attn", "mlp") for b in range(self.depth)}
+        every = {(k, b) for k in self.kinds for b in range(self.depth)}
         for c in calls:
-            reused = {("attn", b) for b in c.reuse_attn} | {("mlp", b) for b in c.reuse_mlp}
+            if c.kinds != self.kinds:
+                raise L2CError(
+                    f"call {c.index} lists kinds {list(c.kinds)} but the schedule's are "
+                    f"{list(self.kinds)}"
+                )
+            reused = {(k, b) for k in self.kinds for b in c.reused(k)}
             bad = sorted(b for _, b in reused if b >= self.depth)
             if bad:
                 raise L2CError(
@@ -243,7 +283,7 @@ class Schedule:
         return tuple(c for c in self.calls if c.role == "cache")
 
     def mask(self, i: int) -> Mask:
-        """(reused attention blocks, reused MLP blocks) of call ``i``."""
+        """Reused block ids per kind (in ``kinds`` order) of call ``i``."""
         return self.calls[i].mask
 
     def distinct_masks(self) -> tuple[Mask, ...]:
@@ -253,19 +293,18 @@ class Schedule:
     def stats(self) -> dict[str, Any]:
         """Counts of reused sublayers (spec §5.1 columns)."""
         cache_steps = len(self.cache_calls)
-        attn = sum(len(c.reuse_attn) for c in self.calls)
-        mlp = sum(len(c.reuse_mlp) for c in self.calls)
-        total = cache_steps * self.depth * 2
-        all_calls = self.nfe * self.depth * 2
+        per_kind = {k: sum(len(c.reused(k)) for c in self.calls) for k in self.kinds}
+        skipped = sum(per_kind.values())
+        total = cache_steps * self.depth * len(self.kinds)
+        all_calls = self.nfe * self.depth * len(self.kinds)
         return {
             "nfe": self.nfe,
             "cache_steps": cache_steps,
-            "skipped_attn": attn,
-            "skipped_mlp": mlp,
-            "skipped_total": attn + mlp,
+            **{f"skipped_{k}": n for k, n in per_kind.items()},
+            "skipped_total": skipped,
             "total_cache_sublayers": total,
-            "skipped_fraction": (attn + mlp) / total if total else 0.0,
-            "skipped_fraction_all_calls": (attn + mlp) / all_calls,
+            "skipped_fraction": skipped / total if total else 0.0,
+            "skipped_fraction_all_calls": skipped / all_calls,
             "distinct_masks": len(self.distinct_masks()),
         }
 
@@ -302,9 +341,11 @@ class Schedule:
     # -- constructors --------------------------------------------------------------------------
 
     @classmethod
-    def all_compute(cls, model: str, depth: int, plan: SamplerPlan) -> Schedule:
+    def all_compute(
+        cls, model: str, depth: int, plan: SamplerPlan, kinds: tuple[str, ...] = DEFAULT_KINDS
+    ) -> Schedule:
         """The schedule that reuses nothing (must match the uncached model)."""
-        return _from_reuse(plan, model, depth, None, {"kind": "all-compute"}, {})
+        return _from_reuse(plan, model, depth, None, {"kind": "all-compute"}, {}, kinds=kinds)
 
     @classmethod
     def from_router(
@@ -317,16 +358,19 @@ class Schedule:
         threshold: float,
         source: dict[str, Any] | None = None,
         mode: str = "cache",
+        kinds: tuple[str, ...] = DEFAULT_KINDS,
     ) -> Schedule:
-        """Threshold router ``logits [rows, 2*depth]``: computed iff sigmoid(logit) > θ."""
+        """Threshold router ``logits [rows, K·depth]`` (K = ``len(kinds)``, entry ``K·i + k`` is
+        kind ``k`` of block ``i``): computed iff sigmoid(logit) > θ."""
         t = torch.as_tensor(logits).detach().to("cpu")
+        k = len(kinds)
         if t.dim() != 2:
-            raise L2CError(f"router logits must be [rows, 2*depth], got shape {list(t.shape)}")
+            raise L2CError(f"router logits must be [rows, {k}*depth], got shape {list(t.shape)}")
         rows, width = int(t.shape[0]), int(t.shape[1])
-        if width != 2 * depth:
+        if width != k * depth:
             raise L2CError(
-                f"router has {width} entries per step but {model} has {depth} blocks "
-                f"(needs {2 * depth})"
+                f"router has {width} entries per step but {model} has {depth} blocks of {k} "
+                f"sublayers (needs {k * depth})"
             )
         if rows != plan.nfe:
             raise L2CError(f"router has {rows} steps but the sampler plan has {plan.nfe} NFE")
@@ -337,7 +381,7 @@ class Schedule:
         ):
             raise L2CError(f"threshold must be in [0, 1], got {threshold!r}")
         # float32 like the official code, so θ is compared at the same precision
-        computed = torch.sigmoid(t.float()) > threshold  # (rows, 2*depth)
+        computed = torch.sigmoid(t.float()) > threshold  # (rows, K·depth)
         reuse: dict[int, torch.Tensor] = {}
         for call in plan.calls:
             if call.role != "cache":
@@ -351,17 +395,22 @@ class Schedule:
                 )
             reuse[call.index] = ~computed[r]
         src = {"kind": "router"} if source is None else source
-        return _from_reuse(plan, model, depth, float(threshold), src, reuse, mode)
+        return _from_reuse(plan, model, depth, float(threshold), src, reuse, mode, kinds)
 
     # -- JSON ----------------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly dict, format header first."""
-        return {
+        """JSON-friendly dict, format header first (``kinds`` only when not the two-kind default,
+        so two-kind documents keep their bytes)."""
+        head: dict[str, Any] = {
             "format": SCHEDULE_FORMAT,
             "version": self.version,
             "model": self.model,
             "depth": self.depth,
+        }
+        if self.kinds != DEFAULT_KINDS:
+            head["kinds"] = list(self.kinds)
+        return head | {
             "sampler": self.sampler,
             "nfe": self.nfe,
             "threshold": self.threshold,
@@ -409,6 +458,9 @@ class Schedule:
             calls=calls,
             version=d["version"],
             mode=d.get("mode", "cache"),  # absent in documents written before drop mode existed
+            kinds=tuple(d["kinds"])
+            if isinstance(d.get("kinds"), list)
+            else d.get("kinds", DEFAULT_KINDS),
         )
 
     @classmethod
@@ -455,20 +507,24 @@ def _from_reuse(
     source: dict[str, Any],
     reuse: dict[int, torch.Tensor],
     mode: str = "cache",
+    kinds: tuple[str, ...] = DEFAULT_KINDS,
 ) -> Schedule:
-    """Build a Schedule from per-call boolean reuse vectors ``[2*depth]`` (router entry order)."""
+    """Build a Schedule from per-call boolean reuse vectors ``[K·depth]`` (router entry order)."""
+    k = len(kinds)
     calls = []
     for c in plan.calls:
         r = reuse.get(c.index)
         ids = [] if r is None else [int(i) for i in torch.nonzero(r).flatten()]
+        per_kind = {kind: tuple(i // k for i in ids if i % k == j) for j, kind in enumerate(kinds)}
         calls.append(
             CallSchedule(
                 index=c.index,
                 timestep=float(c.timestep),
                 role=c.role,
                 router_index=c.router_index,
-                reuse_attn=tuple(i // 2 for i in ids if i % 2 == 0),
-                reuse_mlp=tuple(i // 2 for i in ids if i % 2 == 1),
+                reuse_attn=per_kind["attn"],
+                reuse_mlp=per_kind["mlp"],
+                reuse_cross=per_kind.get("cross"),
             )
         )
     return Schedule(
@@ -480,6 +536,7 @@ def _from_reuse(
         source=source,
         calls=tuple(calls),
         mode=mode,
+        kinds=kinds,
     )
 
 
@@ -496,6 +553,7 @@ def import_router(
     depth: int,
     threshold: float,
     spec: Any | None = None,
+    kinds: tuple[str, ...] = DEFAULT_KINDS,
 ) -> Schedule:
     """Load a router file (any layout) and threshold it into a Schedule for ``plan``.
 
@@ -510,7 +568,7 @@ def import_router(
     p = Path(path)
     router = load_router(p)
     meta = router.meta
-    target = router_target(model, depth, plan, spec)
+    target = router_target(model, depth, plan, spec, kinds)
     facts = check_router_target(router, p.name, target)
     mode = meta.get("mode", "cache")
     if mode not in MODES:
@@ -534,13 +592,18 @@ def import_router(
             threshold=threshold,
             source=source,
             mode=mode,
+            kinds=kinds,
         )
     except L2CError as exc:
         raise L2CError(f"{p.name}: {exc}") from None
 
 
 def router_target(
-    model: str, depth: int, plan: SamplerPlan, spec: Any | None = None
+    model: str,
+    depth: int,
+    plan: SamplerPlan,
+    spec: Any | None = None,
+    kinds: tuple[str, ...] = DEFAULT_KINDS,
 ) -> dict[str, Any]:
     """What a router for (``model``, ``depth``, ``plan``) must say, fact by fact.
 
@@ -557,7 +620,7 @@ def router_target(
         "sampler_options": dict(plan.options),
         "nfe": plan.nfe,
         "depth": depth,
-        "sublayers": list(SUBLAYERS),
+        "sublayers": list(kinds),
     }
     if spec is not None:
         side = int(spec.latent_shape[1])
@@ -576,6 +639,7 @@ def heuristic(
     fraction: float,
     seed: int = 0,
     mode: str = "cache",
+    kinds: tuple[str, ...] = DEFAULT_KINDS,
 ) -> Schedule:
     """A paper baseline schedule: ``random``, ``top``, ``bottom`` or ``all`` skipped sublayers.
 
@@ -592,7 +656,7 @@ def heuristic(
         or not 0.0 <= fraction <= 1.0
     ):
         raise L2CError(f"heuristic fraction must be in [0, 1], got {fraction!r}")
-    width = 2 * depth
+    width = len(kinds) * depth
     cache = [c.index for c in plan.calls if c.role == "cache"]
     reuse: dict[int, torch.Tensor] = {i: torch.zeros(width, dtype=torch.bool) for i in cache}
     if kind == "all":
@@ -606,7 +670,7 @@ def heuristic(
         reuse = {i: flat[j * width : (j + 1) * width] for j, i in enumerate(cache)}
     else:
         k = round(fraction * width)
-        # entries are ordered attn0, mlp0, attn1, ...: "top" counts down from the last MLP
+        # entries are ordered attn0, [cross0,] mlp0, attn1, ...: "top" counts down from the last MLP
         lo, hi = (width - k, width) if kind == "top" else (0, k)
         for r in reuse.values():
             r[lo:hi] = True
@@ -615,4 +679,4 @@ def heuristic(
         source["seed"] = seed
     if kind == "all":
         source.pop("fraction")
-    return _from_reuse(plan, model, depth, None, source, reuse, mode)
+    return _from_reuse(plan, model, depth, None, source, reuse, mode, kinds)

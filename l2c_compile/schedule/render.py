@@ -1,7 +1,10 @@
 """Rendering a Schedule for people: the spec's text grid, a coloured rich table, a heatmap.
 
 Grid cells (spec §5.2): ``B`` attention and MLP both reused, ``A`` only attention reused, ``M``
-only MLP reused, ``.`` both computed. Rows are the cache calls in sampling order.
+only MLP reused, ``.`` both computed. Rows are the cache calls in sampling order. A schedule with
+other kinds (PixArt: attention, cross-attention, MLP) gets one letter per kind in each block's
+cell (``a`` attention, ``x`` cross-attention, ``m`` MLP where reused, ``.`` where computed), the
+cells separated by spaces; the heatmap has one panel per kind.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import torch
 
 from l2c_compile.errors import L2CError
 from l2c_compile.io import atomic_path
+from l2c_compile.masks import DEFAULT_KINDS, KIND_NAMES
 
 
 class _Call(Protocol):
@@ -37,32 +41,63 @@ class Schedule(Protocol):
     nfe: int
     depth: int
     threshold: float | None
+    kinds: tuple[str, ...]
 
     @property
     def cache_calls(self) -> Sequence[_Call]: ...
 
 
 _CELL = {(True, True): "B", (True, False): "A", (False, True): "M", (False, False): "."}
-_STYLE = {"B": "bold red", "A": "yellow", "M": "cyan", ".": "dim"}
+_STYLE = {
+    "B": "bold red",
+    "A": "yellow",
+    "M": "cyan",
+    ".": "dim",
+    "a": "yellow",
+    "x": "magenta",
+    "m": "cyan",
+    " ": "",
+}
+_LETTER = {"attn": "a", "cross": "x", "mlp": "m"}
+
+
+def _kinds(schedule: Schedule) -> tuple[str, ...]:
+    return tuple(getattr(schedule, "kinds", DEFAULT_KINDS))
+
+
+def _cell(mask: Sequence[Any], block: int, kinds: tuple[str, ...]) -> str:
+    """One block's cell: B/A/M/. for attention + MLP, else one letter (or ``.``) per kind."""
+    if kinds == DEFAULT_KINDS:
+        return _CELL[(block in mask[0], block in mask[1])]
+    return "".join(_LETTER[k] if block in ids else "." for k, ids in zip(kinds, mask, strict=True))
+
+
+def _header(schedule: Schedule) -> str:
+    """Block numbers over the cells (last digit; one column per kind letter)."""
+    width = 1 if _kinds(schedule) == DEFAULT_KINDS else len(_kinds(schedule))
+    sep = "" if width == 1 else " "
+    return sep.join(str(b % 10).ljust(width) for b in range(schedule.depth)).rstrip()
 
 
 def _grid_rows(schedule: Schedule) -> list[tuple[str, str, str]]:
     """(router idx, timestep, cells) per cache call, as strings."""
+    kinds = _kinds(schedule)
+    sep = "" if kinds == DEFAULT_KINDS else " "
     rows = []
     for c in schedule.cache_calls:
-        attn, mlp = c.mask
-        cells = "".join(_CELL[(b in attn, b in mlp)] for b in range(schedule.depth))
+        cells = sep.join(_cell(c.mask, b, kinds) for b in range(schedule.depth))
         idx = "-" if c.router_index is None else str(c.router_index)
         rows.append((idx, f"{c.timestep:.0f}", cells))
     return rows
 
 
 def render_grid(schedule: Schedule) -> str:
-    """Text grid (spec §5.2): rows = cache calls, columns = blocks; B/A/M reused, . computed."""
+    """Text grid (spec §5.2): rows = cache calls, columns = blocks; B/A/M reused, . computed
+    (other kinds: a/x/m per block, see the module docstring)."""
     rows = _grid_rows(schedule)
     wi = max([3, *(len(r[0]) for r in rows)])
     wt = max([3, *(len(r[1]) for r in rows)])
-    digits = "".join(str(b % 10) for b in range(schedule.depth))
+    digits = _header(schedule)
     lines = [f"{'idx':<{wi}}  {'t':<{wt}}  {digits}"]
     lines += [f"{i:>{wi}}  {t:>{wt}}  {cells}" for i, t, cells in rows]
     return "\n".join(lines) + "\n"
@@ -74,15 +109,21 @@ def rich_grid(schedule: Schedule) -> Any:
     from rich.text import Text
 
     theta = "" if schedule.threshold is None else f", θ={schedule.threshold:g}"
+    kinds = _kinds(schedule)
+    caption = (
+        "B both reused · A attention reused · M MLP reused · . computed"
+        if kinds == DEFAULT_KINDS
+        else f"{'/'.join(_LETTER[k] for k in kinds)} reused ({', '.join(KIND_NAMES[k] for k in kinds)}) · . computed"
+    )
     table = Table(
         title=f"{schedule.model} · {schedule.sampler} · {schedule.nfe} NFE{theta}",
-        caption="B both reused · A attention reused · M MLP reused · . computed",
+        caption=caption,
         box=None,
         pad_edge=False,
     )
     table.add_column("idx", justify="right")
     table.add_column("t", justify="right")
-    table.add_column("".join(str(b % 10) for b in range(schedule.depth)), no_wrap=True)
+    table.add_column(_header(schedule), no_wrap=True)
     for idx, t, cells in _grid_rows(schedule):
         text = Text()
         for ch in cells:
@@ -96,7 +137,8 @@ REUSED_COLOUR = "#c0392b"
 
 
 def heatmap_figure(schedule: Schedule) -> Any:
-    """A two-panel (attention / MLP) reuse heatmap, cache steps × layers, as a matplotlib Figure.
+    """A reuse heatmap with one panel per sublayer kind (attention / MLP; PixArt adds
+    cross-attention), cache steps × layers, as a matplotlib Figure.
 
     Cells are red where the sublayer is reused (dropped, for a drop schedule) and light grey
     where it is computed; layers are integer ticks; the title gives the removed share.
@@ -111,22 +153,27 @@ def heatmap_figure(schedule: Schedule) -> Any:
     calls = schedule.cache_calls
     if not calls:
         raise L2CError("schedule has no cache steps to plot")
-    attn = torch.zeros(len(calls), schedule.depth)  # (cache steps, layers), 1 = reused
-    mlp = torch.zeros(len(calls), schedule.depth)
+    kinds = _kinds(schedule)
+    panels = torch.zeros(
+        len(kinds), len(calls), schedule.depth
+    )  # (kinds, cache steps, layers), 1 = reused
     for j, c in enumerate(calls):
-        attn[j, list(c.reuse_attn)] = 1.0
-        mlp[j, list(c.reuse_mlp)] = 1.0
+        for k, ids in enumerate(c.mask):
+            panels[k, j, sorted(ids)] = 1.0
     labels = [f"{c.router_index} · t={c.timestep:.0f}" for c in calls]
     reused = "dropped (zero output)" if schedule.mode == "drop" else "reused from the cache"
     cmap = ListedColormap([COMPUTED_COLOUR, REUSED_COLOUR])
     # Figure + Agg canvas directly: no pyplot, so no global backend state is touched.
     fig = Figure(
-        figsize=(max(8.0, 1.5 + 0.5 * schedule.depth), 2.2 + 0.25 * len(calls)),
+        figsize=(
+            max(4.0 * len(kinds), 1.5 + 0.25 * len(kinds) * schedule.depth),
+            2.2 + 0.25 * len(calls),
+        ),
         layout="constrained",
     )
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, 2, sharey=True)
-    for ax, data, name in zip(axes, (attn, mlp), ("attention", "MLP"), strict=True):
+    axes = fig.subplots(1, len(kinds), sharey=True, squeeze=False)[0]
+    for ax, data, name in zip(axes, panels, [KIND_NAMES[k] for k in kinds], strict=True):
         ax.imshow(data.numpy(), cmap=cmap, vmin=0, vmax=1, aspect="auto", interpolation="nearest")
         ax.set_title(f"{name}: {int(data.sum())} of {data.numel()} {reused.split()[0]}")
         ax.set_xlabel("layer (block index)")

@@ -2,7 +2,11 @@
 
 A router is a table of logits ``[rows, 2*depth]``: row ``i`` belongs to router index ``i`` (the
 sampler decides which model call uses which row), entry ``2*l`` is the attention sublayer of
-block ``l`` and entry ``2*l+1`` its MLP (spec §2). Three file layouts are read:
+block ``l`` and entry ``2*l+1`` its MLP (spec §2). Models with more sublayer kinds per block
+(PixArt: attention, cross-attention, MLP) have ``[rows, K*depth]`` with the kinds interleaved per
+block (entry ``K*l + k``); only l2c-router files hold them, and their metadata's ``sublayers``
+names the kinds (a file without it is two-kind, as every file written before). Three file
+layouts are read:
 
 * official DiT (``horseee/learning-to-cache`` DiT): a ``torch.save`` dict
   ``{"routers": {"{i}.prob": [2*depth]}, "opt": AdamW state, "args": argparse.Namespace}``;
@@ -39,7 +43,8 @@ _ZIP_MAGIC = b"PK\x03\x04"
 
 @dataclass(frozen=True)
 class RouterFile:
-    """Router logits ``[rows, 2*depth]`` (float32) and what the file says about them."""
+    """Router logits ``[rows, K*depth]`` (float32; K = 2 kinds unless ``meta["sublayers"]`` names more)
+    and what the file says about them."""
 
     logits: torch.Tensor
     meta: dict[str, Any] = field(default_factory=dict, hash=False)
@@ -50,9 +55,16 @@ class RouterFile:
         return int(self.logits.shape[0])
 
     @property
+    def kinds(self) -> tuple[str, ...]:
+        """The sublayer kinds each block has, in entry order (``("attn", "mlp")`` unless the
+        metadata's ``sublayers`` says otherwise)."""
+        kinds = self.meta.get("sublayers", SUBLAYERS)
+        return tuple(kinds) if isinstance(kinds, list | tuple) else SUBLAYERS
+
+    @property
     def depth(self) -> int:
-        """Number of blocks the router covers (half its width)."""
-        return int(self.logits.shape[1]) // 2
+        """Number of blocks the router covers (its width over the number of kinds)."""
+        return int(self.logits.shape[1]) // len(self.kinds)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -100,9 +112,21 @@ def _load_own(p: Path) -> RouterFile:
             f"{p.name}: unsupported {ROUTER_FORMAT} version {meta.get('version')!r} "
             f"(this l2c-compile reads version {ROUTER_VERSION})"
         )
-    logits = _check_logits(logits, p.name)
+    logits = _check_logits(logits, p.name, _meta_kinds(meta, p.name))
     _check_meta(meta, logits, p.name)
     return RouterFile(logits, meta)
+
+
+def _meta_kinds(meta: dict[str, Any], name: str) -> int:
+    """How many sublayer kinds the metadata names (2 when it names none); L2CError for a bad list."""
+    from l2c_compile.masks import check_kinds
+
+    if "sublayers" not in meta:
+        return len(SUBLAYERS)
+    try:
+        return len(check_kinds(meta["sublayers"]))
+    except ValueError as exc:
+        raise L2CError(f"{name}: router metadata: {exc}") from None
 
 
 def _load_official(p: Path, head: bytes) -> RouterFile:
@@ -162,11 +186,13 @@ def _stack_probs(probs: dict[str, Any], name: str) -> torch.Tensor:
     return _check_logits(logits, name)
 
 
-def _check_logits(logits: Any, name: str) -> torch.Tensor:
-    """Return ``logits`` as a contiguous float32 CPU tensor ``[rows, 2*depth]`` or raise."""
+def _check_logits(logits: Any, name: str, kinds: int = 2) -> torch.Tensor:
+    """Return ``logits`` as a contiguous float32 CPU tensor ``[rows, kinds*depth]`` or raise."""
     t = torch.as_tensor(logits)
-    if t.dim() != 2 or t.shape[0] == 0 or t.shape[1] == 0 or t.shape[1] % 2:
-        raise L2CError(f"{name}: router logits must be [rows, 2*depth], got shape {list(t.shape)}")
+    if t.dim() != 2 or t.shape[0] == 0 or t.shape[1] == 0 or t.shape[1] % kinds:
+        raise L2CError(
+            f"{name}: router logits must be [rows, {kinds}*depth], got shape {list(t.shape)}"
+        )
     if not t.is_floating_point():
         raise L2CError(f"{name}: router logits must be floating point, got {t.dtype}")
     t = t.detach().to("cpu", torch.float32).contiguous()
@@ -229,8 +255,8 @@ def save_router(path: str | os.PathLike[str], logits: torch.Tensor, meta: dict[s
     from safetensors.torch import save
 
     name = Path(path).name
-    t = _check_logits(logits, name)
     full = {**_target_meta(meta), **meta, "format": ROUTER_FORMAT, "version": ROUTER_VERSION}
+    t = _check_logits(logits, name, _meta_kinds(full, name))
     _check_meta(full, t, name)
     header = {str(k): _encode_meta(v) for k, v in full.items()}
     write_bytes_atomic(path, save({"logits": t}, metadata=header))
@@ -291,8 +317,9 @@ SUBLAYERS = ("attn", "mlp")  # every layout interleaves them per block: attn0, m
 def router_facts(router: RouterFile) -> dict[str, Any]:
     """The facts about its target that ``router`` carries, by name (see :data:`FACTS`).
 
-    * every layout: ``nfe`` (its rows), ``depth`` (half its width) and ``sublayers``
-      (attention and MLP of each block, interleaved);
+    * every layout: ``nfe`` (its rows), ``depth`` (its width over the number of kinds) and
+      ``sublayers`` (the kinds of each block, interleaved: attention and MLP unless an l2c-router
+      file's metadata names more);
     * official DiT (``horseee/learning-to-cache`` ``train_router.py`` saves its ``args``):
       ``family`` dit, and from the args ``model``, ``resolution`` (``image_size``), ``classes``
       and ``sampler`` ddim — that trainer only trains DDIM routers;
@@ -304,7 +331,7 @@ def router_facts(router: RouterFile) -> dict[str, Any]:
     facts: dict[str, Any] = {
         "nfe": router.rows,
         "depth": router.depth,
-        "sublayers": list(meta.get("sublayers", SUBLAYERS)),
+        "sublayers": list(router.kinds),
     }
     fmt = meta.get("format")
     if fmt == "dit-official":
@@ -341,6 +368,10 @@ def check_router_target(
     """
     facts = router_facts(router)
     checked, unchecked = [], []
+    # The kinds decide how the width splits into blocks, so a kind mismatch is named first.
+    kinds = _mismatch("sublayers", facts["sublayers"], target.get("sublayers", SUBLAYERS), target)
+    if kinds:
+        raise L2CError(f"{name}: {kinds}; this router was not made for this target")
     for fact in FACTS:
         have, want = facts.get(fact), target.get(fact)
         if have is None or want is None:
@@ -375,9 +406,10 @@ def _mismatch(fact: str, have: Any, want: Any, target: dict[str, Any]) -> str | 
     if _norm(have) == _norm(want):
         return None
     if fact == "depth":
+        k = len(target.get("sublayers") or SUBLAYERS)
         return (
-            f"router has {2 * have} entries per step but {target.get('model')} has {want} blocks "
-            f"(needs {2 * want})"
+            f"router has {k * have} entries per step but {target.get('model')} has {want} blocks "
+            f"(needs {k * want})"
         )
     if fact == "nfe":
         return f"router has {have} steps but the sampler plan has {want} NFE"

@@ -1,0 +1,169 @@
+"""Where text-to-image router training (PixArt) gets its conditions and its x0: prompts, data-free.
+
+The conditions come from a prompts file, either
+
+* a text file, one prompt per line (blank lines skipped), encoded by the pipeline's own tokenizer
+  and T5 encoder (``pipe.encode_prompt``); the empty prompt, encoded the same way, is the null
+  condition that label dropout puts in (PixArt's negative prompt), or
+* a ``.safetensors`` file of precomputed ``prompt_embeds`` (N, L, D) with ``prompt_attention_mask``
+  (N, L), and optionally ``negative_prompt_embeds`` (1, L, D) with
+  ``negative_prompt_attention_mask`` (1, L) as the null condition.
+
+x0 is drawn from the model itself (:func:`draw_prompt_data`): sample i is the uncached sampler's
+output for prompt ``i mod N``, with classifier-free guidance against the null condition when there
+is one. The result is a :class:`~l2c_compile.router.data.TensorData` whose "labels" are the packed
+conditions (N, L, D + 1), so the training loop runs unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from l2c_compile.errors import L2CError
+from l2c_compile.router.data import SELF_CHUNK, TensorData, _chunk_seed, _dist_info, _progress_bar
+
+
+def read_prompts(path: str | os.PathLike[str]) -> list[str]:
+    """The prompts of a text file, one per line (blank lines skipped); L2CError when it has none
+    or cannot be read as UTF-8 text."""
+    p = Path(path)
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise L2CError(f"cannot read prompts from {p}: {exc}") from None
+    prompts = [line.strip() for line in lines if line.strip()]
+    if not prompts:
+        raise L2CError(f"{p} holds no prompt (one prompt per line)")
+    return prompts
+
+
+def load_conditions(
+    path: str | os.PathLike[str], model: nn.Module, pipe: Any | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None, str]:
+    """``(conditions (N, L, D + 1), null condition (L, D + 1) or None, description)`` from a
+    prompts file (see the module docstring). ``pipe``: the PixArt pipeline whose text encoder
+    encodes a text file (L2CError without one). L2CError for a missing key or a shape that does
+    not fit ``model`` (its ``text_dim``)."""
+    from l2c_compile.diffusers.pixart import pack_condition, prompt_condition
+
+    p = Path(path)
+    if not p.is_file():
+        raise L2CError(f"prompts file not found: {p}")
+    if p.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            tensors = load_file(str(p))
+        except (SafetensorError, OSError) as exc:
+            raise L2CError(f"{p.name}: cannot read safetensors ({exc})") from None
+        missing = [k for k in ("prompt_embeds", "prompt_attention_mask") if k not in tensors]
+        if missing:
+            raise L2CError(
+                f"{p.name} lacks {', '.join(missing)} (has {', '.join(sorted(tensors)) or 'nothing'})"
+            )
+        conds = pack_condition(tensors["prompt_embeds"].float(), tensors["prompt_attention_mask"])
+        null = None
+        if "negative_prompt_embeds" in tensors:
+            if "negative_prompt_attention_mask" not in tensors:
+                raise L2CError(
+                    f"{p.name}: negative_prompt_embeds needs negative_prompt_attention_mask"
+                )
+            null = pack_condition(
+                tensors["negative_prompt_embeds"].float(), tensors["negative_prompt_attention_mask"]
+            )[0]
+        description = f"{conds.shape[0]} prompt embeddings from {p.name}"
+    else:
+        prompts = read_prompts(p)
+        if pipe is None:
+            raise L2CError(
+                "a text prompts file needs the pipeline's text encoder: pass --diffusers DIR with a "
+                "PixArt pipeline folder (or precomputed prompt_embeds in a .safetensors file)"
+            )
+        y = prompt_condition(pipe, prompts, cfg=True, text_len=model.text_len)  # (N, 2, L, D + 1)
+        conds, null = y[:, 0].float().cpu(), y[0, 1].float().cpu()
+        description = f"{len(prompts)} prompts from {p.name}"
+    if conds.shape[-1] != model.text_dim + 1:
+        raise L2CError(
+            f"{p.name}: prompt embeddings have {conds.shape[-1] - 1} channels but the model's "
+            f"caption_channels is {model.text_dim}"
+        )
+    if null is not None and null.shape != conds.shape[1:]:
+        raise L2CError(
+            f"{p.name}: the negative prompt's shape {tuple(null.shape)} differs from the prompts' "
+            f"{tuple(conds.shape[1:])}"
+        )
+    return conds, null, description
+
+
+@torch.no_grad()
+def draw_prompt_data(
+    model: nn.Module,
+    plan,
+    conds: torch.Tensor,
+    null: torch.Tensor | None,
+    *,
+    size: int,
+    seed: int,
+    cfg_scale: float,
+    description: str,
+    progress: bool = False,
+) -> TensorData:
+    """A pool of ``size`` x0 drawn with the model's own uncached sampler, sample i for prompt
+    ``i mod N``, guided against ``null`` at ``cfg_scale`` (unguided without a null condition).
+
+    Seeded per chunk like :func:`~l2c_compile.router.data.draw_self_data`, so the pool does not
+    depend on the number of processes; under torch.distributed each rank draws every world-th
+    chunk and the chunks are broadcast to all ranks.
+    """
+    from l2c_compile.reference import sample_uncached
+
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise L2CError(f"the data-free pool size must be a positive integer, got {size!r}")
+    device = next(model.parameters()).device
+    c, s = model.in_channels, model.input_size
+    labels = conds[torch.arange(size) % conds.shape[0]]  # (size, L, D + 1)
+    pool = torch.empty(size, c, s, s)
+    n_chunks = math.ceil(size / SELF_CHUNK)
+    rank, world = _dist_info()
+    bar = _progress_bar(progress and rank == 0, "drawing x0 from the model", n_chunks)
+    try:
+        for i in range(n_chunks):
+            lo, hi = i * SELF_CHUNK, min(size, (i + 1) * SELF_CHUNK)
+            if i % world == rank:
+                gen = torch.Generator().manual_seed(_chunk_seed(seed, i))
+                noise = torch.randn(hi - lo, c, s, s, generator=gen)
+                y = labels[lo:hi]
+                scale = None
+                if null is not None:
+                    y, scale = (
+                        torch.stack([y, null.expand_as(y)], dim=1),
+                        cfg_scale,
+                    )  # (b, 2, L, D + 1)
+                pool[lo:hi] = (
+                    sample_uncached(model, plan, noise.to(device), y.to(device), scale)
+                    .float()
+                    .cpu()
+                )
+            if world > 1:
+                import torch.distributed as dist
+
+                buf = pool[lo:hi].to(device)
+                dist.broadcast(buf, src=i % world)
+                pool[lo:hi] = buf.cpu()
+            if bar is not None:
+                bar[0].advance(bar[1])
+    finally:
+        if bar is not None:
+            bar[0].stop()
+    return TensorData(
+        pool,
+        labels,
+        f"self ({size} samples from the {plan.sampler} sampler, seed {seed}; {description})",
+    )
