@@ -238,6 +238,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--inductor", action="store_true", help="also time backend='inductor'")
     p.add_argument("--regional", action="store_true", help="also time backend='regional'")
     p.add_argument(
+        "--executors",
+        default=None,
+        help="only these executors (comma-separated names, e.g. eager-l2c,regional-l2c)",
+    )
+    p.add_argument(
         "--cuda-graph", action="store_true", help="also time inductor + whole-trajectory CUDA graph"
     )
     p.add_argument(

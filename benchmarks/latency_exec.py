@@ -184,6 +184,10 @@ def executors_for(
             out.append(sampler("inductor", label, False))
         if inductor_graph:
             out.append(sampler("inductor", label, True))
+    keep = getattr(opts, "executors", None)
+    if keep:  # --executors: a subset, in the usual order
+        wanted = {name.strip() for name in keep.split(",") if name.strip()}
+        out = [ex for ex in out if ex.name in wanted]
     return out
 
 

@@ -32,7 +32,8 @@ DiT-XL/2, tests/test_backends.py).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -45,6 +46,7 @@ __all__ = [
     "BACKENDS",
     "compile_regions",
     "compile_step",
+    "eager_regions",
     "l2c_inductor",
     "restore_regions",
     "rewrite_for_cpu",
@@ -206,3 +208,18 @@ def restore_regions(model: nn.Module) -> None:
     """Run the sublayer modules' own ``forward`` again (undo :func:`compile_regions`)."""
     for module in _sublayer_modules(model):
         module._compiled_call_impl = None
+
+
+@contextlib.contextmanager
+def eager_regions(model: nn.Module) -> Iterator[nn.Module]:
+    """Within the block, the sublayer modules run their own ``forward`` (the reference executor
+    on a regional sampler's weights); compiled ones are put back afterwards."""
+    modules = _sublayer_modules(model)
+    saved = [m._compiled_call_impl for m in modules]
+    try:
+        for m in modules:
+            m._compiled_call_impl = None
+        yield model
+    finally:
+        for m, impl in zip(modules, saved, strict=True):
+            m._compiled_call_impl = impl

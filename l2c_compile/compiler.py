@@ -37,7 +37,7 @@ from l2c_compile.passes.manager import Pass, PassManager, PassReport
 from l2c_compile.passes.prune_chunks import prune_chunks
 from l2c_compile.passes.specialize import SpecializeConfig, specialize
 from l2c_compile.passes.sublayers import MarkConfig, mark_sublayers, sublayer_spec
-from l2c_compile.passes.trace import trace_step
+from l2c_compile.passes.trace import CAPTURE_META, trace_step
 from l2c_compile.reference import check_schedule
 from l2c_compile.runtime import CompiledSampler
 from l2c_compile.samplers.base import SamplerPlan
@@ -46,12 +46,30 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfl
           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
 
-def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
-    """Accept torch dtypes and their usual names; L2CError for anything else."""
+def native_bf16(device: str | torch.device | None) -> bool:
+    """Whether ``device`` multiplies bfloat16 matrices natively: a CUDA GPU that supports it, or
+    a CPU with AVX-512 BF16 / AMX that oneDNN uses (``torch.ops.mkldnn._is_mkldnn_bf16_supported``).
+    """
+    device = torch.device(device or "cpu")
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def resolve_dtype(
+    dtype: str | torch.dtype | None, device: str | torch.device | None = None
+) -> torch.dtype | None:
+    """Accept torch dtypes, their usual names and ``"auto"``; L2CError for anything else.
+
+    ``"auto"``: bfloat16 where ``device`` has native bf16 matrix instructions
+    (:func:`native_bf16`), else float32.
+    """
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
+    if dtype == "auto":
+        return torch.bfloat16 if native_bf16(device) else torch.float32
     if dtype not in DTYPES:
-        raise L2CError(f"unknown dtype {dtype!r}; choose one of float32, bfloat16, float16")
+        raise L2CError(f"unknown dtype {dtype!r}; choose one of float32, bfloat16, float16, auto")
     return DTYPES[dtype]
 
 
@@ -114,8 +132,9 @@ def compile(
     """
     if backend not in BACKENDS:
         raise L2CError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    torch_dtype = resolve_dtype(dtype)
-    model = private_copy(model, device=resolve_device(device), dtype=torch_dtype).eval()
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    model = private_copy(model, device=torch_device, dtype=torch_dtype).eval()
     if cuda_graph:
         check_cuda_graph_device(next(model.parameters()).device)
     depth = len(model.transformer_blocks())
@@ -127,6 +146,12 @@ def compile(
         masks = [c.mask for c in schedule.calls]
 
     base = trace_step(model, cfg=cfg)
+    if backend == "regional" and base.meta.get(CAPTURE_META) == "export":
+        raise L2CError(
+            f"backend 'regional' compiles the sublayer modules the step code calls, but "
+            f"{type(model).__name__} is captured with torch.export, whose step code inlines them: "
+            "use backend 'inductor'"
+        )
     paths = sublayer_spec(model).paths(model)
     if len(paths) != len(kinds) * depth:
         raise CompileError(f"{type(model).__name__} declares {len(paths) // len(kinds)} sublayer blocks "

@@ -1,7 +1,13 @@
 """How close a compiled artifact must come to the float32 reference executor (`verify`).
 
 float32 artifacts must match the reference to ``max_rel_error`` ≤ 1e-5 (in practice 0 on CPU):
-the compiler owes exactness there.
+the compiler owes exactness there. The compiled backends (``inductor``, ``regional``) run the
+same arithmetic in another order — oneDNN's GEMM blocking instead of MKL's, inductor's fused
+LayerNorm and softmax reductions — and 20 sampler steps carry that reassociation into the final
+latents: measured on CPU with the shipped routers at NFE 20, batch 2, seeds 0–2, the largest
+``max_rel_error`` was 1.3e-5 (DiT-FMNIST, inductor, seed 0; regional ≤ 7.2e-6 on both models,
+RMS ≤ 1.2e-6 everywhere); their float32 tolerance is ``COMPILED_FP32_TOLERANCE`` = 1e-4, far
+below what caching itself changes (L2C vs uncached samples: PSNR 43.8 / 53.1 dB on these models).
 
 bfloat16 / float16 artifacts are judged by the RMS relative error ``‖out − ref‖₂ / ‖ref‖₂``
 against the float32 reference, with a tolerance measured per model and dtype. Where the error
@@ -46,6 +52,7 @@ from __future__ import annotations
 from typing import Any
 
 EXACT_TOLERANCE = 1e-5  # float32: max_rel_error against the float32 reference
+COMPILED_FP32_TOLERANCE = 1e-4  # float32 through inductor / regional (module docstring)
 DEFAULT_RMS_TOLERANCE = {"bfloat16": 5e-2, "float16": 1e-2}
 RMS_TOLERANCE: dict[tuple[str, str], float] = {
     ("DiT-FMNIST", "bfloat16"): 5e-2,
@@ -59,10 +66,11 @@ RMS_TOLERANCE: dict[tuple[str, str], float] = {
 }
 
 
-def tolerance_for(model: str | None, dtype: str) -> tuple[str, float]:
-    """(metric, tolerance) that decides `verify` for an artifact of ``model`` in ``dtype``."""
+def tolerance_for(model: str | None, dtype: str, backend: str = "eager") -> tuple[str, float]:
+    """(metric, tolerance) that decides `verify` for an artifact of ``model`` in ``dtype`` run by
+    ``backend``."""
     if dtype == "float32":
-        return "max_rel_error", EXACT_TOLERANCE
+        return "max_rel_error", EXACT_TOLERANCE if backend == "eager" else COMPILED_FP32_TOLERANCE
     default = DEFAULT_RMS_TOLERANCE.get(dtype, DEFAULT_RMS_TOLERANCE["bfloat16"])
     return "rms_rel_error", RMS_TOLERANCE.get((str(model), dtype), default)
 
@@ -72,7 +80,7 @@ def verdict(result: dict[str, Any], tolerance: float | None = None) -> dict[str,
 
     ``tolerance`` overrides the measured one for the deciding metric.
     """
-    metric, tol = tolerance_for(result.get("model"), result["dtype"])
+    metric, tol = tolerance_for(result.get("model"), result["dtype"], result.get("backend", "eager"))
     if tolerance is not None:
         tol = float(tolerance)
     value = float(result[metric])

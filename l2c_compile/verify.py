@@ -30,6 +30,7 @@ class VerifyResult:
     artifact: str
     model: str | None
     dtype: str
+    backend: str  # eager | inductor | regional: what ran the compiled sampler
     reference_dtype: str
     cuda_graph: bool
     max_abs_error: float
@@ -89,6 +90,7 @@ def verify_artifact(
     or ``device`` is not available.
     """
     from l2c_compile import progress
+    from l2c_compile.backends import eager_regions
     from l2c_compile.devices import resolve_device
     from l2c_compile.tolerances import verdict
 
@@ -112,6 +114,7 @@ def verify_artifact(
     ref_model = compiled.model.float()
     try:
         with (
+            eager_regions(ref_model),  # a regional sampler compiled the sublayers of these weights
             progress.task("reference executor (float32)", plan.nfe, "model calls"),
             progress.counting_model_calls(ref_model),
         ):
@@ -123,6 +126,7 @@ def verify_artifact(
         "artifact": str(directory),
         "model": info["model"].get("name"),
         "dtype": info["dtype"],
+        "backend": compiled.backend,
         "reference_dtype": "float32",
         "cuda_graph": compiled.cuda_graph,
         "max_abs_error": float(diff.abs().max()),

@@ -163,3 +163,54 @@ def test_a_regional_artifact_loads_as_eager_when_asked(tmp_path):
     eager = l2c_compile.load(tmp_path / "art", backend="eager")
     assert eager.backend == "eager"
     assert all(m._compiled_call_impl is None for m in eager.model.modules())
+
+
+def test_regional_refuses_a_model_captured_with_export():
+    """diffusers' models are captured whole by torch.export: no module calls left to compile."""
+    pytest.importorskip("diffusers")
+    from l2c_compile.diffusers import DiffusersDiT
+    from tests.diffusers_helpers import tiny_transformer
+
+    model = DiffusersDiT(tiny_transformer(0))
+    plan = make_plan("ddim", 2, noise_schedule="linear", time_input="discrete")
+    with pytest.raises(l2c_compile.errors.L2CError, match="use backend 'inductor'"):
+        l2c_compile.compile(model, plan, None, backend="regional")
+
+
+def test_eager_regions_runs_the_modules_own_forward_and_puts_the_compiled_ones_back():
+    from l2c_compile.backends import compile_regions, eager_regions
+
+    model = tiny_dit(6, depth=2)
+    assert compile_regions(model) == 4
+    compiled = [m._compiled_call_impl for m in (model.blocks[0].attn, model.blocks[1].mlp)]
+    assert all(c is not None for c in compiled)
+    with eager_regions(model):
+        assert model.blocks[0].attn._compiled_call_impl is None
+        assert model.blocks[1].mlp._compiled_call_impl is None
+    assert [model.blocks[0].attn._compiled_call_impl, model.blocks[1].mlp._compiled_call_impl] == compiled
+
+
+def test_verify_tolerance_for_the_compiled_backends_is_measured_not_exact():
+    from l2c_compile.tolerances import COMPILED_FP32_TOLERANCE, EXACT_TOLERANCE, tolerance_for
+
+    assert tolerance_for("DiT-FMNIST", "float32") == ("max_rel_error", EXACT_TOLERANCE)
+    for backend in ("inductor", "regional"):
+        assert tolerance_for("DiT-FMNIST", "float32", backend) == (
+            "max_rel_error", COMPILED_FP32_TOLERANCE
+        )
+    assert tolerance_for("DiT-FMNIST", "bfloat16", "regional")[0] == "rms_rel_error"
+
+
+def test_dtype_auto_is_bf16_exactly_where_the_cpu_has_native_bf16():
+    from l2c_compile.compiler import native_bf16, resolve_dtype
+
+    native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    assert native_bf16("cpu") == native
+    assert resolve_dtype("auto", "cpu") == (torch.bfloat16 if native else torch.float32)
+    assert resolve_dtype("bf16", "cpu") == torch.bfloat16
+    with pytest.raises(l2c_compile.errors.L2CError, match="float16, auto"):
+        resolve_dtype("int8")
+    model = tiny_dit(0, depth=1)
+    plan = make_plan("ddim", 2, noise_schedule="linear", time_input="discrete")
+    sampler = l2c_compile.compile(model, plan, None, dtype="auto")
+    assert sampler.info["dtype"] == ("bfloat16" if native else "float32")

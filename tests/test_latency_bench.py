@@ -244,3 +244,14 @@ def test_rows_are_written_as_they_are_measured(latency, tmp_path, monkeypatch):
     )  # fmt: skip
     assert rows and out.is_file() and not latency.partial_path(out).exists()
     assert latency.partial_path(out) == tmp_path / "x.partial.jsonl"
+
+
+def test_regional_executors_and_the_executor_filter(latency, tmp_path):
+    out = tmp_path / "lat.jsonl"
+    rows = latency.main(
+        ["--model", "DiT-Tiny", "--nfe", "4", "--regional", "--interleave", "--out", str(out),
+         "--executors", "eager-l2c,regional-uncached,regional-l2c", *TINY]
+    )
+    assert [r["executor"] for r in rows] == ["eager-l2c", "regional-uncached", "regional-l2c"]
+    l2c = rows[-1]
+    assert l2c["speedup_vs_same_uncached"] > 0 and l2c["share_of_ideal"] > 0

@@ -107,7 +107,7 @@ def compile_cmd(
     sampler: str | None = typer.Option(None, "--sampler", "-s", help="ddim | dpm-solver-2 (default: the model's)"),
     nfe: int = typer.Option(..., "--nfe", help="number of model calls"),
     schedule: Path | None = typer.Option(None, "--schedule", help="schedule JSON (omit: all-compute)"),
-    dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16"),
+    dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16 | auto (bf16 where the device has native bf16)"),
     device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N (must exist here)"),
     backend: str = typer.Option("eager", "--backend", help="eager | inductor | regional"),
     cfg: bool = typer.Option(True, "--cfg/--no-cfg", help="batch classifier-free guidance"),
@@ -127,8 +127,7 @@ def compile_cmd(
 
     # Every input is checked before the first expensive step, and the output path before anything.
     check_output_folder(out, force=force)
-    resolve_device(device)
-    resolve_dtype(dtype)
+    resolve_dtype(dtype, resolve_device(device))
     spec = spec_for_cli(model, diffusers)
     plan = plan_for(spec, sampler, nfe)
     sched = None

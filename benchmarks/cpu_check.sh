@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The CPU measurements of issue 13 in one command (run on a quiet machine; about 25 minutes on
+# 2 cores): GEMM GFLOP/s by library, DiT-XL/2 DDIM-20 n=1 + CFG with the released router in
+# float32 and bfloat16 (eager uncached, eager reference L2C, torch.compile of the uncached model,
+# l2c-compile's regional backend uncached and L2C), and the compile cost of a cold vs a warm load.
+#
+#   benchmarks/cpu_check.sh OUT [THREADS]
+#
+# Everything is written under OUT (JSON lines + markdown); nothing else is touched.
+set -euo pipefail
+out=${1:?usage: benchmarks/cpu_check.sh OUT [THREADS]}
+threads=${2:-2}
+here=$(cd "$(dirname "$0")" && pwd)
+routers=${L2C_ROUTERS:-$here/../../shared/data/routers}
+mkdir -p "$out"
+echo "== GEMM GFLOP/s"
+python "$here/gemm_cpu.py" --threads "$threads" --out "$out/gemm-cpu.jsonl"
+for dtype in float32 bfloat16; do
+  echo "== DiT-XL/2 $dtype"
+  python "$here/latency.py" --model DiT-XL/2 --nfe 20 --batch 1 --dtype "$dtype" --device cpu \
+    --router "$routers/DDIM20_router.pt" --threshold 0.1 --threads "$threads" --repeats 1 \
+    --regional --torch-compile \
+    --executors eager-uncached,eager-l2c,torch-compile-default-uncached,regional-uncached,regional-l2c \
+    --out "$out/latency-cpu-dit-xl.jsonl"
+done
+echo "== compile cost (DiT-S/2, fresh processes)"
+python "$here/compile_cost.py" --model DiT-S/2 --nfe 20 --threads "$threads" \
+  --backends eager,regional,inductor --out "$out/compile-cost.jsonl"
