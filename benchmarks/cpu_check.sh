@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The CPU measurements of issue 13 in one command (run on a quiet machine; about 25 minutes on
+# The CPU measurements of issue 13 in one command (run on a quiet machine; about 35 minutes on
 # 2 cores): GEMM GFLOP/s by library, DiT-XL/2 DDIM-20 n=1 + CFG with the released router in
 # float32 and bfloat16 (eager uncached, eager reference L2C, torch.compile of the uncached model,
 # l2c-compile's regional backend uncached and L2C), and the compile cost of a cold vs a warm load.
@@ -26,3 +26,11 @@ done
 echo "== compile cost (DiT-S/2, fresh processes)"
 python "$here/compile_cost.py" --model DiT-S/2 --nfe 20 --threads "$threads" \
   --backends eager,regional,inductor --out "$out/compile-cost.jsonl"
+# DiT-S/2: every executor, inductor step graphs included; a random schedule skipping the released
+# DDIM20 router's 44 % of cache-step sublayers (the router itself is DiT-XL/2's)
+for dtype in float32 bfloat16; do
+  echo "== DiT-S/2 $dtype"
+  python "$here/latency.py" --model DiT-S/2 --nfe 20 --batch 1 --dtype "$dtype" --device cpu \
+    --heuristic random --fraction 0.44 --threads "$threads" --repeats 3 \
+    --interleave --regional --inductor --torch-compile --out "$out/latency-cpu-dit-s.jsonl"
+done

@@ -154,10 +154,13 @@ COLUMNS = [
     ("extra_mib", "above weights MiB"),
     ("over_uncached_mib", "over same-backend uncached MiB"),
     ("speedup_vs_eager-uncached", "× eager uncached"),
+    ("speedup_vs_eager-l2c", "× eager reference L2C"),
+    ("speedup_vs_torch-compile-default-uncached", "× torch.compile uncached"),
     ("speedup_vs_same_uncached", "× same-backend uncached"),
     ("speedup_vs_best_uncached", "× best uncached"),
     ("share_of_ideal", "share of ideal"),
     ("ideal_speedup", "ideal ×"),
+    ("gflops", "GFLOP/s"),
     ("note", "note"),
 ]
 
