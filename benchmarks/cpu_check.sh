@@ -15,12 +15,15 @@ routers=${L2C_ROUTERS:-$here/../../shared/data/routers}
 mkdir -p "$out"
 echo "== GEMM GFLOP/s"
 python "$here/gemm_cpu.py" --threads "$threads" --out "$out/gemm-cpu.jsonl"
+# bf16 adds the inductor step graphs (L2C only: 11 compiles): there the glue between the GEMMs is
+# a large share of the time, and only whole-step compilation fuses it.
 for dtype in float32 bfloat16; do
+  executors=eager-uncached,eager-l2c,torch-compile-default-uncached,regional-uncached,regional-l2c
+  [ "$dtype" = bfloat16 ] && executors=$executors,inductor-l2c
   echo "== DiT-XL/2 $dtype"
   python "$here/latency.py" --model DiT-XL/2 --nfe 20 --batch 1 --dtype "$dtype" --device cpu \
     --router "$routers/DDIM20_router.pt" --threshold 0.1 --threads "$threads" --repeats 1 \
-    --regional --torch-compile \
-    --executors eager-uncached,eager-l2c,torch-compile-default-uncached,regional-uncached,regional-l2c \
+    --regional --inductor --torch-compile --executors "$executors" \
     --out "$out/latency-cpu-dit-xl.jsonl"
 done
 echo "== compile cost (DiT-S/2, fresh processes)"
@@ -31,6 +34,6 @@ python "$here/compile_cost.py" --model DiT-S/2 --nfe 20 --threads "$threads" \
 for dtype in float32 bfloat16; do
   echo "== DiT-S/2 $dtype"
   python "$here/latency.py" --model DiT-S/2 --nfe 20 --batch 1 --dtype "$dtype" --device cpu \
-    --heuristic random --fraction 0.44 --threads "$threads" --repeats 3 \
+    --heuristic random --fraction 0.44 --threads "$threads" --repeats 2 \
     --interleave --regional --inductor --torch-compile --out "$out/latency-cpu-dit-s.jsonl"
 done

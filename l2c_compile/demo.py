@@ -18,7 +18,7 @@ import torch
 
 from l2c_compile import progress
 from l2c_compile.errors import L2CError
-from l2c_compile.io import write_text_atomic
+from l2c_compile.io import check_parents, write_text_atomic
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 ROUTERS = ASSETS / "routers"
@@ -82,9 +82,7 @@ def check_demo_inputs(cfg: DemoConfig) -> None:
     if cfg.router is not None and not Path(cfg.router).is_file():
         raise L2CError(f"router file {cfg.router} not found")
     out = Path(cfg.out)
-    for parent in out.parents:
-        if parent.exists() and not parent.is_dir():
-            raise L2CError(f"cannot write the demo to {out}: {parent} is a file, not a folder")
+    check_parents(out, "demo")
     if out.exists() or out.is_symlink():
         if not out.is_dir() or out.is_symlink():
             raise L2CError(f"{out} exists and is not a folder; choose another --out (nothing was written)")

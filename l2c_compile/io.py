@@ -101,6 +101,17 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+def check_parents(path: Path, what: str) -> Path | None:
+    """The nearest existing ancestor of ``path`` (None if none exists); L2CError when that
+    ancestor is a file, since nothing could be created under it."""
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise L2CError(f"cannot write the {what} to {path}: {parent} is a file, not a folder")
+            return parent
+    return None
+
+
 def check_output_file(path: str | os.PathLike[str], what: str = "file") -> None:
     """L2CError unless a ``what`` can be written at ``path`` (checked before long work).
 
@@ -111,13 +122,9 @@ def check_output_file(path: str | os.PathLike[str], what: str = "file") -> None:
         raise L2CError(
             f"cannot write the {what} to {p}: it is an existing folder (give a file path)"
         )
-    for parent in p.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise L2CError(f"cannot write the {what} to {p}: {parent} is not a folder")
-            if not os.access(parent, os.W_OK):
-                raise L2CError(f"cannot write the {what} to {p}: {parent} is not writable")
-            break
+    parent = check_parents(p, what)
+    if parent is not None and not os.access(parent, os.W_OK):
+        raise L2CError(f"cannot write the {what} to {p}: {parent} is not writable")
 
 
 ARTIFACT_FORMAT = "l2c-artifact"  # the manifest's "format" (manifest.ARTIFACT_FORMAT)
@@ -143,11 +150,7 @@ def check_output_folder(
     artifact without ``force`` (the message names ``flag``).
     """
     p = Path(path)
-    for parent in p.parents:
-        if parent.exists() and not parent.is_dir():
-            raise L2CError(f"cannot write the {what} to {p}: {parent} is a file, not a folder")
-        if parent.is_dir():
-            break
+    check_parents(p, what)
     if not p.exists() and not p.is_symlink():
         return
     if not p.is_dir() or p.is_symlink():

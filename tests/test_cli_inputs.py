@@ -108,7 +108,7 @@ def test_sample_checks_the_output_path_before_sampling(
     _one_line(r, "is an existing folder")
     (tmp_path / "f").write_text("x")
     r = runner.invoke(app, ["sample", str(latent_artifact), "-o", str(tmp_path / "f" / "g.png")])
-    _one_line(r, "is not a folder")
+    _one_line(r, "is a file, not a folder")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
