@@ -229,3 +229,18 @@ def test_wrong_kind_of_file_says_what_it_is(tmp_path):
         l2c_compile.load(afile)
     with pytest.raises(L2CError, match="at least 4 samples"):
         eval_inputs(3, (1, 32, 32), 10, 0)
+
+
+def test_schedule_commands_replace_a_schedule_but_never_another_file(tmp_path):
+    """-o may be new or an earlier schedule; an unrelated file is left untouched."""
+    out = tmp_path / "s.json"
+    args = ["schedule", "heuristic", "-m", "DiT-Tiny", "--nfe", "4", "--kind", "all", "-o", str(out)]
+    assert runner.invoke(app, args).exit_code == 0
+    assert runner.invoke(app, args).exit_code == 0  # an earlier schedule is replaced
+    notes = tmp_path / "notes.txt"
+    notes.write_text("keep me")
+    r = runner.invoke(app, [*args[:-1], str(notes)])
+    assert r.exit_code == 2 and "is not a schedule file; refusing to overwrite it" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and notes.read_text() == "keep me"
+    r = runner.invoke(app, [*args[:-1], str(notes / "s.json")])
+    assert r.exit_code == 2 and "is a file, not a folder" in r.stderr

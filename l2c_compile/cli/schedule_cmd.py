@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,25 @@ def _writing(path: Path) -> Iterator[None]:
         yield
     except OSError as exc:
         raise L2CError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def _check_schedule_out(path: Path) -> None:
+    """Before any work: the output may be new or an earlier schedule file, nothing else."""
+    from l2c_compile.io import check_output_file
+    from l2c_compile.schedule.format import SCHEDULE_FORMAT
+
+    check_output_file(path, "schedule")
+    if not path.exists():
+        return
+    try:
+        is_schedule = json.loads(path.read_text(encoding="utf-8")).get("format") == SCHEDULE_FORMAT
+    except (OSError, ValueError, AttributeError):
+        is_schedule = False
+    if not is_schedule:
+        raise L2CError(
+            f"{path} exists and is not a schedule file; refusing to overwrite it (nothing was "
+            "written; choose another -o)"
+        )
 
 
 def _target(model: str | None, diffusers: Path | None, sampler: str | None, nfe: int) -> tuple[Any, Any, int]:
@@ -108,6 +128,7 @@ def import_cmd(
     """Threshold a trained (or released) router into a schedule file."""
     from l2c_compile.schedule import default_threshold, import_router
 
+    _check_schedule_out(out)
     spec, plan, depth = _target(model, diffusers, sampler, nfe)
     theta = default_threshold(getattr(spec, "router_family", spec.family)) if threshold is None else threshold
     schedule = import_router(router, plan, model=spec.name, depth=depth, threshold=theta, kinds=spec_kinds(spec))
@@ -134,6 +155,7 @@ def heuristic_cmd(
     """A baseline schedule (paper Fig. 4): reuse random, top or bottom sublayers, or all of them."""
     from l2c_compile.schedule import heuristic
 
+    _check_schedule_out(out)
     spec, plan, depth = _target(model, diffusers, sampler, nfe)
     if fraction is None:
         if kind != "all":
