@@ -37,3 +37,5 @@ for dtype in float32 bfloat16; do
     --heuristic random --fraction 0.44 --threads "$threads" --repeats 2 \
     --interleave --regional --inductor --torch-compile --out "$out/latency-cpu-dit-s.jsonl"
 done
+echo "== summary"
+python "$here/cpu_summary.py" "$out"

@@ -69,3 +69,43 @@ def test_gemm_benchmark_writes_every_path(tmp_path):
         assert min(r["aten_gflops"], r["onednn_gflops"], r["onednn-packed_gflops"]) > 0
         assert r["cpu"] and r["threads"] == 1
     assert "oneDNN ÷ aten" in out.with_suffix(".md").read_text()
+
+
+def test_cpu_summary_sets_each_target_beside_its_measured_value(tmp_path):
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec = importlib.util.spec_from_file_location("bench_cpu_summary", BENCH / "cpu_summary.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCH))
+
+    def lat(dtype, executor, median, **extra):
+        return {"dtype": dtype, "executor": executor, "median_s": median, "ideal_speedup": 1.25,
+                **extra}
+
+    rows = [
+        lat("float32", "eager-l2c", 50.0),
+        lat("float32", "regional-l2c", 30.0, **{"speedup_vs_eager-l2c": 50 / 30, "gflops": 200.0,
+            "speedup_vs_torch-compile-default-uncached": 2.0}),
+        lat("bfloat16", "regional-l2c", 20.0, **{"speedup_vs_eager-l2c": 1.1,
+            "speedup_vs_torch-compile-default-uncached": 1.1}),
+        lat("bfloat16", "inductor-l2c", 18.0, **{"speedup_vs_eager-l2c": 1.2,
+            "speedup_vs_torch-compile-default-uncached": 1.1}),
+    ]
+    (tmp_path / "latency-cpu-dit-xl.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "gemm-cpu.jsonl").write_text(json.dumps({"dtype": "float32", "m": 2048,
+                                                         "onednn_gflops": 400.0}) + "\n")
+    cost = [{"backend": "regional", "trial": "cold", "compile_s": 10.0},
+            {"backend": "regional", "trial": "warm", "compile_s": 1.5}]
+    (tmp_path / "compile-cost.jsonl").write_text("".join(json.dumps(r) + "\n" for r in cost))
+    table = {t: (m, v) for t, m, v in module.summary(tmp_path)}
+    assert table["float32: compiled L2C ≥ 1.3× eager reference L2C"][1] == "met"
+    assert table["float32: ≥ 0.95 × ideal over torch.compile uncached"] == ("1.60 (2.00× / ideal 1.250×)", "met")
+    assert table["float32: achieved GFLOP/s (of the GEMM peak)"][0] == "200 of 400 (50%)"
+    bf16 = table["bfloat16: compiled L2C ≥ 1.3× eager reference L2C"]
+    assert bf16 == ("1.20× (inductor-l2c 18.0 s)", "NOT met")  # the faster of the two backends
+    assert table["bfloat16: ≥ 0.95 × ideal over torch.compile uncached"][1] == "NOT met"
+    assert table["regional: second load ≤ 20 % of the cold compile"] == ("15% (1.5 s vs 10.0 s)", "met")
+    assert table["inductor: second load ≤ 20 % of the cold compile"] == ("not measured", "–")
+    assert "| target | measured | verdict |" in module.main([str(tmp_path)])
