@@ -46,6 +46,7 @@ from quality_tables import TABLES, TITLES, Row, build_rows, macs
 import l2c_compile
 from l2c_compile.errors import L2CError
 from l2c_compile.evaluate import (
+    DEFAULT_BATCH,
     Samples,
     draw,
     eval_inputs,
@@ -69,8 +70,9 @@ from l2c_compile.schedule import Schedule
 class Runner:
     """Draws and scores rows; remembers every sample set it drew."""
 
-    def __init__(self, samples: int, batch: int, device: str = "cpu") -> None:
+    def __init__(self, samples: int, batch: int, device: str = "cpu", workers: int = 1) -> None:
         self.samples, self.batch, self.device = samples, batch, torch.device(device)
+        self.workers = workers
         self.models: dict[str, Any] = {}
         self.samplers: dict[tuple[str, ...], Any] = {}  # compiled once per configuration
         self.drawn: dict[tuple[str, ...], Samples] = {}
@@ -111,6 +113,7 @@ class Runner:
                 labels.to(self.device),
                 spec.default_cfg_scale,
                 self.batch,
+                self.workers,
             )
             self.drawn[key] = Samples(got.images.cpu(), got.seconds_per_image)
         return self.drawn[key]
@@ -284,8 +287,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--samples", type=int, default=500, help="K images per row and seed")
     p.add_argument("--seeds", default="0,1", help="seeds of the headline rows (others: the first)")
     p.add_argument("--all-seeds", action="store_true", help="every row at every seed")
-    p.add_argument("--batch", type=int, default=250)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--batch", type=int, default=DEFAULT_BATCH, help="images per sampler call")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (each of several --workers uses one)",
+    )
+    p.add_argument(
+        "--workers", type=int, default=1, help="batches sampled at once (one thread each)"
+    )
     p.add_argument("--device", default="cpu", help="where the samplers run (metrics: CPU)")
     p.add_argument("--dit", default="DiT-FMNIST")
     p.add_argument("--uvit", default="U-ViT-FMNIST")
@@ -328,8 +339,14 @@ def main(argv: list[str] | None = None) -> None:
     if not args.resume:
         write_text_atomic(jsonl, "")
     seeds = ints(args.seeds)
-    runner = Runner(args.samples, args.batch, args.device)
-    env = {**environment(args.device), "threads": args.threads, "cpu": machine()["cpu"]}
+    runner = Runner(args.samples, args.batch, args.device, args.workers)
+    env = {
+        **environment(args.device),
+        "threads": args.threads,
+        "workers": args.workers,
+        "batch": args.batch,
+        "cpu": machine()["cpu"],
+    }
     start = time.monotonic()
     results = list(done.values())
     images: dict[str, torch.Tensor] = {}

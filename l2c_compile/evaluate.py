@@ -17,9 +17,11 @@ the same seeds (to float rounding).
 
 from __future__ import annotations
 
+import contextvars
 import statistics
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,11 @@ from l2c_compile.metrics.quality import has_feature_network as has_feature_netwo
 
 ROUTER_SUFFIXES = (".safetensors", ".pt", ".pth")
 MIN_SAMPLES = 4  # precision/recall use each sample's 3 nearest neighbours among the others
+# Images per sampler call. Small batches keep a step's activations in the CPU caches (the MLP's
+# hidden tensor of 16 images with CFG is 4 MiB; of 250 images, 65 MiB, freshly mapped and
+# page-faulted on every call): measured on a 2-core AMD EPYC, 1 thread, DiT-FMNIST DDIM-20,
+# 92 ms of CPU per image at 16 against 132 ms at 256 (benchmarks/eval_throughput.py).
+DEFAULT_BATCH = 16
 Progress = Callable[[str], None]
 
 
@@ -161,33 +168,81 @@ def _metric_group() -> Any:
 
 @dataclass
 class Samples:
-    """Images drawn by one sampler, with the wall time it took per image."""
+    """Images drawn by one sampler, with the time they took."""
 
     images: torch.Tensor  # (N, C, H, W), clamped to [-1, 1]
-    seconds_per_image: float  # median over batches of (batch time / batch size)
+    seconds_per_image: float  # median over batches of (batch time / batch size), on one worker
+    seconds: float = 0.0  # wall time of the whole draw (all workers)
+    workers: int = 1  # batches drawn at once, each by one worker
+
+    @property
+    def images_per_second(self) -> float:
+        """Throughput of the whole draw: images / wall seconds."""
+        return len(self.images) / self.seconds if self.seconds > 0 else float("inf")
 
 
-@torch.no_grad()
+def default_workers(device: str | torch.device = "cpu") -> int:
+    """Workers ``draw`` uses by default: one per intra-op thread torch has on the CPU, else one.
+
+    On the CPU, W workers with one thread each beat one worker with W threads: a model call at
+    eval's batch sizes is many small ops, each of which synchronises the threads of a parallel
+    region, and on a machine shared with other jobs a descheduled thread stalls them all
+    (measured: benchmarks/eval_throughput.py).
+    """
+    return max(1, torch.get_num_threads()) if torch.device(device).type == "cpu" else 1
+
+
 def draw(
     sampler: Callable[..., torch.Tensor],
     noise: torch.Tensor,
     labels: torch.Tensor,
     cfg_scale: float | None,
-    batch: int = 250,
+    batch: int = DEFAULT_BATCH,
+    workers: int = 1,
 ) -> Samples:
-    """Run ``sampler(noise, labels, cfg_scale)`` batch by batch; images and time per image."""
+    """Run ``sampler(noise, labels, cfg_scale)`` batch by batch; images and times.
+
+    ``workers`` > 1 draws that many batches at once, each in its own thread with one intra-op
+    torch thread (for CPU samplers; torch ops release the GIL). Every batch is the same slice
+    of the inputs whatever ``workers`` is, and images come back in input order, so the result
+    does not depend on it (each sample depends only on its own noise and label).
+    """
     if batch < 1:
         raise L2CError(f"batch must be >= 1, got {batch}")
-    outs, per_image = [], []
-    for i in range(0, len(noise), batch):
-        t0 = time.perf_counter()
-        out = sampler(noise[i : i + batch], labels[i : i + batch], cfg_scale)  # (b, C, H, W)
-        if out.is_cuda:
-            torch.cuda.synchronize(out.device)  # the kernels are queued: wait before timing
-        per_image.append((time.perf_counter() - t0) / len(out))
-        outs.append(out.float().clamp(-1, 1))
+    if workers < 1:
+        raise L2CError(f"workers must be >= 1, got {workers}")
+    starts = range(0, len(noise), batch)
+
+    def one(i: int) -> tuple[torch.Tensor, float]:
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            out = sampler(noise[i : i + batch], labels[i : i + batch], cfg_scale)  # (b, C, H, W)
+            if out.is_cuda:
+                torch.cuda.synchronize(out.device)  # the kernels are queued: wait before timing
+            seconds = (time.perf_counter() - t0) / len(out)
+            return out.float().clamp(-1, 1), seconds
+
+    t0 = time.perf_counter()
+    if workers == 1 or len(starts) == 1:
+        results = [one(i) for i in starts]
+        workers = 1
+    else:
+        threads = torch.get_num_threads()
+        try:
+            # set_num_threads is per thread for OpenMP: each worker sets its own.
+            with ThreadPoolExecutor(
+                workers, initializer=torch.set_num_threads, initargs=(1,)
+            ) as pool:
+                # Each batch runs in a copy of the caller's context: progress bars keep counting.
+                futures = [pool.submit(contextvars.copy_context().run, one, i) for i in starts]
+                results = [f.result() for f in futures]
+        finally:
+            torch.set_num_threads(threads)  # MKL's thread count is process-wide
+    seconds = time.perf_counter() - t0
+    images = torch.cat([out for out, _ in results])
     # The median shrugs off a batch slowed by other work on a shared machine.
-    return Samples(torch.cat(outs), statistics.median(per_image))
+    per_image = statistics.median(s for _, s in results)
+    return Samples(images, per_image, seconds, workers)
 
 
 def quality(
@@ -216,7 +271,8 @@ class EvalConfig:
     samples: int = 1000
     seed: int = 0
     cfg_scale: float | None = None  # None: the model's default
-    batch: int = 250
+    batch: int = DEFAULT_BATCH
+    workers: int | None = None  # batches drawn at once (None: default_workers(device))
     device: str = "cpu"  # where the samplers run (under torchrun with GPUs: each rank's own)
 
 
@@ -225,6 +281,9 @@ def run_eval(cfg: EvalConfig, progress: Progress = lambda _: None) -> dict[str, 
 
     Under torch.distributed every rank must call it: each draws and featurizes its share of the
     samples and every rank returns the same report (whose latency is rank 0's share).
+    Latency: ``latency_per_image*_s`` is the median over batches of one worker's batch time per
+    image (``workers`` batches run at once), ``images_per_second*`` the throughput of the whole
+    draw, ``stage_seconds`` the wall time of setup, compiling, each draw and scoring.
     """
     import l2c_compile
     from l2c_compile.metrics.macs import timing_note
@@ -232,6 +291,10 @@ def run_eval(cfg: EvalConfig, progress: Progress = lambda _: None) -> dict[str, 
     from l2c_compile.models.registry import get_spec
     from l2c_compile.schedule.summary import schedule_summary
 
+    started = time.perf_counter()
+    workers = default_workers(cfg.device) if cfg.workers is None else cfg.workers
+    if workers < 1:
+        raise L2CError(f"workers must be >= 1, got {workers}")
     spec = get_spec(cfg.model)
     require_feature_network(spec)
     model = load_model(spec)
@@ -245,9 +308,12 @@ def run_eval(cfg: EvalConfig, progress: Progress = lambda _: None) -> dict[str, 
     noise, labels = noise[mine].to(cfg.device), labels[mine].to(cfg.device)
 
     progress("compiling the cached and the uncached sampler")
+    stages = {"setup": time.perf_counter() - started}
+    t0 = time.perf_counter()
     info = spec.to_dict()
     cached = l2c_compile.compile(model, plan, sched, device=cfg.device, model_info=info)
     full = l2c_compile.compile(model, plan, None, device=cfg.device, model_info=info)
+    stages["compile"] = time.perf_counter() - t0
     share = f" (this rank's {len(mine)} of {cfg.samples})" if world > 1 else ""
     calls = -(-len(mine) // max(batch, 1)) * plan.nfe  # every batch runs the whole plan
     progress(f"sampling {cfg.samples} images, uncached{share}")
@@ -255,20 +321,23 @@ def run_eval(cfg: EvalConfig, progress: Progress = lambda _: None) -> dict[str, 
         bars.task(f"{len(mine)} images, uncached", calls, "model calls"),
         bars.counting_model_calls(full),
     ):
-        ref = draw(full, noise, labels, scale, batch)
+        ref = draw(full, noise, labels, scale, batch, workers)
     progress(f"sampling {cfg.samples} images with the schedule{share}")
     with (
         bars.task(f"{len(mine)} images, schedule", calls, "model calls"),
         bars.counting_model_calls(cached),
     ):
-        got = draw(cached, noise, labels, scale, batch)
+        got = draw(cached, noise, labels, scale, batch, workers)
+    stages["sample_full"], stages["sample_cached"] = ref.seconds, got.seconds
     progress("scoring")
+    t0 = time.perf_counter()
     group = _metric_group()
     scores = {}
     for name, images, twins in (("cached", got.images, ref.images), ("full", ref.images, None)):
         metric = SampleQuality(distributed=world > 1, process_group=group)
         metric.update(images, labels, twins)
         scores[name] = {k: float(v) for k, v in metric.compute().items()}
+    stages["score"] = time.perf_counter() - t0
 
     summary = schedule_summary(sched)
     stats = sched.stats()
@@ -280,6 +349,7 @@ def run_eval(cfg: EvalConfig, progress: Progress = lambda _: None) -> dict[str, 
         "seed": cfg.seed,
         "cfg_scale": scale,
         "batch": batch,
+        "workers": got.workers,
         "world_size": world,
         "schedule": {"mode": sched.mode, "threshold": sched.threshold, "source": sched.source},
         **scores["cached"],
@@ -290,6 +360,8 @@ def run_eval(cfg: EvalConfig, progress: Progress = lambda _: None) -> dict[str, 
         "removable": stats["total_cache_sublayers"],
         "latency_per_image_s": got.seconds_per_image,
         "latency_per_image_full_s": ref.seconds_per_image,
+        "images_per_second": got.images_per_second,
+        "images_per_second_full": ref.images_per_second,
         "speedup": ref.seconds_per_image / got.seconds_per_image,
         "ideal_speedup": summary["macs_full"] / summary["macs_cached"],
         "timing_note": timing_note(
@@ -297,6 +369,7 @@ def run_eval(cfg: EvalConfig, progress: Progress = lambda _: None) -> dict[str, 
             summary["macs_full"] / summary["macs_cached"],
         ),
         "metric_names": metric_names,
+        "stage_seconds": stages,
         "machine": machine(cfg.device),
     }
 

@@ -165,3 +165,20 @@ def test_missing_router_is_named(bench, stand_ins, tmp_path):
 
     with pytest.raises(L2CError, match=f"router {DIT}-ddim-6.safetensors not found"):
         bench.build_rows(["1"], DIT, UVIT, [6], [NFE], NFE)
+
+
+def test_rows_do_not_depend_on_batch_or_workers(bench, stand_ins, tmp_path):
+    """Same seeds, smaller batches drawn by two workers: the same samples, so the same scores."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    bench.main(_argv(one, "1"))
+    bench.main([*_argv(two, "1"), "--batch", "3", "--workers", "2"])
+    rows = [
+        [json.loads(x) for x in (out / "quality.jsonl").read_text().splitlines()]
+        for out in (one, two)
+    ]
+    assert len(rows[0]) == len(rows[1]) == 3
+    assert rows[1][0]["env"]["workers"] == 2 and rows[1][0]["env"]["batch"] == 3
+    for a, b in zip(*rows, strict=True):
+        assert a["method"] == b["method"]
+        for key in ("fid", "fid_delta", "class_accuracy", "precision", "recall"):
+            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), (a["method"], key)

@@ -24,17 +24,30 @@ from l2c_compile.cli.common import (
 
 @cli_errors
 def eval_cmd(
-    model: str = typer.Option(..., "--model", "-m", help="a Fashion-MNIST model (DiT-FMNIST, U-ViT-FMNIST)"),
-    sampler: str | None = typer.Option(None, "--sampler", "-s", help="ddim | dpm-solver-2 (default: the model's)"),
+    model: str = typer.Option(
+        ..., "--model", "-m", help="a Fashion-MNIST model (DiT-FMNIST, U-ViT-FMNIST)"
+    ),
+    sampler: str | None = typer.Option(
+        None, "--sampler", "-s", help="ddim | dpm-solver-2 (default: the model's)"
+    ),
     nfe: int = typer.Option(..., "--nfe", help="number of model calls"),
     schedule: Path | None = typer.Option(
         None, "--schedule", help="schedule JSON or router file (default: the shipped router)"
     ),
-    threshold: float | None = typer.Option(None, "--threshold", help="θ for a router (default: the family's)"),
-    samples: int = typer.Option(1000, "--samples", "-k", help="images per sampler, balanced over classes"),
+    threshold: float | None = typer.Option(
+        None, "--threshold", help="θ for a router (default: the family's)"
+    ),
+    samples: int = typer.Option(
+        1000, "--samples", "-k", help="images per sampler, balanced over classes"
+    ),
     seed: int = typer.Option(0, "--seed", help="seed of the noise and label order"),
     cfg_scale: float | None = typer.Option(None, "--cfg-scale", help=CFG_SCALE_HELP),
-    batch: int = typer.Option(250, "--batch", help="images per sampler call"),
+    batch: int | None = typer.Option(None, "--batch", help="images per sampler call (default: 16)"),
+    workers: int | None = typer.Option(
+        None,
+        "--workers",
+        help="batches sampled at once, one CPU thread each (default: torch's thread count; 1 on GPUs)",
+    ),
     device: str | None = typer.Option(
         None, "--device", help="cpu | cuda (default: cpu; under torchrun: each rank's GPU if any)"
     ),
@@ -48,9 +61,20 @@ def eval_cmd(
 
     rank, world, rank_device = init_distributed()
     try:
-        cfg = EvalConfig(model=model, nfe=nfe, sampler=sampler, schedule=schedule,
-                         threshold=threshold, samples=samples, seed=seed, cfg_scale=cfg_scale,
-                         batch=batch, device=device or (str(rank_device) if world > 1 else "cpu"))
+        batch_arg = {} if batch is None else {"batch": batch}  # None: EvalConfig's default
+        cfg = EvalConfig(
+            model=model,
+            nfe=nfe,
+            sampler=sampler,
+            schedule=schedule,
+            threshold=threshold,
+            samples=samples,
+            seed=seed,
+            cfg_scale=cfg_scale,
+            **batch_arg,
+            workers=workers,
+            device=device or (str(rank_device) if world > 1 else "cpu"),
+        )
         if rank != 0:
             report = run_eval(cfg)
         elif fmt == OutputFormat.json:
@@ -79,7 +103,8 @@ def eval_cmd(
         f"MACs/image {report['macs_full'] / 1e9:.3f} G → {report['macs_cached'] / 1e9:.3f} G · removed "
         f"{report['removed']}/{report['removable']} cache-step sublayers ({report['schedule']['mode']}) · "
         f"latency measured on {m['device'] if m['device'] != 'cpu' else m['cpu']} with "
-        f"{m['threads']} threads" + (f" (rank 0 of {report['world_size']})" if report['world_size'] > 1 else ""),
+        f"{m['threads']} threads, {report['workers']} worker(s) × batch {report['batch']}"
+        + (f" (rank 0 of {report['world_size']})" if report["world_size"] > 1 else ""),
         highlight=False,
     )
     if report.get("timing_note"):
@@ -90,14 +115,19 @@ def render_table(report: dict) -> Table:
     """The cached-vs-uncached metrics of an evaluation report as a rich table."""
     names = report["metric_names"]
     ranks = f" · {report['world_size']} ranks" if report.get("world_size", 1) > 1 else ""
-    table = Table(title=f"{report['model']} · {report['sampler']} · NFE {report['nfe']} · "
-                        f"{report['samples']} samples · seed {report['seed']}{ranks}")
+    table = Table(
+        title=f"{report['model']} · {report['sampler']} · NFE {report['nfe']} · "
+        f"{report['samples']} samples · seed {report['seed']}{ranks}"
+    )
     table.add_column("metric")
     table.add_column("uncached", justify="right")
     table.add_column("schedule", justify="right")
     for key in ("fid", "precision", "recall", "class_accuracy"):
         table.add_row(names[key], f"{report[f'{key}_full']:.4g}", f"{report[key]:.4g}")
     table.add_row(names["psnr"], "–", f"{report['psnr']:.2f}")
-    table.add_row("latency per image (s)", f"{report['latency_per_image_full_s']:.4f}",
-                  f"{report['latency_per_image_s']:.4f}")
+    table.add_row(
+        "latency per image (s)",
+        f"{report['latency_per_image_full_s']:.4f}",
+        f"{report['latency_per_image_s']:.4f}",
+    )
     return table
