@@ -6,8 +6,9 @@
 Each configuration runs the real command (``python -m l2c_compile.cli.main eval ... --format
 json``) in a fresh process, so the total includes interpreter start, imports and compiling; the
 report's ``stage_seconds`` split it into setup, compile, the uncached draw, the cached draw and
-scoring. "before" is eval as it was (batch 250, one worker using torch's intra-op threads);
-"after" is today's default (batch 16, one worker per thread, each with one intra-op thread).
+scoring. "before" is eval as it was (batch 250, one worker using torch's intra-op threads, eager);
+"after" is today's default (batch 16, one worker per thread, each with one intra-op thread, the
+regional backend: oneDNN linears and compiled sublayers).
 The configurations alternate (before, after, before, after, …), so load from other jobs on a
 shared machine falls on both. Appends one JSON line per run to
 ``results/eval-throughput-cpu.jsonl`` and prints the speedups of the totals and of each stage,
@@ -33,7 +34,7 @@ from common import RESULTS, append_text, environment
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS: dict[str, list[str]] = {
-    "before": ["--batch", "250", "--workers", "1"],
+    "before": ["--batch", "250", "--workers", "1", "--backend", "eager"],
     "after": [],
 }
 SCORES = ("fid", "fid_full", "class_accuracy", "class_accuracy_full", "psnr", "precision", "recall")

@@ -274,6 +274,13 @@ class EvalConfig:
     batch: int = DEFAULT_BATCH
     workers: int | None = None  # batches drawn at once (None: default_workers(device))
     device: str = "cpu"  # where the samplers run (under torchrun with GPUs: each rank's own)
+    backend: str | None = None  # how the samplers run (None: default_backend(device))
+
+
+def default_backend(device: str) -> str:
+    """``"regional"`` on CPU (oneDNN linears and compiled sublayers: about 1.9× the eager draw of
+    DiT-FMNIST, README "Backends"), ``"eager"`` elsewhere (no compile to wait for)."""
+    return "regional" if torch.device(device).type == "cpu" else "eager"
 
 
 def run_eval(cfg: EvalConfig, progress: Progress = lambda _: None) -> dict[str, Any]:
@@ -311,8 +318,9 @@ def run_eval(cfg: EvalConfig, progress: Progress = lambda _: None) -> dict[str, 
     stages = {"setup": time.perf_counter() - started}
     t0 = time.perf_counter()
     info = spec.to_dict()
-    cached = l2c_compile.compile(model, plan, sched, device=cfg.device, model_info=info)
-    full = l2c_compile.compile(model, plan, None, device=cfg.device, model_info=info)
+    backend = cfg.backend or default_backend(cfg.device)
+    cached = l2c_compile.compile(model, plan, sched, device=cfg.device, backend=backend, model_info=info)
+    full = l2c_compile.compile(model, plan, None, device=cfg.device, backend=backend, model_info=info)
     stages["compile"] = time.perf_counter() - t0
     share = f" (this rank's {len(mine)} of {cfg.samples})" if world > 1 else ""
     calls = -(-len(mine) // max(batch, 1)) * plan.nfe  # every batch runs the whole plan
@@ -350,6 +358,7 @@ def run_eval(cfg: EvalConfig, progress: Progress = lambda _: None) -> dict[str, 
         "cfg_scale": scale,
         "batch": batch,
         "workers": got.workers,
+        "backend": backend,
         "world_size": world,
         "schedule": {"mode": sched.mode, "threshold": sched.threshold, "source": sched.source},
         **scores["cached"],

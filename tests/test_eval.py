@@ -337,3 +337,15 @@ def test_two_gloo_ranks_score_what_one_process_scores(stand_in, tmp_path):
     for key in SCORES:  # measured: FID and PSNR agree to ~3e-7 (float32 rounding of other threads)
         assert two[key] == pytest.approx(one[key], rel=1e-5), key
     assert one["fid"] > 0 and one["fid"] != one["fid_full"]
+
+
+def test_eval_runs_the_regional_backend_on_cpu_by_default_and_scores_as_eager_does(stand_in):
+    """The oneDNN/compiled sublayers change the samples by float reassociation only."""
+    fast = run_eval(EvalConfig(model=NAME, nfe=NFE, samples=12, batch=6, workers=1, seed=5))
+    eager = run_eval(EvalConfig(model=NAME, nfe=NFE, samples=12, batch=6, workers=1, seed=5,
+                                backend="eager"))
+    assert (fast["backend"], eager["backend"]) == ("regional", "eager")
+    for key in SCORES:
+        assert fast[key] == pytest.approx(eager[key], rel=1e-3, abs=1e-3), key
+    with pytest.raises(L2CError, match="unknown backend"):
+        run_eval(EvalConfig(model=NAME, nfe=NFE, samples=4, backend="tvm"))

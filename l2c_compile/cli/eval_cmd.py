@@ -51,6 +51,9 @@ def eval_cmd(
     device: str | None = typer.Option(
         None, "--device", help="cpu | cuda (default: cpu; under torchrun: each rank's GPU if any)"
     ),
+    backend: str | None = typer.Option(
+        None, "--backend", help="eager | regional | inductor (default: regional on CPU, else eager)"
+    ),
     out: Path | None = typer.Option(None, "--out", "-o", help="also write the report here (JSON)"),
     fmt: OutputFormat = typer.Option(OutputFormat.rich, "--format"),
 ) -> None:
@@ -73,6 +76,7 @@ def eval_cmd(
             cfg_scale=cfg_scale,
             **batch_arg,
             workers=workers,
+            backend=backend,
             device=device or (str(rank_device) if world > 1 else "cpu"),
         )
         if rank != 0:
