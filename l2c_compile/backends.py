@@ -198,10 +198,28 @@ def compile_regions(model: nn.Module) -> int:
     call and leaves its parameters and state dict as they are. Compilation happens at the first
     call. :func:`restore_regions` undoes it.
     """
+    _allow_region_recompiles()
     modules = _sublayer_modules(model)
     for module in modules:
         module.compile(backend=l2c_inductor, fullgraph=True, dynamic=False)
     return len(modules)
+
+
+# Every attention (or MLP) module of every regional sampler in a process shares one code object,
+# and dynamo keeps one compiled entry per input shape, dtype and model size on it. Its default
+# limit of 8 entries per code object is reached by a process that serves a few batch sizes of a
+# few models (a test session does in minutes), and with fullgraph=True the next call then fails
+# instead of falling back to eager. Guard checks stay cheap at this size.
+REGION_RECOMPILE_LIMIT = 256
+
+
+def _allow_region_recompiles() -> None:
+    """Raise dynamo's per-code-object recompile limits to what regional sharing needs."""
+    config = torch._dynamo.config
+    config.recompile_limit = max(config.recompile_limit, REGION_RECOMPILE_LIMIT)
+    config.accumulated_recompile_limit = max(
+        config.accumulated_recompile_limit, 4 * REGION_RECOMPILE_LIMIT
+    )
 
 
 def restore_regions(model: nn.Module) -> None:

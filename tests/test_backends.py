@@ -214,3 +214,14 @@ def test_dtype_auto_is_bf16_exactly_where_the_cpu_has_native_bf16():
     plan = make_plan("ddim", 2, noise_schedule="linear", time_input="discrete")
     sampler = l2c_compile.compile(model, plan, None, dtype="auto")
     assert sampler.info["dtype"] == ("bfloat16" if native else "float32")
+
+
+def test_regional_samplers_of_many_sizes_share_a_process():
+    """More model sizes than dynamo's default 8 entries per code object (a fullgraph failure)."""
+    plan = make_plan("ddim", 2, noise_schedule="linear", time_input="discrete")
+    for i, width in enumerate(range(8, 8 + 4 * 10, 4)):
+        model = tiny_dit(i, depth=1, hidden_size=width, num_heads=2)
+        sampler = l2c_compile.compile(model, plan, None, backend="regional")
+        noise, labels = inputs(model, batch=1 + i % 3)
+        assert torch.isfinite(sampler(noise, labels, 2.0)).all()
+    assert torch._dynamo.config.recompile_limit >= 10
