@@ -139,16 +139,22 @@ class CompiledPipeline:
         self.compile_kwargs = compile_kwargs
         self.samplers: dict[tuple[int, bool], CompiledSampler] = {}
 
+    def _plan(self, num_inference_steps: int) -> tuple[SamplerPlan, Any]:
+        """The pipeline scheduler's plan for these steps and the schedule; L2CError when the
+        schedule was made for another NFE or sampler."""
+        plan = pipeline_plan(self.pipe.scheduler, num_inference_steps)
+        sched = self.schedule
+        if sched is not None and (sched.nfe != plan.nfe or sched.sampler != plan.sampler):
+            raise L2CError(f"the schedule is for {sched.sampler} with {sched.nfe} NFE, the pipeline runs "
+                           f"{plan.sampler} with num_inference_steps={num_inference_steps}")
+        return plan, sched
+
     def sampler(self, num_inference_steps: int, cfg: bool) -> CompiledSampler:
         """The compiled sampler for ``num_inference_steps`` steps (L2CError when it does not fit
         the schedule's NFE or sampler)."""
         key = (num_inference_steps, cfg)
         if key not in self.samplers:
-            plan = pipeline_plan(self.pipe.scheduler, num_inference_steps)
-            sched = self.schedule
-            if sched is not None and (sched.nfe != plan.nfe or sched.sampler != plan.sampler):
-                raise L2CError(f"the schedule is for {sched.sampler} with {sched.nfe} NFE, the pipeline runs "
-                               f"{plan.sampler} with num_inference_steps={num_inference_steps}")
+            plan, sched = self._plan(num_inference_steps)
             transformer = self.pipe.transformer
             info = spec_from_config(type(transformer).__name__, dict(transformer.config)).to_dict()
             self.samplers[key] = compile_sampler(self.model, plan, sched, cfg=cfg, model_info=info,
@@ -212,11 +218,7 @@ class CompiledPixArtPipeline(CompiledPipeline):
         they do not fit the schedule's NFE or sampler."""
         key = (num_inference_steps, cfg, text_len, side)
         if key not in self.samplers:
-            plan = pipeline_plan(self.pipe.scheduler, num_inference_steps)
-            sched = self.schedule
-            if sched is not None and (sched.nfe != plan.nfe or sched.sampler != plan.sampler):
-                raise L2CError(f"the schedule is for {sched.sampler} with {sched.nfe} NFE, the pipeline runs "
-                               f"{plan.sampler} with num_inference_steps={num_inference_steps}")
+            plan, sched = self._plan(num_inference_steps)
             transformer = self.pipe.transformer
             model = DiffusersPixArt(transformer, text_len=text_len, height=side, width=side,
                                     vae_scale_factor=self.pipe.vae_scale_factor)

@@ -105,37 +105,15 @@ def _module_macs(module: nn.Module, out: torch.Tensor) -> int:
 def measure_macs(spec: ModelSpec) -> MacCount:
     """Count one forward pass of the whole model for one image (meta device, hooks on Linear/Conv)."""
     model = build_model(spec, device="meta")
-    per_module: dict[str, int] = {}
-    handles = []
-    for name, module in model.named_modules():
-        if isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)):
-
-            def hook(mod: nn.Module, args: object, out: torch.Tensor, name: str = name) -> None:
-                per_module[name] = per_module.get(name, 0) + _module_macs(mod, out)
-
-            handles.append(module.register_forward_hook(hook))
     x = torch.empty(1, *spec.latent_shape, device="meta")  # (1, C, H, W)
     t = torch.empty(1, device="meta")  # (1,)
     y = torch.zeros(1, dtype=torch.long, device="meta")  # (1,)
-    with torch.no_grad():
-        model(x, t, y)
-    for h in handles:
-        h.remove()
-
-    names = {id(m): n for n, m in model.named_modules()}
-
-    def under(sub: nn.Module) -> int:
-        prefix = names[id(sub)] + "."
-        return sum(v for k, v in per_module.items() if k.startswith(prefix))
-
-    blocks = model.transformer_blocks()
-    attn = {under(b.attn) for b in blocks}
-    mlp = {under(b.mlp) for b in blocks}
-    if len(attn) != 1 or len(mlp) != 1:
+    try:
+        return module_macs(model, x, t, y)
+    except ValueError:
         raise ValueError(
             f"{spec.name}: blocks differ in size, per-block sublayer MACs are ambiguous"
-        )
-    return MacCount(sum(per_module.values()), attn.pop(), mlp.pop())
+        ) from None
 
 
 @functools.cache
