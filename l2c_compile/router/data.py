@@ -382,30 +382,52 @@ def draw_self_data(
         raise L2CError(f"the data-free pool size must be a positive integer, got {size!r}")
     device = next(model.parameters()).device
     c, h, w = spec.latent_shape
-    n_chunks = math.ceil(size / SELF_CHUNK)
-    rank, world = _dist_info()
     pool = torch.empty(size, c, h, w)
     labels = torch.empty(size, dtype=torch.long)
+
+    def draw(lo: int, hi: int, gen: torch.Generator) -> None:
+        noise = torch.randn(hi - lo, c, h, w, generator=gen)
+        y = torch.randint(0, spec.num_classes, (hi - lo,), generator=gen)
+        x0 = sample_uncached(model, plan, noise.to(device), y.to(device), None)
+        pool[lo:hi], labels[lo:hi] = x0.float().cpu(), y
+
+    def share(lo: int, hi: int, src: int) -> None:
+        _broadcast_chunk(pool, labels, lo, hi, src=src, device=device)
+
+    draw_chunks(size, seed, draw, share, progress=progress)
+    return TensorData(
+        pool, labels, f"self ({size} samples from the {plan.sampler} sampler, seed {seed})"
+    )
+
+
+def draw_chunks(
+    size: int,
+    seed: int,
+    draw: Callable[[int, int, torch.Generator], None],
+    share: Callable[[int, int, int], None],
+    *,
+    progress: bool,
+) -> None:
+    """The data-free pool's chunk loop: rows ``lo:hi`` of chunk i (``SELF_CHUNK`` rows) are made by
+    ``draw(lo, hi, generator)`` with the chunk's own seeded generator, so the pool does not depend
+    on the number of processes; under torch.distributed each rank draws every world-th chunk and
+    ``share(lo, hi, src)`` broadcasts each chunk from the rank that drew it. A progress bar on
+    rank 0 when ``progress``."""
+    n_chunks = math.ceil(size / SELF_CHUNK)
+    rank, world = _dist_info()
     bar = _progress_bar(progress and rank == 0, "drawing x0 from the model", n_chunks)
     try:
         for i in range(n_chunks):
             lo, hi = i * SELF_CHUNK, min(size, (i + 1) * SELF_CHUNK)
             if i % world == rank:
-                gen = torch.Generator().manual_seed(_chunk_seed(seed, i))
-                noise = torch.randn(hi - lo, c, h, w, generator=gen)
-                y = torch.randint(0, spec.num_classes, (hi - lo,), generator=gen)
-                x0 = sample_uncached(model, plan, noise.to(device), y.to(device), None)
-                pool[lo:hi], labels[lo:hi] = x0.float().cpu(), y
+                draw(lo, hi, torch.Generator().manual_seed(_chunk_seed(seed, i)))
             if world > 1:
-                _broadcast_chunk(pool, labels, lo, hi, src=i % world, device=device)
+                share(lo, hi, i % world)
             if bar is not None:
                 bar[0].advance(bar[1])
     finally:
         if bar is not None:
             bar[0].stop()
-    return TensorData(
-        pool, labels, f"self ({size} samples from the {plan.sampler} sampler, seed {seed})"
-    )
 
 
 def _chunk_seed(seed: int, chunk: int) -> int:

@@ -17,7 +17,6 @@ conditions (N, L, D + 1), so the training loop runs unchanged.
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ import torch
 from torch import nn
 
 from l2c_compile.errors import L2CError
-from l2c_compile.router.data import SELF_CHUNK, TensorData, _chunk_seed, _dist_info, _progress_bar
+from l2c_compile.router.data import TensorData, draw_chunks
 
 
 def read_prompts(path: str | os.PathLike[str]) -> list[str]:
@@ -130,38 +129,22 @@ def draw_prompt_data(
     c, s = model.in_channels, model.input_size
     labels = conds[torch.arange(size) % conds.shape[0]]  # (size, L, D + 1)
     pool = torch.empty(size, c, s, s)
-    n_chunks = math.ceil(size / SELF_CHUNK)
-    rank, world = _dist_info()
-    bar = _progress_bar(progress and rank == 0, "drawing x0 from the model", n_chunks)
-    try:
-        for i in range(n_chunks):
-            lo, hi = i * SELF_CHUNK, min(size, (i + 1) * SELF_CHUNK)
-            if i % world == rank:
-                gen = torch.Generator().manual_seed(_chunk_seed(seed, i))
-                noise = torch.randn(hi - lo, c, s, s, generator=gen)
-                y = labels[lo:hi]
-                scale = None
-                if null is not None:
-                    y, scale = (
-                        torch.stack([y, null.expand_as(y)], dim=1),
-                        cfg_scale,
-                    )  # (b, 2, L, D + 1)
-                pool[lo:hi] = (
-                    sample_uncached(model, plan, noise.to(device), y.to(device), scale)
-                    .float()
-                    .cpu()
-                )
-            if world > 1:
-                import torch.distributed as dist
 
-                buf = pool[lo:hi].to(device)
-                dist.broadcast(buf, src=i % world)
-                pool[lo:hi] = buf.cpu()
-            if bar is not None:
-                bar[0].advance(bar[1])
-    finally:
-        if bar is not None:
-            bar[0].stop()
+    def draw(lo: int, hi: int, gen: torch.Generator) -> None:
+        noise = torch.randn(hi - lo, c, s, s, generator=gen)
+        y, scale = labels[lo:hi], None
+        if null is not None:
+            y, scale = torch.stack([y, null.expand_as(y)], dim=1), cfg_scale  # (b, 2, L, D + 1)
+        pool[lo:hi] = sample_uncached(model, plan, noise.to(device), y.to(device), scale).float().cpu()
+
+    def share(lo: int, hi: int, src: int) -> None:  # the conditions are the same on every rank
+        import torch.distributed as dist
+
+        buf = pool[lo:hi].to(device)
+        dist.broadcast(buf, src=src)
+        pool[lo:hi] = buf.cpu()
+
+    draw_chunks(size, seed, draw, share, progress=progress)
     return TensorData(
         pool,
         labels,
