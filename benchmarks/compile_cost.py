@@ -43,15 +43,13 @@ def child(args: argparse.Namespace) -> None:
     from torch._dynamo.utils import counters
 
     import l2c_compile
+    from l2c_compile.verify import seeded_inputs
 
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     sampler = l2c_compile.load(args.child)
     load_s = time.perf_counter() - t0
-    model = sampler.model
-    g = torch.Generator().manual_seed(0)
-    noise = torch.randn(args.batch, model.in_channels, model.input_size, model.input_size, generator=g)
-    labels = torch.randint(0, model.null_class, (args.batch,), generator=g)
+    noise, labels = seeded_inputs(sampler, args.batch, 0, "cpu")
     scale = 4.0 if sampler.cfg else None
     calls = []
     for _ in range(2):
@@ -87,8 +85,7 @@ def run_child(art: Path, cache: Path, args: argparse.Namespace) -> dict[str, Any
 
 def build_artifact(args: argparse.Namespace, backend: str, out: Path) -> float:
     """Compile and save one artifact; return the seconds l2c-compile's passes took."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from latency import build_schedule
+    from latency import build_schedule  # this folder is on sys.path (module top)
 
     import l2c_compile
     from l2c_compile.models.registry import build_model, get_spec, init_random, num_blocks
