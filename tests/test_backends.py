@@ -43,8 +43,9 @@ def test_linear_onednn_takes_a_row_slice_of_a_weight():
     assert rel_error(linear_onednn(x, w[4:10], None), x @ w[4:10].T) <= 1e-6
 
 
-def _captured_steps(compiled):
-    """Dynamo's graph of each step graph, as a backend receives it (before any rewrite)."""
+def _capturing():
+    """(graphs, backend): a dynamo backend that keeps each captured graph (before any rewrite)
+    and runs it as captured."""
     graphs = []
 
     def capture(gm, example_inputs):
@@ -52,20 +53,32 @@ def _captured_steps(compiled):
         return gm.forward
 
     torch._dynamo.reset()
+    return graphs, capture
+
+
+def _captured_steps(compiled):
+    """Dynamo's graph of each step graph, as a backend receives it (before any rewrite)."""
+    graphs, capture = _capturing()
     steps = compiled.steps
     compiled.steps = [torch.compile(s, backend=capture, fullgraph=True) for s in steps]
     return graphs, steps
 
 
+def _family_case(family, seed, depth, nfe):
+    """A tiny random DiT (DDIM) or U-ViT (DPM-Solver-2) and its sampler plan."""
+    if family == "dit":
+        return tiny_dit(seed, depth=depth), make_plan(
+            "ddim", nfe, noise_schedule="linear", time_input="discrete"
+        )
+    return tiny_uvit(seed, depth=depth), make_plan(
+        "dpm-solver-2", nfe, noise_schedule="scaled_linear", time_input="continuous"
+    )
+
+
 @pytest.mark.parametrize("family", ["dit", "uvit"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_rewrite_replaces_every_linear_and_inlines_epilogues_exactly(family, dtype):
-    if family == "dit":
-        model = tiny_dit(1, depth=3)
-        plan = make_plan("ddim", 4, noise_schedule="linear", time_input="discrete")
-    else:
-        model = tiny_uvit(1, depth=3)
-        plan = make_plan("dpm-solver-2", 4, noise_schedule="scaled_linear", time_input="continuous")
+    model, plan = _family_case(family, 1, depth=3, nfe=4)
     depth = len(model.transformer_blocks())
     sched = random_schedule(plan, depth, random.Random(3), p=0.5)
     compiled = l2c_compile.compile(model, plan, sched, dtype=dtype)
@@ -113,13 +126,7 @@ def test_inductor_backend_matches_eager_on_a_cached_schedule():
 def test_other_dtypes_and_devices_keep_their_linears():
     """float64 (and CUDA tensors) are not oneDNN's: the rewrite leaves those nodes alone."""
     lin = torch.nn.Linear(8, 4).double()
-    graphs = []
-
-    def capture(gm, example_inputs):
-        graphs.append(gm)
-        return gm.forward
-
-    torch._dynamo.reset()
+    graphs, capture = _capturing()
     torch.compile(lin, backend=capture, fullgraph=True)(torch.randn(3, 8, dtype=torch.float64))
     assert rewrite_for_cpu(graphs[0])["linear_onednn"] == 0
 
@@ -131,12 +138,7 @@ def test_regional_backend_compiles_one_graph_per_sublayer_kind_and_matches_eager
 
     torch._dynamo.reset()
     counters.clear()
-    if family == "dit":
-        model = tiny_dit(4, depth=3)
-        plan = make_plan("ddim", 6, noise_schedule="linear", time_input="discrete")
-    else:
-        model = tiny_uvit(4, depth=3)
-        plan = make_plan("dpm-solver-2", 6, noise_schedule="scaled_linear", time_input="continuous")
+    model, plan = _family_case(family, 4, depth=3, nfe=6)
     depth = len(model.transformer_blocks())
     sched = random_schedule(plan, depth, random.Random(7), p=0.5)
     eager = l2c_compile.compile(model, plan, sched)
