@@ -94,6 +94,16 @@ def markdown_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -
     return "\n".join([head, sep, *body])
 
 
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The JSON lines of ``path`` and of the partial file a killed run left beside it (none when
+    neither exists)."""
+    rows: list[dict[str, Any]] = []
+    for p in (path, path.with_suffix(".partial.jsonl")):
+        if p.is_file():
+            rows += [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return rows
+
+
 def append_text(path: Path, text: str) -> None:
     """Append to a results file through an atomic rewrite (a killed run never leaves half a line)."""
     old = path.read_text(encoding="utf-8") if path.exists() else ""

@@ -9,16 +9,13 @@ A row whose data is missing says so instead of guessing.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-def _rows(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+from common import read_jsonl
 
 
 def _latency(rows: list[dict[str, Any]], dtype: str, executor: str) -> dict[str, Any] | None:
@@ -34,9 +31,9 @@ def _best_l2c(rows: list[dict[str, Any]], dtype: str) -> dict[str, Any] | None:
 
 def summary(out: Path) -> list[tuple[str, str, str]]:
     """(target, measured, verdict) rows."""
-    lat = _rows(out / "latency-cpu-dit-xl.jsonl")
-    gemm = _rows(out / "gemm-cpu.jsonl")
-    cost = _rows(out / "compile-cost.jsonl")
+    lat = read_jsonl(out / "latency-cpu-dit-xl.jsonl")
+    gemm = read_jsonl(out / "gemm-cpu.jsonl")
+    cost = read_jsonl(out / "compile-cost.jsonl")
     table: list[tuple[str, str, str]] = []
     for dtype in ("float32", "bfloat16"):
         best = _best_l2c(lat, dtype)

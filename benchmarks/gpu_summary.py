@@ -10,9 +10,13 @@ rows are missing (skipped by a time limit, failed) is listed as "not measured", 
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import read_jsonl
 
 # Targets for DiT-XL/2 256, released DDIM20 router, bf16, DDIM-20 (PERFORMANCE.md, "Targets").
 SECONDS_TARGET = {8: 0.19, 1: 0.10}
@@ -22,13 +26,7 @@ L2C_EXECUTORS = ("compiled-l2c", "compiled+graph-l2c", "inductor-l2c", "inductor
 
 def load(path: Path) -> list[dict[str, Any]]:
     """The JSON lines of ``path`` and of the partial file a killed run left beside it."""
-    rows = []
-    for p in (path, path.with_suffix(".partial.jsonl")):
-        if p.is_file():
-            rows += [
-                json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line
-            ]
-    return rows
+    return read_jsonl(path)
 
 
 def _fmt_s(row: dict[str, Any] | None) -> str:
