@@ -155,8 +155,8 @@ def executors_for(
         ]
 
     def sampler(backend: str, label: str, graph: bool) -> Executor:
-        """l2c-compile's sampler: ``backend`` "compiled" (eager step graphs) or "inductor",
-        with or without the whole trajectory in one CUDA graph."""
+        """l2c-compile's sampler: ``backend`` "compiled" (eager step graphs), "regional" or
+        "inductor", with or without the whole trajectory in one CUDA graph."""
         cs = g.samplers[f"{backend}-{label}"]
         return Executor(
             f"{backend}{'+graph' if graph else ''}-{label}",
