@@ -33,6 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import RESULTS, append_text, environment, markdown_table
 
+from l2c_compile import features
+
 # DiT-XL/2 (hidden 1152, MLP 4608): qkv, attention proj, fc1, fc2; M = tokens × rows
 SHAPES = [(1152, 3456), (1152, 1152), (1152, 4608), (4608, 1152)]
 
@@ -58,12 +60,14 @@ def gflops(fn: Callable[[], Any], flop: float, repeats: int) -> float:
 
 
 def paths(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> dict[str, Callable[[], Any]]:
+    """The GEMM paths to time; oneDNN's only where this CPU has them for ``x``'s dtype."""
+    timed: dict[str, Callable[[], Any]] = {"aten": lambda: F.linear(x, w, b)}
+    if not features.has("onednn" if x.dtype == torch.float32 else "onednn_bf16"):
+        return timed
     packed = torch.ops.mkldnn._reorder_linear_weight(w, x.shape[0])
-    return {
-        "aten": lambda: F.linear(x, w, b),
-        "onednn": lambda: torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], ""),
-        "onednn-packed": lambda: torch.ops.mkldnn._linear_pointwise(x, packed, b, "none", [], ""),
-    }
+    timed["onednn"] = lambda: torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
+    timed["onednn-packed"] = lambda: torch.ops.mkldnn._linear_pointwise(x, packed, b, "none", [], "")
+    return timed
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
@@ -87,7 +91,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                    "m": m, "k": k, "n": n}
             for name, fn in paths(x, w, b).items():
                 row[f"{name}_gflops"] = gflops(fn, 2.0 * m * k * n, args.repeats)
-            row["onednn_over_aten"] = row["onednn_gflops"] / row["aten_gflops"]
+            if "onednn_gflops" in row:
+                row["onednn_over_aten"] = row["onednn_gflops"] / row["aten_gflops"]
+            else:
+                row["note"] = f"no oneDNN {row['dtype']} GEMMs on this CPU (features.has)"
             rows.append(row)
             print(json.dumps(row), flush=True)
     out = Path(args.out)

@@ -16,6 +16,8 @@ Executors (one run measures all of them, so ratios are comparable):
                       compiled once, the glue eager
   compiled+graph-*    eager step graphs, whole trajectory in one CUDA graph (``--cuda-graph``, CUDA)
   inductor+graph-*    inductor steps, whole trajectory in one CUDA graph (``--cuda-graph``, CUDA)
+  regional+graph-*    regional sublayers, whole trajectory in one CUDA graph (``--regional
+                      --cuda-graph``, CUDA)
   torch-compile-{default,reduce-overhead}-uncached   torch.compile of the uncached denoiser driven
                       by the eager loop (``--torch-compile``; reduce-overhead on CUDA only)
 

@@ -176,6 +176,8 @@ def executors_for(
     for label in labels_:
         if f"regional-{label}" in g.samplers:
             out.append(sampler("regional", label, False))
+    if opts.cuda_graph:  # the regional sublayers (inductor) inside the whole-trajectory graph
+        out += [sampler("regional", label, True) for label in labels_ if f"regional-{label}" in g.samplers]
     inductor_graph = opts.cuda_graph and not getattr(opts, "no_inductor_graph", False)
     for label in labels_:
         if f"inductor-{label}" not in g.samplers:

@@ -46,7 +46,8 @@ from l2c_compile.samplers import make_plan, sampler_options
 from l2c_compile.samplers.base import SamplerPlan
 from l2c_compile.schedule import Schedule
 
-NOT_COMPARED = ("l2c_compile", "torch")  # versions: recorded, but another version may load it
+# versions and this machine's slower paths: recorded, but another version or machine may load it
+NOT_COMPARED = ("l2c_compile", "torch", "fallbacks")
 
 
 def read_manifest(directory: str | os.PathLike[str]) -> Manifest:

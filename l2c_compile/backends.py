@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from l2c_compile import features
 from l2c_compile.manifest import BACKENDS
 
 __all__ = [
@@ -53,7 +54,8 @@ __all__ = [
 ]
 
 _LINEAR_TARGETS = (torch._C._nn.linear, F.linear)
-_ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
+# dtype → the feature its oneDNN GEMM needs (a CPU without oneDNN bf16 keeps torch's own linear)
+_ONEDNN_DTYPES = {torch.float32: "onednn", torch.bfloat16: "onednn_bf16"}
 _GELU_TARGETS = (F.gelu, torch._C._nn.gelu)
 # activation name → oneDNN post-op (attr, algorithm), as torch.ops.mkldnn._linear_pointwise takes it
 _POST_OPS = {"none": ("none", ""), "gelu": ("gelu", "none"), "gelu_tanh": ("gelu", "tanh")}
@@ -96,9 +98,9 @@ def _onednn_linear(node: fx.Node) -> bool:
         return False
     tensors = [t for t in (x, weight, bias) if isinstance(t, torch.Tensor)]
     return (
-        torch.backends.mkldnn.is_available()
-        and all(t.device.type == "cpu" and t.dtype == x.dtype for t in tensors)
+        all(t.device.type == "cpu" and t.dtype == x.dtype for t in tensors)
         and x.dtype in _ONEDNN_DTYPES
+        and features.has(_ONEDNN_DTYPES[x.dtype])
         and weight.dim() == 2
         and x.dim() >= 2
     )

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from l2c_compile import features
 from l2c_compile.cuda_graph import check_cuda_graph_device
 from l2c_compile.devices import resolve_device
 from l2c_compile.errors import L2CError
@@ -48,12 +49,12 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfl
 
 def native_bf16(device: str | torch.device | None) -> bool:
     """Whether ``device`` multiplies bfloat16 matrices natively: a CUDA GPU that supports it, or
-    a CPU with AVX-512 BF16 / AMX that oneDNN uses (``torch.ops.mkldnn._is_mkldnn_bf16_supported``).
+    a CPU whose oneDNN runs bf16 GEMMs (features ``cuda_bf16`` / ``onednn_bf16``).
     """
     device = torch.device(device or "cpu")
     if device.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        return features.has("cuda_bf16")
+    return device.type == "cpu" and features.has("onednn_bf16")
 
 
 def resolve_dtype(
@@ -217,6 +218,9 @@ def compile(
         "trace": trace_reports,
         "fuse": fuse,
     }
+    note = features.fallback_note(p.dtype, p.device, backend)
+    if note is not None:  # recorded only when a slower path was taken (machine-dependent)
+        info["fallbacks"] = [note]
     try:
         sampler = CompiledSampler(model, source, info, backend=backend, cuda_graph=cuda_graph)
     except CompileError:

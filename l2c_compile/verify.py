@@ -45,6 +45,7 @@ class VerifyResult:
     tolerance: float
     ok: bool
     failure: str | None = None
+    fallbacks: tuple[str, ...] = ()  # slower paths taken for lack of a CPU/GPU feature (one line each)
 
     def to_dict(self) -> dict[str, Any]:
         """The fields, for JSON and tables."""
@@ -138,7 +139,8 @@ def verify_artifact(
         "batch": batch,
         "seed": seed,
     }
-    return VerifyResult(**measured, **verdict(measured, tolerance))
+    fallbacks = tuple(info.get("fallbacks", ()))
+    return VerifyResult(**measured, **verdict(measured, tolerance), fallbacks=fallbacks)
 
 
 def compile_summary(info: dict[str, Any]) -> dict[str, Any]:

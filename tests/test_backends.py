@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import l2c_compile
+from l2c_compile import features
 from l2c_compile.backends import linear_onednn, rewrite_for_cpu
 from l2c_compile.samplers import make_plan
 from tests.helpers import inputs, random_schedule, rel_error, tiny_dit, tiny_uvit
@@ -18,7 +19,13 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+NEEDS_ONEDNN_BF16 = pytest.mark.skipif(
+    not features.has("onednn_bf16"),
+    reason=f"this CPU lacks {features.FEATURES['onednn_bf16'].description}",
+)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, pytest.param(torch.bfloat16, marks=NEEDS_ONEDNN_BF16)])
 @pytest.mark.parametrize("shape", [(7, 33), (2, 5, 24), (1, 3, 4, 16)])
 @pytest.mark.parametrize("bias", [True, False])
 def test_linear_onednn_matches_torch_over_odd_shapes(dtype, shape, bias):
@@ -77,7 +84,14 @@ def _family_case(family, seed, depth, nfe):
 
 @pytest.mark.parametrize("family", ["dit", "uvit"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_rewrite_replaces_every_linear_and_inlines_epilogues_exactly(family, dtype):
+@pytest.mark.parametrize("switched_off", [False, True])
+def test_rewrite_replaces_every_linear_and_inlines_epilogues_exactly(family, dtype, switched_off,
+                                                                     monkeypatch):
+    """Every linear becomes oneDNN's where the CPU has the dtype's oneDNN GEMM; switched off (as on
+    a CPU without it), the linears stay torch's and the result is the same."""
+    onednn_feature = "onednn" if dtype == torch.float32 else "onednn_bf16"
+    if switched_off:
+        monkeypatch.setenv(*features.disabled(onednn_feature).popitem())
     model, plan = _family_case(family, 1, depth=3, nfe=4)
     depth = len(model.transformer_blocks())
     sched = random_schedule(plan, depth, random.Random(3), p=0.5)
@@ -97,14 +111,17 @@ def test_rewrite_replaces_every_linear_and_inlines_epilogues_exactly(family, dty
     for gm in graphs:
         linears = sum(1 for n in gm.graph.nodes if n.target in (torch._C._nn.linear, F.linear))
         counts = rewrite_for_cpu(gm)
-        assert counts["linear_onednn"] + counts["linear_gelu_onednn"] == linears
-        assert not any(n.target in (torch._C._nn.linear, F.linear) for n in gm.graph.nodes)
+        # a CPU without oneDNN bf16 keeps torch's linears (the slower correct path)
+        rewritten = linears if features.has(onednn_feature) else 0
+        assert counts["linear_onednn"] + counts["linear_gelu_onednn"] == rewritten
+        left = sum(1 for n in gm.graph.nodes if n.target in (torch._C._nn.linear, F.linear))
+        assert left == linears - rewritten
         assert not any(str(n.target).startswith("l2c.reuse") for n in gm.graph.nodes)
         for key in totals:
             totals[key] += counts[key]
     # every computed MLP is a linear followed by a GELU: one oneDNN call with the post-op
     computed_mlps = sum(depth - len(g["reuse_mlp"]) for g in compiled.info["graphs"])
-    assert totals["linear_gelu_onednn"] == computed_mlps
+    assert totals["linear_gelu_onednn"] == (computed_mlps if features.has(onednn_feature) else 0)
     assert totals["epilogues_inlined"] == fused
     got = compiled(noise, labels, 2.0)  # the rewritten graphs run now
     tol = 1e-5 if dtype == torch.float32 else 2e-2
@@ -206,7 +223,7 @@ def test_verify_tolerance_for_the_compiled_backends_is_measured_not_exact():
 def test_dtype_auto_is_bf16_exactly_where_the_cpu_has_native_bf16():
     from l2c_compile.compiler import native_bf16, resolve_dtype
 
-    native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    native = features.has("onednn_bf16")
     assert native_bf16("cpu") == native
     assert resolve_dtype("auto", "cpu") == (torch.bfloat16 if native else torch.float32)
     assert resolve_dtype("bf16", "cpu") == torch.bfloat16

@@ -33,11 +33,11 @@ def test_compile_verify_sample(tmp_path, model, sampler, nfe):
     r = _run("compile", "--model", model, "--init", "random", "--seed", "3", "--sampler", sampler,
              "--nfe", str(nfe), "--schedule", str(sched), "-o", str(art), "--format", "json")
     assert r.exit_code == 0, r.output
-    summary = json.loads(r.output)
+    summary = json.loads(r.stdout)
     assert summary["distinct_graphs"] >= 2 and summary["macs_compiled"] < summary["macs_uncached"]
     r = _run("verify", str(art), "--format", "json")
     assert r.exit_code == 0, r.output
-    v = json.loads(r.output)
+    v = json.loads(r.stdout)
     assert v["ok"] and v["max_rel_error"] <= 1e-5 and v["distinct_graphs"] == summary["distinct_graphs"]
     png = tmp_path / "grid.png"
     r = _run("sample", str(art), "--classes", "0,1,2", "--seed", "1", "--latent-preview", "-o", str(png))

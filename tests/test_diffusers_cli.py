@@ -42,7 +42,7 @@ def test_schedule_compile_verify_sample(tmp_path, folder):
     assert manifest["model"]["config"]["num_layers"] == 2
     r = _run("verify", str(art), "--format", "json")
     assert r.exit_code == 0, r.output
-    assert json.loads(r.output)["max_rel_error"] <= 1e-5
+    assert json.loads(r.stdout)["max_rel_error"] <= 1e-5
     png = tmp_path / "x.png"
     r = _run("sample", str(art), "--classes", "1,2", "--vae", str(folder / "vae"), "-o", str(png))
     assert r.exit_code == 0, r.output
@@ -83,7 +83,7 @@ def test_train_data_free_then_import_and_compile(tmp_path, folder):
     router = tmp_path / "r.safetensors"
     r = _run(*_train_args(folder, router, "--export-official", str(tmp_path / "r.pt")))
     assert r.exit_code == 0, r.output
-    summary = json.loads(r.output)
+    summary = json.loads(r.stdout)
     assert summary["model"] == "diffusers:DiTTransformer2DModel" and summary["steps"] == 3
     assert "self" in summary["data"] and summary["trained_rows"]
     sched = tmp_path / "s.json"

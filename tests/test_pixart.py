@@ -343,7 +343,7 @@ def test_cli_schedule_compile_verify_sample_with_a_prompt(tmp_path, pipe):
     assert manifest["model"]["pixart"]["text_len"] == 120
     r = run("verify", art, "--format", "json")
     assert r.exit_code == 0, r.output
-    assert json.loads(r.output)["max_rel_error"] <= 1e-5
+    assert json.loads(r.stdout)["max_rel_error"] <= 1e-5
     r = run(
         "sample",
         art,
@@ -433,7 +433,7 @@ def test_prompt_driven_training_learns_one_logit_per_step_block_and_kind(tmp_pat
             catch_exceptions=False,
         )
         assert r.exit_code == 0, r.output
-        summary = json.loads(r.output)
+        summary = json.loads(r.stdout)
         assert summary["trained_rows"] == [0, 2, 4] and np.isfinite(summary["final_loss"])
         router = load_router(out)
         assert router.kinds == THREE and router.logits.shape == (6, 3 * 2)

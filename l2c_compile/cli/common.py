@@ -72,3 +72,10 @@ def progress_bars(enabled: bool | None = None, *, on: Console | None = None) -> 
         return
     with RichReporter(target) as reporter, reporting(reporter):
         yield reporter
+
+
+def print_fallbacks(info: dict[str, Any]) -> None:
+    """Print, on stderr, the one line per slower path a compile took for lack of a CPU/GPU feature
+    (``info["fallbacks"]``, see :func:`l2c_compile.features.fallback_note`)."""
+    for note in info.get("fallbacks", ()):
+        err_console.print(note, markup=False, highlight=False, soft_wrap=True)

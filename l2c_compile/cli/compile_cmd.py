@@ -14,6 +14,7 @@ from l2c_compile.cli.common import (
     cli_errors,
     console,
     err_console,
+    print_fallbacks,
     print_json,
     progress_bars,
 )
@@ -139,6 +140,7 @@ def compile_cmd(
         compiled = l2c_compile.compile(net, plan, sched, dtype=dtype, device=device, backend=backend,
                                        cfg=cfg, fuse=fuse, model_info=spec.to_dict(), cuda_graph=cuda_graph)
         compiled.save(out)
+    print_fallbacks(compiled.info)
     summary = compile_summary(compiled.info)
     if fmt == OutputFormat.json:
         print_json({"artifact": str(out), **summary})
@@ -177,12 +179,13 @@ def verify_cmd(
         checked = verify_artifact(directory, batch=batch, seed=seed, device=device, cfg_scale=cfg_scale,
                                   cuda_graph=cuda_graph, tolerance=tolerance)
     result = checked.to_dict()
+    print_fallbacks(result)
     if fmt == OutputFormat.json:
         print_json(result)
     else:
         table = Table(title="verify", show_header=False)
         for k, v in result.items():
-            if k == "failure":
+            if k in ("failure", "fallbacks"):
                 continue
             table.add_row(k, f"{v:.3e}" if isinstance(v, float) and ("error" in k or k == "tolerance")
                           else str(v))
@@ -237,6 +240,7 @@ def sample_cmd(
     resolve_device(device)
     check_png_path(out)
     compiled = load(directory, device=device, cuda_graph=cuda_graph)
+    print_fallbacks(compiled.info)
     if hasattr(compiled.model, "example_condition"):
         raise L2CError("this artifact draws from text: pass --prompt TEXT and --diffusers DIR (its PixArt "
                        "pipeline folder, for the text encoder and VAE)")
@@ -294,6 +298,7 @@ def _sample_prompts(directory: Path, prompts: list[str], negative_prompt: str, p
     if getattr(pipe, "text_encoder", None) is None or not hasattr(pipe, "encode_prompt"):
         raise L2CError(f"{pipeline} has no text encoder: pass a PixArt pipeline folder")
     compiled = load(directory, device=device, cuda_graph=cuda_graph)
+    print_fallbacks(compiled.info)
     m = compiled.model
     if not hasattr(m, "example_condition"):
         raise L2CError("this artifact draws classes, not text: use --classes instead of --prompt")

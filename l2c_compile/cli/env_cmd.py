@@ -9,6 +9,7 @@ import torch
 import typer
 from rich.table import Table
 
+from l2c_compile import features
 from l2c_compile.cli.common import OutputFormat, cli_errors, console, print_json
 from l2c_compile.version import __version__
 
@@ -32,6 +33,8 @@ def environment() -> dict[str, object]:
             info[pkg] = None
     info["triton_usable"] = info["triton"] is not None and bool(info["cuda_available"])
     info["triton_interpreter_usable"] = info["triton"] is not None
+    info["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    info.update({f"feature_{name}": usable for name, usable in features.report().items()})
     return info
 
 
