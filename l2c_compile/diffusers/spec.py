@@ -14,12 +14,13 @@ adds the prompt length and image size the sampler is made for (``pixart``).
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from typing import Any
 
 from l2c_compile.errors import L2CError
+from l2c_compile.inputs import read_json
+from l2c_compile.limits import check_model_size
 
 PIXART = "PixArtTransformer2DModel"
 
@@ -101,7 +102,7 @@ def spec_for_folder(path: str | os.PathLike[str]) -> DiffusersSpec:
     from l2c_compile.diffusers.load import default_text_len, model_folder
 
     folder, cls = model_folder(path)
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    config = read_json(folder / "config.json", "diffusers config")
     return spec_from_config(cls, config, default_text_len(path) if cls == PIXART else None)
 
 
@@ -121,6 +122,20 @@ def _official_name(config: dict[str, Any]) -> str | None:
     return None
 
 
+def check_config_size(cls: str, config: dict[str, Any], what: str) -> None:
+    """L2CError unless a ``cls`` config builds a model of sane size (every integer bounded, depth,
+    width and parameters estimated; :func:`~l2c_compile.limits.check_model_size`), checked
+    before diffusers allocates anything."""
+    heads, head_dim = config.get("num_attention_heads"), config.get("attention_head_dim")
+    ints = all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (heads, head_dim))
+    side, patch = config.get("sample_size"), config.get("patch_size")
+    sized = all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (side, patch))
+    classes = config.get("num_embeds_ada_norm") if cls != PIXART else 0
+    check_model_size(config, what, depth=config.get("num_layers"), width=heads * head_dim if ints else None,
+                     tokens=(side // patch) ** 2 if sized else 0,
+                     classes=classes if isinstance(classes, int) else 0)
+
+
 def build_from_record(record: dict[str, Any]):
     """A :class:`~l2c_compile.diffusers.dit.DiffusersDiT` or
     :class:`~l2c_compile.diffusers.pixart.DiffusersPixArt` (random weights) from a manifest record."""
@@ -129,6 +144,7 @@ def build_from_record(record: dict[str, Any]):
     cls = record.get("diffusers_class")
     if cls not in ("DiTTransformer2DModel", PIXART) or not isinstance(record.get("config"), dict):
         raise L2CError(f"artifact manifest names an unsupported diffusers model {cls!r}")
+    check_config_size(cls, record["config"], "artifact manifest's diffusers config")
     try:
         transformer = getattr(diffusers, cls).from_config(record["config"])
     except (TypeError, ValueError) as exc:
