@@ -16,6 +16,7 @@ from typing import Any
 from l2c_compile.diffusers.trust import check_folder
 from l2c_compile.errors import L2CError
 from l2c_compile.inputs import read_json
+from l2c_compile.limits import check_model_size
 
 ADAPTED = {"DiTTransformer2DModel": "DiT", "PixArtTransformer2DModel": "PixArt"}  # → adapter (dit.py, pixart.py)
 PIPELINES = ("DiTPipeline", "PixArtAlphaPipeline", "PixArtSigmaPipeline")
@@ -57,8 +58,6 @@ def model_folder(path: str | os.PathLike[str]) -> tuple[Path, str]:
     ``path`` holds no supported diffusers model (the message names what it holds), could make
     diffusers run code from it (:func:`~l2c_compile.diffusers.trust.check_folder`), or configures
     a model of no sane size."""
-    from l2c_compile.diffusers.spec import check_config_size
-
     root = Path(path)
     if not root.is_dir():
         raise L2CError(f"{root} is not a folder (expected a diffusers pipeline or model folder)")
@@ -80,6 +79,20 @@ def model_folder(path: str | os.PathLike[str]) -> tuple[Path, str]:
         raise L2CError(f"{root} holds a diffusers {cls}; supported: {', '.join(ADAPTED)}")
     check_config_size(cls, config, f"{root / 'config.json'}")
     return root, cls
+
+
+def check_config_size(cls: str, config: dict[str, Any], what: str) -> None:
+    """L2CError unless a ``cls`` config builds a model of sane size (every integer bounded, depth,
+    width and parameters estimated; :func:`~l2c_compile.limits.check_model_size`), checked
+    before diffusers allocates anything."""
+    heads, head_dim = config.get("num_attention_heads"), config.get("attention_head_dim")
+    ints = all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (heads, head_dim))
+    side, patch = config.get("sample_size"), config.get("patch_size")
+    sized = all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (side, patch))
+    classes = config.get("num_embeds_ada_norm") if cls != "PixArtTransformer2DModel" else 0
+    check_model_size(config, what, depth=config.get("num_layers"), width=heads * head_dim if ints else None,
+                     tokens=(side // patch) ** 2 if sized else 0,
+                     classes=classes if isinstance(classes, int) else 0)
 
 
 def load_diffusers(path: str | os.PathLike[str], *, text_len: int | None = None):

@@ -20,7 +20,6 @@ from typing import Any
 
 from l2c_compile.errors import L2CError
 from l2c_compile.inputs import read_json
-from l2c_compile.limits import check_model_size
 
 PIXART = "PixArtTransformer2DModel"
 
@@ -122,20 +121,6 @@ def _official_name(config: dict[str, Any]) -> str | None:
     return None
 
 
-def check_config_size(cls: str, config: dict[str, Any], what: str) -> None:
-    """L2CError unless a ``cls`` config builds a model of sane size (every integer bounded, depth,
-    width and parameters estimated; :func:`~l2c_compile.limits.check_model_size`), checked
-    before diffusers allocates anything."""
-    heads, head_dim = config.get("num_attention_heads"), config.get("attention_head_dim")
-    ints = all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (heads, head_dim))
-    side, patch = config.get("sample_size"), config.get("patch_size")
-    sized = all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (side, patch))
-    classes = config.get("num_embeds_ada_norm") if cls != PIXART else 0
-    check_model_size(config, what, depth=config.get("num_layers"), width=heads * head_dim if ints else None,
-                     tokens=(side // patch) ** 2 if sized else 0,
-                     classes=classes if isinstance(classes, int) else 0)
-
-
 def build_from_record(record: dict[str, Any]):
     """A :class:`~l2c_compile.diffusers.dit.DiffusersDiT` or
     :class:`~l2c_compile.diffusers.pixart.DiffusersPixArt` (random weights) from a manifest record."""
@@ -144,6 +129,8 @@ def build_from_record(record: dict[str, Any]):
     cls = record.get("diffusers_class")
     if cls not in ("DiTTransformer2DModel", PIXART) or not isinstance(record.get("config"), dict):
         raise L2CError(f"artifact manifest names an unsupported diffusers model {cls!r}")
+    from l2c_compile.diffusers.load import check_config_size
+
     check_config_size(cls, record["config"], "artifact manifest's diffusers config")
     try:
         transformer = getattr(diffusers, cls).from_config(record["config"])
