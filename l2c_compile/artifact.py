@@ -5,7 +5,8 @@ that vouches for it, so a hash in ``manifest.json`` proves nothing about ``sampl
 therefore treats the folder as *data* and rebuilds the code itself:
 
 1. ``manifest.json``: format, version, dtype and flags, parsed once into a typed
-   :class:`~l2c_compile.manifest.Manifest`; every file it lists is present and matches its sha256;
+   :class:`~l2c_compile.manifest.Manifest`; every file it lists is present, a regular file in the
+   folder itself (no link out of it, no fifo or device), and matches its sha256;
    the model record of a registered model (``DiT-XL/2``) is the registry's (checkpoint path aside).
 2. ``weights.safetensors``: read without unpickling; its tensors' dtype must be the manifest's
    ``dtype`` and its keys and shapes must fit the model the manifest's config builds (strict).
@@ -33,6 +34,8 @@ from l2c_compile.backends import restore_regions
 from l2c_compile.compiler import compile as compile_sampler
 from l2c_compile.cuda_graph import check_cuda_graph_device
 from l2c_compile.errors import L2CError
+from l2c_compile.inputs import input_file, read_json
+from l2c_compile.limits import check_model_size
 from l2c_compile.manifest import (
     BACKENDS,
     FILES,
@@ -50,6 +53,13 @@ from l2c_compile.schedule import Schedule
 NOT_COMPARED = ("l2c_compile", "torch", "fallbacks")
 
 
+def artifact_file(root: Path, name: str) -> Path:
+    """``root / name`` when it is a regular file in the folder itself: no link (a link could
+    point at another model's weights, and the hash in the manifest would vouch for them), no
+    fifo or device; L2CError otherwise."""
+    return input_file(root / name, f"artifact file {name}", links=False)
+
+
 def read_manifest(directory: str | os.PathLike[str]) -> Manifest:
     """Read an artifact's manifest, check it and every file hash, and type it; L2CError on a mismatch."""
     root = Path(directory)
@@ -57,19 +67,14 @@ def read_manifest(directory: str | os.PathLike[str]) -> Manifest:
         if root.exists():
             raise L2CError(f"{root} is a file, not an artifact folder (give the folder `compile -o` wrote)")
         raise L2CError(f"artifact folder {root} does not exist")
-    path = root / "manifest.json"
-    if not path.is_file():
+    if not (root / "manifest.json").exists() and not (root / "manifest.json").is_symlink():
         raise L2CError(f"{root} is not an l2c-compile artifact: manifest.json is missing")
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise L2CError(f"{path} is not valid JSON ({getattr(exc, 'msg', exc)})") from None
-    manifest = parse_manifest(document, path)
+    path = artifact_file(root, "manifest.json")
+    manifest = parse_manifest(read_json(path, "artifact manifest", links=False), path)
     for name in FILES:
-        file = root / name
-        if not file.is_file():
+        if not (root / name).exists() and not (root / name).is_symlink():
             raise L2CError(f"artifact {root} is missing {name}")
-        if sha256_file(file) != manifest.files[name]:
+        if sha256_file(artifact_file(root, name)) != manifest.files[name]:
             raise L2CError(
                 f"artifact {root}: {name} does not match its sha256 in manifest.json (modified or corrupt)"
             )
@@ -103,6 +108,7 @@ def build_from_info(info: Any) -> nn.Module:
         return build_from_record(info)
     if family not in FAMILIES or not isinstance(info.get("kwargs"), dict):
         raise L2CError(f"artifact manifest names no buildable model (family {family!r})")
+    check_family_size(family, info["kwargs"], "artifact manifest's model")
     try:
         with torch.device("meta"):  # no memory, no random init: the weights come from the file
             model = FAMILIES[family](**info["kwargs"])
@@ -110,6 +116,16 @@ def build_from_info(info: Any) -> nn.Module:
         raise L2CError(f"artifact manifest has a bad model config: {exc}") from None
     model.model_name = info.get("name", family)
     return model.eval()
+
+
+def check_family_size(family: str, kwargs: dict[str, Any], what: str) -> None:
+    """L2CError unless ``kwargs`` of one of our families (dit, uvit) build a model of sane size
+    (:func:`~l2c_compile.limits.check_model_size`), checked before building it even on meta."""
+    width = kwargs.get("hidden_size" if family == "dit" else "embed_dim")
+    side, patch = kwargs.get("input_size" if family == "dit" else "img_size"), kwargs.get("patch_size")
+    tokens = (side // patch) ** 2 if all(isinstance(v, int) and v > 0 for v in (side, patch)) else 0
+    check_model_size(kwargs, what, depth=kwargs.get("depth"), width=width, tokens=tokens,
+                     classes=kwargs.get("num_classes", 0), mlp_ratio=kwargs.get("mlp_ratio", 4.0))
 
 
 def plan_from_manifest(record: Any) -> SamplerPlan:
@@ -134,7 +150,7 @@ def _load_weights(root: Path, model: nn.Module, dtype_name: str) -> nn.Module:
     from safetensors.torch import load_file
 
     try:
-        state = load_file(str(root / "weights.safetensors"))
+        state = load_file(str(artifact_file(root, "weights.safetensors")))
     except (SafetensorError, OSError) as exc:
         raise L2CError(f"artifact {root}: cannot read weights.safetensors ({exc})") from None
     held = sorted({str(v.dtype).removeprefix("torch.") for v in state.values() if v.is_floating_point()})
@@ -196,7 +212,7 @@ def load(
     compiled = compile_sampler(model, plan, schedule, backend=manifest.backend, cfg=manifest.cfg,
                                fuse=manifest.fuse, model_info=manifest.model)
     compiled.info["cuda_graph"] = manifest.cuda_graph
-    source = (root / "sampler.py").read_text(encoding="utf-8")
+    source = artifact_file(root, "sampler.py").read_text(encoding="utf-8")
     if source != compiled.source:
         raise L2CError(
             f"artifact {root}: sampler.py differs from the code this l2c-compile generates from the "

@@ -12,7 +12,7 @@ import re
 import string
 from pathlib import Path
 
-__all__ = ["describe_bytes", "describe_file", "torch_load_problem"]
+__all__ = ["describe_bytes", "describe_file", "torch_load_problem", "weights_only_refusal"]
 
 _MAGIC = (
     (b"PK\x03\x04", "a zip archive"),
@@ -57,24 +57,38 @@ def describe_file(path: str | Path, size: int = 512) -> str:
         return describe_bytes(fh.read(size))
 
 
-_UNSAFE = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+_UNSAFE = re.compile(r"GLOBAL ([\w.]+)")
+_REFUSALS = ("allowlisted", "allowed global", "safe_globals", "is blocked")
+
+
+def weights_only_refusal(exc: BaseException) -> str | None:
+    """Why a safe load refused a file, when ``exc`` is torch's ``weights_only`` refusal (a pickle
+    that names code or a class outside the tensor allow-list); None for any other failure.
+
+    torch's own text advises re-running with ``weights_only=False``, which would run whatever the
+    file names: that advice is never passed on.
+    """
+    text = str(exc)
+    unsafe = _UNSAFE.search(text)
+    if unsafe is None and not any(word in text for word in _REFUSALS):
+        return None  # e.g. "Unsupported operand": bytes that are no pickle at all
+    what = f"a {unsafe.group(1)} object" if unsafe else "objects other than tensors and plain data"
+    return (
+        f"refused: it pickles {what}, code or a class a safe load (weights_only) never runs, so it "
+        "is not a plain checkpoint of tensors (if you made it, save a plain state dict of tensors instead)"
+    )
 
 
 def torch_load_problem(exc: BaseException, head: bytes) -> str:
-    """A short reason why ``torch.load(weights_only=True)`` failed on a file starting ``head``."""
-    text = str(exc)
-    unsafe = _UNSAFE.search(text)
-    if unsafe:
-        return (
-            f"it pickles a {unsafe.group(1)} object, which a safe load (weights_only) refuses; "
-            "save a plain state dict of tensors instead"
-        )
+    """A short reason why ``torch.load(weights_only=True)`` failed on a file starting ``head``:
+    a refused pickle (:func:`weights_only_refusal`) is said apart from a truncated or corrupt file,
+    and none of torch's own text reaches the user."""
+    refusal = weights_only_refusal(exc)
+    if refusal is not None:
+        return refusal
     kind = describe_bytes(head)
     if head.startswith(b"PK\x03\x04"):
-        first = (text.strip().splitlines() or [type(exc).__name__])[0].strip(" .:")
-        return (
-            f"it is a zip archive torch cannot read (truncated, or not a torch file: {first[:80]})"
-        )
+        return "it is a zip archive torch cannot read (truncated or corrupt, or not a torch file)"
     if kind.startswith("a Python pickle"):
         return f"it is {kind} that cannot be read (truncated or corrupt)"
     return f"it is {kind}"

@@ -34,6 +34,9 @@ def load_vae_decoder(
         from diffusers import AutoencoderKL
     except ImportError:
         raise L2CError("decoding latents needs diffusers: pip install 'l2c-compile[interop]'") from None
+    from l2c_compile.diffusers.trust import check_folder
+
+    check_folder(p)  # no code in it, only library classes named
     try:  # an absolute existing folder: diffusers reads it and never resolves a hub name
         vae = AutoencoderKL.from_pretrained(str(p.resolve()), local_files_only=True)
     except Exception as exc:  # diffusers raises many types for a bad folder

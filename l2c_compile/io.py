@@ -14,13 +14,13 @@ refused untouched; replacing an existing artifact needs ``force``.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from l2c_compile.errors import L2CError
+from l2c_compile.inputs import read_json
 
 
 def current_umask() -> int:
@@ -132,11 +132,11 @@ ARTIFACT_FORMAT = "l2c-artifact"  # the manifest's "format" (manifest.ARTIFACT_F
 
 def is_artifact(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` is a folder holding an l2c-compile artifact (by its manifest's format)."""
-    manifest = Path(path) / "manifest.json"
     try:
-        return json.loads(manifest.read_text(encoding="utf-8")).get("format") == ARTIFACT_FORMAT
-    except (OSError, ValueError, AttributeError):
+        document = read_json(Path(path) / "manifest.json", "artifact manifest", links=False)
+    except L2CError:
         return False
+    return isinstance(document, dict) and document.get("format") == ARTIFACT_FORMAT
 
 
 def check_output_folder(

@@ -155,10 +155,10 @@ def bar_columns(unit: str = "steps") -> list[Any]:
             return Text(text, style="progress.data.speed")
 
     return [
-        TextColumn("[progress.description]{task.description}"),
+        TextColumn("{task.description}", style="progress.description", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("{task.fields[unit]}"),
+        TextColumn("{task.fields[unit]}", markup=False),
         RateColumn(),
         TextColumn("·"),
         TimeElapsedColumn(),
@@ -184,7 +184,7 @@ class RichReporter:
 
         self.console = console
         self._bars = Progress(*bar_columns(), console=console)
-        self._stage = Progress(SpinnerColumn(), TextColumn("{task.description}"), console=console)
+        self._stage = Progress(SpinnerColumn(), TextColumn("{task.description}", markup=False), console=console)
         self._stage_task: Any = None
         self._task: Any = None
         self._total: int | None = None

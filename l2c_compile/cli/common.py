@@ -11,11 +11,15 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from l2c_compile.errors import L2CError
 
-console = Console(log_path=False)  # a log line names the event, not the CLI's source line
-err_console = Console(stderr=True)
+# Markup off: every string printed, table cell and title may hold user text (a path, a model
+# name, a router's metadata) that rich would otherwise parse, crash on ("[/x]") or swallow
+# ("[red]"). Styled labels are Text objects (print_labelled), never markup.
+console = Console(log_path=False, markup=False)  # a log line names the event, not the source line
+err_console = Console(stderr=True, markup=False)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -33,6 +37,13 @@ class OutputFormat(str, Enum):
     json = "json"
 
 
+def print_labelled(label: str, text: object, style: str = "bold red", *, on: Console | None = None) -> None:
+    """Print ``label`` (styled) and ``text`` verbatim (never parsed as markup) on one line of
+    ``on`` (default stderr)."""
+    line = Text.assemble((label, style), " ", str(text))
+    (err_console if on is None else on).print(line, highlight=False, soft_wrap=True)
+
+
 def cli_errors(fn: F) -> F:
     """Turn an L2CError into one line on stderr and exit status 2 (no traceback)."""
 
@@ -41,7 +52,7 @@ def cli_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except L2CError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            print_labelled("error:", exc)
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]

@@ -13,9 +13,9 @@ from l2c_compile.cli.common import (
     OutputFormat,
     cli_errors,
     console,
-    err_console,
     print_fallbacks,
     print_json,
+    print_labelled,
     progress_bars,
 )
 from l2c_compile.errors import L2CError
@@ -191,7 +191,7 @@ def verify_cmd(
                           else str(v))
         console.print(table)
     if not checked.ok:
-        err_console.print(f"[bold red]verify failed:[/] {checked.failure}", highlight=False, soft_wrap=True)
+        print_labelled("verify failed:", checked.failure)
         raise typer.Exit(1)
 
 

@@ -18,6 +18,7 @@ from l2c_compile.cli.common import (
     cli_errors,
     console,
     print_json,
+    print_labelled,
     progress_bars,
 )
 
@@ -112,7 +113,7 @@ def eval_cmd(
         highlight=False,
     )
     if report.get("timing_note"):
-        console.print(f"[yellow]note:[/] {report['timing_note']}", highlight=False)
+        print_labelled("note:", report["timing_note"], "yellow", on=console)
 
 
 def render_table(report: dict) -> Table:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,7 @@ def _writing(path: Path) -> Iterator[None]:
 
 def _check_schedule_out(path: Path) -> None:
     """Before any work: the output may be new or an earlier schedule file, nothing else."""
+    from l2c_compile.inputs import read_json
     from l2c_compile.io import check_output_file
     from l2c_compile.schedule.format import SCHEDULE_FORMAT
 
@@ -47,10 +47,10 @@ def _check_schedule_out(path: Path) -> None:
     if not path.exists():
         return
     try:
-        is_schedule = json.loads(path.read_text(encoding="utf-8")).get("format") == SCHEDULE_FORMAT
-    except (OSError, ValueError, AttributeError):
-        is_schedule = False
-    if not is_schedule:
+        document = read_json(path, "schedule")
+    except L2CError:
+        document = None
+    if not isinstance(document, dict) or document.get("format") != SCHEDULE_FORMAT:
         raise L2CError(
             f"{path} exists and is not a schedule file; refusing to overwrite it (nothing was "
             "written; choose another -o)"

@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from l2c_compile.cli.common import OutputFormat, cli_errors, console, err_console, print_json
+from l2c_compile.cli.common import OutputFormat, cli_errors, console, print_json, print_labelled
 from l2c_compile.cli.compile_cmd import model_for_cli, plan_for, spec_for_cli
 from l2c_compile.errors import L2CError
 
@@ -187,6 +187,10 @@ def _train(
     from l2c_compile.router import TrainingInterrupted, checkpoint_path, load_vae, open_data, train
     from l2c_compile.schedule.router_files import export_official as write_official
 
+    if resume:  # a missing, unsafe or mismatched checkpoint is refused before any data is drawn
+        from l2c_compile.router.checkpoint import check_resumable
+
+        check_resumable(checkpoint_path(out), config.to_dict())
     device = next(net.parameters()).device
     encoder = load_vae(vae, device) if vae is not None else None
     if prompts is not None:
@@ -219,7 +223,7 @@ def _train(
             if stop.checkpoint is not None
             else "no checkpoint was written yet"
         )
-        err_console.print(f"[bold yellow]interrupted:[/] {where}", highlight=False, soft_wrap=True)
+        print_labelled("interrupted:", where, "bold yellow")
         raise typer.Exit(130) from None
     if export_official is not None:
         import torch.distributed as dist

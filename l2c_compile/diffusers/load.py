@@ -8,13 +8,15 @@ was found.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from l2c_compile.diffusers.trust import check_folder
 from l2c_compile.errors import L2CError
+from l2c_compile.inputs import read_json
+from l2c_compile.limits import check_model_size
 
 ADAPTED = {"DiTTransformer2DModel": "DiT", "PixArtTransformer2DModel": "PixArt"}  # → adapter (dit.py, pixart.py)
 PIPELINES = ("DiTPipeline", "PixArtAlphaPipeline", "PixArtSigmaPipeline")
@@ -45,10 +47,7 @@ def _quiet() -> Iterator[None]:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise L2CError(f"cannot read {path}: {exc}") from None
+    data = read_json(path, "diffusers config")
     if not isinstance(data, dict):
         raise L2CError(f"{path} is not a JSON object")
     return data
@@ -56,10 +55,13 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def model_folder(path: str | os.PathLike[str]) -> tuple[Path, str]:
     """``(folder of the model, its diffusers class)`` for a pipeline or model folder; L2CError when
-    ``path`` holds no supported diffusers model (the message names what it holds)."""
+    ``path`` holds no supported diffusers model (the message names what it holds), could make
+    diffusers run code from it (:func:`~l2c_compile.diffusers.trust.check_folder`), or configures
+    a model of no sane size."""
     root = Path(path)
     if not root.is_dir():
         raise L2CError(f"{root} is not a folder (expected a diffusers pipeline or model folder)")
+    check_folder(root)
     if (root / "model_index.json").is_file():
         index = _read_json(root / "model_index.json")
         entry = index.get("transformer")
@@ -68,12 +70,29 @@ def model_folder(path: str | os.PathLike[str]) -> tuple[Path, str]:
                            f"supported: {', '.join(ADAPTED)}")
         root = root / "transformer"
     if not (root / "config.json").is_file():
-        found = ", ".join(sorted(p.name for p in root.iterdir())[:5]) or "nothing"
-        raise L2CError(f"{root} is not a diffusers model folder (no model_index.json or config.json; found {found})")
-    cls = str(_read_json(root / "config.json").get("_class_name", "no _class_name"))
+        found = ", ".join(sorted(p.name for p in root.iterdir())[:5]) if root.is_dir() else "nothing"
+        raise L2CError(f"{root} is not a diffusers model folder (no model_index.json or config.json; "
+                       f"found {found or 'nothing'})")
+    config = _read_json(root / "config.json")
+    cls = str(config.get("_class_name", "no _class_name"))
     if cls not in ADAPTED:
         raise L2CError(f"{root} holds a diffusers {cls}; supported: {', '.join(ADAPTED)}")
+    check_config_size(cls, config, f"{root / 'config.json'}")
     return root, cls
+
+
+def check_config_size(cls: str, config: dict[str, Any], what: str) -> None:
+    """L2CError unless a ``cls`` config builds a model of sane size (every integer bounded, depth,
+    width and parameters estimated; :func:`~l2c_compile.limits.check_model_size`), checked
+    before diffusers allocates anything."""
+    heads, head_dim = config.get("num_attention_heads"), config.get("attention_head_dim")
+    ints = all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (heads, head_dim))
+    side, patch = config.get("sample_size"), config.get("patch_size")
+    sized = all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (side, patch))
+    classes = config.get("num_embeds_ada_norm") if cls != "PixArtTransformer2DModel" else 0
+    check_model_size(config, what, depth=config.get("num_layers"), width=heads * head_dim if ints else None,
+                     tokens=(side // patch) ** 2 if sized else 0,
+                     classes=classes if isinstance(classes, int) else 0)
 
 
 def load_diffusers(path: str | os.PathLike[str], *, text_len: int | None = None):

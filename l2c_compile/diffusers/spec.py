@@ -14,12 +14,12 @@ adds the prompt length and image size the sampler is made for (``pixart``).
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from typing import Any
 
 from l2c_compile.errors import L2CError
+from l2c_compile.inputs import read_json
 
 PIXART = "PixArtTransformer2DModel"
 
@@ -101,7 +101,7 @@ def spec_for_folder(path: str | os.PathLike[str]) -> DiffusersSpec:
     from l2c_compile.diffusers.load import default_text_len, model_folder
 
     folder, cls = model_folder(path)
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    config = read_json(folder / "config.json", "diffusers config")
     return spec_from_config(cls, config, default_text_len(path) if cls == PIXART else None)
 
 
@@ -129,6 +129,9 @@ def build_from_record(record: dict[str, Any]):
     cls = record.get("diffusers_class")
     if cls not in ("DiTTransformer2DModel", PIXART) or not isinstance(record.get("config"), dict):
         raise L2CError(f"artifact manifest names an unsupported diffusers model {cls!r}")
+    from l2c_compile.diffusers.load import check_config_size
+
+    check_config_size(cls, record["config"], "artifact manifest's diffusers config")
     try:
         transformer = getattr(diffusers, cls).from_config(record["config"])
     except (TypeError, ValueError) as exc:

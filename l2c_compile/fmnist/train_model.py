@@ -123,8 +123,12 @@ def load_state(path: Path) -> dict[str, Any]:
     """Read a training state written by :func:`save_state` (tensors and plain data only)."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt zip, truncated pickle, …
-        raise L2CError(f"cannot resume from {path}: {str(exc).splitlines()[0]}") from None
+    except Exception as exc:  # corrupt zip, truncated pickle, a refused object …
+        from l2c_compile.filekind import torch_load_problem
+
+        with path.open("rb") as fh:
+            head = fh.read(512)
+        raise L2CError(f"cannot resume from {path}: {torch_load_problem(exc, head)}") from None
 
 
 def model_card(spec: Any, info: dict[str, Any]) -> str:

@@ -8,7 +8,6 @@ or corrupt file, missing, unexpected or mis-shaped keys) is an :class:`L2CError`
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,6 +16,7 @@ import torch
 from torch import nn
 
 from l2c_compile.errors import L2CError
+from l2c_compile.inputs import input_file
 from l2c_compile.io import atomic_path
 
 
@@ -61,9 +61,8 @@ def _read(path: Path) -> object:
                 f"checkpoint {path} cannot be loaded: it is {what} ({_first_line(exc, 80)})"
             ) from None
     # Official DiT training checkpoints carry their argparse args: allow exactly that class.
-    allow = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
     try:
-        with allow([argparse.Namespace]) if allow else contextlib.nullcontext():
+        with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt zip, truncated pickle, unsafe globals, …
         from l2c_compile.filekind import torch_load_problem
@@ -103,11 +102,7 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike[str]) -> None:
 
     A model on the meta device is materialised on the CPU (no double allocation).
     """
-    path = Path(path)
-    if not path.exists():
-        raise L2CError(f"checkpoint {path} not found")
-    if not path.is_file():
-        raise L2CError(f"checkpoint {path} is not a file")
+    path = input_file(path, "checkpoint")
     sd = _state_dict_of(_read(path), path)
     expected = model.state_dict()
     name = getattr(model, "model_name", type(model).__name__)

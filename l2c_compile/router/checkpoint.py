@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from l2c_compile.errors import L2CError
+from l2c_compile.inputs import input_file
 from l2c_compile.io import atomic_path
 from l2c_compile.router.objective import RouterLogits
 
@@ -56,11 +57,17 @@ def save_checkpoint(
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """The checkpoint's contents (tensors and plain data only: ``weights_only`` loading)."""
+    input_file(path, "training checkpoint")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a bad zip/pickle
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise L2CError(f"{path.name}: not a readable training checkpoint ({first})") from None
+        from l2c_compile.filekind import torch_load_problem
+
+        with path.open("rb") as fh:
+            head = fh.read(512)
+        raise L2CError(
+            f"{path.name}: not a readable training checkpoint: {torch_load_problem(exc, head)}"
+        ) from None
     if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
         raise L2CError(f"{path.name}: not an l2c-compile training checkpoint")
     if obj.get("version") != CHECKPOINT_VERSION:
@@ -78,6 +85,24 @@ def checkpoint_step(path: Path | None) -> int | None:
         return None
 
 
+def check_resumable(path: Path | None, config: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint at ``path`` when a run with ``config`` can resume it: it exists, loads
+    safely, and was made with the same settings (all but :data:`FREE_FIELDS`); L2CError
+    otherwise. Cheap, so the CLI calls it before drawing any data."""
+    if path is None or not path.exists():
+        raise L2CError(f"nothing to resume: checkpoint {path} not found")
+    obj = read_checkpoint(path)
+    saved = obj.get("config")
+    if not isinstance(saved, dict) or not isinstance(obj.get("run"), dict):
+        raise L2CError(f"{path.name}: not an l2c-compile training checkpoint (no config or run record)")
+    for key, value in config.items():
+        if key not in FREE_FIELDS and saved.get(key) != value:
+            raise L2CError(
+                f"{path.name}: checkpoint was made with {key}={saved.get(key)!r}, this run has {value!r}"
+            )
+    return obj
+
+
 def load_checkpoint(
     path: Path | None,
     router: RouterLogits,
@@ -91,15 +116,7 @@ def load_checkpoint(
     change, and θ, which only affects the reported skip ratio), since continuing it would not
     reproduce any single run.
     """
-    if path is None or not path.is_file():
-        raise L2CError(f"nothing to resume: checkpoint {path} not found")
-    obj = read_checkpoint(path)
-    saved = obj["config"]
-    for key, value in config.items():
-        if key not in FREE_FIELDS and saved.get(key) != value:
-            raise L2CError(
-                f"{path.name}: checkpoint was made with {key}={saved.get(key)!r}, this run has {value!r}"
-            )
+    obj = check_resumable(path, config)
     for key, value in run.items():
         if obj["run"].get(key) != value:
             raise L2CError(

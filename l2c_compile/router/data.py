@@ -28,6 +28,7 @@ from torch import nn
 
 from l2c_compile.errors import L2CError
 from l2c_compile.images import VAE_SCALE
+from l2c_compile.inputs import input_file
 from l2c_compile.models.registry import ModelSpec
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
@@ -87,6 +88,9 @@ def load_vae(path: str | os.PathLike[str], device: str | torch.device = "cpu") -
         ) from None
     if not Path(path).is_dir():
         raise L2CError(f"VAE folder not found: {path}")
+    from l2c_compile.diffusers.trust import check_folder
+
+    check_folder(Path(path))  # no code in it, only library classes named
     try:
         vae = AutoencoderKL.from_pretrained(str(path), local_files_only=True)
     except Exception as exc:  # diffusers raises many types for a bad folder
@@ -222,9 +226,7 @@ def load_tensors(
     path: str | os.PathLike[str], spec: ModelSpec, *, vae: VaeEncoder | None = None
 ) -> TensorData:
     """Read ``.safetensors`` / ``.npz`` (keys latents|images + labels) or ``X.npy`` + ``X.labels.npy``."""
-    p = Path(path)
-    if not p.is_file():
-        raise L2CError(f"data file not found: {p}")
+    p = input_file(path, "data file")
     suffix = p.suffix.lower()
     try:
         if suffix == ".safetensors":
@@ -492,6 +494,6 @@ def open_data(
     p = Path(source)
     if p.is_dir():
         return ImageFolderData(p, spec, vae=vae)
-    if p.is_file():
+    if p.exists():  # a file; a fifo or device is refused by name there
         return load_tensors(p, spec, vae=vae)
     raise L2CError(f"data not found: {p} (give 'self', an image folder or a tensors file)")

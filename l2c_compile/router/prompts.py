@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from l2c_compile.errors import L2CError
+from l2c_compile.inputs import input_file
 from l2c_compile.router.data import TensorData, draw_chunks
 
 
@@ -51,9 +52,7 @@ def load_conditions(
     not fit ``model`` (its ``text_dim``)."""
     from l2c_compile.diffusers.pixart import pack_condition, prompt_condition
 
-    p = Path(path)
-    if not p.is_file():
-        raise L2CError(f"prompts file not found: {p}")
+    p = input_file(path, "prompts file")
     if p.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file

@@ -10,6 +10,7 @@ import inspect
 from collections.abc import Callable
 
 from l2c_compile.errors import L2CError, suggest
+from l2c_compile.limits import MAX_NFE
 from l2c_compile.samplers.base import (
     Combination,
     EpsFn,
@@ -83,6 +84,8 @@ def make_plan(
     factory = _factory(name)
     if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
         raise L2CError(f"nfe must be a positive integer, got {nfe!r}")
+    if nfe > MAX_NFE:  # checked before any plan is built: a file may say 10**7
+        raise L2CError(f"{name} cannot take {nfe} model calls: at most {MAX_NFE} (the training timesteps)")
     allowed = sampler_options(name)
     for key in options:
         if key not in allowed:

@@ -38,7 +38,9 @@ from typing import Any
 import torch
 
 from l2c_compile.errors import L2CError, suggest
+from l2c_compile.inputs import input_file, parse_json
 from l2c_compile.io import write_text_atomic
+from l2c_compile.limits import MAX_DEPTH, MAX_NFE
 from l2c_compile.masks import DEFAULT_KINDS, MODES, Mask, check_kinds
 from l2c_compile.samplers.base import SamplerPlan
 from l2c_compile.schedule.router_files import check_router_target, load_router
@@ -214,10 +216,10 @@ class Schedule:
         for name in ("model", "sampler"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise L2CError(f"schedule {name} must be a non-empty string")
-        if not _is_int(self.depth) or self.depth < 1:
-            raise L2CError(f"schedule depth must be a positive integer, got {self.depth!r}")
-        if not _is_int(self.nfe) or self.nfe < 1:
-            raise L2CError(f"schedule nfe must be a positive integer, got {self.nfe!r}")
+        if not _is_int(self.depth) or not 1 <= self.depth <= MAX_DEPTH:
+            raise L2CError(f"schedule depth must be a positive integer (at most {MAX_DEPTH}), got {self.depth!r}")
+        if not _is_int(self.nfe) or not 1 <= self.nfe <= MAX_NFE:
+            raise L2CError(f"schedule nfe must be a positive integer (at most {MAX_NFE}), got {self.nfe!r}")
         if self.threshold is not None:
             if (
                 isinstance(self.threshold, bool)
@@ -250,8 +252,10 @@ class Schedule:
             raise L2CError(f"schedule has {len(calls)} calls but nfe={self.nfe}")
         if [c.index for c in calls] != list(range(self.nfe)):
             raise L2CError("schedule call indices must be 0..nfe-1 in order")
-        computed: set[tuple[str, int]] = set()
-        every = {(k, b) for k in self.kinds for b in range(self.depth)}
+        # Sublayers no call has computed yet: all of them before the first call (None), then
+        # those every call so far reused. Tracking only these keeps the check O(listed ids)
+        # rather than O(nfe × depth).
+        never_computed: set[tuple[str, int]] | None = None
         for c in calls:
             if c.kinds != self.kinds:
                 raise L2CError(
@@ -266,14 +270,14 @@ class Schedule:
                     f"{self.depth} blocks (ids 0..{self.depth - 1})"
                 )
             # A dropped sublayer reads nothing, so only cache mode needs an earlier writer.
-            early = sorted(reused - computed) if self.mode == "cache" else []
-            if early:
+            early = sorted(reused if never_computed is None else reused & never_computed)
+            if early and self.mode == "cache":
                 kind, block = early[0]
                 raise L2CError(
                     f"call {c.index} reuses {kind} of block {block} before any earlier "
                     "call computed it"
                 )
-            computed |= every - reused
+            never_computed = reused if never_computed is None else never_computed & reused
 
     # -- views ---------------------------------------------------------------------------------
 
@@ -465,12 +469,8 @@ class Schedule:
 
     @classmethod
     def from_json(cls, text: str) -> Schedule:
-        """Parse :meth:`to_json` output."""
-        try:
-            d = json.loads(text)
-        except ValueError as exc:
-            raise L2CError(f"schedule is not valid JSON ({exc})") from None
-        return cls.from_dict(d)
+        """Parse :meth:`to_json` output (size and nesting capped, see :mod:`l2c_compile.inputs`)."""
+        return cls.from_dict(parse_json(text, "schedule"))
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the JSON document atomically."""
@@ -479,11 +479,9 @@ class Schedule:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Schedule:
         """Read a schedule file; ``L2CError`` when missing, malformed or inconsistent."""
-        p = Path(path)
-        if not p.is_file():
-            raise L2CError(f"schedule file not found: {p}")
+        p = input_file(path, "schedule file")
         try:
-            text = p.read_text(encoding="utf-8")
+            text = p.read_bytes().decode("utf-8")
         except UnicodeDecodeError:
             from l2c_compile.filekind import describe_file
 

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from l2c_compile.errors import L2CError, suggest
+from l2c_compile.inputs import input_file, parse_json
 from l2c_compile.io import atomic_path, write_bytes_atomic
 
 ROUTER_FORMAT = "l2c-router"
@@ -74,9 +75,7 @@ class RouterFile:
 
 def load_router(path: str | os.PathLike[str]) -> RouterFile:
     """Read a router in any supported layout; ``L2CError`` for a missing, corrupt or unknown file."""
-    p = Path(path)
-    if not p.is_file():
-        raise L2CError(f"router file not found: {p}")
+    p = input_file(path, "router file")
     with p.open("rb") as fh:
         head = fh.read(9)
     if _looks_like_safetensors(head):
@@ -106,7 +105,10 @@ def _load_own(p: Path) -> RouterFile:
             f"{p.name}: safetensors file is not an {ROUTER_FORMAT} file "
             f"(format={raw_meta.get('format')!r})"
         )
-    meta = {k: _decode_meta(v) for k, v in raw_meta.items()}
+    try:
+        meta = {k: _decode_meta(v) for k, v in raw_meta.items()}
+    except L2CError as exc:
+        raise L2CError(f"{p.name}: {exc}") from None
     if meta.get("version") != ROUTER_VERSION:
         raise L2CError(
             f"{p.name}: unsupported {ROUTER_FORMAT} version {meta.get('version')!r} "
@@ -214,9 +216,9 @@ def _check_meta(meta: dict[str, Any], logits: torch.Tensor, name: str) -> None:
 
 def _decode_meta(value: str) -> Any:
     # Non-strings were stored as JSON; a value that parses to a string was a plain string.
-    try:
-        decoded = json.loads(value)
-    except ValueError:
+    not_json = object()
+    decoded = parse_json(value, "router metadata", invalid=not_json)
+    if decoded is not_json:
         return value
     return value if isinstance(decoded, str) else decoded
 
