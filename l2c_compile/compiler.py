@@ -41,6 +41,7 @@ from l2c_compile.passes.sublayers import MarkConfig, mark_sublayers, sublayer_sp
 from l2c_compile.passes.trace import CAPTURE_META, trace_step
 from l2c_compile.reference import check_schedule
 from l2c_compile.runtime import CompiledSampler
+from l2c_compile.sampler_inputs import check_weights
 from l2c_compile.samplers.base import SamplerPlan
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
@@ -135,6 +136,7 @@ def compile(
         raise L2CError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
+    check_weights(model)  # NaN/inf weights would compile into a sampler of black pictures
     model = private_copy(model, device=torch_device, dtype=torch_dtype).eval()
     if cuda_graph:
         check_cuda_graph_device(next(model.parameters()).device)

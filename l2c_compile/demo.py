@@ -100,27 +100,13 @@ def run_demo(cfg: DemoConfig, stage: Stage = lambda _: None) -> dict[str, Any]:
     whole run succeeded: a failed or interrupted demo leaves nothing behind (and an earlier
     demo's folder as it was). Raises L2CError for bad options (:func:`check_demo_inputs`).
     """
-    import shutil
-
-    from l2c_compile.io import make_temp_dir
+    from l2c_compile.io import atomic_folder, output_lock
 
     check_demo_inputs(cfg)
-    final = Path(cfg.out)
-    tmp = make_temp_dir(final)
-    try:
-        report = _run_demo(cfg, tmp, stage)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        final.rename(old)
-    tmp.rename(final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    return report
+    with output_lock(cfg.out):  # before any work: a second demo into the same folder is refused
+        check_demo_inputs(cfg)  # again under the lock: another run may have written meanwhile
+        with atomic_folder(cfg.out) as tmp:
+            return _run_demo(cfg, tmp, stage)
 
 
 def _run_demo(cfg: DemoConfig, out: Path, stage: Stage) -> dict[str, Any]:

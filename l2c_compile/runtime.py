@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import linecache
 import os
-import shutil
 import types
 from pathlib import Path
 from typing import Any
@@ -171,38 +170,25 @@ class CompiledSampler(nn.Module):
 
     # ── artifacts ────────────────────────────────────────────────────────────────────────────
     def save(self, directory: str | os.PathLike[str]) -> Path:
-        """Write the artifact folder atomically (a temp folder renamed into place).
+        """Write the artifact folder atomically (``io.atomic_folder``: locked, swapped into place).
 
         An existing artifact there is replaced; an existing file, or a folder holding anything
-        else, is refused untouched (L2CError) before anything is written. Files and the folder
-        get the user's umask.
+        else, is refused untouched (L2CError) before anything is written, and so is a target
+        another process is writing. Files and the folder get the user's umask.
         """
         from safetensors.torch import save_file
 
-        from l2c_compile.io import apply_umask_to_folder, check_output_folder, make_temp_dir
+        from l2c_compile.io import atomic_folder, check_output_folder, output_lock
 
         target = Path(directory)
         check_output_folder(target, force=True)
-        tmp = make_temp_dir(target)
-        try:
+        with output_lock(target), atomic_folder(target) as tmp:
+            check_output_folder(target, force=True)  # again under the lock: nobody wrote meanwhile
             (tmp / "sampler.py").write_text(self.source, encoding="utf-8")
             state = {k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}
             save_file(state, str(tmp / "weights.safetensors"))
             manifest = artifact_manifest(self.info, {name: sha256_file(tmp / name) for name in FILES})
             (tmp / "manifest.json").write_text(manifest_text(manifest), encoding="utf-8")
-            apply_umask_to_folder(tmp)  # safetensors writes 0600 whatever the umask
-            old = None
-            if target.exists():
-                old = target.with_name(f".{target.name}.old")
-                if old.exists():
-                    shutil.rmtree(old)
-                target.rename(old)
-            tmp.rename(target)
-            if old is not None:
-                shutil.rmtree(old)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp)
         return target
 
 

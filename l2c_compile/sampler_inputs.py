@@ -16,7 +16,11 @@ from torch import nn
 
 from l2c_compile.errors import L2CError
 
-__all__ = ["check_call", "check_scale", "label_rows"]
+__all__ = ["MAX_CFG_SCALE", "check_call", "check_finite_output", "check_scale", "check_weights", "label_rows"]
+
+# Guidance scales in use lie within about 0–20 (DiT-XL/2 samples with 4, U-ViT-H/2 with 0.4); far
+# beyond, s·(c − u) overflows float32 (2**64 gave non-finite samples, 1e308 a RuntimeError).
+MAX_CFG_SCALE = 1e4
 
 
 def check_call(
@@ -81,6 +85,10 @@ def check_call(
     else:
         if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
             raise L2CError(f"labels must be integer class ids (torch.long), got {labels.dtype}")
+        if labels.device not in (noise.device, torch.device("cpu")):
+            raise L2CError(
+                f"labels are on {labels.device}; pass them on the noise's device ({noise.device}) or the CPU"
+            )
         if labels.shape != (n,):
             raise L2CError(f"labels must have shape ({n},), got {tuple(labels.shape)}")
         lo, hi = int(labels.min()), int(labels.max())
@@ -144,4 +152,39 @@ def check_scale(value: float | torch.Tensor) -> float | torch.Tensor:
         raise L2CError(f"cfg_scale must be a number, got {type(value).__name__}")
     if not ok:
         raise L2CError(f"cfg_scale must be finite, got {value}")
+    if abs(float(value)) > MAX_CFG_SCALE:
+        raise L2CError(
+            f"cfg_scale {float(value):g} is out of range: it must lie within ±{MAX_CFG_SCALE:g} (guidance "
+            "scales in use are 0–20; larger ones overflow the samples)"
+        )
     return value
+
+
+def check_weights(model: nn.Module) -> None:
+    """L2CError naming the first parameter or buffer that holds a NaN or an infinity.
+
+    Such weights compile and sample without an error, into all-black pictures; a checkpoint
+    broken that way is refused before compiling instead.
+    """
+    for kind, tensors in (("parameter", model.named_parameters()), ("buffer", model.named_buffers())):
+        for name, t in tensors:
+            if not (t.is_floating_point() or t.is_complex()) or t.device.type == "meta":
+                continue
+            finite = torch.isfinite(t.detach())
+            if not bool(finite.all()):
+                bad = t.detach()[~finite]
+                nans = int(torch.isnan(bad).sum())
+                raise L2CError(
+                    f"{kind} {name} is not finite ({nans} NaN and {bad.numel() - nans} infinite of "
+                    f"{t.numel()} values); refusing to compile these weights"
+                )
+
+
+def check_finite_output(x: torch.Tensor, consequence: str) -> None:
+    """L2CError when a sampler's output holds a NaN or an infinity (``consequence`` ends the line)."""
+    finite = torch.isfinite(x)
+    if not bool(finite.all()):
+        raise L2CError(
+            f"the output is not finite ({int((~finite).sum())} of {x.numel()} values are NaN or "
+            f"infinite); {consequence}"
+        )

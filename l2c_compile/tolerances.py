@@ -49,6 +49,7 @@ before relying on it.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 EXACT_TOLERANCE = 1e-5  # float32: max_rel_error against the float32 reference
@@ -86,7 +87,12 @@ def verdict(result: dict[str, Any], tolerance: float | None = None) -> dict[str,
     value = float(result[metric])
     ok = value <= tol
     out: dict[str, Any] = {"metric": metric, "tolerance": tol, "ok": ok}
-    if not ok:
+    if not math.isfinite(value):  # NaN compares False: no "exceeds the tolerance by nan×"
+        out["failure"] = (
+            f"{result['dtype']} artifact {result['artifact']}: the output is not finite (NaN or infinite "
+            f"values; {metric} {value}, batch {result['batch']}, seed {result['seed']})"
+        )
+    elif not ok:
         out["failure"] = (
             f"{result['dtype']} artifact {result['artifact']}: {metric} {value:.3g} against the "
             f"float32 reference exceeds the tolerance {tol:.3g} by {value / tol:.1f}× "

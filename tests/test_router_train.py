@@ -388,10 +388,12 @@ app()
 def _cli_app():
     import typer
 
+    from l2c_compile.cli.interrupts import wrap_commands
     from l2c_compile.cli.train_cmd import train_cmd
 
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     app.command()(train_cmd)
+    wrap_commands(app)  # as the real CLI: Ctrl-C is the "interrupted: …" line
     return app
 
 
@@ -453,7 +455,7 @@ def test_cli_trains_and_reports_errors_on_one_line(
 
     monkeypatch.setattr("l2c_compile.router.train", interrupted)
     stop = runner.invoke(app, _args(data, out))
-    assert stop.exit_code == 130 and "step 2" in stop.output and "--resume" in stop.output
+    assert stop.exit_code == 130 and "step 2" in stop.stderr and "--resume" in stop.stderr
 
 
 def _free_port() -> int:

@@ -120,26 +120,16 @@ def compile_cmd(
     fmt: OutputFormat = typer.Option(OutputFormat.rich, "--format"),
 ) -> None:
     """Compile a schedule into a specialized sampler artifact."""
-    import l2c_compile
-    from l2c_compile.compiler import resolve_dtype
-    from l2c_compile.devices import resolve_device
-    from l2c_compile.io import check_output_folder
-    from l2c_compile.schedule import Schedule
+    from l2c_compile.io import check_output_folder, output_lock
 
-    # Every input is checked before the first expensive step, and the output path before anything.
+    # Every input is checked before the first expensive step, and the output path before anything:
+    # the lock refuses a second writer of the same folder, and an unwritable or full one.
     check_output_folder(out, force=force)
-    resolve_dtype(dtype, resolve_device(device))
-    spec = spec_for_cli(model, diffusers)
-    plan = plan_for(spec, sampler, nfe)
-    sched = None
-    if schedule is not None:  # before the weights load: a wrong schedule should not wait for them
-        sched = Schedule.load(schedule)
-        sched.validate_for(spec.name, spec_blocks(spec), plan)
-    spec, net = model_for_cli(model, diffusers, checkpoint, init, seed)
-    with console.status(f"compiling {spec.name} · {plan.sampler} · NFE {nfe}…"):
-        compiled = l2c_compile.compile(net, plan, sched, dtype=dtype, device=device, backend=backend,
-                                       cfg=cfg, fuse=fuse, model_info=spec.to_dict(), cuda_graph=cuda_graph)
-        compiled.save(out)
+    with output_lock(out):
+        check_output_folder(out, force=force)  # again under the lock: nobody wrote meanwhile
+        compiled = _compile_into(out, model, diffusers, checkpoint, init, seed, sampler, nfe, schedule,
+                                 dtype=dtype, device=device, backend=backend, cfg=cfg, fuse=fuse,
+                                 cuda_graph=cuda_graph)
     print_fallbacks(compiled.info)
     summary = compile_summary(compiled.info)
     if fmt == OutputFormat.json:
@@ -149,6 +139,29 @@ def compile_cmd(
     for k, v in summary.items():
         table.add_row(k, format_passes(v) if k == "passes" else str(v))
     console.print(table)
+
+
+def _compile_into(out: Path, model: str | None, diffusers: Path | None, checkpoint: Path | None,
+                  init: str | None, seed: int, sampler: str | None, nfe: int, schedule: Path | None,
+                  **options):
+    """``compile``'s work once the output is locked: check the inputs, compile, save to ``out``."""
+    import l2c_compile
+    from l2c_compile.compiler import resolve_dtype
+    from l2c_compile.devices import resolve_device
+    from l2c_compile.schedule import Schedule
+
+    resolve_dtype(options["dtype"], resolve_device(options["device"]))
+    spec = spec_for_cli(model, diffusers)
+    plan = plan_for(spec, sampler, nfe)
+    sched = None
+    if schedule is not None:  # before the weights load: a wrong schedule should not wait for them
+        sched = Schedule.load(schedule)
+        sched.validate_for(spec.name, spec_blocks(spec), plan)
+    spec, net = model_for_cli(model, diffusers, checkpoint, init, seed)
+    with console.status(f"compiling {spec.name} · {plan.sampler} · NFE {nfe}…"):
+        compiled = l2c_compile.compile(net, plan, sched, model_info=spec.to_dict(), **options)
+        compiled.save(out)
+    return compiled
 
 
 def format_passes(passes: dict) -> str:
@@ -214,18 +227,9 @@ def sample_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="PNG file to write"),
 ) -> None:
     """Draw samples with an artifact and write them as an image grid."""
-    from l2c_compile import progress
-    from l2c_compile.artifact import load
     from l2c_compile.devices import resolve_device
-    from l2c_compile.images import (
-        as_pictures,
-        check_png_path,
-        decode_latents,
-        latents_preview,
-        load_vae_decoder,
-        make_grid,
-        save_png,
-    )
+    from l2c_compile.images import check_png_path
+    from l2c_compile.io import output_lock
 
     # Every input is checked before the first model call: a late failure wastes the whole run.
     if prompt or pipeline is not None:
@@ -239,6 +243,26 @@ def sample_cmd(
         raise L2CError("--classes names no class")
     resolve_device(device)
     check_png_path(out)
+    with output_lock(out):  # before any work: a second writer, an unwritable or full folder
+        n = _sample_classes(directory, labels, seed, cfg_scale, vae, preview, device, cuda_graph, out)
+    console.print(f"wrote {out} ({n} samples)")
+
+
+def _sample_classes(directory: Path, labels: torch.Tensor, seed: int, cfg_scale: float | None, vae: Path | None,
+                    preview: bool, device: str, cuda_graph: bool | None, out: Path) -> int:
+    """``sample --classes``: draw with the artifact, decode, write the grid; the number drawn."""
+    from l2c_compile import progress
+    from l2c_compile.artifact import load
+    from l2c_compile.images import (
+        as_pictures,
+        decode_latents,
+        latents_preview,
+        load_vae_decoder,
+        make_grid,
+        save_png,
+    )
+    from l2c_compile.sampler_inputs import check_finite_output
+
     compiled = load(directory, device=device, cuda_graph=cuda_graph)
     print_fallbacks(compiled.info)
     if hasattr(compiled.model, "example_condition"):
@@ -266,6 +290,7 @@ def sample_cmd(
     with progress_bars(), progress.task(f"sampling {len(labels)} images", nfe, "model calls"), \
                 progress.counting_model_calls(compiled):
         x = compiled(noise, labels.to(device), cfg_scale if compiled.cfg else None)
+    check_finite_output(x, f"{out} was not written")
     if pixel:
         images = as_pictures(x)
     elif decoder is not None:
@@ -273,16 +298,15 @@ def sample_cmd(
     else:
         images = latents_preview(x)
     save_png(make_grid(images, scale=max(1, 128 // images.shape[-1])), out)
-    console.print(f"wrote {out} ({len(labels)} samples)")
+    return len(labels)
 
 
 def _sample_prompts(directory: Path, prompts: list[str], negative_prompt: str, pipeline: Path | None, seed: int,
                     cfg_scale: float | None, device: str, cuda_graph: bool | None, out: Path) -> None:
     """``sample --prompt``: encode with the pipeline folder's T5, run the artifact, decode with its VAE."""
-    from l2c_compile import progress
-    from l2c_compile.artifact import load
     from l2c_compile.devices import resolve_device
-    from l2c_compile.images import check_png_path, make_grid, save_png
+    from l2c_compile.images import check_png_path
+    from l2c_compile.io import output_lock
 
     if not prompts:
         raise L2CError("--diffusers DIR goes with --prompt TEXT (text-to-image artifacts)")
@@ -291,8 +315,20 @@ def _sample_prompts(directory: Path, prompts: list[str], negative_prompt: str, p
                        "tokenizer and VAE encode the prompt and decode the image")
     resolve_device(device)
     check_png_path(out)
+    with output_lock(out):  # before any work: a second writer, an unwritable or full folder
+        _draw_prompts(directory, prompts, negative_prompt, pipeline, seed, cfg_scale, device, cuda_graph, out)
+    console.print(f"wrote {out} ({len(prompts)} samples)")
+
+
+def _draw_prompts(directory: Path, prompts: list[str], negative_prompt: str, pipeline: Path, seed: int,
+                  cfg_scale: float | None, device: str, cuda_graph: bool | None, out: Path) -> None:
+    """``sample --prompt`` once the output is locked: encode, draw, decode, write the grid."""
+    from l2c_compile import progress
+    from l2c_compile.artifact import load
     from l2c_compile.diffusers.load import load_pipeline
     from l2c_compile.diffusers.pixart import prompt_condition
+    from l2c_compile.images import make_grid, save_png
+    from l2c_compile.sampler_inputs import check_finite_output
 
     pipe = load_pipeline(pipeline)
     if getattr(pipe, "text_encoder", None) is None or not hasattr(pipe, "encode_prompt"):
@@ -313,8 +349,8 @@ def _sample_prompts(directory: Path, prompts: list[str], negative_prompt: str, p
     with progress_bars(), progress.task(f"sampling {len(prompts)} images", nfe, "model calls"), \
             progress.counting_model_calls(compiled):
         x = compiled(noise, y, cfg_scale if compiled.cfg else None)
+    check_finite_output(x, f"{out} was not written")
     with torch.no_grad():
         vae = pipe.vae
         images = vae.decode(x.to(vae.device, vae.dtype) / vae.config.scaling_factor).sample.float().cpu()
     save_png(make_grid(images.clamp(-1, 1), scale=max(1, 128 // images.shape[-1])), out)
-    console.print(f"wrote {out} ({len(prompts)} samples)")

@@ -59,27 +59,41 @@ def eval_cmd(
     fmt: OutputFormat = typer.Option(OutputFormat.rich, "--format"),
 ) -> None:
     """Sample K images with a schedule and without, and score both (FID on Fashion-MNIST features)."""
-    from l2c_compile.evaluate import EvalConfig, run_eval
-    from l2c_compile.io import write_text_atomic
+    from l2c_compile.evaluate import EvalConfig
+    from l2c_compile.io import check_output_file, hold_outputs, write_text_atomic
     from l2c_compile.router import init_distributed
 
+    if out is not None:
+        check_output_file(out, "report")  # before sampling, not after it
     rank, world, rank_device = init_distributed()
+    batch_arg = {} if batch is None else {"batch": batch}  # None: EvalConfig's default
+    cfg = EvalConfig(
+        model=model,
+        nfe=nfe,
+        sampler=sampler,
+        schedule=schedule,
+        threshold=threshold,
+        samples=samples,
+        seed=seed,
+        cfg_scale=cfg_scale,
+        **batch_arg,
+        workers=workers,
+        backend=backend,
+        device=device or (str(rank_device) if world > 1 else "cpu"),
+    )
+    with hold_outputs(out if rank == 0 else None):  # a second writer, an unwritable or full folder
+        report = _evaluate(cfg, fmt, rank, world)
+        if rank == 0 and out is not None:
+            write_text_atomic(out, json.dumps(report, indent=2, default=str) + "\n")
+    if rank == 0:  # every rank holds the same report; one prints and writes it
+        _print_report(report, fmt)
+
+
+def _evaluate(cfg, fmt: OutputFormat, rank: int, world: int) -> dict:
+    """Run the evaluation on this rank (progress on rank 0), then end the process group; the report."""
+    from l2c_compile.evaluate import run_eval
+
     try:
-        batch_arg = {} if batch is None else {"batch": batch}  # None: EvalConfig's default
-        cfg = EvalConfig(
-            model=model,
-            nfe=nfe,
-            sampler=sampler,
-            schedule=schedule,
-            threshold=threshold,
-            samples=samples,
-            seed=seed,
-            cfg_scale=cfg_scale,
-            **batch_arg,
-            workers=workers,
-            backend=backend,
-            device=device or (str(rank_device) if world > 1 else "cpu"),
-        )
         if rank != 0:
             report = run_eval(cfg)
         elif fmt == OutputFormat.json:
@@ -95,10 +109,11 @@ def eval_cmd(
             import torch.distributed as dist
 
             dist.destroy_process_group()
-    if rank != 0:  # every rank holds the same report; one prints and writes it
-        return
-    if out is not None:
-        write_text_atomic(out, json.dumps(report, indent=2, default=str) + "\n")
+    return report
+
+
+def _print_report(report: dict, fmt: OutputFormat) -> None:
+    """The report as JSON or as a table with the MACs and latency line."""
     if fmt == OutputFormat.json:
         print_json(report)
         return

@@ -13,6 +13,7 @@ from l2c_compile.cli import (
     demo_cmd,
     env_cmd,
     eval_cmd,
+    interrupts,
     models_cmd,
     schedule_cmd,
     train_cmd,
@@ -34,10 +35,12 @@ app.command("sample")(compile_cmd.sample_cmd)
 app.command("train")(train_cmd.train_cmd)
 app.command("demo")(demo_cmd.demo)
 app.command("eval")(eval_cmd.eval_cmd)
+interrupts.wrap_commands(app)  # Ctrl-C in any command: "interrupted: …" and exit 130
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Run the command line (the console script enters through ``cli/entry.py``)."""
+    interrupts.install()
     app()
 
 

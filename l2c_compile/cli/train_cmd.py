@@ -11,8 +11,8 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from l2c_compile.cli.common import OutputFormat, cli_errors, console, print_json, print_labelled
-from l2c_compile.cli.compile_cmd import model_for_cli, plan_for, spec_for_cli
+from l2c_compile.cli.common import OutputFormat, cli_errors, console, print_json
+from l2c_compile.cli.compile_cmd import model_for_cli, plan_for, spec_for_cli, spec_kinds
 from l2c_compile.errors import L2CError
 
 
@@ -90,58 +90,72 @@ def train_cmd(
     fmt: OutputFormat = typer.Option(OutputFormat.rich, "--format"),
 ) -> None:
     """Train a Learning-to-Cache router (the model stays frozen)."""
-    from l2c_compile.io import check_output_file
-    from l2c_compile.router import RECIPES, TrainConfig, default_recipe, init_distributed
+    from l2c_compile.io import check_output_file, hold_outputs
+    from l2c_compile.router import (
+        RECIPES,
+        TrainConfig,
+        checkpoint_path,
+        default_recipe,
+        init_distributed,
+    )
+    from l2c_compile.schedule.router_files import check_official_kinds
 
     check_output_file(out, "router")  # before training, not after it
     if export_official is not None:
         check_output_file(export_official, "official router")
     rank, world, dist_device = init_distributed()
+    # Rank 0 writes: it locks every output before any work, so a second writer, or a folder that is
+    # unwritable or full, is one line now rather than after training.
+    outputs = (out, checkpoint_path(out), export_official) if rank == 0 else ()
     try:
-        target = _device(device, world, dist_device)  # before any work: one line if unavailable
-        text = bool(getattr(spec_for_cli(model, diffusers), "text_conditioned", False))
-        if text and prompts is None:
-            raise L2CError("this model draws from text: pass --prompts FILE (one prompt per line, or prompt_embeds "
-                           "in a .safetensors file)")
-        if prompts is not None and not text:
-            raise L2CError("--prompts is for text-to-image models (a PixArt --diffusers folder)")
-        if prompts is not None and data != "self":
-            raise L2CError("--prompts trains data-free: drop --data")
-        spec, net = model_for_cli(model, diffusers, checkpoint, init, seed)
-        net = net.to(target)
-        plan = plan_for(spec, sampler, nfe)
-        recipe_name = recipe or default_recipe(spec.family)
-        if recipe_name not in RECIPES:
-            raise L2CError(f"unknown recipe {recipe_name!r}; choose dit or uvit")
-        config = TrainConfig(
-            lam=RECIPES[recipe_name].lam if lam is None else lam,
-            lr=lr,
-            steps=steps,
-            batch_size=batch_size,
-            seed=seed,
-            recipe=recipe_name,
-            mode=mode,
-            threshold=threshold,
-            ste_threshold=ste_threshold,
-            label_dropout=label_dropout,
-            shards=shards,
-            checkpoint_every=checkpoint_every,
-        )
-        show = fmt == OutputFormat.rich and rank == 0
-        summary = _train(
-            spec,
-            net,
-            plan,
-            config,
-            data=data,
-            prompts=(prompts, diffusers) if prompts is not None else None,
-            vae=vae,
-            pool_size=pool_size,
-            out=out,
-            resume=resume,
-            export_official=export_official,
-            show=show,
-        )
+        with hold_outputs(*outputs):
+            target = _device(device, world, dist_device)  # before any work: one line if unavailable
+            target_spec = spec_for_cli(model, diffusers)
+            if export_official is not None:  # the official layouts hold attention and MLP only
+                check_official_kinds(spec_kinds(target_spec), export_official)
+            text = bool(getattr(target_spec, "text_conditioned", False))
+            if text and prompts is None:
+                raise L2CError("this model draws from text: pass --prompts FILE (one prompt per line, or prompt_embeds "
+                               "in a .safetensors file)")
+            if prompts is not None and not text:
+                raise L2CError("--prompts is for text-to-image models (a PixArt --diffusers folder)")
+            if prompts is not None and data != "self":
+                raise L2CError("--prompts trains data-free: drop --data")
+            spec, net = model_for_cli(model, diffusers, checkpoint, init, seed)
+            net = net.to(target)
+            plan = plan_for(spec, sampler, nfe)
+            recipe_name = recipe or default_recipe(spec.family)
+            if recipe_name not in RECIPES:
+                raise L2CError(f"unknown recipe {recipe_name!r}; choose dit or uvit")
+            config = TrainConfig(
+                lam=RECIPES[recipe_name].lam if lam is None else lam,
+                lr=lr,
+                steps=steps,
+                batch_size=batch_size,
+                seed=seed,
+                recipe=recipe_name,
+                mode=mode,
+                threshold=threshold,
+                ste_threshold=ste_threshold,
+                label_dropout=label_dropout,
+                shards=shards,
+                checkpoint_every=checkpoint_every,
+            )
+            show = fmt == OutputFormat.rich and rank == 0
+            summary = _train(
+                spec,
+                net,
+                plan,
+                config,
+                data=data,
+                prompts=(prompts, diffusers) if prompts is not None else None,
+                vae=vae,
+                pool_size=pool_size,
+                out=out,
+                resume=resume,
+                export_official=export_official,
+                show=show,
+            )
     finally:
         if world > 1:
             import torch.distributed as dist
@@ -184,7 +198,7 @@ def _train(
     show: bool,
 ) -> dict:
     """Open the data, train, write the files; the summary the command prints."""
-    from l2c_compile.router import TrainingInterrupted, checkpoint_path, load_vae, open_data, train
+    from l2c_compile.router import checkpoint_path, load_vae, open_data, train
     from l2c_compile.schedule.router_files import export_official as write_official
 
     if resume:  # a missing, unsafe or mismatched checkpoint is refused before any data is drawn
@@ -206,30 +220,14 @@ def _train(
             seed=config.seed,
             progress=show,
         )
-    try:
-        result = train(
-            net,
-            plan,
-            dataset,
-            config,
-            model_name=spec.name,
-            output=out,
-            resume=resume,
-            progress=show,
-        )
-    except TrainingInterrupted as stop:
-        where = (
-            f"last checkpoint {stop.checkpoint} (step {stop.step}) is intact; rerun with --resume"
-            if stop.checkpoint is not None
-            else "no checkpoint was written yet"
-        )
-        print_labelled("interrupted:", where, "bold yellow")
-        raise typer.Exit(130) from None
+    # Ctrl-C raises TrainingInterrupted, whose note the CLI's interrupt line carries (cli/interrupts.py).
+    result = train(net, plan, dataset, config, model_name=spec.name, output=out, resume=resume, progress=show)
     if export_official is not None:
         import torch.distributed as dist
 
         if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0:
-            write_official(export_official, result.logits, getattr(spec, "router_family", spec.family))
+            write_official(export_official, result.logits, getattr(spec, "router_family", spec.family),
+                           kinds=spec_kinds(spec))
     last = result.history[-1] if result.history else {}
     return {
         "router": str(out),

@@ -52,6 +52,20 @@ def trace_step(model: nn.Module, *, cfg: bool) -> fx.GraphModule:
             raise CompileError(f"{fx_error}; {export_error}") from export_error
 
 
+def environment_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is a broken import rather than a model a capture cannot handle.
+
+    A failed import, or a module missing one of its own attributes (the trace of an import that
+    Ctrl-C cut short: ``module 'torch._dynamo' has no attribute 'guards'``), says nothing about
+    the model, so it must not become "cannot trace …" nor send the compiler to the other capture.
+    """
+    import types
+
+    if isinstance(exc, ImportError):
+        return True
+    return isinstance(exc, AttributeError) and isinstance(getattr(exc, "obj", None), types.ModuleType)
+
+
 def fx_step(model: nn.Module, *, cfg: bool) -> fx.GraphModule:
     """Trace ``GuidedDenoiser(model, cfg)`` with torch.fx; raise CompileError if it cannot."""
     root = GuidedDenoiser(model, cfg=cfg)
@@ -60,6 +74,8 @@ def fx_step(model: nn.Module, *, cfg: bool) -> fx.GraphModule:
     try:
         graph = tracer.trace(root)
     except Exception as exc:  # fx reports untraceable Python in many ways
+        if environment_error(exc):
+            raise
         raise CompileError(f"cannot trace {type(model).__name__} with torch.fx: {_first_line(exc)}") from exc
     for node in graph.nodes:
         node.type = None  # annotations would drag typing globals into the emitted code
@@ -85,6 +101,8 @@ def export_step(model: nn.Module, *, cfg: bool) -> fx.GraphModule:
         with torch.no_grad():
             exported = torch.export.export(root, example, dynamic_shapes=dynamic, strict=False)
     except Exception as exc:  # export reports failures in many types
+        if environment_error(exc):
+            raise
         raise CompileError(f"cannot capture {type(model).__name__} with torch.export: {_first_line(exc)}") from exc
     unlifted = exported.module()
     graph = fx.Graph()

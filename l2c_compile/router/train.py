@@ -184,6 +184,13 @@ class TrainingInterrupted(KeyboardInterrupt):
         self.step = step
         self.checkpoint = checkpoint
 
+    @property
+    def note(self) -> str:
+        """What the interrupt left, for the CLI's "interrupted: …" line."""
+        if self.checkpoint is None:
+            return "no checkpoint was written yet"
+        return f"last checkpoint {self.checkpoint} (step {self.step}) is intact; rerun with --resume"
+
 
 # ---------------------------------------------------------------------------------------------
 # Randomness: everything derived from (seed, step, shard)

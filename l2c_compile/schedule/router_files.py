@@ -280,14 +280,33 @@ def _target_meta(meta: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def export_official(path: str | os.PathLike[str], logits: torch.Tensor, family: str) -> None:
-    """Write ``logits`` in the official layout of ``family`` ("dit" or "uvit")."""
+def check_official_kinds(kinds: tuple[str, ...] | list[str], path: str | os.PathLike[str]) -> None:
+    """L2CError unless a router with these sublayer kinds can be written in an official layout.
+
+    The official layouts record no kinds: a reader takes every file for attention and MLP per
+    block, so a three-kind (PixArt) router written there would import, without a word, onto a
+    two-kind model 1.5× as deep. Such a router stays in the l2c-router format, which names them.
+    """
+    if tuple(kinds) != SUBLAYERS:
+        raise L2CError(
+            f"cannot write {Path(path).name} in the official layout: it holds {len(SUBLAYERS)} sublayer kinds "
+            f"per block ({', '.join(SUBLAYERS)}) and this router has {len(kinds)} ({', '.join(kinds)}); "
+            "use the l2c-router file (nothing was written)"
+        )
+
+
+def export_official(
+    path: str | os.PathLike[str], logits: torch.Tensor, family: str, kinds: tuple[str, ...] | None = None
+) -> None:
+    """Write ``logits`` (a router with sublayer ``kinds``) in the official layout of ``family``
+    ("dit" or "uvit"); L2CError for kinds other than attention and MLP (:func:`check_official_kinds`)."""
     fam = family.lower().replace("-", "").replace("_", "")
     if fam not in OFFICIAL_FAMILIES:
         raise L2CError(
             f"unknown router family {family!r}; choose from {', '.join(OFFICIAL_FAMILIES)}"
             + suggest(fam, OFFICIAL_FAMILIES)
         )
+    check_official_kinds(SUBLAYERS if kinds is None else kinds, path)
     t = _check_logits(logits, Path(path).name)
     # Separate tensors per row, like the official ModuleList state dict (no shared storage).
     probs = OrderedDict((f"{i}.prob", t[i].clone()) for i in range(t.shape[0]))
