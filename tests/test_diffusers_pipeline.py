@@ -9,7 +9,12 @@ import pytest
 import torch
 
 pytest.importorskip("diffusers")
-from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
+from diffusers import (
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
+)
 
 from l2c_compile import reference
 from l2c_compile.diffusers import compile_pipeline, load_diffusers, load_pipeline, pipeline_plan
@@ -91,6 +96,9 @@ def test_mismatches_are_one_clear_error(pipe):
         compile_pipeline(other)
     other.scheduler = DPMSolverMultistepScheduler.from_config(other.scheduler.config, solver_order=3)
     with pytest.raises(L2CError, match="solver_order=3 is not supported"):
+        compile_pipeline(other)
+    other.scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)  # a velocity sampler for an ε model
+    with pytest.raises(L2CError, match=r"^DiTPipeline samples with ε prediction; its FlowMatchEulerDiscreteScheduler"):
         compile_pipeline(other)
     other.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=True)
     with pytest.raises(L2CError, match="clip_sample=True is not supported"):

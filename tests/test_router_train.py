@@ -89,7 +89,8 @@ def test_cache_targets_follow_the_plan() -> None:
     ac = alphas_cumprod("linear")
     for t in targets:
         assert [c.index for c in t.warm] == [t.call.index - 1] and t.crosses_step
-        assert t.alpha_bar == pytest.approx(ac[int(t.warm[0].timestep)], rel=1e-12)
+        ab = ac[int(t.warm[0].timestep)]
+        assert t.noise_level == pytest.approx((math.sqrt(ab), math.sqrt(1 - ab)), rel=1e-12)
 
     shifted = cache_targets(uvit_plan(8))
     assert [t.row for t in shifted] == [1, 2, 3]  # U-ViT trains rows 1..K-1
@@ -160,7 +161,7 @@ def test_drop_mode_removes_the_sublayer(dit) -> None:
     for b in pruned.transformer_blocks():
         b.attn, b.mlp = _Zero(), _Zero()
     with torch.no_grad(), instrument(dit) as state:
-        x = math.sqrt(target.alpha_bar) * x0 + math.sqrt(1 - target.alpha_bar) * noise
+        x = target.noise_level[0] * x0 + target.noise_level[1] * noise
         prev = target.warm[0]
         eps = dit.eps(dit(x, torch.full((2,), prev.timestep), y))
         x_m = target.step.update.apply(x, {prev.index: eps})

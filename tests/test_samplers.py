@@ -450,7 +450,7 @@ def test_gaussian_toy_second_order_beats_ddim() -> None:
 
 
 def test_make_plan_dispatch_and_options() -> None:
-    assert SAMPLERS == ("ddim", "dpm-solver-2", "dpm-solver++")
+    assert SAMPLERS == ("ddim", "dpm-solver-2", "dpm-solver++", "flow-euler", "unipc-flow")
     assert make_plan("ddim", 20) == ddim_plan(20)
     plan = make_plan("dpm-solver-2", 20, shifted=False)
     assert plan == dpm_solver2_plan(20, shifted=False)

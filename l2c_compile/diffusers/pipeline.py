@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import inspect
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -31,6 +32,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from l2c_compile.compiler import compile as compile_sampler
 from l2c_compile.diffusers.dit import DiffusersDiT
+from l2c_compile.diffusers.flow_schedulers import flow_scheduler_plan, is_flow_scheduler
 from l2c_compile.diffusers.pixart import DiffusersPixArt, pack_condition
 from l2c_compile.diffusers.spec import spec_from_config
 from l2c_compile.errors import L2CError
@@ -41,21 +43,33 @@ from l2c_compile.samplers.dpm_solver_pp import dpm_solver_pp_from_sigmas
 from l2c_compile.samplers.schedules import NOISE_SCHEDULES
 
 
-def pipeline_plan(scheduler: Any, num_inference_steps: int) -> SamplerPlan:
-    """The trajectory ``scheduler`` (a diffusers ``DDIMScheduler``, η = 0, or a
-    ``DPMSolverMultistepScheduler`` running DPM-Solver++ 2M) takes in ``num_inference_steps``
-    steps, as a plan with the DDIM cadence of L2C.
+def pipeline_plan(scheduler: Any, num_inference_steps: int, *, mu: float | None = None,
+                  sigmas: Sequence[float] | None = None, time_input: str | None = None) -> SamplerPlan:
+    """The trajectory ``scheduler`` (a diffusers ``DDIMScheduler``, η = 0, a
+    ``DPMSolverMultistepScheduler`` running DPM-Solver++ 2M, or a flow-matching
+    ``FlowMatchEulerDiscreteScheduler`` / ``UniPCMultistepScheduler`` with flow prediction) takes
+    in ``num_inference_steps`` steps, as a plan with the DDIM cadence of L2C.
 
     DDIM: coefficients come from the scheduler's own ᾱ table and its own ``prev_timestep`` rule
     (``t − T // N``, ᾱ_prev = ``final_alpha_cumprod`` below 0). DPM-Solver++: from the
-    scheduler's own ``timesteps`` and ``sigmas`` after ``set_timesteps``. L2CError for another
+    scheduler's own ``timesteps`` and ``sigmas`` after ``set_timesteps``. Flow matching: likewise,
+    after ``set_timesteps`` with the ``sigmas`` and ``mu`` the pipeline passes (FLUX);
+    ``time_input`` "sigma_1000" (default) or "sigma" (see
+    :func:`~l2c_compile.diffusers.flow_schedulers.flow_scheduler_plan`). L2CError for another
     scheduler or a setting that makes the update non-linear (clipping, thresholding, non-ε
-    prediction, SDE variants, a third order).
+    prediction on a VP scheduler, SDE variants, a third order).
     """
+    _check_steps(num_inference_steps)
+    if is_flow_scheduler(scheduler):
+        return flow_scheduler_plan(scheduler, num_inference_steps, mu=mu, sigmas=sigmas,
+                                   time_input=time_input or "sigma_1000")
+    if (mu, sigmas, time_input) != (None, None, None):
+        raise L2CError(f"mu, sigmas and time_input apply to flow-matching schedulers, not {type(scheduler).__name__}")
     if isinstance(scheduler, DPMSolverMultistepScheduler):
         return _dpm_solver_pp_plan(scheduler, num_inference_steps)
     if not isinstance(scheduler, DDIMScheduler):
-        raise L2CError("compile_pipeline supports the DDIMScheduler and DPMSolverMultistepScheduler, this "
+        raise L2CError("pipeline_plan supports the DDIMScheduler, FlowMatchEulerDiscreteScheduler, "
+                       "UniPCMultistepScheduler (flow prediction) and DPMSolverMultistepScheduler, this "
                        f"pipeline has {type(scheduler).__name__}")
     cfg = scheduler.config
     bad = [name for name, ok in (("clip_sample", not cfg.clip_sample), ("thresholding", not cfg.thresholding),
@@ -63,7 +77,6 @@ def pipeline_plan(scheduler: Any, num_inference_steps: int) -> SamplerPlan:
     if bad:
         raise L2CError(f"DDIMScheduler setting {bad[0]}={getattr(cfg, bad[0])!r} is not supported "
                        "(the compiled update must be linear in x and ε)")
-    _check_steps(num_inference_steps)
     sched = copy.deepcopy(scheduler)
     try:
         sched.set_timesteps(num_inference_steps)
@@ -108,7 +121,6 @@ def _dpm_solver_pp_plan(scheduler: Any, num_inference_steps: int) -> SamplerPlan
         if cfg.get(name) not in ok:
             raise L2CError(f"DPMSolverMultistepScheduler setting {name}={cfg.get(name)!r} is not supported "
                            f"(supported: {', '.join(map(repr, ok))}; the compiled update is DPM-Solver++ 2M)")
-    _check_steps(num_inference_steps)
     sched = copy.deepcopy(scheduler)
     try:
         sched.set_timesteps(num_inference_steps)
@@ -323,5 +335,8 @@ def compile_pipeline(pipe: Any, schedule: Any = None, **compile_kwargs: Any) -> 
     for key in ("cfg", "model_info"):
         if key in compile_kwargs:
             raise L2CError(f"compile_pipeline sets {key} itself (from guidance_scale and the pipeline)")
+    if is_flow_scheduler(pipe.scheduler):
+        raise L2CError(f"{type(pipe).__name__} samples with ε prediction; its {type(pipe.scheduler).__name__} is a "
+                       "flow-matching (velocity) scheduler")
     pipeline_plan(pipe.scheduler, 1)  # an unsupported scheduler fails here, not on the first call
     return cls(pipe, schedule, compile_kwargs)

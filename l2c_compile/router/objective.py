@@ -9,7 +9,6 @@ teacher with the router-blended student (spec §3). :class:`RouterLogits` holds 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -19,7 +18,6 @@ from l2c_compile.errors import L2CError
 from l2c_compile.passes.sublayers import sublayer_spec
 from l2c_compile.reference import CacheState
 from l2c_compile.samplers.base import Combination, ModelCall, SamplerPlan, SolverStep
-from l2c_compile.samplers.schedules import alpha_bar_at
 
 
 @dataclass(frozen=True)
@@ -30,7 +28,8 @@ class CacheTarget:
     step: SolverStep  # the solver step holding call m−1
     warm: tuple[ModelCall, ...]  # that step's calls up to m−1 (full compute, recording)
     crosses_step: bool  # m is the first call of the next step: apply the step update first
-    alpha_bar: float  # ᾱ at the start of ``step``
+    # (α, σ) of the state at the start of ``step``: x = α·x0 + σ·ε (VP: α² + σ² = 1; flow: α = 1 − σ)
+    noise_level: tuple[float, float]
     update: Combination | None = None  # the update to cross with (None: ``step.update``)
 
     @property
@@ -52,8 +51,7 @@ def cache_targets(plan: SamplerPlan) -> tuple[CacheTarget, ...]:
             )
         step = owner[call.index - 1]
         warm = tuple(c for c in step.calls if c.index < call.index)
-        start = step.calls[0].timestep
-        ab = alpha_bar_at(start, plan.noise_schedule, plan.time_input)
+        level = plan.noise_level(step.calls[0])
         crosses = owner[call.index] is not step
         update = step.update
         first = step.calls[0].index
@@ -65,7 +63,7 @@ def cache_targets(plan: SamplerPlan) -> tuple[CacheTarget, ...]:
                     "steps and has no restart update; cannot train it"
                 )
             update = step.restart
-        targets.append(CacheTarget(call, step, warm, crosses, ab, update))
+        targets.append(CacheTarget(call, step, warm, crosses, level, update))
     if not targets:
         raise L2CError(
             f"the {plan.sampler} plan with {plan.nfe} NFE has no cache steps: nothing to train"
@@ -150,8 +148,8 @@ def shard_loss(
 ) -> torch.Tensor:
     """distance(teacher, student) at ``target``'s cache call; ``weights``: (K·depth,) fresh weights,
     entry ``K·i + k`` for kind ``k`` of block ``i`` (K = the model's sublayer kinds)."""
-    ab = target.alpha_bar
-    x = math.sqrt(ab) * x0 + math.sqrt(1.0 - ab) * noise  # (B, C, H, W) state at the step start
+    alpha, sigma = target.noise_level
+    x = alpha * x0 + sigma * noise  # (B, C, H, W) state at the step start
     with torch.no_grad():
         state.clear()
         eps: dict[int, torch.Tensor] = {}

@@ -2,6 +2,9 @@
 
 A plan holds every model call's timestep, its L2C role (full / cache, router row) and the scalar
 coefficients of every update, so both executors (reference and compiled) walk the same data.
+``ddim``, ``dpm-solver-2`` and ``dpm-solver++`` sample ε-prediction models on a VP β table;
+``flow-euler`` and ``unipc-flow`` sample flow-matching (velocity-prediction) models, whose
+model spec names the noise schedule ``"flow"``.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from l2c_compile.limits import MAX_NFE
 from l2c_compile.samplers.base import (
     Combination,
     EpsFn,
+    LinearForm,
     ModelCall,
     Role,
     SamplerPlan,
@@ -23,22 +27,29 @@ from l2c_compile.samplers.base import (
 from l2c_compile.samplers.ddim import ddim_plan
 from l2c_compile.samplers.dpm_solver import dpm_solver2_plan
 from l2c_compile.samplers.dpm_solver_pp import dpm_solver_pp_plan
-from l2c_compile.samplers.schedules import NOISE_SCHEDULES, TIME_INPUTS
+from l2c_compile.samplers.flow_match import FLOW_TIME_INPUTS, dynamic_shift_mu, flow_euler_plan
+from l2c_compile.samplers.schedules import FLOW_SCHEDULE, NOISE_SCHEDULES, TIME_INPUTS
+from l2c_compile.samplers.unipc import unipc_flow_plan
 
-SAMPLERS = ("ddim", "dpm-solver-2", "dpm-solver++")
+SAMPLERS = ("ddim", "dpm-solver-2", "dpm-solver++", "flow-euler", "unipc-flow")
 
 _FACTORIES: dict[str, Callable[..., SamplerPlan]] = {
     "ddim": ddim_plan,
     "dpm-solver-2": dpm_solver2_plan,
     "dpm-solver++": dpm_solver_pp_plan,
+    "flow-euler": flow_euler_plan,
+    "unipc-flow": unipc_flow_plan,
 }
 
 __all__ = [
+    "FLOW_SCHEDULE",
+    "FLOW_TIME_INPUTS",
     "NOISE_SCHEDULES",
     "SAMPLERS",
     "TIME_INPUTS",
     "Combination",
     "EpsFn",
+    "LinearForm",
     "ModelCall",
     "Role",
     "SamplerPlan",
@@ -46,9 +57,12 @@ __all__ = [
     "ddim_plan",
     "dpm_solver2_plan",
     "dpm_solver_pp_plan",
+    "dynamic_shift_mu",
     "execute_plan",
+    "flow_euler_plan",
     "make_plan",
     "sampler_options",
+    "unipc_flow_plan",
 ]
 
 
@@ -78,7 +92,7 @@ def make_plan(
     """Build the plan of sampler ``name`` with ``nfe`` model calls.
 
     ``noise_schedule`` / ``time_input`` default to the sampler's own (DDIM: linear, discrete;
-    DPM-Solver-2: scaled_linear, continuous). Unknown names, options or impossible NFEs raise
+    DPM-Solver-2: scaled_linear, continuous; the flow samplers: flow, sigma_1000). Unknown names, options or impossible NFEs raise
     :class:`L2CError`. The options used end up in ``plan.options`` (and so in the manifest).
     """
     factory = _factory(name)

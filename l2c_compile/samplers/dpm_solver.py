@@ -35,12 +35,11 @@ passes DPM-Solver's discrete wrapper value ``1000 · max(t − 1/N, 0)``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
 from l2c_compile.errors import L2CError
-from l2c_compile.samplers.base import Combination, ModelCall, Role, SamplerPlan, SolverStep
+from l2c_compile.samplers.base import LinearForm, ModelCall, Role, SamplerPlan, SolverStep
 from l2c_compile.samplers.schedules import (
     NUM_TRAIN_STEPS,
     DiscreteVP,
@@ -51,31 +50,6 @@ from l2c_compile.samplers.schedules import (
 R1 = 0.5  # midpoint in λ; the official default
 T_START = 1.0
 T_END = 1.0 / NUM_TRAIN_STEPS  # sample_ldm_discrete.py passes eps = 1 / N
-
-
-@dataclass(frozen=True)
-class _Linear:
-    """``x * state + Σ coef * eps[j]`` while the expansion is being built (float64)."""
-
-    x: float
-    eps: tuple[tuple[int, float], ...] = ()
-
-    def __add__(self, other: _Linear) -> _Linear:
-        coefs = dict(self.eps)
-        for j, c in other.eps:
-            coefs[j] = coefs.get(j, 0.0) + c
-        return _Linear(self.x + other.x, tuple(sorted(coefs.items())))
-
-    def __mul__(self, k: float) -> _Linear:
-        return _Linear(self.x * k, tuple((j, c * k) for j, c in self.eps))
-
-    def combination(self) -> Combination:
-        """The frozen Combination, without terms whose coefficient is exactly zero."""
-        return Combination(self.x, tuple((j, c) for j, c in self.eps if c != 0.0))
-
-
-def _eps(j: int) -> _Linear:
-    return _Linear(0.0, ((j, 1.0),))
 
 
 def outer_times(k_steps: int) -> list[float]:
@@ -172,8 +146,8 @@ def dpm_solver2_plan(
         alpha_s, alpha_t = float(vp.marginal_alpha(s)), float(vp.marginal_alpha(t))
         sigma_s, sigma_t = float(vp.marginal_std(s)), float(vp.marginal_std(t))
         phi_1 = math.expm1(-h)
-        x = _Linear(1.0)
-        x0_s = x * (1.0 / alpha_s) + _eps(j) * (-sigma_s / alpha_s)
+        x = LinearForm(1.0)
+        x0_s = x * (1.0 / alpha_s) + LinearForm.output(j) * (-sigma_s / alpha_s)
         if order == 1:
             # DPM-Solver-1 (data prediction): x_t = σ_t/σ_s · x − α_t φ1 · x0(x, s)
             x_t = x * (sigma_t / sigma_s) + x0_s * (-alpha_t * phi_1)
@@ -188,7 +162,7 @@ def dpm_solver2_plan(
 
         j_s, j_s1 = j, j + 1
         x_s1 = x * (sigma_s1 / sigma_s) + x0_s * (-alpha_s1 * phi_11)
-        x0_s1 = x_s1 * (1.0 / alpha_s1) + _eps(j_s1) * (-sigma_s1 / alpha_s1)
+        x0_s1 = x_s1 * (1.0 / alpha_s1) + LinearForm.output(j_s1) * (-sigma_s1 / alpha_s1)
         # x_t rearranged as −α_t φ1 · ((1 − c) x0_s + c x0_s1), c = 0.5/r1: with r1 = 0.5 the
         # x0_s weight is exactly 0, so the plan does not carry a pair of cancelling terms.
         c = 0.5 / R1

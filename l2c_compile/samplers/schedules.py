@@ -20,6 +20,8 @@ import numpy as np
 from l2c_compile.errors import L2CError, suggest
 
 NOISE_SCHEDULES = ("linear", "scaled_linear")
+# Flow matching (rectified flow): x_t = (1 − σ)·x0 + σ·ε; its plans carry each call's σ.
+FLOW_SCHEDULE = "flow"
 TIME_INPUTS = ("discrete", "continuous")  # integer timestep t | 1000 · continuous time
 NUM_TRAIN_STEPS = 1000
 
