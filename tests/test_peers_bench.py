@@ -3,34 +3,20 @@ limits, the guard when cache-dit is missing (fast), and the whole harness at tin
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
-import sys
 import time
-from pathlib import Path
 
 import pytest
-import torch
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+from tests.helpers import bench_script
 
 
 @pytest.fixture(scope="module")
 def peers():
-    threads = torch.get_num_threads()  # --threads sets a process-wide value: restore it
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location("bench_peers", BENCH / "peers.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-        spec.loader.exec_module(module)
+    leaks = ("latency", "latency_exec", "latency_diffusers", "common")
+    with bench_script("peers.py", "bench_peers", leaks) as module:
         yield module
-    finally:
-        for name in ("bench_peers", "latency", "latency_exec", "latency_diffusers", "common"):
-            sys.modules.pop(name, None)  # plain names: do not leak them
-        sys.path.remove(str(BENCH))
-        torch.set_num_threads(threads)
 
 
 TINY = ["--tiny", "--device", "cpu", "--dtype", "float32", "--threads", "1", "--repeats", "1",
