@@ -1,36 +1,44 @@
 #!/usr/bin/env bash
-# One command for a lent GPU: the -m gpu tests, the fused kernels' bandwidth and the DiT-XL/2
-# latency rows (bf16, DDIM-20, released DDIM20 router, n = 8 and n = 1, every executor, CUDA
-# graphs included; fp32 too; torch.compile and inductor peers at n = 8), each step under its own
-# time limit so that the whole script ends within 9 minutes; everything lands in OUT, and the summary sets each target of PERFORMANCE.md beside
-# the measured value.
+# One command for a lent GPU, most important first, each step under its own time limit so that the
+# default steps end within 9 minutes: the -m gpu tests; the DiT-XL/2 latency rows (bf16 and fp32,
+# DDIM-20, released DDIM20 router, n = 8 and 1, CUDA graphs included); the peers on diffusers
+# pipelines (benchmarks/peers.py: pipe(...), torch.compile modes, cache-dit, compile_pipeline) on
+# DiTPipeline DiT-XL/2 (n = 8, then 1), then on PixArt-α 512; the summary, which sets each target
+# of PERFORMANCE.md beside the measured value. Every row is written as it is measured into OUT.
 #
-#   benchmarks/gpu_check.sh OUT [STEPS]   STEPS: comma-separated, default tests,kernels,latency,compiled,summary
+#   benchmarks/gpu_check.sh OUT [STEPS]   STEPS: comma-separated, default tests,latency,peers-dit,peers-pixart,summary
+#                                         (also: kernels, compiled — the sampler-level torch.compile and
+#                                         inductor peers of latency.py)
 #
-# The released routers are read from $L2C_ROUTERS_DIR (default ../shared/data/routers). Runs from a
-# checkout without installing it (PYTHONPATH), with whatever python3 holds torch. On a machine
-# without CUDA it says so in one line, lists what it would run, and exits 0.
+# Routers: $L2C_ROUTERS_DIR, else .routers/ in the checkout when it exists, else ../shared/data/routers.
+# Wheels: when .whl/ exists and diffusers is not importable, its wheels (diffusers, cache-dit and
+# their pure-python requirements) are installed into /tmp/site first, offline. Runs from a checkout
+# without installing it (PYTHONPATH), with whatever python3 holds torch. On a machine without CUDA
+# it says so in one line, lists what it would run, and exits 0.
 set -u
-out=${1:?usage: benchmarks/gpu_check.sh OUT [tests,kernels,latency,compiled,summary]}
-steps=${2:-tests,kernels,latency,compiled,summary}
+out=${1:?usage: benchmarks/gpu_check.sh OUT [tests,latency,peers-dit,peers-pixart,summary]}
+steps=${2:-tests,latency,peers-dit,peers-pixart,summary}
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo" || exit 2
 export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-routers=${L2C_ROUTERS_DIR:-../shared/data/routers}
+if [ -d .routers ]; then default_routers=.routers; else default_routers=../shared/data/routers; fi
+routers=${L2C_ROUTERS_DIR:-$default_routers}
 py=${PYTHON:-python3}
 
 gpu_tests=$(grep -l "mark.gpu" tests/*.py | tr '\n' ' ')
-# The latency rows come in two steps: the executors that need no inductor compile first (seconds
-# each), then the compiled peers (torch.compile default / reduce-overhead, inductor step graphs),
-# whose compiles take tens of seconds each, so a slow compile never costs the first step its rows.
 lat="$py benchmarks/latency.py --matrix --device cuda --only DiT-XL/2 --samplers ddim-20 --routers-dir $routers --repeats 10 --executor-budget 2"
-declare -A limit=([tests]=150 [kernels]=50 [latency]=100 [compiled]=170 [summary]=20)
+# peers: compile rows take ~30-60 s each on an H200; every row is bounded by --row-limit and none
+# starts when the step's --deadline would cut it (those are written as skipped rows).
+peers="$py benchmarks/peers.py --device cuda --dtype bfloat16 --routers-dir $routers --repeats 5 --executor-budget 2 --row-limit 100"
+declare -A limit=([tests]=110 [kernels]=50 [latency]=95 [compiled]=170 [peers-dit]=200 [peers-pixart]=90 [summary]=15)
 declare -A cmd=(
   [tests]="$py -m pytest -m gpu -q -p no:cacheprovider $gpu_tests"
-  [kernels]="$py benchmarks/kernels.py --dtype bf16 --rep-ms 30 --out $out/kernels-gpu.jsonl"
-  [latency]="$lat --dtypes bfloat16,float32 --batches 8,1 --cuda-graph --no-inductor-graph --time-limit 40 --deadline 85 --out $out/latency-gpu.jsonl"
+  [kernels]="$py benchmarks/kernel_bandwidth.py --dtype bf16 --rep-ms 30 --out $out/kernels-gpu.jsonl"
+  [latency]="$lat --dtypes bfloat16,float32 --batches 8,1 --cuda-graph --no-inductor-graph --time-limit 40 --deadline 80 --out $out/latency-gpu.jsonl"
   [compiled]="$lat --dtypes bfloat16 --batches 8 --skip-eager --torch-compile --cuda-graph --time-limit 150 --deadline 150 --out $out/latency-gpu-compiled.jsonl"
-  [summary]="$py benchmarks/gpu_summary.py $out/latency-gpu.jsonl $out/latency-gpu-compiled.jsonl --kernels $out/kernels-gpu.jsonl --out $out/summary.md"
+  [peers-dit]="$peers --pipeline dit --batches 8,1 --deadline 185 --out $out/peers-dit.jsonl"
+  [peers-pixart]="$peers --pipeline pixart --batches 1 --deadline 75 --out $out/peers-pixart.jsonl"
+  [summary]="$py benchmarks/gpu_summary.py $out/latency-gpu.jsonl $out/latency-gpu-compiled.jsonl --peers $out/peers-dit.jsonl $out/peers-pixart.jsonl --kernels $out/kernels-gpu.jsonl --out $out/summary.md"
 )
 
 if ! $py -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
@@ -41,12 +49,17 @@ fi
 
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$out/device.txt" 2>&1
+if [ -d .whl ] && ! $py -c "import diffusers" 2>/dev/null; then
+  $py -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl > "$out/wheels.log" 2>&1
+  export PYTHONPATH="/tmp/site:$PYTHONPATH"
+  echo "== wheels: $(ls .whl | tr '\n' ' ')-> /tmp/site ($($py -c "import diffusers, cache_dit; print('diffusers', diffusers.__version__, 'cache-dit', cache_dit.__version__)" 2>&1 | tail -n 1))"
+fi
 status=0
 for s in ${steps//,/ }; do
   if [ -z "${cmd[$s]:-}" ]; then echo "gpu_check: unknown step $s" >&2; exit 2; fi
   t0=$(date +%s)
   echo "== $s (limit ${limit[$s]} s): ${cmd[$s]}"
-  timeout --kill-after=10 "${limit[$s]}" ${cmd[$s]} > "$out/$s.log" 2>&1
+  timeout --kill-after=5 "${limit[$s]}" ${cmd[$s]} > "$out/$s.log" 2>&1
   rc=$?
   echo "== $s: exit $rc in $(( $(date +%s) - t0 )) s"
   tail -n 15 "$out/$s.log"

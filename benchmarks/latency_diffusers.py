@@ -38,7 +38,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import RESULTS, environment, markdown_table, write_jsonl
 
-SIZES = {"S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16)}
+# (depth, width, heads) of the DiT sizes; "T" is a tiny shape for CPU tests (12 blocks: cache-dit's
+# default DBCache computes the first 8 of them on every step).
+SIZES = {"T": (12, 64, 2), "S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16)}
 EXECUTORS = ("pipeline-uncached", "compiled-uncached", "compiled-l2c")
 
 
@@ -82,9 +84,11 @@ def build_pipeline(size: str, latent: int, seed: int):
 TEXT_LEN, TEXT_DIM = 120, 4096  # PixArt-α's max_sequence_length; T5-XXL's width
 
 
-def build_pixart_pipeline(depth: int, latent: int, seed: int):
-    """A PixArtAlphaPipeline: a random PixArt-XL/2-wide transformer with ``depth`` blocks, a small
-    random VAE and diffusers' DPM-Solver++ scheduler (no text encoder: prompt_embeds are given)."""
+def build_pixart_pipeline(depth: int, latent: int, seed: int, heads: int = 16, head_dim: int = 72,
+                          text_dim: int = TEXT_DIM):
+    """A PixArtAlphaPipeline: a random transformer of PixArt-XL/2's width (``heads`` × ``head_dim``,
+    ``text_dim``-channel captions; smaller for tests) with ``depth`` blocks, a small random VAE and
+    diffusers' DPM-Solver++ scheduler (no text encoder: prompt_embeds are given)."""
     from diffusers import (
         AutoencoderKL,
         DPMSolverMultistepScheduler,
@@ -93,9 +97,9 @@ def build_pixart_pipeline(depth: int, latent: int, seed: int):
     )
 
     torch.manual_seed(seed)
-    transformer = PixArtTransformer2DModel(num_attention_heads=16, attention_head_dim=72, in_channels=4,
+    transformer = PixArtTransformer2DModel(num_attention_heads=heads, attention_head_dim=head_dim, in_channels=4,
                                            out_channels=8, num_layers=depth, sample_size=latent, patch_size=2,
-                                           cross_attention_dim=1152, caption_channels=TEXT_DIM)
+                                           cross_attention_dim=heads * head_dim, caption_channels=text_dim)
     with torch.no_grad():
         for p in transformer.parameters():
             p.normal_(0, 0.02)
@@ -105,6 +109,18 @@ def build_pixart_pipeline(depth: int, latent: int, seed: int):
                                scheduler=scheduler)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def pixart_prompt(batch: int, seed: int, text_dim: int = TEXT_DIM) -> dict[str, Any]:
+    """``pipe(...)`` keyword arguments for ``batch`` random prompts given as T5-shaped embeddings:
+    a 20-token prompt padded to 120, as T5 gives PixArt, and a random negative prompt."""
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.ones(batch, TEXT_LEN, dtype=torch.long)
+    mask[:, 20:] = 0
+    return {"prompt_embeds": torch.randn(batch, TEXT_LEN, text_dim, generator=g), "prompt_attention_mask": mask,
+            "negative_prompt_embeds": torch.randn(batch, TEXT_LEN, text_dim, generator=g),
+            "negative_prompt_attention_mask": mask.clone(), "negative_prompt": None,
+            "use_resolution_binning": False}
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
@@ -126,13 +142,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     sched = heuristic("random", plan, model="bench", depth=depth, fraction=args.fraction, seed=args.seed,
                       kinds=kinds)
     labels = list(range(args.batch))
-    g = torch.Generator().manual_seed(args.seed)
-    mask = torch.ones(args.batch, TEXT_LEN, dtype=torch.long)
-    mask[:, 20:] = 0  # a 20-token prompt padded to 120, as T5 gives PixArt
-    prompt = {"prompt_embeds": torch.randn(args.batch, TEXT_LEN, TEXT_DIM, generator=g), "prompt_attention_mask": mask,
-              "negative_prompt_embeds": torch.randn(args.batch, TEXT_LEN, TEXT_DIM, generator=g),
-              "negative_prompt_attention_mask": mask.clone(), "negative_prompt": None,
-              "use_resolution_binning": False}
+    prompt = pixart_prompt(args.batch, args.seed)
     side = args.latent * 8
 
     def warm(compiled_pipe):  # compile now, so compile time is reported apart from the calls

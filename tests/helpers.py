@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import random
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
 
 import torch
 
@@ -75,3 +81,27 @@ def inputs(model, batch: int = 2, seed: int = 0):
 def rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
     """max |a − b| / max |b| (norm-wise relative error, robust near zero entries)."""
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
+
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@contextlib.contextmanager
+def bench_script(filename: str, module_name: str, leaks: tuple[str, ...] = ()) -> Iterator[ModuleType]:
+    """``benchmarks/<filename>`` imported as ``module_name`` with ``benchmarks/`` on ``sys.path``;
+    on exit the module and the plain-named modules it imported (``leaks``: ``common``, ``latency``…)
+    are forgotten, the path entry removed and torch's thread count restored (``--threads`` sets a
+    process-wide value)."""
+    threads = torch.get_num_threads()
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        spec = importlib.util.spec_from_file_location(module_name, BENCHMARKS / filename)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module  # dataclasses resolve annotations through sys.modules
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        for name in (module_name, *leaks):
+            sys.modules.pop(name, None)
+        sys.path.remove(str(BENCHMARKS))
+        torch.set_num_threads(threads)

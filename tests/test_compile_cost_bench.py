@@ -11,25 +11,15 @@ import pytest
 import torch
 
 from l2c_compile import features
+from tests.helpers import bench_script
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.fixture()
 def compile_cost():
-    threads = torch.get_num_threads()
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location("bench_compile_cost", BENCH / "compile_cost.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
+    with bench_script("compile_cost.py", "bench_compile_cost", ("latency", "latency_exec", "common")) as module:
         yield module
-    finally:
-        for name in ("bench_compile_cost", "latency", "latency_exec", "common"):
-            sys.modules.pop(name, None)
-        sys.path.remove(str(BENCH))
-        torch.set_num_threads(threads)
 
 
 def test_cold_then_warm_load_of_one_artifact_in_fresh_processes(compile_cost, tmp_path):

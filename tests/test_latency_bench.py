@@ -10,25 +10,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers import bench_script
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 ROUTERS = Path(__file__).resolve().parents[2] / "shared" / "data" / "routers"
 
 
 @pytest.fixture(scope="module")
 def latency():
-    threads = torch.get_num_threads()  # --threads sets a process-wide value: restore it
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location("bench_latency", BENCH / "latency.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-        spec.loader.exec_module(module)
+    with bench_script("latency.py", "bench_latency", ("latency_exec", "common")) as module:
         yield module
-    finally:
-        for name in ("bench_latency", "latency_exec", "common"):  # plain names: do not leak them
-            sys.modules.pop(name, None)
-        sys.path.remove(str(BENCH))
-        torch.set_num_threads(threads)
 
 
 TINY = ["--device", "cpu", "--threads", "1", "--repeats", "1", "--seed", "0"]

@@ -5,7 +5,7 @@ must move (every input read once + both outputs written once, the same count for
 divided by the median time. The device's DRAM roofline (bus width x memory clock x 2, from the
 CUDA device properties) is printed beside it. All variants of a case are measured in one run.
 
-    python benchmarks/kernels.py [--dtype bf16] [--rep-ms 200] [--out benchmarks/results/kernels.jsonl]
+    python benchmarks/kernel_bandwidth.py [--dtype bf16] [--rep-ms 200] [--out benchmarks/results/kernels.jsonl]
 
 One JSON line per (op, shape, dtype, variant) on stdout, appended to ``--out``. On a machine
 without CUDA it prints one line saying so and exits 0.
@@ -201,12 +201,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-inductor", action="store_true", help="skip torch.compile")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
-        print("benchmarks/kernels.py: no CUDA device here; the kernel benchmark needs one, skipped")
+        print("benchmarks/kernel_bandwidth.py: no CUDA device here; the kernel benchmark needs one, skipped")
         return 0
     try:
         import triton  # noqa: F401
     except ImportError:
-        print("benchmarks/kernels.py: triton is not installed; nothing to benchmark, skipped")
+        print("benchmarks/kernel_bandwidth.py: triton is not installed; nothing to benchmark, skipped")
         return 0
     run(args.dtype or ["fp32", "fp16", "bf16"], args.rep_ms, args.out, not args.no_inductor)
     return 0
