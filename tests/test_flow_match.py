@@ -143,7 +143,7 @@ def test_pipeline_plan_maps_the_flow_schedulers_and_plans_round_trip():
         (lambda: make_plan("unipc-flow", 8, time_input="discrete"), "unknown flow time input"),
         (lambda: make_plan("flow-euler", 8, spacing="fluxx"), "did you mean 'flux'"),
         (lambda: make_plan("flow-euler", 8, shift=0.0), "positive number"),
-        (lambda: make_plan("unipc-flow", 1001), "takes 1..1000 steps"),
+        (lambda: make_plan("unipc-flow", 1001), "at most 1000"),
         (lambda: make_plan("ddim", 8, noise_schedule="flow"), "unknown noise schedule 'flow'"),
         (lambda: pipeline_plan(FlowMatchEulerDiscreteScheduler(**FLUX_CONFIG), 8), "pass mu"),
         (lambda: pipeline_plan(FlowMatchEulerDiscreteScheduler(stochastic_sampling=True), 8), "stochastic"),
