@@ -25,6 +25,8 @@ from l2c_compile.schedule import Schedule, default_threshold, heuristic, import_
 from l2c_compile.schedule.router_files import load_router
 
 TABLES = ("1", "9", "5", "2", "6")  # run order: later tables reuse earlier samples
+FRONT = "F"  # the Pareto-front rows of one (model, NFE): front_rows
+FRONT_THETAS = {"dit": (0.1, 0.5, 0.9, 0.95), "uvit": (0.5, 0.9, 0.95, 0.99)}
 TITLES = {
     "1": "Table 1 — DiT-FMNIST, DDIM: L2C vs. fewer-step DDIM at matched MACs",
     "9": "Table 9 — the λ sweep at the sweep NFE (DiT-FMNIST DDIM, U-ViT-FMNIST DPM-Solver-2)",
@@ -270,3 +272,61 @@ def build_rows(
                 ),
             ]
     return rows
+
+
+def front_rows(
+    model: str,
+    nfe: int,
+    *,
+    thetas: tuple[float, ...] | None = None,
+    extra: dict[str, Path] | None = None,
+    heuristics: tuple[str, ...] = ("random", "top", "bottom"),
+) -> list[Row]:
+    """The points of one (model, NFE) cost–quality front, all at the same seeds (issue 25).
+
+    ``kind`` is the method name's first word: ``steps`` — the uncached sampler at every step
+    count from about half the NFE up to the NFE (the last one is the PSNR reference); ``L2C`` —
+    the shipped router at each θ of ``thetas`` (default: the family's :data:`FRONT_THETAS`),
+    the λ-sweep routers (``-lam*`` files at this NFE) and each ``extra`` router (label → file)
+    at the family's θ; ``heuristic`` — random / top / bottom layer caching at the removal of
+    the shipped router at its θ.
+    """
+    spec = get_spec(model)
+    plan = make_spec_plan(spec, None, nfe)
+    depth = _depth(spec)
+    theta0 = default_threshold(spec.family)
+    step = 2 if plan.sampler == "dpm-solver-2" else 1
+    base = "DDIM" if plan.sampler == "ddim" else "DPM-Solver-2"
+    rows = [
+        Row(FRONT, model, f"steps {base}-{n}", make_spec_plan(spec, None, n), None, nfe, True)
+        for n in range(step * -(-nfe // (2 * step)), nfe + 1, step)
+    ]
+    shipped = _router(model, plan.sampler, nfe)
+    for theta in thetas or FRONT_THETAS[spec.family]:
+        sched = import_router(shipped, plan, model=model, depth=depth, threshold=theta)
+        rows.append(Row(FRONT, model, f"L2C θ={theta:g}", plan, sched, nfe, True))
+    for path in sorted(demo.ROUTERS.glob(f"{model}-{plan.sampler}-{nfe}-lam*.safetensors")):
+        lam = load_router(path).meta.get("lam")
+        sched = router_schedule(spec, plan, path)
+        rows.append(Row(FRONT, model, f"L2C λ={lam:g} θ={theta0:g}", plan, sched, nfe, True))
+    for label, path in (extra or {}).items():
+        meta = load_router(path).meta
+        if meta.get("model") != model or meta.get("nfe") != nfe:
+            continue  # a router for another front
+        sched = router_schedule(spec, plan, path)
+        rows.append(Row(FRONT, model, f"L2C {label} θ={theta0:g}", plan, sched, nfe, True))
+    stats = router_schedule(spec, plan, shipped).stats()
+    removed = stats["skipped_total"]
+    for kind in heuristics:
+        if kind == "random":
+            frac = stats["skipped_fraction"]
+            sched = heuristic("random", plan, model=model, depth=depth, fraction=frac)
+        else:
+            sched = layers(kind, plan, model, depth, removed)
+        rows.append(Row(FRONT, model, f"heuristic {kind} cache", plan, sched, nfe, True))
+    return rows
+
+
+def front_kind(method: str) -> str:
+    """``steps``, ``L2C`` or ``heuristic``: the family of a front row (its method's first word)."""
+    return method.split(" ", 1)[0]

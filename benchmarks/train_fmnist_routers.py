@@ -20,12 +20,20 @@ a router with R trained rows then sees about ``steps · shards / R`` updates per
 of the NFE-20 sweep below were picked (the paper's 5e-6 is for DiT-XL/2 on 4×32×32 latents).
 ``--grid`` trains and writes each selected cache-mode job at every given λ instead of its own,
 tagged ``lam<λ>``: one run that leaves a router per λ to choose the defaults from.
+
+``--long SAMPLES`` trains the selected jobs further, with their own settings and seed (so the first
+``job.steps`` steps are the shipped router's), towards SAMPLES training images each: in segments
+of ``--segment`` steps, taking the jobs in turn, each segment resumed from the last checkpoint.
+One curve line per segment (samples seen, wall time, peak RSS, mean distance, skip share at θ)
+is appended to ``--curve``; ``--minutes`` bounds one invocation, and rerunning continues.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -36,14 +44,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS, append_text, environment
+from common import RESULTS, append_text, environment, read_jsonl
 
 from l2c_compile.demo import ROUTERS
 from l2c_compile.errors import L2CError
 from l2c_compile.evaluate import load_model, make_spec_plan
 from l2c_compile.io import write_text_atomic
 from l2c_compile.models.registry import get_spec
-from l2c_compile.router import TrainConfig, checkpoint_path, default_recipe, train
+from l2c_compile.router import RECIPES, TrainConfig, checkpoint_path, default_recipe, train
+from l2c_compile.router.checkpoint import checkpoint_step
 from l2c_compile.router.data import TensorData
 from l2c_compile.schedule import default_threshold, import_router
 
@@ -157,6 +166,214 @@ def train_job(
     return row
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident set size so far, in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _last_curve_row(curve: Path, router: str) -> dict[str, Any] | None:
+    rows = [r for r in read_jsonl(curve) if r.get("router") == router] if curve.is_file() else []
+    return rows[-1] if rows else None
+
+
+def train_long(
+    jobs: list[Job],
+    data: TensorData,
+    *,
+    samples: int,
+    segment: int,
+    minutes: float,
+    out_dir: Path,
+    curve: Path,
+    batch: int,
+    shards: int,
+    lr: float,
+    seed: int,
+    device: str = "cpu",
+) -> list[dict[str, Any]]:
+    """Train ``jobs`` in turn, ``segment`` steps at a time, until each has seen ``samples`` images
+    or ``minutes`` have passed; every segment resumes the job's checkpoint in ``out_dir``.
+
+    A copy of each router is kept as it stood after ``job.steps`` steps (``-s<samples>``: the
+    shipped router's length). Returns the curve lines written by this call.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    total = -(-samples // batch)  # steps
+    models: dict[str, Any] = {}
+    written: list[dict[str, Any]] = []
+    t_start = time.monotonic()
+    active = list(jobs)
+    while active and time.monotonic() - t_start < minutes * 60:
+        for job in list(active):
+            path = out_dir / f"{job.name}.safetensors"
+            done = checkpoint_step(checkpoint_path(path)) or 0
+            if done >= total:
+                active.remove(job)
+                continue
+            if time.monotonic() - t_start >= minutes * 60:
+                break
+            spec = get_spec(job.model)
+            if job.model not in models:
+                models[job.model] = load_model(spec).to(device)
+            plan = make_spec_plan(spec, job.sampler, job.nfe)
+            stop = min(done + segment, total)
+            if done < job.steps < stop:
+                stop = job.steps  # a segment boundary at the shipped length, for the snapshot
+            config = TrainConfig(
+                lam=job.lam,
+                lr=lr,
+                steps=stop,
+                batch_size=batch,
+                seed=seed,
+                recipe=default_recipe(spec.family),
+                mode=job.mode,
+                shards=shards,
+                checkpoint_every=0,
+            )
+            t0 = time.perf_counter()
+            result = train(
+                models[job.model],
+                plan,
+                data,
+                config,
+                model_name=spec.name,
+                output=path,
+                resume=done > 0,
+            )
+            seconds = time.perf_counter() - t0
+            seg = result.history[done:]
+            last = _last_curve_row(curve, job.name)
+            row = {
+                "router": job.name,
+                "lam": job.lam,
+                "lr": lr,
+                "batch": batch,
+                "shards": shards,
+                "seed": seed,
+                "step": stop,
+                "samples": stop * batch,
+                "epochs": stop * batch / len(data),
+                "distance": sum(r["distance"] for r in seg) / len(seg),
+                "loss": sum(r["loss"] for r in seg) / len(seg),
+                "skip": seg[-1]["skip"],
+                "theta": config.theta,
+                "segment_s": seconds,
+                "wall_s": (last["wall_s"] if last and last["step"] < stop else 0.0) + seconds,
+                "s_per_step": seconds / len(seg),
+                "peak_rss_mb": peak_rss_mb(),
+                "threads": torch.get_num_threads(),
+            }
+            append_text(curve, json.dumps(row) + "\n")
+            written.append(row)
+            print(
+                f"{job.name}: step {stop}/{total} ({row['epochs']:.3f} epoch) distance "
+                f"{row['distance']:.4g} skip {row['skip']:.1%} {row['s_per_step']:.2f} s/step",
+                flush=True,
+            )
+            if stop == job.steps:
+                for suffix in (".safetensors", ".safetensors.ckpt"):
+                    src = out_dir / f"{job.name}{suffix}"
+                    shutil.copyfile(src, out_dir / f"{job.name}-s{stop * batch}{suffix}")
+    return written
+
+
+def curve_markdown(rows: list[dict[str, Any]]) -> str:
+    """The ``--long`` curve lines as one markdown table per router."""
+    out = []
+    for router in dict.fromkeys(r["router"] for r in rows):
+        mine = [r for r in rows if r["router"] == router]
+        out += [
+            f"### {router} (λ {mine[0]['lam']:g}, lr {mine[0]['lr']:g}, batch {mine[0]['batch']} "
+            f"over {mine[0]['shards']} shards, seed {mine[0]['seed']}, θ {mine[0]['theta']:g})",
+            "",
+            "| samples seen | epochs | distance (segment mean) | skip at θ | wall (s) | s/step | peak RSS (MiB) |",
+            "|---|---|---|---|---|---|---|",
+            *(
+                f"| {r['samples']} | {r['epochs']:.3f} | {r['distance']:.3g} | {r['skip']:.1%} "
+                f"| {r['wall_s']:.0f} | {r['s_per_step']:.2f} | {r['peak_rss_mb']:.0f} |"
+                for r in mine
+            ),
+            "",
+        ]
+    return "\n".join(out)
+
+
+def schedule_diff(a: Any, b: Any) -> list[str]:
+    """The sublayers one schedule reuses and the other computes, as ``call <i> (router row r):
+    <kind> <block> reused by a|b`` lines; empty when the two skip the same sublayers."""
+    out = []
+    for ca, cb in zip(a.cache_calls, b.cache_calls, strict=True):
+        for kind in ("attn", "mlp"):
+            ra, rb = set(ca.reused(kind)), set(cb.reused(kind))
+            for block in sorted(ra ^ rb):
+                who = "a" if block in ra else "b"
+                out.append(
+                    f"call {ca.index} (row {ca.router_index}): {kind} {block} reused by {who}"
+                )
+    return out
+
+
+def router_cost(
+    model_name: str, batches: list[int], steps: int, *, sampler: str = "ddim", nfe: int = 20
+) -> list[dict[str, Any]]:
+    """Seconds per router-training step and peak RSS of ``model_name`` with random weights and
+    random latents (one shard, the family's recipe at the paper's λ, lr 1e-3), per batch size.
+
+    One step of DiT-Tiny first pays the one-time costs (lazy imports); then runs of 1 and of
+    ``steps + 1`` steps are timed and their difference is ``steps`` steps without the per-run
+    setup. The peak RSS is the process's (run it in a fresh process): it includes the model.
+    """
+    from l2c_compile.models.registry import build_model, init_random
+
+    def run(model: Any, spec: Any, batch: int, n: int) -> float:
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn((batch * n, *spec.latent_shape), generator=gen)
+        y = torch.randint(spec.num_classes, (len(x),), generator=gen)
+        recipe = default_recipe(spec.family)
+        config = TrainConfig(
+            lam=RECIPES[recipe].lam,
+            lr=1e-3,
+            steps=n,
+            batch_size=batch,
+            seed=0,
+            recipe=recipe,
+            shards=1,
+            checkpoint_every=0,
+        )
+        plan = make_spec_plan(spec, sampler, nfe)
+        t0 = time.perf_counter()
+        train(model, plan, TensorData(x, y, "random latents"), config, model_name=spec.name)
+        return time.perf_counter() - t0
+
+    tiny = get_spec("DiT-Tiny")
+    run(init_random(build_model(tiny)), tiny, 1, 1)
+    spec = get_spec(model_name)
+    rss0 = peak_rss_mb()
+    model = init_random(build_model(spec)).eval()
+    rss_model = peak_rss_mb()
+    rows = []
+    for batch in batches:
+        one = run(model, spec, batch, 1)
+        more = run(model, spec, batch, steps + 1)
+        row = {
+            "model": spec.name,
+            "sampler": sampler,
+            "nfe": nfe,
+            "batch": batch,
+            "steps_timed": steps,
+            "s_first_run": one,
+            "s_per_step": (more - one) / steps,
+            "s_per_sample": (more - one) / steps / batch,
+            "peak_rss_mb": peak_rss_mb(),
+            "rss_before_model_mb": rss0,
+            "rss_after_model_mb": rss_model,
+            "threads": torch.get_num_threads(),
+        }
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
 def choose_defaults(folder: Path, target: float = 0.45, floor: float = 0.30) -> dict[str, float]:
     """Per model, promote the λ of a ``--grid`` run to the default routers.
 
@@ -232,6 +449,22 @@ def main(argv: list[str] | None = None) -> None:
         "--choose-defaults", action="store_true", help="after a --grid run: promote one λ per model"
     )
     p.add_argument("--dry-run", action="store_true", help="train but write no router")
+    p.add_argument("--long", type=int, default=0, help="train --only jobs towards this many images")
+    p.add_argument("--segment", type=int, default=50, help="--long: steps between curve lines")
+    p.add_argument("--minutes", type=float, default=100.0, help="--long: wall budget of this call")
+    p.add_argument("--curve", default=str(RESULTS / "fmnist_routers_long.jsonl"))
+    p.add_argument("--curve-report", action="store_true", help="write --curve as markdown (.md)")
+    p.add_argument(
+        "--cost", default="", help="a model name: time router-training steps, random weights"
+    )
+    p.add_argument("--cost-batches", default="1,2", help="--cost: batch sizes")
+    p.add_argument(
+        "--diff",
+        nargs=2,
+        metavar=("A", "B"),
+        help="router files of one --only job: "
+        "the sublayers their schedules at the family's θ disagree on",
+    )
     p.add_argument("--out", default=str(ROUTERS))
     p.add_argument("--log", default=str(RESULTS / "fmnist_routers.jsonl"))
     args = p.parse_args(argv)
@@ -243,7 +476,56 @@ def main(argv: list[str] | None = None) -> None:
     if args.choose_defaults:
         choose_defaults(Path(args.out))
         return
+    if args.curve_report:
+        curve = Path(args.curve)
+        write_text_atomic(curve.with_suffix(".md"), curve_markdown(read_jsonl(curve)))
+        return
+    if args.diff:
+        (job,) = _select(args.only)
+        spec = get_spec(job.model)
+        plan = make_spec_plan(spec, job.sampler, job.nfe)
+        a, b = (
+            import_router(
+                f,
+                plan,
+                model=spec.name,
+                depth=len(load_model(spec).transformer_blocks()),
+                threshold=default_threshold(spec.family),
+            )
+            for f in args.diff
+        )
+        lines = schedule_diff(a, b)
+        print(
+            f"a: {a.stats()['skipped_total']} reused, b: {b.stats()['skipped_total']} reused, "
+            f"{len(lines)} differ",
+            *lines,
+            sep="\n",
+        )
+        return
+    if args.cost:
+        env = environment(args.device)
+        for row in router_cost(
+            args.cost, [int(b) for b in args.cost_batches.split(",")], args.steps or 2
+        ):
+            append_text(RESULTS / "router_cost.jsonl", json.dumps({**row, "env": env}) + "\n")
+        return
     data = fmnist_train_data()
+    if args.long:
+        train_long(
+            _select(args.only),
+            data,
+            samples=args.long,
+            segment=args.segment,
+            minutes=args.minutes,
+            out_dir=Path(args.out),
+            curve=Path(args.curve),
+            batch=args.batch,
+            shards=args.shards,
+            lr=args.lr,
+            seed=args.seed,
+            device=args.device,
+        )
+        return
     common = dict(
         batch=args.batch,
         shards=args.shards,

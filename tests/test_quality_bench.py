@@ -182,3 +182,61 @@ def test_rows_do_not_depend_on_batch_or_workers(bench, stand_ins, tmp_path):
         assert a["method"] == b["method"]
         for key in ("fid", "fid_delta", "class_accuracy", "precision", "recall"):
             assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), (a["method"], key)
+
+
+def test_front_scores_every_point_at_every_seed_and_resumes(
+    bench, stand_ins, tmp_path, monkeypatch
+):
+    """--front: steps from NFE/2 up, L2C at each θ and λ, heuristics; seed-major lines, report."""
+    out = tmp_path / "results"
+    argv = [
+        *("--front", f"{DIT}:{NFE}", "--samples", "10", "--seeds", "0,1", "--batch", "10"),
+        *("--out", str(out), "--resume", "--front-skip", "heuristic top cache"),
+    ]
+    bench.main(argv)
+    lines = [json.loads(x) for x in (out / "quality-front.jsonl").read_text().splitlines()]
+    methods = [r["method"] for r in lines if r["seed"] == 0]
+    assert methods[:3] == ["steps DDIM-2", "steps DDIM-3", "steps DDIM-4"]
+    assert "L2C θ=0.1" in methods and "L2C θ=0.95" in methods and "L2C λ=0.001 θ=0.1" in methods
+    assert "heuristic random cache" in methods and "heuristic top cache" not in methods
+    assert [r["seed"] for r in lines] == [0] * len(methods) + [1] * len(methods)  # seed-major
+    ref = next(r for r in lines if r["method"] == "steps DDIM-4" and r["seed"] == 1)
+    assert ref["fid_delta"] == 0 and ref["psnr"] is None and ref["macs"] == ref["macs_ref"]
+    fewer = next(r for r in lines if r["method"] == "steps DDIM-2")
+    assert fewer["macs"] == ref["macs"] // 2 and fewer["psnr"] > 0
+    md = (out / "quality-front.md").read_text()
+    assert f"{DIT}, NFE {NFE}: K = 10, seeds [0, 1]" in md and "L2C θ=0.9" in md
+    assert (out / f"quality-front-{DIT}-nfe{NFE}.png").is_file()
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("--resume sampled a point that was already done")
+
+    monkeypatch.setattr(bench.Runner, "draw", no_sampling)
+    bench.main(argv)
+    assert len((out / "quality-front.jsonl").read_text().splitlines()) == len(lines)
+
+
+def test_front_verdict_is_paired_per_seed():
+    import quality_front as qf
+
+    def point(kind, macs, per_seed):
+        return {
+            "kind": kind,
+            "macs": macs,
+            "per_seed": {s: {"fid_delta": v, "psnr": p} for s, (v, p) in per_seed.items()},
+        }
+
+    steps = [
+        point("steps", 10, {0: (4.0, 30.0), 1: (8.0, 34.0)}),
+        point("steps", 20, {0: (0.0, None), 1: (0.0, None)}),
+    ]
+    below = point("L2C", 15, {0: (1.0, 33.0), 1: (3.0, 35.0)})  # curve: 2.0 and 4.0 at 15
+    v = qf.verdict(below, steps, "fid_delta")
+    assert v["call"] == "better" and v["diffs"] == pytest.approx([-1.0, -1.0])
+    mixed = point("L2C", 15, {0: (3.0, 33.0), 1: (3.0, 35.0)})
+    assert qf.verdict(mixed, steps, "fid_delta")["call"] == "tie"
+    assert qf.verdict(below, steps, "psnr")["call"] == "n/a"  # the reference has no PSNR
+    outside = point("L2C", 5, {0: (1.0, 1.0), 1: (1.0, 1.0)})
+    assert qf.verdict(outside, steps, "fid_delta")["call"] == "n/a"
+    worse = point("L2C", 12, {0: (9.0, 20.0), 1: (9.0, 20.0)})
+    assert qf.verdict(worse, steps, "fid_delta")["call"] == "worse"

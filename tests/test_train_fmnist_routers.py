@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -64,3 +65,49 @@ def test_jobs_cover_the_issue_and_names_follow_shipped_router(script):
     assert sum(1 for j in script.JOBS if j.nfe == 20 and j.tag.startswith("lam")) >= 2
     with pytest.raises(L2CError, match="unknown router"):
         script._select(["DiT-FMNIST-ddim-30"])
+
+
+def test_train_long_resumes_segments_and_keeps_the_shipped_length(script, tmp_path, monkeypatch):
+    """--long: curve lines per segment, a snapshot at job.steps equal to a plain run of that
+    length, and a second call continuing from the checkpoint rather than from step 0."""
+    install_model(tmp_path, monkeypatch, "DiT-FMNIST", NAME)
+    job = script.Job(NAME, "ddim", 4, 3e-4, steps=3)
+    out, curve = tmp_path / "long", tmp_path / "curve.jsonl"
+    kw = dict(segment=2, minutes=60, out_dir=out, curve=curve, batch=4, shards=2, lr=1e-2, seed=0)
+    script.train_long([job], _data(), samples=16, **kw)  # 4 steps: segments end at 2, 3, 4
+    rows = [json.loads(x) for x in curve.read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 3, 4] and [r["samples"] for r in rows] == [8, 12, 16]
+    assert rows[-1]["epochs"] == 1.0 and rows[-1]["wall_s"] > rows[0]["wall_s"] > 0
+    assert all(r["peak_rss_mb"] > 0 and 0 <= r["skip"] <= 1 for r in rows)
+    plain = script.train_job(job, _data(), batch=4, shards=2, lr=1e-2, seed=0, out_dir=tmp_path)
+    snap = load_router(out / f"{job.name}-s12.safetensors").logits
+    assert torch.allclose(snap, load_router(tmp_path / f"{job.name}.safetensors").logits)
+    assert plain["final_skip"] == rows[1]["skip"]
+    script.train_long([job], _data(), samples=24, **kw)  # continues: 6 steps, ends at 6
+    rows = [json.loads(x) for x in curve.read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 3, 4, 6] and rows[-1]["wall_s"] > rows[2]["wall_s"]
+    assert load_router(out / f"{job.name}.safetensors").meta["steps"] == 6
+    md = script.curve_markdown(rows)
+    assert (
+        md.count("\n| ") == 1 + len(rows) and f"| 24 | 1.500 | {rows[-1]['distance']:.3g} |" in md
+    )
+
+
+def test_schedule_diff_names_the_disagreeing_sublayers(script):
+    from l2c_compile.samplers import make_plan
+
+    plan = make_plan("ddim", 4)
+    logits = torch.ones(4, 6)
+    a = Schedule.from_router(logits, plan, model="m", depth=3, threshold=0.5)
+    logits[0, 3] = -1.0  # row 0 is the last cache call's; entry 3 is block 1's MLP
+    b = Schedule.from_router(logits, plan, model="m", depth=3, threshold=0.5)
+    assert script.schedule_diff(a, a) == []
+    assert script.schedule_diff(a, b) == ["call 3 (row 0): mlp 1 reused by b"]
+
+
+def test_router_cost_times_steps_of_a_random_model(script):
+    (row,) = script.router_cost("DiT-Tiny", [2], 1, nfe=4)
+    assert (
+        row["batch"] == 2 and row["s_per_step"] > 0 and row["s_per_sample"] == row["s_per_step"] / 2
+    )
+    assert row["peak_rss_mb"] >= row["rss_after_model_mb"] >= row["rss_before_model_mb"] > 0
