@@ -10,6 +10,9 @@ Executors (one run measures all of them, so ratios are comparable):
   eager-l2c           the reference executor applying the schedule at run time (official semantics)
   compiled-uncached   l2c-compile's module for the all-compute schedule (eager step graphs)
   compiled-l2c        l2c-compile's module for the schedule (eager step graphs)
+  compiled-nohoist-*  the same two compiled with ``hoist=False`` (``--hoist-ab``): every step graph
+                      computes its own timestep embedding and adaLN modulation (the A/B of the
+                      prologue, passes/hoist.py); ``+graph`` and ``inductor-`` twins likewise
   inductor-*          the same two with ``backend="inductor"`` (``--inductor``): whole step graphs
                       through inductor, linears through oneDNN on CPU (l2c_compile/backends.py)
   regional-*          the same two with ``backend="regional"`` (``--regional``): each sublayer kind
@@ -242,6 +245,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--inductor", action="store_true", help="also time backend='inductor'")
     p.add_argument("--regional", action="store_true", help="also time backend='regional'")
+    p.add_argument(
+        "--hoist-ab",
+        action="store_true",
+        help="also time the compiled samplers built with hoist=False (compiled-nohoist-*; with "
+        "--cuda-graph compiled+graph-nohoist-*, with --inductor inductor-nohoist-*)",
+    )
     p.add_argument(
         "--executors",
         default=None,

@@ -110,6 +110,15 @@ def build_group(
         cs = l2c_compile.compile(model, plan, s, cfg=cfg_scale is not None)
         g.build_s[label] = time.perf_counter() - t0
         g.samplers[f"compiled-{label}"] = cs
+        if getattr(opts, "hoist_ab", False):  # the same sampler without the prologue (passes/hoist.py)
+            t0 = time.perf_counter()
+            plain = l2c_compile.compile(model, plan, s, cfg=cfg_scale is not None, hoist=False)
+            g.build_s[f"nohoist-{label}"] = time.perf_counter() - t0
+            g.samplers[f"compiled-nohoist-{label}"] = plain
+            if opts.inductor:
+                g.samplers[f"inductor-nohoist-{label}"] = CompiledSampler(
+                    model, plain.source, dict(plain.info), backend="inductor"
+                )
         if opts.inductor or (opts.cuda_graph and not getattr(opts, "no_inductor_graph", False)):
             g.samplers[f"inductor-{label}"] = CompiledSampler(
                 model, cs.source, dict(cs.info), backend="inductor"
@@ -154,21 +163,28 @@ def executors_for(
             Executor("eager-l2c", lambda: reference.sample(m, p, s, noise, labels, scale)),
         ]
 
-    def sampler(backend: str, label: str, graph: bool) -> Executor:
+    def sampler(backend: str, label: str, graph: bool, variant: str = "") -> Executor:
         """l2c-compile's sampler: ``backend`` "compiled" (eager step graphs), "regional" or
-        "inductor", with or without the whole trajectory in one CUDA graph."""
-        cs = g.samplers[f"{backend}-{label}"]
+        "inductor", with or without the whole trajectory in one CUDA graph; ``variant``
+        "nohoist": compiled with ``hoist=False`` (``--hoist-ab``)."""
+        key = f"{variant}-{label}" if variant else label
+        cs = g.samplers[f"{backend}-{key}"]
         return Executor(
-            f"{backend}{'+graph' if graph else ''}-{label}",
+            f"{backend}{'+graph' if graph else ''}-{key}",
             _sampler_call(cs, graph, noise, labels, scale),
-            g.build_s[label],
+            g.build_s[key],
             after=cs.reset_cuda_graph if graph else None,
         )
 
     labels_ = ("uncached", "l2c")
+    hoist_ab = getattr(opts, "hoist_ab", False)
     out += [sampler("compiled", label, False) for label in labels_]
+    if hoist_ab:
+        out += [sampler("compiled", label, False, "nohoist") for label in labels_]
     if opts.cuda_graph:  # eager step graphs in one CUDA graph: no inductor compile to wait for
         out += [sampler("compiled", label, True) for label in labels_]
+        if hoist_ab:
+            out += [sampler("compiled", label, True, "nohoist") for label in labels_]
     # torch.compile of the uncached model (the peer a user would pick) before the inductor step
     # graphs, whose many compiles are the first thing a time limit cuts.
     for name, run in g.baselines.items():
@@ -184,6 +200,8 @@ def executors_for(
             continue
         if opts.inductor:
             out.append(sampler("inductor", label, False))
+            if hoist_ab:
+                out.append(sampler("inductor", label, False, "nohoist"))
         if inductor_graph:
             out.append(sampler("inductor", label, True))
     keep = getattr(opts, "executors", None)

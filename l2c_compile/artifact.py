@@ -12,7 +12,7 @@ therefore treats the folder as *data* and rebuilds the code itself:
    ``dtype`` and its keys and shapes must fit the model the manifest's config builds (strict).
 3. The sampler plan is rebuilt from the manifest's sampler name, NFE and options and must list
    exactly the manifest's calls (timesteps, roles); the schedule is parsed and validated.
-4. This l2c-compile compiles (model, plan, schedule, cfg, fuse, dtype) again; the regenerated
+4. This l2c-compile compiles (model, plan, schedule, cfg, fuse, hoist, dtype) again; the regenerated
    ``sampler.py`` must equal the folder's byte for byte, and the regenerated manifest must equal
    the folder's in every field but the versions and the weights hash (checked in 1).
 
@@ -210,7 +210,8 @@ def load(
     except KeyError as exc:
         raise L2CError(f"artifact {root}: manifest.json's schedule lacks {exc}") from None
     compiled = compile_sampler(model, plan, schedule, backend=manifest.backend, cfg=manifest.cfg,
-                               fuse=manifest.fuse, model_info=manifest.model)
+                               fuse=manifest.fuse, model_info=manifest.model, hoist=manifest.hoist,
+                               hoist_limit_bytes=manifest.hoist_limit_bytes)
     compiled.info["cuda_graph"] = manifest.cuda_graph
     source = artifact_file(root, "sampler.py").read_text(encoding="utf-8")
     if source != compiled.source:

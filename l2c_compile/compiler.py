@@ -4,10 +4,11 @@ Pipeline (each step a pass in ``passes/``, run by the pass manager that checks t
 
     capture the guided step once (torch.fx, or torch.export for models fx cannot trace; values
     named from the source) ─► mark the declared sublayers by
-    module scope ─► shape propagation (fake tensors)
+    module scope ─► shape propagation (fake tensors) ─► hoist (what the trajectory fixes goes to a
+    once-per-call prologue, batched over the steps)
     cache liveness over the whole plan (distinct masks, exports, drops)
     for each distinct step mask:  specialize ─► dce ─► prune_chunks ─► fuse_reuse ─► dce
-    emit one readable Python module (step functions + unrolled loop) ─► CompiledSampler
+    emit one readable Python module (prologue, step functions, unrolled loop) ─► CompiledSampler
 
 Deterministic: the same inputs give the same source and ``info`` (pass seconds go to
 ``CompiledSampler.timings``, never into ``info``), which is what ``artifact.load`` relies on.
@@ -32,7 +33,9 @@ from l2c_compile.passes.analysis import count_linear_calls, graph_macs, propagat
 from l2c_compile.passes.base import CompileError
 from l2c_compile.passes.codegen import StepContext, scope_members
 from l2c_compile.passes.dce import dead_code
-from l2c_compile.passes.emit import emit_module
+from l2c_compile.passes.emit import emit_module, hoisted_inputs, prologue_rows
+from l2c_compile.passes.hoist import DEFAULT_LIMIT_BYTES, PROLOGUE_META, HoistConfig
+from l2c_compile.passes.hoist import hoist as hoist_pass
 from l2c_compile.passes.liveness import plan_cache
 from l2c_compile.passes.manager import Pass, PassManager, PassReport
 from l2c_compile.passes.prune_chunks import prune_chunks
@@ -119,6 +122,8 @@ def compile(
     fuse: bool = True,
     model_info: dict[str, Any] | None = None,
     cuda_graph: bool = False,
+    hoist: bool = True,
+    hoist_limit_bytes: int = DEFAULT_LIMIT_BYTES,
 ) -> CompiledSampler:
     """Compile ``schedule`` (a :class:`~l2c_compile.schedule.Schedule`; None = all-compute) for
     ``model`` and ``plan`` into a :class:`CompiledSampler`.
@@ -131,7 +136,13 @@ def compile(
     the model; filled from the model itself when it was built by the registry.
     ``cuda_graph``: capture the whole trajectory into one CUDA graph on the first call and replay
     it for calls of the same shape (CUDA only; see :class:`~l2c_compile.runtime.CompiledSampler`).
+    ``hoist``: compute what the trajectory fixes (timestep embeddings, adaLN modulations, prompt
+    keys/values) once per call in a prologue before step 0, batched over the steps
+    (``passes/hoist.py``); skipped, with the reason in ``info["hoisted"]``, when the hoisted tensors
+    would hold more than ``hoist_limit_bytes`` per image.
     """
+    if isinstance(hoist_limit_bytes, bool) or not isinstance(hoist_limit_bytes, int) or hoist_limit_bytes < 0:
+        raise L2CError(f"hoist_limit_bytes must be a non-negative whole number of bytes, got {hoist_limit_bytes!r}")
     if backend not in BACKENDS:
         raise L2CError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     torch_device = resolve_device(device)
@@ -170,12 +181,19 @@ def compile(
     propagate_shapes(base, example)
     rows = 2 if cfg else 1
     macs_uncached = graph_macs(base, rows)
+    scopes = scope_members(base)  # before hoisting: the printer collapses modules that run whole
+    timings: dict[str, float] = {}
+    trace_reports = [_record(r, timings) for r in reports]
+    prologue, hoisted = None, None
+    if hoist:
+        config = HoistConfig(steps=len(prologue_rows(plan)), rows_per_image=rows, limit_bytes=hoist_limit_bytes)
+        base, reps = PassManager([Pass("hoist", hoist_pass, config)], graph="the traced step").run(base)
+        trace_reports.append(_record(reps[0], timings))
+        prologue, hoisted = base.meta.get(PROLOGUE_META), dict(reps[0].stats)
 
     mode = getattr(schedule, "mode", "cache")  # "drop": masked sublayers add nothing, read nothing
     cache = plan_cache(masks, depth, mode, kinds)
     fuse_fn = _fuse_pass() if fuse else None
-    timings: dict[str, float] = {}
-    trace_reports = [_record(r, timings) for r in reports]
     graphs, graph_reports = [], []
     for g, mask in enumerate(cache.masks):
         exports = cache.exports[g]
@@ -201,9 +219,14 @@ def compile(
     title = (f"model {name} · {str(p.dtype).removeprefix('torch.')} · sampler {plan.sampler} · NFE {plan.nfe}"
              f" · CFG {'batched' if cfg else 'off'}")
     blocks = {key[1]: path.rsplit(".", 1)[0] for key, path in paths.items()}
-    ctx = StepContext(model=model, blocks=blocks, sublayers=paths, base_scopes=scope_members(base))
-    source = emit_module(graphs, plan, cache, roles, title, ctx, mode)
+    ctx = StepContext(model=model, blocks=blocks, sublayers=paths, base_scopes=scopes)
+    if prologue is not None:
+        prologue = prologue.restricted({h for gm in graphs for h in hoisted_inputs(gm)})
+        hoisted.update(outputs=len(prologue.names), outputs_per_step=sum(prologue.per_step),
+                       bytes_per_image=prologue.bytes_per_image, macs_per_image=prologue.macs_per_image)
+    source = emit_module(graphs, plan, cache, roles, title, ctx, mode, prologue)
     per_call = [graph_reports[cache.calls[i].graph]["macs_per_image"] for i in range(plan.nfe)]
+    macs_prologue = prologue.macs_per_image if prologue is not None else 0
     info = {
         "model": model_info or {"name": name},
         "sampler": plan.describe(),
@@ -216,9 +239,12 @@ def compile(
         "graphs": graph_reports,
         "distinct_graphs": len(graphs),
         "peak_live_cache_entries": cache.peak_live_entries,
-        "macs_per_image": {"uncached": macs_uncached * plan.nfe, "compiled": sum(per_call)},
+        "macs_per_image": {"uncached": macs_uncached * plan.nfe, "compiled": sum(per_call) + macs_prologue},
         "trace": trace_reports,
         "fuse": fuse,
+        "hoist": hoist,
+        "hoist_limit_bytes": hoist_limit_bytes,
+        "hoisted": hoisted,
     }
     note = features.fallback_note(p.dtype, p.device, backend)
     if note is not None:  # recorded only when a slower path was taken (machine-dependent)

@@ -1,7 +1,7 @@
 """An artifact's manifest: its format, the typed :class:`Manifest`, and how it is written and read.
 
 ``manifest.json`` records the format and version, the l2c-compile and torch versions, the
-compile record (model config, sampler, NFE, dtype, schedule, cfg, fuse, cuda_graph, pass
+compile record (model config, sampler, NFE, dtype, schedule, cfg, fuse, hoist, cuda_graph, pass
 reports) and the sha256 of every other file (:data:`FILES`). :func:`artifact_manifest` builds it
 from a compile record, :func:`manifest_text` gives its bytes, :func:`parse_manifest` checks a
 document read back and types the fields that loading acts on.
@@ -25,10 +25,10 @@ from l2c_compile.errors import L2CError
 from l2c_compile.version import __version__
 
 ARTIFACT_FORMAT = "l2c-artifact"
-ARTIFACT_VERSION = 3  # 2: no timings, sampler.py regenerated and compared by load; 3: backend
+ARTIFACT_VERSION = 4  # 2: no timings, sampler.py regenerated and compared by load; 3: backend; 4: hoist
 FILES = ("sampler.py", "weights.safetensors")
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
-FLAGS = ("cfg", "fuse", "cuda_graph")  # the manifest's true/false fields
+FLAGS = ("cfg", "fuse", "cuda_graph", "hoist")  # the manifest's true/false fields
 # how step graphs run: as written, compiled whole, or their sublayers compiled (backends.py)
 BACKENDS = ("eager", "inductor", "regional")
 
@@ -53,6 +53,8 @@ class Manifest:
     cfg: bool
     fuse: bool
     cuda_graph: bool
+    hoist: bool  # the prologue (passes/hoist.py) was built, within hoist_limit_bytes per image
+    hoist_limit_bytes: int
     backend: str  # one of BACKENDS: what the sampler was compiled for; load honours it
     files: dict[str, str]
     document: dict[str, Any] = field(repr=False, compare=False)
@@ -68,6 +70,8 @@ def _typed(document: dict[str, Any]) -> Manifest:
         cfg=bool(document.get("cfg")),
         fuse=bool(document.get("fuse")),
         cuda_graph=bool(document.get("cuda_graph")),
+        hoist=bool(document.get("hoist")),
+        hoist_limit_bytes=int(document.get("hoist_limit_bytes") or 0),
         backend=str(document.get("backend")),
         files=dict(document.get("files") or {}),
         document=document,
@@ -116,6 +120,9 @@ def parse_manifest(document: Any, path: Path) -> Manifest:
     for key in FLAGS:
         if not isinstance(document.get(key), bool):
             raise L2CError(f"artifact {root}: manifest.json field {key!r} must be true or false")
+    limit = document.get("hoist_limit_bytes")
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise L2CError(f"artifact {root}: manifest.json field 'hoist_limit_bytes' must be a whole number of bytes")
     if document.get("backend") not in BACKENDS:
         raise L2CError(
             f"artifact {root}: manifest.json has an unknown backend {document.get('backend')!r} "

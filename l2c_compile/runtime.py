@@ -88,6 +88,9 @@ class CompiledSampler(nn.Module):
         digest = hashlib.sha256(source.encode()).hexdigest()[:12]
         ns = _exec_source(source, f"<l2c-compiled-{digest}>")
         self._sample = ns["sample"]
+        # what the trajectory fixes, computed once per call before step 0 (passes/hoist.py); runs
+        # eagerly under torch.vmap whatever the backend, inside the CUDA graph when there is one
+        self.prologue = types.MethodType(ns["prologue"], self) if "prologue" in ns else None
         steps = [types.MethodType(fn, self) for fn in ns["STEPS"]]
         self.steps = [compile_step(s, backend) for s in steps]
         if backend == "regional":

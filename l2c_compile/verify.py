@@ -164,5 +164,20 @@ def compile_summary(info: dict[str, Any]) -> dict[str, Any]:
         "macs_uncached": macs["uncached"],
         "macs_compiled": macs["compiled"],
         "ideal_speedup": round(macs["uncached"] / max(macs["compiled"], 1), 4),
+        "hoist": hoist_summary(info),
         "passes": passes,
     }
+
+
+def hoist_summary(info: dict[str, Any]) -> str:
+    """What the hoist pass moved into the prologue, in one line (or why it did not)."""
+    if not info.get("hoist"):
+        return "off"
+    stats = info.get("hoisted") or {}
+    if stats.get("skipped"):
+        return str(stats["skipped"])
+    if not stats.get("outputs"):
+        return "nothing to hoist"
+    return (f"{stats['nodes']} nodes, {stats['gemms']} GEMMs ({stats['gemms_batched_over_steps']} batched over "
+            f"{stats['steps']} timesteps) into the prologue; {stats['outputs']} tensors "
+            f"({stats['outputs_per_step']} per step), {stats['bytes_per_image'] / 2**20:.3f} MiB per image")

@@ -58,7 +58,9 @@ def test_each_block_is_marked_and_sublayers_are_named_module_calls():
             assert (f"b{b}_mlp = m.blocks[{b}].mlp(" in step) == (mlp == "computed")
     full = _steps(compiled.source)[0]
     assert "b0_shift_msa, b0_scale_msa, b0_gate_msa, b0_shift_mlp, b0_scale_mlp, b0_gate_mlp = " in full
-    assert "m.t_embedder(" in full and "m.x_embedder(" in full  # whole submodules are called
+    assert "m.x_embedder(" in full  # whole submodules are called
+    prologue = compiled.source[compiled.source.index("def prologue("):compiled.source.index("def step_0(")]
+    assert "m.t_embedder(" in prologue and "m.t_embedder(" not in full  # hoisted (passes/hoist.py)
 
 
 def test_dels_free_only_token_activations():

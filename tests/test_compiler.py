@@ -116,18 +116,22 @@ def _linear_modules(gm) -> int:
     )
 
 
+@pytest.mark.parametrize("hoist", [False, True])
 @pytest.mark.parametrize("family", ["dit", "uvit"])
-def test_linear_calls_per_graph_match_the_schedule(family):
+def test_linear_calls_per_graph_match_the_schedule(family, hoist):
     model = tiny_dit(3, depth=3) if family == "dit" else tiny_uvit(3, depth=4)
     plan = _plan(family, 6)
     depth = len(model.transformer_blocks())
     sched = random_schedule(plan, depth, random.Random(5), p=0.5)
     base = _linear_modules(trace_step(model, cfg=True))
-    compiled = l2c_compile.compile(model, plan, sched)
+    compiled = l2c_compile.compile(model, plan, sched, hoist=hoist)
+    hoisted = compiled.info["hoisted"]["gemms"] if hoist else 0
+    if hoist and family == "dit":  # t_embedder's two, each block's adaLN and the final layer's
+        assert hoisted == 2 + depth + 1
     for g in compiled.info["graphs"]:
         attn, mlp = set(g["reuse_attn"]), set(g["reuse_mlp"])
-        expected = base - 2 * (len(attn) + len(mlp))  # qkv+proj, fc1+fc2 per reused sublayer
-        if family == "dit":
+        expected = base - 2 * (len(attn) + len(mlp)) - hoisted  # qkv+proj, fc1+fc2 per reused sublayer
+        if family == "dit" and not hoist:
             for b in range(depth):
                 # adaLN chunks [shift, scale, gate] × (attn, mlp); contiguous used runs become linears
                 used = [
@@ -151,7 +155,7 @@ def test_macs_drop_with_reuse_and_prune_reports_rows():
     model = tiny_dit(5, depth=2)
     plan = _plan("dit", 4)
     sched = random_schedule(plan, 2, random.Random(0), p=1.0)
-    compiled = l2c_compile.compile(model, plan, sched, fuse=False)
+    compiled = l2c_compile.compile(model, plan, sched, fuse=False, hoist=False)
     macs = compiled.info["macs_per_image"]
     assert macs["compiled"] < macs["uncached"]
     cache_graph = next(g for g in compiled.info["graphs"] if g["reuse_attn"])

@@ -66,11 +66,14 @@ def test_the_model_is_used_unmodified():
 
 def test_all_compute_equals_the_uncached_model_for_any_batch():
     model = _model(1)
-    compiled = l2c_compile.compile(model, make_plan("ddim", 5), None)
+    compiled = l2c_compile.compile(model, make_plan("ddim", 5), None, hoist=False)
+    hoisted = l2c_compile.compile(model, make_plan("ddim", 5), None)
     for batch in (1, 3):  # the export capture keeps the batch size symbolic
         noise, labels = inputs(model, batch, batch)
         want = reference.sample_uncached(model, make_plan("ddim", 5), noise, labels, 4.0)
         assert torch.equal(compiled(noise, labels, 4.0), want)
+        # the prologue's GEMMs batch the five steps' rows: the same sums, rounded in another order
+        assert rel_error(hoisted(noise, labels, 4.0), want) <= 1e-6
 
 
 @SETTINGS
@@ -91,7 +94,7 @@ def test_dead_work_goes_and_epilogues_fuse_on_the_exported_graph():
     model = _model(2, layers=3)
     plan = make_plan("ddim", 4)
     sched = random_schedule(plan, 3, random.Random(5), p=1.0)
-    compiled = l2c_compile.compile(model, plan, sched)
+    compiled = l2c_compile.compile(model, plan, sched, hoist=False)  # the steps prune their own adaLN
     full, cached = compiled.info["graphs"][0], compiled.info["graphs"][-1]
     assert cached["linear_calls"] < full["linear_calls"]
     assert cached["macs_per_image"] < full["macs_per_image"]
@@ -114,8 +117,12 @@ def test_generated_code_spells_aten_ops_as_people_write_them():
 
 
 def test_generated_code_takes_its_device_from_the_input():
-    src = l2c_compile.compile(_model(), make_plan("ddim", 2), None).source
+    src = l2c_compile.compile(_model(), make_plan("ddim", 2), None, hoist=False).source
     assert "torch.device(" not in src and "device=device" in src and "device = x.device" in src
+    # hoisted, the timestep embedding runs in the prologue, which has no x: the timesteps' device
+    src = l2c_compile.compile(_model(), make_plan("ddim", 2), None).source
+    prologue = src[src.index("def prologue("):src.index("def step_0(")]
+    assert "torch.device(" not in src and "device = t.device" in prologue and "device=device" in prologue
 
 
 def test_without_a_declared_capture_fx_is_tried_then_export():

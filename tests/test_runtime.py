@@ -34,7 +34,8 @@ def test_round_trip_gives_identical_samples(artifact):
     assert rel_error(loaded(noise, labels, 4.0), compiled(noise, labels, 4.0)) == 0.0
     assert loaded.source == compiled.source
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["format"] == "l2c-artifact" and manifest["version"] == 3
+    assert manifest["format"] == "l2c-artifact" and manifest["version"] == 4
+    assert manifest["hoist"] is True and manifest["hoisted"]["outputs"] > 0
     assert set(manifest["files"]) == {"sampler.py", "weights.safetensors"}
     assert manifest["schedule"]["nfe"] == 4 and manifest["model"]["name"] == "DiT-Tiny"
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temp folders left
@@ -54,6 +55,19 @@ def test_tampered_weights_are_refused(artifact):
     data[-1] ^= 0xFF
     (out / "weights.safetensors").write_bytes(bytes(data))
     with pytest.raises(L2CError, match=r"weights\.safetensors does not match"):
+        l2c_compile.load(out)
+
+
+def test_an_artifact_from_before_hoisting_is_refused_in_one_line(artifact):
+    _, out = artifact
+    manifest_path = out / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["version"] = 3  # what l2c-compile wrote before the prologue existed (no hoist fields)
+    for key in ("hoist", "hoist_limit_bytes", "hoisted"):
+        manifest.pop(key)
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(L2CError, match=r"^artifact format version 3 is not supported \(this l2c-compile reads "
+                                       r"version 4\); recompile it$"):
         l2c_compile.load(out)
 
 

@@ -19,6 +19,7 @@ from l2c_compile.cli.common import (
     progress_bars,
 )
 from l2c_compile.errors import L2CError
+from l2c_compile.passes.hoist import DEFAULT_LIMIT_BYTES
 from l2c_compile.verify import compile_summary, verify_artifact
 
 
@@ -113,6 +114,10 @@ def compile_cmd(
     backend: str = typer.Option("eager", "--backend", help="eager | inductor | regional"),
     cfg: bool = typer.Option(True, "--cfg/--no-cfg", help="batch classifier-free guidance"),
     fuse: bool = typer.Option(True, "--fuse/--no-fuse", help="fuse reuse epilogues into kernels"),
+    hoist: bool = typer.Option(True, "--hoist/--no-hoist", help="compute what the trajectory fixes (timestep "
+                               "embeddings, adaLN modulations, prompt keys/values) once per call, before step 0"),
+    hoist_limit: float = typer.Option(DEFAULT_LIMIT_BYTES / 2**20, "--hoist-limit", help="MiB per image the hoisted "
+                                      "tensors may hold; above it hoisting is skipped (and the report says so)"),
     cuda_graph: bool = typer.Option(False, "--cuda-graph/--no-cuda-graph",
                                     help="capture the whole trajectory in one CUDA graph (CUDA only)"),
     out: Path = typer.Option(..., "--out", "-o", help="artifact folder to write (new, empty, or an artifact with --force)"),
@@ -125,11 +130,14 @@ def compile_cmd(
     # Every input is checked before the first expensive step, and the output path before anything:
     # the lock refuses a second writer of the same folder, and an unwritable or full one.
     check_output_folder(out, force=force)
+    if not hoist_limit >= 0 or hoist_limit == float("inf"):
+        raise L2CError(f"--hoist-limit must be a finite, non-negative number of MiB, got {hoist_limit}")
     with output_lock(out):
         check_output_folder(out, force=force)  # again under the lock: nobody wrote meanwhile
         compiled = _compile_into(out, model, diffusers, checkpoint, init, seed, sampler, nfe, schedule,
                                  dtype=dtype, device=device, backend=backend, cfg=cfg, fuse=fuse,
-                                 cuda_graph=cuda_graph)
+                                 cuda_graph=cuda_graph, hoist=hoist,
+                                 hoist_limit_bytes=round(hoist_limit * 2**20))
     print_fallbacks(compiled.info)
     summary = compile_summary(compiled.info)
     if fmt == OutputFormat.json:

@@ -31,23 +31,27 @@ def _rows(meta) -> int:
 
 def graph_macs(gm: fx.GraphModule, rows_per_image: int) -> int:
     """Linear/Conv MACs of one call of ``gm`` per image (needs shape metadata from the base trace)."""
-    total = 0
-    for n in gm.graph.nodes:
-        if n.op == "call_module":
-            mod = gm.get_submodule(n.target)
-            meta = n.meta.get("tensor_meta")
-            if isinstance(mod, nn.Linear) and meta is not None:
-                total += _rows(meta) * mod.in_features * mod.out_features
-            elif isinstance(mod, nn.Conv2d) and meta is not None:
-                k = mod.in_channels // mod.groups * math.prod(mod.kernel_size)
-                total += math.prod(meta.shape) * k
-        elif n.op == "call_function" and n.target is F.linear and "l2c_linear_macs_per_sample" in n.meta:
-            inp_meta = n.args[0].meta.get("tensor_meta") if isinstance(n.args[0], fx.Node) else None
-            rows = _rows(inp_meta) if inp_meta is not None else rows_per_image
-            total += rows * n.meta["l2c_linear_macs_per_sample"]
-        elif n.op == "call_function":  # torch.export: aten.linear / aten.conv2d on get_attr weights
-            total += _aten_macs(gm, n)
-    return total // rows_per_image
+    return sum(node_macs(gm, n, rows_per_image) for n in gm.graph.nodes) // rows_per_image
+
+
+def node_macs(gm: fx.GraphModule, n: fx.Node, rows_per_image: int = 1) -> int:
+    """Linear/Conv MACs of one evaluation of node ``n`` over all of its rows (0 for other ops)."""
+    if n.op == "call_module":
+        mod = gm.get_submodule(n.target)
+        meta = n.meta.get("tensor_meta")
+        if isinstance(mod, nn.Linear) and meta is not None:
+            return _rows(meta) * mod.in_features * mod.out_features
+        if isinstance(mod, nn.Conv2d) and meta is not None:
+            k = mod.in_channels // mod.groups * math.prod(mod.kernel_size)
+            return math.prod(meta.shape) * k
+        return 0
+    if n.op == "call_function" and n.target is F.linear and "l2c_linear_macs_per_sample" in n.meta:
+        inp_meta = n.args[0].meta.get("tensor_meta") if isinstance(n.args[0], fx.Node) else None
+        rows = _rows(inp_meta) if inp_meta is not None else rows_per_image
+        return rows * n.meta["l2c_linear_macs_per_sample"]
+    if n.op == "call_function":  # torch.export: aten.linear / aten.conv2d on get_attr weights
+        return _aten_macs(gm, n)
+    return 0
 
 
 def _aten_macs(gm: fx.GraphModule, n: fx.Node) -> int:

@@ -159,7 +159,7 @@ def _collapsible(gm: fx.GraphModule, ctx: StepContext) -> dict[str, tuple[fx.Nod
 
 
 class _Printer:
-    def __init__(self, gm: fx.GraphModule, ctx: StepContext) -> None:
+    def __init__(self, gm: fx.GraphModule, ctx: StepContext, named: Mapping[fx.Node, str] | None = None) -> None:
         self.gm, self.ctx = gm, ctx
         self.nodes = list(gm.graph.nodes)
         self.imports: set[str] = set()
@@ -175,6 +175,9 @@ class _Printer:
         self.names: dict[fx.Node, str] = {}
         self.by_name: dict[str, fx.Node] = {}
         self.taken: set[str] = set(RESERVED)
+        for n, name in (named or {}).items():  # values the caller names (the prologue's outputs)
+            self.names[n], self.by_name[name] = name, n
+            self.taken.add(name)
         # Folding a value into a later expression moves its evaluation; only safe without mutation.
         self.pure = not any(_mutates(n) for n in self.nodes)
 
@@ -376,7 +379,7 @@ class _Printer:
 
     def _inlined(self, n: fx.Node, e: _Expr) -> bool:
         """Whether ``n`` is written into its only user's expression instead of a statement."""
-        if not self.pure or self._sublayer_kind(n) is not None or len(e.text) > INLINE_LIMIT:
+        if n in self.names or not self.pure or self._sublayer_kind(n) is not None or len(e.text) > INLINE_LIMIT:
             return False
         items = {self.hidden.get(u, u) for u in n.users}
         if len(items) != 1:
@@ -389,11 +392,11 @@ class _Printer:
             return len(e.text) < 30
         return self.block_of[item] == self.block_of[n]
 
-    def source(self, graph_id: int) -> str:
+    def source(self, function: str) -> str:
         params = [n for n in self.nodes if n.op == "placeholder"]
-        for p in params:
-            self.taken.add(p.name)
-            self.names[p] = p.name
+        for p in params:  # the input's own name (fx's node name may be snake-cased)
+            self.taken.add(str(p.target))
+            self.names[p] = str(p.target)
         body: list[tuple[int | None, str, frozenset[str], frozenset[str]]] = []  # block, line, defs, refs
         unpacked: set[fx.Node] = set()
         for n in self.nodes:
@@ -418,7 +421,7 @@ class _Printer:
         ret = self.arg(output.args[0])
         text = ret.text[1:-1] if ret.text.startswith("(") and isinstance(output.args[0], tuple) else ret.text
         body.append((None, f"return {text}", frozenset(), ret.refs))
-        return self._assemble(graph_id, params, body)
+        return self._assemble(function, params, body)
 
     def _large(self, name: str) -> bool:
         """Whether a value is worth freeing early: a token-level activation (or of unknown shape).
@@ -435,14 +438,14 @@ class _Printer:
             node = next((a for a in node.args if isinstance(a, fx.Node)), None)
         return True
 
-    def _assemble(self, graph_id: int, params: list[fx.Node], body: list) -> str:
+    def _assemble(self, function: str, params: list[fx.Node], body: list) -> str:
         last_use: dict[str, int] = {}
         for i, (_, _, _, refs) in enumerate(body):
             for r in refs:
                 last_use[r] = i
         defined: list[str] = []
         deleted: set[str] = set()
-        lines = [f"def step_{graph_id}(self, {', '.join(p.name for p in params)}):", f"    {MODEL} = self.model"]
+        lines = [f"def {function}(self, {', '.join(str(p.target) for p in params)}):", f"    {MODEL} = self.model"]
         section: object = "start"
         seen_block = False
         for i, (block, line, defs, _) in enumerate(body):
@@ -524,5 +527,13 @@ def _literal(v: Any) -> tuple[str, int]:
 def step_source(gm: fx.GraphModule, graph_id: int, ctx: StepContext) -> tuple[str, set[str]]:
     """Source of ``step_<graph_id>(self, x, t, y, cfg_scale, *caches)`` and the imports it needs."""
     printer = _Printer(gm, ctx)
-    src = printer.source(graph_id)
+    src = printer.source(f"step_{graph_id}")
     return src, printer.imports
+
+
+def prologue_source(gm: fx.GraphModule, ctx: StepContext, names: tuple[str, ...]) -> tuple[str, set[str]]:
+    """Source of ``prologue(self, t, y)`` (``passes/hoist.py``: one step's hoisted values, returned
+    under ``names``; the sampler runs it under ``torch.vmap`` over the steps) and its imports."""
+    output = next(n for n in gm.graph.nodes if n.op == "output")
+    printer = _Printer(gm, ctx, dict(zip(output.args[0], names, strict=True)))
+    return printer.source("prologue"), printer.imports

@@ -18,7 +18,8 @@ from torch import fx
 
 from l2c_compile.masks import DEFAULT_KINDS, KIND_NAMES
 from l2c_compile.passes.base import CompileError, Mask, SublayerKey, cache_input_name
-from l2c_compile.passes.codegen import StepContext, step_source
+from l2c_compile.passes.codegen import StepContext, prologue_source, step_source
+from l2c_compile.passes.hoist import HOIST_META, Prologue
 from l2c_compile.passes.liveness import CachePlan
 from l2c_compile.samplers.base import Combination, SamplerPlan, last_reads
 
@@ -56,8 +57,50 @@ def _combination(c: Combination, state: str = "x") -> str:
     return " + ".join(terms)
 
 
-def sample_source(plan: SamplerPlan, cache: CachePlan, roles: list[str]) -> str:
-    """The unrolled sampling loop for ``plan`` with the cache traffic of ``cache``."""
+def hoisted_inputs(gm: fx.GraphModule) -> list[str]:
+    """The names of a step graph's hoisted inputs (``passes/hoist.py``), in signature order."""
+    return [n.meta[HOIST_META] for n in gm.graph.nodes if n.op == "placeholder" and HOIST_META in n.meta]
+
+
+def prologue_rows(plan: SamplerPlan) -> list[float]:
+    """The distinct model timesteps of ``plan`` in call order: the prologue's step dimension."""
+    return list(dict.fromkeys(float(c.timestep) for c in plan.calls))
+
+
+def _prologue_lines(plan: SamplerPlan, prologue: Prologue) -> list[str]:
+    rows = prologue_rows(plan)
+    once = [name for name, step in zip(prologue.names, prologue.per_step, strict=True) if not step]
+    fills = ", ".join(f"torch.full((n,), {_lit(v)}, dtype=torch.float32, device=dev)" for v in rows)
+    dims = ", ".join("0" if step else "None" for step in prologue.per_step)
+    lines = [
+        "    # prologue: computed once per call, before step 0 — what the trajectory fixes, for all "
+        f"{len(rows)} timesteps at once",
+        "    # (torch.vmap batches the step dimension into each GEMM's rows; a call reads its row"
+        + (f"; {', '.join(once)}: the same for every step" if once else "") + ")",
+        f"    t_steps = torch.stack([{fills}])  # ({len(rows)}, N)",
+        f"    {', '.join(prologue.names)}, = torch.vmap(self.prologue, in_dims=(0, None), "
+        f"out_dims=({dims},))(t_steps, labels)",
+        "    del t_steps",
+    ]
+    return lines
+
+
+def _hoisted_last_reads(plan: SamplerPlan, cache: CachePlan, hoisted: list[list[str]]) -> dict[str, int]:
+    last: dict[str, int] = {}
+    for call in plan.calls:
+        for name in hoisted[cache.calls[call.index].graph]:
+            last[name] = call.index
+    return last
+
+
+def sample_source(plan: SamplerPlan, cache: CachePlan, roles: list[str], prologue: Prologue | None = None,
+                  hoisted: list[list[str]] | None = None) -> str:
+    """The unrolled sampling loop for ``plan`` with the cache traffic of ``cache``; with a
+    ``prologue``, its values computed before step 0 and ``hoisted[g]`` passed to step graph ``g``."""
+    hoisted = hoisted or [[] for _ in cache.masks]
+    per_step = dict(zip(prologue.names, prologue.per_step, strict=True)) if prologue is not None else {}
+    rows = {v: i for i, v in enumerate(prologue_rows(plan))}
+    last_hoisted = _hoisted_last_reads(plan, cache, hoisted)
     lines = [
         "def sample(self, noise, labels, cfg_scale):",
         f'    """{plan.sampler}, {plan.nfe} model calls, unrolled; returns the final latents."""',
@@ -66,6 +109,8 @@ def sample_source(plan: SamplerPlan, cache: CachePlan, roles: list[str]) -> str:
         "    dt = self.model_dtype",
         "    x = noise",
     ]
+    if prologue is not None:
+        lines += _prologue_lines(plan, prologue)
     last = last_reads(plan)
     for s, step in enumerate(plan.steps):
         lines.append(f"    # ── solver step {s}")
@@ -73,8 +118,10 @@ def sample_source(plan: SamplerPlan, cache: CachePlan, roles: list[str]) -> str:
             cc = cache.calls[call.index]
             exports = cache.exports[cc.graph]
             state = "x" if call.input.x == 1.0 and not call.input.eps else "x_in"
+            row = rows[float(call.timestep)]
+            slices = [f"{h}[{row}]" if per_step[h] else h for h in hoisted[cc.graph]]
             args = ", ".join([f"{state}.to(dt)", f"torch.full((n,), {_lit(call.timestep)}, dtype=torch.float32, device=dev)",
-                              "labels", "cfg_scale", *[_var(k) for k in cc.reads]])
+                              "labels", "cfg_scale", *slices, *[_var(k) for k in cc.reads]])
             lines.append(f"    # call {call.index} · t={call.timestep:g} · {roles[call.index]} · graph {cc.graph}"
                          + (f" · reuses {len(cc.reads)}" if cc.reads else ""))
             if state == "x_in":
@@ -87,7 +134,8 @@ def sample_source(plan: SamplerPlan, cache: CachePlan, roles: list[str]) -> str:
                 kept = ", ".join(_var(k) for k in cc.keeps)
                 items = ", ".join(f"out[{1 + exports.index(k)}]" for k in cc.keeps)
                 lines.append(f"    {kept} = {items}")
-            drops = ["out", *(["x_in"] if state == "x_in" else []), *[_var(k) for k in cc.drops_after]]
+            drops = ["out", *(["x_in"] if state == "x_in" else []), *[_var(k) for k in cc.drops_after],
+                     *[h for h in hoisted[cc.graph] if last_hoisted[h] == call.index]]
             lines.append(f"    del {', '.join(drops)}")
         lines.append(f"    x = {_combination(step.update)}")
         done = [j for j in sorted(last) if last[j] == s]
@@ -98,9 +146,18 @@ def sample_source(plan: SamplerPlan, cache: CachePlan, roles: list[str]) -> str:
 
 
 def emit_module(graphs: list[fx.GraphModule], plan: SamplerPlan, cache: CachePlan, roles: list[str],
-                title: str, ctx: StepContext, mode: str = "cache") -> str:
-    """The whole generated module's source (``ctx``: the model and its scopes, see codegen)."""
+                title: str, ctx: StepContext, mode: str = "cache", prologue: Prologue | None = None) -> str:
+    """The whole generated module's source (``ctx``: the model and its scopes, see codegen;
+    ``prologue``: what ``passes/hoist.py`` moved out of the step graphs, or None)."""
     steps, imports = [], {"import torch"}
+    if prologue is not None:
+        src, imps = prologue_source(prologue.gm, ctx, prologue.names)
+        per = sum(prologue.per_step)
+        desc = (f"# ── prologue: computed once per call, before step 0 (one step's values here; `sample` "
+                f"runs it for every timestep at once):\n# {per} values per step, {len(prologue.names) - per} "
+                f"for the whole call; {prologue.bytes_per_image} bytes per image")
+        steps.append(desc + "\n" + src)
+        imports.update(imps)
     depth = len(ctx.blocks)
     for g, gm in enumerate(graphs):
         mask = cache.masks[g]
@@ -125,4 +182,6 @@ def emit_module(graphs: list[fx.GraphModule], plan: SamplerPlan, cache: CachePla
     ]
     body = "\n\n\n".join(steps)
     table = "STEPS = (" + ", ".join(f"step_{g}" for g in range(len(graphs))) + ",)"
-    return "\n".join(head) + "\n\n" + body + "\n\n\n" + table + "\n\n\n" + sample_source(plan, cache, roles) + "\n"
+    hoisted = [hoisted_inputs(gm) for gm in graphs]
+    loop = sample_source(plan, cache, roles, prologue, hoisted)
+    return "\n".join(head) + "\n\n" + body + "\n\n\n" + table + "\n\n\n" + loop + "\n"

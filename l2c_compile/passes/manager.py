@@ -18,6 +18,7 @@ from typing import Any
 from torch import fx
 
 from l2c_compile.passes.base import CACHE_INPUT_META, SUBLAYER_META, CompileError, PassResult
+from l2c_compile.passes.hoist import HOIST_META
 
 
 @dataclass(frozen=True)
@@ -56,9 +57,13 @@ def check_invariants(gm: fx.GraphModule) -> None:
         raise CompileError(f"step inputs must start with {STANDARD_INPUTS}, got {names}")
     seen: set[Any] = set()
     for n in placeholders[len(STANDARD_INPUTS):]:
+        if HOIST_META in n.meta:
+            if not n.users:
+                raise CompileError(f"hoisted input {n.target!r} is never read")
+            continue
         key = n.meta.get(CACHE_INPUT_META)
         if key is None:
-            raise CompileError(f"extra input {n.target!r} is not a cache input")
+            raise CompileError(f"extra input {n.target!r} is neither hoisted nor a cache input")
         if not n.users:
             raise CompileError(f"cache input {n.target!r} is never read")
         seen.add(key)
