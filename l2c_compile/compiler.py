@@ -41,7 +41,7 @@ from l2c_compile.passes.manager import Pass, PassManager, PassReport
 from l2c_compile.passes.prune_chunks import prune_chunks
 from l2c_compile.passes.specialize import SpecializeConfig, specialize
 from l2c_compile.passes.sublayers import MarkConfig, mark_sublayers, sublayer_spec
-from l2c_compile.passes.trace import CAPTURE_META, trace_step
+from l2c_compile.passes.trace import CALLS_META, CAPTURE_META, trace_step
 from l2c_compile.reference import check_schedule
 from l2c_compile.runtime import CompiledSampler
 from l2c_compile.sampler_inputs import check_weights
@@ -182,6 +182,7 @@ def compile(
     rows = 2 if cfg else 1
     macs_uncached = graph_macs(base, rows)
     scopes = scope_members(base)  # before hoisting: the printer collapses modules that run whole
+    calls = dict(base.meta.get(CALLS_META, {}))  # ... with the arguments the trace called them with
     timings: dict[str, float] = {}
     trace_reports = [_record(r, timings) for r in reports]
     prologue, hoisted = None, None
@@ -219,7 +220,7 @@ def compile(
     title = (f"model {name} · {str(p.dtype).removeprefix('torch.')} · sampler {plan.sampler} · NFE {plan.nfe}"
              f" · CFG {'batched' if cfg else 'off'}")
     blocks = {key[1]: path.rsplit(".", 1)[0] for key, path in paths.items()}
-    ctx = StepContext(model=model, blocks=blocks, sublayers=paths, base_scopes=scopes)
+    ctx = StepContext(model=model, blocks=blocks, sublayers=paths, base_scopes=scopes, calls=calls)
     if prologue is not None:
         prologue = prologue.restricted({h for gm in graphs for h in hoisted_inputs(gm)})
         hoisted.update(outputs=len(prologue.names), outputs_per_step=sum(prologue.per_step),

@@ -25,7 +25,9 @@ from l2c_compile.errors import L2CError
 from l2c_compile.version import __version__
 
 ARTIFACT_FORMAT = "l2c-artifact"
-ARTIFACT_VERSION = 4  # 2: no timings, sampler.py regenerated and compared by load; 3: backend; 4: hoist
+# 2: no timings, sampler.py regenerated and compared by load; 3: backend; 4: hoist; 5: sample() unpacks
+# each step's cache outputs by name and passes cache inputs by keyword (step code reads like the model's)
+ARTIFACT_VERSION = 5
 FILES = ("sampler.py", "weights.safetensors")
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
 FLAGS = ("cfg", "fuse", "cuda_graph", "hoist")  # the manifest's true/false fields

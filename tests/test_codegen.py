@@ -9,9 +9,10 @@ import torch
 from torch import fx
 
 import l2c_compile
+from l2c_compile import reference
 from l2c_compile.passes.codegen import StepContext, module_ref, step_source
 from l2c_compile.samplers import make_plan
-from tests.helpers import random_schedule, tiny_dit, tiny_uvit
+from tests.helpers import inputs, random_schedule, rel_error, tiny_dit, tiny_uvit
 
 
 def _compiled(family: str = "dit", p: float = 0.5, seed: int = 1):
@@ -123,3 +124,76 @@ def test_a_graph_with_in_place_ops_is_not_reordered():
     a, b = torch.randn(3), torch.randn(3)
     holder = type("Holder", (), {"model": gm})()
     assert torch.equal(namespace["step_0"](holder, a.clone(), b), _InPlace()(a.clone(), b))
+
+
+# ── every family's generated code reads like its forward (issue 20, item 5) ───────────────────────
+
+
+def reusing(plan, depth: int, blocks: set[int], kinds: tuple[str, ...] = ("attn", "mlp")):
+    """A schedule whose cache calls reuse every kind of ``blocks`` and compute everything else."""
+    from l2c_compile.schedule import Schedule
+
+    logits = torch.full((plan.nfe, len(kinds) * depth), 3.0)
+    for b in blocks:
+        logits[:, len(kinds) * b:len(kinds) * (b + 1)] = -3.0
+    return Schedule.from_router(logits, plan, model="test", depth=depth, threshold=0.5, kinds=kinds)
+
+
+def sample_loop(src: str) -> str:
+    return src[src.index("\ndef sample("):]
+
+
+def assert_reads_like_a_forward(src: str) -> None:
+    """What no family's generated code may contain: fx names, identities, caches picked by index."""
+    steps = src.split("\ndef sample(")[0]
+    for leftover in ("getitem", "/ 1.0", "* 1)", "* 1\n", "* 1,", "_norm_hidden_states_2"):
+        assert leftover not in steps, leftover
+    loop = sample_loop(src)
+    assert "out[" not in loop and "out = " not in loop
+    for line in loop.splitlines():
+        if "self.steps[" in line:  # ε and the kept caches by name; the reads by keyword
+            assert re.match(r"    eps_\d+,(?: \w+,)*(?: \w+)? = self\.steps\[\d+\]\(", line), line
+            call = line.split(" = self.steps[", 1)[1]
+            assert not re.search(r", (attn|mlp|cross)_\d+[,)]", call), line
+
+
+def test_a_block_computed_whole_is_one_call_and_caches_travel_by_name():
+    model = tiny_dit(0, depth=3)
+    plan = make_plan("ddim", 6, noise_schedule="linear", time_input="discrete")
+    sched = reusing(plan, 3, {0})
+    noise, labels = inputs(model, 2)
+    want = reference.sample(model, plan, sched, noise, labels, 4.0)
+    unhoisted = l2c_compile.compile(model, plan, sched, hoist=False)
+    full, cache = _steps(unhoisted.source)[:2]
+    # block 0 exports its outputs in the full step; blocks 1 and 2 are called as themselves
+    assert "b0_attn = m.blocks[0].attn(" in full and re.search(r"b1_x = m\.blocks\[1\]\(b0_x_\d+, c\)\n", full)
+    assert re.search(r"b2_x = m\.blocks\[2\]\(b1_x, c\)\n", full) and "m.final_layer(b2_x, c)" in full
+    # the cache step spells out block 1 (it adds block 0's cached outputs) and calls block 2 whole
+    assert "m.blocks[1].attn(" in cache and re.search(r"b2_x = m\.blocks\[2\]\(b1_x_\d+, c\)\n", cache)
+    assert "m.blocks[2].attn(" not in cache and "m.blocks[2].mlp(" not in cache
+    assert rel_error(unhoisted(noise, labels, 4.0), want) <= 1e-5
+    hoisted = l2c_compile.compile(model, plan, sched)
+    assert "    # + cached attn output of block 0, + cached mlp output of block 0\n" \
+           "    b1_x, b1_h = torch.ops.l2c.reuse2_residual_ln_modulate" in hoisted.source
+    assert "cache_attn_0=attn_0, cache_mlp_0=mlp_0)" in sample_loop(hoisted.source)
+    assert re.search(r"eps_0, attn_0, mlp_0 = self\.steps\[0\]\(", hoisted.source)
+    for compiled in (unhoisted, hoisted):
+        assert_reads_like_a_forward(compiled.source)
+    assert rel_error(hoisted(noise, labels, 4.0), want) <= 1e-5
+
+
+def test_uvit_blocks_computed_whole_are_called_with_their_skips():
+    model = tiny_uvit(0, depth=4)  # in_blocks 0, 1; mid_block 2; out_blocks 3, 4
+    plan = make_plan("dpm-solver-2", 6)
+    sched = reusing(plan, 5, {0})
+    compiled = l2c_compile.compile(model, plan, sched)
+    cache = next(s for s in _steps(compiled.source) if "block 0: attention reused" in s)
+    assert "    # + cached mlp output of block 0\n    b1_x, b1_h = torch.ops.l2c.reuse_residual_layernorm" in cache
+    assert re.search(r"b2_x = m\.mid_block\(b1_x_\d+\)\n", cache)
+    assert re.search(r"b3_x = m\.out_blocks\[0\]\(b2_x, b1_x_\d+\)\n", cache)  # the long skip, by name
+    assert re.search(r"b4_x = m\.out_blocks\[1\]\(b3_x, b1_x\)\n", cache)
+    assert ".attn(" not in cache.split("# block 2")[1]
+    assert_reads_like_a_forward(compiled.source)
+    noise, labels = inputs(model, 2)
+    want = reference.sample(model, plan, sched, noise, labels, 4.0)
+    assert rel_error(compiled(noise, labels, 4.0), want) <= 1e-5

@@ -34,7 +34,7 @@ def test_round_trip_gives_identical_samples(artifact):
     assert rel_error(loaded(noise, labels, 4.0), compiled(noise, labels, 4.0)) == 0.0
     assert loaded.source == compiled.source
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["format"] == "l2c-artifact" and manifest["version"] == 4
+    assert manifest["format"] == "l2c-artifact" and manifest["version"] == 5
     assert manifest["hoist"] is True and manifest["hoisted"]["outputs"] > 0
     assert set(manifest["files"]) == {"sampler.py", "weights.safetensors"}
     assert manifest["schedule"]["nfe"] == 4 and manifest["model"]["name"] == "DiT-Tiny"
@@ -67,7 +67,18 @@ def test_an_artifact_from_before_hoisting_is_refused_in_one_line(artifact):
         manifest.pop(key)
     manifest_path.write_text(json.dumps(manifest))
     with pytest.raises(L2CError, match=r"^artifact format version 3 is not supported \(this l2c-compile reads "
-                                       r"version 4\); recompile it$"):
+                                       r"version 5\); recompile it$"):
+        l2c_compile.load(out)
+
+
+def test_an_artifact_whose_loop_picks_caches_by_index_is_refused_in_one_line(artifact):
+    _, out = artifact
+    manifest_path = out / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["version"] = 4  # sample() read `out[1]`; its sampler.py is no longer what load regenerates
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(L2CError, match=r"^artifact format version 4 is not supported \(this l2c-compile reads "
+                                       r"version 5\); recompile it$"):
         l2c_compile.load(out)
 
 

@@ -5,7 +5,9 @@ fx's own code generation prints one line per node with fx's names, private entry
 after every last use. This printer writes instead:
 
 - a module call ``m.blocks[3].attn(h)`` wherever a submodule runs whole (all of its traced nodes
-  survived the passes; one tensor in, one out) — ``m`` is the model;
+  survived the passes; one tensor out, and in either one tensor or the arguments the capture saw
+  it called with: ``m.out_blocks[0](x, skip)``) — ``m`` is the model; so a block a step computes
+  in full is one line, and a cache step spells out only the blocks it changes;
 - values named after the model's source (``b3_shift_msa``, ``b3_x``; ``passes/naming.py``),
   block ``i``'s values prefixed ``b{i}_``, each sublayer's output ``b{i}_attn`` / ``b{i}_mlp``;
 - single-use intermediate values inlined into the expression that uses them (within one block, up
@@ -33,7 +35,7 @@ from torch import fx, nn
 from torch.fx.node import _get_qualified_name
 
 from l2c_compile.passes.base import SUBLAYER_META, CompileError, SublayerKey, chunk_call, node_scope
-from l2c_compile.passes.naming import NAME_META
+from l2c_compile.passes.naming import COMMENT_META, NAME_META, STANDS_FOR_META
 
 ROOT = "model."  # where the model sits in the traced module
 MODEL = "m"  # the emitted local bound to ``self.model``
@@ -78,6 +80,8 @@ class StepContext:
     ``base_scopes``: module path → names of the nodes that ran in it in the unspecialized trace
     (a module "runs whole" in a step graph iff exactly those nodes are still there).
     ``notes``: block id → what this step does there (``attention reused, MLP computed``).
+    ``calls``: module path → the (args, kwargs) it was called with in the trace, a ``str`` naming
+    a node (``passes/trace.py``, fx captures); lets a module with several inputs be called whole.
     """
 
     model: nn.Module
@@ -85,6 +89,7 @@ class StepContext:
     sublayers: Mapping[SublayerKey, str]
     base_scopes: Mapping[str, frozenset[str]]
     notes: Mapping[int, str] = field(default_factory=dict)
+    calls: Mapping[str, tuple[tuple[Any, ...], Mapping[str, Any]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -130,11 +135,15 @@ def _one_tensor_forward(module: nn.Module) -> bool:
     return len(params) == 1 and params[0].kind in (params[0].POSITIONAL_ONLY, params[0].POSITIONAL_OR_KEYWORD)
 
 
-def _collapsible(gm: fx.GraphModule, ctx: StepContext) -> dict[str, tuple[fx.Node, fx.Node]]:
-    """Module path → (output node, input node) for every outermost submodule that runs whole."""
+_Call = tuple[fx.Node, tuple[Any, ...], dict[str, Any]]  # a module's output node, its call's args, kwargs
+
+
+def _collapsible(gm: fx.GraphModule, ctx: StepContext) -> dict[str, _Call]:
+    """Module path → (output node, args, kwargs) for every outermost submodule that runs whole."""
     current = scope_members(gm)
     by_name = {n.name: n for n in gm.graph.nodes}
-    found: dict[str, tuple[fx.Node, fx.Node]] = {}
+    stands_for = {n.meta[STANDS_FOR_META]: n for n in gm.graph.nodes if STANDS_FOR_META in n.meta}
+    found: dict[str, _Call] = {}
     for path in sorted(current, key=lambda p: (p.count("."), p)):
         if any(path.startswith(done + ".") for done in found):
             continue
@@ -147,15 +156,35 @@ def _collapsible(gm: fx.GraphModule, ctx: StepContext) -> dict[str, tuple[fx.Nod
         inside = set(members)
         inputs = {a for n in members for a in n.all_input_nodes if a not in inside}
         outputs = [n for n in members if any(u not in inside for u in n.users)]
-        if len(inputs) != 1 or len(outputs) != 1:
+        if len(outputs) != 1:
             continue
         try:
             module = ctx.model.get_submodule(path)
         except AttributeError:
             continue
-        if _one_tensor_forward(module):
-            found[path] = (outputs[0], next(iter(inputs)))
+        call = _recorded_call(ctx.calls.get(path), {**stands_for, **by_name}, inputs)
+        if call is not None:
+            found[path] = (outputs[0], *call)
+        elif len(inputs) == 1 and _one_tensor_forward(module):
+            found[path] = (outputs[0], (next(iter(inputs)),), {})
     return found
+
+
+def _recorded_call(call: tuple[tuple[Any, ...], Mapping[str, Any]] | None, by_name: Mapping[str, fx.Node],
+                   inputs: set[fx.Node]) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+    """The arguments a module was called with in the trace, as this graph's nodes (a traced node a
+    rewrite replaced by an equal value: that value), when they are exactly the values its nodes
+    read from outside (so the call computes what its nodes did)."""
+    if call is None:
+        return None
+    args, kwargs = call
+    if any(isinstance(v, str) and v not in by_name for v in (*args, *kwargs.values())):
+        return None
+    def node(v: Any) -> Any:
+        return by_name[v] if isinstance(v, str) else v
+    out_args, out_kwargs = tuple(node(v) for v in args), {k: node(v) for k, v in kwargs.items()}
+    passed = {v for v in (*out_args, *out_kwargs.values()) if isinstance(v, fx.Node)}
+    return (out_args, out_kwargs) if passed == inputs else None
 
 
 class _Printer:
@@ -165,11 +194,11 @@ class _Printer:
         self.imports: set[str] = set()
         self.collapsed = _collapsible(gm, ctx)
         self.hidden: dict[fx.Node, fx.Node] = {}  # node inside a collapsed module → its output
-        for path, (out, _) in self.collapsed.items():
+        for path, (out, _, _) in self.collapsed.items():
             for n in self.nodes:
                 if n is not out and _inside(node_scope(n, ROOT), path):
                     self.hidden[n] = out
-        self.module_of = {out: path for path, (out, _) in self.collapsed.items()}
+        self.module_of = {out: path for path, (out, _, _) in self.collapsed.items()}
         self.block_of = {n: self._block(n) for n in self.nodes}
         self.exprs: dict[fx.Node, _Expr] = {}
         self.names: dict[fx.Node, str] = {}
@@ -201,8 +230,9 @@ class _Printer:
         kind = self._sublayer_kind(n)
         if kind is not None:
             return kind
-        if n in self.module_of:
-            return _leaf_name(self.module_of[n])
+        if n in self.module_of:  # a block called whole gives what its forward names its result
+            whole_block = self.module_of[n] in self.ctx.blocks.values() and NAME_META in n.meta
+            return n.meta[NAME_META] if whole_block else _leaf_name(self.module_of[n])
         if NAME_META in n.meta:
             return n.meta[NAME_META]
         if n.op == "call_module":
@@ -270,8 +300,9 @@ class _Printer:
         """The expression computing ``n`` from its (already named or inlined) inputs."""
         if n in self.module_of:
             path = self.module_of[n]
-            inner = self.ref(self.collapsed[path][1])
-            return _Expr(f"{module_ref(path)}({inner.text})", ATOM, inner.refs)
+            _, args, kwargs = self.collapsed[path]
+            a = self.call_args(args, kwargs)
+            return _Expr(f"{module_ref(path)}({a.text})", ATOM, a.refs)
         if n.op == "get_attr":
             return _Expr(module_ref(str(n.target)), ATOM)
         if n.op == "call_module":
@@ -385,7 +416,11 @@ class _Printer:
         if len(items) != 1:
             return False
         item = next(iter(items))
-        uses = 1 if item in self.module_of else _flat(item.args, item.kwargs).count(n)
+        if item in self.module_of:
+            _, args, kwargs = self.collapsed[self.module_of[item]]
+            uses = _flat(args, kwargs).count(n)
+        else:
+            uses = _flat(item.args, item.kwargs).count(n)
         if uses != 1:
             return False
         if item.op == "output":
@@ -403,6 +438,9 @@ class _Printer:
             if n.op in ("placeholder", "output") or n in self.hidden or n in unpacked:
                 continue
             e = self.expr(n)
+            # what a fused op does that its arguments cannot say: printed above its statement
+            note = [(self.block_of[n], f"# {n.meta[COMMENT_META]}", frozenset(), frozenset())] \
+                if COMMENT_META in n.meta else []
             width = self._unpack_width(n)
             if width is not None and width <= 8:
                 targets = ["_"] * width
@@ -410,12 +448,14 @@ class _Printer:
                     targets[u.args[1]] = self.name(u)
                     unpacked.add(u)
                 defs = frozenset(t for t in targets if t != "_")
+                body += note
                 body.append((self.block_of[n], f"{', '.join(targets)} = {e.text}", defs, e.refs))
                 continue
             if n.op == "get_attr" or self._inlined(n, e):
                 self.exprs[n] = e
                 continue
             name = self.name(n)
+            body += note
             body.append((self.block_of[n], f"{name} = {e.text}", frozenset([name]), e.refs))
         output = next(n for n in self.nodes if n.op == "output")
         ret = self.arg(output.args[0])

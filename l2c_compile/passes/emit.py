@@ -5,7 +5,9 @@ function per distinct step graph (written for a person by :mod:`~l2c_compile.pas
 ``STEPS``, and
 ``sample(self, noise, labels, cfg_scale)`` — every model call of the plan unrolled with its
 timestep and update coefficients as literals, cache tensors held in locals from writer to last
-reader and ``del``-ed right after. ``self`` is the :class:`~l2c_compile.runtime.CompiledSampler`,
+reader and ``del``-ed right after. A step's cache outputs are unpacked into their names
+(``eps_0, attn_3, _ = self.steps[0](…)``) and its cache inputs passed by keyword
+(``cache_attn_3=attn_3``), never picked out of a tuple by index. ``self`` is the :class:`~l2c_compile.runtime.CompiledSampler`,
 which owns ``self.model`` (the weights), ``self.steps`` and ``self.model_dtype``.
 """
 
@@ -121,22 +123,26 @@ def sample_source(plan: SamplerPlan, cache: CachePlan, roles: list[str], prologu
             row = rows[float(call.timestep)]
             slices = [f"{h}[{row}]" if per_step[h] else h for h in hoisted[cc.graph]]
             args = ", ".join([f"{state}.to(dt)", f"torch.full((n,), {_lit(call.timestep)}, dtype=torch.float32, device=dev)",
-                              "labels", "cfg_scale", *slices, *[_var(k) for k in cc.reads]])
+                              "labels", "cfg_scale", *slices,
+                              *[f"{cache_input_name(k)}={_var(k)}" for k in cc.reads]])
             lines.append(f"    # call {call.index} · t={call.timestep:g} · {roles[call.index]} · graph {cc.graph}"
                          + (f" · reuses {len(cc.reads)}" if cc.reads else ""))
             if state == "x_in":
                 lines.append(f"    x_in = {_combination(call.input)}")
-            lines.append(f"    out = self.steps[{cc.graph}]({args})")
-            lines.append(f"    eps_{call.index} = out[0].to(x.dtype)")
+            # The step returns (ε, *its exports): each export this call keeps is bound to its cache
+            # name, the others to `_` (freed at once).
+            kept = [_var(k) if k in cc.keeps else "_" for k in exports]
+            eps = f"eps_{call.index}"
+            targets = ", ".join([eps, *kept]) + ("," if not kept else "")
+            lines.append(f"    {targets} = self.steps[{cc.graph}]({args})")
+            lines.append(f"    {eps} = {eps}.to(x.dtype)")
             if call.output is not None:  # what the updates read: the data prediction x0
-                lines.append(f"    eps_{call.index} = {_combination(call.output, state)}")
-            if cc.keeps:
-                kept = ", ".join(_var(k) for k in cc.keeps)
-                items = ", ".join(f"out[{1 + exports.index(k)}]" for k in cc.keeps)
-                lines.append(f"    {kept} = {items}")
-            drops = ["out", *(["x_in"] if state == "x_in" else []), *[_var(k) for k in cc.drops_after],
+                lines.append(f"    {eps} = {_combination(call.output, state)}")
+            drops = [*(["_"] if "_" in kept else []), *(["x_in"] if state == "x_in" else []),
+                     *[_var(k) for k in cc.drops_after],
                      *[h for h in hoisted[cc.graph] if last_hoisted[h] == call.index]]
-            lines.append(f"    del {', '.join(drops)}")
+            if drops:
+                lines.append(f"    del {', '.join(drops)}")
         lines.append(f"    x = {_combination(step.update)}")
         done = [j for j in sorted(last) if last[j] == s]
         if done:

@@ -12,8 +12,10 @@ torch reference elsewhere):
 - U-ViT: ``x_new = x + cached``; ``h = LN(x_new; weight, bias)`` → ``l2c::reuse_residual_layernorm``.
 
 Pre: the graph is specialized and dead code is removed. Post: each rewritten chain is one op node
-whose two outputs replace the residual stream and the LayerNorm (or modulation) output; every
-other node is untouched. Counts rewrites per op.
+whose two outputs replace the residual stream and the LayerNorm (or modulation) output, and which
+says in ``meta["l2c_comment"]`` whose cached outputs it adds (the emitted code prints it: a reader
+cannot tell ``cache_attn_3`` from ``cache_mlp_3`` among eight positional arguments); every other
+node is untouched. Counts rewrites per op.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from l2c_compile.passes.base import (
     layer_norm_call,
     unsqueezed,
 )
+from l2c_compile.passes.naming import COMMENT_META, STANDS_FOR_META
 
 
 def _is_cache(node) -> bool:
@@ -73,6 +76,12 @@ def _modulation(ln: fx.Node) -> tuple[fx.Node, fx.Node, fx.Node] | None:
     return (out, shift, scale) if shift is not None else None
 
 
+def _adds(*cached: fx.Node) -> str:
+    """``+ cached attn output of block 0, + cached mlp output of block 0`` for the cache inputs."""
+    return ", ".join(f"+ cached {kind} output of block {block}"
+                     for kind, block in (c.meta[CACHE_INPUT_META] for c in cached))
+
+
 def _nodes_after(graph: fx.Graph, node: fx.Node) -> set[fx.Node]:
     out, seen = set(), False
     for n in graph.nodes:
@@ -112,6 +121,7 @@ def fuse_reuse(gm: fx.GraphModule) -> PassResult:
                 fused = graph.call_function(torch.ops.l2c.reuse_residual_layernorm.default,
                                             (x, cached, weight, bias, norm.eps))
             h_old, op = ln, "reuse_residual_layernorm"
+            fused.meta[COMMENT_META] = _adds(cached.args[0])
         else:
             mod = _modulation(ln)
             if mod is None or gate is None:
@@ -127,17 +137,20 @@ def fuse_reuse(gm: fx.GraphModule) -> PassResult:
                         torch.ops.l2c.reuse2_residual_ln_modulate.default,
                         (x, first[1], cached1, gate, cached, shift, scale, norm.eps))
                     op = "reuse2_residual_ln_modulate"
+                    fused.meta[COMMENT_META] = _adds(first[2], cached.args[0])
                 else:
                     x = graph.call_method("contiguous", (stream,))
                     fused = graph.call_function(torch.ops.l2c.reuse_residual_ln_modulate.default,
                                                 (x, gate, cached, shift, scale, norm.eps))
                     op = "reuse_residual_ln_modulate"
+                    fused.meta[COMMENT_META] = _adds(cached.args[0])
         with graph.inserting_before(anchor):
             x_new = graph.call_function(operator.getitem, (fused, 0))
             h = graph.call_function(operator.getitem, (fused, 1))
-        new = [n for n in graph.nodes if n.op not in ("placeholder", "output") and not n.meta]
+        new = [n for n in graph.nodes if n.op not in ("placeholder", "output") and set(n.meta) <= {COMMENT_META}]
         copy_scope(ln, *new)  # the block of the LayerNorm it replaces
         x_new.meta["l2c_name"] = add.meta.get("l2c_name", "x")
+        x_new.meta[STANDS_FOR_META] = add.meta.get(STANDS_FOR_META, add.name)  # a module call may pass it
         h.meta["l2c_name"] = "h"
         for meta_key in ("tensor_meta",):
             if meta_key in add.meta:

@@ -221,7 +221,7 @@ def _blocks(gm: fx.GraphModule) -> dict[str, int]:
     return {path.rsplit(".", 1)[0]: key[1] for key, path in paths.items()}
 
 
-_GENERIC_NAMES = (None, "linear", "hidden_states", "value", "sample", "out", "x")
+_GENERIC_NAMES = (None, "linear", "hidden_states", "sample", "out", "x")
 
 
 def _value_name(n: fx.Node, blocks: dict[str, int]) -> str:

@@ -10,13 +10,19 @@ read by ``get_attr`` at their module paths under ``model.``; every node keeps it
 (``meta["nn_module_stack"]``) and the source line it came from (``meta["stack_trace"]``); the
 module's ``meta["l2c_sublayer_paths"]`` holds the model family's declared sublayers, and values
 carry the names the source gives them (``meta["l2c_name"]``, ``passes/naming.py``). An exported
-graph additionally has no export guard call, no ``_assert_tensor_metadata`` checks and no
-eval-mode dropout (each an identity or a check on values the step never changes), factory calls
+graph additionally has no export guard call, no ``_assert_tensor_metadata`` checks, no
+eval-mode dropout and no ``x / 1.0``, ``x * 1`` or ``x - 0`` on a floating tensor (each an identity
+or a check on values the step never changes), factory calls
 take their device from ``x`` rather than the capture's, and
 ``gm.meta["l2c_capture"]`` says which capture made it.
 """
 
 from __future__ import annotations
+
+import contextlib
+import sys
+import types
+from collections.abc import Iterator
 
 import torch
 from torch import fx, nn
@@ -28,6 +34,7 @@ from l2c_compile.passes.sublayers import PATHS_META, sublayer_spec
 
 CAPTURES = ("fx", "export")
 CAPTURE_META = "l2c_capture"  # GraphModule.meta key: "fx" | "export"
+CALLS_META = "l2c_module_calls"  # GraphModule.meta key (fx capture): module path → its call's arguments
 EXPORT_BATCH = 2  # example batch of an export capture; the batch dimension stays symbolic
 
 
@@ -69,7 +76,7 @@ def environment_error(exc: BaseException) -> bool:
 def fx_step(model: nn.Module, *, cfg: bool) -> fx.GraphModule:
     """Trace ``GuidedDenoiser(model, cfg)`` with torch.fx; raise CompileError if it cannot."""
     root = GuidedDenoiser(model, cfg=cfg)
-    tracer = fx.Tracer()
+    tracer = _CallRecorder()
     tracer.record_stack_traces = True  # source lines name the values in the emitted code
     try:
         graph = tracer.trace(root)
@@ -79,7 +86,51 @@ def fx_step(model: nn.Module, *, cfg: bool) -> fx.GraphModule:
         raise CompileError(f"cannot trace {type(model).__name__} with torch.fx: {_first_line(exc)}") from exc
     for node in graph.nodes:
         node.type = None  # annotations would drag typing globals into the emitted code
-    return _finish(fx.GraphModule(root, graph, class_name="L2CStep"), model, "fx")
+    gm = fx.GraphModule(root, graph, class_name="L2CStep")
+    gm.meta[CALLS_META] = tracer.calls()
+    return _finish(gm, model, "fx")
+
+
+_CallArg = str | int | float | bool | None  # a node's name (a str is always one), or a constant
+
+
+class _CallRecorder(fx.Tracer):
+    """An fx tracer that also records, for each submodule called exactly once, the arguments it was
+    called with (nodes by name, constants as they are): the printer calls a module that runs whole
+    in a step graph with them (``m.blocks[3](x, c)``), whichever order its ``forward`` reads them in."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._calls: dict[str, tuple[tuple[_CallArg, ...], dict[str, _CallArg]] | None] = {}
+
+    def call_module(self, m, forward, args, kwargs):
+        try:
+            path = self.path_of_module(m)
+        except NameError:
+            path = None
+        if path is not None:
+            recorded = _recordable(args), {k: _recordable((v,)) for k, v in kwargs.items()}
+            ok = recorded[0] is not None and all(v is not None for v in recorded[1].values())
+            first = path not in self._calls
+            self._calls[path] = (recorded[0], {k: v[0] for k, v in recorded[1].items()}) if ok and first else None
+        return super().call_module(m, forward, args, kwargs)
+
+    def calls(self) -> dict[str, tuple[tuple[_CallArg, ...], dict[str, _CallArg]]]:
+        """Module path under the model (``blocks.3``) → (args, kwargs) of its one call."""
+        return {p.removeprefix("model."): c for p, c in self._calls.items()
+                if c is not None and p.startswith("model.")}
+
+
+def _recordable(values: tuple) -> tuple[_CallArg, ...] | None:
+    out: list[_CallArg] = []
+    for v in values:
+        if isinstance(v, fx.Proxy):
+            out.append(v.node.name)
+        elif v is None or isinstance(v, bool | int | float):
+            out.append(v)
+        else:
+            return None
+    return tuple(out)
 
 
 def export_step(model: nn.Module, *, cfg: bool) -> fx.GraphModule:
@@ -98,7 +149,7 @@ def export_step(model: nn.Module, *, cfg: bool) -> fx.GraphModule:
     batch = torch.export.Dim("batch", min=1, max=65536)
     dynamic = ({0: batch}, {0: batch}, {0: batch}, None)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _model_frames_kept(model):
             exported = torch.export.export(root, example, dynamic_shapes=dynamic, strict=False)
     except Exception as exc:  # export reports failures in many types
         if environment_error(exc):
@@ -110,8 +161,9 @@ def export_step(model: nn.Module, *, cfg: bool) -> fx.GraphModule:
     for node in unlifted.graph.nodes:
         if _export_only(node):
             continue
-        if _identity(node):
-            env[node] = env[node.args[0]]
+        same = _identity_input(node)
+        if same is not None:
+            env[node] = env[same]
             continue
         new = graph.node_copy(node, lambda a: env[a])
         if node.op == "output":  # export returns a pytree; the step returns the tensor itself
@@ -127,6 +179,50 @@ def export_step(model: nn.Module, *, cfg: bool) -> fx.GraphModule:
     return _finish(gm, model, "export")
 
 
+@contextlib.contextmanager
+def _model_frames_kept(model: nn.Module) -> Iterator[None]:
+    """Have export record the frames of the model's own functions, not only of ``forward``s.
+
+    Export keeps a node's stack frames named ``forward`` only, so every value a diffusers attention
+    processor computes (``query = attn.to_q(h)``, in ``AttnProcessor.__call__``) would stand on the
+    ``return self.processor(…)`` line and could not be named (``passes/naming.py``). Frames of the
+    functions defined in the files of the model's own classes (and of the callables its modules
+    hold, such as processors) are kept for the capture; without torch's hook for that, nothing is.
+    """
+    from torch.fx import proxy
+
+    anchors = getattr(proxy, "_STACK_TRACE_ANCHORS", None)
+    if not isinstance(anchors, set):
+        yield
+        return
+    added = _model_code(model) - anchors
+    anchors |= added
+    try:
+        yield
+    finally:
+        anchors -= added
+
+
+def _model_code(model: nn.Module) -> set[tuple[str, str]]:
+    """(file, function name) of every function in the source files that define the model's own
+    (non-torch) module classes and the callables they hold."""
+    classes = set()
+    for module in model.modules():
+        classes.add(type(module))
+        classes.update(type(v) for v in vars(module).values()
+                       if callable(v) and not isinstance(v, nn.Module | torch.Tensor | type))
+    files = {sys.modules.get(c.__module__) for c in classes if not c.__module__.startswith(("torch", "builtins"))}
+    code: set[tuple[str, str]] = set()
+    for source in files - {None}:
+        for value in vars(source).values():
+            members = vars(value).values() if isinstance(value, type) else (value,)
+            for member in members:
+                fn = getattr(member, "__func__", member)
+                if isinstance(fn, types.FunctionType) and fn.__module__ == source.__name__:
+                    code.add((fn.__code__.co_filename, fn.__code__.co_name))
+    return code
+
+
 def _export_only(node: fx.Node) -> bool:
     """Nodes that exist only for export's own checks (the guard call, tensor metadata asserts)."""
     if node.op == "call_module" and str(node.target).startswith("_guards"):
@@ -134,12 +230,33 @@ def _export_only(node: fx.Node) -> bool:
     return node.op == "call_function" and node.target is torch.ops.aten._assert_tensor_metadata.default
 
 
-def _identity(node: fx.Node) -> bool:
-    """An eval-mode dropout (``aten.dropout(x, p, train=False)``): returns its input unchanged."""
-    if node.op != "call_function" or node.target is not torch.ops.aten.dropout.default:
-        return False
-    train = node.args[2] if len(node.args) > 2 else node.kwargs.get("train")
-    return train is False
+def _identity_input(node: fx.Node) -> fx.Node | None:
+    """The input ``node`` returns unchanged, or None: an eval-mode dropout (``aten.dropout(x, p,
+    train=False)``), or a floating tensor divided or multiplied by the number 1 or less 0 (diffusers'
+    ``hidden_states / attn.rescale_output_factor``, ``scale * emb``). Each gives back ``x`` bit for
+    bit, in its shape and dtype (a Python number never changes a floating tensor's dtype); ``x + 0``
+    is not among them, since ``-0.0 + 0`` is ``+0.0``."""
+    if node.op != "call_function":
+        return None
+    if node.target is torch.ops.aten.dropout.default:
+        train = node.args[2] if len(node.args) > 2 else node.kwargs.get("train")
+        return node.args[0] if train is False else None
+    if node.kwargs or len(node.args) != 2:
+        return None
+    a, b = node.args
+    if node.target in (torch.ops.aten.div.Tensor, torch.ops.aten.sub.Tensor):
+        x, one = a, b
+    elif node.target is torch.ops.aten.mul.Tensor:
+        x, one = (a, b) if isinstance(a, fx.Node) else (b, a)
+    else:
+        return None
+    unit = 0 if node.target is torch.ops.aten.sub.Tensor else 1
+    if not isinstance(x, fx.Node) or isinstance(one, bool) or not isinstance(one, int | float) or one != unit:
+        return None
+    val, out = x.meta.get("val"), node.meta.get("val")
+    if not isinstance(val, torch.Tensor) or not isinstance(out, torch.Tensor):
+        return None
+    return x if val.dtype.is_floating_point and out.dtype == val.dtype else None
 
 
 def _device_from_input(graph: fx.Graph) -> None:
