@@ -197,3 +197,30 @@ def test_uvit_blocks_computed_whole_are_called_with_their_skips():
     noise, labels = inputs(model, 2)
     want = reference.sample(model, plan, sched, noise, labels, 4.0)
     assert rel_error(compiled(noise, labels, 4.0), want) <= 1e-5
+
+
+class _Identities(torch.nn.Module):
+    def forward(self, x, i):
+        return (x / 1.0, x * 1, 1 * x, x - 0, x + 0, x / 2.0, x * True, i / 1.0, i * 1, x / 1)
+
+
+def test_only_exact_identities_are_folded():
+    """``x / 1.0``, ``x * 1``, ``x - 0`` give a floating ``x`` back bit for bit (sign of zero, NaN
+    and inf included) in its dtype, and are folded; ``x + 0`` turns ``-0.0`` into ``+0.0`` and an
+    integer tensor divided by 1.0 becomes float, so they stay (as do ``x * True`` and ``i * 1``,
+    left as written)."""
+    from l2c_compile.passes.trace import identity_input
+
+    x = torch.tensor([-0.0, 0.0, 1.5, -2.0, float("inf"), float("nan")], dtype=torch.float16)
+    i = torch.arange(6)
+    gm = torch.export.export(_Identities(), (x, i)).module()
+    ops = [n for n in gm.graph.nodes if n.op == "call_function" and n.target in (
+        torch.ops.aten.div.Tensor, torch.ops.aten.mul.Tensor, torch.ops.aten.sub.Tensor, torch.ops.aten.add.Tensor)]
+    folded = [identity_input(n) is not None for n in ops]
+    assert folded == [True, True, True, True, False, False, False, False, False, True]
+    results = _Identities()(x, i)
+    for fold, got in zip(folded, results, strict=True):
+        if fold:  # sound: the op returns its input bit for bit
+            assert got.dtype == x.dtype and torch.equal(got.view(torch.int16), x.view(torch.int16))
+    assert not torch.equal(results[4].view(torch.int16), x.view(torch.int16))  # x + 0: -0.0 → +0.0
+    assert results[7].dtype != i.dtype  # i / 1.0 is float

@@ -151,3 +151,22 @@ def test_exported_step_code_compiles_whole_without_graph_breaks():
     # fullgraph=True raises on any graph break; the "eager" dynamo backend keeps this test fast.
     compiled.steps = [torch.compile(s, fullgraph=True, backend="eager") for s in compiled.steps]
     assert rel_error(compiled(noise, labels, 2.0), want) <= 1e-6
+
+
+def test_generated_code_reads_like_the_diffusers_forward():
+    from tests.test_codegen import assert_reads_like_a_forward, reusing
+
+    model = _model(layers=3)
+    plan = make_plan("ddim", 6, noise_schedule="linear", time_input="discrete")
+    sched = reusing(plan, 3, {0})
+    compiled = l2c_compile.compile(model, plan, sched)
+    src = compiled.source
+    assert_reads_like_a_forward(src)
+    assert "b1_shift_msa, b1_scale_msa, b1_gate_msa, b1_shift_mlp, b1_scale_mlp, b1_gate_mlp = " in src
+    assert "b1_query = F.linear(" in src and "b1_attn = F.linear(" in src
+    cache = src[src.index("def step_1("):src.index("STEPS = ")]
+    assert "transformer_blocks[0].attn1" not in cache and "transformer_blocks[0].ff" not in cache
+    assert "    # + cached attn output of block 0, + cached mlp output of block 0\n" in cache
+    noise, labels = inputs(model, 2)
+    want = reference.sample(model, plan, sched, noise, labels, 4.0)
+    assert rel_error(compiled(noise, labels, 4.0), want) <= 1e-5

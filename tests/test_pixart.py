@@ -489,3 +489,30 @@ def test_shipped_and_released_routers_stay_two_kind():
         assert router.kinds == ("attn", "mlp") and router.depth * 2 == router.logits.shape[1], (
             path.name
         )
+
+
+def test_generated_code_reads_like_the_diffusers_forward():
+    """Export capture: names from the processor's and the block's own lines, no identities left,
+    fused reuses say what they add, caches travel by name; and it still equals the reference."""
+    from tests.test_codegen import assert_reads_like_a_forward, reusing
+
+    model = DiffusersPixArt(tiny_pixart_transformer(0), text_len=TEXT_LEN)
+    plan = make_plan("dpm-solver++", 6)
+    sched = reusing(plan, 2, {1}, kinds=THREE)
+    sampler = compile_sampler(model, plan, sched, cfg=True)
+    src = sampler.source
+    assert_reads_like_a_forward(src)
+    full = src[src.index("def step_0("):src.index("def step_1(")]
+    assert "b0_shift_msa, b0_scale_msa, b0_gate_msa, b0_shift_mlp, b0_scale_mlp, b0_gate_mlp = " in full
+    for name, module in (("query", "attn1.to_q"), ("key_2", "attn1.to_k"), ("value_2", "attn1.to_v")):
+        assert f"b0_{name} = F.linear(b0_norm_hidden_states, m.transformer.transformer_blocks[0].{module}." in full
+    assert "b0_attn = F.linear(" in full and "b0_cross = F.linear(" in full  # `/ 1.0` folded away
+    cache = src[src.index("def step_1("):src.index("STEPS = ")]
+    assert "b1_query = " not in cache and "m.transformer.transformer_blocks[1].attn1" not in cache  # no dead attention
+    assert "cache_attn_1=attn_1, cache_cross_1=cross_1, cache_mlp_1=mlp_1)" in src
+    inputs = prompt_inputs(2, 0)
+    y = torch.stack([pack_condition(inputs["prompt_embeds"], inputs["prompt_attention_mask"]),
+                     pack_condition(inputs["negative_prompt_embeds"], inputs["negative_prompt_attention_mask"])], dim=1)
+    noise = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    want = reference.sample(model, plan, sched, noise, y, 4.5)
+    assert rel_error(sampler(noise, y, 4.5), want) <= 1e-5

@@ -28,6 +28,7 @@ import operator
 import re
 from pathlib import Path
 
+import torch
 from torch import fx
 
 NAME_META = "l2c_name"
@@ -137,9 +138,28 @@ def _scope_leaf(node: fx.Node) -> str | None:
     return None if not leaf or leaf.isdigit() else leaf
 
 
+def _size_name(node: fx.Node) -> str | None:
+    """A name for a symbolic size (an export capture keeps the batch symbolic): ``n`` for an
+    input's batch size, ``batch`` for a multiple of it (the CFG-doubled batch), ``size`` for any
+    other. The statement a size was first needed on says nothing about what it is."""
+    if not isinstance(node.meta.get("val"), torch.SymInt):
+        return None
+    if node.target is torch.ops.aten.sym_size.int and node.args[1:] == (0,) and node.args[0].op == "placeholder":
+        return "n"
+    if node.target is operator.mul and any(isinstance(a, fx.Node) and a.meta.get(NAME_META) == "n" for a in node.args):
+        return "batch"
+    return "size"
+
+
 def name_values(gm: fx.GraphModule) -> int:
     """Set ``meta["l2c_name"]`` from the statement each value comes from; return how many."""
-    frames = {n: _user_frame(n) for n in gm.graph.nodes}
+    sizes = 0
+    for node in gm.graph.nodes:
+        size = _size_name(node)
+        if size is not None:
+            node.meta[NAME_META] = size
+            sizes += 1
+    frames = {n: None if NAME_META in n.meta else _user_frame(n) for n in gm.graph.nodes}
     sites = {n: _site(n, f) for n, f in frames.items() if f is not None}
     roots: dict[tuple[str, int], list[fx.Node]] = {}  # the values each statement leaves, in order
     for node in gm.graph.nodes:
@@ -176,4 +196,4 @@ def name_values(gm: fx.GraphModule) -> int:
         if name and name.isidentifier() and name != "_":
             node.meta[NAME_META] = name
             named += 1
-    return named
+    return named + sizes

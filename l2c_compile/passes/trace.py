@@ -161,7 +161,7 @@ def export_step(model: nn.Module, *, cfg: bool) -> fx.GraphModule:
     for node in unlifted.graph.nodes:
         if _export_only(node):
             continue
-        same = _identity_input(node)
+        same = identity_input(node)
         if same is not None:
             env[node] = env[same]
             continue
@@ -230,7 +230,7 @@ def _export_only(node: fx.Node) -> bool:
     return node.op == "call_function" and node.target is torch.ops.aten._assert_tensor_metadata.default
 
 
-def _identity_input(node: fx.Node) -> fx.Node | None:
+def identity_input(node: fx.Node) -> fx.Node | None:
     """The input ``node`` returns unchanged, or None: an eval-mode dropout (``aten.dropout(x, p,
     train=False)``), or a floating tensor divided or multiplied by the number 1 or less 0 (diffusers'
     ``hidden_states / attn.rescale_output_factor``, ``scale * emb``). Each gives back ``x`` bit for
