@@ -224,3 +224,24 @@ def test_only_exact_identities_are_folded():
             assert got.dtype == x.dtype and torch.equal(got.view(torch.int16), x.view(torch.int16))
     assert not torch.equal(results[4].view(torch.int16), x.view(torch.int16))  # x + 0: -0.0 → +0.0
     assert results[7].dtype != i.dtype  # i / 1.0 is float
+
+
+class _Unpack(torch.nn.Module):
+    def forward(self, x):
+        qkv = x.chunk(3, dim=-1)
+        return qkv[0] * qkv[1] + qkv[2]
+
+
+def test_tuple_items_the_source_does_not_name_are_named_after_their_tuple():
+    from l2c_compile.passes.naming import name_values
+
+    tracer = fx.Tracer()
+    tracer.record_stack_traces = True
+    gm = fx.GraphModule(_Unpack(), tracer.trace(_Unpack()))
+    name_values(gm)
+    src, _ = step_source(gm, 0, StepContext(model=gm, blocks={}, sublayers={}, base_scopes={}))
+    assert "    qkv_0, qkv_1, qkv_2 = x.chunk(3, dim=-1)\n" in src and "getitem" not in src
+    namespace: dict = {}
+    exec("import torch\n" + src, namespace)
+    x = torch.randn(2, 6)
+    assert torch.equal(namespace["step_0"](type("Holder", (), {"model": gm})(), x), _Unpack()(x))

@@ -14,7 +14,10 @@ after every last use. This printer writes instead:
   to a readable length; not at all in a graph with an in-place op), with Python's operator
   precedence and fx's evaluation order
   (a same-precedence right operand keeps its parentheses: float addition is not associative);
-- ``torch.nn.functional`` as ``F``; tuple results unpacked (``a, _, b = h.chunk(3, dim=-1)``);
+- ``torch.nn.functional`` as ``F``; tuple results unpacked (``a, _, b = h.chunk(3, dim=-1)``), an
+  item the source names nothing after its tuple and place (``qkv_0, qkv_1, qkv_2 = …``);
+- a fused op with the line ``passes/fuse_reuse.py`` left for it above its statement
+  (``# + cached attn output of block 3``);
 - one ``# block i: …`` comment where a block starts, and one ``del`` there of the values that died
   in the block before (activations do not outlive their block by more than one block).
 
@@ -238,6 +241,9 @@ class _Printer:
         if n.op == "call_module":
             return _leaf_name(str(n.target))
         first = n.args[0] if n.args else None
+        if (n.op == "call_function" and n.target is operator.getitem and isinstance(first, fx.Node)
+                and isinstance(n.args[1], int) and self._unpack_width(first) is not None):
+            return f"{self._base_name(first)}_{n.args[1]}"  # an item of an unpacked tuple: ``qkv_0``
         if isinstance(first, fx.Node) and NAME_META in first.meta and n.op in ("call_method", "call_function"):
             return first.meta[NAME_META]  # ``freqs[None]``, ``time_token.unsqueeze(1)``: still freqs
         if n.op == "call_method":
@@ -439,8 +445,8 @@ class _Printer:
                 continue
             e = self.expr(n)
             # what a fused op does that its arguments cannot say: printed above its statement
-            note = [(self.block_of[n], f"# {n.meta[COMMENT_META]}", frozenset(), frozenset())] \
-                if COMMENT_META in n.meta else []
+            text = "".join(c for c in str(n.meta.get(COMMENT_META, "")) if c.isprintable())  # one line, always
+            note = [(self.block_of[n], f"# {text}", frozenset(), frozenset())] if text else []
             width = self._unpack_width(n)
             if width is not None and width <= 8:
                 targets = ["_"] * width

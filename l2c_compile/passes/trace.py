@@ -9,7 +9,10 @@ Post (either capture): placeholders ``x, t, y, cfg_scale``; a single tensor outp
 read by ``get_attr`` at their module paths under ``model.``; every node keeps its module scope
 (``meta["nn_module_stack"]``) and the source line it came from (``meta["stack_trace"]``); the
 module's ``meta["l2c_sublayer_paths"]`` holds the model family's declared sublayers, and values
-carry the names the source gives them (``meta["l2c_name"]``, ``passes/naming.py``). An exported
+carry the names the source gives them (``meta["l2c_name"]``, ``passes/naming.py``; an export
+records the frames of the model's own functions for it, not only its ``forward``s). An fx capture
+records the arguments each submodule was called with (``gm.meta["l2c_module_calls"]``), so the
+printer can call a block that runs whole as itself. An exported
 graph additionally has no export guard call, no ``_assert_tensor_metadata`` checks, no
 eval-mode dropout and no ``x / 1.0``, ``x * 1`` or ``x - 0`` on a floating tensor (each an identity
 or a check on values the step never changes), factory calls
