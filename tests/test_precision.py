@@ -69,8 +69,8 @@ def test_sampler_state_stays_fp32_while_the_model_runs_in_bf16():
     seen: list[tuple[torch.dtype, torch.dtype]] = []
 
     def recording(step):
-        def run(x, t, y, cfg_scale, *caches):
-            out = step(x, t, y, cfg_scale, *caches)
+        def run(x, t, y, cfg_scale, *hoisted, **caches):  # the loop passes caches by name
+            out = step(x, t, y, cfg_scale, *hoisted, **caches)
             seen.append((x.dtype, out[0].dtype))
             return out
 
