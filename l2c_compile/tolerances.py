@@ -14,10 +14,12 @@ against the float32 reference, with a tolerance measured per model and dtype. Wh
 comes from (measured on CPU, NFE 20 with the shipped routers, batch 2, seeds 0–5; reproduce with
 ``python benchmarks/verify_tolerance.py``):
 
-* It is the network's rounding, not the compiler. An all-compute bf16 artifact equals the eager
-  reference executor run in bf16 bit for bit; with a schedule the two differ about as much as
-  either differs from float32, because the fused reuse epilogue rounds once where eager rounds
-  after every op.
+* It is the network's rounding, not the compiler. An all-compute bf16 artifact compiled without
+  hoisting equals the eager reference executor run in bf16 bit for bit; with hoisting (the
+  default) each hoisted GEMM runs once over all the timesteps, a larger M at which a bf16 GEMM
+  kernel may round a row differently, and with a schedule the fused reuse epilogue rounds once
+  where eager rounds after every op: either way the artifact and eager bf16 differ about as much
+  as either differs from float32.
 * The sampler amplifies it. bf16 keeps 8 mantissa bits (~0.4 % per op); every ε error is carried
   into the state with the update coefficients (up to ``6.16·x − 5.16·ε`` on a DDIM step) and
   along 20 steps, so the final samples drift by 1–2 % RMS.
