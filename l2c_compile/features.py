@@ -84,9 +84,12 @@ def _probe_cuda_bf16() -> bool:
 
 
 def _probe_triton() -> bool:
-    from l2c_compile.kernels._common import HAS_TRITON
-
-    return bool(HAS_TRITON)
+    """Whether ``triton`` and ``triton.language`` import (as ``kernels._common.HAS_TRITON`` asks)."""
+    try:
+        import triton.language  # noqa: F401  (imports triton too)
+    except ImportError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -242,9 +245,11 @@ def fallback_notes(dtype: torch.dtype, device: torch.device | str | None, backen
     return notes
 
 
-def machine_notes() -> list[str]:
+def machine_notes(interpreter: bool = False) -> list[str]:
     """What this machine's missing features mean, one line each: the slower paths that compiles
-    here will take and the requests that are refused (``l2c-compile env`` prints them)."""
+    here will take and the requests that are refused (``l2c-compile env`` prints them).
+    ``interpreter``: whether ``TRITON_INTERPRET=1`` was set before the kernels were imported
+    (``kernels._common.INTERPRET``), so Triton's interpreter runs them on CPU."""
     notes = []
     for feature, kind in _CPU_GEMM.values():
         if not has(feature):
@@ -261,10 +266,8 @@ def machine_notes() -> list[str]:
     if not has("triton"):
         notes.append(f"{missing('triton')}: the fused reuse epilogues run their torch references")
     elif not has("cuda"):
-        from l2c_compile.kernels._common import INTERPRET
-
         notes.append("the fused reuse epilogues run in Triton's interpreter on CPU (TRITON_INTERPRET=1; "
-                     "for tests, slow)" if INTERPRET else
+                     "for tests, slow)" if interpreter else
                      "the fused reuse epilogues run their torch references on CPU (Triton kernels need CUDA)")
     return notes
 

@@ -318,7 +318,7 @@ def test_env_reports_features_where_triton_runs_and_the_notes(monkeypatch):
     assert info["triton_kernels_on_cuda"] is (features.has("triton") and features.has("cuda"))
     assert info["triton_interpreter_on_cpu"] is (features.has("triton") and INTERPRET)
     assert {f"feature_{name}" for name in features.FEATURES} <= set(info)
-    assert info["notes"] == features.machine_notes()
+    assert info["notes"] == features.machine_notes(INTERPRET)
     switch_off(monkeypatch, "onednn_bf16", "triton")
     info = ok_json("env")
     assert info["feature_onednn_bf16"] is False and info["triton_kernels_on_cuda"] is False

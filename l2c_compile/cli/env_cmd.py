@@ -46,7 +46,7 @@ def environment() -> dict[str, object]:
     info["triton_interpreter_on_cpu"] = features.has("triton") and INTERPRET
     info["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
     info.update({f"feature_{name}": usable for name, usable in features.report().items()})
-    info["notes"] = features.machine_notes()
+    info["notes"] = features.machine_notes(INTERPRET)
     return info
 
 
