@@ -59,10 +59,15 @@ def gflops(fn: Callable[[], Any], flop: float, repeats: int) -> float:
     return flop * repeats / (time.perf_counter() - t0) / 1e9
 
 
+def onednn_feature(dtype: torch.dtype) -> str:
+    """The feature (l2c_compile.features) oneDNN's GEMMs in ``dtype`` need."""
+    return {torch.float32: "onednn", torch.bfloat16: "onednn_bf16", torch.float16: "onednn_fp16"}[dtype]
+
+
 def paths(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> dict[str, Callable[[], Any]]:
     """The GEMM paths to time; oneDNN's only where this CPU has them for ``x``'s dtype."""
     timed: dict[str, Callable[[], Any]] = {"aten": lambda: F.linear(x, w, b)}
-    if not features.has("onednn" if x.dtype == torch.float32 else "onednn_bf16"):
+    if not features.has(onednn_feature(x.dtype)):
         return timed
     packed = torch.ops.mkldnn._reorder_linear_weight(w, x.shape[0])
     timed["onednn"] = lambda: torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
@@ -94,7 +99,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             if "onednn_gflops" in row:
                 row["onednn_over_aten"] = row["onednn_gflops"] / row["aten_gflops"]
             else:
-                row["note"] = f"no oneDNN {row['dtype']} GEMMs on this CPU (features.has)"
+                row["note"] = features.missing(onednn_feature(dtype))
             rows.append(row)
             print(json.dumps(row), flush=True)
     out = Path(args.out)

@@ -16,11 +16,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import environment
+
 import l2c_compile
-from l2c_compile import reference
+from l2c_compile import features, reference
 from l2c_compile.demo import shipped_router
 from l2c_compile.models.registry import build_model, get_spec, init_random, load_checkpoint
 from l2c_compile.samplers import make_plan
@@ -101,9 +107,10 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     seeds = [int(s) for s in args.seeds.split(",")]
+    env = {**environment("cpu"), "onednn_bf16": features.has("onednn_bf16")}
     for name in args.models.split(","):
         for row in measure(name, seeds):
-            print(json.dumps(row), flush=True)
+            print(json.dumps({**row, "env": env}), flush=True)
 
 
 if __name__ == "__main__":

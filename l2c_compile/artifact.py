@@ -32,6 +32,7 @@ from torch import nn
 
 from l2c_compile.backends import restore_regions
 from l2c_compile.compiler import compile as compile_sampler
+from l2c_compile.compiler import record_fallbacks
 from l2c_compile.cuda_graph import check_cuda_graph_device
 from l2c_compile.errors import L2CError
 from l2c_compile.inputs import input_file, read_json
@@ -230,8 +231,10 @@ def load(
     if backend is not None and backend != manifest.backend:  # a caller's override, after the checks
         if manifest.backend == "regional":
             restore_regions(compiled.model)
-        compiled = CompiledSampler(compiled.model, compiled.source, dict(compiled.info, backend=backend),
-                                   backend=backend)
+        info = dict(compiled.info, backend=backend)
+        weights = next(compiled.model.parameters())
+        record_fallbacks(info, weights.dtype, weights.device, backend)  # the backend's own slower paths
+        compiled = CompiledSampler(compiled.model, compiled.source, info, backend=backend)
     graphed = manifest.cuda_graph if cuda_graph is None else cuda_graph
     if graphed:
         check_cuda_graph_device(next(model.parameters()).device)

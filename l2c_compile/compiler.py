@@ -101,6 +101,25 @@ def private_copy(
     return copy.deepcopy(model, memo)
 
 
+def record_fallbacks(
+    info: dict[str, Any], dtype: torch.dtype, device: str | torch.device | None, backend: str
+) -> list[str]:
+    """Put the slower paths a sampler of ``dtype`` weights on ``device`` takes with ``backend``
+    for lack of a CPU/GPU feature into ``info["fallbacks"]`` (one line each,
+    :func:`~l2c_compile.features.fallback_notes`), and return them.
+
+    The key is present only when there is a note, so an artifact compiled where the fast paths run
+    has the same manifest on every such machine; ``load`` does not compare it (another machine may
+    differ) and derives it again for the machine and backend it loads on.
+    """
+    notes = features.fallback_notes(dtype, device, backend)
+    if notes:
+        info["fallbacks"] = notes
+    else:
+        info.pop("fallbacks", None)
+    return notes
+
+
 def _fuse_pass():
     """The reuse-epilogue fusion pass, when the kernels package provides it."""
     try:
@@ -247,9 +266,7 @@ def compile(
         "hoist_limit_bytes": hoist_limit_bytes,
         "hoisted": hoisted,
     }
-    note = features.fallback_note(p.dtype, p.device, backend)
-    if note is not None:  # recorded only when a slower path was taken (machine-dependent)
-        info["fallbacks"] = [note]
+    record_fallbacks(info, p.dtype, p.device, backend)
     try:
         sampler = CompiledSampler(model, source, info, backend=backend, cuda_graph=cuda_graph)
     except CompileError:

@@ -144,7 +144,9 @@ def verify_artifact(
 
 
 def compile_summary(info: dict[str, Any]) -> dict[str, Any]:
-    """The headline numbers of a compiled sampler's ``info``: sizes, MACs, summed pass statistics."""
+    """The headline numbers of a compiled sampler's ``info``: sizes, MACs, summed pass statistics,
+    and ``fallbacks``: the slower paths taken for lack of a CPU/GPU feature (a list of one-line
+    notes, empty where the fast paths run)."""
     macs = info["macs_per_image"]
     passes: dict[str, dict[str, float]] = {}
     for g in info["graphs"]:
@@ -166,6 +168,7 @@ def compile_summary(info: dict[str, Any]) -> dict[str, Any]:
         "ideal_speedup": round(macs["uncached"] / max(macs["compiled"], 1), 4),
         "hoist": hoist_summary(info),
         "passes": passes,
+        "fallbacks": list(info.get("fallbacks", ())),  # one line each; the CLI prints them, not as a row
     }
 
 

@@ -14,15 +14,10 @@ from l2c_compile.backends import linear_onednn, rewrite_for_cpu
 from l2c_compile.samplers import make_plan
 from tests.helpers import inputs, random_schedule, rel_error, tiny_dit, tiny_uvit
 
-pytestmark = pytest.mark.skipif(
-    not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN"
-)
+pytestmark = pytest.mark.skipif(not features.has("onednn"), reason=features.missing("onednn"))
 
 
-NEEDS_ONEDNN_BF16 = pytest.mark.skipif(
-    not features.has("onednn_bf16"),
-    reason=f"this CPU lacks {features.FEATURES['onednn_bf16'].description}",
-)
+NEEDS_ONEDNN_BF16 = pytest.mark.skipif(not features.has("onednn_bf16"), reason=features.missing("onednn_bf16"))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, pytest.param(torch.bfloat16, marks=NEEDS_ONEDNN_BF16)])

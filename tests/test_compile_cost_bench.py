@@ -38,9 +38,8 @@ def test_cold_then_warm_load_of_one_artifact_in_fresh_processes(compile_cost, tm
 
 
 def test_gemm_benchmark_writes_every_path(tmp_path):
-    pytest.importorskip("torch.backends.mkldnn")
-    if not torch.backends.mkldnn.is_available():
-        pytest.skip("no oneDNN in this torch build")
+    if not features.has("onednn"):
+        pytest.skip(features.missing("onednn"))
     sys.path.insert(0, str(BENCH))
     threads = torch.get_num_threads()
     try:

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 import l2c_compile
 from l2c_compile import compiler as compiler_module
-from l2c_compile import cuda_graph, runtime
+from l2c_compile import cuda_graph, features, runtime
 from l2c_compile.cli.main import app
 from l2c_compile.errors import L2CError
 from l2c_compile.models.registry import build_model, get_spec, init_random
@@ -25,7 +25,7 @@ from l2c_compile.samplers import make_plan
 from tests.helpers import inputs, random_schedule, rel_error, tiny_dit, tiny_uvit
 
 runner = CliRunner()
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+needs_cuda = pytest.mark.skipif(not features.has("cuda"), reason=features.missing("cuda"))
 
 
 def _stderr(result) -> str:

@@ -21,7 +21,7 @@ import pytest
 import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from l2c_compile import kernels
+from l2c_compile import features, kernels
 from l2c_compile.errors import L2CError
 from l2c_compile.kernels import _common
 
@@ -247,7 +247,7 @@ def test_zero_width_rows_are_refused() -> None:
 @pytest.mark.skipif(INTERP, reason="CPU launches are allowed under TRITON_INTERPRET=1")
 def test_launcher_refuses_cpu_without_interpreter() -> None:
     args = make_args("layernorm", (1, 2, 8), torch.float32)
-    with pytest.raises(ValueError, match=r"TRITON_INTERPRET=1|triton is not installed"):
+    with pytest.raises(ValueError, match=r"TRITON_INTERPRET=1|needs the triton package"):
         layernorm_mod.reuse_residual_layernorm_triton(*args)
 
 
@@ -349,7 +349,7 @@ _NO_TRITON_SCRIPT = textwrap.dedent(
     import sys
     sys.modules["triton"] = None  # any `import triton` now raises ImportError
     import torch
-    from l2c_compile import kernels
+    from l2c_compile import features, kernels
     assert not kernels.HAS_TRITON
     x = torch.randn(2, 3, 5); c = torch.randn(2, 3, 5); v = torch.randn(2, 5)
     x_new, h = kernels.reuse_residual_ln_modulate(x, v, c, v, v)
@@ -460,7 +460,7 @@ class TestTritonInterpreter:
 
 # ----------------------------------------------------------------------------- CUDA (device runs)
 
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+needs_cuda = pytest.mark.skipif(not features.has("cuda"), reason=features.missing("cuda"))
 
 
 @pytest.mark.gpu

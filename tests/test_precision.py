@@ -132,12 +132,28 @@ def test_bf16_artifact_round_trips_and_verify_reports_the_fp32_error(tmp_path):
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_low_precision_error_is_the_networks_not_the_compilers(dtype):
-    """l2c_compile/tolerances.py's finding: an all-compute low-precision artifact equals the eager
-    reference executor run in the same dtype bit for bit, so its distance from float32 is the
-    network's rounding carried along the trajectory, which verify judges by RMS."""
+    """l2c_compile/tolerances.py's finding: an all-compute low-precision artifact compiled without
+    hoisting equals the eager reference executor run in the same dtype bit for bit, so its
+    distance from float32 is the network's rounding carried along the trajectory, which verify
+    judges by RMS.
+
+    With hoisting (the default) the prologue runs each hoisted GEMM once over all the
+    trajectory's timesteps (M = steps · rows instead of rows), and a low-precision GEMM kernel may
+    round a row differently at another M; the artifact then lands as far from float32 as the
+    eager low-precision run does (measured on CPU: 0.95× in bf16, 1.05× in fp16), not further.
+    """
     model = tiny_dit()
     plan = make_plan("ddim", 6)
-    compiled = l2c_compile.compile(model, plan, None, dtype=dtype)
     noise, labels = inputs(model)
-    eager_low = reference.sample(compiled.model, plan, None, noise, labels, 4.0)
-    assert torch.equal(compiled(noise, labels, 4.0), eager_low)
+    fp32 = reference.sample(model, plan, None, noise, labels, 4.0)
+    exact = l2c_compile.compile(model, plan, None, dtype=dtype, hoist=False)
+    eager_low = reference.sample(exact.model, plan, None, noise, labels, 4.0)
+    assert torch.equal(exact(noise, labels, 4.0), eager_low)
+
+    hoisted = l2c_compile.compile(model, plan, None, dtype=dtype)
+    assert hoisted.info["hoisted"]["gemms_batched_over_steps"] > 0
+
+    def rms(a: torch.Tensor) -> float:
+        return float((a - fp32).norm() / fp32.norm())
+
+    assert 0.0 < rms(hoisted(noise, labels, 4.0)) <= 1.5 * rms(eager_low)

@@ -145,7 +145,8 @@ def compile_cmd(
         return
     table = Table(title=f"compiled → {out}", show_header=False)
     for k, v in summary.items():
-        table.add_row(k, format_passes(v) if k == "passes" else str(v))
+        if k != "fallbacks":  # printed above as lines (print_fallbacks), not as a list in a cell
+            table.add_row(k, format_passes(v) if k == "passes" else str(v))
     console.print(table)
 
 

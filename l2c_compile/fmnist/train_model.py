@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from l2c_compile import features
 from l2c_compile.errors import L2CError
 from l2c_compile.fmnist import specs
 from l2c_compile.fmnist.data import load_tensors
@@ -225,8 +226,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise L2CError(f"--device {args.device}: this torch build sees no CUDA device")
+        features.require("cuda", f"--device {args.device}")
         torch.backends.cuda.matmul.allow_tf32 = True
     spec = build_spec(args.model)
     x_all, y_all = load_tensors("train")  # (60000, 1, 32, 32), (60000,)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from l2c_compile import features
 from l2c_compile.errors import L2CError
 
 try:  # Triton is optional: without it every op runs its torch reference.
@@ -128,9 +129,10 @@ def check_eps(op: str, eps: float) -> None:
 
 
 def check_launchable(op: str, x: torch.Tensor, hidden: int) -> None:
-    """Refuse tensors the Triton kernel cannot take (no triton, CPU without interpreter, too wide)."""
-    if not HAS_TRITON:
-        raise KernelInputError(f"{op}: triton is not installed; use the torch reference")
+    """Refuse tensors the Triton kernel cannot take: :class:`KernelInputError` (one line) without
+    the ``triton`` feature (not installed, or switched off, see :mod:`l2c_compile.features`), for
+    CPU tensors without the interpreter, other devices, or rows wider than ``MAX_HIDDEN``."""
+    features.require("triton", f"{op}: the Triton kernel", KernelInputError)
     if x.device.type == "cpu" and not INTERPRET:
         raise KernelInputError(
             f"{op}: CPU tensors need TRITON_INTERPRET=1 set before import to run the Triton kernel"

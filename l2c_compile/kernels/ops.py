@@ -16,10 +16,11 @@ unit-stride last dimension (strided adaLN chunks are fine); weight and bias are 
 share one dtype (float32, float16 or bfloat16) and device; both outputs are new contiguous
 (B, T, D) tensors of that dtype. None of the ops mutates or aliases its inputs.
 
-Implementations: CUDA runs the Triton kernel (the torch reference when triton is missing, a
-row is wider than ``MAX_HIDDEN`` or the batch exceeds ``MAX_GRID_BATCH``); CPU runs the torch
-reference, or the Triton kernel through the interpreter when ``TRITON_INTERPRET=1`` was set
-before import. Inference only: no autograd formula is registered.
+Implementations: CUDA runs the Triton kernel, or the torch reference without the ``triton``
+feature (not installed, or switched off: :mod:`l2c_compile.features`), for a row wider than
+``MAX_HIDDEN`` or a batch over ``MAX_GRID_BATCH``; CPU runs the torch reference, or the Triton
+kernel through the interpreter when ``TRITON_INTERPRET=1`` was set before import. Inference only:
+no autograd formula is registered.
 """
 
 from __future__ import annotations
@@ -28,9 +29,11 @@ from collections.abc import Callable
 
 import torch
 
+from l2c_compile import features
+
 # Import from the submodules by full path: the package re-exports functions under the same
 # names, which shadow the submodule attributes once l2c_compile.kernels has finished importing.
-from l2c_compile.kernels._common import HAS_TRITON, INTERPRET, MAX_GRID_BATCH, MAX_HIDDEN
+from l2c_compile.kernels._common import INTERPRET, MAX_GRID_BATCH, MAX_HIDDEN
 from l2c_compile.kernels.reuse2_residual_ln_modulate import (
     check_inputs as _check_reuse2,
 )
@@ -80,14 +83,14 @@ def _make_impls(
     # The dispatcher may drop arguments equal to their schema default (eps), so every piece
     # repeats the schema's default and these wrappers forward exactly what they get.
     def cpu_impl(*args: object, **kwargs: object) -> tuple[torch.Tensor, torch.Tensor]:
-        if INTERPRET and HAS_TRITON:
+        if INTERPRET and features.has("triton"):
             return launch(*args, **kwargs)
         return reference(*args, **kwargs)
 
     def cuda_impl(*args: object, **kwargs: object) -> tuple[torch.Tensor, torch.Tensor]:
         batch, _, hidden = check(*args, **kwargs)
         # Shapes the kernel cannot tile still get a correct (slower) answer.
-        if HAS_TRITON and hidden <= MAX_HIDDEN and batch <= MAX_GRID_BATCH:
+        if features.has("triton") and hidden <= MAX_HIDDEN and batch <= MAX_GRID_BATCH:
             return launch(*args, **kwargs)
         return reference(*args, **kwargs)
 

@@ -38,6 +38,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from l2c_compile import features
 from l2c_compile.errors import L2CError, suggest
 from l2c_compile.masks import MODES
 from l2c_compile.passes.sublayers import sublayer_spec
@@ -239,8 +240,8 @@ def init_distributed() -> tuple[int, int, torch.device]:
     NCCL with one GPU per local rank when CUDA is available, gloo on the CPU otherwise.
     """
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    use_cuda = torch.cuda.is_available()
+        return 0, 1, torch.device("cuda" if features.has("cuda") else "cpu")
+    use_cuda = features.has("cuda")
     if not dist.is_initialized():
         if use_cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
