@@ -147,7 +147,7 @@ def test_distinct_graphs_follow_distinct_masks():
     plan = _plan("dit", 8)
     sched = random_schedule(plan, 2, random.Random(11), p=0.5)
     compiled = l2c_compile.compile(model, plan, sched)
-    masks = {(frozenset(c.reuse_attn), frozenset(c.reuse_mlp)) for c in sched.calls}
+    masks = {(frozenset(c.reused("attn")), frozenset(c.reused("mlp"))) for c in sched.calls}
     assert compiled.info["distinct_graphs"] == len(masks)
 
 

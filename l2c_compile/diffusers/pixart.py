@@ -2,7 +2,7 @@
 a model.
 
 The transformer is held unmodified at ``self.transformer``; its cacheable sublayers are declared
-by module path, three per block: ``transformer_blocks.{i}.attn1`` (self-attention, gated by
+by module path in the ``pixart`` family (``families/builtin.py``), three per block: ``transformer_blocks.{i}.attn1`` (self-attention, gated by
 adaLN-single), ``transformer_blocks.{i}.attn2`` (cross-attention to the prompt, ungated) and
 ``transformer_blocks.{i}.ff`` (gated). fx cannot trace it (its forward branches on values), so it
 asks for the ``torch.export`` capture.
@@ -25,11 +25,6 @@ from diffusers import PixArtTransformer2DModel
 from torch import nn
 
 from l2c_compile.errors import L2CError
-from l2c_compile.passes.sublayers import SublayerSpec, register_sublayers
-
-PIXART_SUBLAYERS = SublayerSpec(
-    blocks=("transformer_blocks",), attn="attn1", cross="attn2", mlp="ff"
-)
 
 
 def pack_condition(embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -171,9 +166,6 @@ class DiffusersPixArt(nn.Module):
         u = uncond[:, :c]
         return u + scale * (cond[:, :c] - u)
 
-
-register_sublayers(PixArtTransformer2DModel, PIXART_SUBLAYERS)
-register_sublayers(DiffusersPixArt, PIXART_SUBLAYERS.under("transformer"))
 
 
 @torch.no_grad()

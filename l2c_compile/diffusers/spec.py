@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from l2c_compile.errors import L2CError
+from l2c_compile.families import Family, family_for_diffusers
 from l2c_compile.inputs import read_json
 
 PIXART = "PixArtTransformer2DModel"
@@ -41,19 +42,27 @@ class DiffusersSpec:
     text_len: int | None = None  # PixArt: the prompt length the sampler is made for
 
     @property
+    def declaration(self) -> Family:
+        """The family declared for this diffusers class (``families/builtin.py``)."""
+        fam = family_for_diffusers(self.diffusers_class)
+        if fam is None:
+            raise L2CError(f"no model family declares the diffusers class {self.diffusers_class!r}")
+        return fam
+
+    @property
     def text_conditioned(self) -> bool:
         """Whether the model is conditioned on a prompt (PixArt) rather than a class."""
-        return self.diffusers_class == PIXART
+        return self.declaration.conditioning == "text"
 
     @property
     def kinds(self) -> tuple[str, ...]:
-        """The sublayer kinds of each block (``masks.KINDS`` order)."""
-        return ("attn", "cross", "mlp") if self.text_conditioned else ("attn", "mlp")
+        """The sublayer kinds of each block (vocabulary order), from the family's declaration."""
+        return self.declaration.kinds
 
     @property
     def router_family(self) -> str:
         """The family whose routers and thresholds apply (a diffusers DiT takes DiT's)."""
-        return "dit"
+        return self.declaration.own_router_family
 
     @property
     def depth(self) -> int:
@@ -89,10 +98,15 @@ def spec_from_config(cls: str, config: dict[str, Any], text_len: int | None = No
     """The spec of a ``cls`` model with ``config`` (private ``_`` keys dropped); ``text_len``:
     PixArt's prompt length (default 120)."""
     config = {k: v for k, v in sorted(config.items()) if not k.startswith("_")}
-    if cls == PIXART:
-        return DiffusersSpec(f"diffusers:{cls}", cls, config, default_sampler="dpm-solver++",
-                             default_cfg_scale=4.5, text_len=text_len or 120)
-    return DiffusersSpec(_official_name(config) or f"diffusers:{cls}", cls, config)
+    fam = family_for_diffusers(cls)
+    if fam is None or fam.sampling is None:
+        raise L2CError(f"no model family declares the diffusers class {cls!r}")
+    s = fam.sampling
+    conventions = {"default_sampler": s.default_sampler, "noise_schedule": s.noise_schedule,
+                   "time_input": s.time_input, "default_cfg_scale": s.default_cfg_scale}
+    if fam.conditioning == "text":
+        return DiffusersSpec(f"diffusers:{cls}", cls, config, **conventions, text_len=text_len or 120)
+    return DiffusersSpec(_official_name(config) or f"diffusers:{cls}", cls, config, **conventions)
 
 
 def spec_for_folder(path: str | os.PathLike[str]) -> DiffusersSpec:
