@@ -141,7 +141,7 @@ class Layout:
     """Which sublayer kinds each block has: ``groups`` of consecutive blocks, ``(count, kinds)``.
 
     Block ids count from 0 over all groups. Router entries and every other flat per-sublayer
-    table follow :meth:`keys`: block by block, each block's kinds in vocabulary order (for one
+    table follow :meth:`sublayer_keys`: block by block, each block's kinds in vocabulary order (for one
     group of K kinds, entry ``K·i + k`` is kind ``k`` of block ``i``).
     """
 
@@ -185,7 +185,7 @@ class Layout:
         """The ids of the blocks that have ``kind``."""
         return tuple(b for b in range(self.depth) if kind in self.kinds_of(b))
 
-    def keys(self) -> list[SublayerKey]:
+    def sublayer_keys(self) -> list[SublayerKey]:
         """Every sublayer, in :func:`key_order` (the order of router entries)."""
         out: list[SublayerKey] = []
         start = 0
@@ -234,5 +234,5 @@ def mask_of(reuse: dict[str, Iterable[int]], kinds: tuple[str, ...]) -> Mask:
 def all_keys(depth: int, kinds: tuple[str, ...] = DEFAULT_KINDS, layout: Layout | None = None) -> list[SublayerKey]:
     """Every sublayer of a ``depth``-block model with ``kinds`` (or of ``layout``), in :func:`key_order`."""
     if layout is not None:
-        return layout.keys()
+        return layout.sublayer_keys()
     return [(k, b) for b in range(depth) for k in kinds]

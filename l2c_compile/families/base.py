@@ -17,9 +17,9 @@ one (:func:`register_family`) adds its new kinds to the vocabulary (:mod:`l2c_co
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from torch import nn
 
@@ -99,6 +99,8 @@ class Family:
     layout this family writes and reads (``"dit-official"``, ``"uvit-official"``) or None;
     ``router_family``: the family whose routers, recipe and θ apply (default: its own).
     ``diffusers_class``: the diffusers class an adapter wraps; ``conditioning``: what ``y`` is.
+    ``build``: for a family outside the model registry and diffusers, how an artifact rebuilds an
+    empty model from its manifest record's ``kwargs`` (``artifact.load``).
     """
 
     name: str
@@ -113,6 +115,7 @@ class Family:
     sampling: Sampling | None = None
     diffusers_class: str | None = None
     conditioning: Literal["class", "text", "none"] = "class"
+    build: Callable[[Mapping[str, Any]], nn.Module] | None = None
 
     def __post_init__(self) -> None:
         if not self.groups:

@@ -147,7 +147,7 @@ def shard_loss(
     mode: str,
 ) -> torch.Tensor:
     """distance(teacher, student) at ``target``'s cache call; ``weights``: (width,) fresh weights
-    in router entry order (the family layout's ``keys()``: block by block, each block's kinds; for
+    in router entry order (the family layout's ``sublayer_keys()``: block by block, each block's kinds; for
     K kinds in every block, entry ``K·i + k`` is kind ``k`` of block ``i``)."""
     alpha, sigma = target.noise_level
     x = alpha * x0 + sigma * noise  # (B, C, H, W) state at the step start
@@ -169,7 +169,7 @@ def shard_loss(
     state.set_call(record=False)
     state.mode = mode
     w = weights.to(teacher.dtype)
-    keys = family_of(model).layout(model).keys()  # router entry order
+    keys = family_of(model).layout(model).sublayer_keys()  # router entry order
     state.weights = {key: w[j] for j, key in enumerate(keys)}
     student = _model_call(model, target.call, x_m, labels)  # (B, C_out, H, W)
     state.weights = None

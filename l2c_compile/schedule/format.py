@@ -567,7 +567,7 @@ def _from_reuse(
 ) -> Schedule:
     """Build a Schedule from per-call boolean reuse vectors ``[width]`` (router entry order)."""
     layout = _layout(depth, kinds)
-    keys = layout.keys()
+    keys = layout.sublayer_keys()
     calls = []
     for c in plan.calls:
         r = reuse.get(c.index)

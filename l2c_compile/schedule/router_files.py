@@ -150,6 +150,7 @@ def _meta_kinds(meta: dict[str, Any], name: str) -> int:
             layout = Layout.from_json(meta["groups"])
             if list(layout.kinds) != list(meta.get("sublayers", ())):
                 raise ValueError(f"groups {layout.to_json()} do not cover the sublayers {meta.get('sublayers')}")
+            return 1  # the groups fix the width exactly (_check_groups)
         if "sublayers" not in meta:
             return len(SUBLAYERS)
         return len(check_kinds(meta["sublayers"]))
@@ -433,7 +434,7 @@ def check_router_target(
     if kinds:
         raise L2CError(f"{name}: {kinds}; this router was not made for this target")
     want = target.get("layout")
-    if want is not None and not want.is_uniform and router.layout != want:
+    if want is not None and not (want.is_uniform and router.layout.is_uniform) and router.layout != want:
         raise L2CError(f"{name}: router covers block groups {router.layout.to_json()} but the model has "
                        f"{want.to_json()}; this router was not made for this target")
     for fact in FACTS:
