@@ -39,6 +39,11 @@ class DiffusersDiT(nn.Module):
         self.num_classes = int(config.num_embeds_ada_norm)
         self.null_class = self.num_classes  # the label embedding's extra (CFG) row
 
+    @classmethod
+    def from_record(cls, transformer: DiTTransformer2DModel, record: dict) -> DiffusersDiT:
+        """The adapter around ``transformer`` for an artifact's model record (nothing more to read)."""
+        return cls(transformer)
+
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """x: (N, C, H, W) latents; t: (N,) timesteps; y: (N,) labels → (N, C_out, H, W)."""
         return self.transformer(x, timestep=t, class_labels=y, return_dict=False)[0]

@@ -94,6 +94,16 @@ class DiffusersPixArt(nn.Module):
             "aspect_ratio", torch.tensor([[float(height / width)]]), persistent=False
         )
 
+    @classmethod
+    def from_record(cls, transformer: PixArtTransformer2DModel, record: dict) -> DiffusersPixArt:
+        """The adapter for an artifact's model record: its ``pixart`` entry gives the prompt length
+        and image size; L2CError when it lacks them."""
+        px = record.get("pixart")
+        if not isinstance(px, dict) or not all(isinstance(px.get(k), int) for k in ("text_len", "height")):
+            raise L2CError("artifact manifest's PixArt record lacks its prompt length and image size")
+        return cls(transformer, text_len=px["text_len"], height=px["height"], width=px.get("width", px["height"]),
+                   vae_scale_factor=px.get("vae_scale_factor", 8))
+
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """x: (N, C, H, W) latents; t: (N,) timesteps; y: (N, L, D + 1) packed prompt → (N, C_out, H, W)."""
         embeds, mask = y[..., :-1], y[..., -1]  # (N, L, D), (N, L)

@@ -22,8 +22,6 @@ from l2c_compile.errors import L2CError
 from l2c_compile.families import Family, family_for_diffusers
 from l2c_compile.inputs import read_json
 
-PIXART = "PixArtTransformer2DModel"
-
 
 @dataclass(frozen=True)
 class DiffusersSpec:
@@ -116,7 +114,9 @@ def spec_for_folder(path: str | os.PathLike[str]) -> DiffusersSpec:
 
     folder, cls = model_folder(path)
     config = read_json(folder / "config.json", "diffusers config")
-    return spec_from_config(cls, config, default_text_len(path) if cls == PIXART else None)
+    fam = family_for_diffusers(cls)
+    text = fam is not None and fam.conditioning == "text"
+    return spec_from_config(cls, config, default_text_len(path) if text else None)
 
 
 def _official_name(config: dict[str, Any]) -> str | None:
@@ -137,11 +137,15 @@ def _official_name(config: dict[str, Any]) -> str | None:
 
 def build_from_record(record: dict[str, Any]):
     """A :class:`~l2c_compile.diffusers.dit.DiffusersDiT` or
-    :class:`~l2c_compile.diffusers.pixart.DiffusersPixArt` (random weights) from a manifest record."""
+    :class:`~l2c_compile.diffusers.pixart.DiffusersPixArt` (random weights) from a manifest record:
+    the adapter the family of its ``diffusers_class`` declares (``families/builtin.py``)."""
+    import importlib
+
     import diffusers
 
     cls = record.get("diffusers_class")
-    if cls not in ("DiTTransformer2DModel", PIXART) or not isinstance(record.get("config"), dict):
+    fam = family_for_diffusers(cls) if isinstance(cls, str) else None
+    if fam is None or fam.adapter is None or not isinstance(record.get("config"), dict):
         raise L2CError(f"artifact manifest names an unsupported diffusers model {cls!r}")
     from l2c_compile.diffusers.load import check_config_size
 
@@ -150,18 +154,8 @@ def build_from_record(record: dict[str, Any]):
         transformer = getattr(diffusers, cls).from_config(record["config"])
     except (TypeError, ValueError) as exc:
         raise L2CError(f"artifact manifest has a bad diffusers config: {exc}") from None
-    if cls == PIXART:
-        from l2c_compile.diffusers.pixart import DiffusersPixArt
-
-        px = record.get("pixart")
-        if not isinstance(px, dict) or not all(isinstance(px.get(k), int) for k in ("text_len", "height")):
-            raise L2CError("artifact manifest's PixArt record lacks its prompt length and image size")
-        model = DiffusersPixArt(transformer.eval(), text_len=px["text_len"], height=px["height"],
-                                width=px.get("width", px["height"]), vae_scale_factor=px.get("vae_scale_factor", 8))
-        model.model_name = record.get("name", "diffusers")
-        return model.eval()
-    from l2c_compile.diffusers.dit import DiffusersDiT
-
-    model = DiffusersDiT(transformer.eval())
+    module, _, name = fam.adapter.partition(":")
+    adapter = getattr(importlib.import_module(module), name)  # the family's own, declared adapter
+    model = adapter.from_record(transformer.eval(), record)
     model.model_name = record.get("name", "diffusers")
     return model.eval()

@@ -100,7 +100,9 @@ class Family:
     ``router_family``: the family whose routers, recipe and θ apply (default: its own).
     ``diffusers_class``: the diffusers class an adapter wraps; ``conditioning``: what ``y`` is.
     ``build``: for a family outside the model registry and diffusers, how an artifact rebuilds an
-    empty model from its manifest record's ``kwargs`` (``artifact.load``).
+    empty model from its manifest record's ``kwargs`` (``artifact.load``). ``adapter``: for a
+    diffusers family, the adapter class (``"module:Class"``) whose ``from_record(transformer,
+    record)`` wraps a transformer rebuilt from a manifest record.
     """
 
     name: str
@@ -116,6 +118,7 @@ class Family:
     diffusers_class: str | None = None
     conditioning: Literal["class", "text", "none"] = "class"
     build: Callable[[Mapping[str, Any]], nn.Module] | None = None
+    adapter: str | None = None
 
     def __post_init__(self) -> None:
         if not self.groups:

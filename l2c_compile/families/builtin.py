@@ -51,6 +51,7 @@ DIFFUSERS_DIT = register_family(Family(
     guidance_rule="u + s·(c − u)",
     sampling=Sampling("ddim", "linear", "discrete", 4.0),
     diffusers_class="DiTTransformer2DModel",
+    adapter="l2c_compile.diffusers.dit:DiffusersDiT",
 ))
 
 PIXART = register_family(Family(
@@ -68,4 +69,5 @@ PIXART = register_family(Family(
     sampling=Sampling("dpm-solver++", "linear", "discrete", 4.5),
     diffusers_class="PixArtTransformer2DModel",
     conditioning="text",
+    adapter="l2c_compile.diffusers.pixart:DiffusersPixArt",
 ))
