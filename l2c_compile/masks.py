@@ -64,7 +64,7 @@ def register_kind(name: str, label: str, letter: str, *, after: str | None = Non
         return
     if not name.isidentifier() or not name.islower():
         raise ValueError(f"a kind name must be a lower-case identifier, got {name!r}")
-    if len(letter) != 1 or not letter.islower() or letter in "bx." or any(w.letter == letter for w in _VOCABULARY.values()):
+    if len(letter) != 1 or not (letter.isalpha() and letter.islower()) or any(w.letter == letter for w in _VOCABULARY.values()):
         raise ValueError(f"kind {name!r}: letter {letter!r} is not one free lower-case letter")
     items = list(_VOCABULARY.items())
     at = len(items) if after is None else [k for k, _ in items].index(after) + 1

@@ -23,7 +23,7 @@ from torch import nn
 
 import l2c_compile
 from l2c_compile import reference
-from l2c_compile.families import FAMILIES, Family, family_of
+from l2c_compile.families import FAMILIES, Denoiser, Family, family_of
 from l2c_compile.guidance import example_condition
 from l2c_compile.masks import Layout, kind_name
 from l2c_compile.metrics.macs import module_macs, trajectory_macs
@@ -146,6 +146,7 @@ def _slots(model: nn.Module) -> list:
 def test_capture_and_discovery_find_one_output_per_cache_slot(name):
     model = _model(name)
     fam = family_of(model)
+    assert isinstance(model, Denoiser)  # what the compiler, the reference and router training read
     assert fam.name == name and len(model.transformer_blocks()) == fam.layout(model).depth
     gm = trace_step(model, cfg=True)
     assert gm.meta["l2c_capture"] in ("fx", "export")
