@@ -67,7 +67,7 @@ def _random_three_kind(plan, depth: int, rng: random.Random, p: float) -> Schedu
 def test_three_kind_schedule_document_round_trips_and_two_kind_documents_do_not_change():
     plan = make_plan("dpm-solver++", 6)
     s = heuristic("random", plan, model="pixart-tiny", depth=3, fraction=0.5, kinds=THREE)
-    assert s.kinds == THREE == kinds()
+    assert s.kinds == THREE == tuple(k for k in kinds() if k in THREE)  # vocabulary order
     text = s.to_json()
     assert '"kinds": ["attn", "cross", "mlp"]' in text and '"reuse_cross"' in text
     assert Schedule.from_json(text) == s and Schedule.from_json(text).to_json() == text
