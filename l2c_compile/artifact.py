@@ -107,6 +107,18 @@ def build_from_info(info: Any) -> nn.Module:
         from l2c_compile.diffusers.spec import build_from_record
 
         return build_from_record(info)
+    if family not in FAMILIES and isinstance(info.get("kwargs"), dict):
+        from l2c_compile.families import FAMILIES as DECLARED
+
+        declared = DECLARED.get(family) if isinstance(family, str) else None
+        if declared is not None and declared.build is not None:  # a family that says how to build
+            try:
+                with torch.device("meta"):
+                    model = declared.build(dict(info["kwargs"]))
+            except (TypeError, ValueError) as exc:
+                raise L2CError(f"artifact manifest has a bad model config: {exc}") from None
+            model.model_name = info.get("name", family)
+            return model.eval()
     if family not in FAMILIES or not isinstance(info.get("kwargs"), dict):
         raise L2CError(f"artifact manifest names no buildable model (family {family!r})")
     check_family_size(family, info["kwargs"], "artifact manifest's model")

@@ -188,9 +188,9 @@ def compile_step(step: Callable[..., Any], backend: str) -> Callable[..., Any]:
 
 
 def _sublayer_modules(model: nn.Module) -> list[nn.Module]:
-    from l2c_compile.passes.sublayers import sublayer_spec
+    from l2c_compile.passes.sublayers import sublayer_paths
 
-    return [model.get_submodule(path) for path in sublayer_spec(model).paths(model).values()]
+    return [model.get_submodule(path) for path in sublayer_paths(model).values()]
 
 
 def compile_regions(model: nn.Module) -> int:

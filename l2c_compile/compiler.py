@@ -26,6 +26,7 @@ from l2c_compile import features
 from l2c_compile.cuda_graph import check_cuda_graph_device
 from l2c_compile.devices import resolve_device
 from l2c_compile.errors import L2CError
+from l2c_compile.families import family_of
 from l2c_compile.guidance import example_condition
 from l2c_compile.manifest import BACKENDS
 from l2c_compile.masks import empty_mask
@@ -40,7 +41,7 @@ from l2c_compile.passes.liveness import plan_cache
 from l2c_compile.passes.manager import Pass, PassManager, PassReport
 from l2c_compile.passes.prune_chunks import prune_chunks
 from l2c_compile.passes.specialize import SpecializeConfig, specialize
-from l2c_compile.passes.sublayers import MarkConfig, mark_sublayers, sublayer_spec
+from l2c_compile.passes.sublayers import MarkConfig, cache_slots, mark_sublayers, sublayer_paths
 from l2c_compile.passes.trace import CALLS_META, CAPTURE_META, trace_step
 from l2c_compile.reference import check_schedule
 from l2c_compile.runtime import CompiledSampler
@@ -171,7 +172,9 @@ def compile(
     if cuda_graph:
         check_cuda_graph_device(next(model.parameters()).device)
     depth = len(model.transformer_blocks())
-    kinds = sublayer_spec(model).kinds
+    family = family_of(model)
+    layout = family.layout(model)
+    kinds = layout.kinds
     if schedule is None:
         masks = [empty_mask(kinds) for _ in plan.calls]
     else:
@@ -185,11 +188,13 @@ def compile(
             f"{type(model).__name__} is captured with torch.export, whose step code inlines them: "
             "use backend 'inductor'"
         )
-    paths = sublayer_spec(model).paths(model)
-    if len(paths) != len(kinds) * depth:
-        raise CompileError(f"{type(model).__name__} declares {len(paths) // len(kinds)} sublayer blocks "
-                           f"but has {depth}")
-    base, reports = PassManager([Pass("mark_sublayers", mark_sublayers, MarkConfig.of(paths))],
+    paths = sublayer_paths(model)
+    if layout.depth != depth:
+        raise CompileError(f"{type(model).__name__} declares {layout.depth} sublayer blocks but has {depth}")
+    outputs = family.outputs(model)
+    slots = cache_slots(outputs)
+    multi = tuple((k, v) for k, v in slots.items() if len(v) > 1)
+    base, reports = PassManager([Pass("mark_sublayers", mark_sublayers, MarkConfig.of(paths, outputs))],
                                 check=False).run(base)
     p = next(model.parameters())
     c, h, w = model.in_channels, model.input_size, model.input_size
@@ -212,12 +217,12 @@ def compile(
         prologue, hoisted = base.meta.get(PROLOGUE_META), dict(reps[0].stats)
 
     mode = getattr(schedule, "mode", "cache")  # "drop": masked sublayers add nothing, read nothing
-    cache = plan_cache(masks, depth, mode, kinds)
+    cache = plan_cache(masks, depth, mode, kinds, layout=None if layout.is_uniform else layout, slots=slots)
     fuse_fn = _fuse_pass() if fuse else None
     graphs, graph_reports = [], []
     for g, mask in enumerate(cache.masks):
         exports = cache.exports[g]
-        config = SpecializeConfig(mask, tuple(exports), mode, kinds)
+        config = SpecializeConfig(mask, tuple(exports), mode, kinds, multi)
         passes = [Pass("specialize", specialize, config), Pass("dce", dead_code),
                   Pass("prune_chunks", prune_chunks)]
         if fuse_fn is not None:

@@ -2,8 +2,9 @@
 
 This is the oracle every compiled sampler is tested against, and the engine router training runs
 on. It keeps the model pristine: for the duration of a run, each block's declared sublayers
-(``attn`` and ``mlp``; also ``cross`` where the blocks have cross-attention) are swapped for a :class:`CachedSublayer` that computes, reuses or blends the
-sublayer's *ungated* output; the block's own forward still applies the current step's gate and
+(the kinds its family declares, :mod:`l2c_compile.families`) are swapped for a
+:class:`CachedSublayer` that computes, reuses or blends the sublayer's *ungated* output (all of
+them, for a sublayer with several outputs); the block's own forward still applies the current step's gate and
 the residual (spec §1, §4.2, §4.3).
 
 Cache semantics (the official code's, written generically): the cache entry of a sublayer is its
@@ -18,7 +19,7 @@ computed and contributes zeros, so the residual add keeps only the stream; nothi
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,9 +27,10 @@ import torch
 from torch import nn
 
 from l2c_compile.errors import L2CError
+from l2c_compile.families import family_of
 from l2c_compile.guidance import GuidedDenoiser, timestep_vector
 from l2c_compile.masks import CacheMode, SublayerKey
-from l2c_compile.passes.sublayers import sublayer_spec
+from l2c_compile.passes.sublayers import sublayer_paths
 from l2c_compile.samplers.base import ModelCall, SamplerPlan, execute_plan
 
 
@@ -50,10 +52,9 @@ class CacheState:
     computed: int = 0  # sublayers actually computed in this call (for tests and reports)
     reused: int = 0
 
-    def set_call(self, reuse_attn=(), reuse_mlp=(), *, reuse_cross=(), record: bool = True) -> None:
-        """Configure the next model call: which sublayers (block ids per kind) reuse the cache."""
-        self.reuse = frozenset([("attn", int(i)) for i in reuse_attn] + [("mlp", int(i)) for i in reuse_mlp]
-                               + [("cross", int(i)) for i in reuse_cross or ()])
+    def set_call(self, reuse: Mapping[str, Iterable[int]] | None = None, *, record: bool = True) -> None:
+        """Configure the next model call: which sublayers (``{kind: block ids}``) reuse the cache."""
+        self.reuse = frozenset((kind, int(i)) for kind, ids in (reuse or {}).items() for i in ids)
         self.weights = None
         self.record = record
         self.computed = self.reused = 0
@@ -64,20 +65,27 @@ class CacheState:
 
 
 class CachedSublayer(nn.Module):
-    """Stands in for a block's declared sublayer (``attn``, ``cross``, ``mlp``) while the reference executor runs."""
+    """Stands in for a block's declared sublayer while the reference executor runs.
 
-    def __init__(self, inner: nn.Module, key: SublayerKey, state: CacheState) -> None:
+    A sublayer with several outputs (a joint attention's image and text streams) caches, reuses
+    and blends them together, as the tuple its module returns.
+    """
+
+    def __init__(self, inner: nn.Module, key: SublayerKey, state: CacheState, outputs: int = 1) -> None:
         super().__init__()
+        self.outputs = outputs
         self.inner = inner
         self.key = key
         self.state = state
 
-    def forward(self, h: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         """h: (N, T, D) the sublayer's input; further arguments go to the sublayer unchanged."""
         st = self.state
         if self.key in st.reuse:
             if st.mode == "drop":
                 st.reused += 1
+                if self.outputs > 1:  # each stream gets nothing; the shapes come from one evaluation
+                    return tuple(torch.zeros_like(v) for v in self.inner(h, *args, **kwargs))
                 return torch.zeros_like(h)  # (N, T, D): the branch adds nothing to the stream
             if self.key not in st.cache:
                 raise L2CError(f"schedule reuses {self.key[0]} of block {self.key[1]} before it was ever computed")
@@ -87,6 +95,9 @@ class CachedSublayer(nn.Module):
         st.computed += 1
         if st.weights is not None and self.key in st.weights:
             w = st.weights[self.key]
+            if isinstance(out, tuple):
+                others = (0.0,) * len(out) if st.mode == "drop" else st.cache[self.key]
+                return tuple(w * o + (1 - w) * c for o, c in zip(out, others, strict=True))
             other = 0.0 if st.mode == "drop" else st.cache[self.key]
             return w * out + (1 - w) * other
         if st.record:
@@ -96,17 +107,18 @@ class CachedSublayer(nn.Module):
 
 @contextlib.contextmanager
 def instrument(model: nn.Module) -> Iterator[CacheState]:
-    """Swap every declared sublayer (``passes.sublayers``: ``blocks.{i}.attn``,
+    """Swap every declared sublayer (its family's module paths: ``blocks.{i}.attn``,
     ``transformer_blocks.{i}.ff``, …) for a :class:`CachedSublayer` sharing one :class:`CacheState`."""
     state = CacheState()
     slots = []
-    for key, path in sublayer_spec(model).paths(model).items():
+    outputs = family_of(model).outputs(model)
+    for key, path in sublayer_paths(model).items():
         parent, _, name = path.rpartition(".")
         owner = model.get_submodule(parent)
         slots.append((owner, name, getattr(owner, name), key))
     try:
         for owner, name, inner, key in slots:
-            setattr(owner, name, CachedSublayer(inner, key, state))
+            setattr(owner, name, CachedSublayer(inner, key, state, len(outputs[key])))
         yield state
     finally:
         for owner, name, inner, _ in slots:
@@ -118,10 +130,13 @@ def check_schedule(model: nn.Module, plan: SamplerPlan, schedule) -> None:
     depth = len(model.transformer_blocks())
     if schedule.depth != depth:
         raise L2CError(f"schedule is for a model with {schedule.depth} blocks, this model has {depth}")
-    kinds = sublayer_spec(model).kinds
-    if tuple(getattr(schedule, "kinds", kinds)) != kinds:
+    layout = family_of(model).layout(model)
+    if tuple(getattr(schedule, "kinds", layout.kinds)) != layout.kinds:
         raise L2CError(f"schedule covers sublayer kinds {list(schedule.kinds)}, this model's blocks have "
-                       f"{list(kinds)}")
+                       f"{list(layout.kinds)}")
+    if getattr(schedule, "layout", layout) != layout:
+        raise L2CError(f"schedule's block groups {schedule.layout.to_json()} differ from this model's "
+                       f"{layout.to_json()}")
     if schedule.nfe != plan.nfe:
         raise L2CError(f"schedule has {schedule.nfe} NFE but the sampler plan has {plan.nfe}")
     for call, sc in zip(plan.calls, schedule.calls, strict=True):
@@ -157,7 +172,7 @@ def sample(
         def eps_fn(call: ModelCall, x_in: torch.Tensor) -> torch.Tensor:
             if state is not None:
                 sc = schedule.calls[call.index]
-                state.set_call(sc.reuse_attn, sc.reuse_mlp, reuse_cross=sc.reuse_cross)
+                state.set_call(sc.reuse)
             t = timestep_vector(call.timestep, x_in.shape[0], x_in.device)
             return denoiser(x_in.to(dtype), t, labels, scale).to(noise.dtype)
 

@@ -12,6 +12,7 @@ from types import ModuleType
 
 import torch
 
+from l2c_compile.masks import Layout
 from l2c_compile.models.dit import DiT
 from l2c_compile.models.registry import init_random
 from l2c_compile.models.uvit import UViT
@@ -51,14 +52,17 @@ def tiny_uvit(seed: int = 0, **overrides) -> UViT:
 
 
 def random_schedule(
-    plan: SamplerPlan, depth: int, rng: random.Random, p: float = 0.5, model: str = "test"
+    plan: SamplerPlan, depth: int, rng: random.Random, p: float = 0.5, model: str = "test",
+    layout: Layout | None = None,
 ) -> Schedule:
-    """Each sublayer of each cache call reused with probability p."""
+    """Each sublayer of each cache call reused with probability p (``layout``: the blocks' kinds,
+    default attention and MLP in every block)."""
+    layout = layout or Layout.uniform(depth)
     calls = []
     for c in plan.calls:
-        attn = tuple(i for i in range(depth) if c.role == "cache" and rng.random() < p)
-        mlp = tuple(i for i in range(depth) if c.role == "cache" and rng.random() < p)
-        calls.append(CallSchedule(c.index, c.timestep, c.role, c.router_index, attn, mlp))
+        reuse = {k: tuple(i for i in layout.blocks(k) if c.role == "cache" and rng.random() < p)
+                 for k in layout.kinds}
+        calls.append(CallSchedule(c.index, c.timestep, c.role, c.router_index, reuse=reuse))
     return Schedule(
         model=model,
         depth=depth,
@@ -67,6 +71,8 @@ def random_schedule(
         threshold=None,
         source={"kind": "test"},
         calls=tuple(calls),
+        kinds=layout.kinds,
+        groups=layout,
     )
 
 

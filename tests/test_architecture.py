@@ -95,6 +95,19 @@ def test_importing_the_package_leaves_the_fmnist_training_code_unloaded():
         assert training not in loaded, loaded
 
 
+def test_the_fmnist_modules_import_first_without_a_cycle():
+    """``fmnist.classifier`` imported before anything else (torchrun drivers do) loads, and the
+    registry it reaches still lists the reference models."""
+    import subprocess
+    import sys
+
+    code = ("import l2c_compile.fmnist.classifier, l2c_compile.models.registry as r; "
+            "assert 'DiT-FMNIST' in r.MODELS")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=PACKAGE.parent)
+    assert out.returncode == 0, out.stderr[-1000:]
+
+
 def test_the_readme_layout_names_every_top_level_module_and_package():
     import re
 

@@ -206,8 +206,8 @@ def test_heuristic_bottom_half_on_tiny_dit(tmp_path: Path) -> None:
     sched = Schedule.load(out)
     assert sched.source == {"kind": "heuristic", "heuristic": "bottom", "fraction": 0.5}
     # DDIM 6: 3 cache calls; bottom half of 6 entries = attn0, mlp0, attn1
-    assert [c.reuse_attn for c in sched.cache_calls] == [(0, 1)] * 3
-    assert [c.reuse_mlp for c in sched.cache_calls] == [(0,)] * 3
+    assert [c.reused("attn") for c in sched.cache_calls] == [(0, 1)] * 3
+    assert [c.reused("mlp") for c in sched.cache_calls] == [(0,)] * 3
     assert (summary["cache_steps"], summary["skipped_attn"], summary["skipped_mlp"]) == (3, 6, 3)
     assert summary["threshold"] is None
     assert summary["macs_cached"] < summary["macs_full"]

@@ -16,7 +16,7 @@ from tests.helpers import inputs, random_schedule, rel_error
 
 pytest.importorskip("diffusers")
 from l2c_compile.diffusers import DiffusersDiT
-from l2c_compile.passes.sublayers import find_sublayers, sublayer_spec
+from l2c_compile.passes.sublayers import find_sublayers, sublayer_paths
 from l2c_compile.passes.trace import fx_step, trace_step
 from tests.diffusers_helpers import tiny_transformer
 
@@ -44,10 +44,10 @@ def test_fx_cannot_trace_it_and_export_captures_it_whole():
 
 def test_sublayers_are_declared_by_module_path():
     model = _model(layers=3)
-    paths = sublayer_spec(model).paths(model)
+    paths = sublayer_paths(model)
     assert paths[("attn", 2)] == "transformer.transformer_blocks.2.attn1"
     assert paths[("mlp", 0)] == "transformer.transformer_blocks.0.ff"
-    inner = sublayer_spec(model.transformer).paths(model.transformer)
+    inner = sublayer_paths(model.transformer)
     assert inner[("mlp", 1)] == "transformer_blocks.1.ff"
 
 

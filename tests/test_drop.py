@@ -63,7 +63,7 @@ def test_unknown_mode_is_a_one_line_error():
 def test_drop_needs_no_earlier_writer():
     # A first call that skips a sublayer: reusing it is an error (nothing cached yet), dropping
     # it is not, and the cache plan of a drop schedule reads and keeps nothing.
-    first = CallSchedule(0, 999.0, "cache", 0, reuse_attn=(0,))
+    first = CallSchedule(0, 999.0, "cache", 0, reuse={"attn": (0,), "mlp": ()})
     fields = dict(model="test", depth=1, sampler="ddim", nfe=1, threshold=None, source={})
     with pytest.raises(L2CError, match="reuses attn of block 0 before any earlier call"):
         Schedule(**fields, calls=(first,))
@@ -136,7 +136,7 @@ def test_reference_drop_differs_from_cache_and_computes_nothing_dropped():
     assert rel_error(dropped, cached) > 1e-4  # zeros, not the cached outputs (fp32 noise ~1e-7)
     with reference.instrument(model) as state:
         state.mode = "drop"
-        state.set_call((0, 1), (1,))
+        state.set_call({"attn": (0, 1), "mlp": (1,)})
         model(noise, torch.full((2,), 500.0), labels)
         assert (state.computed, state.reused) == (1, 3)
         assert state.cache.keys() == {("mlp", 0)}  # dropped sublayers write nothing either

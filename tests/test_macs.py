@@ -22,8 +22,12 @@ G, T = 1e9, 1e12
 
 @dataclass(frozen=True)
 class Call:
-    reuse_attn: tuple[int, ...] = ()
-    reuse_mlp: tuple[int, ...] = ()
+    attn: tuple[int, ...] = ()
+    mlp: tuple[int, ...] = ()
+    kinds = ("attn", "mlp")
+
+    def reused(self, kind: str) -> tuple[int, ...]:
+        return getattr(self, kind)
 
 
 @dataclass(frozen=True)
@@ -79,9 +83,9 @@ def test_uvit_h2_per_forward_matches_spec() -> None:
 
 
 def test_sublayer_macs_match_spec() -> None:
-    attn, mlp = sublayer_macs("DiT-XL/2")
+    attn, mlp = sublayer_macs("DiT-XL/2").values()
     assert attn == 256 * 1152 * 4 * 1152 and mlp == 2 * attn  # 1.3590 G, 2.7179 G
-    attn, mlp = sublayer_macs("U-ViT-H/2")
+    attn, mlp = sublayer_macs("U-ViT-H/2").values()
     assert attn == pytest.approx(1.3696 * G, rel=1e-4) and mlp == pytest.approx(
         2.7391 * G, rel=1e-4
     )
@@ -120,7 +124,7 @@ def test_trajectory_macs_of_the_released_routers() -> None:
 
 
 def test_trajectory_savings_are_per_reused_sublayer() -> None:
-    attn, mlp = sublayer_macs("DiT-Tiny")
+    attn, mlp = sublayer_macs("DiT-Tiny").values()
     sched = Schedule(3, (Call(), Call((0, 2), (1,)), Call((), (0, 1, 2))))
     full, cached = trajectory_macs("DiT-Tiny", sched)
     assert full - cached == 2 * attn + 4 * mlp

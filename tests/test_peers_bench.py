@@ -69,7 +69,7 @@ def test_matched_mask_removes_about_the_schedules_compute(peers):
 def test_cache_dit_trajectory_counts_skipped_blocks_like_a_schedule(peers):
     from l2c_compile.metrics.macs import MacCount, trajectory_macs
 
-    count = MacCount(total=1000, attn=20, mlp=30)
+    count = MacCount(total=1000, per_kind={"attn": 20, "mlp": 30})
     traj = peers.CacheDiTTrajectory(nfe=4, depth=10, kinds=("attn", "mlp"), cached_steps=(1, 2), fn=8)
     assert [c.reused("mlp") for c in traj.calls] == [(), (8, 9), (8, 9), ()]
     full, cached = trajectory_macs((count, 10), traj)

@@ -63,12 +63,12 @@ def test_layer_heuristics_hit_an_exact_count(tables):
     top = tables.layers("top", plan, "m", 3, removed=4)
     bottom = tables.layers("bottom", plan, "m", 3, removed=4)
     # 4 over 3 calls: the first cache call takes 2, the others 1 (entries attn0, mlp0, attn1, …).
-    assert [(c.reuse_attn, c.reuse_mlp) for c in top.cache_calls] == [
+    assert [(c.reused("attn"), c.reused("mlp")) for c in top.cache_calls] == [
         ((2,), (2,)),
         ((), (2,)),
         ((), (2,)),
     ]
-    assert [(c.reuse_attn, c.reuse_mlp) for c in bottom.cache_calls] == [
+    assert [(c.reused("attn"), c.reused("mlp")) for c in bottom.cache_calls] == [
         ((0,), (0,)),
         ((0,), ()),
         ((0,), ()),

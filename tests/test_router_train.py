@@ -119,7 +119,7 @@ def test_shard_loss_matches_a_hand_built_ddim_step(dit) -> None:
         x_m = step.update.apply(x, {prev.index: eps})
         state.set_call(record=False)
         teacher = dit(x_m, t(call), y)
-        state.set_call(range(3), range(3), record=False)  # reuse every sublayer
+        state.set_call({"attn": range(3), "mlp": range(3)}, record=False)  # reuse every sublayer
         all_cached = dit(x_m, t(call), y)
         state.clear()
         loss_one = shard_loss(

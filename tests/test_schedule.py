@@ -112,7 +112,7 @@ SPEC_ROWS = [  # name, router idx, timestep, skipped MHSA, skipped FFN (spec §5
 def test_per_step_layer_lists_match_spec(name: str, idx: int, t: int, attn: str, mlp: str) -> None:
     (call,) = [c for c in released(name).cache_calls if c.router_index == idx]
     assert round(call.timestep) == t
-    assert (call.reuse_attn, call.reuse_mlp) == (ids(attn), ids(mlp))
+    assert (call.reused("attn"), call.reused("mlp")) == (ids(attn), ids(mlp))
 
 
 THETA_TABLE = {  # θ → skipped fraction (%) for DDIM20, DDIM50, dpm20, dpm50 (spec §4.1)
@@ -223,8 +223,8 @@ def test_all_compute_reuses_nothing() -> None:
 
 
 def test_layer_ids_are_sorted_and_stats_consistent() -> None:
-    c = CallSchedule(1, 5.0, "cache", 0, reuse_attn=(2, 0), reuse_mlp=[1])
-    assert c.reuse_attn == (0, 2) and c.reuse_mlp == (1,)
+    c = CallSchedule(1, 5.0, "cache", 0, reuse={"attn": (2, 0), "mlp": [1]})
+    assert c.reused("attn") == (0, 2) and c.reused("mlp") == (1,)
     s = small_schedule()
     st = s.stats()
     assert st["skipped_fraction"] == pytest.approx(
@@ -250,7 +250,7 @@ def test_json_is_diff_friendly() -> None:
     lines = text.splitlines()
     assert sum('"index":' in line for line in lines) == s.nfe  # one call per line
     calls = list(s.calls)
-    calls[5] = CallSchedule(5, calls[5].timestep, "cache", 14, reuse_attn=(3,), reuse_mlp=())
+    calls[5] = CallSchedule(5, calls[5].timestep, "cache", 14, reuse={"attn": (3,), "mlp": ()})
     edited = Schedule(s.model, s.depth, s.sampler, s.nfe, s.threshold, s.source, tuple(calls))
     changed = [
         d for d in difflib.ndiff(lines, edited.to_json().splitlines()) if d[:2] in ("- ", "+ ")
@@ -301,7 +301,7 @@ def test_schedule_load_errors(tmp_path: Path) -> None:
 
 
 def test_reuse_before_any_compute_is_rejected() -> None:
-    calls = (CallSchedule(0, 9.0, "cache", 0, reuse_attn=(1,)), CallSchedule(1, 0.0, "full"))
+    calls = (CallSchedule(0, 9.0, "cache", 0, reuse={"attn": (1,), "mlp": ()}), CallSchedule(1, 0.0, "full"))
     one_line_error(
         Schedule,
         "tiny",
@@ -443,11 +443,11 @@ def test_top_and_bottom_heuristics() -> None:
     top = heuristic("top", plan, model="m", depth=4, fraction=0.4, seed=0)  # k = round(3.2) = 3
     bottom = heuristic("bottom", plan, model="m", depth=4, fraction=0.4)
     for c in top.cache_calls:
-        assert (c.reuse_attn, c.reuse_mlp) == ((3,), (2, 3))  # entries 5, 6, 7
+        assert (c.reused("attn"), c.reused("mlp")) == ((3,), (2, 3))  # entries 5, 6, 7
     for c in bottom.cache_calls:
-        assert (c.reuse_attn, c.reuse_mlp) == ((0, 1), (0,))  # entries 0, 1, 2
+        assert (c.reused("attn"), c.reused("mlp")) == ((0, 1), (0,))  # entries 0, 1, 2
     assert top.stats()["skipped_total"] == 3 * 4
-    assert all(c.reuse_attn == () for c in top.calls if c.role == "full")
+    assert all(c.reused("attn") == () for c in top.calls if c.role == "full")
 
 
 def test_all_heuristic_and_bad_arguments() -> None:

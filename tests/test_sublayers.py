@@ -10,15 +10,12 @@ import torch
 
 import l2c_compile
 from l2c_compile import reference
+from l2c_compile.errors import L2CError
+from l2c_compile.families import FAMILIES, BlockGroup, Family, KindDecl, register_family
 from l2c_compile.models.dit import DiT, DiTBlock, modulate
 from l2c_compile.models.uvit import UViT
 from l2c_compile.passes.base import CompileError, is_add
-from l2c_compile.passes.sublayers import (
-    SublayerSpec,
-    find_sublayers,
-    register_sublayers,
-    sublayer_spec,
-)
+from l2c_compile.passes.sublayers import find_sublayers, sublayer_paths
 from l2c_compile.passes.trace import trace_step
 from l2c_compile.samplers import make_plan
 from tests.helpers import inputs, random_schedule, rel_error, tiny_dit, tiny_uvit
@@ -89,18 +86,23 @@ def test_a_model_without_its_declared_sublayers_is_one_clear_error():
     class Renamed(DiT):
         pass
 
-    register_sublayers(Renamed, SublayerSpec(blocks=("blocks",), mlp="ffn"))
+    renamed = Family("renamed-dit", (BlockGroup(("blocks",), (KindDecl("attn", "attn"), KindDecl("mlp", "ffn"))),),
+                     classes={Renamed: ""})
+    register_family(renamed)
     model = Renamed(input_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=2, num_heads=2,
                     num_classes=5)
-    with pytest.raises(CompileError, match=r"^pass mark_sublayers failed: sublayer blocks\.0\.ffn \(mlp of block 0\) is not in the traced graph"):
-        l2c_compile.compile(model, _plan(), None)
-    with pytest.raises(CompileError, match="has no module 'stages'"):
-        SublayerSpec(blocks=("stages",)).paths(model)
+    try:
+        with pytest.raises(CompileError, match=r"^pass mark_sublayers failed: sublayer blocks\.0\.ffn \(mlp of block 0\) is not in the traced graph"):
+            l2c_compile.compile(model, _plan(), None)
+    finally:
+        FAMILIES.pop("renamed-dit")  # the registry is process-wide: leave it as the suite found it
+    with pytest.raises(L2CError, match="has no module 'stages'"):
+        Family("staged", (BlockGroup(("stages",), renamed.groups[0].kinds),)).paths(model)
 
 
 def test_uvit_declares_in_mid_and_out_blocks():
     model = tiny_uvit(0, depth=4)
-    paths = sublayer_spec(model).paths(model)
+    paths = sublayer_paths(model)
     assert paths[("attn", 0)] == "in_blocks.0.attn"
     assert paths[("mlp", 2)] == "mid_block.mlp"
     assert paths[("attn", 4)] == "out_blocks.1.attn"
@@ -113,7 +115,7 @@ def test_discovery_works_on_torch_export_graphs(family):
     n, c, s = 1, model.in_channels, model.input_size
     example = (torch.zeros(n, c, s, s), torch.zeros(n), torch.zeros(n, dtype=torch.long))
     exported = torch.export.export(model, example)
-    paths = sublayer_spec(model).paths(model)
+    paths = sublayer_paths(model)
     subs = find_sublayers(exported.graph_module, paths, root="")
     assert [s.key for s in subs] == [(k, i) for i in range(len(paths) // 2) for k in ("attn", "mlp")]
     for sub in subs:

@@ -85,9 +85,12 @@ def spec_blocks(spec) -> int:
 
 
 def spec_kinds(spec) -> tuple[str, ...]:
-    """The sublayer kinds of each block of a registry or diffusers spec (DiT, U-ViT: attention and
-    MLP; PixArt adds cross-attention)."""
-    return tuple(getattr(spec, "kinds", ("attn", "mlp")))
+    """The sublayer kinds of each block of a registry or diffusers spec, from its family's
+    declaration (DiT, U-ViT: attention and MLP; PixArt adds cross-attention)."""
+    from l2c_compile.families import get_family
+
+    kinds = getattr(spec, "kinds", None)
+    return tuple(kinds) if kinds is not None else get_family(spec.family).kinds
 
 
 def plan_for(spec, sampler: str | None, nfe: int, **options):

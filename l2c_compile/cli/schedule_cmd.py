@@ -14,6 +14,7 @@ from l2c_compile.cli.common import OutputFormat, cli_errors, console, print_json
 from l2c_compile.cli.compile_cmd import spec_kinds
 from l2c_compile.cli.models_cmd import human
 from l2c_compile.errors import L2CError
+from l2c_compile.masks import kind_name, kinds
 
 app = typer.Typer(
     help="Make schedules from routers or heuristics, and show them.",
@@ -89,9 +90,9 @@ def summary_table(summary: dict[str, Any], title: str | None = None) -> Table:
         table.add_row("unchecked (not in the file)", ", ".join(unchecked) if unchecked else "none")
     table.add_row("cache steps", f"{s['cache_steps']} of {s['nfe']}")
     per_kind = s["cache_steps"] * s["depth"]
-    for kind, name in (("attn", "attention"), ("cross", "cross-attention"), ("mlp", "MLP")):
+    for kind in kinds():
         if f"skipped_{kind}" in s:
-            table.add_row(f"skipped {name}", _pct(s[f"skipped_{kind}"], per_kind))
+            table.add_row(f"skipped {kind_name(kind)}", _pct(s[f"skipped_{kind}"], per_kind))
     table.add_row("skipped total", _pct(s["skipped_total"], s["total_cache_sublayers"]))
     table.add_row("distinct step masks", str(s["distinct_masks"]))
     if s["macs_full"] is not None:

@@ -1,7 +1,8 @@
 """Adapter: diffusers' ``DiTTransformer2DModel`` (class-conditional DiT) as the compiler sees a DiT.
 
 The transformer is held unmodified at ``self.transformer``; its cacheable sublayers are declared by
-module path (``transformer_blocks.{i}.attn1``, ``transformer_blocks.{i}.ff``). fx cannot trace it
+module path (``transformer_blocks.{i}.attn1``, ``transformer_blocks.{i}.ff``) in the
+``diffusers-dit`` family (``families/builtin.py``). fx cannot trace it
 (its forward branches on values), so it asks for the ``torch.export`` capture.
 
 Guidance follows ``DiTPipeline``: ``uncond + s · (cond − uncond)`` on the first ``in_channels``
@@ -16,9 +17,6 @@ from diffusers import DiTTransformer2DModel
 from torch import nn
 
 from l2c_compile.errors import L2CError
-from l2c_compile.passes.sublayers import SublayerSpec, register_sublayers
-
-DIT_SUBLAYERS = SublayerSpec(blocks=("transformer_blocks",), attn="attn1", mlp="ff")
 
 
 class DiffusersDiT(nn.Module):
@@ -40,6 +38,11 @@ class DiffusersDiT(nn.Module):
         self.input_size = int(config.sample_size)
         self.num_classes = int(config.num_embeds_ada_norm)
         self.null_class = self.num_classes  # the label embedding's extra (CFG) row
+
+    @classmethod
+    def from_record(cls, transformer: DiTTransformer2DModel, record: dict) -> DiffusersDiT:
+        """The adapter around ``transformer`` for an artifact's model record (nothing more to read)."""
+        return cls(transformer)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """x: (N, C, H, W) latents; t: (N,) timesteps; y: (N,) labels → (N, C_out, H, W)."""
@@ -70,6 +73,3 @@ class DiffusersDiT(nn.Module):
             drop_mask = torch.rand(y.shape[0], generator=generator, device=y.device) < prob
         return torch.where(drop_mask.to(y.device), torch.full_like(y, self.null_class), y)
 
-
-register_sublayers(DiTTransformer2DModel, DIT_SUBLAYERS)
-register_sublayers(DiffusersDiT, DIT_SUBLAYERS.under("transformer"))

@@ -2,7 +2,7 @@
 a model.
 
 The transformer is held unmodified at ``self.transformer``; its cacheable sublayers are declared
-by module path, three per block: ``transformer_blocks.{i}.attn1`` (self-attention, gated by
+by module path in the ``pixart`` family (``families/builtin.py``), three per block: ``transformer_blocks.{i}.attn1`` (self-attention, gated by
 adaLN-single), ``transformer_blocks.{i}.attn2`` (cross-attention to the prompt, ungated) and
 ``transformer_blocks.{i}.ff`` (gated). fx cannot trace it (its forward branches on values), so it
 asks for the ``torch.export`` capture.
@@ -25,11 +25,6 @@ from diffusers import PixArtTransformer2DModel
 from torch import nn
 
 from l2c_compile.errors import L2CError
-from l2c_compile.passes.sublayers import SublayerSpec, register_sublayers
-
-PIXART_SUBLAYERS = SublayerSpec(
-    blocks=("transformer_blocks",), attn="attn1", cross="attn2", mlp="ff"
-)
 
 
 def pack_condition(embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -98,6 +93,16 @@ class DiffusersPixArt(nn.Module):
         self.register_buffer(
             "aspect_ratio", torch.tensor([[float(height / width)]]), persistent=False
         )
+
+    @classmethod
+    def from_record(cls, transformer: PixArtTransformer2DModel, record: dict) -> DiffusersPixArt:
+        """The adapter for an artifact's model record: its ``pixart`` entry gives the prompt length
+        and image size; L2CError when it lacks them."""
+        px = record.get("pixart")
+        if not isinstance(px, dict) or not all(isinstance(px.get(k), int) for k in ("text_len", "height")):
+            raise L2CError("artifact manifest's PixArt record lacks its prompt length and image size")
+        return cls(transformer, text_len=px["text_len"], height=px["height"], width=px.get("width", px["height"]),
+                   vae_scale_factor=px.get("vae_scale_factor", 8))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """x: (N, C, H, W) latents; t: (N,) timesteps; y: (N, L, D + 1) packed prompt → (N, C_out, H, W)."""
@@ -171,9 +176,6 @@ class DiffusersPixArt(nn.Module):
         u = uncond[:, :c]
         return u + scale * (cond[:, :c] - u)
 
-
-register_sublayers(PixArtTransformer2DModel, PIXART_SUBLAYERS)
-register_sublayers(DiffusersPixArt, PIXART_SUBLAYERS.under("transformer"))
 
 
 @torch.no_grad()

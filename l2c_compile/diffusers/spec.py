@@ -19,9 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from l2c_compile.errors import L2CError
+from l2c_compile.families import Family, family_for_diffusers
 from l2c_compile.inputs import read_json
-
-PIXART = "PixArtTransformer2DModel"
 
 
 @dataclass(frozen=True)
@@ -41,19 +40,27 @@ class DiffusersSpec:
     text_len: int | None = None  # PixArt: the prompt length the sampler is made for
 
     @property
+    def declaration(self) -> Family:
+        """The family declared for this diffusers class (``families/builtin.py``)."""
+        fam = family_for_diffusers(self.diffusers_class)
+        if fam is None:
+            raise L2CError(f"no model family declares the diffusers class {self.diffusers_class!r}")
+        return fam
+
+    @property
     def text_conditioned(self) -> bool:
         """Whether the model is conditioned on a prompt (PixArt) rather than a class."""
-        return self.diffusers_class == PIXART
+        return self.declaration.conditioning == "text"
 
     @property
     def kinds(self) -> tuple[str, ...]:
-        """The sublayer kinds of each block (``masks.KINDS`` order)."""
-        return ("attn", "cross", "mlp") if self.text_conditioned else ("attn", "mlp")
+        """The sublayer kinds of each block (vocabulary order), from the family's declaration."""
+        return self.declaration.kinds
 
     @property
     def router_family(self) -> str:
         """The family whose routers and thresholds apply (a diffusers DiT takes DiT's)."""
-        return "dit"
+        return self.declaration.own_router_family
 
     @property
     def depth(self) -> int:
@@ -89,10 +96,15 @@ def spec_from_config(cls: str, config: dict[str, Any], text_len: int | None = No
     """The spec of a ``cls`` model with ``config`` (private ``_`` keys dropped); ``text_len``:
     PixArt's prompt length (default 120)."""
     config = {k: v for k, v in sorted(config.items()) if not k.startswith("_")}
-    if cls == PIXART:
-        return DiffusersSpec(f"diffusers:{cls}", cls, config, default_sampler="dpm-solver++",
-                             default_cfg_scale=4.5, text_len=text_len or 120)
-    return DiffusersSpec(_official_name(config) or f"diffusers:{cls}", cls, config)
+    fam = family_for_diffusers(cls)
+    if fam is None or fam.sampling is None:
+        raise L2CError(f"no model family declares the diffusers class {cls!r}")
+    s = fam.sampling
+    conventions = {"default_sampler": s.default_sampler, "noise_schedule": s.noise_schedule,
+                   "time_input": s.time_input, "default_cfg_scale": s.default_cfg_scale}
+    if fam.conditioning == "text":
+        return DiffusersSpec(f"diffusers:{cls}", cls, config, **conventions, text_len=text_len or 120)
+    return DiffusersSpec(_official_name(config) or f"diffusers:{cls}", cls, config, **conventions)
 
 
 def spec_for_folder(path: str | os.PathLike[str]) -> DiffusersSpec:
@@ -102,7 +114,9 @@ def spec_for_folder(path: str | os.PathLike[str]) -> DiffusersSpec:
 
     folder, cls = model_folder(path)
     config = read_json(folder / "config.json", "diffusers config")
-    return spec_from_config(cls, config, default_text_len(path) if cls == PIXART else None)
+    fam = family_for_diffusers(cls)
+    text = fam is not None and fam.conditioning == "text"
+    return spec_from_config(cls, config, default_text_len(path) if text else None)
 
 
 def _official_name(config: dict[str, Any]) -> str | None:
@@ -123,11 +137,15 @@ def _official_name(config: dict[str, Any]) -> str | None:
 
 def build_from_record(record: dict[str, Any]):
     """A :class:`~l2c_compile.diffusers.dit.DiffusersDiT` or
-    :class:`~l2c_compile.diffusers.pixart.DiffusersPixArt` (random weights) from a manifest record."""
+    :class:`~l2c_compile.diffusers.pixart.DiffusersPixArt` (random weights) from a manifest record:
+    the adapter the family of its ``diffusers_class`` declares (``families/builtin.py``)."""
+    import importlib
+
     import diffusers
 
     cls = record.get("diffusers_class")
-    if cls not in ("DiTTransformer2DModel", PIXART) or not isinstance(record.get("config"), dict):
+    fam = family_for_diffusers(cls) if isinstance(cls, str) else None
+    if fam is None or fam.adapter is None or not isinstance(record.get("config"), dict):
         raise L2CError(f"artifact manifest names an unsupported diffusers model {cls!r}")
     from l2c_compile.diffusers.load import check_config_size
 
@@ -136,18 +154,8 @@ def build_from_record(record: dict[str, Any]):
         transformer = getattr(diffusers, cls).from_config(record["config"])
     except (TypeError, ValueError) as exc:
         raise L2CError(f"artifact manifest has a bad diffusers config: {exc}") from None
-    if cls == PIXART:
-        from l2c_compile.diffusers.pixart import DiffusersPixArt
-
-        px = record.get("pixart")
-        if not isinstance(px, dict) or not all(isinstance(px.get(k), int) for k in ("text_len", "height")):
-            raise L2CError("artifact manifest's PixArt record lacks its prompt length and image size")
-        model = DiffusersPixArt(transformer.eval(), text_len=px["text_len"], height=px["height"],
-                                width=px.get("width", px["height"]), vae_scale_factor=px.get("vae_scale_factor", 8))
-        model.model_name = record.get("name", "diffusers")
-        return model.eval()
-    from l2c_compile.diffusers.dit import DiffusersDiT
-
-    model = DiffusersDiT(transformer.eval())
+    module, _, name = fam.adapter.partition(":")
+    adapter = getattr(importlib.import_module(module), name)  # the family's own, declared adapter
+    model = adapter.from_record(transformer.eval(), record)
     model.model_name = record.get("name", "diffusers")
     return model.eval()

@@ -26,8 +26,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from l2c_compile.models.spec import ModelSpec
-
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
 DIT_FMNIST_KWARGS: dict[str, Any] = dict(
@@ -99,6 +97,9 @@ def card_path(name: str) -> Path:
 
 def fmnist_specs() -> dict[str, Any]:
     """The two specs as registry ``ModelSpec``s, each pointing at its shipped checkpoint."""
+    # Imported here: importing l2c_compile.models runs the registry, which imports this module.
+    from l2c_compile.models.spec import ModelSpec
+
     return {
         name: ModelSpec(**fields, checkpoint=str(checkpoint_path(name)))
         for name, fields in SPEC_FIELDS.items()

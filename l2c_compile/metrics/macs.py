@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
@@ -32,9 +32,7 @@ from l2c_compile.models.registry import (
 
 
 class _Call(Protocol):
-    reuse_attn: Sequence[int]
-    reuse_mlp: Sequence[int]
-    kinds: tuple[str, ...]  # optional: ("attn", "mlp") when absent
+    kinds: tuple[str, ...]
 
     def reused(self, kind: str) -> Sequence[int]: ...
 
@@ -48,23 +46,32 @@ class _Schedule(Protocol):
 
 @dataclass(frozen=True)
 class MacCount:
-    """thop-style MACs of one forward pass for one image."""
+    """thop-style MACs of one forward pass for one image.
+
+    ``per_kind``: one block's MACs per sublayer kind (e.g. attention: qkv + proj; MLP: fc1 + fc2),
+    where every block that has the kind costs the same; ``per_key``: each sublayer's own MACs,
+    ``{(kind, block): MACs}``, where blocks differ (block groups of different widths or kinds).
+    """
 
     total: int
-    attn: int  # one block's attention sublayer (qkv + proj)
-    mlp: int  # one block's MLP sublayer (fc1 + fc2)
-    cross: int = 0  # one block's cross-attention sublayer (q, k, v, out), where blocks have one
+    per_kind: Mapping[str, int] = field(default_factory=dict, hash=False)
+    per_key: Mapping[tuple[str, int], int] | None = field(default=None, hash=False)
 
-    def of(self, kind: str) -> int:
-        """One block's MACs of sublayer ``kind`` ("attn", "cross", "mlp")."""
-        return {"attn": self.attn, "cross": self.cross, "mlp": self.mlp}[kind]
+    def of(self, kind: str, block: int | None = None) -> int:
+        """MACs of sublayer ``kind`` of ``block`` (of any block, where all cost the same)."""
+        if self.per_key is not None and block is not None and (kind, block) in self.per_key:
+            return self.per_key[(kind, block)]
+        if kind not in self.per_kind:
+            raise ValueError(f"no single MAC count for {kind} sublayers; blocks differ (ask per block)")
+        return self.per_kind[kind]
 
 
 def module_macs(model: nn.Module, *inputs: Any, **kwargs: Any) -> MacCount:
-    """thop-style MACs of ``model(*inputs, **kwargs)`` (one image's inputs) with one block's
-    sublayer MACs per declared kind (``passes.sublayers``); works for any model with a sublayer
-    declaration, e.g. diffusers' PixArt. ValueError when the blocks differ in size."""
-    from l2c_compile.passes.sublayers import sublayer_spec
+    """thop-style MACs of ``model(*inputs, **kwargs)`` (one image's inputs) with each declared
+    sublayer's MACs (its family's declaration, :mod:`l2c_compile.families`); works for any model
+    with a family, e.g. diffusers' PixArt. Kinds whose blocks all cost the same also get one
+    per-kind count (``MacCount.per_kind``)."""
+    from l2c_compile.passes.sublayers import sublayer_paths
 
     per_module: dict[str, int] = {}
     handles = []
@@ -81,17 +88,13 @@ def module_macs(model: nn.Module, *inputs: Any, **kwargs: Any) -> MacCount:
     finally:
         for h in handles:
             h.remove()
+    per_key = {key: sum(v for k, v in per_module.items() if k.startswith(path + "."))
+               for key, path in sublayer_paths(model).items()}
     per_kind: dict[str, set[int]] = {}
-    for (kind, _), path in sublayer_spec(model).paths(model).items():
-        per_kind.setdefault(kind, set()).add(
-            sum(v for k, v in per_module.items() if k.startswith(path + "."))
-        )
-    if any(len(v) != 1 for v in per_kind.values()):
-        raise ValueError(
-            f"{type(model).__name__}: blocks differ in size, per-block sublayer MACs are ambiguous"
-        )
-    one = {k: v.pop() for k, v in per_kind.items()}
-    return MacCount(sum(per_module.values()), one["attn"], one["mlp"], one.get("cross", 0))
+    for (kind, _), macs in per_key.items():
+        per_kind.setdefault(kind, set()).add(macs)
+    same = {k: next(iter(v)) for k, v in per_kind.items() if len(v) == 1}
+    return MacCount(sum(per_module.values()), same, per_key)
 
 
 def _module_macs(module: nn.Module, out: torch.Tensor) -> int:
@@ -108,12 +111,10 @@ def measure_macs(spec: ModelSpec) -> MacCount:
     x = torch.empty(1, *spec.latent_shape, device="meta")  # (1, C, H, W)
     t = torch.empty(1, device="meta")  # (1,)
     y = torch.zeros(1, dtype=torch.long, device="meta")  # (1,)
-    try:
-        return module_macs(model, x, t, y)
-    except ValueError:
-        raise ValueError(
-            f"{spec.name}: blocks differ in size, per-block sublayer MACs are ambiguous"
-        ) from None
+    count = module_macs(model, x, t, y)
+    if set(count.per_kind) != {kind for kind, _ in count.per_key or {}}:
+        raise ValueError(f"{spec.name}: blocks differ in size, per-block sublayer MACs are ambiguous")
+    return MacCount(count.total, count.per_kind)
 
 
 @functools.cache
@@ -122,7 +123,7 @@ def count_macs(spec: ModelSpec) -> MacCount:
     and two repeating units and extrapolate (every unit costs the same)."""
     one, two = measure_macs(with_depth_units(spec, 1)), measure_macs(with_depth_units(spec, 2))
     total = one.total + (depth_units(spec) - 1) * (two.total - one.total)
-    return MacCount(total, one.attn, one.mlp)
+    return MacCount(total, one.per_kind)
 
 
 def _spec(spec: str | ModelSpec) -> ModelSpec:
@@ -134,10 +135,9 @@ def forward_macs(spec: str | ModelSpec) -> int:
     return count_macs(_spec(spec)).total
 
 
-def sublayer_macs(spec: str | ModelSpec) -> tuple[int, int]:
-    """(attention, MLP) MACs of one block: what caching that sublayer saves per image."""
-    c = count_macs(_spec(spec))
-    return c.attn, c.mlp
+def sublayer_macs(spec: str | ModelSpec) -> dict[str, int]:
+    """``{kind: MACs}`` of one block's sublayers: what caching each saves per image."""
+    return dict(count_macs(_spec(spec)).per_kind)
 
 
 def trajectory_macs(
@@ -145,8 +145,8 @@ def trajectory_macs(
 ) -> tuple[int, int]:
     """(uncached, cached) MACs of a whole trajectory per image.
 
-    ``schedule`` has ``.nfe`` and ``.calls`` (each with ``reuse_attn`` / ``reuse_mlp`` block ids,
-    and ``reused(kind)`` for schedules with more kinds); with ``schedule=None``, ``nfe`` alone
+    ``schedule`` has ``.nfe`` and ``.calls`` (each with ``kinds`` and ``reused(kind)``, the
+    reused block ids of each kind); with ``schedule=None``, ``nfe`` alone
     gives the uncached baseline twice. ``spec``: a registry name or spec, or a :class:`MacCount`
     with the model's block count as ``(count, depth)`` (e.g. from :func:`module_macs`).
     """
@@ -171,17 +171,13 @@ def trajectory_macs(
         return full, full
     saved = 0
     for call in schedule.calls:
-        kinds = tuple(getattr(call, "kinds", ("attn", "mlp")))
-        reused = {
-            k: set(call.reused(k) if hasattr(call, "reused") else getattr(call, f"reuse_{k}"))
-            for k in kinds
-        }
+        reused = {k: set(call.reused(k)) for k in call.kinds}
         out_of_range = sorted(i for ids in reused.values() for i in ids if not 0 <= int(i) < depth)
         if out_of_range:
             raise L2CError(
                 f"schedule reuses block {out_of_range[0]}, but {name} has {depth} blocks"
             )
-        saved += sum(len(ids) * count.of(k) for k, ids in reused.items())
+        saved += sum(count.of(k, int(b)) for k, ids in reused.items() for b in ids)
     return full, full - saved
 
 

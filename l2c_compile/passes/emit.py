@@ -18,7 +18,7 @@ from dataclasses import replace
 
 from torch import fx
 
-from l2c_compile.masks import DEFAULT_KINDS, KIND_NAMES
+from l2c_compile.masks import DEFAULT_KINDS, Layout, kind_name
 from l2c_compile.passes.base import CompileError, Mask, SublayerKey, cache_input_name
 from l2c_compile.passes.codegen import StepContext, prologue_source, step_source
 from l2c_compile.passes.hoist import HOIST_META, Prologue
@@ -33,12 +33,14 @@ def comment_text(text: str) -> str:
 
 
 def block_notes(mask: Mask, depth: int, mode: str = "cache",
-                kinds: tuple[str, ...] = DEFAULT_KINDS) -> dict[int, str]:
-    """What a step with ``mask`` does in each block, for the ``# block i: …`` comments."""
+                kinds: tuple[str, ...] = DEFAULT_KINDS, layout: Layout | None = None) -> dict[int, str]:
+    """What a step with ``mask`` does in each block, for the ``# block i: …`` comments
+    (``layout``: which kinds each block has; default all ``kinds``)."""
     skipped = "reused" if mode == "cache" else "dropped"
     return {
-        b: ", ".join(f"{KIND_NAMES[k]} {skipped if b in ids else 'computed'}"
-                     for k, ids in zip(kinds, mask, strict=True))
+        b: ", ".join(f"{kind_name(k)} {skipped if b in ids else 'computed'}"
+                     for k, ids in zip(kinds, mask, strict=True)
+                     if layout is None or k in layout.kinds_of(b))
         for b in range(depth)
     }
 
@@ -167,10 +169,10 @@ def emit_module(graphs: list[fx.GraphModule], plan: SamplerPlan, cache: CachePla
     depth = len(ctx.blocks)
     for g, gm in enumerate(graphs):
         mask = cache.masks[g]
-        src, imps = step_source(gm, g, replace(ctx, notes=block_notes(mask, depth, mode, cache.kinds)))
+        src, imps = step_source(gm, g, replace(ctx, notes=block_notes(mask, depth, mode, cache.kinds, cache.layout)))
         calls = cache.graph_calls(g)
         verb = "reuses" if mode == "cache" else "drops"
-        counts = " + ".join(f"{len(ids)} {KIND_NAMES[k]}" for k, ids in zip(cache.kinds, mask, strict=True))
+        counts = " + ".join(f"{len(ids)} {kind_name(k)}" for k, ids in zip(cache.kinds, mask, strict=True))
         desc = (f"# ── step graph {g}: {verb} {counts} sublayers; "
                 f"exports {len(cache.exports[g])} cache entries; calls {', '.join(map(str, calls))}")
         steps.append(desc + "\n" + src)

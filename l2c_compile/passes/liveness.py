@@ -14,11 +14,13 @@ and nothing is exported or kept: every step graph is self-contained.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from l2c_compile.masks import (
     DEFAULT_KINDS,
     MODES,
+    Layout,
     Mask,
     SublayerKey,
     all_keys,
@@ -48,6 +50,7 @@ class CachePlan:
     calls: tuple[CallCache, ...]
     peak_live_entries: int
     kinds: tuple[str, ...] = DEFAULT_KINDS  # what each mask's sets stand for, in order
+    layout: Layout | None = None  # which kinds each block has (None: all of them)
 
     def graph_calls(self, graph: int) -> list[int]:
         """Indices of the calls that run graph ``graph``."""
@@ -55,14 +58,22 @@ class CachePlan:
 
 
 def plan_cache(call_masks: list[Mask], depth: int, mode: str = "cache",
-               kinds: tuple[str, ...] = DEFAULT_KINDS) -> CachePlan:
+               kinds: tuple[str, ...] = DEFAULT_KINDS, *, layout: Layout | None = None,
+               slots: Mapping[SublayerKey, tuple[SublayerKey, ...]] | None = None) -> CachePlan:
     """Compute the cache plan for per-call masks (reused — or, in drop mode, dropped — block ids,
-    one set per kind of ``kinds``)."""
+    one set per kind of ``kinds``). ``layout``: which kinds each block has (default: all
+    ``kinds`` in every block); ``slots``: the cache slots of sublayers with several outputs (the
+    plan's reads, keeps and drops are slots; a one-output sublayer is its own slot)."""
     if mode not in MODES:
         raise CompileError(f"unknown cache mode {mode!r}; expected cache or drop")
-    everything = all_keys(depth, kinds)
+    slots = slots or {}
+
+    def expand(keys: list[SublayerKey]) -> list[SublayerKey]:
+        return [s for k in keys for s in slots.get(k, (k,))]
+
+    everything = expand(all_keys(depth, kinds, layout))
     try:
-        reads = [mask_keys(m, kinds) for m in call_masks]
+        reads = [expand(mask_keys(m, kinds)) for m in call_masks]
     except ValueError as exc:
         raise CompileError(str(exc)) from None
     if mode == "drop":
@@ -105,4 +116,4 @@ def plan_cache(call_masks: list[Mask], depth: int, mode: str = "cache",
                   tuple(sorted(drops[i], key=key_order)))
         for i in range(len(call_masks))
     )
-    return CachePlan(tuple(masks), tuple(exports), calls, peak, tuple(kinds))
+    return CachePlan(tuple(masks), tuple(exports), calls, peak, tuple(kinds), layout)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from torch import fx
 
-from l2c_compile.masks import DEFAULT_KINDS, KIND_NAMES, MODES, CacheMode, mask_keys
+from l2c_compile.masks import DEFAULT_KINDS, MODES, CacheMode, kind_name, mask_keys
 from l2c_compile.passes.base import (
     CACHE_INPUT_META,
     RESIDUAL_META,
@@ -40,6 +40,8 @@ class SpecializeConfig:
     exported: tuple[SublayerKey, ...] = ()
     mode: CacheMode = "cache"
     kinds: tuple[str, ...] = DEFAULT_KINDS  # what the mask's sets stand for, in order
+    # sublayers with several outputs: their cache slots (see ``sublayers.cache_slots``)
+    slots: tuple[tuple[SublayerKey, tuple[SublayerKey, ...]], ...] = ()
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -48,7 +50,7 @@ class SpecializeConfig:
     def describe(self) -> str:
         """The mask in words, for messages: ``reuses attention [0, 3], MLP [1]``."""
         verb = "reuses" if self.mode == "cache" else "drops"
-        parts = [f"{KIND_NAMES[k]} {sorted(ids)}" for k, ids in zip(self.kinds, self.mask, strict=True)]
+        parts = [f"{kind_name(k)} {sorted(ids)}" for k, ids in zip(self.kinds, self.mask, strict=True)]
         return f"{verb} {', '.join(parts)}"
 
 
@@ -64,7 +66,8 @@ def specialize(gm: fx.GraphModule, config: SpecializeConfig) -> PassResult:
     graph = new.graph
     nodes = sublayer_nodes(new)
     try:
-        skipped = mask_keys(mask, config.kinds)
+        slots = dict(config.slots)
+        skipped = [s for k in mask_keys(mask, config.kinds) for s in slots.get(k, (k,))]
     except ValueError as exc:
         raise CompileError(str(exc)) from None
     missing = [k for k in (*skipped, *exported) if k not in nodes]

@@ -1,6 +1,6 @@
 """Pass 2 — find sublayers by module scope: each declared sublayer's output, gate and residual add.
 
-Each model family *declares* its cacheable sublayers by module path (:class:`SublayerSpec`:
+Each model family *declares* its cacheable sublayers by module path (:mod:`l2c_compile.families`:
 ``blocks.{i}.attn``, ``blocks.{i}.mlp`` for DiT; U-ViT's in-, mid- and out-blocks; PixArt's
 ``transformer_blocks.{i}.attn1`` / ``attn2`` / ``ff``, three kinds per block). The pass finds
 them in a traced graph from the nodes' module scope (``node.meta["nn_module_stack"]``, which both
@@ -18,20 +18,22 @@ ignored, so models are traced as they are written.
 
 Post: ``node.meta["l2c_sublayer"] = (kind, block)`` on each sublayer output node and
 ``node.meta["l2c_residual"] = (kind, block)`` on its residual add; exactly one of each per
-declared sublayer. Errors: :class:`CompileError` naming the module path that is missing or has no
+declared sublayer, or, for a sublayer with several cached outputs (a joint attention's image
+and text streams), one per output, keyed by its cache slot ``(kind_output, block)``. Errors: :class:`CompileError` naming the module path that is missing or has no
 single output or residual add.
 """
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import fx, nn
 
-from l2c_compile.models.dit import DiT
-from l2c_compile.models.uvit import UViT
+from l2c_compile.families import FamilyError, family_of
+from l2c_compile.masks import register_slot
 from l2c_compile.passes.base import (
     RESIDUAL_META,
     SUBLAYER_META,
@@ -45,80 +47,27 @@ from l2c_compile.passes.base import (
 )
 
 
-@dataclass(frozen=True)
-class SublayerSpec:
-    """One model family's cacheable sublayers, declared by module path.
-
-    ``blocks``: module paths of the transformer blocks in execution order; a path naming a
-    ``ModuleList`` stands for its children in order. Block ids count from 0 over the expansion.
-    ``attn`` / ``mlp``: each block's attention and MLP sublayer, relative to the block.
-    ``cross``: the cross-attention sublayer relative to the block, for blocks that have one
-    (PixArt's ``attn2``); None for two-kind blocks (DiT, U-ViT).
-    """
-
-    blocks: tuple[str, ...]
-    attn: str = "attn"
-    mlp: str = "mlp"
-    cross: str | None = None
-
-    @property
-    def kinds(self) -> tuple[str, ...]:
-        """The declared kinds in block order: ``("attn", "mlp")`` or ``("attn", "cross", "mlp")``."""
-        return tuple(k for k, _ in self.relative())
-
-    def relative(self) -> tuple[tuple[str, str], ...]:
-        """``(kind, path relative to the block)`` in block order (:data:`~l2c_compile.masks.KINDS`)."""
-        pairs = (("attn", self.attn), ("cross", self.cross), ("mlp", self.mlp))
-        return tuple((k, rel) for k, rel in pairs if rel is not None)
-
-    def paths(self, model: nn.Module) -> dict[SublayerKey, str]:
-        """``{(kind, block): module path}`` for ``model``; CompileError naming a missing path."""
-        block_paths: list[str] = []
-        for path in self.blocks:
-            try:
-                module = model.get_submodule(path)
-            except AttributeError:
-                raise CompileError(
-                    f"{type(model).__name__} has no module {path!r} (declared as sublayer blocks)"
-                ) from None
-            if isinstance(module, nn.ModuleList):
-                block_paths += [f"{path}.{i}" for i in range(len(module))]
-            else:
-                block_paths.append(path)
-        return {
-            (kind, i): f"{block}.{rel}"
-            for i, block in enumerate(block_paths)
-            for kind, rel in self.relative()
-        }
-
-    def under(self, prefix: str) -> SublayerSpec:
-        """The same declaration for a module that holds this family's model at ``prefix``."""
-        return SublayerSpec(tuple(f"{prefix}.{b}" for b in self.blocks), self.attn, self.mlp, self.cross)
+def sublayer_paths(model: nn.Module) -> dict[SublayerKey, str]:
+    """``{(kind, block): module path}`` of ``model``, from its family's declaration
+    (:mod:`l2c_compile.families`); CompileError when none declares it or a path is missing."""
+    try:
+        return family_of(model).paths(model)
+    except FamilyError as exc:
+        raise CompileError(str(exc)) from None
 
 
-SUBLAYER_SPECS: dict[type, SublayerSpec] = {
-    DiT: SublayerSpec(blocks=("blocks",)),
-    UViT: SublayerSpec(blocks=("in_blocks", "mid_block", "out_blocks")),
-}
-
-
-def register_sublayers(cls: type, spec: SublayerSpec) -> None:
-    """Declare ``cls``'s cacheable sublayers (adapters for other model families call this)."""
-    SUBLAYER_SPECS[cls] = spec
-
-
-def sublayer_spec(model: nn.Module) -> SublayerSpec:
-    """The declaration for ``model``'s class (or the nearest base class that has one)."""
-    for cls in type(model).__mro__:
-        if cls in SUBLAYER_SPECS:
-            return SUBLAYER_SPECS[cls]
-    raise CompileError(
-        f"no cacheable sublayers are declared for {type(model).__name__} "
-        "(declare them with passes.sublayers.register_sublayers)"
-    )
+def cache_slots(outputs: Mapping[SublayerKey, tuple[str, ...]]) -> dict[SublayerKey, tuple[SublayerKey, ...]]:
+    """Each sublayer's cache slots: the key itself for one output, ``(kind_output, block)`` per
+    output for several (the slot kinds join the vocabulary, right after their kind)."""
+    out: dict[SublayerKey, tuple[SublayerKey, ...]] = {}
+    for (kind, block), names in outputs.items():
+        out[(kind, block)] = ((kind, block),) if len(names) == 1 else tuple(
+            (register_slot(kind, name, j), block) for j, name in enumerate(names))
+    return out
 
 
 PATHS_META = "l2c_sublayer_paths"  # GraphModule.meta key: the traced model's declared sublayer paths
+OUTPUTS_META = "l2c_sublayer_outputs"  # GraphModule.meta key: each declared sublayer's output names
 
 
 @dataclass(frozen=True)
@@ -156,19 +105,30 @@ def _inside(scope: str | None, path: str) -> bool:
 
 
 def find_sublayers(
-    gm: fx.GraphModule, paths: Mapping[SublayerKey, str] | None = None, *, root: str = "model"
+    gm: fx.GraphModule,
+    paths: Mapping[SublayerKey, str] | None = None,
+    *,
+    root: str = "model",
+    outputs: Mapping[SublayerKey, tuple[str, ...]] | None = None,
 ) -> list[Sublayer]:
     """Locate every declared sublayer of a traced (fx or ``torch.export``) graph, in key order.
 
     ``paths``: ``{(kind, block): module path}``; None takes the declaration that ``trace_step``
-    recorded for the traced model (``gm.meta["l2c_sublayer_paths"]``). ``root``: where the model sits in the traced module (``"model"`` under the guidance
-    wrapper; ``""`` for a model traced on its own). Raises CompileError naming a declared path
-    that is not in the graph, has more than one output, or feeds no residual add.
+    recorded for the traced model (``gm.meta["l2c_sublayer_paths"]``). ``root``: where the model
+    sits in the traced module (``"model"`` under the guidance wrapper; ``""`` for a model traced on
+    its own). ``outputs``: each sublayer's cached output names (default: one each, or what
+    ``trace_step`` recorded); a sublayer with several outputs gives one :class:`Sublayer` per
+    output, keyed by its cache slot (:func:`cache_slots`), in the order the graph computes them.
+    Raises CompileError naming a declared path that is not in the graph, has another number of
+    outputs than declared, or feeds no residual add.
     """
     if paths is None:
         paths = gm.meta.get(PATHS_META)
         if paths is None:
             raise CompileError("the traced graph records no sublayer declaration: pass paths")
+        if outputs is None:
+            outputs = gm.meta.get(OUTPUTS_META)
+    slots = cache_slots({k: (outputs or {}).get(k, ("out",)) for k in paths})
     graph = gm.graph
     pos = {n: i for i, n in enumerate(graph.nodes)}
     anc = ancestor_sets(graph)
@@ -187,26 +147,42 @@ def find_sublayers(
             raise CompileError(f"{where} is not in the traced graph (no node runs in that module)")
         # Shape arithmetic (an exported graph's symbolic sizes, e.g. batch · heads) may be shared
         # with later modules; only tensor values are the sublayer's output.
-        outputs = [n for n in inside if _is_value(n) and any(not _inside(scopes[u], path) for u in n.users)]
-        if len(outputs) != 1:
-            raise CompileError(f"{where} has {len(outputs)} values used outside it; expected one output")
-        value = cur = outputs[0]
-        gate = None
-        while True:
-            if len(cur.users) != 1:
-                raise CompileError(f"{where}: its output feeds {len(cur.users)} nodes, not one residual add")
-            user = next(iter(cur.users))
-            others = [a for a in user.args if isinstance(a, fx.Node) and a is not cur]
-            if len(others) != 1 or depends(value, others[0]) or others[0] is value:
-                raise CompileError(f"{where}: no residual add found after its output (at node {user.name})")
-            if is_mul(user) and gate is None:
-                gate, cur = others[0], user
-                continue
-            if not is_add(user):
-                raise CompileError(f"{where}: no residual add found after its output (at node {user.name})")
-            subs.append(Sublayer(key, path, user, value, gate))
-            break
+        found = [n for n in inside if _is_value(n) and any(not _inside(scopes[u], path) for u in n.users)]
+        # A module that returns a tuple: fx records getitem nodes outside it, which are the values.
+        found = [u for n in found for u in ([n] if _is_value_node(n) else _getitems(n))]
+        want = len(slots[key])
+        if len(found) != want:
+            expected = "one output" if want == 1 else f"{want} outputs"
+            raise CompileError(f"{where} has {len(found)} values used outside it; expected {expected}")
+        for slot, value in zip(slots[key], found, strict=True):
+            subs.append(_residual(slot, path, value, where, depends))
     return subs
+
+
+def _is_value_node(n: fx.Node) -> bool:
+    return not any(u.target is operator.getitem for u in n.users)
+
+
+def _getitems(n: fx.Node) -> list[fx.Node]:
+    return sorted((u for u in n.users if u.target is operator.getitem), key=lambda u: u.args[1])
+
+
+def _residual(key: SublayerKey, path: str, value: fx.Node, where: str, depends) -> Sublayer:
+    """The optional gate and the residual add that ``value`` (a sublayer output) feeds."""
+    cur, gate = value, None
+    while True:
+        if len(cur.users) != 1:
+            raise CompileError(f"{where}: its output feeds {len(cur.users)} nodes, not one residual add")
+        user = next(iter(cur.users))
+        others = [a for a in user.args if isinstance(a, fx.Node) and a is not cur]
+        if len(others) != 1 or depends(value, others[0]) or others[0] is value:
+            raise CompileError(f"{where}: no residual add found after its output (at node {user.name})")
+        if is_mul(user) and gate is None:
+            gate, cur = others[0], user
+            continue
+        if not is_add(user):
+            raise CompileError(f"{where}: no residual add found after its output (at node {user.name})")
+        return Sublayer(key, path, user, value, gate)
 
 
 @dataclass(frozen=True)
@@ -214,11 +190,15 @@ class MarkConfig:
     """The declared sublayers to mark: ``((kind, block), module path)`` pairs."""
 
     paths: tuple[tuple[SublayerKey, str], ...]
+    outputs: tuple[tuple[SublayerKey, tuple[str, ...]], ...] = ()  # several-output sublayers only
 
     @classmethod
-    def of(cls, paths: Mapping[SublayerKey, str]) -> MarkConfig:
-        """From a ``{key: path}`` mapping, in key order."""
-        return cls(tuple(sorted(paths.items(), key=lambda kv: key_order(kv[0]))))
+    def of(cls, paths: Mapping[SublayerKey, str],
+           outputs: Mapping[SublayerKey, tuple[str, ...]] | None = None) -> MarkConfig:
+        """From a ``{key: path}`` mapping (and ``{key: output names}``), in key order."""
+        multi = {k: v for k, v in (outputs or {}).items() if len(v) > 1}
+        return cls(tuple(sorted(paths.items(), key=lambda kv: key_order(kv[0]))),
+                   tuple(sorted(multi.items(), key=lambda kv: key_order(kv[0]))))
 
 
 def mark_sublayers(gm: fx.GraphModule, config: MarkConfig | None = None) -> PassResult:
@@ -226,7 +206,10 @@ def mark_sublayers(gm: fx.GraphModule, config: MarkConfig | None = None) -> Pass
 
     ``config``: the sublayers to find; None takes the traced model's declaration.
     """
-    subs = find_sublayers(gm, dict(config.paths) if config is not None else None)
+    if config is None:
+        subs = find_sublayers(gm)
+    else:
+        subs = find_sublayers(gm, dict(config.paths), outputs=dict(config.outputs))
     for s in subs:
         s.value.meta[SUBLAYER_META] = s.key
         s.add.meta[RESIDUAL_META] = s.key

@@ -30,10 +30,11 @@ from collections.abc import Iterator
 import torch
 from torch import fx, nn
 
+from l2c_compile.families import family_of
 from l2c_compile.guidance import GuidedDenoiser, example_condition
 from l2c_compile.passes.base import CompileError
 from l2c_compile.passes.naming import name_values
-from l2c_compile.passes.sublayers import PATHS_META, sublayer_spec
+from l2c_compile.passes.sublayers import OUTPUTS_META, PATHS_META, sublayer_paths
 
 CAPTURES = ("fx", "export")
 CAPTURE_META = "l2c_capture"  # GraphModule.meta key: "fx" | "export"
@@ -278,7 +279,8 @@ def _device_from_input(graph: fx.Graph) -> None:
 
 
 def _finish(gm: fx.GraphModule, model: nn.Module, capture: str) -> fx.GraphModule:
-    gm.meta[PATHS_META] = sublayer_spec(model).paths(model)
+    gm.meta[PATHS_META] = sublayer_paths(model)
+    gm.meta[OUTPUTS_META] = family_of(model).outputs(model)
     gm.meta[CAPTURE_META] = capture
     name_values(gm)
     return gm

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from l2c_compile.errors import L2CError
-from l2c_compile.passes.sublayers import sublayer_spec
+from l2c_compile.families import family_of
 from l2c_compile.reference import CacheState
 from l2c_compile.samplers.base import Combination, ModelCall, SamplerPlan, SolverStep
 
@@ -146,8 +146,9 @@ def shard_loss(
     distance: str,
     mode: str,
 ) -> torch.Tensor:
-    """distance(teacher, student) at ``target``'s cache call; ``weights``: (K·depth,) fresh weights,
-    entry ``K·i + k`` for kind ``k`` of block ``i`` (K = the model's sublayer kinds)."""
+    """distance(teacher, student) at ``target``'s cache call; ``weights``: (width,) fresh weights
+    in router entry order (the family layout's ``sublayer_keys()``: block by block, each block's kinds; for
+    K kinds in every block, entry ``K·i + k`` is kind ``k`` of block ``i``)."""
     alpha, sigma = target.noise_level
     x = alpha * x0 + sigma * noise  # (B, C, H, W) state at the step start
     with torch.no_grad():
@@ -168,12 +169,8 @@ def shard_loss(
     state.set_call(record=False)
     state.mode = mode
     w = weights.to(teacher.dtype)
-    kinds = sublayer_spec(model).kinds
-    state.weights = {
-        (kind, i): w[len(kinds) * i + j]
-        for i in range(w.shape[0] // len(kinds))
-        for j, kind in enumerate(kinds)
-    }
+    keys = family_of(model).layout(model).sublayer_keys()  # router entry order
+    state.weights = {key: w[j] for j, key in enumerate(keys)}
     student = _model_call(model, target.call, x_m, labels)  # (B, C_out, H, W)
     state.weights = None
     sq = (student.float() - teacher.float()).pow(2).flatten(1)  # (B, C_out·H·W)

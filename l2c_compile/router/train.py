@@ -40,8 +40,8 @@ from torch import nn
 
 from l2c_compile import features
 from l2c_compile.errors import L2CError, suggest
+from l2c_compile.families import FAMILIES, Recipe, family_of, recipes
 from l2c_compile.masks import MODES
-from l2c_compile.passes.sublayers import sublayer_spec
 from l2c_compile.reference import CacheState, instrument
 from l2c_compile.router.checkpoint import (
     checkpoint_path,
@@ -59,29 +59,19 @@ from l2c_compile.router.objective import (
     shard_loss,
 )
 from l2c_compile.samplers.base import SamplerPlan
-from l2c_compile.schedule.router_files import save_router
+from l2c_compile.schedule.router_files import router_layout_meta, save_router
 
-
-@dataclass(frozen=True)
-class Recipe:
-    """How the official code of one model family trains its router."""
-
-    name: str
-    distance: str  # "mean": MSE over C·H·W (DiT); "sum": sum of squares per sample (U-ViT)
-    clamp: float | None  # logits clamped to [−c, c] after each step
-    threshold: float  # θ used at inference, for the reported skip ratio
-    lam: float  # the README's λ
-
-
-RECIPES: dict[str, Recipe] = {
-    "dit": Recipe("dit", "mean", 5.0, 0.1, 5e-6),
-    "uvit": Recipe("uvit", "sum", None, 0.9, 0.1),
-}
+# Each family's recipe is declared with the family (families/builtin.py); this is the index by name.
+RECIPES: dict[str, Recipe] = recipes()
 
 
 def default_recipe(family: str) -> str:
-    """The recipe of a model family (``"dit"`` or ``"uvit"``)."""
-    return "uvit" if family == "uvit" else "dit"
+    """The recipe of a model family (``"dit"`` or ``"uvit"``; a family without its own, e.g. a
+    diffusers DiT or PixArt, takes the recipe of the family whose routers apply to it, else DiT's)."""
+    fam = FAMILIES.get(family)
+    if fam is not None and fam.recipe is None and fam.own_router_family in FAMILIES:
+        fam = FAMILIES[fam.own_router_family]
+    return fam.recipe.name if fam is not None and fam.recipe is not None else "dit"
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -317,8 +307,8 @@ def train(
     rows = tuple(sorted(t.row for t in targets))
     if rows[-1] >= plan.nfe:
         raise L2CError(f"router row {rows[-1]} is outside a table of {plan.nfe} rows")
-    kinds = sublayer_spec(model).kinds  # one logit per (row, block, kind): K·depth per row
-    router = RouterLogits(initial_logits(plan.nfe, depth, config.seed, len(kinds)), rows).to(device)
+    layout = family_of(model).layout(model)  # one logit per (row, block, kind): layout.width per row
+    router = RouterLogits(initial_logits(plan.nfe, layout.width, config.seed, 1), rows).to(device)
     optimizer = torch.optim.AdamW(
         [router.rows[str(r)] for r in rows], lr=config.lr, weight_decay=0.0
     )
@@ -394,8 +384,7 @@ def train(
         "trained_rows": list(rows),
         "depth": depth,
     }
-    if kinds != ("attn", "mlp"):  # two-kind routers keep the metadata they always had
-        meta["sublayers"] = list(kinds)
+    meta.update(router_layout_meta(layout))  # two-kind routers keep the metadata they always had
     path = Path(output) if output is not None else None
     if path is not None:
         if rank == 0:

@@ -13,15 +13,19 @@ equality reuses. Only "cache" calls consult the router, each with row ``call.rou
 
 Mode: ``"cache"`` (L2C) makes a skipped sublayer reuse its cached output; ``"drop"`` (the paper's
 learning-to-drop and random-drop baselines, Table 5) makes it contribute nothing, so the residual
-add keeps only the stream. The ``reuse_attn``/``reuse_mlp`` lists name the skipped sublayers in
-both modes; a document without ``mode`` is a cache schedule.
+add keeps only the stream. Each call's ``reuse_<kind>`` lists name the skipped sublayers in both
+modes; a document without ``mode`` is a cache schedule.
 
-Kinds: a schedule covers the sublayer kinds of its model's blocks (``masks.KINDS``). A document
-without ``kinds`` is a two-kind ``["attn", "mlp"]`` schedule (DiT, U-ViT: every document written
-before kinds existed reads unchanged, and writing it back gives the same bytes); a three-kind
-schedule (PixArt) says ``"kinds": ["attn", "cross", "mlp"]`` and every call lists ``reuse_cross``
-too. Router logits are laid out per block, kinds interleaved: entry ``K·i + k`` is kind ``k`` of
-block ``i`` (for two kinds: ``attn0, mlp0, attn1, …``, the official layout).
+Kinds: a schedule covers the sublayer kinds of its model's blocks (the vocabulary in
+:mod:`l2c_compile.masks`, declared by the families) and every call lists ``reuse_<kind>`` for
+each, in that order; a call is a mapping from kind to block ids (:attr:`CallSchedule.reuse`). A
+document without ``kinds`` covers attention and MLP (DiT, U-ViT: every document written before
+kinds existed reads unchanged, and writing it back gives the same bytes); any other set says
+``"kinds"`` in its header (PixArt adds cross-attention). When the model's block groups have
+different kinds, the header adds ``"groups": [[count, [kinds…]], …]`` (:class:`~l2c_compile.masks.Layout`)
+and a call may name a block only under the kinds its group has. Router logits are laid out block
+by block, each block's kinds in order: entry ``K·i + k`` is kind ``k`` of block ``i`` when every
+block has K kinds (for two: ``attn0, mlp0, attn1, …``, the official layout).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,10 +42,11 @@ from typing import Any
 import torch
 
 from l2c_compile.errors import L2CError, suggest
+from l2c_compile.families import thresholds
 from l2c_compile.inputs import input_file, parse_json
 from l2c_compile.io import write_text_atomic
 from l2c_compile.limits import MAX_DEPTH, MAX_NFE
-from l2c_compile.masks import DEFAULT_KINDS, MODES, Mask, check_kinds
+from l2c_compile.masks import DEFAULT_KINDS, MODES, Layout, Mask, check_kinds
 from l2c_compile.samplers.base import SamplerPlan
 from l2c_compile.schedule.router_files import check_router_target, load_router
 
@@ -62,8 +67,9 @@ ROLES = ("full", "cache")
 HEURISTICS = ("random", "top", "bottom", "all")
 
 
-# The θ each official codebase samples with (spec §4.1); the one place the CLI takes defaults from.
-DEFAULT_THRESHOLDS = {"dit": 0.1, "uvit": 0.9}
+# The θ each official codebase samples with (spec §4.1), declared with each family
+# (families/builtin.py); the one place the CLI takes defaults from.
+DEFAULT_THRESHOLDS = thresholds()
 
 
 def default_threshold(family: str) -> float:
@@ -98,15 +104,17 @@ def _layer_ids(ids: Iterable[Any], what: str, index: int) -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class CallSchedule:
-    """One model call: its role and the sublayers it reuses (sorted block ids)."""
+    """One model call: its role and the sublayers it reuses, ``{kind: sorted block ids}``.
+
+    ``reuse`` lists every kind of the schedule (an empty mapping: attention and MLP, nothing
+    reused), normalised to vocabulary order; ``L2CError`` for unknown kinds or bad ids.
+    """
 
     index: int
     timestep: float
     role: str
     router_index: int | None = None
-    reuse_attn: tuple[int, ...] = ()
-    reuse_mlp: tuple[int, ...] = ()
-    reuse_cross: tuple[int, ...] | None = None  # None: the model's blocks have no cross-attention
+    reuse: Mapping[str, tuple[int, ...]] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         if not _is_int(self.index) or self.index < 0:
@@ -131,34 +139,45 @@ class CallSchedule:
                 f"call {self.index}: router_index must be a non-negative integer or null"
             )
         object.__setattr__(self, "timestep", float(self.timestep))
+        if not isinstance(self.reuse, Mapping):
+            raise L2CError(f"call {self.index}: reuse must map sublayer kinds to layer ids")
+        reuse = dict(self.reuse) or {k: () for k in DEFAULT_KINDS}
+        try:
+            kinds = check_kinds(sorted(reuse, key=_vocabulary_rank))
+        except ValueError as exc:
+            raise L2CError(f"call {self.index}: {exc}") from None
         object.__setattr__(
-            self, "reuse_attn", _layer_ids(self.reuse_attn, "reuse_attn", self.index)
+            self, "reuse", {k: _layer_ids(reuse[k], f"reuse_{k}", self.index) for k in kinds}
         )
-        object.__setattr__(self, "reuse_mlp", _layer_ids(self.reuse_mlp, "reuse_mlp", self.index))
-        if self.reuse_cross is not None:
-            object.__setattr__(
-                self, "reuse_cross", _layer_ids(self.reuse_cross, "reuse_cross", self.index)
-            )
-        if self.role == "full" and any(self.reused(k) for k in self.kinds):
+        if self.role == "full" and any(self.reuse.values()):
             raise L2CError(f"call {self.index} is a full step but reuses sublayers")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, CallSchedule):
+            return NotImplemented
+        return (self.index, self.timestep, self.role, self.router_index, list(self.reuse.items())) == (
+            other.index, other.timestep, other.role, other.router_index, list(other.reuse.items()))
+
+    def __hash__(self) -> int:
+        return hash((self.index, self.timestep, self.role, self.router_index, tuple(self.reuse.items())))
 
     @property
     def kinds(self) -> tuple[str, ...]:
         """The sublayer kinds this call covers, in block order."""
-        return DEFAULT_KINDS if self.reuse_cross is None else ("attn", "cross", "mlp")
+        return tuple(self.reuse)
 
     def reused(self, kind: str) -> tuple[int, ...]:
         """The block ids whose ``kind`` sublayer this call reuses (sorted)."""
-        if kind not in self.kinds:
+        if kind not in self.reuse:
             raise L2CError(
                 f"call {self.index} has no {kind!r} sublayers (kinds {list(self.kinds)})"
             )
-        return {"attn": self.reuse_attn, "cross": self.reuse_cross, "mlp": self.reuse_mlp}[kind]
+        return self.reuse[kind]
 
     @property
     def mask(self) -> Mask:
-        """Reused block ids per kind: (attention, MLP), or (attention, cross-attention, MLP)."""
-        return tuple(frozenset(self.reused(k)) for k in self.kinds)
+        """Reused block ids per kind, in :attr:`kinds` order."""
+        return tuple(frozenset(ids) for ids in self.reuse.values())
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict (key order fixed for stable diffs)."""
@@ -173,18 +192,24 @@ class CallSchedule:
     @classmethod
     def from_dict(cls, d: Any) -> CallSchedule:
         """Inverse of :meth:`to_dict`; ``L2CError`` on missing or mistyped fields."""
+        return cls._from_dict(d, DEFAULT_KINDS)
+
+    @classmethod
+    def _from_dict(cls, d: Any, kinds: tuple[str, ...]) -> CallSchedule:
+        """:meth:`from_dict` for a schedule whose calls list ``kinds``."""
         if not isinstance(d, dict):
             raise L2CError(f"schedule call must be a JSON object, got {type(d).__name__}")
-        keys = ("index", "timestep", "role", "router_index", "reuse_attn", "reuse_mlp")
+        keys = ("index", "timestep", "role", "router_index", *(f"reuse_{k}" for k in kinds))
         missing = [k for k in keys if k not in d]
         if missing:
             raise L2CError(f"schedule call {d.get('index', '?')} lacks {', '.join(missing)}")
-        if "reuse_cross" in d:
-            keys += ("reuse_cross",)
+        listed = tuple(k.removeprefix("reuse_") for k in d if k.startswith("reuse_"))
+        if set(listed) != set(kinds):
+            raise L2CError(f"call {d['index']} lists kinds {list(listed)} but the schedule's are {list(kinds)}")
         for k in keys[4:]:
             if not isinstance(d[k], list):
                 raise L2CError(f"schedule call {d['index']}: {k} must be a list of layer ids")
-        return cls(**{k: d[k] for k in keys})
+        return cls(*(d[k] for k in keys[:4]), reuse={k: d[f"reuse_{k}"] for k in kinds})
 
 
 @dataclass(frozen=True)
@@ -200,7 +225,8 @@ class Schedule:
     calls: tuple[CallSchedule, ...]
     version: int = SCHEDULE_VERSION
     mode: str = "cache"  # "cache": skipped sublayers reuse the cache; "drop": they add nothing
-    kinds: tuple[str, ...] = DEFAULT_KINDS  # the blocks' sublayer kinds (masks.KINDS order)
+    kinds: tuple[str, ...] = DEFAULT_KINDS  # the blocks' sublayer kinds (vocabulary order)
+    groups: Layout | None = None  # block groups with different kinds; None: every block has all
 
     def __post_init__(self) -> None:
         if self.version != SCHEDULE_VERSION:
@@ -240,10 +266,17 @@ class Schedule:
             object.__setattr__(self, "kinds", check_kinds(self.kinds))
         except ValueError as exc:
             raise L2CError(f"schedule {exc}") from None
-        if self.kinds not in (DEFAULT_KINDS, ("attn", "cross", "mlp")):
-            raise L2CError(
-                f"schedule kinds must be [attn, mlp] or [attn, cross, mlp], got {list(self.kinds)}"
-            )
+        if self.groups is not None:
+            if not isinstance(self.groups, Layout):
+                raise L2CError("schedule groups must be a Layout")
+            if self.groups.depth != self.depth or self.groups.kinds != self.kinds:
+                raise L2CError(
+                    f"schedule groups {self.groups.to_json()} do not cover its {self.depth} blocks "
+                    f"and kinds {list(self.kinds)}"
+                )
+            if self.groups.is_uniform:
+                object.__setattr__(self, "groups", None)
+        layout = self.layout
         calls = tuple(self.calls)
         object.__setattr__(self, "calls", calls)
         if not all(isinstance(c, CallSchedule) for c in calls):
@@ -269,6 +302,12 @@ class Schedule:
                     f"call {c.index} reuses layer {bad[0]} but the model has "
                     f"{self.depth} blocks (ids 0..{self.depth - 1})"
                 )
+            if self.groups is not None:
+                wrong = sorted((b, k) for k, b in reused if k not in layout.kinds_of(b))
+                if wrong:
+                    b, k = wrong[0]
+                    raise L2CError(f"call {c.index} reuses {k} of block {b}, whose group has no {k} "
+                                   f"(kinds {list(layout.kinds_of(b))})")
             # A dropped sublayer reads nothing, so only cache mode needs an earlier writer.
             early = sorted(reused if never_computed is None else reused & never_computed)
             if early and self.mode == "cache":
@@ -280,6 +319,11 @@ class Schedule:
             never_computed = reused if never_computed is None else never_computed & reused
 
     # -- views ---------------------------------------------------------------------------------
+
+    @property
+    def layout(self) -> Layout:
+        """Which kinds each block has (every block all :attr:`kinds` unless :attr:`groups` says)."""
+        return self.groups if self.groups is not None else Layout.uniform(self.depth, self.kinds)
 
     @property
     def cache_calls(self) -> tuple[CallSchedule, ...]:
@@ -299,8 +343,8 @@ class Schedule:
         cache_steps = len(self.cache_calls)
         per_kind = {k: sum(len(c.reused(k)) for c in self.calls) for k in self.kinds}
         skipped = sum(per_kind.values())
-        total = cache_steps * self.depth * len(self.kinds)
-        all_calls = self.nfe * self.depth * len(self.kinds)
+        total = cache_steps * self.layout.width
+        all_calls = self.nfe * self.layout.width
         return {
             "nfe": self.nfe,
             "cache_steps": cache_steps,
@@ -346,9 +390,10 @@ class Schedule:
 
     @classmethod
     def all_compute(
-        cls, model: str, depth: int, plan: SamplerPlan, kinds: tuple[str, ...] = DEFAULT_KINDS
+        cls, model: str, depth: int, plan: SamplerPlan, kinds: tuple[str, ...] | Layout = DEFAULT_KINDS
     ) -> Schedule:
-        """The schedule that reuses nothing (must match the uncached model)."""
+        """The schedule that reuses nothing (must match the uncached model). ``kinds``: the
+        blocks' kinds, or a :class:`~l2c_compile.masks.Layout` of block groups."""
         return _from_reuse(plan, model, depth, None, {"kind": "all-compute"}, {}, kinds=kinds)
 
     @classmethod
@@ -362,16 +407,22 @@ class Schedule:
         threshold: float,
         source: dict[str, Any] | None = None,
         mode: str = "cache",
-        kinds: tuple[str, ...] = DEFAULT_KINDS,
+        kinds: tuple[str, ...] | Layout = DEFAULT_KINDS,
     ) -> Schedule:
-        """Threshold router ``logits [rows, K·depth]`` (K = ``len(kinds)``, entry ``K·i + k`` is
-        kind ``k`` of block ``i``): computed iff sigmoid(logit) > θ."""
+        """Threshold router ``logits [rows, width]`` in the layout's entry order (K = ``len(kinds)``
+        kinds in every block: entry ``K·i + k`` is kind ``k`` of block ``i``; a
+        :class:`~l2c_compile.masks.Layout`: block by block, each block's kinds): computed iff
+        sigmoid(logit) > θ."""
         t = torch.as_tensor(logits).detach().to("cpu")
-        k = len(kinds)
+        layout = _layout(depth, kinds)
+        k = len(layout.kinds)
         if t.dim() != 2:
             raise L2CError(f"router logits must be [rows, {k}*depth], got shape {list(t.shape)}")
         rows, width = int(t.shape[0]), int(t.shape[1])
-        if width != k * depth:
+        if width != layout.width:
+            if not layout.is_uniform:
+                raise L2CError(f"router has {width} entries per step but {model}'s block groups "
+                               f"hold {layout.width} sublayers")
             raise L2CError(
                 f"router has {width} entries per step but {model} has {depth} blocks of {k} "
                 f"sublayers (needs {k * depth})"
@@ -414,6 +465,8 @@ class Schedule:
         }
         if self.kinds != DEFAULT_KINDS:
             head["kinds"] = list(self.kinds)
+        if self.groups is not None:
+            head["groups"] = self.groups.to_json()
         return head | {
             "sampler": self.sampler,
             "nfe": self.nfe,
@@ -451,7 +504,13 @@ class Schedule:
             raise L2CError(f"schedule lacks {', '.join(missing)}")
         if not isinstance(d["calls"], list):
             raise L2CError("schedule calls must be a list")
-        calls = tuple(CallSchedule.from_dict(c) for c in d["calls"])
+        kinds = d.get("kinds", DEFAULT_KINDS)
+        try:
+            kinds = check_kinds(kinds)
+            groups = Layout.from_json(d["groups"]) if "groups" in d else None
+        except ValueError as exc:
+            raise L2CError(f"schedule {exc}") from None
+        calls = tuple(CallSchedule._from_dict(c, kinds) for c in d["calls"])
         return cls(
             model=d["model"],
             depth=d["depth"],
@@ -462,9 +521,8 @@ class Schedule:
             calls=calls,
             version=d["version"],
             mode=d.get("mode", "cache"),  # absent in documents written before drop mode existed
-            kinds=tuple(d["kinds"])
-            if isinstance(d.get("kinds"), list)
-            else d.get("kinds", DEFAULT_KINDS),
+            kinds=kinds,
+            groups=groups,
         )
 
     @classmethod
@@ -505,24 +563,26 @@ def _from_reuse(
     source: dict[str, Any],
     reuse: dict[int, torch.Tensor],
     mode: str = "cache",
-    kinds: tuple[str, ...] = DEFAULT_KINDS,
+    kinds: tuple[str, ...] | Layout = DEFAULT_KINDS,
 ) -> Schedule:
-    """Build a Schedule from per-call boolean reuse vectors ``[K·depth]`` (router entry order)."""
-    k = len(kinds)
+    """Build a Schedule from per-call boolean reuse vectors ``[width]`` (router entry order)."""
+    layout = _layout(depth, kinds)
+    keys = layout.sublayer_keys()
     calls = []
     for c in plan.calls:
         r = reuse.get(c.index)
         ids = [] if r is None else [int(i) for i in torch.nonzero(r).flatten()]
-        per_kind = {kind: tuple(i // k for i in ids if i % k == j) for j, kind in enumerate(kinds)}
+        per_kind: dict[str, list[int]] = {kind: [] for kind in layout.kinds}
+        for i in ids:
+            kind, block = keys[i]
+            per_kind[kind].append(block)
         calls.append(
             CallSchedule(
                 index=c.index,
                 timestep=float(c.timestep),
                 role=c.role,
                 router_index=c.router_index,
-                reuse_attn=per_kind["attn"],
-                reuse_mlp=per_kind["mlp"],
-                reuse_cross=per_kind.get("cross"),
+                reuse=per_kind,
             )
         )
     return Schedule(
@@ -534,8 +594,28 @@ def _from_reuse(
         source=source,
         calls=tuple(calls),
         mode=mode,
-        kinds=kinds,
+        kinds=layout.kinds,
+        groups=layout,
     )
+
+
+def _layout(depth: int, kinds: tuple[str, ...] | Layout) -> Layout:
+    """``kinds`` as a layout of ``depth`` blocks (a layout is taken as it is)."""
+    if isinstance(kinds, Layout):
+        if kinds.depth != depth:
+            raise L2CError(f"sublayer groups cover {kinds.depth} blocks but the model has {depth}")
+        return kinds
+    try:
+        return Layout.uniform(depth, check_kinds(kinds))
+    except ValueError as exc:
+        raise L2CError(f"schedule {exc}") from None
+
+
+def _vocabulary_rank(kind: str) -> int:
+    from l2c_compile.masks import kinds
+
+    known = kinds()
+    return known.index(kind) if kind in known else len(known)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -551,7 +631,7 @@ def import_router(
     depth: int,
     threshold: float,
     spec: Any | None = None,
-    kinds: tuple[str, ...] = DEFAULT_KINDS,
+    kinds: tuple[str, ...] | Layout = DEFAULT_KINDS,
 ) -> Schedule:
     """Load a router file (any layout) and threshold it into a Schedule for ``plan``.
 
@@ -601,7 +681,7 @@ def router_target(
     depth: int,
     plan: SamplerPlan,
     spec: Any | None = None,
-    kinds: tuple[str, ...] = DEFAULT_KINDS,
+    kinds: tuple[str, ...] | Layout = DEFAULT_KINDS,
 ) -> dict[str, Any]:
     """What a router for (``model``, ``depth``, ``plan``) must say, fact by fact.
 
@@ -618,7 +698,8 @@ def router_target(
         "sampler_options": dict(plan.options),
         "nfe": plan.nfe,
         "depth": depth,
-        "sublayers": list(kinds),
+        "sublayers": list(_layout(depth, kinds).kinds),
+        "layout": _layout(depth, kinds),
     }
     if spec is not None:
         side = int(spec.latent_shape[1])
@@ -637,7 +718,7 @@ def heuristic(
     fraction: float,
     seed: int = 0,
     mode: str = "cache",
-    kinds: tuple[str, ...] = DEFAULT_KINDS,
+    kinds: tuple[str, ...] | Layout = DEFAULT_KINDS,
 ) -> Schedule:
     """A paper baseline schedule: ``random``, ``top``, ``bottom`` or ``all`` skipped sublayers.
 
@@ -654,7 +735,7 @@ def heuristic(
         or not 0.0 <= fraction <= 1.0
     ):
         raise L2CError(f"heuristic fraction must be in [0, 1], got {fraction!r}")
-    width = len(kinds) * depth
+    width = _layout(depth, kinds).width
     cache = [c.index for c in plan.calls if c.role == "cache"]
     reuse: dict[int, torch.Tensor] = {i: torch.zeros(width, dtype=torch.bool) for i in cache}
     if kind == "all":

@@ -3,8 +3,9 @@
 Grid cells (spec §5.2): ``B`` attention and MLP both reused, ``A`` only attention reused, ``M``
 only MLP reused, ``.`` both computed. Rows are the cache calls in sampling order. A schedule with
 other kinds (PixArt: attention, cross-attention, MLP) gets one letter per kind in each block's
-cell (``a`` attention, ``x`` cross-attention, ``m`` MLP where reused, ``.`` where computed), the
-cells separated by spaces; the heatmap has one panel per kind.
+cell (each kind's letter from the vocabulary, :func:`~l2c_compile.masks.kind_letter`: ``a``
+attention, ``x`` cross-attention, ``m`` MLP where reused, ``.`` where computed, ``-`` where the
+block's group has no such kind), the cells separated by spaces; the heatmap has one panel per kind.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 
 from l2c_compile.errors import L2CError
 from l2c_compile.io import atomic_path
-from l2c_compile.masks import DEFAULT_KINDS, KIND_NAMES
+from l2c_compile.masks import DEFAULT_KINDS, Layout, kind_letter, kind_name
 
 
 class _Call(Protocol):
@@ -26,11 +27,9 @@ class _Call(Protocol):
 
     timestep: float
     router_index: int | None
-    reuse_attn: Sequence[int]
-    reuse_mlp: Sequence[int]
 
     @property
-    def mask(self) -> tuple[Any, Any]: ...
+    def mask(self) -> tuple[Any, ...]: ...
 
 
 class Schedule(Protocol):
@@ -44,6 +43,9 @@ class Schedule(Protocol):
     kinds: tuple[str, ...]
 
     @property
+    def layout(self) -> Layout: ...
+
+    @property
     def cache_calls(self) -> Sequence[_Call]: ...
 
 
@@ -53,23 +55,25 @@ _STYLE = {
     "A": "yellow",
     "M": "cyan",
     ".": "dim",
+    "-": "dim",
     "a": "yellow",
     "x": "magenta",
     "m": "cyan",
     " ": "",
 }
-_LETTER = {"attn": "a", "cross": "x", "mlp": "m"}
 
 
 def _kinds(schedule: Schedule) -> tuple[str, ...]:
     return tuple(getattr(schedule, "kinds", DEFAULT_KINDS))
 
 
-def _cell(mask: Sequence[Any], block: int, kinds: tuple[str, ...]) -> str:
-    """One block's cell: B/A/M/. for attention + MLP, else one letter (or ``.``) per kind."""
+def _cell(mask: Sequence[Any], block: int, kinds: tuple[str, ...], has: tuple[str, ...] | None = None) -> str:
+    """One block's cell: B/A/M/. for attention + MLP, else one letter (or ``.``) per kind
+    (``-`` for a kind the block does not have; ``has``: the block's kinds)."""
     if kinds == DEFAULT_KINDS:
         return _CELL[(block in mask[0], block in mask[1])]
-    return "".join(_LETTER[k] if block in ids else "." for k, ids in zip(kinds, mask, strict=True))
+    return "".join(("-" if has is not None and k not in has else kind_letter(k) if block in ids else ".")
+                   for k, ids in zip(kinds, mask, strict=True))
 
 
 def _header(schedule: Schedule) -> str:
@@ -83,9 +87,11 @@ def _grid_rows(schedule: Schedule) -> list[tuple[str, str, str]]:
     """(router idx, timestep, cells) per cache call, as strings."""
     kinds = _kinds(schedule)
     sep = "" if kinds == DEFAULT_KINDS else " "
+    layout = getattr(schedule, "layout", None)
+    has = [None if layout is None or layout.is_uniform else layout.kinds_of(b) for b in range(schedule.depth)]
     rows = []
     for c in schedule.cache_calls:
-        cells = sep.join(_cell(c.mask, b, kinds) for b in range(schedule.depth))
+        cells = sep.join(_cell(c.mask, b, kinds, has[b]) for b in range(schedule.depth))
         idx = "-" if c.router_index is None else str(c.router_index)
         rows.append((idx, f"{c.timestep:.0f}", cells))
     return rows
@@ -113,7 +119,7 @@ def rich_grid(schedule: Schedule) -> Any:
     caption = (
         "B both reused · A attention reused · M MLP reused · . computed"
         if kinds == DEFAULT_KINDS
-        else f"{'/'.join(_LETTER[k] for k in kinds)} reused ({', '.join(KIND_NAMES[k] for k in kinds)}) · . computed"
+        else f"{'/'.join(kind_letter(k) for k in kinds)} reused ({', '.join(kind_name(k) for k in kinds)}) · . computed"
     )
     table = Table(
         title=f"{schedule.model} · {schedule.sampler} · {schedule.nfe} NFE{theta}",
@@ -127,7 +133,7 @@ def rich_grid(schedule: Schedule) -> Any:
     for idx, t, cells in _grid_rows(schedule):
         text = Text()
         for ch in cells:
-            text.append(ch, style=_STYLE[ch])
+            text.append(ch, style=_STYLE.get(ch, "magenta"))
         table.add_row(idx, t, text)
     return table
 
@@ -173,7 +179,7 @@ def heatmap_figure(schedule: Schedule) -> Any:
     )
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(kinds), sharey=True, squeeze=False)[0]
-    for ax, data, name in zip(axes, panels, [KIND_NAMES[k] for k in kinds], strict=True):
+    for ax, data, name in zip(axes, panels, [kind_name(k) for k in kinds], strict=True):
         ax.imshow(data.numpy(), cmap=cmap, vmin=0, vmax=1, aspect="auto", interpolation="nearest")
         ax.set_title(f"{name}: {int(data.sum())} of {data.numel()} {reused.split()[0]}")
         ax.set_xlabel("layer (block index)")

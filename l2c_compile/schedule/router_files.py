@@ -5,7 +5,10 @@ sampler decides which model call uses which row), entry ``2*l`` is the attention
 block ``l`` and entry ``2*l+1`` its MLP (spec §2). Models with more sublayer kinds per block
 (PixArt: attention, cross-attention, MLP) have ``[rows, K*depth]`` with the kinds interleaved per
 block (entry ``K*l + k``); only l2c-router files hold them, and their metadata's ``sublayers``
-names the kinds (a file without it is two-kind, as every file written before). Three file
+names the kinds (a file without it is two-kind, as every file written before). A model whose
+block groups have different kinds (a FLUX-shaped family) lays its entries out block by block,
+each block's kinds in order, and its metadata adds ``groups`` (``[[count, [kinds…]], …]``,
+:class:`~l2c_compile.masks.Layout`). Three file
 layouts are read:
 
 * official DiT (``horseee/learning-to-cache`` DiT): a ``torch.save`` dict
@@ -31,12 +34,16 @@ from typing import Any
 import torch
 
 from l2c_compile.errors import L2CError, suggest
+from l2c_compile.families import FAMILIES
 from l2c_compile.inputs import input_file, parse_json
 from l2c_compile.io import atomic_path, write_bytes_atomic
+from l2c_compile.masks import DEFAULT_KINDS, Layout, check_kinds
 
 ROUTER_FORMAT = "l2c-router"
 ROUTER_VERSION = 1
-OFFICIAL_FAMILIES = ("dit", "uvit")
+# The families whose official code writes router files, and the layout each writes.
+OFFICIAL_LAYOUTS = {f.name: f.router_layout for f in FAMILIES.values() if f.router_layout is not None}
+OFFICIAL_FAMILIES = tuple(OFFICIAL_LAYOUTS)  # ("dit", "uvit")
 _REQUIRED_META = ("model", "sampler", "nfe")
 _PROB_KEY = re.compile(r"^(\d+)\.prob$")
 _ZIP_MAGIC = b"PK\x03\x04"
@@ -63,9 +70,16 @@ class RouterFile:
         return tuple(kinds) if isinstance(kinds, list | tuple) else SUBLAYERS
 
     @property
+    def layout(self) -> Layout:
+        """Which kinds each block has: the metadata's ``groups``, else every block has :attr:`kinds`."""
+        if "groups" in self.meta:
+            return Layout.from_json(self.meta["groups"])
+        return Layout.uniform(int(self.logits.shape[1]) // len(self.kinds), self.kinds)
+
+    @property
     def depth(self) -> int:
         """Number of blocks the router covers (its width over the number of kinds)."""
-        return int(self.logits.shape[1]) // len(self.kinds)
+        return self.layout.depth
 
 
 # ---------------------------------------------------------------------------------------------
@@ -116,19 +130,44 @@ def _load_own(p: Path) -> RouterFile:
         )
     logits = _check_logits(logits, p.name, _meta_kinds(meta, p.name))
     _check_meta(meta, logits, p.name)
+    _check_groups(meta, logits, p.name)
     return RouterFile(logits, meta)
 
 
-def _meta_kinds(meta: dict[str, Any], name: str) -> int:
-    """How many sublayer kinds the metadata names (2 when it names none); L2CError for a bad list."""
-    from l2c_compile.masks import check_kinds
+def _check_groups(meta: dict[str, Any], logits: torch.Tensor, name: str) -> None:
+    """L2CError unless a file with block ``groups`` has exactly their number of entries per row."""
+    if "groups" in meta:
+        width = Layout.from_json(meta["groups"]).width
+        if int(logits.shape[1]) != width:
+            raise L2CError(f"{name}: router has {logits.shape[1]} entries per step but its groups hold {width}")
 
-    if "sublayers" not in meta:
-        return len(SUBLAYERS)
+
+def _meta_kinds(meta: dict[str, Any], name: str) -> int:
+    """How many sublayer kinds the metadata names (2 when it names none); L2CError for a bad list
+    (or bad ``groups``)."""
     try:
+        if "groups" in meta:
+            layout = Layout.from_json(meta["groups"])
+            if list(layout.kinds) != list(meta.get("sublayers", ())):
+                raise ValueError(f"groups {layout.to_json()} do not cover the sublayers {meta.get('sublayers')}")
+            return 1  # the groups fix the width exactly (_check_groups)
+        if "sublayers" not in meta:
+            return len(SUBLAYERS)
         return len(check_kinds(meta["sublayers"]))
     except ValueError as exc:
         raise L2CError(f"{name}: router metadata: {exc}") from None
+
+
+def router_layout_meta(layout: Layout) -> dict[str, Any]:
+    """The metadata that records ``layout`` in an l2c-router file: nothing for attention and MLP in
+    every block (as files always were), ``sublayers`` for other kinds, and ``groups`` when the
+    blocks differ."""
+    out: dict[str, Any] = {}
+    if layout.kinds != SUBLAYERS or not layout.is_uniform:
+        out["sublayers"] = list(layout.kinds)
+    if not layout.is_uniform:
+        out["groups"] = layout.to_json()
+    return out
 
 
 def _load_official(p: Path, head: bytes) -> RouterFile:
@@ -260,6 +299,7 @@ def save_router(path: str | os.PathLike[str], logits: torch.Tensor, meta: dict[s
     full = {**_target_meta(meta), **meta, "format": ROUTER_FORMAT, "version": ROUTER_VERSION}
     t = _check_logits(logits, name, _meta_kinds(full, name))
     _check_meta(full, t, name)
+    _check_groups(full, t, name)
     header = {str(k): _encode_meta(v) for k, v in full.items()}
     write_bytes_atomic(path, save({"logits": t}, metadata=header))
 
@@ -310,7 +350,7 @@ def export_official(
     t = _check_logits(logits, Path(path).name)
     # Separate tensors per row, like the official ModuleList state dict (no shared storage).
     probs = OrderedDict((f"{i}.prob", t[i].clone()) for i in range(t.shape[0]))
-    obj: dict[str, Any] = {"routers": probs} if fam == "dit" else probs
+    obj: dict[str, Any] = {"routers": probs} if OFFICIAL_LAYOUTS[fam] == "dit-official" else probs
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
 
@@ -332,7 +372,7 @@ FACTS = (
     "sampler",
     "sampler_options",
 )
-SUBLAYERS = ("attn", "mlp")  # every layout interleaves them per block: attn0, mlp0, attn1, …
+SUBLAYERS = DEFAULT_KINDS  # what a file that names no kinds holds, interleaved per block
 
 
 def router_facts(router: RouterFile) -> dict[str, Any]:
@@ -393,6 +433,10 @@ def check_router_target(
     kinds = _mismatch("sublayers", facts["sublayers"], target.get("sublayers", SUBLAYERS), target)
     if kinds:
         raise L2CError(f"{name}: {kinds}; this router was not made for this target")
+    want = target.get("layout")
+    if want is not None and not (want.is_uniform and router.layout.is_uniform) and router.layout != want:
+        raise L2CError(f"{name}: router covers block groups {router.layout.to_json()} but the model has "
+                       f"{want.to_json()}; this router was not made for this target")
     for fact in FACTS:
         have, want = facts.get(fact), target.get(fact)
         if have is None or want is None:

@@ -1,0 +1,73 @@
+"""The families l2c-compile ships: DiT, U-ViT (``models/``), diffusers' DiT and PixArt (``diffusers/``).
+
+Sources: facebookresearch/DiT ``models.py`` and L2C's ``DiT/train_router.py`` (recipe, θ 0.1);
+baofff/U-ViT ``libs/uvit.py`` and L2C's ``U-ViT/train_router_discrete.py`` (recipe, θ 0.9); diffusers'
+``DiTPipeline`` and ``PixArtAlphaPipeline`` (guidance, samplers). Spec §2–§4.
+"""
+
+from __future__ import annotations
+
+from l2c_compile.families.base import (
+    BlockGroup,
+    Family,
+    KindDecl,
+    Recipe,
+    Sampling,
+    register_family,
+)
+
+ATTN_MLP = (KindDecl("attn", "attn"), KindDecl("mlp", "mlp"))
+
+DIT = register_family(Family(
+    name="dit",
+    groups=(BlockGroup(("blocks",), ATTN_MLP),),
+    classes={"l2c_compile.models.dit.DiT": ""},
+    recipe=Recipe("dit", "mean", 5.0, 0.1, 5e-6),
+    threshold=0.1,
+    router_layout="dit-official",
+    guidance="null-class",
+    guidance_rule="u + s·(c − u)",  # 1 = no guidance; DiT-XL/2 samples with 4
+    sampling=Sampling("ddim", "linear", "discrete", 4.0),
+))
+
+UVIT = register_family(Family(
+    name="uvit",
+    groups=(BlockGroup(("in_blocks", "mid_block", "out_blocks"), ATTN_MLP),),
+    classes={"l2c_compile.models.uvit.UViT": ""},
+    recipe=Recipe("uvit", "sum", None, 0.9, 0.1),
+    threshold=0.9,
+    router_layout="uvit-official",
+    guidance="null-class",
+    guidance_rule="c + s·(c − u)",  # 0 = no guidance; U-ViT-H/2 uses 0.4
+    sampling=Sampling("dpm-solver-2", "scaled_linear", "continuous", 0.4),
+))
+
+DIFFUSERS_DIT = register_family(Family(
+    name="diffusers-dit",
+    groups=(BlockGroup(("transformer_blocks",), (KindDecl("attn", "attn1"), KindDecl("mlp", "ff"))),),
+    classes={"DiTTransformer2DModel": "", "l2c_compile.diffusers.dit.DiffusersDiT": "transformer"},
+    router_family="dit",  # an official DiT's routers and θ apply to the same weights in diffusers
+    guidance="null-class",
+    guidance_rule="u + s·(c − u)",
+    sampling=Sampling("ddim", "linear", "discrete", 4.0),
+    diffusers_class="DiTTransformer2DModel",
+    adapter="l2c_compile.diffusers.dit:DiffusersDiT",
+))
+
+PIXART = register_family(Family(
+    name="pixart",
+    groups=(BlockGroup(("transformer_blocks",), (
+        KindDecl("attn", "attn1"),  # self-attention, gated by adaLN-single
+        KindDecl("cross", "attn2"),  # cross-attention to the prompt, ungated
+        KindDecl("mlp", "ff"),
+    )),),
+    classes={"PixArtTransformer2DModel": "", "l2c_compile.diffusers.pixart.DiffusersPixArt": "transformer"},
+    recipe=None,
+    router_family="dit",  # trained with DiT's recipe; no official routers exist
+    guidance="negative-condition",
+    guidance_rule="u + s·(c − u)",
+    sampling=Sampling("dpm-solver++", "linear", "discrete", 4.5),
+    diffusers_class="PixArtTransformer2DModel",
+    conditioning="text",
+    adapter="l2c_compile.diffusers.pixart:DiffusersPixArt",
+))

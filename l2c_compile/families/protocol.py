@@ -1,0 +1,58 @@
+"""What the compiler, the reference executor and router training need from a model: :class:`Denoiser`.
+
+A model (ours in ``models/``) or an adapter around someone else's (``diffusers/``) is used as it
+is; nothing here is a base class to inherit. The protocol only writes down the attributes and
+methods the code reads, with their shapes, so a new family knows what its adapter must offer.
+Where each is read: ``guidance.GuidedDenoiser`` (``eps``, ``guide``, ``null_class``,
+``cfg_conditions``), ``guidance.example_condition`` and ``sampler_inputs`` (``example_condition``),
+``compiler.compile`` (``in_channels``, ``input_size``, ``transformer_blocks``), ``passes/trace.py``
+(``l2c_capture``), ``router/train.py`` (``drop_labels``, ``null_condition``), the reference
+executor and the passes (the family declaration's module paths, :mod:`l2c_compile.families`).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+
+@runtime_checkable
+class Denoiser(Protocol):
+    """A network the compiler can specialize: ``forward(x, t, y)`` → the raw output.
+
+    Required:
+
+    - ``forward(x, t, y)``: ``x`` (N, C, H, W) latents (or pixels), ``t`` (N,) float32 model
+      timesteps, ``y`` (N,) int64 labels or the family's condition tensor → (N, C_out, H, W).
+    - ``eps(out)``: the ε (or velocity) prediction (N, C, H, W) from a raw output (drops learned-σ
+      channels where the model has them).
+    - ``guide(cond, uncond, scale)``: the family's classifier-free guidance, (N, C, H, W) each →
+      (N, C, H, W) (DiT: ``u + s·(c − u)``; U-ViT: ``c + s·(c − u)``).
+    - ``transformer_blocks()``: the blocks in execution order (their number is the depth).
+    - ``in_channels`` / ``input_size``: C and H = W of ``x``.
+    - ``null_class``: the label row of the unconditional half (class-conditional models; a model
+      with ``cfg_conditions`` needs none).
+
+    Optional (read with ``getattr``/``hasattr``):
+
+    - ``cfg_conditions(y)`` → ``(cond, uncond)``: the two halves of a guided batch for a model
+      guided against a negative condition (PixArt) instead of a null class;
+      ``example_condition(n, cfg, device)``: a condition to capture and shape-propagate with.
+    - ``drop_labels(y, drop_mask=None, generator=None)``: router training's CFG label dropout
+      (dropped rows become the null class); ``null_condition``: None when the model has no null row.
+    - ``l2c_capture``: ``"fx"`` or ``"export"`` (default: fx first, then export).
+    - ``model_name``: the registry name it was built as.
+    """
+
+    in_channels: int
+    input_size: int
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor: ...
+
+    def eps(self, out: torch.Tensor) -> torch.Tensor: ...
+
+    def guide(self, cond: torch.Tensor, uncond: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor: ...
+
+    def transformer_blocks(self) -> list[nn.Module]: ...
