@@ -107,24 +107,20 @@ def build_from_info(info: Any) -> nn.Module:
         from l2c_compile.diffusers.spec import build_from_record
 
         return build_from_record(info)
-    if family not in FAMILIES and isinstance(info.get("kwargs"), dict):
+    kwargs = info.get("kwargs") if isinstance(info, dict) else None
+    build = None
+    if family in FAMILIES and isinstance(kwargs, dict):
+        check_family_size(family, kwargs, "artifact manifest's model")
+        build = lambda kw: FAMILIES[family](**kw)  # noqa: E731
+    elif isinstance(family, str) and isinstance(kwargs, dict):  # a declared family that says how to build
         from l2c_compile.families import FAMILIES as DECLARED
 
-        declared = DECLARED.get(family) if isinstance(family, str) else None
-        if declared is not None and declared.build is not None:  # a family that says how to build
-            try:
-                with torch.device("meta"):
-                    model = declared.build(dict(info["kwargs"]))
-            except (TypeError, ValueError) as exc:
-                raise L2CError(f"artifact manifest has a bad model config: {exc}") from None
-            model.model_name = info.get("name", family)
-            return model.eval()
-    if family not in FAMILIES or not isinstance(info.get("kwargs"), dict):
+        build = getattr(DECLARED.get(family), "build", None)
+    if build is None:
         raise L2CError(f"artifact manifest names no buildable model (family {family!r})")
-    check_family_size(family, info["kwargs"], "artifact manifest's model")
     try:
         with torch.device("meta"):  # no memory, no random init: the weights come from the file
-            model = FAMILIES[family](**info["kwargs"])
+            model = build(dict(kwargs))
     except (TypeError, ValueError) as exc:
         raise L2CError(f"artifact manifest has a bad model config: {exc}") from None
     model.model_name = info.get("name", family)
