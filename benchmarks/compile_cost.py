@@ -43,7 +43,7 @@ def child(args: argparse.Namespace) -> None:
     from torch._dynamo.utils import counters
 
     import l2c_compile
-    from l2c_compile.verify import seeded_inputs
+    from l2c_compile.runtime.verify import seeded_inputs
 
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()

@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default=str(RESULTS / "eval-throughput-cpu.jsonl"))
     p.add_argument("--note", default="", help="recorded in every line (e.g. other jobs running)")
     args = p.parse_args(argv)
-    from l2c_compile.evaluate import machine
+    from l2c_compile.apps.evaluate import machine
 
     env = {**environment("cpu"), "cpu": machine()["cpu"], "cpus": os.cpu_count()}
     for model in args.models.split(","):

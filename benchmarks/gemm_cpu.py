@@ -7,7 +7,7 @@ Paths, each ``y = x Wᵀ + b`` on the same tensors:
 
   aten           ``F.linear``: torch's default (MKL sgemm for float32 on x86, oneDNN for bfloat16)
   onednn         ``torch.ops.mkldnn._linear_pointwise`` on the plain weight (what
-                 ``backend="inductor"`` and ``"regional"`` call on CPU: l2c_compile/backends.py)
+                 ``backend="inductor"`` and ``"regional"`` call on CPU: l2c_compile/runtime/backends.py)
   onednn-packed  the same with the weight reordered once for this batch (inductor's freezing path)
 
 The largest GFLOP/s seen (a 2048³ float32 and bfloat16 GEMM through oneDNN) is reported as the
@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import RESULTS, append_text, environment, markdown_table
 
-from l2c_compile import features
+from l2c_compile.runtime import features
 
 # DiT-XL/2 (hidden 1152, MLP 4608): qkv, attention proj, fc1, fc2; M = tokens × rows
 SHAPES = [(1152, 3456), (1152, 1152), (1152, 4608), (4608, 1152)]
@@ -60,7 +60,7 @@ def gflops(fn: Callable[[], Any], flop: float, repeats: int) -> float:
 
 
 def onednn_feature(dtype: torch.dtype) -> str:
-    """The feature (l2c_compile.features) oneDNN's GEMMs in ``dtype`` need."""
+    """The feature (l2c_compile.runtime.features) oneDNN's GEMMs in ``dtype`` need."""
     return {torch.float32: "onednn", torch.bfloat16: "onednn_bf16", torch.float16: "onednn_fp16"}[dtype]
 
 

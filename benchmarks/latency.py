@@ -14,7 +14,7 @@ Executors (one run measures all of them, so ratios are comparable):
                       computes its own timestep embedding and adaLN modulation (the A/B of the
                       prologue, passes/hoist.py); ``+graph`` and ``inductor-`` twins likewise
   inductor-*          the same two with ``backend="inductor"`` (``--inductor``): whole step graphs
-                      through inductor, linears through oneDNN on CPU (l2c_compile/backends.py)
+                      through inductor, linears through oneDNN on CPU (l2c_compile/runtime/backends.py)
   regional-*          the same two with ``backend="regional"`` (``--regional``): each sublayer kind
                       compiled once, the glue eager
   compiled+graph-*    eager step graphs, whole trajectory in one CUDA graph (``--cuda-graph``, CUDA)

@@ -21,11 +21,11 @@ import torch
 from common import append_text, sync
 
 import l2c_compile
-from l2c_compile import reference
-from l2c_compile.guidance import GuidedDenoiser, timestep_vector
+from l2c_compile.compiler import reference
+from l2c_compile.compiler.guidance import GuidedDenoiser, timestep_vector
 from l2c_compile.metrics.macs import trajectory_macs
 from l2c_compile.models.registry import ModelSpec
-from l2c_compile.runtime import CompiledSampler
+from l2c_compile.runtime.sampler import CompiledSampler
 from l2c_compile.samplers import execute_plan
 from l2c_compile.samplers.base import SamplerPlan
 from l2c_compile.schedule import Schedule

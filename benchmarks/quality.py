@@ -44,8 +44,7 @@ from common import RESULTS, append_text, environment
 from quality_tables import TABLES, TITLES, Row, build_rows, macs
 
 import l2c_compile
-from l2c_compile.errors import L2CError
-from l2c_compile.evaluate import (
+from l2c_compile.apps.evaluate import (
     DEFAULT_BATCH,
     Samples,
     draw,
@@ -56,6 +55,7 @@ from l2c_compile.evaluate import (
     quality,
     require_feature_network,
 )
+from l2c_compile.errors import L2CError
 from l2c_compile.images import make_grid, save_png
 from l2c_compile.io import write_text_atomic
 from l2c_compile.models.registry import get_spec

@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
-from l2c_compile import demo
+from l2c_compile.apps import demo
+from l2c_compile.apps.evaluate import make_spec_plan
 from l2c_compile.errors import L2CError
-from l2c_compile.evaluate import make_spec_plan
 from l2c_compile.metrics.macs import trajectory_macs
 from l2c_compile.models.registry import get_spec, num_blocks
 from l2c_compile.samplers.base import SamplerPlan

@@ -8,7 +8,7 @@ router at NFE 20 for the Fashion-MNIST models; a seeded random schedule reusing 
 sublayers at NFE 6 for the tiny random-weight models), samples a batch of 2 per seed, and prints
 one JSON line: the RMS relative error and the max relative error against the float32 reference
 executor, and the max relative error against the reference executor run in the artifact's own
-dtype. ``l2c_compile/tolerances.py`` sets the tolerances (about 2× the measured maximum) from
+dtype. ``l2c_compile/runtime/tolerances.py`` sets the tolerances (about 2× the measured maximum) from
 these numbers; re-run this after retraining or resizing a model.
 """
 
@@ -26,9 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import environment
 
 import l2c_compile
-from l2c_compile import features, reference
-from l2c_compile.demo import shipped_router
+from l2c_compile.apps.demo import shipped_router
+from l2c_compile.compiler import reference
 from l2c_compile.models.registry import build_model, get_spec, init_random, load_checkpoint
+from l2c_compile.runtime import features
 from l2c_compile.samplers import make_plan
 from l2c_compile.schedule import default_threshold, heuristic, import_router
 

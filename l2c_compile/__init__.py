@@ -13,13 +13,13 @@ from l2c_compile import errors
 from l2c_compile.version import __version__
 
 if TYPE_CHECKING:
-    from l2c_compile.artifact import load
-    from l2c_compile.compiler import compile
-    from l2c_compile.runtime import CompiledSampler
+    from l2c_compile.compiler.driver import compile
+    from l2c_compile.runtime.artifact import load
+    from l2c_compile.runtime.sampler import CompiledSampler
 
 __all__ = ["CompiledSampler", "__version__", "compile", "errors", "load"]
 
-_LAZY = {"compile": "l2c_compile.compiler", "load": "l2c_compile.artifact", "CompiledSampler": "l2c_compile.runtime"}
+_LAZY = {"compile": "l2c_compile.compiler.driver", "load": "l2c_compile.runtime.artifact", "CompiledSampler": "l2c_compile.runtime.sampler"}
 
 
 def __getattr__(name: str) -> Any:

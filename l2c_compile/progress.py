@@ -92,7 +92,7 @@ def advance(n: int = 1) -> None:
 def counting_model_calls(target: Any) -> Iterator[None]:
     """Advance the current task once per model call made by ``target`` inside the block.
 
-    ``target`` is a :class:`~l2c_compile.runtime.CompiledSampler` (its step graphs are counted)
+    ``target`` is a :class:`~l2c_compile.runtime.sampler.CompiledSampler` (its step graphs are counted)
     or an ``nn.Module`` called once per model call (the reference executor's model; a forward
     hook counts it). Without a reporter nothing is wrapped. A CUDA-graph replay runs no Python
     per step, so it is counted only while it is being captured.

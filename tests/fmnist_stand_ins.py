@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from l2c_compile import demo
+from l2c_compile.apps import demo
 from l2c_compile.fmnist import classifier
 from l2c_compile.fmnist.specs import SPEC_FIELDS
 from l2c_compile.models import registry

@@ -12,7 +12,7 @@ from types import ModuleType
 
 import torch
 
-from l2c_compile.masks import Layout
+from l2c_compile.families.vocabulary import Layout
 from l2c_compile.models.dit import DiT
 from l2c_compile.models.registry import init_random
 from l2c_compile.models.uvit import UViT

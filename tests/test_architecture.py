@@ -18,9 +18,20 @@ def _modules() -> dict[str, Path]:
 
 
 def _imports(path: Path, known: dict[str, Path]) -> set[str]:
-    """Every package module ``path`` imports, at module level or inside functions."""
+    """Every package module ``path`` imports, at module level or inside functions; imports under
+    ``if TYPE_CHECKING:`` run for the type checker only and are left out."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    typing_only = {
+        id(n)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
+        for stmt in node.body
+        for n in ast.walk(stmt)
+    }
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         names: list[str] = []
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
@@ -74,7 +85,7 @@ def test_shared_vocabulary_is_defined_once():
     for name, pattern in wanted.items():
         where = [str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
                  if re.search(pattern, p.read_text(encoding="utf-8"), re.MULTILINE)]
-        assert where == ["masks.py"], (name, where)
+        assert where == ["families/vocabulary.py"], (name, where)
 
 
 def test_importing_the_package_leaves_the_fmnist_training_code_unloaded():
@@ -120,3 +131,34 @@ def test_the_readme_layout_names_every_top_level_module_and_package():
     # A top-level name stands on its own: ``samplers/base.py`` does not name a top-level base.py.
     missing = sorted(n for n in names if not re.search(rf"(?<![\w/.]){re.escape(n)}", block))
     assert not missing, f"README's Layout block does not name {missing}"
+
+
+def test_phases_import_downwards():
+    """The layout's phases (README, Layout): declarations and samplers stand on the foundations
+    only; compile time and run time never reach up into the applications, router training or
+    the CLI; the applications are the CLI's alone."""
+    foundations = {"errors", "version", "io", "inputs", "limits", "filekind", "progress", "images"}
+    allowed_below = {
+        "families": foundations,
+        "samplers": foundations,
+    }
+    never = {
+        "compiler": {"apps", "router", "cli"},
+        "runtime": {"apps", "router", "cli"},
+        "kernels": {"apps", "router", "cli", "compiler"},
+        "families": {"apps", "router", "cli", "compiler", "runtime"},
+    }
+    known = _modules()
+
+    def phase(module: str) -> str:
+        parts = module.split(".")
+        return parts[1] if len(parts) > 1 else ""
+
+    for name, path in known.items():
+        here = phase(name)
+        reached = {phase(d) for d in _imports(path, known)} - {here, ""}
+        if here in allowed_below:
+            assert reached <= allowed_below[here], f"{name} imports {sorted(reached - allowed_below[here])}"
+        assert not reached & never.get(here, set()), f"{name} imports {sorted(reached & never[here])}"
+        if here not in ("apps", "cli"):
+            assert "apps" not in reached, f"{name} imports the applications"

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 import l2c_compile
-from l2c_compile import features
-from l2c_compile.backends import linear_onednn, rewrite_for_cpu
+from l2c_compile.runtime import features
+from l2c_compile.runtime.backends import linear_onednn, rewrite_for_cpu
 from l2c_compile.samplers import make_plan
 from tests.helpers import inputs, random_schedule, rel_error, tiny_dit, tiny_uvit
 
@@ -192,7 +192,7 @@ def test_regional_refuses_a_model_captured_with_export():
 
 
 def test_eager_regions_runs_the_modules_own_forward_and_puts_the_compiled_ones_back():
-    from l2c_compile.backends import compile_regions, eager_regions
+    from l2c_compile.runtime.backends import compile_regions, eager_regions
 
     model = tiny_dit(6, depth=2)
     assert compile_regions(model) == 4
@@ -205,7 +205,11 @@ def test_eager_regions_runs_the_modules_own_forward_and_puts_the_compiled_ones_b
 
 
 def test_verify_tolerance_for_the_compiled_backends_is_measured_not_exact():
-    from l2c_compile.tolerances import COMPILED_FP32_TOLERANCE, EXACT_TOLERANCE, tolerance_for
+    from l2c_compile.runtime.tolerances import (
+        COMPILED_FP32_TOLERANCE,
+        EXACT_TOLERANCE,
+        tolerance_for,
+    )
 
     assert tolerance_for("DiT-FMNIST", "float32") == ("max_rel_error", EXACT_TOLERANCE)
     for backend in ("inductor", "regional"):
@@ -216,7 +220,7 @@ def test_verify_tolerance_for_the_compiled_backends_is_measured_not_exact():
 
 
 def test_dtype_auto_is_bf16_exactly_where_the_cpu_has_native_bf16():
-    from l2c_compile.compiler import native_bf16, resolve_dtype
+    from l2c_compile.compiler.driver import native_bf16, resolve_dtype
 
     native = features.has("onednn_bf16")
     assert native_bf16("cpu") == native

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 import l2c_compile
 from l2c_compile.cli.main import app
 from l2c_compile.errors import L2CError
-from l2c_compile.runtime import CompiledSampler
+from l2c_compile.runtime.sampler import CompiledSampler
 
 runner = CliRunner()
 
@@ -50,7 +50,7 @@ def _one_line(r, *needles: str) -> str:
 
 def _pretend_latent(monkeypatch) -> None:
     """Make the tiny pixel-space artifact look like a latent model (needs --vae)."""
-    import l2c_compile.artifact as artifact
+    import l2c_compile.runtime.artifact as artifact
 
     real_load = artifact.load
 
@@ -216,7 +216,7 @@ def test_vae_for_a_pixel_model_is_refused(latent_artifact, tmp_path, no_sampling
 
 def test_wrong_kind_of_file_says_what_it_is(tmp_path):
     """A router given as a schedule, a file given as an artifact, too few samples: one line each."""
-    from l2c_compile.evaluate import eval_inputs
+    from l2c_compile.apps.evaluate import eval_inputs
     from l2c_compile.schedule import Schedule
 
     binary = tmp_path / "router.pt"

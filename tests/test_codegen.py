@@ -9,8 +9,8 @@ import torch
 from torch import fx
 
 import l2c_compile
-from l2c_compile import reference
-from l2c_compile.passes.codegen import StepContext, module_ref, step_source
+from l2c_compile.compiler import reference
+from l2c_compile.compiler.passes.codegen import StepContext, module_ref, step_source
 from l2c_compile.samplers import make_plan
 from tests.helpers import inputs, random_schedule, rel_error, tiny_dit, tiny_uvit
 
@@ -209,7 +209,7 @@ def test_only_exact_identities_are_folded():
     and inf included) in its dtype, and are folded; ``x + 0`` turns ``-0.0`` into ``+0.0`` and an
     integer tensor divided by 1.0 becomes float, so they stay (as do ``x * True`` and ``i * 1``,
     left as written)."""
-    from l2c_compile.passes.trace import identity_input
+    from l2c_compile.compiler.passes.trace import identity_input
 
     x = torch.tensor([-0.0, 0.0, 1.5, -2.0, float("inf"), float("nan")], dtype=torch.float16)
     i = torch.arange(6)
@@ -233,7 +233,7 @@ class _Unpack(torch.nn.Module):
 
 
 def test_tuple_items_the_source_does_not_name_are_named_after_their_tuple():
-    from l2c_compile.passes.naming import name_values
+    from l2c_compile.compiler.passes.naming import name_values
 
     tracer = fx.Tracer()
     tracer.record_stack_traces = True

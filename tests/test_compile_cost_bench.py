@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from l2c_compile import features
+from l2c_compile.runtime import features
 from tests.helpers import bench_script
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"

@@ -11,12 +11,12 @@ from hypothesis import strategies as st
 from torch import nn
 
 import l2c_compile
-from l2c_compile import reference
-from l2c_compile.passes.base import CompileError
-from l2c_compile.passes.liveness import plan_cache
-from l2c_compile.passes.manager import PassManager, check_invariants
-from l2c_compile.passes.sublayers import find_sublayers
-from l2c_compile.passes.trace import trace_step
+from l2c_compile.compiler import reference
+from l2c_compile.compiler.passes.base import CompileError
+from l2c_compile.compiler.passes.liveness import plan_cache
+from l2c_compile.compiler.passes.manager import PassManager, check_invariants
+from l2c_compile.compiler.passes.sublayers import find_sublayers
+from l2c_compile.compiler.passes.trace import trace_step
 from l2c_compile.samplers import make_plan
 from l2c_compile.schedule import Schedule
 from tests.helpers import inputs, random_schedule, rel_error, tiny_dit, tiny_uvit
@@ -192,7 +192,7 @@ def test_pass_manager_names_the_pass_that_broke_an_invariant():
     check_invariants(gm)
 
     def bad_pass(g):
-        from l2c_compile.passes.base import PassResult
+        from l2c_compile.compiler.passes.base import PassResult
 
         x = next(n for n in g.graph.nodes if n.op == "placeholder")
         with g.graph.inserting_after(x):
@@ -207,10 +207,10 @@ def test_pass_manager_names_the_pass_that_broke_an_invariant():
 
 
 def test_pass_errors_name_the_pass_the_passes_before_and_the_step_mask():
-    from l2c_compile.passes.dce import dead_code
-    from l2c_compile.passes.manager import Pass
-    from l2c_compile.passes.specialize import SpecializeConfig, specialize
-    from l2c_compile.passes.sublayers import mark_sublayers
+    from l2c_compile.compiler.passes.dce import dead_code
+    from l2c_compile.compiler.passes.manager import Pass
+    from l2c_compile.compiler.passes.specialize import SpecializeConfig, specialize
+    from l2c_compile.compiler.passes.sublayers import mark_sublayers
 
     model = tiny_dit(0, depth=2)
     gm = mark_sublayers(trace_step(model, cfg=False)).gm

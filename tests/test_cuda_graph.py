@@ -16,11 +16,12 @@ import torch
 from typer.testing import CliRunner
 
 import l2c_compile
-from l2c_compile import compiler as compiler_module
-from l2c_compile import cuda_graph, features, runtime
 from l2c_compile.cli.main import app
+from l2c_compile.compiler import driver as compiler_module
 from l2c_compile.errors import L2CError
 from l2c_compile.models.registry import build_model, get_spec, init_random
+from l2c_compile.runtime import cuda_graph, features
+from l2c_compile.runtime import sampler as runtime
 from l2c_compile.samplers import make_plan
 from tests.helpers import inputs, random_schedule, rel_error, tiny_dit, tiny_uvit
 
@@ -311,7 +312,7 @@ def test_bf16_cuda_graph_against_the_fp32_reference():
 @pytest.mark.gpu
 @needs_cuda
 def test_cuda_graph_artifact_round_trip_and_verify(artifact):
-    from l2c_compile.verify import verify_artifact
+    from l2c_compile.runtime.verify import verify_artifact
 
     loaded = l2c_compile.load(artifact, device="cuda", cuda_graph=True)
     noise, labels = _cuda_inputs(loaded.model, 2, 0)

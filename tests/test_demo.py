@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from l2c_compile.demo import DemoConfig, run_demo
+from l2c_compile.apps.demo import DemoConfig, run_demo
 from l2c_compile.errors import L2CError
 from l2c_compile.fmnist import classifier
 from l2c_compile.fmnist.data import CLASS_NAMES
@@ -151,3 +151,15 @@ def test_comparison_figure_labels_every_row_and_both_panels():
         comparison_figure(x, x[:4], names)
     with pytest.raises(L2CError, match="3 rows"):
         comparison_figure(x[:5], x[:5], names)
+
+
+def test_the_shipped_routers_are_found_where_the_package_keeps_them():
+    """The demo and ``eval`` use the router shipped for (model, sampler, NFE) instead of training
+    one: every file in ``assets/routers`` is found by its name, and a missing one is ``None``."""
+    from l2c_compile.apps.demo import ROUTERS, shipped_router
+
+    files = sorted(ROUTERS.glob("*.safetensors"))
+    assert any(f.name == "DiT-FMNIST-ddim-20.safetensors" for f in files), files
+    assert shipped_router("DiT-FMNIST", "ddim", 20) == ROUTERS / "DiT-FMNIST-ddim-20.safetensors"
+    assert shipped_router("U-ViT-FMNIST", "dpm-solver-2", 20) is not None
+    assert shipped_router("DiT-FMNIST", "ddim", 7) is None

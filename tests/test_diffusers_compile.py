@@ -10,14 +10,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import l2c_compile
-from l2c_compile import reference
+from l2c_compile.compiler import reference
 from l2c_compile.samplers import make_plan
 from tests.helpers import inputs, random_schedule, rel_error
 
 pytest.importorskip("diffusers")
+from l2c_compile.compiler.passes.sublayers import find_sublayers, sublayer_paths
+from l2c_compile.compiler.passes.trace import fx_step, trace_step
 from l2c_compile.diffusers import DiffusersDiT
-from l2c_compile.passes.sublayers import find_sublayers, sublayer_paths
-from l2c_compile.passes.trace import fx_step, trace_step
 from tests.diffusers_helpers import tiny_transformer
 
 SETTINGS = settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -16,7 +16,7 @@ from diffusers import (
     FlowMatchEulerDiscreteScheduler,
 )
 
-from l2c_compile import reference
+from l2c_compile.compiler import reference
 from l2c_compile.diffusers import compile_pipeline, load_diffusers, load_pipeline, pipeline_plan
 from l2c_compile.errors import L2CError
 from l2c_compile.samplers import make_plan

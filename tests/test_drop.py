@@ -12,9 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import l2c_compile
-from l2c_compile import reference
+from l2c_compile.compiler import reference
+from l2c_compile.compiler.passes.liveness import plan_cache
 from l2c_compile.errors import L2CError
-from l2c_compile.passes.liveness import plan_cache
 from l2c_compile.samplers import make_plan
 from l2c_compile.schedule import CallSchedule, Schedule, heuristic, import_router
 from l2c_compile.schedule.router_files import save_router
@@ -107,7 +107,7 @@ def test_reference_drop_equals_a_model_without_those_branches():
     eps_calls = []
 
     def zeroed_eps(call, x_in):
-        from l2c_compile.guidance import GuidedDenoiser, timestep_vector
+        from l2c_compile.compiler.guidance import GuidedDenoiser, timestep_vector
 
         stripped = tiny_dit(3, depth=2).requires_grad_(False)
         if call.role == "cache":

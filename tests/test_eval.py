@@ -1,4 +1,4 @@
-"""`l2c-compile eval` and l2c_compile.evaluate on a tiny Fashion-MNIST-shaped stand-in model.
+"""`l2c-compile eval` and l2c_compile.apps.evaluate on a tiny Fashion-MNIST-shaped stand-in model.
 
 The stand-in has the FMNIST models' image format (1×32×32, 10 classes) but random weights, and
 the feature network is a randomly initialised classifier with statistics of random features, so
@@ -22,11 +22,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from l2c_compile import demo
 from l2c_compile import progress as bars
-from l2c_compile.cli.main import app
-from l2c_compile.errors import L2CError
-from l2c_compile.evaluate import (
+from l2c_compile.apps import demo
+from l2c_compile.apps.evaluate import (
     DEFAULT_BATCH,
     EvalConfig,
     default_workers,
@@ -36,6 +34,8 @@ from l2c_compile.evaluate import (
     run_eval,
     shard_indices,
 )
+from l2c_compile.cli.main import app
+from l2c_compile.errors import L2CError
 from l2c_compile.fmnist import classifier
 from l2c_compile.models import registry
 from l2c_compile.schedule import Schedule, heuristic
@@ -164,7 +164,7 @@ def test_draw_workers_run_single_threaded_in_order_and_report_progress():
 def test_same_seeds_give_the_same_samples_at_any_batch_and_workers(stand_in):
     """The compiled sampler draws each sample from its own noise: batching cannot change it."""
     import l2c_compile
-    from l2c_compile.evaluate import load_model
+    from l2c_compile.apps.evaluate import load_model
 
     model, plan = load_model(stand_in), _plan(stand_in)
     sampler = l2c_compile.compile(model, plan, None, model_info=stand_in.to_dict())
@@ -272,7 +272,7 @@ def test_cli_json_and_rich_output(stand_in, tmp_path):
 
 
 def _plan(spec):
-    from l2c_compile.evaluate import make_spec_plan
+    from l2c_compile.apps.evaluate import make_spec_plan
 
     return make_spec_plan(spec, None, NFE)
 

@@ -22,16 +22,21 @@ from hypothesis import strategies as st
 from torch import nn
 
 import l2c_compile
-from l2c_compile import reference
+from l2c_compile.compiler import reference
+from l2c_compile.compiler.guidance import example_condition
+from l2c_compile.compiler.passes.base import CACHE_INPUT_META
+from l2c_compile.compiler.passes.dce import dead_code
+from l2c_compile.compiler.passes.specialize import SpecializeConfig, specialize
+from l2c_compile.compiler.passes.sublayers import (
+    cache_slots,
+    find_sublayers,
+    mark_sublayers,
+    sublayer_nodes,
+)
+from l2c_compile.compiler.passes.trace import trace_step
 from l2c_compile.families import FAMILIES, Denoiser, Family, family_of
-from l2c_compile.guidance import example_condition
-from l2c_compile.masks import Layout, kind_name
+from l2c_compile.families.vocabulary import Layout, kind_name
 from l2c_compile.metrics.macs import module_macs, trajectory_macs
-from l2c_compile.passes.base import CACHE_INPUT_META
-from l2c_compile.passes.dce import dead_code
-from l2c_compile.passes.specialize import SpecializeConfig, specialize
-from l2c_compile.passes.sublayers import cache_slots, find_sublayers, mark_sublayers, sublayer_nodes
-from l2c_compile.passes.trace import trace_step
 from l2c_compile.samplers import make_plan
 from l2c_compile.schedule import Schedule, import_router
 from l2c_compile.schedule.router_files import (

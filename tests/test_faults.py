@@ -251,8 +251,8 @@ def _no_work(*args, **kwargs):
 def test_a_full_target_is_refused_before_any_work(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(io, "_free_bytes", lambda folder: 0)
     monkeypatch.setattr(l2c_compile, "compile", _no_work)
-    monkeypatch.setattr("l2c_compile.evaluate.run_eval", _no_work)
-    monkeypatch.setattr("l2c_compile.demo._run_demo", _no_work)
+    monkeypatch.setattr("l2c_compile.apps.evaluate.run_eval", _no_work)
+    monkeypatch.setattr("l2c_compile.apps.demo._run_demo", _no_work)
     monkeypatch.setattr("l2c_compile.router.train", _no_work)
     commands = {
         "compile": [*COMPILE, "-o", str(tmp_path / "art")],
@@ -374,11 +374,11 @@ def test_ctrl_c_in_every_long_command_is_one_line(tmp_path: Path, monkeypatch) -
     def stop_training(*args, **kwargs):
         raise TrainingInterrupted(0, None)
 
-    monkeypatch.setattr("l2c_compile.evaluate.run_eval", _interrupt)
-    monkeypatch.setattr("l2c_compile.demo._run_demo", _interrupt)
+    monkeypatch.setattr("l2c_compile.apps.evaluate.run_eval", _interrupt)
+    monkeypatch.setattr("l2c_compile.apps.demo._run_demo", _interrupt)
     monkeypatch.setattr("l2c_compile.router.train", stop_training)
-    monkeypatch.setattr("l2c_compile.artifact.load", _interrupt)
-    monkeypatch.setattr("l2c_compile.verify.load", _interrupt)
+    monkeypatch.setattr("l2c_compile.runtime.artifact.load", _interrupt)
+    monkeypatch.setattr("l2c_compile.runtime.verify.load", _interrupt)
     cases = [
         (["eval", "--model", "DiT-FMNIST", "--nfe", "2", "--samples", "10", "-o", str(tmp_path / "e.json")],
          f"interrupted: {tmp_path / 'e.json'} was not created"),
@@ -412,7 +412,7 @@ def test_an_error_after_ctrl_c_is_reported_as_the_interrupt(tmp_path: Path, monk
 def test_capture_does_not_turn_a_broken_import_into_cannot_trace() -> None:
     import torch
 
-    from l2c_compile.passes.trace import trace_step
+    from l2c_compile.compiler.passes.trace import trace_step
     from tests.helpers import tiny_dit
 
     model = tiny_dit()
@@ -492,7 +492,7 @@ def test_non_finite_weights_are_refused_at_compile_time(tmp_path: Path) -> None:
 def test_non_finite_output_is_named_by_sample_and_verify(tmp_path: Path, monkeypatch) -> None:
     import torch
 
-    from l2c_compile.runtime import CompiledSampler
+    from l2c_compile.runtime.sampler import CompiledSampler
 
     art = tmp_path / "art"
     assert runner.invoke(app, [*COMPILE, "-o", str(art)]).exit_code == 0
@@ -512,7 +512,7 @@ def test_non_finite_output_is_named_by_sample_and_verify(tmp_path: Path, monkeyp
 
 
 def test_verdict_names_a_non_finite_output() -> None:
-    from l2c_compile.tolerances import verdict
+    from l2c_compile.runtime.tolerances import verdict
 
     result = {"model": "DiT-Tiny", "dtype": "float32", "artifact": "a", "max_rel_error": float("nan"),
               "rms_rel_error": float("nan"), "max_abs_error": float("nan"), "batch": 2, "seed": 0}

@@ -20,13 +20,13 @@ import pytest
 import torch
 
 import l2c_compile
-from l2c_compile import features
-from l2c_compile.compiler import record_fallbacks
-from l2c_compile.devices import resolve_device
+from l2c_compile.compiler.driver import record_fallbacks
 from l2c_compile.errors import L2CError
 from l2c_compile.kernels._common import KernelInputError, check_launchable
+from l2c_compile.runtime import features
+from l2c_compile.runtime.devices import resolve_device
+from l2c_compile.runtime.verify import compile_summary
 from l2c_compile.samplers import make_plan
-from l2c_compile.verify import compile_summary
 from tests.helpers import inputs, random_schedule, rel_error, tiny_dit
 from tests.test_cli import assert_one_line_error, cli, ok_json
 
@@ -386,7 +386,7 @@ def test_onednn_isa_capped_to_avx2_takes_the_fallback_in_a_fresh_process():
     code = textwrap.dedent(
         """
         import torch, l2c_compile
-        from l2c_compile import features
+        from l2c_compile.runtime import features
         from l2c_compile.samplers import make_plan
         from tests.helpers import inputs, tiny_dit
         if features.has("onednn_bf16"):

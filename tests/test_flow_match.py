@@ -21,11 +21,11 @@ from diffusers import (
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
 import l2c_compile
-from l2c_compile import reference
-from l2c_compile.artifact import plan_from_manifest
+from l2c_compile.compiler import reference
 from l2c_compile.diffusers import pipeline_plan
 from l2c_compile.errors import L2CError
 from l2c_compile.router import cache_targets
+from l2c_compile.runtime.artifact import plan_from_manifest
 from l2c_compile.samplers import dynamic_shift_mu, execute_plan, make_plan
 from tests.helpers import inputs, random_schedule, rel_error, tiny_dit
 

@@ -16,12 +16,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import l2c_compile
-from l2c_compile import reference
-from l2c_compile.passes.analysis import propagate_shapes
-from l2c_compile.passes.base import CompileError
-from l2c_compile.passes.hoist import HOIST_META, PROLOGUE_META, HoistConfig, classify, hoist
-from l2c_compile.passes.manager import check_invariants
-from l2c_compile.passes.trace import trace_step
+from l2c_compile.compiler import reference
+from l2c_compile.compiler.passes.analysis import propagate_shapes
+from l2c_compile.compiler.passes.base import CompileError
+from l2c_compile.compiler.passes.hoist import (
+    HOIST_META,
+    PROLOGUE_META,
+    HoistConfig,
+    classify,
+    hoist,
+)
+from l2c_compile.compiler.passes.manager import check_invariants
+from l2c_compile.compiler.passes.trace import trace_step
 from l2c_compile.samplers import make_plan
 from l2c_compile.schedule import Schedule
 from tests.helpers import inputs, random_schedule, rel_error, tiny_dit, tiny_uvit
@@ -167,7 +173,7 @@ def test_over_the_memory_limit_the_pass_is_skipped_with_one_line():
     assert stats["skipped"].startswith("hoisting skipped: the hoisted tensors would hold ")
     assert "hoist_limit_bytes" in stats["skipped"] and "\n" not in stats["skipped"]
     assert "def prologue(" not in compiled.source
-    from l2c_compile.verify import compile_summary
+    from l2c_compile.runtime.verify import compile_summary
 
     assert compile_summary(compiled.info)["hoist"] == stats["skipped"]
     noise, labels = inputs(model)
@@ -190,7 +196,7 @@ def test_compile_report_counts_what_moved_and_macs_include_the_prologue():
     # all-compute: the prologue does the same multiply-adds the steps did, in one batch
     assert compiled.info["macs_per_image"] == plain.info["macs_per_image"]
     assert stats["macs_per_image"] > 0
-    from l2c_compile.verify import compile_summary
+    from l2c_compile.runtime.verify import compile_summary
 
     line = compile_summary(compiled.info)["hoist"]
     assert line.startswith(f"{stats['nodes']} nodes, 5 GEMMs (5 batched over 4 timesteps) into the prologue")
@@ -265,8 +271,9 @@ def test_compiled_backends_run_the_prologue(backend):
 
 def test_the_prologue_runs_inside_the_captured_trajectory(monkeypatch):
     """With ``cuda_graph=True`` the whole ``sample`` — prologue included — is what gets captured."""
-    from l2c_compile import compiler as compiler_module
-    from l2c_compile import cuda_graph, runtime
+    from l2c_compile.compiler import driver as compiler_module
+    from l2c_compile.runtime import cuda_graph
+    from l2c_compile.runtime import sampler as runtime
 
     seen = []
 

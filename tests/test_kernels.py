@@ -21,9 +21,10 @@ import pytest
 import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from l2c_compile import features, kernels
+from l2c_compile import kernels
 from l2c_compile.errors import L2CError
 from l2c_compile.kernels import _common
+from l2c_compile.runtime import features
 
 # By module path: the package's functions of the same names shadow the submodule attributes.
 reuse1_mod = importlib.import_module("l2c_compile.kernels.reuse_residual_ln_modulate")
@@ -349,7 +350,8 @@ _NO_TRITON_SCRIPT = textwrap.dedent(
     import sys
     sys.modules["triton"] = None  # any `import triton` now raises ImportError
     import torch
-    from l2c_compile import features, kernels
+    from l2c_compile import kernels
+    from l2c_compile.runtime import features
     assert not kernels.HAS_TRITON
     x = torch.randn(2, 3, 5); c = torch.randn(2, 3, 5); v = torch.randn(2, 5)
     x_new, h = kernels.reuse_residual_ln_modulate(x, v, c, v, v)

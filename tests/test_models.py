@@ -224,8 +224,8 @@ def test_dit_sublayer_outputs_are_ungated() -> None:
 
 @pytest.mark.parametrize(("name", "gated"), [("DiT-Tiny", True), ("U-ViT-Tiny", False)])
 def test_compiler_finds_every_residual_branch(name: str, gated: bool) -> None:
-    from l2c_compile.passes.sublayers import find_sublayers
-    from l2c_compile.passes.trace import trace_step
+    from l2c_compile.compiler.passes.sublayers import find_sublayers
+    from l2c_compile.compiler.passes.trace import trace_step
 
     model = tiny(name)
     for cfg in (False, True):  # with CFG the guidance arithmetic must not look like a branch

@@ -15,9 +15,10 @@ import pytest
 from typer.testing import CliRunner
 
 import l2c_compile
-from l2c_compile import io, manifest
+from l2c_compile import io
 from l2c_compile.cli.main import app
 from l2c_compile.errors import L2CError
+from l2c_compile.runtime import manifest
 from l2c_compile.samplers import make_plan
 from tests.helpers import tiny_dit
 

@@ -18,12 +18,12 @@ pytest.importorskip("transformers")
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from l2c_compile import reference
-from l2c_compile.compiler import compile as compile_sampler
+from l2c_compile.compiler import reference
+from l2c_compile.compiler.driver import compile as compile_sampler
 from l2c_compile.diffusers import compile_pipeline, load_diffusers, load_pipeline, pipeline_plan
 from l2c_compile.diffusers.pixart import DiffusersPixArt, pack_condition
 from l2c_compile.errors import L2CError
-from l2c_compile.masks import kinds
+from l2c_compile.families.vocabulary import kinds
 from l2c_compile.samplers import make_plan
 from l2c_compile.schedule import Schedule, heuristic
 from tests.diffusers_helpers import (
@@ -465,8 +465,8 @@ def test_prompt_driven_training_learns_one_logit_per_step_block_and_kind(tmp_pat
 
 
 def test_pixart_needs_the_export_capture_as_diffusers_dit_does():
-    from l2c_compile.passes.base import CompileError
-    from l2c_compile.passes.trace import export_step, fx_step
+    from l2c_compile.compiler.passes.base import CompileError
+    from l2c_compile.compiler.passes.trace import export_step, fx_step
 
     model = DiffusersPixArt(tiny_pixart_transformer(0), text_len=TEXT_LEN)
     with pytest.raises(CompileError, match=r"cannot trace DiffusersPixArt with torch\.fx"):

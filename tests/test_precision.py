@@ -19,8 +19,8 @@ import torch
 from typer.testing import CliRunner
 
 import l2c_compile
-from l2c_compile import reference
 from l2c_compile.cli.main import app
+from l2c_compile.compiler import reference
 from l2c_compile.models.registry import build_model, get_spec, init_random
 from l2c_compile.samplers import make_plan
 from tests.helpers import inputs, random_schedule, rel_error, tiny_dit
@@ -116,7 +116,7 @@ def test_bf16_artifact_round_trips_and_verify_reports_the_fp32_error(tmp_path):
     result = json.loads(r.stdout)
     assert result["dtype"] == "bfloat16" and result["reference_dtype"] == "float32"
     # Low precision is judged by the RMS error against the fp32 reference, with the tolerance
-    # measured for this model and dtype (l2c_compile/tolerances.py); the max error is reported.
+    # measured for this model and dtype (l2c_compile/runtime/tolerances.py); the max error is reported.
     assert result["metric"] == "rms_rel_error" and result["tolerance"] == 3e-2
     assert result["ok"] and 0.0 < result["rms_rel_error"] <= 3e-2
     assert result["max_rel_error"] > 0.0
@@ -124,7 +124,7 @@ def test_bf16_artifact_round_trips_and_verify_reports_the_fp32_error(tmp_path):
     r = runner.invoke(app, ["verify", str(art), "--tolerance", "1e-6"])
     assert r.exit_code == 1 and "bfloat16" in r.stdout and "float32" in r.stdout
     # A failed verify says in one line what failed and by how much (after any "note:" line of a
-    # slower path this CPU took, l2c_compile/features.py).
+    # slower path this CPU took, l2c_compile/runtime/features.py).
     failure = [line for line in r.stderr.splitlines() if line.strip() and not line.startswith("note:")]
     assert len(failure) == 1 and failure[0].startswith("verify failed: bfloat16 artifact")
     assert "rms_rel_error" in failure[0] and "exceeds the tolerance 1e-06 by" in failure[0]
@@ -132,7 +132,7 @@ def test_bf16_artifact_round_trips_and_verify_reports_the_fp32_error(tmp_path):
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_low_precision_error_is_the_networks_not_the_compilers(dtype):
-    """l2c_compile/tolerances.py's finding: an all-compute low-precision artifact compiled without
+    """l2c_compile/runtime/tolerances.py's finding: an all-compute low-precision artifact compiled without
     hoisting equals the eager reference executor run in the same dtype bit for bit, so its
     distance from float32 is the network's rounding carried along the trajectory, which verify
     judges by RMS.

@@ -12,9 +12,10 @@ import pytest
 from rich.console import Console
 
 import l2c_compile
-from l2c_compile import progress, reference
+from l2c_compile import progress
+from l2c_compile.compiler import reference
+from l2c_compile.runtime.verify import verify_artifact
 from l2c_compile.samplers import make_plan
-from l2c_compile.verify import verify_artifact
 from tests.helpers import inputs, tiny_dit
 
 
@@ -111,7 +112,7 @@ def test_demo_timing_counts_every_model_call(tmp_path, monkeypatch) -> None:
     """The demo's timing stage (5.7 silent minutes on a CPU) advances once per model call."""
     import dataclasses
 
-    from l2c_compile.demo import DemoConfig, run_demo
+    from l2c_compile.apps.demo import DemoConfig, run_demo
     from l2c_compile.models import registry
 
     spec = registry.get_spec("DiT-Tiny")  # a tiny model posing as one with shipped weights

@@ -15,9 +15,9 @@ import pytest
 import torch
 from torch import nn
 
+from l2c_compile.compiler.reference import instrument
 from l2c_compile.errors import L2CError
 from l2c_compile.models.registry import build_model, get_spec, init_random
-from l2c_compile.reference import instrument
 from l2c_compile.router import (
     TensorData,
     TrainConfig,

@@ -115,7 +115,7 @@ def test_bad_artifacts_are_clear_errors(artifact, edit):
      ("backend", "tensorrt", "unknown backend 'tensorrt'")],
 )
 def test_manifest_fields_are_checked_when_parsed(artifact, key, value, match):
-    from l2c_compile.artifact import read_manifest
+    from l2c_compile.runtime.artifact import read_manifest
 
     _, out = artifact
     manifest_path = out / "manifest.json"
@@ -176,7 +176,7 @@ def test_artifact_with_fused_ops_loads_in_a_fresh_process(tmp_path):
                    "num_heads": 2, "num_classes": 5, "learn_sigma": True}})
     assert "torch.ops.l2c." in compiled.source
     out = compiled.save(tmp_path / "art")
-    code = (f"import torch, l2c_compile.artifact as r; s = r.load({str(out)!r}); "
+    code = (f"import torch, l2c_compile.runtime.artifact as r; s = r.load({str(out)!r}); "
             "print(s(torch.zeros(1, 4, 8, 8), torch.zeros(1, dtype=torch.long), 2.0).shape)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
@@ -287,8 +287,8 @@ def test_free_text_from_the_manifest_never_becomes_code(tmp_path):
 
 def test_the_backend_chosen_at_compile_time_is_recorded_and_honoured(tmp_path):
     """An inductor artifact loads as inductor (what verify and sample then run), unless overridden."""
-    from l2c_compile.artifact import read_manifest
     from l2c_compile.models.registry import build_model, init_random
+    from l2c_compile.runtime.artifact import read_manifest
 
     spec = get_spec("DiT-Tiny")
     model = init_random(build_model(spec), 3)

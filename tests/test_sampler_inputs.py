@@ -12,9 +12,9 @@ import pytest
 import torch
 
 import l2c_compile
-from l2c_compile import reference
-from l2c_compile.devices import available_devices, resolve_device
+from l2c_compile.compiler import reference
 from l2c_compile.errors import L2CError
+from l2c_compile.runtime.devices import available_devices, resolve_device
 from l2c_compile.samplers import make_plan
 from tests.helpers import inputs, rel_error, tiny_dit, tiny_uvit
 

@@ -181,7 +181,7 @@ def test_a_huge_diffusers_config_is_refused_before_building(tmp_path) -> None:
 
 
 def test_load_refuses_a_weights_link_out_of_the_folder(artifact, tmp_path) -> None:
-    from l2c_compile.manifest import sha256_file
+    from l2c_compile.runtime.manifest import sha256_file
 
     other = tmp_path / "elsewhere.safetensors"
     (artifact / "weights.safetensors").rename(other)

@@ -9,14 +9,14 @@ import pytest
 import torch
 
 import l2c_compile
-from l2c_compile import reference
+from l2c_compile.compiler import reference
+from l2c_compile.compiler.passes.base import CompileError, is_add
+from l2c_compile.compiler.passes.sublayers import find_sublayers, sublayer_paths
+from l2c_compile.compiler.passes.trace import trace_step
 from l2c_compile.errors import L2CError
 from l2c_compile.families import FAMILIES, BlockGroup, Family, KindDecl, register_family
 from l2c_compile.models.dit import DiT, DiTBlock, modulate
 from l2c_compile.models.uvit import UViT
-from l2c_compile.passes.base import CompileError, is_add
-from l2c_compile.passes.sublayers import find_sublayers, sublayer_paths
-from l2c_compile.passes.trace import trace_step
 from l2c_compile.samplers import make_plan
 from tests.helpers import inputs, random_schedule, rel_error, tiny_dit, tiny_uvit
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from l2c_compile.families import BlockGroup, Family, KindDecl, Sampling, register_family
-from l2c_compile.masks import KindWords
+from l2c_compile.families.vocabulary import KindWords
 
 
 def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

@@ -87,6 +87,6 @@ def progress_bars(enabled: bool | None = None, *, on: Console | None = None) -> 
 
 def print_fallbacks(info: dict[str, Any]) -> None:
     """Print, on stderr, the one line per slower path a compile took for lack of a CPU/GPU feature
-    (``info["fallbacks"]``, see :func:`l2c_compile.features.fallback_notes`)."""
+    (``info["fallbacks"]``, see :func:`l2c_compile.runtime.features.fallback_notes`)."""
     for note in info.get("fallbacks", ()):
         err_console.print(note, markup=False, highlight=False, soft_wrap=True)

@@ -18,9 +18,9 @@ from l2c_compile.cli.common import (
     print_labelled,
     progress_bars,
 )
+from l2c_compile.compiler.passes.hoist import DEFAULT_LIMIT_BYTES
 from l2c_compile.errors import L2CError
-from l2c_compile.passes.hoist import DEFAULT_LIMIT_BYTES
-from l2c_compile.verify import compile_summary, verify_artifact
+from l2c_compile.runtime.verify import compile_summary, verify_artifact
 
 
 def build_for_cli(model_name: str, checkpoint: Path | None, init: str | None, seed: int):
@@ -158,8 +158,8 @@ def _compile_into(out: Path, model: str | None, diffusers: Path | None, checkpoi
                   **options):
     """``compile``'s work once the output is locked: check the inputs, compile, save to ``out``."""
     import l2c_compile
-    from l2c_compile.compiler import resolve_dtype
-    from l2c_compile.devices import resolve_device
+    from l2c_compile.compiler.driver import resolve_dtype
+    from l2c_compile.runtime.devices import resolve_device
     from l2c_compile.schedule import Schedule
 
     resolve_dtype(options["dtype"], resolve_device(options["device"]))
@@ -239,9 +239,9 @@ def sample_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="PNG file to write"),
 ) -> None:
     """Draw samples with an artifact and write them as an image grid."""
-    from l2c_compile.devices import resolve_device
     from l2c_compile.images import check_png_path
     from l2c_compile.io import output_lock
+    from l2c_compile.runtime.devices import resolve_device
 
     # Every input is checked before the first model call: a late failure wastes the whole run.
     if prompt or pipeline is not None:
@@ -264,7 +264,6 @@ def _sample_classes(directory: Path, labels: torch.Tensor, seed: int, cfg_scale:
                     preview: bool, device: str, cuda_graph: bool | None, out: Path) -> int:
     """``sample --classes``: draw with the artifact, decode, write the grid; the number drawn."""
     from l2c_compile import progress
-    from l2c_compile.artifact import load
     from l2c_compile.images import (
         as_pictures,
         decode_latents,
@@ -273,7 +272,8 @@ def _sample_classes(directory: Path, labels: torch.Tensor, seed: int, cfg_scale:
         make_grid,
         save_png,
     )
-    from l2c_compile.sampler_inputs import check_finite_output
+    from l2c_compile.runtime.artifact import load
+    from l2c_compile.runtime.sampler_inputs import check_finite_output
 
     compiled = load(directory, device=device, cuda_graph=cuda_graph)
     print_fallbacks(compiled.info)
@@ -316,9 +316,9 @@ def _sample_classes(directory: Path, labels: torch.Tensor, seed: int, cfg_scale:
 def _sample_prompts(directory: Path, prompts: list[str], negative_prompt: str, pipeline: Path | None, seed: int,
                     cfg_scale: float | None, device: str, cuda_graph: bool | None, out: Path) -> None:
     """``sample --prompt``: encode with the pipeline folder's T5, run the artifact, decode with its VAE."""
-    from l2c_compile.devices import resolve_device
     from l2c_compile.images import check_png_path
     from l2c_compile.io import output_lock
+    from l2c_compile.runtime.devices import resolve_device
 
     if not prompts:
         raise L2CError("--diffusers DIR goes with --prompt TEXT (text-to-image artifacts)")
@@ -336,11 +336,11 @@ def _draw_prompts(directory: Path, prompts: list[str], negative_prompt: str, pip
                   cfg_scale: float | None, device: str, cuda_graph: bool | None, out: Path) -> None:
     """``sample --prompt`` once the output is locked: encode, draw, decode, write the grid."""
     from l2c_compile import progress
-    from l2c_compile.artifact import load
     from l2c_compile.diffusers.load import load_pipeline
     from l2c_compile.diffusers.pixart import prompt_condition
     from l2c_compile.images import make_grid, save_png
-    from l2c_compile.sampler_inputs import check_finite_output
+    from l2c_compile.runtime.artifact import load
+    from l2c_compile.runtime.sampler_inputs import check_finite_output
 
     pipe = load_pipeline(pipeline)
     if getattr(pipe, "text_encoder", None) is None or not hasattr(pipe, "encode_prompt"):

@@ -23,7 +23,7 @@ def demo(
     out: Path = typer.Option(Path("l2c-demo"), "--out", "-o"),
 ) -> None:
     """Import (or train) a router, compile, verify, sample, benchmark: the main job, in minutes on a CPU."""
-    from l2c_compile.demo import DemoConfig, quality_rows, run_demo
+    from l2c_compile.apps.demo import DemoConfig, quality_rows, run_demo
 
     cfg = DemoConfig(model=model, nfe=nfe, router=router, threshold=threshold, train_steps=train_steps,
                      per_class=per_class, repeats=repeats, seed=seed, out=out)

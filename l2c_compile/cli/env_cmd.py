@@ -9,17 +9,17 @@ import torch
 import typer
 from rich.table import Table
 
-from l2c_compile import features
 from l2c_compile.cli.common import OutputFormat, cli_errors, console, print_json, print_labelled
+from l2c_compile.runtime import features
 from l2c_compile.version import __version__
 
 
 def environment() -> dict[str, object]:
     """Collect the facts `env` prints: versions, devices, ``feature_<name>`` for every feature of
-    :mod:`l2c_compile.features`, where the Triton kernels run (``triton_kernels_on_cuda``: compiled
+    :mod:`l2c_compile.runtime.features`, where the Triton kernels run (``triton_kernels_on_cuda``: compiled
     for the GPU; ``triton_interpreter_on_cpu``: in Triton's interpreter, ``TRITON_INTERPRET=1``)
     and ``notes``: what the missing features mean here, one line each
-    (:func:`~l2c_compile.features.machine_notes`).
+    (:func:`~l2c_compile.runtime.features.machine_notes`).
 
     Raises :class:`L2CError` when ``L2C_DISABLE_FEATURES`` names no feature.
     """

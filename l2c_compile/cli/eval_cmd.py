@@ -59,7 +59,7 @@ def eval_cmd(
     fmt: OutputFormat = typer.Option(OutputFormat.rich, "--format"),
 ) -> None:
     """Sample K images with a schedule and without, and score both (FID on Fashion-MNIST features)."""
-    from l2c_compile.evaluate import EvalConfig
+    from l2c_compile.apps.evaluate import EvalConfig
     from l2c_compile.io import check_output_file, hold_outputs, write_text_atomic
     from l2c_compile.router import init_distributed
 
@@ -91,7 +91,7 @@ def eval_cmd(
 
 def _evaluate(cfg, fmt: OutputFormat, rank: int, world: int) -> dict:
     """Run the evaluation on this rank (progress on rank 0), then end the process group; the report."""
-    from l2c_compile.evaluate import run_eval
+    from l2c_compile.apps.evaluate import run_eval
 
     try:
         if rank != 0:

@@ -14,7 +14,7 @@ from l2c_compile.cli.common import OutputFormat, cli_errors, console, print_json
 from l2c_compile.cli.compile_cmd import spec_kinds
 from l2c_compile.cli.models_cmd import human
 from l2c_compile.errors import L2CError
-from l2c_compile.masks import kind_name, kinds
+from l2c_compile.families.vocabulary import kind_name, kinds
 
 app = typer.Typer(
     help="Make schedules from routers or heuristics, and show them.",

@@ -177,7 +177,7 @@ def train_cmd(
 def _device(device: str | None, world: int, dist_device):
     if device is None or world > 1:  # under torchrun each rank takes its own device
         return dist_device
-    from l2c_compile.devices import resolve_device
+    from l2c_compile.runtime.devices import resolve_device
 
     return resolve_device(device)
 

@@ -3,7 +3,7 @@
 
 The returned :class:`CompiledPipeline` takes the pipeline's own arguments and returns its own
 output type. Noise is drawn exactly as the pipeline draws it (same generator, shape, device and
-dtype); the loop is a :class:`~l2c_compile.runtime.CompiledSampler` over a
+dtype); the loop is a :class:`~l2c_compile.runtime.sampler.CompiledSampler` over a
 :class:`~l2c_compile.samplers.base.SamplerPlan` made from the pipeline's scheduler (its timestep
 spacing and its update, including how it steps past t = 0); CFG is the pipeline's
 (``u + s · (c − u)`` on the ε channels, only when ``guidance_scale > 1``); the latents are decoded
@@ -30,13 +30,13 @@ from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from l2c_compile.compiler import compile as compile_sampler
+from l2c_compile.compiler.driver import compile as compile_sampler
 from l2c_compile.diffusers.dit import DiffusersDiT
 from l2c_compile.diffusers.flow_schedulers import flow_scheduler_plan, is_flow_scheduler
 from l2c_compile.diffusers.pixart import DiffusersPixArt, pack_condition
 from l2c_compile.diffusers.spec import spec_from_config
 from l2c_compile.errors import L2CError
-from l2c_compile.runtime import CompiledSampler
+from l2c_compile.runtime.sampler import CompiledSampler
 from l2c_compile.samplers.base import Combination, ModelCall, SamplerPlan, SolverStep
 from l2c_compile.samplers.ddim import ddim_role
 from l2c_compile.samplers.dpm_solver_pp import dpm_solver_pp_from_sigmas

@@ -12,7 +12,7 @@ training need to know about its models that the model code itself does not say:
 - its guidance convention and the sampler conventions it expects.
 
 Families are looked up by model class (:func:`family_of`) or by name (:func:`get_family`). Declaring
-one (:func:`register_family`) adds its new kinds to the vocabulary (:mod:`l2c_compile.masks`).
+one (:func:`register_family`) adds its new kinds to the vocabulary (:mod:`l2c_compile.families.vocabulary`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,14 @@ from typing import Any, Literal
 from torch import nn
 
 from l2c_compile.errors import L2CError, suggest
-from l2c_compile.masks import KindWords, Layout, SublayerKey, check_kinds, kind_rank, register_kind
+from l2c_compile.families.vocabulary import (
+    KindWords,
+    Layout,
+    SublayerKey,
+    check_kinds,
+    kind_rank,
+    register_kind,
+)
 
 Guidance = Literal["null-class", "negative-condition", "distilled"]
 

@@ -45,7 +45,7 @@ def generate(
     seed: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``per_class`` uncached samples of each class: images (10·per_class, 1, 32, 32) in [-1, 1], labels."""
-    from l2c_compile.reference import sample_uncached
+    from l2c_compile.compiler.reference import sample_uncached
     from l2c_compile.samplers import make_plan
 
     plan = make_plan(

@@ -32,11 +32,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from l2c_compile import features
 from l2c_compile.errors import L2CError
 from l2c_compile.fmnist import specs
 from l2c_compile.fmnist.data import load_tensors
 from l2c_compile.io import atomic_path, write_text_atomic
+from l2c_compile.runtime import features
 from l2c_compile.samplers.schedules import alphas_cumprod
 
 STATE_FILE = "train_state.pt"

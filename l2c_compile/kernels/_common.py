@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
-from l2c_compile import features
 from l2c_compile.errors import L2CError
+from l2c_compile.runtime import features
 
 try:  # Triton is optional: without it every op runs its torch reference.
     import triton
@@ -130,7 +130,7 @@ def check_eps(op: str, eps: float) -> None:
 
 def check_launchable(op: str, x: torch.Tensor, hidden: int) -> None:
     """Refuse tensors the Triton kernel cannot take: :class:`KernelInputError` (one line) without
-    the ``triton`` feature (not installed, or switched off, see :mod:`l2c_compile.features`), for
+    the ``triton`` feature (not installed, or switched off, see :mod:`l2c_compile.runtime.features`), for
     CPU tensors without the interpreter, other devices, or rows wider than ``MAX_HIDDEN``."""
     features.require("triton", f"{op}: the Triton kernel", KernelInputError)
     if x.device.type == "cpu" and not INTERPRET:

@@ -17,7 +17,7 @@ share one dtype (float32, float16 or bfloat16) and device; both outputs are new 
 (B, T, D) tensors of that dtype. None of the ops mutates or aliases its inputs.
 
 Implementations: CUDA runs the Triton kernel, or the torch reference without the ``triton``
-feature (not installed, or switched off: :mod:`l2c_compile.features`), for a row wider than
+feature (not installed, or switched off: :mod:`l2c_compile.runtime.features`), for a row wider than
 ``MAX_HIDDEN`` or a batch over ``MAX_GRID_BATCH``; CPU runs the torch reference, or the Triton
 kernel through the interpreter when ``TRITON_INTERPRET=1`` was set before import. Inference only:
 no autograd formula is registered.
@@ -28,8 +28,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-
-from l2c_compile import features
 
 # Import from the submodules by full path: the package re-exports functions under the same
 # names, which shadow the submodule attributes once l2c_compile.kernels has finished importing.
@@ -55,6 +53,7 @@ from l2c_compile.kernels.reuse_residual_ln_modulate import (
     reuse_residual_ln_modulate_reference,
     reuse_residual_ln_modulate_triton,
 )
+from l2c_compile.runtime import features
 
 NAMESPACE = "l2c"
 

@@ -71,7 +71,7 @@ def module_macs(model: nn.Module, *inputs: Any, **kwargs: Any) -> MacCount:
     sublayer's MACs (its family's declaration, :mod:`l2c_compile.families`); works for any model
     with a family, e.g. diffusers' PixArt. Kinds whose blocks all cost the same also get one
     per-kind count (``MacCount.per_kind``)."""
-    from l2c_compile.passes.sublayers import sublayer_paths
+    from l2c_compile.compiler.passes.sublayers import sublayer_paths
 
     per_module: dict[str, int] = {}
     handles = []

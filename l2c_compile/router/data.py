@@ -378,7 +378,7 @@ def draw_self_data(
     whatever the number of processes; under torch.distributed each rank draws every world-th
     chunk and the chunks are broadcast to all ranks.
     """
-    from l2c_compile.reference import sample_uncached
+    from l2c_compile.compiler.reference import sample_uncached
 
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise L2CError(f"the data-free pool size must be a positive integer, got {size!r}")

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from l2c_compile.compiler.reference import CacheState
 from l2c_compile.errors import L2CError
 from l2c_compile.families import family_of
-from l2c_compile.reference import CacheState
 from l2c_compile.samplers.base import Combination, ModelCall, SamplerPlan, SolverStep
 
 

@@ -38,11 +38,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from l2c_compile import features
+from l2c_compile.compiler.reference import CacheState, instrument
 from l2c_compile.errors import L2CError, suggest
 from l2c_compile.families import FAMILIES, Recipe, family_of, recipes
-from l2c_compile.masks import MODES
-from l2c_compile.reference import CacheState, instrument
+from l2c_compile.families.vocabulary import MODES
 from l2c_compile.router.checkpoint import (
     checkpoint_path,
     checkpoint_step,
@@ -58,6 +57,7 @@ from l2c_compile.router.objective import (
     mixing_weights,
     shard_loss,
 )
+from l2c_compile.runtime import features
 from l2c_compile.samplers.base import SamplerPlan
 from l2c_compile.schedule.router_files import router_layout_meta, save_router
 

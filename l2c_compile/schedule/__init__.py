@@ -12,7 +12,7 @@ The names below are the package's public surface: ``from l2c_compile.schedule im
 
 from __future__ import annotations
 
-from l2c_compile.masks import MODES, Mask
+from l2c_compile.families.vocabulary import MODES, Mask
 from l2c_compile.schedule.format import (
     DEFAULT_THRESHOLDS,
     HEURISTICS,

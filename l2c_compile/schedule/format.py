@@ -17,12 +17,12 @@ add keeps only the stream. Each call's ``reuse_<kind>`` lists name the skipped s
 modes; a document without ``mode`` is a cache schedule.
 
 Kinds: a schedule covers the sublayer kinds of its model's blocks (the vocabulary in
-:mod:`l2c_compile.masks`, declared by the families) and every call lists ``reuse_<kind>`` for
+:mod:`l2c_compile.families.vocabulary`, declared by the families) and every call lists ``reuse_<kind>`` for
 each, in that order; a call is a mapping from kind to block ids (:attr:`CallSchedule.reuse`). A
 document without ``kinds`` covers attention and MLP (DiT, U-ViT: every document written before
 kinds existed reads unchanged, and writing it back gives the same bytes); any other set says
 ``"kinds"`` in its header (PixArt adds cross-attention). When the model's block groups have
-different kinds, the header adds ``"groups": [[count, [kinds…]], …]`` (:class:`~l2c_compile.masks.Layout`)
+different kinds, the header adds ``"groups": [[count, [kinds…]], …]`` (:class:`~l2c_compile.families.vocabulary.Layout`)
 and a call may name a block only under the kinds its group has. Router logits are laid out block
 by block, each block's kinds in order: entry ``K·i + k`` is kind ``k`` of block ``i`` when every
 block has K kinds (for two: ``attn0, mlp0, attn1, …``, the official layout).
@@ -43,10 +43,10 @@ import torch
 
 from l2c_compile.errors import L2CError, suggest
 from l2c_compile.families import thresholds
+from l2c_compile.families.vocabulary import DEFAULT_KINDS, MODES, Layout, Mask, check_kinds
 from l2c_compile.inputs import input_file, parse_json
 from l2c_compile.io import write_text_atomic
 from l2c_compile.limits import MAX_DEPTH, MAX_NFE
-from l2c_compile.masks import DEFAULT_KINDS, MODES, Layout, Mask, check_kinds
 from l2c_compile.samplers.base import SamplerPlan
 from l2c_compile.schedule.router_files import check_router_target, load_router
 
@@ -393,7 +393,7 @@ class Schedule:
         cls, model: str, depth: int, plan: SamplerPlan, kinds: tuple[str, ...] | Layout = DEFAULT_KINDS
     ) -> Schedule:
         """The schedule that reuses nothing (must match the uncached model). ``kinds``: the
-        blocks' kinds, or a :class:`~l2c_compile.masks.Layout` of block groups."""
+        blocks' kinds, or a :class:`~l2c_compile.families.vocabulary.Layout` of block groups."""
         return _from_reuse(plan, model, depth, None, {"kind": "all-compute"}, {}, kinds=kinds)
 
     @classmethod
@@ -411,7 +411,7 @@ class Schedule:
     ) -> Schedule:
         """Threshold router ``logits [rows, width]`` in the layout's entry order (K = ``len(kinds)``
         kinds in every block: entry ``K·i + k`` is kind ``k`` of block ``i``; a
-        :class:`~l2c_compile.masks.Layout`: block by block, each block's kinds): computed iff
+        :class:`~l2c_compile.families.vocabulary.Layout`: block by block, each block's kinds): computed iff
         sigmoid(logit) > θ."""
         t = torch.as_tensor(logits).detach().to("cpu")
         layout = _layout(depth, kinds)
@@ -612,7 +612,7 @@ def _layout(depth: int, kinds: tuple[str, ...] | Layout) -> Layout:
 
 
 def _vocabulary_rank(kind: str) -> int:
-    from l2c_compile.masks import kinds
+    from l2c_compile.families.vocabulary import kinds
 
     known = kinds()
     return known.index(kind) if kind in known else len(known)

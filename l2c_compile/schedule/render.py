@@ -3,7 +3,7 @@
 Grid cells (spec §5.2): ``B`` attention and MLP both reused, ``A`` only attention reused, ``M``
 only MLP reused, ``.`` both computed. Rows are the cache calls in sampling order. A schedule with
 other kinds (PixArt: attention, cross-attention, MLP) gets one letter per kind in each block's
-cell (each kind's letter from the vocabulary, :func:`~l2c_compile.masks.kind_letter`: ``a``
+cell (each kind's letter from the vocabulary, :func:`~l2c_compile.families.vocabulary.kind_letter`: ``a``
 attention, ``x`` cross-attention, ``m`` MLP where reused, ``.`` where computed, ``-`` where the
 block's group has no such kind), the cells separated by spaces; the heatmap has one panel per kind.
 """
@@ -18,8 +18,8 @@ from typing import Any, Protocol
 import torch
 
 from l2c_compile.errors import L2CError
+from l2c_compile.families.vocabulary import DEFAULT_KINDS, Layout, kind_letter, kind_name
 from l2c_compile.io import atomic_path
-from l2c_compile.masks import DEFAULT_KINDS, Layout, kind_letter, kind_name
 
 
 class _Call(Protocol):

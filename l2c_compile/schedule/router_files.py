@@ -8,7 +8,7 @@ block (entry ``K*l + k``); only l2c-router files hold them, and their metadata's
 names the kinds (a file without it is two-kind, as every file written before). A model whose
 block groups have different kinds (a FLUX-shaped family) lays its entries out block by block,
 each block's kinds in order, and its metadata adds ``groups`` (``[[count, [kinds…]], …]``,
-:class:`~l2c_compile.masks.Layout`). Three file
+:class:`~l2c_compile.families.vocabulary.Layout`). Three file
 layouts are read:
 
 * official DiT (``horseee/learning-to-cache`` DiT): a ``torch.save`` dict
@@ -35,9 +35,9 @@ import torch
 
 from l2c_compile.errors import L2CError, suggest
 from l2c_compile.families import FAMILIES
+from l2c_compile.families.vocabulary import DEFAULT_KINDS, Layout, check_kinds
 from l2c_compile.inputs import input_file, parse_json
 from l2c_compile.io import atomic_path, write_bytes_atomic
-from l2c_compile.masks import DEFAULT_KINDS, Layout, check_kinds
 
 ROUTER_FORMAT = "l2c-router"
 ROUTER_VERSION = 1

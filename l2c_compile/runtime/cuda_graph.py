@@ -3,7 +3,7 @@
 Every model call and every sampler update is captured into one ``torch.cuda.CUDAGraph`` on the
 first call and replayed after (:class:`GraphedTrajectory`). A graph is specialized to its input
 signature (noise shape, dtype, device: :func:`input_signature`), and needs a CUDA device
-(:func:`check_cuda_graph_device`). :class:`~l2c_compile.runtime.CompiledSampler` decides when to
+(:func:`check_cuda_graph_device`). :class:`~l2c_compile.runtime.sampler.CompiledSampler` decides when to
 capture, replay or refuse.
 """
 

@@ -6,8 +6,8 @@ reports) and the sha256 of every other file (:data:`FILES`). :func:`artifact_man
 from a compile record, :func:`manifest_text` gives its bytes, :func:`parse_manifest` checks a
 document read back and types the fields that loading acts on.
 
-This module sits below both the writer (:meth:`~l2c_compile.runtime.CompiledSampler.save`) and the
-loader (:func:`~l2c_compile.artifact.load`): the loader compiles, and the compiler builds
+This module sits below both the writer (:meth:`~l2c_compile.runtime.sampler.CompiledSampler.save`) and the
+loader (:func:`~l2c_compile.runtime.artifact.load`): the loader compiles, and the compiler builds
 ``CompiledSampler``, so the manifest cannot live in either without an import cycle.
 """
 
@@ -43,7 +43,7 @@ class Manifest:
     which for a loaded artifact ``load`` has checked equal to this manifest field by field.
 
     ``model``, ``sampler`` and ``schedule`` stay JSON records: their readers check them
-    (:func:`~l2c_compile.artifact.build_from_info`, :func:`~l2c_compile.artifact.plan_from_manifest`,
+    (:func:`~l2c_compile.runtime.artifact.build_from_info`, :func:`~l2c_compile.runtime.artifact.plan_from_manifest`,
     :meth:`~l2c_compile.schedule.Schedule.from_dict`). ``document`` is the whole manifest as
     written, key order included, so :func:`manifest_text` reproduces its bytes.
     """
@@ -104,7 +104,7 @@ def parse_manifest(document: Any, path: Path) -> Manifest:
     """Check a manifest document read from ``path`` (format, version, files, dtype, flags); type it.
 
     Raises :class:`L2CError` (one line) for a document this l2c-compile cannot act on; the file
-    hashes are checked against the folder by :func:`~l2c_compile.artifact.read_manifest`.
+    hashes are checked against the folder by :func:`~l2c_compile.runtime.artifact.read_manifest`.
     """
     if not isinstance(document, dict) or document.get("format") != ARTIFACT_FORMAT:
         raise L2CError(f"{path} is not an l2c-compile artifact manifest")

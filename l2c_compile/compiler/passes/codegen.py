@@ -37,8 +37,14 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.node import _get_qualified_name
 
-from l2c_compile.passes.base import SUBLAYER_META, CompileError, SublayerKey, chunk_call, node_scope
-from l2c_compile.passes.naming import COMMENT_META, NAME_META, STANDS_FOR_META
+from l2c_compile.compiler.passes.base import (
+    SUBLAYER_META,
+    CompileError,
+    SublayerKey,
+    chunk_call,
+    node_scope,
+)
+from l2c_compile.compiler.passes.naming import COMMENT_META, NAME_META, STANDS_FOR_META
 
 ROOT = "model."  # where the model sits in the traced module
 MODEL = "m"  # the emitted local bound to ``self.model``

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 
-from l2c_compile.passes.base import PassResult
-from l2c_compile.passes.hoist import HOIST_META
+from l2c_compile.compiler.passes.base import PassResult
+from l2c_compile.compiler.passes.hoist import HOIST_META
 
 
 def dead_code(gm: fx.GraphModule) -> PassResult:

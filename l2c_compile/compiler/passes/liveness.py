@@ -17,7 +17,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from l2c_compile.masks import (
+from l2c_compile.compiler.passes.base import CompileError
+from l2c_compile.families.vocabulary import (
     DEFAULT_KINDS,
     MODES,
     Layout,
@@ -27,7 +28,6 @@ from l2c_compile.masks import (
     key_order,
     mask_keys,
 )
-from l2c_compile.passes.base import CompileError
 
 
 @dataclass(frozen=True)

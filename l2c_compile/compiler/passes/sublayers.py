@@ -32,9 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch import fx, nn
 
-from l2c_compile.families import FamilyError, family_of
-from l2c_compile.masks import register_slot
-from l2c_compile.passes.base import (
+from l2c_compile.compiler.passes.base import (
     RESIDUAL_META,
     SUBLAYER_META,
     CompileError,
@@ -45,6 +43,8 @@ from l2c_compile.passes.base import (
     key_order,
     node_scope,
 )
+from l2c_compile.families import FamilyError, family_of
+from l2c_compile.families.vocabulary import register_slot
 
 
 def sublayer_paths(model: nn.Module) -> dict[SublayerKey, str]:

@@ -38,10 +38,10 @@ import torch
 from torch import fx
 from torch.fx.passes.shape_prop import TensorMetadata
 
-from l2c_compile.passes.analysis import node_macs
-from l2c_compile.passes.base import PassResult, copy_graph_module, linear_call, node_scope
-from l2c_compile.passes.naming import NAME_META
-from l2c_compile.passes.sublayers import PATHS_META
+from l2c_compile.compiler.passes.analysis import node_macs
+from l2c_compile.compiler.passes.base import PassResult, copy_graph_module, linear_call, node_scope
+from l2c_compile.compiler.passes.naming import NAME_META
+from l2c_compile.compiler.passes.sublayers import PATHS_META
 
 HOIST_META = "l2c_hoisted"  # node.meta key on a step input that the prologue computes: its name
 PROLOGUE_META = "l2c_prologue"  # GraphModule.meta key: the Prologue of a hoisted step graph

@@ -40,8 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from l2c_compile import features
-from l2c_compile.manifest import BACKENDS
+from l2c_compile.runtime import features
+from l2c_compile.runtime.manifest import BACKENDS
 
 __all__ = [
     "BACKENDS",
@@ -188,7 +188,7 @@ def compile_step(step: Callable[..., Any], backend: str) -> Callable[..., Any]:
 
 
 def _sublayer_modules(model: nn.Module) -> list[nn.Module]:
-    from l2c_compile.passes.sublayers import sublayer_paths
+    from l2c_compile.compiler.passes.sublayers import sublayer_paths
 
     return [model.get_submodule(path) for path in sublayer_paths(model).values()]
 

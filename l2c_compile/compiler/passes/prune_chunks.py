@@ -17,7 +17,7 @@ import operator
 import torch.nn.functional as F
 from torch import fx
 
-from l2c_compile.passes.base import (
+from l2c_compile.compiler.passes.base import (
     LinearCall,
     PassResult,
     chunk_call,
@@ -25,7 +25,7 @@ from l2c_compile.passes.base import (
     copy_scope,
     linear_call,
 )
-from l2c_compile.passes.naming import NAME_META
+from l2c_compile.compiler.passes.naming import NAME_META
 
 
 def _chunk_parts(gm: fx.GraphModule, node: fx.Node) -> tuple[fx.Node, LinearCall, int] | None:

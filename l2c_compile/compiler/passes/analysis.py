@@ -14,7 +14,7 @@ from torch import fx, nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.passes.shape_prop import ShapeProp
 
-from l2c_compile.passes.base import LINEAR_TARGETS, linear_call
+from l2c_compile.compiler.passes.base import LINEAR_TARGETS, linear_call
 
 
 def propagate_shapes(gm: fx.GraphModule, example_inputs: list[torch.Tensor]) -> None:

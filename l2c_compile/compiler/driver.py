@@ -22,30 +22,35 @@ from typing import Any
 import torch
 from torch import nn
 
-from l2c_compile import features
-from l2c_compile.cuda_graph import check_cuda_graph_device
-from l2c_compile.devices import resolve_device
+from l2c_compile.compiler.guidance import example_condition
+from l2c_compile.compiler.passes.analysis import count_linear_calls, graph_macs, propagate_shapes
+from l2c_compile.compiler.passes.base import CompileError
+from l2c_compile.compiler.passes.codegen import StepContext, scope_members
+from l2c_compile.compiler.passes.dce import dead_code
+from l2c_compile.compiler.passes.emit import emit_module, hoisted_inputs, prologue_rows
+from l2c_compile.compiler.passes.hoist import DEFAULT_LIMIT_BYTES, PROLOGUE_META, HoistConfig
+from l2c_compile.compiler.passes.hoist import hoist as hoist_pass
+from l2c_compile.compiler.passes.liveness import plan_cache
+from l2c_compile.compiler.passes.manager import Pass, PassManager, PassReport
+from l2c_compile.compiler.passes.prune_chunks import prune_chunks
+from l2c_compile.compiler.passes.specialize import SpecializeConfig, specialize
+from l2c_compile.compiler.passes.sublayers import (
+    MarkConfig,
+    cache_slots,
+    mark_sublayers,
+    sublayer_paths,
+)
+from l2c_compile.compiler.passes.trace import CALLS_META, CAPTURE_META, trace_step
+from l2c_compile.compiler.reference import check_schedule
 from l2c_compile.errors import L2CError
 from l2c_compile.families import family_of
-from l2c_compile.guidance import example_condition
-from l2c_compile.manifest import BACKENDS
-from l2c_compile.masks import empty_mask
-from l2c_compile.passes.analysis import count_linear_calls, graph_macs, propagate_shapes
-from l2c_compile.passes.base import CompileError
-from l2c_compile.passes.codegen import StepContext, scope_members
-from l2c_compile.passes.dce import dead_code
-from l2c_compile.passes.emit import emit_module, hoisted_inputs, prologue_rows
-from l2c_compile.passes.hoist import DEFAULT_LIMIT_BYTES, PROLOGUE_META, HoistConfig
-from l2c_compile.passes.hoist import hoist as hoist_pass
-from l2c_compile.passes.liveness import plan_cache
-from l2c_compile.passes.manager import Pass, PassManager, PassReport
-from l2c_compile.passes.prune_chunks import prune_chunks
-from l2c_compile.passes.specialize import SpecializeConfig, specialize
-from l2c_compile.passes.sublayers import MarkConfig, cache_slots, mark_sublayers, sublayer_paths
-from l2c_compile.passes.trace import CALLS_META, CAPTURE_META, trace_step
-from l2c_compile.reference import check_schedule
-from l2c_compile.runtime import CompiledSampler
-from l2c_compile.sampler_inputs import check_weights
+from l2c_compile.families.vocabulary import empty_mask
+from l2c_compile.runtime import features
+from l2c_compile.runtime.cuda_graph import check_cuda_graph_device
+from l2c_compile.runtime.devices import resolve_device
+from l2c_compile.runtime.manifest import BACKENDS
+from l2c_compile.runtime.sampler import CompiledSampler
+from l2c_compile.runtime.sampler_inputs import check_weights
 from l2c_compile.samplers.base import SamplerPlan
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
@@ -107,7 +112,7 @@ def record_fallbacks(
 ) -> list[str]:
     """Put the slower paths a sampler of ``dtype`` weights on ``device`` takes with ``backend``
     for lack of a CPU/GPU feature into ``info["fallbacks"]`` (one line each,
-    :func:`~l2c_compile.features.fallback_notes`), and return them.
+    :func:`~l2c_compile.runtime.features.fallback_notes`), and return them.
 
     The key is present only when there is a note, so an artifact compiled where the fast paths run
     has the same manifest on every such machine; ``load`` does not compare it (another machine may
@@ -124,7 +129,7 @@ def record_fallbacks(
 def _fuse_pass():
     """The reuse-epilogue fusion pass, when the kernels package provides it."""
     try:
-        from l2c_compile.passes.fuse_reuse import fuse_reuse
+        from l2c_compile.compiler.passes.fuse_reuse import fuse_reuse
     except ImportError:
         return None
     return fuse_reuse
@@ -155,7 +160,7 @@ def compile(
     ``model_info``: ``{"name", "family", "config"}`` recorded in the artifact so ``load`` can rebuild
     the model; filled from the model itself when it was built by the registry.
     ``cuda_graph``: capture the whole trajectory into one CUDA graph on the first call and replay
-    it for calls of the same shape (CUDA only; see :class:`~l2c_compile.runtime.CompiledSampler`).
+    it for calls of the same shape (CUDA only; see :class:`~l2c_compile.runtime.sampler.CompiledSampler`).
     ``hoist``: compute what the trajectory fixes (timestep embeddings, adaLN modulations, prompt
     keys/values) once per call in a prologue before step 0, batched over the steps
     (``passes/hoist.py``); skipped, with the reason in ``info["hoisted"]``, when the hoisted tensors

@@ -20,7 +20,7 @@ from l2c_compile import progress
 from l2c_compile.errors import L2CError
 from l2c_compile.io import check_parents, write_text_atomic
 
-ASSETS = Path(__file__).resolve().parent / "assets"
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
 ROUTERS = ASSETS / "routers"
 
 
@@ -112,14 +112,14 @@ def run_demo(cfg: DemoConfig, stage: Stage = lambda _: None) -> dict[str, Any]:
 def _run_demo(cfg: DemoConfig, out: Path, stage: Stage) -> dict[str, Any]:
     """The demo's steps, writing into ``out``."""
     import l2c_compile
-    from l2c_compile import reference
+    from l2c_compile.compiler import reference
     from l2c_compile.images import comparison_figure, save_figure
     from l2c_compile.metrics.macs import timing_note
     from l2c_compile.models.registry import build_model, get_spec, load_checkpoint
+    from l2c_compile.runtime.verify import verify_artifact
     from l2c_compile.samplers import make_plan
     from l2c_compile.schedule import default_threshold, import_router, save_heatmap
     from l2c_compile.schedule.summary import schedule_summary
-    from l2c_compile.verify import verify_artifact
 
     spec = get_spec(cfg.model)
     if not getattr(spec, "checkpoint", None) or not Path(spec.checkpoint).is_file():

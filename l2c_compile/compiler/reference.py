@@ -26,11 +26,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from l2c_compile.compiler.guidance import GuidedDenoiser, timestep_vector
+from l2c_compile.compiler.passes.sublayers import sublayer_paths
 from l2c_compile.errors import L2CError
 from l2c_compile.families import family_of
-from l2c_compile.guidance import GuidedDenoiser, timestep_vector
-from l2c_compile.masks import CacheMode, SublayerKey
-from l2c_compile.passes.sublayers import sublayer_paths
+from l2c_compile.families.vocabulary import CacheMode, SublayerKey
 from l2c_compile.samplers.base import ModelCall, SamplerPlan, execute_plan
 
 

@@ -5,7 +5,7 @@ that vouches for it, so a hash in ``manifest.json`` proves nothing about ``sampl
 therefore treats the folder as *data* and rebuilds the code itself:
 
 1. ``manifest.json``: format, version, dtype and flags, parsed once into a typed
-   :class:`~l2c_compile.manifest.Manifest`; every file it lists is present, a regular file in the
+   :class:`~l2c_compile.runtime.manifest.Manifest`; every file it lists is present, a regular file in the
    folder itself (no link out of it, no fifo or device), and matches its sha256;
    the model record of a registered model (``DiT-XL/2``) is the registry's (checkpoint path aside).
 2. ``weights.safetensors``: read without unpickling; its tensors' dtype must be the manifest's
@@ -30,14 +30,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from l2c_compile.backends import restore_regions
-from l2c_compile.compiler import compile as compile_sampler
-from l2c_compile.compiler import record_fallbacks
-from l2c_compile.cuda_graph import check_cuda_graph_device
+from l2c_compile.compiler.driver import compile as compile_sampler
+from l2c_compile.compiler.driver import record_fallbacks
 from l2c_compile.errors import L2CError
 from l2c_compile.inputs import input_file, read_json
 from l2c_compile.limits import check_model_size
-from l2c_compile.manifest import (
+from l2c_compile.runtime.backends import restore_regions
+from l2c_compile.runtime.cuda_graph import check_cuda_graph_device
+from l2c_compile.runtime.manifest import (
     BACKENDS,
     FILES,
     Manifest,
@@ -45,7 +45,7 @@ from l2c_compile.manifest import (
     parse_manifest,
     sha256_file,
 )
-from l2c_compile.runtime import CompiledSampler
+from l2c_compile.runtime.sampler import CompiledSampler
 from l2c_compile.samplers import make_plan, sampler_options
 from l2c_compile.samplers.base import SamplerPlan
 from l2c_compile.schedule import Schedule

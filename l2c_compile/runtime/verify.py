@@ -11,10 +11,10 @@ from typing import Any
 
 import torch
 
-from l2c_compile import reference
-from l2c_compile.artifact import load, plan_from_manifest
+from l2c_compile.compiler import reference
 from l2c_compile.errors import L2CError
-from l2c_compile.runtime import CompiledSampler
+from l2c_compile.runtime.artifact import load, plan_from_manifest
+from l2c_compile.runtime.sampler import CompiledSampler
 from l2c_compile.schedule import Schedule
 
 
@@ -24,7 +24,7 @@ class VerifyResult:
 
     ``metric`` (``max_rel_error`` for float32, ``rms_rel_error`` for bf16/fp16) against
     ``tolerance`` decides ``ok``; ``failure`` says in one line what failed and by how much
-    (:mod:`l2c_compile.tolerances` explains the choice and lists the measured tolerances).
+    (:mod:`l2c_compile.runtime.tolerances` explains the choice and lists the measured tolerances).
     """
 
     artifact: str
@@ -87,13 +87,13 @@ def verify_artifact(
 ) -> VerifyResult:
     """Load an artifact (all of ``load``'s checks) and run it and the float32 reference executor on
     the same seeded inputs. ``cfg_scale`` defaults to the model's; ``tolerance`` overrides the
-    measured one of :mod:`l2c_compile.tolerances`. Raises L2CError when the artifact is refused
+    measured one of :mod:`l2c_compile.runtime.tolerances`. Raises L2CError when the artifact is refused
     or ``device`` is not available.
     """
     from l2c_compile import progress
-    from l2c_compile.backends import eager_regions
-    from l2c_compile.devices import resolve_device
-    from l2c_compile.tolerances import verdict
+    from l2c_compile.runtime.backends import eager_regions
+    from l2c_compile.runtime.devices import resolve_device
+    from l2c_compile.runtime.tolerances import verdict
 
     if batch < 1:
         raise L2CError(f"batch must be >= 1, got {batch}")

@@ -3,15 +3,15 @@
 Asking torch for a device it was not built with (``cuda`` on a CPU-only wheel) or that is not
 there (``cuda:3`` on a 1-GPU machine, ``mps`` off a Mac) fails deep inside the first tensor move,
 with a long traceback. :func:`resolve_device` checks first and says what is available instead.
-Whether CUDA is there is asked of :mod:`l2c_compile.features` (probed once, switchable off).
+Whether CUDA is there is asked of :mod:`l2c_compile.runtime.features` (probed once, switchable off).
 """
 
 from __future__ import annotations
 
 import torch
 
-from l2c_compile import features
 from l2c_compile.errors import L2CError
+from l2c_compile.runtime import features
 
 __all__ = ["available_devices", "resolve_device"]
 
@@ -37,7 +37,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device | None:
     know, the ``meta`` device (shapes without data: nothing can be computed there), a device type
     this torch build or machine lacks (or that ``L2C_DISABLE_FEATURES`` switched off), or an index
     past the device count; and, first, for an ``L2C_DISABLE_FEATURES`` naming no feature
-    (:func:`~l2c_compile.features.check_switch`).
+    (:func:`~l2c_compile.runtime.features.check_switch`).
     """
     features.check_switch()
     if device is None:

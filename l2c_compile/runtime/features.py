@@ -12,7 +12,7 @@ feature and why it is missing (:func:`require`, :func:`missing`).
 Tests (and users who want to see a slower path) switch features off with the environment variable
 ``L2C_DISABLE_FEATURES`` (comma-separated names), read at every :func:`has` call, so a machine that
 has a feature can run the code that machines without it take. The variable is user input:
-:func:`check_switch` (called by :func:`~l2c_compile.devices.resolve_device`, hence by every compile,
+:func:`check_switch` (called by :func:`~l2c_compile.runtime.devices.resolve_device`, hence by every compile,
 load and command that takes a device) refuses a name that is not a feature.
 """
 
@@ -225,7 +225,7 @@ def fallback_notes(dtype: torch.dtype, device: torch.device | str | None, backen
 
     The cases: bfloat16 / float16 on a CPU without oneDNN GEMMs of that dtype (torch's reference
     GEMM); float32 under ``"regional"`` / ``"inductor"`` without oneDNN (torch's own GEMM instead of
-    :func:`~l2c_compile.backends.linear_onednn`); bfloat16 on a CUDA GPU without native bf16 (only
+    :func:`~l2c_compile.runtime.backends.linear_onednn`); bfloat16 on a CUDA GPU without native bf16 (only
     when a GPU is there at all: without one, the device is refused before this is asked).
     """
     device = torch.device(device or "cpu")

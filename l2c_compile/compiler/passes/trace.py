@@ -30,11 +30,11 @@ from collections.abc import Iterator
 import torch
 from torch import fx, nn
 
+from l2c_compile.compiler.guidance import GuidedDenoiser, example_condition
+from l2c_compile.compiler.passes.base import CompileError
+from l2c_compile.compiler.passes.naming import name_values
+from l2c_compile.compiler.passes.sublayers import OUTPUTS_META, PATHS_META, sublayer_paths
 from l2c_compile.families import family_of
-from l2c_compile.guidance import GuidedDenoiser, example_condition
-from l2c_compile.passes.base import CompileError
-from l2c_compile.passes.naming import name_values
-from l2c_compile.passes.sublayers import OUTPUTS_META, PATHS_META, sublayer_paths
 
 CAPTURES = ("fx", "export")
 CAPTURE_META = "l2c_capture"  # GraphModule.meta key: "fx" | "export"

@@ -10,9 +10,11 @@ import torch
 from torch import fx
 
 from l2c_compile.errors import L2CError
-from l2c_compile.masks import Mask as Mask  # re-exported: the passes import these from here
-from l2c_compile.masks import SublayerKey as SublayerKey
-from l2c_compile.masks import key_order as key_order
+from l2c_compile.families.vocabulary import (
+    Mask as Mask,  # re-exported: the passes import these from here
+)
+from l2c_compile.families.vocabulary import SublayerKey as SublayerKey
+from l2c_compile.families.vocabulary import key_order as key_order
 
 SUBLAYER_META = "l2c_sublayer"  # node.meta key on a sublayer's output node: SublayerKey
 RESIDUAL_META = "l2c_residual"  # node.meta key on the residual add a sublayer feeds: SublayerKey

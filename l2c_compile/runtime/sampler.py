@@ -3,11 +3,11 @@
 An artifact is a folder::
 
     manifest.json        format/version, versions, model config, sampler, NFE, dtype, schedule,
-                         pass reports, and the sha256 of every other file (:mod:`l2c_compile.manifest`)
+                         pass reports, and the sha256 of every other file (:mod:`l2c_compile.runtime.manifest`)
     sampler.py           the generated code (step graphs + unrolled loop), for people to read
     weights.safetensors  the model's state dict
 
-Loading (:mod:`l2c_compile.artifact`) regenerates ``sampler.py`` from the manifest's data and
+Loading (:mod:`l2c_compile.runtime.artifact`) regenerates ``sampler.py`` from the manifest's data and
 refuses a copy that differs: it never runs code it did not generate, and never unpickles.
 
 Precision: the model (CFG combination included) runs in the artifact's dtype; the sampler state
@@ -21,7 +21,7 @@ The state costs one latent-sized float32 tensor, nothing next to the activations
 
 CUDA graphs (``cuda_graph=True``): the whole trajectory — every model call and every sampler
 update — is captured into one ``torch.cuda.CUDAGraph`` on the first call and replayed after; see
-:mod:`l2c_compile.cuda_graph`.
+:mod:`l2c_compile.runtime.cuda_graph`.
 """
 
 from __future__ import annotations
@@ -36,16 +36,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from l2c_compile.backends import compile_regions, compile_step
-from l2c_compile.cuda_graph import (
+from l2c_compile.errors import L2CError
+from l2c_compile.runtime.backends import compile_regions, compile_step
+from l2c_compile.runtime.cuda_graph import (
     GraphedTrajectory,
     check_cuda_graph_device,
     describe_signature,
     input_signature,
 )
-from l2c_compile.errors import L2CError
-from l2c_compile.manifest import FILES, artifact_manifest, manifest_text, sha256_file
-from l2c_compile.sampler_inputs import check_call, check_scale
+from l2c_compile.runtime.manifest import FILES, artifact_manifest, manifest_text, sha256_file
+from l2c_compile.runtime.sampler_inputs import check_call, check_scale
 
 
 def _exec_source(source: str, filename: str) -> dict[str, Any]:

@@ -1,13 +1,13 @@
 """Pass — emit: the specialized step graphs and the unrolled sampler loop as readable Python.
 
 Output is one self-contained module source: a ``step_<g>(self, x, t, y, cfg_scale, *caches)``
-function per distinct step graph (written for a person by :mod:`~l2c_compile.passes.codegen`),
+function per distinct step graph (written for a person by :mod:`~l2c_compile.compiler.passes.codegen`),
 ``STEPS``, and
 ``sample(self, noise, labels, cfg_scale)`` — every model call of the plan unrolled with its
 timestep and update coefficients as literals, cache tensors held in locals from writer to last
 reader and ``del``-ed right after. A step's cache outputs are unpacked into their names
 (``eps_0, attn_3, _ = self.steps[0](…)``) and its cache inputs passed by keyword
-(``cache_attn_3=attn_3``), never picked out of a tuple by index. ``self`` is the :class:`~l2c_compile.runtime.CompiledSampler`,
+(``cache_attn_3=attn_3``), never picked out of a tuple by index. ``self`` is the :class:`~l2c_compile.runtime.sampler.CompiledSampler`,
 which owns ``self.model`` (the weights), ``self.steps`` and ``self.model_dtype``.
 """
 
@@ -18,11 +18,11 @@ from dataclasses import replace
 
 from torch import fx
 
-from l2c_compile.masks import DEFAULT_KINDS, Layout, kind_name
-from l2c_compile.passes.base import CompileError, Mask, SublayerKey, cache_input_name
-from l2c_compile.passes.codegen import StepContext, prologue_source, step_source
-from l2c_compile.passes.hoist import HOIST_META, Prologue
-from l2c_compile.passes.liveness import CachePlan
+from l2c_compile.compiler.passes.base import CompileError, Mask, SublayerKey, cache_input_name
+from l2c_compile.compiler.passes.codegen import StepContext, prologue_source, step_source
+from l2c_compile.compiler.passes.hoist import HOIST_META, Prologue
+from l2c_compile.compiler.passes.liveness import CachePlan
+from l2c_compile.families.vocabulary import DEFAULT_KINDS, Layout, kind_name
 from l2c_compile.samplers.base import Combination, SamplerPlan, last_reads
 
 

@@ -16,8 +16,7 @@ from dataclasses import dataclass
 
 from torch import fx
 
-from l2c_compile.masks import DEFAULT_KINDS, MODES, CacheMode, kind_name, mask_keys
-from l2c_compile.passes.base import (
+from l2c_compile.compiler.passes.base import (
     CACHE_INPUT_META,
     RESIDUAL_META,
     SUBLAYER_META,
@@ -29,7 +28,8 @@ from l2c_compile.passes.base import (
     copy_graph_module,
     key_order,
 )
-from l2c_compile.passes.sublayers import residual_adds, sublayer_nodes
+from l2c_compile.compiler.passes.sublayers import residual_adds, sublayer_nodes
+from l2c_compile.families.vocabulary import DEFAULT_KINDS, MODES, CacheMode, kind_name, mask_keys
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 A pass is a :class:`Pass`: a name, a function ``fn(gm) -> PassResult`` or ``fn(gm, config)``, and
 its typed, frozen config (``SpecializeConfig``, ``MarkConfig``; None for passes without options).
 Invariants (written out in ``INVARIANTS.md`` beside this file) are checked after every pass; a
-failure or violation raises :class:`~l2c_compile.passes.base.CompileError` in one line naming the
+failure or violation raises :class:`~l2c_compile.compiler.passes.base.CompileError` in one line naming the
 pass, the passes that ran before it and the step graph (its mask), e.g. ``pass prune_chunks broke
 an invariant: … (step graph 2: reuses attention [0, 3], MLP [1]; after specialize, dce)``.
 """
@@ -17,8 +17,13 @@ from typing import Any
 
 from torch import fx
 
-from l2c_compile.passes.base import CACHE_INPUT_META, SUBLAYER_META, CompileError, PassResult
-from l2c_compile.passes.hoist import HOIST_META
+from l2c_compile.compiler.passes.base import (
+    CACHE_INPUT_META,
+    SUBLAYER_META,
+    CompileError,
+    PassResult,
+)
+from l2c_compile.compiler.passes.hoist import HOIST_META
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ import operator
 import torch
 from torch import fx
 
-from l2c_compile.passes.base import (
+from l2c_compile.compiler.passes.base import (
     CACHE_INPUT_META,
     PassResult,
     copy_scope,
@@ -34,7 +34,7 @@ from l2c_compile.passes.base import (
     layer_norm_call,
     unsqueezed,
 )
-from l2c_compile.passes.naming import COMMENT_META, STANDS_FOR_META
+from l2c_compile.compiler.passes.naming import COMMENT_META, STANDS_FOR_META
 
 
 def _is_cache(node) -> bool:

@@ -87,7 +87,7 @@ def resolve_schedule(
     spec: Any, plan: Any, depth: int, schedule: Path | None, threshold: float | None = None
 ):
     """The schedule to evaluate: a schedule JSON, a router file, or (None) the shipped router."""
-    from l2c_compile.demo import shipped_router
+    from l2c_compile.apps.demo import shipped_router
     from l2c_compile.schedule import Schedule, default_threshold, import_router
 
     theta = threshold if threshold is not None else default_threshold(spec.family)
