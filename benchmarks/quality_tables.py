@@ -16,10 +16,10 @@ from typing import Any
 import torch
 
 from l2c_compile.apps import demo
-from l2c_compile.apps.evaluate import make_spec_plan
 from l2c_compile.errors import L2CError
 from l2c_compile.metrics.macs import trajectory_macs
 from l2c_compile.models.registry import get_spec, num_blocks
+from l2c_compile.models.select import make_spec_plan
 from l2c_compile.samplers.base import SamplerPlan
 from l2c_compile.schedule import Schedule, default_threshold, heuristic, import_router
 from l2c_compile.schedule.router_files import load_router

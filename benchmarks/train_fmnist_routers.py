@@ -47,10 +47,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, append_text, environment, read_jsonl
 
 from l2c_compile.apps.demo import ROUTERS
-from l2c_compile.apps.evaluate import load_model, make_spec_plan
+from l2c_compile.apps.evaluate import load_model
 from l2c_compile.errors import L2CError
 from l2c_compile.io import write_text_atomic
 from l2c_compile.models.registry import get_spec
+from l2c_compile.models.select import make_spec_plan
 from l2c_compile.router import RECIPES, TrainConfig, checkpoint_path, default_recipe, train
 from l2c_compile.router.checkpoint import checkpoint_step
 from l2c_compile.router.data import TensorData

@@ -272,7 +272,7 @@ def test_cli_json_and_rich_output(stand_in, tmp_path):
 
 
 def _plan(spec):
-    from l2c_compile.apps.evaluate import make_spec_plan
+    from l2c_compile.models.select import make_spec_plan
 
     return make_spec_plan(spec, None, NFE)
 

@@ -32,6 +32,7 @@ from torch import nn
 from l2c_compile import progress as bars
 from l2c_compile.errors import L2CError
 from l2c_compile.metrics.quality import has_feature_network as has_feature_network  # re-exported
+from l2c_compile.models.select import make_spec_plan
 
 ROUTER_SUFFIXES = (".safetensors", ".pt", ".pth")
 MIN_SAMPLES = 4  # precision/recall use each sample's 3 nearest neighbours among the others
@@ -68,19 +69,6 @@ def load_model(spec: Any) -> nn.Module:
     model = build_model(spec)
     load_checkpoint(model, ckpt)
     return model.eval().requires_grad_(False)
-
-
-def make_spec_plan(spec: Any, sampler: str | None, nfe: int, **options: object):
-    """The sampler plan for ``spec`` (its noise schedule and time convention)."""
-    from l2c_compile.samplers import make_plan
-
-    return make_plan(
-        sampler or spec.default_sampler,
-        nfe,
-        noise_schedule=spec.noise_schedule,
-        time_input=spec.time_input,
-        **options,
-    )
 
 
 def resolve_schedule(

@@ -20,85 +20,8 @@ from l2c_compile.cli.common import (
 )
 from l2c_compile.compiler.passes.hoist import DEFAULT_LIMIT_BYTES
 from l2c_compile.errors import L2CError
+from l2c_compile.models.select import make_spec_plan, select_model, select_spec, spec_blocks
 from l2c_compile.runtime.verify import compile_summary, verify_artifact
-
-
-def build_for_cli(model_name: str, checkpoint: Path | None, init: str | None, seed: int):
-    """The registry model, with a checkpoint loaded or seeded random weights."""
-    from l2c_compile.models.registry import build_model, get_spec, init_random, load_checkpoint
-
-    spec = get_spec(model_name)
-    model = build_model(spec)
-    if checkpoint is not None and init is not None:
-        raise L2CError("pass either --checkpoint or --init random, not both")
-    if checkpoint is not None:
-        load_checkpoint(model, checkpoint)
-    elif init == "random":
-        init_random(model, seed)
-    elif init is not None:
-        raise L2CError(f"unknown --init {init!r}; the only choice is 'random'")
-    elif getattr(spec, "checkpoint", None):
-        load_checkpoint(model, spec.checkpoint)
-    else:
-        raise L2CError(f"{spec.name} ships no weights: pass --checkpoint PATH or --init random")
-    return spec, model.eval()
-
-
-def model_for_cli(model_name: str | None, diffusers: Path | None, checkpoint: Path | None, init: str | None,
-                  seed: int):
-    """``(spec, model)`` from ``--model`` (registry) or ``--diffusers DIR`` (a local diffusers folder)."""
-    if diffusers is None:
-        if model_name is None:
-            raise L2CError("pass --model NAME (see `l2c-compile models`) or --diffusers DIR")
-        return build_for_cli(model_name, checkpoint, init, seed)
-    if model_name is not None or checkpoint is not None or init is not None:
-        raise L2CError("--diffusers DIR brings its own model and weights: drop --model, --checkpoint and --init")
-    from l2c_compile.diffusers.load import load_diffusers
-    from l2c_compile.diffusers.spec import spec_for_folder
-
-    spec = spec_for_folder(diffusers)
-    return spec, load_diffusers(diffusers)
-
-
-def spec_for_cli(model_name: str | None, diffusers: Path | None):
-    """The spec (no weights) for ``--model`` or ``--diffusers DIR``; exactly one must be given."""
-    if model_name is None and diffusers is None:
-        raise L2CError("pass --model NAME (see `l2c-compile models`) or --diffusers DIR")
-    if model_name is not None and diffusers is not None:
-        raise L2CError("--diffusers DIR brings its own model and weights: drop --model, --checkpoint and --init")
-    if diffusers is not None:
-        from l2c_compile.diffusers.spec import spec_for_folder
-
-        return spec_for_folder(diffusers)
-    from l2c_compile.models.registry import get_spec
-
-    return get_spec(model_name)
-
-
-def spec_blocks(spec) -> int:
-    """Number of cacheable blocks of a registry or diffusers spec."""
-    if spec.family == "diffusers":
-        return spec.depth
-    from l2c_compile.models.registry import num_blocks
-
-    return num_blocks(spec)
-
-
-def spec_kinds(spec) -> tuple[str, ...]:
-    """The sublayer kinds of each block of a registry or diffusers spec, from its family's
-    declaration (DiT, U-ViT: attention and MLP; PixArt adds cross-attention)."""
-    from l2c_compile.families import get_family
-
-    kinds = getattr(spec, "kinds", None)
-    return tuple(kinds) if kinds is not None else get_family(spec.family).kinds
-
-
-def plan_for(spec, sampler: str | None, nfe: int, **options):
-    """The sampler plan for a model spec (its noise schedule and time convention)."""
-    from l2c_compile.samplers import make_plan
-
-    return make_plan(sampler or spec.default_sampler, nfe, noise_schedule=spec.noise_schedule,
-                     time_input=spec.time_input, **options)
 
 
 @cli_errors
@@ -163,13 +86,13 @@ def _compile_into(out: Path, model: str | None, diffusers: Path | None, checkpoi
     from l2c_compile.schedule import Schedule
 
     resolve_dtype(options["dtype"], resolve_device(options["device"]))
-    spec = spec_for_cli(model, diffusers)
-    plan = plan_for(spec, sampler, nfe)
+    spec = select_spec(model, diffusers)
+    plan = make_spec_plan(spec, sampler, nfe)
     sched = None
     if schedule is not None:  # before the weights load: a wrong schedule should not wait for them
         sched = Schedule.load(schedule)
         sched.validate_for(spec.name, spec_blocks(spec), plan)
-    spec, net = model_for_cli(model, diffusers, checkpoint, init, seed)
+    spec, net = select_model(model, diffusers, checkpoint, init, seed)
     with console.status(f"compiling {spec.name} · {plan.sampler} · NFE {nfe}…"):
         compiled = l2c_compile.compile(net, plan, sched, model_info=spec.to_dict(), **options)
         compiled.save(out)

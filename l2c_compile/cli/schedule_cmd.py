@@ -11,10 +11,10 @@ import typer
 from rich.table import Table
 
 from l2c_compile.cli.common import OutputFormat, cli_errors, console, print_json
-from l2c_compile.cli.compile_cmd import spec_kinds
 from l2c_compile.cli.models_cmd import human
 from l2c_compile.errors import L2CError
 from l2c_compile.families.vocabulary import kind_name, kinds
+from l2c_compile.models.select import spec_kinds
 
 app = typer.Typer(
     help="Make schedules from routers or heuristics, and show them.",
@@ -60,10 +60,10 @@ def _check_schedule_out(path: Path) -> None:
 
 def _target(model: str | None, diffusers: Path | None, sampler: str | None, nfe: int) -> tuple[Any, Any, int]:
     """(model spec, sampler plan, number of cacheable blocks) for the command-line choices."""
-    from l2c_compile.cli.compile_cmd import plan_for, spec_blocks, spec_for_cli
+    from l2c_compile.models.select import make_spec_plan, select_spec, spec_blocks
 
-    spec = spec_for_cli(model, diffusers)
-    return spec, plan_for(spec, sampler, nfe), spec_blocks(spec)
+    spec = select_spec(model, diffusers)
+    return spec, make_spec_plan(spec, sampler, nfe), spec_blocks(spec)
 
 
 def _pct(part: int, whole: int) -> str:

@@ -12,8 +12,8 @@ import typer
 from rich.table import Table
 
 from l2c_compile.cli.common import OutputFormat, cli_errors, console, print_json
-from l2c_compile.cli.compile_cmd import model_for_cli, plan_for, spec_for_cli, spec_kinds
 from l2c_compile.errors import L2CError
+from l2c_compile.models.select import make_spec_plan, select_model, select_spec, spec_kinds
 
 
 @cli_errors
@@ -110,7 +110,7 @@ def train_cmd(
     try:
         with hold_outputs(*outputs):
             target = _device(device, world, dist_device)  # before any work: one line if unavailable
-            target_spec = spec_for_cli(model, diffusers)
+            target_spec = select_spec(model, diffusers)
             if export_official is not None:  # the official layouts hold attention and MLP only
                 check_official_kinds(spec_kinds(target_spec), export_official)
             text = bool(getattr(target_spec, "text_conditioned", False))
@@ -121,9 +121,9 @@ def train_cmd(
                 raise L2CError("--prompts is for text-to-image models (a PixArt --diffusers folder)")
             if prompts is not None and data != "self":
                 raise L2CError("--prompts trains data-free: drop --data")
-            spec, net = model_for_cli(model, diffusers, checkpoint, init, seed)
+            spec, net = select_model(model, diffusers, checkpoint, init, seed)
             net = net.to(target)
-            plan = plan_for(spec, sampler, nfe)
+            plan = make_spec_plan(spec, sampler, nfe)
             recipe_name = recipe or default_recipe(spec.family)
             if recipe_name not in RECIPES:
                 raise L2CError(f"unknown recipe {recipe_name!r}; choose dit or uvit")

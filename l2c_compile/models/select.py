@@ -1,0 +1,105 @@
+"""Which model a user means: a registry name or a diffusers folder, with its weights and plan.
+
+The library side of the model options every command shares (``--model NAME`` or ``--diffusers
+DIR``, ``--checkpoint``, ``--init random``, ``--sampler``): ``compile``, ``train``, ``schedule``,
+``eval`` and the benchmarks resolve a model here, so they agree on what a name means and on each
+error line. A *spec* is a :class:`~l2c_compile.models.spec.ModelSpec` (registry) or a
+:class:`~l2c_compile.diffusers.spec.DiffusersSpec` (a local diffusers folder); both carry the
+family name, the noise schedule, the time convention and the default sampler.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from l2c_compile.errors import L2CError
+
+_ONE_OF = "pass --model NAME (see `l2c-compile models`) or --diffusers DIR"
+_DIFFUSERS_OWN = "--diffusers DIR brings its own model and weights: drop --model, --checkpoint and --init"
+
+
+def registry_model(model_name: str, checkpoint: Path | None, init: str | None, seed: int) -> tuple[Any, nn.Module]:
+    """``(spec, model)`` for a registry name, in eval mode, with ``checkpoint`` loaded, seeded random
+    weights (``init="random"``) or the weights the spec ships.
+
+    Raises L2CError (one line) for an unknown name, both or neither weight source where the spec
+    ships none, an unknown ``init``, or a checkpoint that does not fit.
+    """
+    from l2c_compile.models.registry import build_model, get_spec, init_random, load_checkpoint
+
+    spec = get_spec(model_name)
+    if checkpoint is not None and init is not None:
+        raise L2CError("pass either --checkpoint or --init random, not both")
+    if init is not None and init != "random":
+        raise L2CError(f"unknown --init {init!r}; the only choice is 'random'")
+    if checkpoint is None and init is None and not getattr(spec, "checkpoint", None):
+        raise L2CError(f"{spec.name} ships no weights: pass --checkpoint PATH or --init random")
+    model = build_model(spec)
+    if checkpoint is not None:
+        load_checkpoint(model, checkpoint)
+    elif init == "random":
+        init_random(model, seed)
+    else:
+        load_checkpoint(model, spec.checkpoint)
+    return spec, model.eval()
+
+
+def select_model(model_name: str | None, diffusers: Path | None, checkpoint: Path | None = None,
+                 init: str | None = None, seed: int = 0) -> tuple[Any, nn.Module]:
+    """``(spec, model)`` from a registry name or a local diffusers folder (exactly one)."""
+    if diffusers is None:
+        if model_name is None:
+            raise L2CError(_ONE_OF)
+        return registry_model(model_name, checkpoint, init, seed)
+    if model_name is not None or checkpoint is not None or init is not None:
+        raise L2CError(_DIFFUSERS_OWN)
+    from l2c_compile.diffusers.load import load_diffusers
+    from l2c_compile.diffusers.spec import spec_for_folder
+
+    spec = spec_for_folder(diffusers)
+    return spec, load_diffusers(diffusers)
+
+
+def select_spec(model_name: str | None, diffusers: Path | None) -> Any:
+    """The spec (no weights built) for a registry name or a diffusers folder (exactly one)."""
+    if model_name is None and diffusers is None:
+        raise L2CError(_ONE_OF)
+    if model_name is not None and diffusers is not None:
+        raise L2CError(_DIFFUSERS_OWN)
+    if diffusers is not None:
+        from l2c_compile.diffusers.spec import spec_for_folder
+
+        return spec_for_folder(diffusers)
+    from l2c_compile.models.registry import get_spec
+
+    return get_spec(model_name)
+
+
+def spec_blocks(spec: Any) -> int:
+    """Number of cacheable blocks of a registry or diffusers spec."""
+    if spec.family == "diffusers":
+        return int(spec.depth)
+    from l2c_compile.models.registry import num_blocks
+
+    return num_blocks(spec)
+
+
+def spec_kinds(spec: Any) -> tuple[str, ...]:
+    """The sublayer kinds of each block of a spec, from its family's declaration (DiT, U-ViT:
+    attention and MLP; PixArt adds cross-attention)."""
+    from l2c_compile.families import get_family
+
+    kinds = getattr(spec, "kinds", None)
+    return tuple(kinds) if kinds is not None else get_family(spec.family).kinds
+
+
+def make_spec_plan(spec: Any, sampler: str | None, nfe: int, **options: object):
+    """The sampler plan for ``spec`` at ``nfe`` model calls: ``sampler`` or the spec's default, on
+    the spec's noise schedule and time convention. L2CError for an unknown sampler or bad NFE."""
+    from l2c_compile.samplers import make_plan
+
+    return make_plan(sampler or spec.default_sampler, nfe, noise_schedule=spec.noise_schedule,
+                     time_input=spec.time_input, **options)
