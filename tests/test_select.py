@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 
 from l2c_compile.errors import L2CError
-from l2c_compile.models.select import make_spec_plan, registry_model, select_model, select_spec, spec_blocks, spec_kinds
+from l2c_compile.models.select import (
+    make_spec_plan,
+    registry_model,
+    select_model,
+    select_spec,
+    spec_blocks,
+    spec_kinds,
+)
 
 
 def test_exactly_one_of_a_name_and_a_folder():
