@@ -92,7 +92,7 @@ def test_mismatches_are_one_clear_error(pipe):
         compile_pipeline(pipe, random_schedule(dpm, 2, random.Random(0)))([1], num_inference_steps=8)
     other = tiny_pipeline(0)
     other.scheduler = EulerDiscreteScheduler.from_config(other.scheduler.config)
-    with pytest.raises(L2CError, match="DPMSolverMultistepScheduler, this pipeline has EulerDiscreteScheduler"):
+    with pytest.raises(L2CError, match="UniPCMultistepScheduler \\(flow prediction\\), this pipeline has EulerDiscreteScheduler"):
         compile_pipeline(other)
     other.scheduler = DPMSolverMultistepScheduler.from_config(other.scheduler.config, solver_order=3)
     with pytest.raises(L2CError, match="solver_order=3 is not supported"):

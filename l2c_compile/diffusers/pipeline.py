@@ -22,11 +22,16 @@ from __future__ import annotations
 import copy
 import inspect
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+from diffusers import (
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    UniPCMultistepScheduler,
+)
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
@@ -60,17 +65,17 @@ def pipeline_plan(scheduler: Any, num_inference_steps: int, *, mu: float | None 
     prediction on a VP scheduler, SDE variants, a third order).
     """
     _check_steps(num_inference_steps)
-    if is_flow_scheduler(scheduler):
-        return flow_scheduler_plan(scheduler, num_inference_steps, mu=mu, sigmas=sigmas,
-                                   time_input=time_input or "sigma_1000")
-    if (mu, sigmas, time_input) != (None, None, None):
-        raise L2CError(f"mu, sigmas and time_input apply to flow-matching schedulers, not {type(scheduler).__name__}")
-    if isinstance(scheduler, DPMSolverMultistepScheduler):
-        return _dpm_solver_pp_plan(scheduler, num_inference_steps)
-    if not isinstance(scheduler, DDIMScheduler):
-        raise L2CError("pipeline_plan supports the DDIMScheduler, FlowMatchEulerDiscreteScheduler, "
-                       "UniPCMultistepScheduler (flow prediction) and DPMSolverMultistepScheduler, this "
-                       f"pipeline has {type(scheduler).__name__}")
+    build = next((b for cls, b in SCHEDULER_PLANS.items() if isinstance(scheduler, cls)), None)
+    if build is None:
+        names = ", ".join(cls.__name__ for cls in SCHEDULER_PLANS)
+        raise L2CError(f"pipeline_plan supports the {names} (flow prediction), this pipeline has "
+                       f"{type(scheduler).__name__}")
+    return build(scheduler, num_inference_steps, mu=mu, sigmas=sigmas, time_input=time_input)
+
+
+def _ddim_plan(scheduler: Any, num_inference_steps: int) -> SamplerPlan:
+    """DDIM (η = 0) over the scheduler's own ᾱ table and ``prev_timestep`` rule (see
+    :func:`pipeline_plan`)."""
     cfg = scheduler.config
     bad = [name for name, ok in (("clip_sample", not cfg.clip_sample), ("thresholding", not cfg.thresholding),
                                  ("prediction_type", cfg.prediction_type == "epsilon")) if not ok]
@@ -104,6 +109,25 @@ def pipeline_plan(scheduler: Any, num_inference_steps: int, *, mu: float | None 
     return SamplerPlan("ddim", n, tuple(steps), schedule, "discrete", options)
 
 
+
+def _flow_plan(scheduler: Any, num_inference_steps: int, *, mu: float | None, sigmas: Sequence[float] | None,
+               time_input: str | None) -> SamplerPlan:
+    return flow_scheduler_plan(scheduler, num_inference_steps, mu=mu, sigmas=sigmas,
+                               time_input=time_input or "sigma_1000")
+
+
+def _vp_plan(build: Callable[[Any, int], SamplerPlan]) -> Callable[..., SamplerPlan]:
+    """A VP (ε-prediction) scheduler's plan builder, refusing the flow-matching-only arguments."""
+
+    def plan(scheduler: Any, num_inference_steps: int, *, mu: float | None, sigmas: Sequence[float] | None,
+             time_input: str | None) -> SamplerPlan:
+        if (mu, sigmas, time_input) != (None, None, None):
+            raise L2CError("mu, sigmas and time_input apply to flow-matching schedulers, not "
+                           f"{type(scheduler).__name__}")
+        return build(scheduler, num_inference_steps)
+
+    return plan
+
 def _check_steps(num_inference_steps: object) -> None:
     if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
         raise L2CError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
@@ -136,6 +160,16 @@ def _dpm_solver_pp_plan(scheduler: Any, num_inference_steps: int) -> SamplerPlan
                ("beta_schedule", str(cfg.beta_schedule)))
     return dpm_solver_pp_from_sigmas(ts, sigmas, noise_schedule=schedule, options=options,
                                      final_first_order=final_first)
+
+
+# The diffusers schedulers whose trajectory is a static plan, and how each plan is made: a new
+# scheduler is one entry here (its builder checks the settings that keep the update linear).
+SCHEDULER_PLANS: dict[type, Callable[..., SamplerPlan]] = {
+    DDIMScheduler: _vp_plan(_ddim_plan),
+    DPMSolverMultistepScheduler: _vp_plan(_dpm_solver_pp_plan),
+    FlowMatchEulerDiscreteScheduler: _flow_plan,
+    UniPCMultistepScheduler: _flow_plan,
+}
 
 
 class CompiledPipeline:
