@@ -442,3 +442,22 @@ def test_low_precision_forward_tracks_float32(name: str) -> None:
     low = model.to(torch.bfloat16)(x.bfloat16(), t, y)
     assert low.dtype == torch.bfloat16
     assert ((low.float() - ref).norm() / ref.norm()).item() < 5e-2
+
+
+def test_sizes_come_from_the_family_declaration():
+    """Blocks, repeating units, width and sequence length of every registry model are read from
+    its family's declared Shape (no family is special-cased in models/), and agree with the
+    model built from the same spec."""
+    from l2c_compile.models.registry import MODELS, build_model, depth_units, num_blocks, with_depth_units
+    from l2c_compile.models.spec import family_shape
+
+    for name in ("DiT-FMNIST", "U-ViT-FMNIST", "DiT-Tiny", "U-ViT-Tiny", "DiT-S/8", "U-ViT-S/2"):
+        spec = MODELS[name]
+        with torch.device("meta"):
+            model = build_model(spec)
+        assert num_blocks(spec) == len(model.transformer_blocks()), name
+        assert tuple(model.pos_embed.shape[1:]) == (spec.tokens, spec.hidden), name
+        for units in (1, 3):
+            assert depth_units(with_depth_units(spec, units)) == units
+    with pytest.raises(L2CError, match="not a registry family"):
+        family_shape("pixart")

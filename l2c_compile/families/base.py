@@ -85,6 +85,43 @@ class BlockGroup:
 
 
 @dataclass(frozen=True)
+class Shape:
+    """How a registry family's constructor arguments state its size, for specs, size checks and
+    MAC extrapolation (``models/``): which keyword holds the residual width and the latent side,
+    and how ``depth`` maps to blocks.
+
+    ``unit``: blocks in one repeating unit (U-ViT's in/out pair: 2), so a model of ``k`` units has
+    ``depth = unit·k``; ``mid``: blocks outside the units (U-ViT's middle block: 1), so the model
+    has ``depth // unit · unit + mid`` cacheable blocks. ``time_token``: the time embedding is a
+    token of the sequence (U-ViT); ``label_token``: so is the class label, when the model has
+    classes.
+    """
+
+    width: str
+    side: str
+    unit: int = 1
+    mid: int = 0
+    time_token: bool = False
+    label_token: bool = False
+
+    def blocks(self, depth: int) -> int:
+        """Cacheable blocks of a model with constructor ``depth``."""
+        return depth // self.unit * self.unit + self.mid
+
+    def units(self, depth: int) -> int:
+        """Repeating units of a model with constructor ``depth``."""
+        return depth // self.unit
+
+    def depth(self, units: int) -> int:
+        """The constructor ``depth`` of a model with ``units`` repeating units."""
+        return self.unit * units
+
+    def extra_tokens(self, num_classes: int) -> int:
+        """Tokens the blocks see besides the patches."""
+        return int(self.time_token) + int(self.label_token and num_classes > 0)
+
+
+@dataclass(frozen=True)
 class Sampling:
     """The sampler conventions a family's models expect (its official code's or pipeline's)."""
 
@@ -107,7 +144,8 @@ class Family:
     ``router_family``: the family whose routers, recipe and θ apply (default: its own).
     ``diffusers_class``: the diffusers class an adapter wraps; ``conditioning``: what ``y`` is.
     ``build``: for a family outside the model registry and diffusers, how an artifact rebuilds an
-    empty model from its manifest record's ``kwargs`` (``artifact.load``). ``adapter``: for a
+    empty model from its manifest record's ``kwargs`` (``artifact.load``). ``shape``: for a family
+    of the model registry, how its constructor arguments state its size. ``adapter``: for a
     diffusers family, the adapter class (``"module:Class"``) whose ``from_record(transformer,
     record)`` wraps a transformer rebuilt from a manifest record.
     """
@@ -125,6 +163,7 @@ class Family:
     diffusers_class: str | None = None
     conditioning: Literal["class", "text", "none"] = "class"
     build: Callable[[Mapping[str, Any]], nn.Module] | None = None
+    shape: Shape | None = None
     adapter: str | None = None
 
     def __post_init__(self) -> None:

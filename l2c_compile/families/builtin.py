@@ -13,6 +13,7 @@ from l2c_compile.families.base import (
     KindDecl,
     Recipe,
     Sampling,
+    Shape,
     register_family,
 )
 
@@ -28,6 +29,7 @@ DIT = register_family(Family(
     guidance="null-class",
     guidance_rule="u + s·(c − u)",  # 1 = no guidance; DiT-XL/2 samples with 4
     sampling=Sampling("ddim", "linear", "discrete", 4.0),
+    shape=Shape(width="hidden_size", side="input_size"),
 ))
 
 UVIT = register_family(Family(
@@ -40,6 +42,8 @@ UVIT = register_family(Family(
     guidance="null-class",
     guidance_rule="c + s·(c − u)",  # 0 = no guidance; U-ViT-H/2 uses 0.4
     sampling=Sampling("dpm-solver-2", "scaled_linear", "continuous", 0.4),
+    # in_blocks and out_blocks pair up around one mid_block; time and label are tokens
+    shape=Shape(width="embed_dim", side="img_size", unit=2, mid=1, time_token=True, label_token=True),
 ))
 
 DIFFUSERS_DIT = register_family(Family(

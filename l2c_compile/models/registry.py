@@ -250,24 +250,22 @@ def build_model(name_or_spec: str | ModelSpec, *, device: str | torch.device = "
 
 
 def num_blocks(spec: str | ModelSpec) -> int:
-    """Number of cacheable blocks (DiT: depth; U-ViT: depth // 2 * 2 + 1)."""
+    """Number of cacheable blocks (DiT: depth; U-ViT: depth // 2 * 2 + 1), from the family's
+    declared :class:`~l2c_compile.families.Shape`."""
     spec = _resolve(spec)
-    depth = int(spec.kwargs["depth"])
-    return depth if spec.family == "dit" else depth // 2 * 2 + 1
+    return spec.shape.blocks(int(spec.kwargs["depth"]))
 
 
 def depth_units(spec: str | ModelSpec) -> int:
     """How many identical repeating units the model has (DiT: blocks; U-ViT: in/out block pairs)."""
     spec = _resolve(spec)
-    depth = int(spec.kwargs["depth"])
-    return depth if spec.family == "dit" else depth // 2
+    return spec.shape.units(int(spec.kwargs["depth"]))
 
 
 def with_depth_units(spec: ModelSpec, units: int) -> ModelSpec:
     """The same architecture with ``units`` repeating units (for counting by extrapolation)."""
-    depth = units if spec.family == "dit" else 2 * units
     return dataclasses.replace(
-        spec, name=f"{spec.name}@{units}", kwargs={**spec.kwargs, "depth": depth}
+        spec, name=f"{spec.name}@{units}", kwargs={**spec.kwargs, "depth": spec.shape.depth(units)}
     )
 
 

@@ -14,10 +14,19 @@ from typing import Any
 from torch import nn
 
 from l2c_compile.errors import L2CError
+from l2c_compile.families import Shape, get_family
 from l2c_compile.models.dit import DiT
 from l2c_compile.models.uvit import UViT
 
-FAMILIES: dict[str, type[nn.Module]] = {"dit": DiT, "uvit": UViT}
+FAMILIES: dict[str, type[nn.Module]] = {"dit": DiT, "uvit": UViT}  # the registry's classes
+
+
+def family_shape(family: str) -> Shape:
+    """The :class:`~l2c_compile.families.Shape` a registry family declares; L2CError if none."""
+    shape = get_family(family).shape
+    if shape is None:
+        raise L2CError(f"family {family!r} declares no constructor shape: it is not a registry family")
+    return shape
 
 
 @dataclass(frozen=True)
@@ -40,7 +49,7 @@ class ModelSpec:
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
             raise L2CError(
-                f"model {self.name!r}: unknown family {self.family!r} (expected dit or uvit)"
+                f"model {self.name!r}: unknown family {self.family!r} (expected {' or '.join(FAMILIES)})"
             )
         object.__setattr__(self, "kwargs", MappingProxyType(dict(self.kwargs)))
         object.__setattr__(self, "latent_shape", tuple(self.latent_shape))
@@ -49,9 +58,14 @@ class ModelSpec:
         return hash((self.name, self.family, tuple(sorted(self.kwargs.items()))))
 
     @property
+    def shape(self) -> Shape:
+        """How this family's constructor arguments state its size (its declaration's)."""
+        return family_shape(self.family)
+
+    @property
     def hidden(self) -> int:
         """Width of the residual stream."""
-        return int(self.kwargs["hidden_size" if self.family == "dit" else "embed_dim"])
+        return int(self.kwargs[self.shape.width])
 
     @property
     def heads(self) -> int:
@@ -67,8 +81,7 @@ class ModelSpec:
     def tokens(self) -> int:
         """Sequence length the blocks see (U-ViT adds a label and a time token)."""
         side = self.latent_shape[1] // self.patch
-        extras = 0 if self.family == "dit" else (2 if self.kwargs["num_classes"] > 0 else 1)
-        return side * side + extras
+        return side * side + self.shape.extra_tokens(int(self.kwargs.get("num_classes", 0)))
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly copy (for manifests and ``--format json``)."""

@@ -130,8 +130,10 @@ def build_from_info(info: Any) -> nn.Module:
 def check_family_size(family: str, kwargs: dict[str, Any], what: str) -> None:
     """L2CError unless ``kwargs`` of one of our families (dit, uvit) build a model of sane size
     (:func:`~l2c_compile.limits.check_model_size`), checked before building it even on meta."""
-    width = kwargs.get("hidden_size" if family == "dit" else "embed_dim")
-    side, patch = kwargs.get("input_size" if family == "dit" else "img_size"), kwargs.get("patch_size")
+    from l2c_compile.models.spec import family_shape
+
+    shape = family_shape(family)
+    width, side, patch = kwargs.get(shape.width), kwargs.get(shape.side), kwargs.get("patch_size")
     tokens = (side // patch) ** 2 if all(isinstance(v, int) and v > 0 for v in (side, patch)) else 0
     check_model_size(kwargs, what, depth=kwargs.get("depth"), width=width, tokens=tokens,
                      classes=kwargs.get("num_classes", 0), mlp_ratio=kwargs.get("mlp_ratio", 4.0))
