@@ -448,7 +448,13 @@ def test_sizes_come_from_the_family_declaration():
     """Blocks, repeating units, width and sequence length of every registry model are read from
     its family's declared Shape (no family is special-cased in models/), and agree with the
     model built from the same spec."""
-    from l2c_compile.models.registry import MODELS, build_model, depth_units, num_blocks, with_depth_units
+    from l2c_compile.models.registry import (
+        MODELS,
+        build_model,
+        depth_units,
+        num_blocks,
+        with_depth_units,
+    )
     from l2c_compile.models.spec import family_shape
 
     for name in ("DiT-FMNIST", "U-ViT-FMNIST", "DiT-Tiny", "U-ViT-Tiny", "DiT-S/8", "U-ViT-S/2"):
