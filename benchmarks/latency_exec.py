@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import gc
 import json
 import statistics
@@ -117,18 +118,18 @@ def build_group(
             g.samplers[f"compiled-nohoist-{label}"] = plain
             if opts.inductor:
                 g.samplers[f"inductor-nohoist-{label}"] = CompiledSampler(
-                    model, plain.source, dict(plain.info), backend="inductor"
+                    model, plain.source, plain.record, backend="inductor"
                 )
         if opts.inductor or (opts.cuda_graph and not getattr(opts, "no_inductor_graph", False)):
             g.samplers[f"inductor-{label}"] = CompiledSampler(
-                model, cs.source, dict(cs.info), backend="inductor"
+                model, cs.source, cs.record, backend="inductor"
             )
         if getattr(opts, "regional", False):
             # regional compiles sublayer modules in place: a private model shared by both twins
             if regional_model is None:
                 regional_model = copy.deepcopy(cs.model)
             g.samplers[f"regional-{label}"] = CompiledSampler(
-                regional_model, cs.source, dict(cs.info, backend="regional"), backend="regional"
+                regional_model, cs.source, dataclasses.replace(cs.record, backend="regional"), backend="regional"
             )
     if opts.torch_compile:
         for mode in [None] + (["reduce-overhead"] if opts.device.startswith("cuda") else []):

@@ -8,6 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from l2c_compile.cli.main import app
+from l2c_compile.models.select import make_spec_plan, select_spec, spec_blocks
+from l2c_compile.schedule import Schedule
 
 runner = CliRunner()
 
@@ -49,7 +51,13 @@ def test_compile_bad_inputs_exit_2_with_one_line(tmp_path):
     sched = tmp_path / "s.json"
     assert _run("schedule", "heuristic", "--model", "DiT-Tiny", "--nfe", "6", "--kind", "all",
                 "--fraction", "1", "-o", str(sched)).exit_code == 0
+    three = tmp_path / "three.json"  # the right model, depth and plan, but a third sublayer kind
+    spec = select_spec("DiT-Tiny", None)
+    Schedule.all_compute("DiT-Tiny", spec_blocks(spec), make_spec_plan(spec, None, 6),
+                         kinds=("attn", "cross", "mlp")).save(three)
     cases = [
+        (["--model", "DiT-Tiny", "--init", "random", "--nfe", "6", "--schedule", str(three)],
+         "schedule covers sublayer kinds ['attn', 'cross', 'mlp'], this model's blocks have ['attn', 'mlp']"),
         (["--model", "DiT-Nope", "--init", "random", "--nfe", "6"], "unknown model"),
         (["--model", "DiT-Tiny", "--nfe", "6"], "pass --checkpoint PATH or --init random"),
         (["--model", "DiT-Tiny", "--init", "random", "--nfe", "6", "--sampler", "euler"], "unknown sampler"),

@@ -6,6 +6,7 @@ path; an unavailable `--device` is one line, not a traceback.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -56,7 +57,7 @@ def _pretend_latent(monkeypatch) -> None:
 
     def load(*args, **kwargs):
         sampler = real_load(*args, **kwargs)
-        sampler.info["model"]["pixel_space"] = False
+        sampler.record = dataclasses.replace(sampler.record, model={**sampler.record.model, "pixel_space": False})
         return sampler
 
     monkeypatch.setattr(artifact, "load", load)

@@ -90,6 +90,10 @@ def test_mismatches_are_one_clear_error(pipe):
     dpm = make_plan("dpm-solver-2", 8)
     with pytest.raises(L2CError, match=r"^the schedule is for dpm-solver-2 with 8 NFE, the pipeline runs ddim"):
         compile_pipeline(pipe, random_schedule(dpm, 2, random.Random(0)))([1], num_inference_steps=8)
+    with pytest.raises(L2CError, match=r"^schedule is for 3 blocks but this model has 2$"):
+        compile_pipeline(pipe, random_schedule(plan, 3, random.Random(0)))([1], num_inference_steps=8)
+    with pytest.raises(L2CError, match=r"^schedule must be a Schedule or None, got dict"):
+        compile_pipeline(pipe, random_schedule(plan, 2, random.Random(0)).to_dict())
     other = tiny_pipeline(0)
     other.scheduler = EulerDiscreteScheduler.from_config(other.scheduler.config)
     with pytest.raises(L2CError, match="UniPCMultistepScheduler \\(flow prediction\\), this pipeline has EulerDiscreteScheduler"):

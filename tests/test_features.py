@@ -8,6 +8,7 @@ cache ``features._probed``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -20,7 +21,6 @@ import pytest
 import torch
 
 import l2c_compile
-from l2c_compile.compiler.driver import record_fallbacks
 from l2c_compile.errors import L2CError
 from l2c_compile.kernels._common import KernelInputError, check_launchable
 from l2c_compile.runtime import features
@@ -255,23 +255,25 @@ def test_bf16_on_a_gpu_without_native_bf16_is_noted_only_where_there_is_a_gpu(mo
     assert features.fallback_notes(torch.bfloat16, "cuda", "eager") == []  # no GPU: the device is refused
 
 
-def test_record_fallbacks_puts_the_notes_in_info_and_clears_stale_ones(monkeypatch):
+def test_the_record_holds_the_notes_and_info_lists_them_only_when_there_are_some(monkeypatch):
     machine(monkeypatch, onednn_bf16=False)
-    info = {"backend": "regional"}
-    notes = record_fallbacks(info, torch.bfloat16, torch.device("cpu"), "regional")
-    assert notes == info["fallbacks"] == features.fallback_notes(torch.bfloat16, "cpu", "regional")
-    assert len(notes) == 1 and "regional" in notes[0]
-    assert record_fallbacks(info, torch.float32, "cpu", "regional") == []
-    assert "fallbacks" not in info  # none taken: no key (the manifest stays machine-independent)
+    model = tiny_dit(4, depth=1)
+    plan = make_plan("ddim", 2, noise_schedule="linear", time_input="discrete")
+    compiled = l2c_compile.compile(model, plan, None, dtype="bfloat16")
+    notes = features.fallback_notes(torch.bfloat16, "cpu", "eager")
+    assert len(notes) == 1 and "reference GEMM" in notes[0]
+    assert compiled.record.fallbacks == tuple(notes) and compiled.info["fallbacks"] == notes
+    plain = dataclasses.replace(compiled.record, fallbacks=())
+    assert "fallbacks" not in plain.to_dict()  # none taken: no key (the manifest stays machine-independent)
 
 
 def test_compile_summary_lists_the_fallbacks():
     model = tiny_dit(4, depth=1)
     plan = make_plan("ddim", 2, noise_schedule="linear", time_input="discrete")
     compiled = l2c_compile.compile(model, plan, None)
-    assert compile_summary(compiled.info)["fallbacks"] == compiled.info.get("fallbacks", [])
-    info = dict(compiled.info, fallbacks=["note: a slower path"])
-    assert compile_summary(info)["fallbacks"] == ["note: a slower path"]
+    assert compile_summary(compiled.record)["fallbacks"] == compiled.info.get("fallbacks", [])
+    record = dataclasses.replace(compiled.record, fallbacks=("note: a slower path",))
+    assert compile_summary(record)["fallbacks"] == ["note: a slower path"]
 
 
 def test_load_derives_the_fallbacks_again_for_an_overridden_backend(monkeypatch, tmp_path):

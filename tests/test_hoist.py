@@ -175,7 +175,7 @@ def test_over_the_memory_limit_the_pass_is_skipped_with_one_line():
     assert "def prologue(" not in compiled.source
     from l2c_compile.runtime.verify import compile_summary
 
-    assert compile_summary(compiled.info)["hoist"] == stats["skipped"]
+    assert compile_summary(compiled.record)["hoist"] == stats["skipped"]
     noise, labels = inputs(model)
     want = reference.sample(model, plan, sched, noise, labels, 4.0)
     assert rel_error(compiled(noise, labels, 4.0), want) <= 1e-5
@@ -198,9 +198,9 @@ def test_compile_report_counts_what_moved_and_macs_include_the_prologue():
     assert stats["macs_per_image"] > 0
     from l2c_compile.runtime.verify import compile_summary
 
-    line = compile_summary(compiled.info)["hoist"]
+    line = compile_summary(compiled.record)["hoist"]
     assert line.startswith(f"{stats['nodes']} nodes, 5 GEMMs (5 batched over 4 timesteps) into the prologue")
-    assert compile_summary(plain.info)["hoist"] == "off"
+    assert compile_summary(plain.record)["hoist"] == "off"
 
 
 def test_cli_compile_reports_hoisting_and_takes_no_hoist_and_the_limit(tmp_path):

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from l2c_compile.errors import L2CError
+from l2c_compile.families.vocabulary import Layout
 from l2c_compile.samplers import Combination, ModelCall, SamplerPlan, SolverStep, make_plan
 from l2c_compile.schedule import (
     CallSchedule,
@@ -188,7 +189,7 @@ def test_distinct_masks_of_released_routers() -> None:
 
 def test_imported_schedule_fits_its_plan_and_records_source() -> None:
     s = released("dpm20")
-    s.validate_for("U-ViT-H/2", 29, dpm_plan(20))
+    s.check_fits(Layout.uniform(29), dpm_plan(20), "U-ViT-H/2")
     assert s.source["kind"] == "router" and s.source["file"] == "dpm20_router.pth"
     assert len(s.source["sha256"]) == 64
     assert s.threshold == 0.9 and s.sampler == "dpm-solver-2"
@@ -215,7 +216,7 @@ def test_threshold_equality_reuses() -> None:
 def test_all_compute_reuses_nothing() -> None:
     plan = dpm_plan(10)
     s = Schedule.all_compute("U-ViT-H/2", 29, plan)
-    s.validate_for("U-ViT-H/2", 29, plan)
+    s.check_fits(Layout.uniform(29), plan, "U-ViT-H/2")
     st = s.stats()
     assert st["skipped_total"] == 0 and st["cache_steps"] == 4
     assert s.distinct_masks() == ((frozenset(), frozenset()),)
@@ -315,14 +316,19 @@ def test_reuse_before_any_compute_is_rejected() -> None:
     )
 
 
-def test_validate_for_rejects_other_model_plan_or_roles() -> None:
+def test_check_fits_rejects_other_model_layout_plan_or_roles() -> None:
     s = released("DDIM20")
     plan = ddim_plan(20)
-    one_line_error(
-        s.validate_for, "U-ViT-H/2", 28, plan, match="made for DiT-XL/2 but the model is U-ViT-H/2"
-    )
-    one_line_error(s.validate_for, "DiT-XL/2", 24, plan, match="28 blocks")
-    one_line_error(s.validate_for, "DiT-XL/2", 28, ddim_plan(50), match="20 NFE .* 50 NFE")
+    dit = Layout.uniform(28)
+    one_line_error(s.check_fits, dit, plan, "U-ViT-H/2", match="made for DiT-XL/2 but the model is U-ViT-H/2")
+    s.check_fits(dit, plan)  # no name given: only the blocks and the plan are compared
+    one_line_error(s.check_fits, Layout.uniform(24), plan, "DiT-XL/2", match="28 blocks but DiT-XL/2 has 24")
+    one_line_error(s.check_fits, Layout.uniform(28, ("attn", "cross", "mlp")), plan,
+                   match=r"covers sublayer kinds \['attn', 'mlp'\], this model's blocks have \['attn', 'cross', 'mlp'\]")
+    one_line_error(s.check_fits, Layout(((20, ("attn", "mlp")), (8, ("attn",)))), plan,
+                   match=r"block groups \[\[28, \['attn', 'mlp'\]\]\] differ from this model's \[\[20")
+    one_line_error(s.check_fits, dit, ddim_plan(50), match="20 NFE .* 50 NFE")
+    one_line_error(s.check_fits, dit, dpm_plan(20), match="made for ddim with 20 NFE but the sampler plan is dpm-solver-2")
     shifted = SamplerPlan(
         "ddim",
         20,
@@ -343,9 +349,7 @@ def test_validate_for_rejects_other_model_plan_or_roles() -> None:
         "linear",
         "discrete",
     )
-    one_line_error(
-        s.validate_for, "DiT-XL/2", 28, shifted, match="call 2 is a full step in the schedule"
-    )
+    one_line_error(s.check_fits, dit, shifted, match="call 2 is a full step in the schedule")
 
 
 def test_router_shape_errors_name_both_numbers() -> None:
@@ -435,7 +439,7 @@ def test_random_heuristic_reuses_exactly_the_fraction() -> None:
     assert s == heuristic("random", plan, model="DiT-XL/2", depth=28, fraction=0.3, seed=1)
     other = heuristic("random", plan, model="DiT-XL/2", depth=28, fraction=0.3, seed=2)
     assert other.stats()["skipped_total"] == 168 and other != s
-    s.validate_for("DiT-XL/2", 28, plan)
+    s.check_fits(Layout.uniform(28), plan, "DiT-XL/2")
 
 
 def test_top_and_bottom_heuristics() -> None:

@@ -212,7 +212,7 @@ def _run_demo(cfg: DemoConfig, out: Path, stage: Stage) -> dict[str, Any]:
                    "origin": router_origin},
         "schedule": {k: summary[k] for k in ("cache_steps", "skipped_attn", "skipped_mlp", "skipped_fraction",
                                               "macs_full", "macs_cached", "ideal_speedup") if k in summary},
-        "compile_s": compile_s, "distinct_graphs": compiled.info["distinct_graphs"],
+        "compile_s": compile_s, "distinct_graphs": compiled.record.distinct_graphs,
         "verify": {k: verify[k] for k in ("max_abs_error", "max_rel_error")},
         "quality": quality, "latency": latency,
         "samples_grid": {"rows": names, "panels": ["uncached", "cached (L2C)"], "per_class": cfg.per_class}, "batch": batch, "cfg_scale": scale,

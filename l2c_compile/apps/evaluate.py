@@ -24,7 +24,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -33,6 +33,10 @@ from l2c_compile import progress as bars
 from l2c_compile.errors import L2CError
 from l2c_compile.metrics.quality import has_feature_network as has_feature_network  # re-exported
 from l2c_compile.models.select import make_spec_plan
+
+if TYPE_CHECKING:
+    from l2c_compile.families.vocabulary import Layout
+    from l2c_compile.schedule import Schedule
 
 ROUTER_SUFFIXES = (".safetensors", ".pt", ".pth")
 MIN_SAMPLES = 4  # precision/recall use each sample's 3 nearest neighbours among the others
@@ -72,12 +76,16 @@ def load_model(spec: Any) -> nn.Module:
 
 
 def resolve_schedule(
-    spec: Any, plan: Any, depth: int, schedule: Path | None, threshold: float | None = None
-):
-    """The schedule to evaluate: a schedule JSON, a router file, or (None) the shipped router."""
+    spec: Any, plan: Any, layout: Layout, schedule: Path | None, threshold: float | None = None
+) -> Schedule:
+    """The schedule to evaluate: a schedule JSON, a router file, or (None) the shipped router.
+
+    ``layout``: the model's blocks and their kinds; a schedule JSON must fit it, ``plan`` and
+    ``spec.name`` (:meth:`~l2c_compile.schedule.Schedule.check_fits`, L2CError otherwise)."""
     from l2c_compile.apps.demo import shipped_router
     from l2c_compile.schedule import Schedule, default_threshold, import_router
 
+    depth = layout.depth
     theta = threshold if threshold is not None else default_threshold(spec.family)
     if schedule is None:
         router = shipped_router(spec.name, plan.sampler, plan.nfe)
@@ -91,7 +99,7 @@ def resolve_schedule(
     if path.suffix in ROUTER_SUFFIXES:
         return import_router(path, plan, model=spec.name, depth=depth, threshold=theta)
     sched = Schedule.load(path)
-    sched.validate_for(spec.name, depth, plan)
+    sched.check_fits(layout, plan, spec.name)
     return sched
 
 
@@ -281,6 +289,7 @@ def run_eval(cfg: EvalConfig, progress: Progress = lambda _: None) -> dict[str, 
     draw, ``stage_seconds`` the wall time of setup, compiling, each draw and scoring.
     """
     import l2c_compile
+    from l2c_compile.families import family_of
     from l2c_compile.metrics.macs import timing_note
     from l2c_compile.metrics.quality import SampleQuality, metric_names
     from l2c_compile.models.registry import get_spec
@@ -294,8 +303,7 @@ def run_eval(cfg: EvalConfig, progress: Progress = lambda _: None) -> dict[str, 
     require_feature_network(spec)
     model = load_model(spec)
     plan = make_spec_plan(spec, cfg.sampler, cfg.nfe)
-    depth = len(model.transformer_blocks())
-    sched = resolve_schedule(spec, plan, depth, cfg.schedule, cfg.threshold)
+    sched = resolve_schedule(spec, plan, family_of(model).layout(model), cfg.schedule, cfg.threshold)
     scale = spec.default_cfg_scale if cfg.cfg_scale is None else cfg.cfg_scale
     noise, labels = eval_inputs(cfg.samples, spec.latent_shape, spec.num_classes, cfg.seed)
     rank, world = _world()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from enum import Enum
 from typing import Any, TypeVar
 
@@ -85,8 +85,8 @@ def progress_bars(enabled: bool | None = None, *, on: Console | None = None) -> 
         yield reporter
 
 
-def print_fallbacks(info: dict[str, Any]) -> None:
+def print_fallbacks(notes: Sequence[str]) -> None:
     """Print, on stderr, the one line per slower path a compile took for lack of a CPU/GPU feature
-    (``info["fallbacks"]``, see :func:`l2c_compile.runtime.features.fallback_notes`)."""
-    for note in info.get("fallbacks", ()):
+    (``CompileRecord.fallbacks``, see :func:`l2c_compile.runtime.features.fallback_notes`)."""
+    for note in notes:
         err_console.print(note, markup=False, highlight=False, soft_wrap=True)

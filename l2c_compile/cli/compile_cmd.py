@@ -20,7 +20,7 @@ from l2c_compile.cli.common import (
 )
 from l2c_compile.compiler.passes.hoist import DEFAULT_LIMIT_BYTES
 from l2c_compile.errors import L2CError
-from l2c_compile.models.select import make_spec_plan, select_model, select_spec, spec_blocks
+from l2c_compile.models.select import make_spec_plan, select_model, select_spec, spec_layout
 from l2c_compile.runtime.verify import compile_summary, verify_artifact
 
 
@@ -64,8 +64,8 @@ def compile_cmd(
                                  dtype=dtype, device=device, backend=backend, cfg=cfg, fuse=fuse,
                                  cuda_graph=cuda_graph, hoist=hoist,
                                  hoist_limit_bytes=round(hoist_limit * 2**20))
-    print_fallbacks(compiled.info)
-    summary = compile_summary(compiled.info)
+    print_fallbacks(compiled.record.fallbacks)
+    summary = compile_summary(compiled.record)
     if fmt == OutputFormat.json:
         print_json({"artifact": str(out), **summary})
         return
@@ -91,7 +91,7 @@ def _compile_into(out: Path, model: str | None, diffusers: Path | None, checkpoi
     sched = None
     if schedule is not None:  # before the weights load: a wrong schedule should not wait for them
         sched = Schedule.load(schedule)
-        sched.validate_for(spec.name, spec_blocks(spec), plan)
+        sched.check_fits(spec_layout(spec), plan, spec.name)
     spec, net = select_model(model, diffusers, checkpoint, init, seed)
     with console.status(f"compiling {spec.name} · {plan.sampler} · NFE {nfe}…"):
         compiled = l2c_compile.compile(net, plan, sched, model_info=spec.to_dict(), **options)
@@ -127,7 +127,7 @@ def verify_cmd(
         checked = verify_artifact(directory, batch=batch, seed=seed, device=device, cfg_scale=cfg_scale,
                                   cuda_graph=cuda_graph, tolerance=tolerance)
     result = checked.to_dict()
-    print_fallbacks(result)
+    print_fallbacks(checked.fallbacks)
     if fmt == OutputFormat.json:
         print_json(result)
     else:
@@ -199,7 +199,7 @@ def _sample_classes(directory: Path, labels: torch.Tensor, seed: int, cfg_scale:
     from l2c_compile.runtime.sampler_inputs import check_finite_output
 
     compiled = load(directory, device=device, cuda_graph=cuda_graph)
-    print_fallbacks(compiled.info)
+    print_fallbacks(compiled.record.fallbacks)
     if hasattr(compiled.model, "example_condition"):
         raise L2CError("this artifact draws from text: pass --prompt TEXT and --diffusers DIR (its PixArt "
                        "pipeline folder, for the text encoder and VAE)")
@@ -207,7 +207,7 @@ def _sample_classes(directory: Path, labels: torch.Tensor, seed: int, cfg_scale:
     if int(labels.min()) < 0 or int(labels.max()) >= real:
         bad = int(labels.min()) if int(labels.min()) < 0 else int(labels.max())
         raise L2CError(f"--classes: label {bad} is out of range; this model has classes 0..{real - 1}")
-    pixel = bool(compiled.info["model"].get("pixel_space", False))
+    pixel = bool(compiled.record.model.get("pixel_space", False))
     decoder = None
     if not pixel and vae is None and not preview:  # pixel models with 1/3 channels are pictures as-is
         raise L2CError("this model samples latents: pass --vae PATH (diffusers AutoencoderKL folder) "
@@ -217,11 +217,11 @@ def _sample_classes(directory: Path, labels: torch.Tensor, seed: int, cfg_scale:
     if not pixel and vae is not None:
         decoder = load_vae_decoder(vae, latent_channels=compiled.model.in_channels, device=device)
     if compiled.cfg and cfg_scale is None:
-        cfg_scale = float(compiled.info["model"].get("default_cfg_scale", 4.0))
+        cfg_scale = float(compiled.record.model.get("default_cfg_scale", 4.0))
     gen = torch.Generator().manual_seed(seed)
     m = compiled.model
     noise = torch.randn(len(labels), m.in_channels, m.input_size, m.input_size, generator=gen).to(device)
-    nfe = int(compiled.info["nfe"])
+    nfe = compiled.record.nfe
     with progress_bars(), progress.task(f"sampling {len(labels)} images", nfe, "model calls"), \
                 progress.counting_model_calls(compiled):
         x = compiled(noise, labels.to(device), cfg_scale if compiled.cfg else None)
@@ -269,18 +269,18 @@ def _draw_prompts(directory: Path, prompts: list[str], negative_prompt: str, pip
     if getattr(pipe, "text_encoder", None) is None or not hasattr(pipe, "encode_prompt"):
         raise L2CError(f"{pipeline} has no text encoder: pass a PixArt pipeline folder")
     compiled = load(directory, device=device, cuda_graph=cuda_graph)
-    print_fallbacks(compiled.info)
+    print_fallbacks(compiled.record.fallbacks)
     m = compiled.model
     if not hasattr(m, "example_condition"):
         raise L2CError("this artifact draws classes, not text: use --classes instead of --prompt")
     if compiled.cfg and cfg_scale is None:
-        cfg_scale = float(compiled.info["model"].get("default_cfg_scale", 4.5))
+        cfg_scale = float(compiled.record.model.get("default_cfg_scale", 4.5))
     with console.status(f"encoding {len(prompts)} prompt(s)…"):
         y = prompt_condition(pipe, prompts, negative_prompt=negative_prompt, cfg=compiled.cfg,
                              text_len=m.text_len, device=device)
     gen = torch.Generator().manual_seed(seed)
     noise = torch.randn(len(prompts), m.in_channels, m.input_size, m.input_size, generator=gen).to(device)
-    nfe = int(compiled.info["nfe"])
+    nfe = compiled.record.nfe
     with progress_bars(), progress.task(f"sampling {len(prompts)} images", nfe, "model calls"), \
             progress.counting_model_calls(compiled):
         x = compiled(noise, y, cfg_scale if compiled.cfg else None)

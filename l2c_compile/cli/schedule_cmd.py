@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.table import Table
@@ -15,6 +15,9 @@ from l2c_compile.cli.models_cmd import human
 from l2c_compile.errors import L2CError
 from l2c_compile.families.vocabulary import kind_name, kinds
 from l2c_compile.models.select import spec_kinds
+
+if TYPE_CHECKING:
+    from l2c_compile.schedule import Schedule
 
 app = typer.Typer(
     help="Make schedules from routers or heuristics, and show them.",
@@ -101,7 +104,7 @@ def summary_table(summary: dict[str, Any], title: str | None = None) -> Table:
     return table
 
 
-def _report(schedule: Any, out: Path | None, fmt: OutputFormat) -> None:
+def _report(schedule: Schedule, out: Path | None, fmt: OutputFormat) -> None:
     """Print the summary of a schedule just written to ``out``."""
     from l2c_compile.schedule.summary import schedule_summary
 

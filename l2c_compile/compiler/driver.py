@@ -10,8 +10,9 @@ Pipeline (each step a pass in ``passes/``, run by the pass manager that checks t
     for each distinct step mask:  specialize ─► dce ─► prune_chunks ─► fuse_reuse ─► dce
     emit one readable Python module (prologue, step functions, unrolled loop) ─► CompiledSampler
 
-Deterministic: the same inputs give the same source and ``info`` (pass seconds go to
-``CompiledSampler.timings``, never into ``info``), which is what ``artifact.load`` relies on.
+Deterministic: the same inputs give the same source and compile record (``CompiledSampler.record``,
+:mod:`l2c_compile.runtime.record`; pass seconds go to ``CompiledSampler.timings``, never into the
+record), which is what ``artifact.load`` relies on.
 """
 
 from __future__ import annotations
@@ -41,7 +42,6 @@ from l2c_compile.compiler.passes.sublayers import (
     sublayer_paths,
 )
 from l2c_compile.compiler.passes.trace import CALLS_META, CAPTURE_META, trace_step
-from l2c_compile.compiler.reference import check_schedule
 from l2c_compile.errors import L2CError
 from l2c_compile.families import family_of
 from l2c_compile.families.vocabulary import empty_mask
@@ -49,9 +49,11 @@ from l2c_compile.runtime import features
 from l2c_compile.runtime.cuda_graph import check_cuda_graph_device
 from l2c_compile.runtime.devices import resolve_device
 from l2c_compile.runtime.manifest import BACKENDS
+from l2c_compile.runtime.record import CompileRecord
 from l2c_compile.runtime.sampler import CompiledSampler
 from l2c_compile.runtime.sampler_inputs import check_weights
 from l2c_compile.samplers.base import SamplerPlan
+from l2c_compile.schedule import Schedule
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
@@ -107,23 +109,12 @@ def private_copy(
     return copy.deepcopy(model, memo)
 
 
-def record_fallbacks(
-    info: dict[str, Any], dtype: torch.dtype, device: str | torch.device | None, backend: str
-) -> list[str]:
-    """Put the slower paths a sampler of ``dtype`` weights on ``device`` takes with ``backend``
-    for lack of a CPU/GPU feature into ``info["fallbacks"]`` (one line each,
-    :func:`~l2c_compile.runtime.features.fallback_notes`), and return them.
-
-    The key is present only when there is a note, so an artifact compiled where the fast paths run
-    has the same manifest on every such machine; ``load`` does not compare it (another machine may
-    differ) and derives it again for the machine and backend it loads on.
-    """
-    notes = features.fallback_notes(dtype, device, backend)
-    if notes:
-        info["fallbacks"] = notes
-    else:
-        info.pop("fallbacks", None)
-    return notes
+def check_schedule_type(schedule: object) -> None:
+    """L2CError unless ``schedule`` is a :class:`~l2c_compile.schedule.Schedule` or None (a JSON
+    document or a path is read with ``Schedule.load`` / ``Schedule.from_dict`` first)."""
+    if schedule is not None and not isinstance(schedule, Schedule):
+        raise L2CError(f"schedule must be a Schedule or None, got {type(schedule).__name__} "
+                       "(read a schedule file with Schedule.load)")
 
 
 def _fuse_pass():
@@ -138,7 +129,7 @@ def _fuse_pass():
 def compile(
     model: nn.Module,
     plan: SamplerPlan,
-    schedule: Any,
+    schedule: Schedule | None,
     *,
     dtype: str | torch.dtype | None = None,
     device: str | torch.device | None = None,
@@ -163,9 +154,12 @@ def compile(
     it for calls of the same shape (CUDA only; see :class:`~l2c_compile.runtime.sampler.CompiledSampler`).
     ``hoist``: compute what the trajectory fixes (timestep embeddings, adaLN modulations, prompt
     keys/values) once per call in a prologue before step 0, batched over the steps
-    (``passes/hoist.py``); skipped, with the reason in ``info["hoisted"]``, when the hoisted tensors
+    (``passes/hoist.py``); skipped, with the reason in ``record.hoisted``, when the hoisted tensors
     would hold more than ``hoist_limit_bytes`` per image.
+    L2CError (one line) when ``schedule`` does not fit the model's blocks or ``plan``
+    (:meth:`~l2c_compile.schedule.Schedule.check_fits`; the schedule's model name is not compared).
     """
+    check_schedule_type(schedule)
     if isinstance(hoist_limit_bytes, bool) or not isinstance(hoist_limit_bytes, int) or hoist_limit_bytes < 0:
         raise L2CError(f"hoist_limit_bytes must be a non-negative whole number of bytes, got {hoist_limit_bytes!r}")
     if backend not in BACKENDS:
@@ -183,7 +177,7 @@ def compile(
     if schedule is None:
         masks = [empty_mask(kinds) for _ in plan.calls]
     else:
-        check_schedule(model, plan, schedule)
+        schedule.check_fits(layout, plan)  # the model's name is not compared: the caller chose it
         masks = [c.mask for c in schedule.calls]
 
     base = trace_step(model, cfg=cfg)
@@ -221,7 +215,7 @@ def compile(
         trace_reports.append(_record(reps[0], timings))
         prologue, hoisted = base.meta.get(PROLOGUE_META), dict(reps[0].stats)
 
-    mode = getattr(schedule, "mode", "cache")  # "drop": masked sublayers add nothing, read nothing
+    mode = schedule.mode if schedule is not None else "cache"  # "drop": masked sublayers add nothing, read nothing
     cache = plan_cache(masks, depth, mode, kinds, layout=None if layout.is_uniform else layout, slots=slots)
     fuse_fn = _fuse_pass() if fuse else None
     graphs, graph_reports = [], []
@@ -257,28 +251,28 @@ def compile(
     source = emit_module(graphs, plan, cache, roles, title, ctx, mode, prologue)
     per_call = [graph_reports[cache.calls[i].graph]["macs_per_image"] for i in range(plan.nfe)]
     macs_prologue = prologue.macs_per_image if prologue is not None else 0
-    info = {
-        "model": model_info or {"name": name},
-        "sampler": plan.describe(),
-        "nfe": plan.nfe,
-        "cfg": cfg,
-        "dtype": str(p.dtype).removeprefix("torch."),
-        "backend": backend,
-        "cuda_graph": cuda_graph,
-        "schedule": schedule.to_dict() if schedule is not None else None,
-        "graphs": graph_reports,
-        "distinct_graphs": len(graphs),
-        "peak_live_cache_entries": cache.peak_live_entries,
-        "macs_per_image": {"uncached": macs_uncached * plan.nfe, "compiled": sum(per_call) + macs_prologue},
-        "trace": trace_reports,
-        "fuse": fuse,
-        "hoist": hoist,
-        "hoist_limit_bytes": hoist_limit_bytes,
-        "hoisted": hoisted,
-    }
-    record_fallbacks(info, p.dtype, p.device, backend)
+    record = CompileRecord(
+        model=model_info or {"name": name},
+        plan=plan,
+        cfg=cfg,
+        dtype=str(p.dtype).removeprefix("torch."),
+        backend=backend,
+        cuda_graph=cuda_graph,
+        schedule=schedule,
+        graphs=tuple(graph_reports),
+        peak_live_cache_entries=cache.peak_live_entries,
+        macs_uncached=macs_uncached * plan.nfe,
+        macs_compiled=sum(per_call) + macs_prologue,
+        trace=tuple(trace_reports),
+        fuse=fuse,
+        hoist=hoist,
+        hoist_limit_bytes=hoist_limit_bytes,
+        hoisted=hoisted,
+        # this machine's slower paths for these weights and backend; load derives them again
+        fallbacks=tuple(features.fallback_notes(p.dtype, p.device, backend)),
+    )
     try:
-        sampler = CompiledSampler(model, source, info, backend=backend, cuda_graph=cuda_graph)
+        sampler = CompiledSampler(model, source, record, backend=backend, cuda_graph=cuda_graph)
     except CompileError:
         raise
     except Exception as exc:  # the generated code must always load; anything else is a bug

@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -32,6 +32,9 @@ from l2c_compile.errors import L2CError
 from l2c_compile.families import family_of
 from l2c_compile.families.vocabulary import CacheMode, SublayerKey
 from l2c_compile.samplers.base import ModelCall, SamplerPlan, execute_plan
+
+if TYPE_CHECKING:
+    from l2c_compile.schedule import Schedule
 
 
 @dataclass
@@ -125,30 +128,11 @@ def instrument(model: nn.Module) -> Iterator[CacheState]:
             setattr(owner, name, inner)
 
 
-def check_schedule(model: nn.Module, plan: SamplerPlan, schedule) -> None:
-    """Raise L2CError when ``schedule`` does not fit this model's depth or this plan."""
-    depth = len(model.transformer_blocks())
-    if schedule.depth != depth:
-        raise L2CError(f"schedule is for a model with {schedule.depth} blocks, this model has {depth}")
-    layout = family_of(model).layout(model)
-    if tuple(getattr(schedule, "kinds", layout.kinds)) != layout.kinds:
-        raise L2CError(f"schedule covers sublayer kinds {list(schedule.kinds)}, this model's blocks have "
-                       f"{list(layout.kinds)}")
-    if getattr(schedule, "layout", layout) != layout:
-        raise L2CError(f"schedule's block groups {schedule.layout.to_json()} differ from this model's "
-                       f"{layout.to_json()}")
-    if schedule.nfe != plan.nfe:
-        raise L2CError(f"schedule has {schedule.nfe} NFE but the sampler plan has {plan.nfe}")
-    for call, sc in zip(plan.calls, schedule.calls, strict=True):
-        if any(sc.mask) and call.role != "cache":
-            raise L2CError(f"schedule reuses sublayers at call {call.index}, a full step of the {plan.sampler} plan")
-
-
 @torch.no_grad()
 def sample(
     model: nn.Module,
     plan: SamplerPlan,
-    schedule,
+    schedule: Schedule | None,
     noise: torch.Tensor,
     labels: torch.Tensor,
     cfg_scale: float | None = None,
@@ -157,9 +141,11 @@ def sample(
 
     ``cfg_scale=None`` disables classifier-free guidance; otherwise CFG is batched and combined by
     the model family's own convention. The sampler arithmetic runs in the dtype of ``noise``.
+    L2CError (one line) when ``schedule`` does not fit the model or the plan
+    (:meth:`~l2c_compile.schedule.Schedule.check_fits`).
     """
     if schedule is not None:
-        check_schedule(model, plan, schedule)
+        schedule.check_fits(family_of(model).layout(model), plan)
     denoiser = GuidedDenoiser(model, cfg=cfg_scale is not None)
     scale = torch.tensor(cfg_scale if cfg_scale is not None else 1.0, device=noise.device)
     dtype = _param_dtype(model)
@@ -167,10 +153,10 @@ def sample(
     ctx = instrument(model) if schedule is not None else contextlib.nullcontext(None)
     with ctx as state:
         if state is not None:
-            state.mode = getattr(schedule, "mode", "cache")
+            state.mode = schedule.mode
 
         def eps_fn(call: ModelCall, x_in: torch.Tensor) -> torch.Tensor:
-            if state is not None:
+            if state is not None and schedule is not None:
                 sc = schedule.calls[call.index]
                 state.set_call(sc.reuse)
             t = timestep_vector(call.timestep, x_in.shape[0], x_in.device)

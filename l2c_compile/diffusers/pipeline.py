@@ -35,6 +35,7 @@ from diffusers import (
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+from l2c_compile.compiler.driver import check_schedule_type
 from l2c_compile.compiler.driver import compile as compile_sampler
 from l2c_compile.diffusers.dit import DiffusersDiT
 from l2c_compile.diffusers.flow_schedulers import flow_scheduler_plan, is_flow_scheduler
@@ -46,6 +47,7 @@ from l2c_compile.samplers.base import Combination, ModelCall, SamplerPlan, Solve
 from l2c_compile.samplers.ddim import ddim_role
 from l2c_compile.samplers.dpm_solver_pp import dpm_solver_pp_from_sigmas
 from l2c_compile.samplers.schedules import NOISE_SCHEDULES
+from l2c_compile.schedule import Schedule
 
 
 def pipeline_plan(scheduler: Any, num_inference_steps: int, *, mu: float | None = None,
@@ -178,16 +180,17 @@ class CompiledPipeline:
     Compiled samplers are made on first use per (``num_inference_steps``, CFG on/off) and kept.
     """
 
-    def __init__(self, pipe: Any, schedule: Any, compile_kwargs: dict[str, Any]) -> None:
+    def __init__(self, pipe: Any, schedule: Schedule | None, compile_kwargs: dict[str, Any]) -> None:
         self.pipe = pipe
         self.schedule = schedule
         self.model = DiffusersDiT(pipe.transformer)
         self.compile_kwargs = compile_kwargs
         self.samplers: dict[tuple[int, bool], CompiledSampler] = {}
 
-    def _plan(self, num_inference_steps: int) -> tuple[SamplerPlan, Any]:
+    def _plan(self, num_inference_steps: int) -> tuple[SamplerPlan, Schedule | None]:
         """The pipeline scheduler's plan for these steps and the schedule; L2CError when the
-        schedule was made for another NFE or sampler."""
+        schedule was made for another NFE or sampler (the rest of
+        :meth:`~l2c_compile.schedule.Schedule.check_fits` runs when the sampler is compiled)."""
         plan = pipeline_plan(self.pipe.scheduler, num_inference_steps)
         sched = self.schedule
         if sched is not None and (sched.nfe != plan.nfe or sched.sampler != plan.sampler):
@@ -251,7 +254,7 @@ class CompiledPixArtPipeline(CompiledPipeline):
     :class:`~l2c_compile.diffusers.pixart.DiffusersPixArt` over the pipeline's transformer.
     """
 
-    def __init__(self, pipe: Any, schedule: Any, compile_kwargs: dict[str, Any]) -> None:
+    def __init__(self, pipe: Any, schedule: Schedule | None, compile_kwargs: dict[str, Any]) -> None:
         self.pipe = pipe
         self.schedule = schedule
         self.compile_kwargs = compile_kwargs
@@ -356,7 +359,7 @@ PIPELINES = {"DiTPipeline": CompiledPipeline, "PixArtAlphaPipeline": CompiledPix
              "PixArtSigmaPipeline": CompiledPixArtPipeline}
 
 
-def compile_pipeline(pipe: Any, schedule: Any = None, **compile_kwargs: Any) -> CompiledPipeline:
+def compile_pipeline(pipe: Any, schedule: Schedule | None = None, **compile_kwargs: Any) -> CompiledPipeline:
     """A drop-in for ``pipe`` (a diffusers ``DiTPipeline``, ``PixArtAlphaPipeline`` or
     ``PixArtSigmaPipeline``) running ``schedule`` (None: compute everything) as compiled code;
     ``compile_kwargs`` go to :func:`l2c_compile.compile` (``fuse``, ``backend``, ``cuda_graph``,
@@ -373,4 +376,5 @@ def compile_pipeline(pipe: Any, schedule: Any = None, **compile_kwargs: Any) -> 
         raise L2CError(f"{type(pipe).__name__} samples with ε prediction; its {type(pipe.scheduler).__name__} is a "
                        "flow-matching (velocity) scheduler")
     pipeline_plan(pipe.scheduler, 1)  # an unsupported scheduler fails here, not on the first call
+    check_schedule_type(schedule)
     return cls(pipe, schedule, compile_kwargs)

@@ -96,6 +96,14 @@ def spec_kinds(spec: Any) -> tuple[str, ...]:
     return tuple(kinds) if kinds is not None else get_family(spec.family).kinds
 
 
+def spec_layout(spec: Any):
+    """The blocks of a spec and their kinds (every block has :func:`spec_kinds`), known before
+    the weights load: a :class:`~l2c_compile.families.vocabulary.Layout`."""
+    from l2c_compile.families.vocabulary import Layout
+
+    return Layout.uniform(spec_blocks(spec), spec_kinds(spec))
+
+
 def make_spec_plan(spec: Any, sampler: str | None, nfe: int, **options: object):
     """The sampler plan for ``spec`` at ``nfe`` model calls: ``sampler`` or the spec's default, on
     the spec's noise schedule and time convention. L2CError for an unknown sampler or bad NFE."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +32,10 @@ import torch
 from torch import nn
 
 from l2c_compile.compiler.driver import compile as compile_sampler
-from l2c_compile.compiler.driver import record_fallbacks
 from l2c_compile.errors import L2CError
 from l2c_compile.inputs import input_file, read_json
 from l2c_compile.limits import check_model_size
+from l2c_compile.runtime import features
 from l2c_compile.runtime.backends import restore_regions
 from l2c_compile.runtime.cuda_graph import check_cuda_graph_device
 from l2c_compile.runtime.manifest import (
@@ -48,7 +49,6 @@ from l2c_compile.runtime.manifest import (
 from l2c_compile.runtime.sampler import CompiledSampler
 from l2c_compile.samplers import make_plan, sampler_options
 from l2c_compile.samplers.base import SamplerPlan
-from l2c_compile.schedule import Schedule
 
 # versions and this machine's slower paths: recorded, but another version or machine may load it
 NOT_COMPARED = ("l2c_compile", "torch", "fallbacks")
@@ -216,14 +216,10 @@ def load(
     if device is not None:
         model = model.to(device)
     plan = plan_from_manifest(manifest.sampler)
-    try:
-        schedule = Schedule.from_dict(manifest.schedule) if manifest.schedule else None
-    except KeyError as exc:
-        raise L2CError(f"artifact {root}: manifest.json's schedule lacks {exc}") from None
-    compiled = compile_sampler(model, plan, schedule, backend=manifest.backend, cfg=manifest.cfg,
+    compiled = compile_sampler(model, plan, manifest.schedule, backend=manifest.backend, cfg=manifest.cfg,
                                fuse=manifest.fuse, model_info=manifest.model, hoist=manifest.hoist,
                                hoist_limit_bytes=manifest.hoist_limit_bytes)
-    compiled.info["cuda_graph"] = manifest.cuda_graph
+    compiled.record = replace(compiled.record, cuda_graph=manifest.cuda_graph)
     source = artifact_file(root, "sampler.py").read_text(encoding="utf-8")
     if source != compiled.source:
         raise L2CError(
@@ -231,7 +227,7 @@ def load(
             "manifest (edited, or written by another version); refusing to load it — recompile"
         )
     files = {**manifest.files, "sampler.py": sha256_file(root / "sampler.py")}
-    expected = artifact_manifest(compiled.info, files)
+    expected = artifact_manifest(compiled.record, files)
     field = _first_difference(manifest.document, expected.document)
     if field is not None:
         raise L2CError(
@@ -241,10 +237,10 @@ def load(
     if backend is not None and backend != manifest.backend:  # a caller's override, after the checks
         if manifest.backend == "regional":
             restore_regions(compiled.model)
-        info = dict(compiled.info, backend=backend)
         weights = next(compiled.model.parameters())
-        record_fallbacks(info, weights.dtype, weights.device, backend)  # the backend's own slower paths
-        compiled = CompiledSampler(compiled.model, compiled.source, info, backend=backend)
+        notes = features.fallback_notes(weights.dtype, weights.device, backend)  # the backend's own slower paths
+        record = replace(compiled.record, backend=backend, fallbacks=tuple(notes))
+        compiled = CompiledSampler(compiled.model, compiled.source, record, backend=backend)
     graphed = manifest.cuda_graph if cuda_graph is None else cuda_graph
     if graphed:
         check_cuda_graph_device(next(model.parameters()).device)

@@ -6,7 +6,7 @@ call of the path itself where a flag could lie: torch's ``_is_mkldnn_bf16_suppor
 but oneDNN may still refuse a bf16 primitive, e.g. under ``ONEDNN_MAX_CPU_ISA``), and the answer is
 cached. A feature may require others (``onednn_bf16`` needs ``onednn``): it is usable only when they
 are. Callers then either take a slower correct path and say so in one line (:func:`fallback_notes`,
-recorded in a compiled artifact's ``info["fallbacks"]``), or refuse in one line naming the missing
+recorded in a compiled artifact's ``CompileRecord.fallbacks``), or refuse in one line naming the missing
 feature and why it is missing (:func:`require`, :func:`missing`).
 
 Tests (and users who want to see a slower path) switch features off with the environment variable

@@ -3,7 +3,7 @@
 ``manifest.json`` records the format and version, the l2c-compile and torch versions, the
 compile record (model config, sampler, NFE, dtype, schedule, cfg, fuse, hoist, cuda_graph, pass
 reports) and the sha256 of every other file (:data:`FILES`). :func:`artifact_manifest` builds it
-from a compile record, :func:`manifest_text` gives its bytes, :func:`parse_manifest` checks a
+from a :class:`~l2c_compile.runtime.record.CompileRecord`, :func:`manifest_text` gives its bytes, :func:`parse_manifest` checks a
 document read back and types the fields that loading acts on.
 
 This module sits below both the writer (:meth:`~l2c_compile.runtime.sampler.CompiledSampler.save`) and the
@@ -22,6 +22,8 @@ from typing import Any
 import torch
 
 from l2c_compile.errors import L2CError
+from l2c_compile.runtime.record import CompileRecord
+from l2c_compile.schedule import Schedule
 from l2c_compile.version import __version__
 
 ARTIFACT_FORMAT = "l2c-artifact"
@@ -39,18 +41,19 @@ BACKENDS = ("eager", "inductor", "regional")
 class Manifest:
     """An artifact manifest: the fields ``load`` acts on, typed, and the whole document.
 
-    ``verify`` and the CLI read a sampler's in-memory compile record (``CompiledSampler.info``),
-    which for a loaded artifact ``load`` has checked equal to this manifest field by field.
+    ``verify`` and the CLI read a sampler's compile record (``CompiledSampler.record``), which for a
+    loaded artifact ``load`` has checked equal to this manifest field by field.
 
-    ``model``, ``sampler`` and ``schedule`` stay JSON records: their readers check them
-    (:func:`~l2c_compile.runtime.artifact.build_from_info`, :func:`~l2c_compile.runtime.artifact.plan_from_manifest`,
-    :meth:`~l2c_compile.schedule.Schedule.from_dict`). ``document`` is the whole manifest as
-    written, key order included, so :func:`manifest_text` reproduces its bytes.
+    ``model`` and ``sampler`` stay JSON records: their readers check them
+    (:func:`~l2c_compile.runtime.artifact.build_from_info`, :func:`~l2c_compile.runtime.artifact.plan_from_manifest`).
+    ``schedule`` is parsed (:meth:`~l2c_compile.schedule.Schedule.from_dict`; None: all-compute).
+    ``document`` is the whole manifest as written, key order included, so :func:`manifest_text`
+    reproduces its bytes.
     """
 
     model: Any
     sampler: Any
-    schedule: Any
+    schedule: Schedule | None
     dtype: str
     cfg: bool
     fuse: bool
@@ -62,12 +65,12 @@ class Manifest:
     document: dict[str, Any] = field(repr=False, compare=False)
 
 
-def _typed(document: dict[str, Any]) -> Manifest:
+def _typed(document: dict[str, Any], schedule: Schedule | None) -> Manifest:
     """The typed view of a document (checked by :func:`parse_manifest`, or built from a record)."""
     return Manifest(
         model=document.get("model"),
         sampler=document.get("sampler"),
-        schedule=document.get("schedule"),
+        schedule=schedule,
         dtype=str(document.get("dtype")),
         cfg=bool(document.get("cfg")),
         fuse=bool(document.get("fuse")),
@@ -80,8 +83,9 @@ def _typed(document: dict[str, Any]) -> Manifest:
     )
 
 
-def artifact_manifest(info: dict[str, Any], files: dict[str, str]) -> Manifest:
-    """The manifest of an artifact: format, versions, the compile record ``info`` and file hashes.
+def artifact_manifest(record: CompileRecord, files: dict[str, str]) -> Manifest:
+    """The manifest of an artifact: format, versions, the compile ``record`` (its
+    :meth:`~l2c_compile.runtime.record.CompileRecord.to_dict`) and file hashes.
 
     A pure function of its inputs (no clock, no timings), so the same inputs give the same bytes.
     """
@@ -90,9 +94,9 @@ def artifact_manifest(info: dict[str, Any], files: dict[str, str]) -> Manifest:
         "version": ARTIFACT_VERSION,
         "l2c_compile": __version__,
         "torch": torch.__version__,
-        **info,
+        **record.to_dict(),
         "files": dict(files),
-    })
+    }, record.schedule)
 
 
 def manifest_text(manifest: Manifest) -> str:
@@ -101,7 +105,7 @@ def manifest_text(manifest: Manifest) -> str:
 
 
 def parse_manifest(document: Any, path: Path) -> Manifest:
-    """Check a manifest document read from ``path`` (format, version, files, dtype, flags); type it.
+    """Check a manifest document read from ``path`` (format, version, files, dtype, flags, schedule); type it.
 
     Raises :class:`L2CError` (one line) for a document this l2c-compile cannot act on; the file
     hashes are checked against the folder by :func:`~l2c_compile.runtime.artifact.read_manifest`.
@@ -130,7 +134,11 @@ def parse_manifest(document: Any, path: Path) -> Manifest:
             f"artifact {root}: manifest.json has an unknown backend {document.get('backend')!r} "
             f"(expected one of {', '.join(BACKENDS)})"
         )
-    return _typed(document)
+    try:
+        schedule = Schedule.from_dict(document["schedule"]) if document.get("schedule") else None
+    except KeyError as exc:
+        raise L2CError(f"artifact {root}: manifest.json's schedule lacks {exc}") from None
+    return _typed(document, schedule)
 
 
 def sha256_file(path: Path) -> str:

@@ -30,6 +30,7 @@ import hashlib
 import linecache
 import os
 import types
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,7 @@ from l2c_compile.runtime.cuda_graph import (
     input_signature,
 )
 from l2c_compile.runtime.manifest import FILES, artifact_manifest, manifest_text, sha256_file
+from l2c_compile.runtime.record import CompileRecord
 from l2c_compile.runtime.sampler_inputs import check_call, check_scale
 
 
@@ -70,7 +72,7 @@ class CompiledSampler(nn.Module):
         self,
         model: nn.Module,
         source: str,
-        info: dict[str, Any],
+        record: CompileRecord,
         *,
         backend: str = "eager",
         cuda_graph: bool = False,
@@ -78,7 +80,7 @@ class CompiledSampler(nn.Module):
         super().__init__()
         self.model = model.eval()
         self.source = source
-        self.info = info
+        self.record = record  # what compile made; cuda_graph follows this sampler's own switch
         self.timings: dict[str, float] = {}  # seconds per pass, summed over step graphs; never saved
         self.backend = backend
         self.model_dtype = next(model.parameters()).dtype
@@ -106,7 +108,7 @@ class CompiledSampler(nn.Module):
         if value:
             check_cuda_graph_device(next(self.model.parameters()).device)
         self._cuda_graph = bool(value)
-        self.info["cuda_graph"] = bool(value)
+        self.record = replace(self.record, cuda_graph=bool(value))
         self.reset_cuda_graph()
 
     def reset_cuda_graph(self) -> None:
@@ -114,9 +116,15 @@ class CompiledSampler(nn.Module):
         self._graph = None
 
     @property
+    def info(self) -> dict[str, Any]:
+        """The compile record as JSON (:meth:`CompileRecord.to_dict`): what ``manifest.json``
+        holds besides the format, versions and file hashes. A fresh dict on every read."""
+        return self.record.to_dict()
+
+    @property
     def cfg(self) -> bool:
         """Whether classifier-free guidance is batched into every call."""
-        return bool(self.info.get("cfg", True))
+        return self.record.cfg
 
     def forward(
         self,
@@ -136,7 +144,7 @@ class CompiledSampler(nn.Module):
         to another dtype after compiling.
         """
         unconditional = labels is None
-        name = self.info.get("model", {}).get("name", "this model")
+        name = self.record.model_name or "this model"
         noise, labels = check_call(self.model, self.model_dtype, noise, labels, name, self.cfg)
         if self.cfg and cfg_scale is None and not unconditional:
             raise L2CError(
@@ -190,7 +198,7 @@ class CompiledSampler(nn.Module):
             (tmp / "sampler.py").write_text(self.source, encoding="utf-8")
             state = {k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}
             save_file(state, str(tmp / "weights.safetensors"))
-            manifest = artifact_manifest(self.info, {name: sha256_file(tmp / name) for name in FILES})
+            manifest = artifact_manifest(self.record, {name: sha256_file(tmp / name) for name in FILES})
             (tmp / "manifest.json").write_text(manifest_text(manifest), encoding="utf-8")
         return target
 

@@ -13,9 +13,9 @@ import torch
 
 from l2c_compile.compiler import reference
 from l2c_compile.errors import L2CError
-from l2c_compile.runtime.artifact import load, plan_from_manifest
+from l2c_compile.runtime.artifact import load
+from l2c_compile.runtime.record import CompileRecord
 from l2c_compile.runtime.sampler import CompiledSampler
-from l2c_compile.schedule import Schedule
 
 
 @dataclass(frozen=True)
@@ -99,15 +99,14 @@ def verify_artifact(
         raise L2CError(f"batch must be >= 1, got {batch}")
     resolve_device(device)
     compiled = load(directory, device=device, cuda_graph=cuda_graph)
-    info = compiled.info
-    plan = plan_from_manifest(info["sampler"])
-    sched = Schedule.from_dict(info["schedule"]) if info.get("schedule") else None
+    record = compiled.record
+    plan, sched = record.plan, record.schedule
     if compiled.cfg and cfg_scale is None:
-        cfg_scale = float(info["model"].get("default_cfg_scale", 4.0))
+        cfg_scale = float(record.model.get("default_cfg_scale", 4.0))
     scale = cfg_scale if compiled.cfg else None
     noise, labels = seeded_inputs(compiled, batch, seed, device)
     with (
-        progress.task(f"compiled sampler ({info['dtype']})", plan.nfe, "model calls"),
+        progress.task(f"compiled sampler ({record.dtype})", plan.nfe, "model calls"),
         progress.counting_model_calls(compiled),
     ):
         got = compiled(noise, labels, scale)
@@ -125,58 +124,56 @@ def verify_artifact(
     diff = got.float() - want
     measured = {
         "artifact": str(directory),
-        "model": info["model"].get("name"),
-        "dtype": info["dtype"],
+        "model": record.model_name,
+        "dtype": record.dtype,
         "backend": compiled.backend,
         "reference_dtype": "float32",
         "cuda_graph": compiled.cuda_graph,
         "max_abs_error": float(diff.abs().max()),
         "max_rel_error": float(diff.abs().max() / want.abs().max().clamp_min(1e-30)),
         "rms_rel_error": float(diff.norm() / want.norm().clamp_min(1e-30)),
-        "distinct_graphs": info["distinct_graphs"],
-        "macs_uncached": info["macs_per_image"]["uncached"],
-        "macs_compiled": info["macs_per_image"]["compiled"],
+        "distinct_graphs": record.distinct_graphs,
+        "macs_uncached": record.macs_uncached,
+        "macs_compiled": record.macs_compiled,
         "batch": batch,
         "seed": seed,
     }
-    fallbacks = tuple(info.get("fallbacks", ()))
-    return VerifyResult(**measured, **verdict(measured, tolerance), fallbacks=fallbacks)
+    return VerifyResult(**measured, **verdict(measured, tolerance), fallbacks=record.fallbacks)
 
 
-def compile_summary(info: dict[str, Any]) -> dict[str, Any]:
-    """The headline numbers of a compiled sampler's ``info``: sizes, MACs, summed pass statistics,
-    and ``fallbacks``: the slower paths taken for lack of a CPU/GPU feature (a list of one-line
+def compile_summary(record: CompileRecord) -> dict[str, Any]:
+    """The headline numbers of a compile record: sizes, MACs, summed pass statistics, and
+    ``fallbacks``: the slower paths taken for lack of a CPU/GPU feature (a list of one-line
     notes, empty where the fast paths run)."""
-    macs = info["macs_per_image"]
     passes: dict[str, dict[str, float]] = {}
-    for g in info["graphs"]:
+    for g in record.graphs:
         for rep in g["passes"]:
             agg = passes.setdefault(rep["name"], {})
             for k, v in rep["stats"].items():
                 if isinstance(v, int | float):
                     agg[k] = agg.get(k, 0) + v
     return {
-        "model": info["model"].get("name"),
-        "sampler": info["sampler"]["sampler"],
-        "nfe": info["nfe"],
-        "dtype": info["dtype"],
-        "cuda_graph": bool(info.get("cuda_graph", False)),
-        "distinct_graphs": info["distinct_graphs"],
-        "peak_live_cache_entries": info["peak_live_cache_entries"],
-        "macs_uncached": macs["uncached"],
-        "macs_compiled": macs["compiled"],
-        "ideal_speedup": round(macs["uncached"] / max(macs["compiled"], 1), 4),
-        "hoist": hoist_summary(info),
+        "model": record.model_name,
+        "sampler": record.plan.sampler,
+        "nfe": record.nfe,
+        "dtype": record.dtype,
+        "cuda_graph": record.cuda_graph,
+        "distinct_graphs": record.distinct_graphs,
+        "peak_live_cache_entries": record.peak_live_cache_entries,
+        "macs_uncached": record.macs_uncached,
+        "macs_compiled": record.macs_compiled,
+        "ideal_speedup": round(record.macs_uncached / max(record.macs_compiled, 1), 4),
+        "hoist": hoist_summary(record),
         "passes": passes,
-        "fallbacks": list(info.get("fallbacks", ())),  # one line each; the CLI prints them, not as a row
+        "fallbacks": list(record.fallbacks),  # one line each; the CLI prints them, not as a row
     }
 
 
-def hoist_summary(info: dict[str, Any]) -> str:
+def hoist_summary(record: CompileRecord) -> str:
     """What the hoist pass moved into the prologue, in one line (or why it did not)."""
-    if not info.get("hoist"):
+    if not record.hoist:
         return "off"
-    stats = info.get("hoisted") or {}
+    stats = record.hoisted or {}
     if stats.get("skipped"):
         return str(stats["skipped"])
     if not stats.get("outputs"):

@@ -358,12 +358,27 @@ class Schedule:
 
     # -- checks --------------------------------------------------------------------------------
 
-    def validate_for(self, model_name: str, depth: int, plan: SamplerPlan) -> None:
-        """Raise ``L2CError`` unless this schedule was made for this model, depth and plan."""
-        if self.model != model_name:
+    def check_fits(self, layout: Layout, plan: SamplerPlan, model_name: str | None = None) -> None:
+        """Raise ``L2CError`` (one line) unless this schedule fits a model whose blocks have
+        ``layout`` and the sampler ``plan``: the one check every runner of a schedule makes
+        (``compile``, the reference executor, the CLI, evaluation, ``compile_pipeline``).
+
+        Checked in order: the model's name (only when ``model_name`` is given: a model compiled
+        from a diffusers folder or built in a test names itself), the depth, the sublayer kinds
+        and block groups, the sampler and NFE, then every call's role, timestep (to 1e-6
+        relative, 1e-4 absolute) and router row, and that only cache calls reuse.
+        """
+        name = model_name or "this model"
+        if model_name is not None and self.model != model_name:
             raise L2CError(f"schedule was made for {self.model} but the model is {model_name}")
-        if self.depth != depth:
-            raise L2CError(f"schedule is for {self.depth} blocks but {model_name} has {depth}")
+        if self.depth != layout.depth:
+            raise L2CError(f"schedule is for {self.depth} blocks but {name} has {layout.depth}")
+        if self.kinds != layout.kinds:
+            raise L2CError(f"schedule covers sublayer kinds {list(self.kinds)}, this model's blocks have "
+                           f"{list(layout.kinds)}")
+        if self.layout != layout:
+            raise L2CError(f"schedule's block groups {self.layout.to_json()} differ from this model's "
+                           f"{layout.to_json()}")
         if self.sampler != plan.sampler or self.nfe != plan.nfe:
             raise L2CError(
                 f"schedule was made for {self.sampler} with {self.nfe} NFE but the "
@@ -385,6 +400,8 @@ class Schedule:
                     f"call {c.index} uses router row {c.router_index} in the schedule "
                     f"but {pc.router_index} in the {plan.sampler} plan"
                 )
+            if any(c.mask) and pc.role != "cache":
+                raise L2CError(f"schedule reuses sublayers at call {c.index}, a full step of the {plan.sampler} plan")
 
     # -- constructors --------------------------------------------------------------------------
 

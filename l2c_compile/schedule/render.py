@@ -13,40 +13,16 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from l2c_compile.errors import L2CError
-from l2c_compile.families.vocabulary import DEFAULT_KINDS, Layout, kind_letter, kind_name
+from l2c_compile.families.vocabulary import DEFAULT_KINDS, kind_letter, kind_name
 from l2c_compile.io import atomic_path
 
-
-class _Call(Protocol):
-    """What rendering reads of one call (``schedule.CallSchedule``)."""
-
-    timestep: float
-    router_index: int | None
-
-    @property
-    def mask(self) -> tuple[Any, ...]: ...
-
-
-class Schedule(Protocol):
-    """What rendering reads of a ``schedule.format.Schedule`` (a protocol: this module does not import it)."""
-
-    model: str
-    sampler: str
-    nfe: int
-    depth: int
-    threshold: float | None
-    kinds: tuple[str, ...]
-
-    @property
-    def layout(self) -> Layout: ...
-
-    @property
-    def cache_calls(self) -> Sequence[_Call]: ...
+if TYPE_CHECKING:
+    from l2c_compile.schedule.format import Schedule
 
 
 _CELL = {(True, True): "B", (True, False): "A", (False, True): "M", (False, False): "."}
@@ -63,10 +39,6 @@ _STYLE = {
 }
 
 
-def _kinds(schedule: Schedule) -> tuple[str, ...]:
-    return tuple(getattr(schedule, "kinds", DEFAULT_KINDS))
-
-
 def _cell(mask: Sequence[Any], block: int, kinds: tuple[str, ...], has: tuple[str, ...] | None = None) -> str:
     """One block's cell: B/A/M/. for attention + MLP, else one letter (or ``.``) per kind
     (``-`` for a kind the block does not have; ``has``: the block's kinds)."""
@@ -78,17 +50,17 @@ def _cell(mask: Sequence[Any], block: int, kinds: tuple[str, ...], has: tuple[st
 
 def _header(schedule: Schedule) -> str:
     """Block numbers over the cells (last digit; one column per kind letter)."""
-    width = 1 if _kinds(schedule) == DEFAULT_KINDS else len(_kinds(schedule))
+    width = 1 if schedule.kinds == DEFAULT_KINDS else len(schedule.kinds)
     sep = "" if width == 1 else " "
     return sep.join(str(b % 10).ljust(width) for b in range(schedule.depth)).rstrip()
 
 
 def _grid_rows(schedule: Schedule) -> list[tuple[str, str, str]]:
     """(router idx, timestep, cells) per cache call, as strings."""
-    kinds = _kinds(schedule)
+    kinds = schedule.kinds
     sep = "" if kinds == DEFAULT_KINDS else " "
-    layout = getattr(schedule, "layout", None)
-    has = [None if layout is None or layout.is_uniform else layout.kinds_of(b) for b in range(schedule.depth)]
+    layout = schedule.layout
+    has = [None if layout.is_uniform else layout.kinds_of(b) for b in range(schedule.depth)]
     rows = []
     for c in schedule.cache_calls:
         cells = sep.join(_cell(c.mask, b, kinds, has[b]) for b in range(schedule.depth))
@@ -115,7 +87,7 @@ def rich_grid(schedule: Schedule) -> Any:
     from rich.text import Text
 
     theta = "" if schedule.threshold is None else f", θ={schedule.threshold:g}"
-    kinds = _kinds(schedule)
+    kinds = schedule.kinds
     caption = (
         "B both reused · A attention reused · M MLP reused · . computed"
         if kinds == DEFAULT_KINDS
@@ -159,7 +131,7 @@ def heatmap_figure(schedule: Schedule) -> Any:
     calls = schedule.cache_calls
     if not calls:
         raise L2CError("schedule has no cache steps to plot")
-    kinds = _kinds(schedule)
+    kinds = schedule.kinds
     panels = torch.zeros(
         len(kinds), len(calls), schedule.depth
     )  # (kinds, cache steps, layers), 1 = reused
