@@ -129,7 +129,10 @@ class Case:
     record an artifact rebuilds the model from; ``gated``: the kinds whose cached outputs a block
     multiplies by an adaLN gate before adding them to the residual stream (a reused one keeps the
     gate, a dropped one loses it); ``variants``: architecture options the family's models come in
-    (``build`` overrides), for tests that should see each.
+    (``build`` overrides), for tests that should see each; ``unguided(y)``: the condition an
+    unguided sampler (``cfg=False``) takes, from the guided one ``inputs`` gives; ``exported``: the
+    model is captured with torch.export (seconds per compile on CPU: a test that compiles it many
+    times runs it under ``-m slow``, see :func:`params`).
     """
 
     build: Callable[..., nn.Module]
@@ -138,18 +141,29 @@ class Case:
     info: Callable[[nn.Module], dict]
     gated: frozenset[str] = frozenset()
     variants: tuple[Mapping[str, Any], ...] = field(default_factory=lambda: ({},))
+    unguided: Callable[[torch.Tensor], torch.Tensor] = lambda y: y
+    exported: bool = False
 
 
 CASES: dict[str, Case] = {
     "dit": Case(_dit, _class_inputs, 4.0, _record("tiny-dit", "dit"), gated=frozenset({"attn", "mlp"})),
     "uvit": Case(_uvit, _class_inputs, 0.4, _record("tiny-uvit", "uvit"),
                  variants=({}, {"mlp_time_embed": True})),
-    "diffusers-dit": Case(_diffusers_dit, _class_inputs, 4.0, _diffusers_info, gated=frozenset({"attn", "mlp"})),
-    "pixart": Case(_pixart, _pixart_inputs, 4.5, _diffusers_info, gated=frozenset({"attn", "mlp"})),
+    "diffusers-dit": Case(_diffusers_dit, _class_inputs, 4.0, _diffusers_info, gated=frozenset({"attn", "mlp"}),
+                          exported=True),
+    "pixart": Case(_pixart, _pixart_inputs, 4.5, _diffusers_info, gated=frozenset({"attn", "mlp"}),
+                   unguided=lambda y: y[:, 0], exported=True),  # y: (N, 2, L, D + 1), prompt first
     "toy-flux": Case(_toy_flux, _class_inputs, 4.0, _record("toy-flux", "toy-flux"),
                      gated=frozenset({"attn", "mlp"})),
 }
 DECLARED = sorted(FAMILIES)  # every family declared at collection: the built-in ones and the toy
+
+
+def params(slow_exported: str | None = None) -> list:
+    """``DECLARED`` as pytest parameters; ``slow_exported``: the reason a test runs the families
+    captured with torch.export only under ``-m slow`` (the contract suite covers them by default)."""
+    return [pytest.param(n, marks=pytest.mark.slow(reason=slow_exported)) if slow_exported and CASES[n].exported
+            else n for n in DECLARED]
 
 
 def case_model(name: str, seed: int = 0, depth: int | None = None, width: int | None = None,
