@@ -19,7 +19,7 @@ from l2c_compile.families import family_of
 from l2c_compile.samplers import make_plan
 from l2c_compile.schedule import CallSchedule, Schedule, heuristic, import_router
 from l2c_compile.schedule.router_files import save_router
-from tests.families import CASES, DECLARED, case_model, case_plan
+from tests.families import CASES, case_model, case_plan, params
 from tests.helpers import inputs, random_schedule, rel_error, tiny_dit, tiny_uvit
 
 SETTINGS = settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -189,7 +189,8 @@ def test_uvit_drop_compiled_matches_reference(depth, cfg, k, shifted, p, seed):
     assert rel_error(got, want) <= 1e-5
 
 
-@pytest.mark.parametrize("family", DECLARED)
+@pytest.mark.parametrize("family", params(slow_exported="two export captures, tens of seconds each on CPU; "
+                                               "the contract suite compiles them by default"))
 def test_drop_graphs_read_no_cache_and_lose_the_branch(family):
     model = case_model(family, 6, depth=3)
     plan = case_plan(family, 6)
