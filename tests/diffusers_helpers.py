@@ -50,13 +50,13 @@ TEXT_LEN = 6  # max_sequence_length of the tiny pipelines
 WORDS = ["a", "photo", "of", "cat", "dog", "red", "blue", "tree", "house", "small", "big", "the"]
 
 
-def tiny_pixart_transformer(seed: int = 0, *, layers: int = 2, sample_size: int = 8):
+def tiny_pixart_transformer(seed: int = 0, *, layers: int = 2, sample_size: int = 8, heads: int = 2):
     """A random ``PixArtTransformer2DModel`` (learned σ, adaLN-single, caption projection)."""
     from diffusers import PixArtTransformer2DModel
 
     torch.manual_seed(seed)
     model = PixArtTransformer2DModel(
-        num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8, num_layers=layers,
+        num_attention_heads=heads, attention_head_dim=8, in_channels=4, out_channels=8, num_layers=layers,
         sample_size=sample_size, patch_size=2, cross_attention_dim=16, caption_channels=TEXT_DIM,
         norm_num_groups=4)
     g = torch.Generator().manual_seed(seed)

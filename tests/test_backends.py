@@ -9,10 +9,12 @@ import torch
 import torch.nn.functional as F
 
 import l2c_compile
+from l2c_compile.families import family_of
 from l2c_compile.runtime import features
 from l2c_compile.runtime.backends import linear_onednn, rewrite_for_cpu
 from l2c_compile.samplers import make_plan
-from tests.helpers import inputs, random_schedule, rel_error, tiny_dit, tiny_uvit
+from tests.families import CASES, DECLARED, case_inputs, case_model, case_plan, params
+from tests.helpers import inputs, random_schedule, rel_error, tiny_dit
 
 pytestmark = pytest.mark.skipif(not features.has("onednn"), reason=features.missing("onednn"))
 
@@ -67,17 +69,11 @@ def _captured_steps(compiled):
 
 
 def _family_case(family, seed, depth, nfe):
-    """A tiny random DiT (DDIM) or U-ViT (DPM-Solver-2) and its sampler plan."""
-    if family == "dit":
-        return tiny_dit(seed, depth=depth), make_plan(
-            "ddim", nfe, noise_schedule="linear", time_input="discrete"
-        )
-    return tiny_uvit(seed, depth=depth), make_plan(
-        "dpm-solver-2", nfe, noise_schedule="scaled_linear", time_input="continuous"
-    )
+    """A tiny random model of ``family`` and its default sampler's plan."""
+    return case_model(family, seed, depth=depth), case_plan(family, nfe)
 
 
-@pytest.mark.parametrize("family", ["dit", "uvit"])
+@pytest.mark.parametrize("family", params(slow_exported="four export captures and dynamo traces (minutes on CPU)"))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("switched_off", [False, True])
 def test_rewrite_replaces_every_linear_and_inlines_epilogues_exactly(family, dtype, switched_off,
@@ -88,13 +84,14 @@ def test_rewrite_replaces_every_linear_and_inlines_epilogues_exactly(family, dty
     if switched_off:
         monkeypatch.setenv(*features.disabled(onednn_feature).popitem())
     model, plan = _family_case(family, 1, depth=3, nfe=4)
-    depth = len(model.transformer_blocks())
-    sched = random_schedule(plan, depth, random.Random(3), p=0.5)
+    layout = family_of(model).layout(model)
+    sched = random_schedule(plan, layout.depth, random.Random(3), p=0.5, layout=layout)
     compiled = l2c_compile.compile(model, plan, sched, dtype=dtype)
-    noise, labels = inputs(model)
-    want = compiled(noise, labels, 2.0)
+    noise, labels = case_inputs(family, model)
+    scale = CASES[family].cfg_scale
+    want = compiled(noise, labels, scale)
     graphs, _ = _captured_steps(compiled)
-    compiled(noise, labels, 2.0)
+    compiled(noise, labels, scale)
     assert len(graphs) == compiled.info["distinct_graphs"]
     fused = sum(
         rep["stats"]["rewrites"]
@@ -103,8 +100,12 @@ def test_rewrite_replaces_every_linear_and_inlines_epilogues_exactly(family, dty
         if rep["name"] == "fuse_reuse"
     )
     totals = {"linear_onednn": 0, "linear_gelu_onednn": 0, "epilogues_inlined": 0}
+    linear_gelus = 0
     for gm in graphs:
         linears = sum(1 for n in gm.graph.nodes if n.target in (torch._C._nn.linear, F.linear))
+        linear_gelus += sum(1 for n in gm.graph.nodes if n.target in (F.gelu, torch._C._nn.gelu)
+                            and getattr(n.args[0], "target", None) in (torch._C._nn.linear, F.linear)
+                            and len(n.args[0].users) == 1)
         counts = rewrite_for_cpu(gm)
         # a CPU without oneDNN bf16 keeps torch's linears (the slower correct path)
         rewritten = linears if features.has(onednn_feature) else 0
@@ -114,11 +115,13 @@ def test_rewrite_replaces_every_linear_and_inlines_epilogues_exactly(family, dty
         assert not any(str(n.target).startswith("l2c.reuse") for n in gm.graph.nodes)
         for key in totals:
             totals[key] += counts[key]
-    # every computed MLP is a linear followed by a GELU: one oneDNN call with the post-op
-    computed_mlps = sum(depth - len(g["reuse_mlp"]) for g in compiled.info["graphs"])
-    assert totals["linear_gelu_onednn"] == (computed_mlps if features.has(onednn_feature) else 0)
+    # every computed MLP is a linear followed by a GELU: one oneDNN call with the post-op (and so
+    # is any other linear a GELU follows, e.g. a text-stream MLP)
+    computed_mlps = sum(len(layout.blocks("mlp")) - len(g.get("reuse_mlp", ())) for g in compiled.info["graphs"])
+    assert linear_gelus >= computed_mlps
+    assert totals["linear_gelu_onednn"] == (linear_gelus if features.has(onednn_feature) else 0)
     assert totals["epilogues_inlined"] == fused
-    got = compiled(noise, labels, 2.0)  # the rewritten graphs run now
+    got = compiled(noise, labels, scale)  # the rewritten graphs run now
     tol = 1e-5 if dtype == torch.float32 else 2e-2
     assert rel_error(got, want) <= tol
 
@@ -143,22 +146,35 @@ def test_other_dtypes_and_devices_keep_their_linears():
     assert rewrite_for_cpu(graphs[0])["linear_onednn"] == 0
 
 
-@pytest.mark.parametrize("family", ["dit", "uvit"])
-def test_regional_backend_compiles_one_graph_per_sublayer_kind_and_matches_eager(family):
-    """However many step masks, the sublayers of every block share two compiled graphs."""
+@pytest.mark.parametrize("family", DECLARED)
+def test_regional_backend_compiles_one_graph_per_sublayer_kind_and_matches_eager(family, request):
+    """However many step masks, the sublayers of every block share one compiled graph per kind of
+    sublayer module (DiT, U-ViT: an attention graph and an MLP graph)."""
     from torch._dynamo.utils import counters
 
+    model, plan = _family_case(family, 4, depth=3, nfe=6)
+    if getattr(model, "l2c_capture", None) == "export":
+        pytest.skip(f"family {family} is captured whole by torch.export: no module calls to compile regionally")
+    fam = family_of(model)
+    modules = [model.get_submodule(p) for p in fam.paths(model).values()]
+    if any(type(m).__module__.startswith("torch.nn.") for m in modules):
+        request.applymarker(pytest.mark.xfail(strict=True, raises=Exception, reason=(
+            "library bug: backend='regional' compiles each sublayer with nn.Module.compile(fullgraph=True); "
+            "a sublayer that is a torch.nn container (toy FLUX's nn.Sequential MLP) runs only frames in "
+            "dynamo's skipfiles, so fullgraph finds no compiled frame")))
     torch._dynamo.reset()
     counters.clear()
-    model, plan = _family_case(family, 4, depth=3, nfe=6)
-    depth = len(model.transformer_blocks())
-    sched = random_schedule(plan, depth, random.Random(7), p=0.5)
+    layout = fam.layout(model)
+    sched = random_schedule(plan, layout.depth, random.Random(7), p=0.5, layout=layout)
     eager = l2c_compile.compile(model, plan, sched)
     regional = l2c_compile.compile(model, plan, sched, backend="regional")
     assert regional.info["distinct_graphs"] >= 2
-    noise, labels = inputs(model)
-    assert rel_error(regional(noise, labels, 3.0), eager(noise, labels, 3.0)) <= 1e-5
-    assert counters["stats"]["unique_graphs"] == 2  # one attention graph, one MLP graph
+    noise, labels = case_inputs(family, model)
+    scale = CASES[family].cfg_scale
+    assert rel_error(regional(noise, labels, scale), eager(noise, labels, scale)) <= 1e-5
+    # one graph per distinct sublayer module (its class and parameter shapes), however many blocks
+    distinct = {(type(m), tuple(tuple(p.shape) for p in m.parameters())) for m in modules}
+    assert counters["stats"]["unique_graphs"] == len(distinct)
     # the eager sampler built from the same weights is untouched: its model is a private copy
     assert all(m._compiled_call_impl is None for m in eager.model.modules())
 

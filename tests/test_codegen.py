@@ -5,24 +5,25 @@ from __future__ import annotations
 import random
 import re
 
+import pytest
 import torch
 from torch import fx
 
 import l2c_compile
 from l2c_compile.compiler import reference
 from l2c_compile.compiler.passes.codegen import StepContext, module_ref, step_source
+from l2c_compile.families import family_of
 from l2c_compile.samplers import make_plan
+from tests.families import DECLARED, case_model, case_plan
 from tests.helpers import inputs, random_schedule, rel_error, tiny_dit, tiny_uvit
 
 
 def _compiled(family: str = "dit", p: float = 0.5, seed: int = 1):
-    if family == "dit":
-        model, depth = tiny_dit(0, depth=3), 3
-        plan = make_plan("ddim", 6, noise_schedule="linear", time_input="discrete")
-    else:
-        model, depth = tiny_uvit(0, depth=4), 5
-        plan = make_plan("dpm-solver-2", 6)
-    sched = random_schedule(plan, depth, random.Random(seed), p=p)
+    model = case_model(family, 0, depth=3)
+    depth = len(model.transformer_blocks())
+    plan = case_plan(family, 6)
+    layout = family_of(model).layout(model)
+    sched = random_schedule(plan, depth, random.Random(seed), p=p, layout=layout)
     return l2c_compile.compile(model, plan, sched), depth
 
 
@@ -31,20 +32,20 @@ def _steps(src: str) -> list[str]:
     return ["def step_" + s for s in body.split("\ndef step_")[1:]]
 
 
-def test_generated_steps_carry_no_fx_leftovers():
-    for family in ("dit", "uvit"):
-        compiled, _ = _compiled(family)
-        src = compiled.source
-        for leftover in ("getitem_", "torch._C", "getattr(getattr", "= None", "fx_pytree", "pytree"):
-            assert leftover not in src, (family, leftover)
-        for line in src.splitlines():
-            m = re.match(r"import (\S+)(?: as (\w+))?", line)
-            if m and m.group(1) == "l2c_compile.kernels":  # imported for its op registrations
-                assert "torch.ops.l2c." in src
-            elif m:  # every import is used
-                bound = m.group(2) or m.group(1).split(".")[0]
-                rest = src.replace(line, "")
-                assert re.search(rf"\b{re.escape(bound)}\.", rest), line
+@pytest.mark.parametrize("family", DECLARED)
+def test_generated_steps_carry_no_fx_leftovers(family):
+    compiled, _ = _compiled(family)
+    src = compiled.source
+    for leftover in ("getitem_", "torch._C", "getattr(getattr", "= None", "fx_pytree", "pytree"):
+        assert leftover not in src, (family, leftover)
+    for line in src.splitlines():
+        m = re.match(r"import (\S+)(?: as (\w+))?", line)
+        if m and m.group(1) == "l2c_compile.kernels":  # imported for its op registrations
+            assert "torch.ops.l2c." in src
+        elif m:  # every import is used
+            bound = m.group(2) or m.group(1).split(".")[0]
+            rest = src.replace(line, "")
+            assert re.search(rf"\b{re.escape(bound)}\.", rest), line
 
 
 def test_each_block_is_marked_and_sublayers_are_named_module_calls():

@@ -19,11 +19,13 @@ import l2c_compile
 from l2c_compile.cli.main import app
 from l2c_compile.compiler import driver as compiler_module
 from l2c_compile.errors import L2CError
+from l2c_compile.families import family_of
 from l2c_compile.models.registry import build_model, get_spec, init_random
 from l2c_compile.runtime import cuda_graph, features
 from l2c_compile.runtime import sampler as runtime
 from l2c_compile.samplers import make_plan
-from tests.helpers import inputs, random_schedule, rel_error, tiny_dit, tiny_uvit
+from tests.families import CASES, DECLARED, case_inputs, case_model, case_plan
+from tests.helpers import inputs, random_schedule, rel_error, tiny_dit
 
 runner = CliRunner()
 needs_cuda = pytest.mark.skipif(not features.has("cuda"), reason=features.missing("cuda"))
@@ -220,40 +222,41 @@ def _cuda_case(model, plan, sched, **kwargs):
     return plain, graphed
 
 
-def _cuda_inputs(model, batch, seed):
-    noise, labels = inputs(model, batch=batch, seed=seed)
+def _cuda_inputs(model, batch, seed, family="dit"):
+    noise, labels = case_inputs(family, model, seed, batch)
     return noise.cuda(), labels.cuda()
 
 
 @pytest.mark.gpu
 @needs_cuda
-@pytest.mark.parametrize("family", ["dit", "uvit"])
+@pytest.mark.parametrize("family", DECLARED)
 def test_cuda_graph_replay_equals_the_plain_run(family):
-    if family == "dit":
-        model = tiny_dit(0, hidden_size=64)
-        plan = make_plan("ddim", 6, noise_schedule="linear", time_input="discrete")
-    else:
-        model = tiny_uvit(0, embed_dim=64)
-        plan = make_plan("dpm-solver-2", 6, noise_schedule="scaled_linear", time_input="continuous")
-    sched = random_schedule(plan, len(model.transformer_blocks()), random.Random(0), p=0.7)
+    model = case_model(family, 0, width=64)
+    plan = case_plan(family, 6)
+    layout = family_of(model).layout(model)
+    sched = random_schedule(plan, layout.depth, random.Random(0), p=0.7, layout=layout)
     plain, graphed = _cuda_case(model, plan, sched)
-    assert "torch.ops.l2c." in graphed.source  # the fused Triton epilogues are in the graph
+    fused = sum(rep["stats"].get("rewrites", 0) for g in graphed.info["graphs"] for rep in g["passes"]
+                if rep["name"] == "fuse_reuse")
+    if fused:
+        assert "torch.ops.l2c." in graphed.source  # the fused Triton epilogues are in the graph
+    scale = CASES[family].cfg_scale
     results = []
     for seed in range(3):
-        noise, labels = _cuda_inputs(model, 4, seed)
-        got = graphed(noise, labels, 4.0)
+        noise, labels = _cuda_inputs(model, 4, seed, family)
+        got = graphed(noise, labels, scale)
         results.append((got, got.clone()))
-        assert rel_error(got, plain(noise, labels, 4.0)) <= 1e-6
+        assert rel_error(got, plain(noise, labels, scale)) <= 1e-6
     assert graphed._graph.replays == 3
     assert all(torch.equal(a, b) for a, b in results)  # outputs are copies, never overwritten
     before = torch.cuda.memory_allocated()
     for _ in range(3):
-        graphed(*_cuda_inputs(model, 4, 0), 4.0)
+        graphed(*_cuda_inputs(model, 4, 0, family), scale)
     assert (
         torch.cuda.memory_allocated() <= before + 4 * results[0][0].nbytes
     )  # replays allocate no pools
     with pytest.raises(L2CError, match="captured for noise"):
-        graphed(*_cuda_inputs(model, 2, 0), 4.0)
+        graphed(*_cuda_inputs(model, 2, 0, family), scale)
 
 
 @pytest.mark.gpu

@@ -1,5 +1,6 @@
 """The contract every model family keeps, written once: a family joins by being declared
-(``l2c_compile.families``) and naming a tiny model here, in ``CASES``.
+(``l2c_compile.families``) and naming a tiny model in ``tests/families.py`` (``CASES``), which
+the other tests that hold for every family parametrize over too.
 
 For each declared family: capture, sublayer discovery (one output per cache slot, several for a
 joint attention), specialization, compiled == reference under random schedules (hypothesis, the
@@ -12,8 +13,6 @@ block) joining with one declaration and a tiny model.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import pytest
 import torch
@@ -34,10 +33,9 @@ from l2c_compile.compiler.passes.sublayers import (
     sublayer_nodes,
 )
 from l2c_compile.compiler.passes.trace import trace_step
-from l2c_compile.families import FAMILIES, Denoiser, Family, family_of
+from l2c_compile.families import Denoiser, Family, family_of
 from l2c_compile.families.vocabulary import Layout, kind_name
 from l2c_compile.metrics.macs import module_macs, trajectory_macs
-from l2c_compile.samplers import make_plan
 from l2c_compile.schedule import Schedule, import_router
 from l2c_compile.schedule.router_files import (
     OFFICIAL_FAMILIES,
@@ -46,90 +44,19 @@ from l2c_compile.schedule.router_files import (
     router_layout_meta,
     save_router,
 )
-from tests.helpers import random_schedule, rel_error, tiny_dit, tiny_uvit
-from tests.toy_flux import tiny_toy_flux
+from tests.families import CASES, DECLARED, case_model, case_plan
+from tests.helpers import random_schedule, rel_error
 
 NFE = 4
 
 
-def _class_inputs(model: nn.Module, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    noise = torch.randn(2, model.in_channels, model.input_size, model.input_size, generator=g)
-    return noise, torch.randint(0, model.null_class, (2,), generator=g)
-
-
-def _pixart_inputs(model: nn.Module, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    from l2c_compile.diffusers.pixart import pack_condition
-    from tests.diffusers_helpers import prompt_inputs
-
-    p = prompt_inputs(2, seed)
-    y = torch.stack([pack_condition(p["prompt_embeds"], p["prompt_attention_mask"]),
-                     pack_condition(p["negative_prompt_embeds"], p["negative_prompt_attention_mask"])], dim=1)
-    noise = torch.randn(2, 4, model.input_size, model.input_size, generator=torch.Generator().manual_seed(seed))
-    return noise, y
-
-
-def _diffusers_dit(seed: int) -> nn.Module:
-    pytest.importorskip("diffusers")
-    from l2c_compile.diffusers.dit import DiffusersDiT
-    from tests.diffusers_helpers import tiny_transformer
-
-    return DiffusersDiT(tiny_transformer(seed)).eval()
-
-
-def _pixart(seed: int) -> nn.Module:
-    pytest.importorskip("diffusers")
-    pytest.importorskip("transformers")
-    from l2c_compile.diffusers.pixart import DiffusersPixArt
-    from tests.diffusers_helpers import TEXT_LEN, tiny_pixart_transformer
-
-    return DiffusersPixArt(tiny_pixart_transformer(seed), text_len=TEXT_LEN).eval()
-
-
-def _diffusers_info(model: nn.Module) -> dict:
-    from l2c_compile.diffusers.spec import spec_from_config
-
-    t = model.transformer
-    return spec_from_config(type(t).__name__, dict(t.config), getattr(model, "text_len", None)).to_dict()
-
-
-DIT_CONFIG = dict(input_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=2, num_heads=2, num_classes=5,
-                  learn_sigma=True)
-UVIT_CONFIG = dict(img_size=8, patch_size=2, in_chans=4, embed_dim=32, depth=2, num_heads=2, num_classes=6)
-
-
-@dataclass(frozen=True)
-class Case:
-    """A family's tiny model (seed → model), its inputs (model, seed → noise, guided condition),
-    its guidance scale, and the manifest record an artifact rebuilds it from."""
-
-    build: Callable[[int], nn.Module]
-    inputs: Callable[[nn.Module, int], tuple[torch.Tensor, torch.Tensor]]
-    cfg_scale: float
-    info: Callable[[nn.Module], dict]
-
-
-CASES: dict[str, Case] = {
-    "dit": Case(lambda s: tiny_dit(s, **DIT_CONFIG), _class_inputs, 4.0,
-                lambda m: {"name": "tiny-dit", "family": "dit", "kwargs": DIT_CONFIG}),
-    "uvit": Case(lambda s: tiny_uvit(s, **UVIT_CONFIG), _class_inputs, 0.4,
-                 lambda m: {"name": "tiny-uvit", "family": "uvit", "kwargs": UVIT_CONFIG}),
-    "diffusers-dit": Case(_diffusers_dit, _class_inputs, 4.0, _diffusers_info),
-    "pixart": Case(_pixart, _pixart_inputs, 4.5, _diffusers_info),
-    "toy-flux": Case(tiny_toy_flux, _class_inputs, 4.0,
-                     lambda m: {"name": "toy-flux", "family": "toy-flux", "kwargs": {}}),
-}
-DECLARED = sorted(FAMILIES)  # every family declared at collection: the built-in ones and the toy
-
-
 def test_every_declared_family_joins_the_contract_suite():
-    assert set(DECLARED) <= set(CASES), f"families without a tiny model here: {set(DECLARED) - set(CASES)}"
+    assert set(DECLARED) <= set(CASES), f"families without a Case in tests/families.py: {set(DECLARED) - set(CASES)}"
     assert {"dit", "uvit", "diffusers-dit", "pixart", "toy-flux"} <= set(DECLARED)
 
 
 def _plan(family: Family):
-    s = family.sampling
-    return make_plan(s.default_sampler, NFE, noise_schedule=s.noise_schedule, time_input=s.time_input)
+    return case_plan(family.name, NFE)
 
 
 _MODELS: dict[str, nn.Module] = {}
@@ -137,7 +64,7 @@ _MODELS: dict[str, nn.Module] = {}
 
 def _model(name: str) -> nn.Module:
     if name not in _MODELS:
-        _MODELS[name] = CASES[name].build(0)
+        _MODELS[name] = case_model(name, 0)
     return _MODELS[name]
 
 

@@ -28,12 +28,16 @@ from l2c_compile.compiler.passes.hoist import (
 )
 from l2c_compile.compiler.passes.manager import check_invariants
 from l2c_compile.compiler.passes.trace import trace_step
+from l2c_compile.families import family_of
 from l2c_compile.samplers import make_plan
 from l2c_compile.schedule import Schedule
+from tests.families import CASES, DECLARED, case_inputs, case_model, case_plan, params
 from tests.helpers import inputs, random_schedule, rel_error, tiny_dit, tiny_uvit
 
 SETTINGS = settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 PROLOGUE_LINE = "# prologue: computed once per call, before step 0"
+HOIST_FAMILIES = params(slow_exported="many captures per family (minutes on CPU); the contract and "
+                        "all-compute tests below hoist them by default")
 
 
 def _ddim(nfe: int):
@@ -108,35 +112,39 @@ def test_a_hoisted_input_nobody_reads_breaks_an_invariant():
 
 
 # ── exactness, every family ──────────────────────────────────────────────────────────────────
-@SETTINGS
-@given(family=st.sampled_from(["dit", "uvit"]), cfg=st.booleans(), nfe=st.integers(2, 6),
-       p=st.floats(0.0, 1.0), seed=st.integers(0, 10_000))
+@pytest.mark.parametrize("family", HOIST_FAMILIES)
+@settings(SETTINGS, max_examples=2)  # per family (it drew 4 over two families before)
+@given(cfg=st.booleans(), nfe=st.integers(2, 6), p=st.floats(0.0, 1.0), seed=st.integers(0, 10_000))
 def test_hoisted_sampler_equals_the_reference_and_the_unhoisted_one(family, cfg, nfe, p, seed):
-    model = tiny_dit(seed, depth=2) if family == "dit" else tiny_uvit(seed, depth=2, mlp_time_embed=seed % 2 == 0)
-    plan = _ddim(nfe) if family == "dit" else _dpm(2 * (nfe // 2) or 2)
-    sched = random_schedule(plan, len(model.transformer_blocks()), random.Random(seed), p)
+    case = CASES[family]
+    model = case_model(family, seed, depth=2, **case.variants[seed % len(case.variants)])
+    plan = case_plan(family, nfe)
+    layout = family_of(model).layout(model)
+    sched = random_schedule(plan, layout.depth, random.Random(seed), p, layout=layout)
     hoisted = l2c_compile.compile(model, plan, sched, cfg=cfg)
     plain = l2c_compile.compile(model, plan, sched, cfg=cfg, hoist=False)
     assert hoisted.info["hoisted"]["outputs"] > 0 and PROLOGUE_LINE in hoisted.source
     assert "def prologue(" not in plain.source and plain.info["hoisted"] is None
-    noise, labels = inputs(model, 2, seed)
-    scale = (3.0 if family == "dit" else 0.4) if cfg else None
+    noise, labels = case_inputs(family, model, seed, 2)
+    labels = labels if cfg else case.unguided(labels)
+    scale = case.cfg_scale if cfg else None
     want = reference.sample(model, plan, sched, noise, labels, scale)
     assert rel_error(hoisted(noise, labels, scale), want) <= 1e-5
     assert rel_error(plain(noise, labels, scale), want) <= 1e-5
 
 
-@pytest.mark.parametrize("family", ["dit", "uvit"])
+@pytest.mark.parametrize("family", DECLARED)
 def test_hoisted_all_compute_equals_the_uncached_model(family):
-    model = tiny_dit(1) if family == "dit" else tiny_uvit(1, mlp_time_embed=True)
-    plan = _ddim(6) if family == "dit" else _dpm(6)
-    sched = Schedule.all_compute("test", len(model.transformer_blocks()), plan)
+    case = CASES[family]
+    model = case_model(family, 1, **case.variants[-1])
+    plan = case_plan(family, 6)
+    layout = family_of(model).layout(model)
+    sched = Schedule.all_compute("test", layout.depth, plan, kinds=layout)
     compiled = l2c_compile.compile(model, plan, sched)
     assert compiled.info["hoisted"]["outputs"] > 0
-    noise, labels = inputs(model)
-    scale = 4.0 if family == "dit" else 0.4
-    want = reference.sample_uncached(model, plan, noise, labels, scale)
-    assert rel_error(compiled(noise, labels, scale), want) <= 1e-6
+    noise, labels = case_inputs(family, model)
+    want = reference.sample_uncached(model, plan, noise, labels, case.cfg_scale)
+    assert rel_error(compiled(noise, labels, case.cfg_scale), want) <= 1e-6
 
 
 # ── the generated code ───────────────────────────────────────────────────────────────────────

@@ -14,9 +14,11 @@ import torch
 import l2c_compile
 from l2c_compile.compiler import reference
 from l2c_compile.errors import L2CError
+from l2c_compile.families import get_family
 from l2c_compile.runtime.devices import available_devices, resolve_device
 from l2c_compile.samplers import make_plan
-from tests.helpers import inputs, rel_error, tiny_dit, tiny_uvit
+from tests.families import DECLARED, case_model, case_plan
+from tests.helpers import inputs, rel_error, tiny_dit
 
 PLAN = make_plan("ddim", 3)
 
@@ -88,10 +90,12 @@ def test_output_is_float32_for_any_noise_dtype(dit_sampler) -> None:
     assert rel_error(sampler(noise.double(), labels, 4.0), want) == 0.0
 
 
-@pytest.mark.parametrize("make", [tiny_dit, tiny_uvit], ids=["dit", "uvit"])
-def test_unconditional_sampling_is_asked_for_with_labels_none(make) -> None:
-    model = make()
-    plan = make_plan("ddim", 3)
+@pytest.mark.parametrize("family", DECLARED)
+def test_unconditional_sampling_is_asked_for_with_labels_none(family) -> None:
+    if get_family(family).guidance != "null-class":
+        pytest.skip(f"family {family} guides against a {get_family(family).guidance}: no null class to sample with")
+    model = case_model(family)
+    plan = case_plan(family, 3)
     sampler = l2c_compile.compile(model, plan, None)
     noise, _ = inputs(model)
     null = torch.full((2,), model.null_class, dtype=torch.long)

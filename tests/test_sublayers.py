@@ -10,14 +10,16 @@ import torch
 
 import l2c_compile
 from l2c_compile.compiler import reference
+from l2c_compile.compiler.guidance import example_condition
 from l2c_compile.compiler.passes.base import CompileError, is_add
-from l2c_compile.compiler.passes.sublayers import find_sublayers, sublayer_paths
+from l2c_compile.compiler.passes.sublayers import cache_slots, find_sublayers, sublayer_paths
 from l2c_compile.compiler.passes.trace import trace_step
 from l2c_compile.errors import L2CError
-from l2c_compile.families import FAMILIES, BlockGroup, Family, KindDecl, register_family
+from l2c_compile.families import FAMILIES, BlockGroup, Family, KindDecl, family_of, register_family
 from l2c_compile.models.dit import DiT, DiTBlock, modulate
 from l2c_compile.models.uvit import UViT
 from l2c_compile.samplers import make_plan
+from tests.families import CASES, DECLARED, case_model
 from tests.helpers import inputs, random_schedule, rel_error, tiny_dit, tiny_uvit
 
 
@@ -109,16 +111,21 @@ def test_uvit_declares_in_mid_and_out_blocks():
     assert isinstance(model, UViT) and len(paths) == 10
 
 
-@pytest.mark.parametrize("family", ["dit", "uvit"])
+@pytest.mark.parametrize("family", DECLARED)
 def test_discovery_works_on_torch_export_graphs(family):
-    model = tiny_dit(0, depth=2) if family == "dit" else tiny_uvit(0, depth=2)
+    model = case_model(family, 0, depth=2)
+    fam = family_of(model)
     n, c, s = 1, model.in_channels, model.input_size
-    example = (torch.zeros(n, c, s, s), torch.zeros(n), torch.zeros(n, dtype=torch.long))
+    example = (torch.zeros(n, c, s, s), torch.zeros(n), example_condition(model, n, False, "cpu"))
     exported = torch.export.export(model, example)
-    paths = sublayer_paths(model)
-    subs = find_sublayers(exported.graph_module, paths, root="")
-    assert [s.key for s in subs] == [(k, i) for i in range(len(paths) // 2) for k in ("attn", "mlp")]
+    paths, outputs = sublayer_paths(model), fam.outputs(model)
+    subs = find_sublayers(exported.graph_module, paths, root="", outputs=outputs)
+    slots = cache_slots(outputs)
+    assert [s.key for s in subs] == [s for key in fam.layout(model).sublayer_keys() for s in slots[key]]
+    kind = {path: k for (k, _), path in paths.items()}
     for sub in subs:
-        assert sub.value.target == torch.ops.aten.linear.default  # attention proj / MLP fc2
+        # the output is made inside the sublayer's module (DiT: attention proj / MLP fc2; diffusers'
+        # attention ends with its rescale division)
+        assert sub.path in {fqn for fqn, _ in sub.value.meta["nn_module_stack"].values()}, sub.key
         assert is_add(sub.add) and sub.add.target == torch.ops.aten.add.Tensor
-        assert (sub.gate is not None) == (family == "dit")
+        assert (sub.gate is not None) == (kind[sub.path] in CASES[family].gated), sub.key

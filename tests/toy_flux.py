@@ -137,7 +137,8 @@ class ToyFlux(nn.Module):
         txt = self.txt_embedder(y).reshape(n, self.text_len, d)  # (N, L, D)
         freqs = torch.exp(-math.log(10000.0) * torch.arange(d // 2, device=x.device) / (d // 2))
         angles = t.float()[:, None] * freqs[None]  # (N, D / 2)
-        cond = self.t_embedder(torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)) + self.y_embedder(y)
+        t_freq = torch.cat([torch.cos(angles), torch.sin(angles)], dim=1).to(self.x_embedder.weight.dtype)
+        cond = self.t_embedder(t_freq) + self.y_embedder(y)
         for block in self.double_blocks:
             img, txt = block(img, txt, cond)
         h = torch.cat([txt, img], dim=1)  # (N, L + T, D)
