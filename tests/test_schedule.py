@@ -279,7 +279,9 @@ def test_schedule_load_errors(tmp_path: Path) -> None:
     d = small_schedule().to_dict()
     for patch, match in [
         ({"format": "other"}, "not an l2c-schedule"),
-        ({"version": 2}, "unsupported l2c-schedule version 2"),
+        ({"version": 3}, "unsupported l2c-schedule version 3"),
+        ({"version": True}, "unsupported l2c-schedule version True"),
+        ({"version": 2}, "call 0 lacks reuse_trunk"),
         ({"nfe": 7}, "6 calls but nfe=7"),
         ({"depth": "3"}, "depth must be a positive integer"),
         ({"threshold": 1.5}, "threshold must be in"),
@@ -506,3 +508,65 @@ def test_heatmap_has_layer_ticks_a_legend_and_the_removed_share() -> None:
     assert attn_ax.get_title().endswith(f"of {len(sched.cache_calls) * 3} reused")
     drop = heatmap_figure(heuristic("bottom", ddim_plan(6), model="t", depth=3, fraction=0.5, mode="drop"))
     assert drop.legends[0].get_texts()[0].get_text() == "dropped (zero output)"
+
+
+# ---------------------------------------------------------------------------------------------
+# Free-form schedules (version 2): reuse at any call after the first, several calls back, trunk
+# ---------------------------------------------------------------------------------------------
+
+
+def free_form(calls: dict[int, dict | str], nfe: int = 6, depth: int = 3) -> Schedule:
+    """A schedule over a DDIM plan where ``calls[i]`` is ``{kind: ids}`` or ``"trunk"``."""
+    plan = ddim_plan(nfe)
+    out = []
+    for c in plan.calls:
+        want = calls.get(c.index, {})
+        reuse = {"attn": [], "mlp": [], **({} if want == "trunk" else want)}
+        out.append(CallSchedule(c.index, float(c.timestep), c.role, c.router_index,
+                                reuse=reuse, trunk=want == "trunk"))
+    return Schedule("tiny", depth, plan.sampler, nfe, None, {"kind": "test"}, tuple(out))
+
+
+def test_version_is_the_lowest_that_holds_the_calls() -> None:
+    assert small_schedule().version == 1  # L2C's cadence: only cache calls reuse
+    plan = ddim_plan(6)
+    full = next(c.index for c in plan.calls[1:] if c.role == "full")
+    assert free_form({full: {"attn": [1]}}).version == 2  # a full step reuses
+    assert free_form({3: "trunk"}).version == 2
+    with pytest.raises(L2CError, match=f"call {full} is a full step but reuses sublayers.*version 2"):
+        Schedule(**{**free_form({full: {"attn": [1]}}).__dict__, "version": 1})
+
+
+def test_free_form_round_trips_byte_for_byte(tmp_path: Path) -> None:
+    s = free_form({1: {"attn": [0, 2]}, 2: {"attn": [0], "mlp": [1]}, 3: "trunk", 4: "trunk"})
+    text = s.to_json()
+    assert '"version": 2' in text and '"reuse_trunk": true' in text
+    again = Schedule.from_json(text)
+    assert again == s and again.to_json() == text
+    st = s.stats()
+    assert st["trunk_calls"] == 2 and st["cache_steps"] == 5
+    assert st["skipped_total"] == 4 + 2 * 6  # a trunk call skips all 6 sublayers
+    assert "trunk_calls" not in small_schedule().stats()  # version 1 stats are as they were
+
+
+@pytest.mark.parametrize(("calls", "match"), [
+    ({0: "trunk"}, "call 0 reuses the trunk before any earlier call ran the blocks"),
+    ({0: {"mlp": [2]}}, "call 0 reuses mlp of block 2 before any earlier call computed it"),
+])
+def test_free_form_reuse_needs_an_earlier_writer(calls: dict, match: str) -> None:
+    one_line_error(free_form, calls, match=match)
+
+
+def test_a_trunk_call_lists_no_sublayers_and_needs_cache_mode() -> None:
+    one_line_error(CallSchedule, 1, 900.0, "full", None, reuse={"attn": (1,), "mlp": ()}, trunk=True,
+                   match="reuses the trunk, so it lists no sublayers")
+    s = free_form({2: "trunk"})
+    one_line_error(Schedule, **{**s.__dict__, "mode": "drop"}, match="only a cache schedule")
+
+
+def test_a_version_1_document_cannot_say_reuse_trunk(tmp_path: Path) -> None:
+    d = small_schedule().to_dict()
+    d["calls"][1] = {**d["calls"][1], "reuse_trunk": False}
+    path = tmp_path / "v1.json"
+    path.write_text(json.dumps(d))
+    one_line_error(Schedule.load, path, match="version 1 schedules do not have")

@@ -43,6 +43,11 @@ _VOCABULARY: dict[str, KindWords] = {
     "mlp": KindWords("MLP", "m"),
 }
 DEFAULT_KINDS: tuple[str, ...] = ("attn", "mlp")  # DiT and U-ViT; what a file without ``kinds`` means
+# The trunk: every block at once. A free-form schedule's call may reuse the trunk's output (the
+# last block's output) of the latest call that ran the blocks; its cache slots are
+# ``(TRUNK, j)``, one per tensor the blocks hand to the layers after them, ordered after every
+# sublayer. Not a kind: no family declares it and no router has an entry for it.
+TRUNK = "trunk"
 
 
 def kinds() -> tuple[str, ...]:
@@ -58,6 +63,8 @@ def register_kind(name: str, label: str, letter: str, *, after: str | None = Non
     already declared with other words.
     """
     words = KindWords(label, letter)
+    if name == TRUNK:
+        raise ValueError(f"{TRUNK!r} names every block at once (a trunk reuse), not a sublayer kind")
     if name in _VOCABULARY:
         if _VOCABULARY[name] != words:
             raise ValueError(f"kind {name!r} is already declared as {_VOCABULARY[name]}")
@@ -94,6 +101,8 @@ def slot_base(kind: str) -> str:
 
 def kind_name(kind: str) -> str:
     """The words for ``kind`` in messages ("attention", "MLP", "attention (txt)", …)."""
+    if kind == TRUNK:
+        return "trunk output"
     if kind in _SLOTS:
         base, output, _ = _SLOTS[kind]
         return f"{kind_name(base)} ({output})"
@@ -115,7 +124,9 @@ def kind_rank(kind: str) -> int:
 
 def key_order(key: SublayerKey) -> tuple[int, int, int]:
     """Execution order of sublayers: block id, then the kind's place in the vocabulary (a cache
-    slot right after its kind, in output order)."""
+    slot right after its kind, in output order); the trunk's slots come after every sublayer."""
+    if key[0] == TRUNK:
+        return (1 << 62, 0, key[1])
     if key[0] in _SLOTS:
         base, _, index = _SLOTS[key[0]]
         return (key[1], kind_rank(base), index + 1)

@@ -62,9 +62,11 @@ __all__ = [
 ]
 
 SCHEDULE_FORMAT = "l2c-schedule"
-SCHEDULE_VERSION = 1
+SCHEDULE_VERSION = 2  # the newest version this l2c-compile writes (and every older one it reads)
+VERSIONS = (1, 2)
 ROLES = ("full", "cache")
 HEURISTICS = ("random", "top", "bottom", "all")
+TRUNK_KEY = "reuse_trunk"  # a version 2 call's JSON key: the call reuses the whole trunk
 
 
 # The θ each official codebase samples with (spec §4.1), declared with each family
@@ -108,6 +110,10 @@ class CallSchedule:
 
     ``reuse`` lists every kind of the schedule (an empty mapping: attention and MLP, nothing
     reused), normalised to vocabulary order; ``L2CError`` for unknown kinds or bad ids.
+    ``trunk``: the call skips every block and reuses the trunk output (the last block's output)
+    of the latest earlier call that ran the blocks; only the layers before and after the blocks
+    (embeddings, final layer) run. Such a call lists no sublayers. ``role`` and ``router_index``
+    describe the sampler plan (L2C's cadence), not what the call may reuse.
     """
 
     index: int
@@ -115,6 +121,7 @@ class CallSchedule:
     role: str
     router_index: int | None = None
     reuse: Mapping[str, tuple[int, ...]] = field(default_factory=dict, hash=False)
+    trunk: bool = False
 
     def __post_init__(self) -> None:
         if not _is_int(self.index) or self.index < 0:
@@ -149,17 +156,24 @@ class CallSchedule:
         object.__setattr__(
             self, "reuse", {k: _layer_ids(reuse[k], f"reuse_{k}", self.index) for k in kinds}
         )
-        if self.role == "full" and any(self.reuse.values()):
-            raise L2CError(f"call {self.index} is a full step but reuses sublayers")
+        if not isinstance(self.trunk, bool):
+            raise L2CError(f"call {self.index}: reuse_trunk must be true or false, got {self.trunk!r}")
+        if self.trunk and any(self.reuse.values()):
+            raise L2CError(f"call {self.index} reuses the trunk, so it lists no sublayers")
+
+    @property
+    def reuses(self) -> bool:
+        """Whether this call reuses anything (a sublayer or the trunk)."""
+        return self.trunk or any(self.reuse.values())
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, CallSchedule):
             return NotImplemented
-        return (self.index, self.timestep, self.role, self.router_index, list(self.reuse.items())) == (
-            other.index, other.timestep, other.role, other.router_index, list(other.reuse.items()))
+        return (self.index, self.timestep, self.role, self.router_index, list(self.reuse.items()), self.trunk) == (
+            other.index, other.timestep, other.role, other.router_index, list(other.reuse.items()), other.trunk)
 
     def __hash__(self) -> int:
-        return hash((self.index, self.timestep, self.role, self.router_index, tuple(self.reuse.items())))
+        return hash((self.index, self.timestep, self.role, self.router_index, tuple(self.reuse.items()), self.trunk))
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -179,42 +193,55 @@ class CallSchedule:
         """Reused block ids per kind, in :attr:`kinds` order."""
         return tuple(frozenset(ids) for ids in self.reuse.values())
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly dict (key order fixed for stable diffs)."""
+    def to_dict(self, version: int = 1) -> dict[str, Any]:
+        """JSON-friendly dict (key order fixed for stable diffs); version 2 adds ``reuse_trunk``."""
         head = {
             "index": self.index,
             "timestep": self.timestep,
             "role": self.role,
             "router_index": self.router_index,
         }
-        return head | {f"reuse_{k}": list(self.reused(k)) for k in self.kinds}
+        body = head | {f"reuse_{k}": list(self.reused(k)) for k in self.kinds}
+        return body | {TRUNK_KEY: self.trunk} if version >= 2 else body
 
     @classmethod
-    def from_dict(cls, d: Any) -> CallSchedule:
+    def from_dict(cls, d: Any, version: int = 1) -> CallSchedule:
         """Inverse of :meth:`to_dict`; ``L2CError`` on missing or mistyped fields."""
-        return cls._from_dict(d, DEFAULT_KINDS)
+        return cls._from_dict(d, DEFAULT_KINDS, version)
 
     @classmethod
-    def _from_dict(cls, d: Any, kinds: tuple[str, ...]) -> CallSchedule:
+    def _from_dict(cls, d: Any, kinds: tuple[str, ...], version: int = 1) -> CallSchedule:
         """:meth:`from_dict` for a schedule whose calls list ``kinds``."""
         if not isinstance(d, dict):
             raise L2CError(f"schedule call must be a JSON object, got {type(d).__name__}")
-        keys = ("index", "timestep", "role", "router_index", *(f"reuse_{k}" for k in kinds))
+        trunk = (TRUNK_KEY,) if version >= 2 else ()
+        keys = ("index", "timestep", "role", "router_index", *(f"reuse_{k}" for k in kinds), *trunk)
         missing = [k for k in keys if k not in d]
         if missing:
             raise L2CError(f"schedule call {d.get('index', '?')} lacks {', '.join(missing)}")
-        listed = tuple(k.removeprefix("reuse_") for k in d if k.startswith("reuse_"))
+        if TRUNK_KEY in d and not trunk:
+            raise L2CError(f"call {d['index']} says {TRUNK_KEY}, which version 1 schedules do not have")
+        listed = tuple(k.removeprefix("reuse_") for k in d if k.startswith("reuse_") and k != TRUNK_KEY)
         if set(listed) != set(kinds):
             raise L2CError(f"call {d['index']} lists kinds {list(listed)} but the schedule's are {list(kinds)}")
-        for k in keys[4:]:
+        for k in keys[4 : 4 + len(kinds)]:
             if not isinstance(d[k], list):
                 raise L2CError(f"schedule call {d['index']}: {k} must be a list of layer ids")
-        return cls(*(d[k] for k in keys[:4]), reuse={k: d[f"reuse_{k}"] for k in kinds})
+        return cls(*(d[k] for k in keys[:4]), reuse={k: d[f"reuse_{k}"] for k in kinds},
+                   trunk=d.get(TRUNK_KEY, False))
 
 
 @dataclass(frozen=True)
 class Schedule:
-    """A complete static cache plan for one (model, depth, sampler, NFE)."""
+    """A complete static cache plan for one (model, depth, sampler, NFE).
+
+    Version 1 is L2C's cadence: only the plan's cache calls reuse, each from the call right
+    before it. Version 2 is free-form (SmoothCache, InvarDiff, FORA, DeepCache, step masks): any
+    call after the first may reuse any sublayer, or the whole trunk (:attr:`CallSchedule.trunk`),
+    and a reuse reads the most recent computed output, possibly several calls back.
+    ``version=None`` takes the lowest version that holds the calls (so every file written
+    before version 2 reads and writes back byte for byte).
+    """
 
     model: str
     depth: int
@@ -223,16 +250,16 @@ class Schedule:
     threshold: float | None
     source: dict[str, Any] = field(hash=False)
     calls: tuple[CallSchedule, ...]
-    version: int = SCHEDULE_VERSION
+    version: int | None = None  # None: 1 when the calls keep L2C's cadence, else 2
     mode: str = "cache"  # "cache": skipped sublayers reuse the cache; "drop": they add nothing
     kinds: tuple[str, ...] = DEFAULT_KINDS  # the blocks' sublayer kinds (vocabulary order)
     groups: Layout | None = None  # block groups with different kinds; None: every block has all
 
     def __post_init__(self) -> None:
-        if self.version != SCHEDULE_VERSION:
+        if self.version is not None and (not _is_int(self.version) or self.version not in VERSIONS):
             raise L2CError(
                 f"unsupported schedule version {self.version!r} "
-                f"(this l2c-compile reads version {SCHEDULE_VERSION})"
+                f"(this l2c-compile reads versions {', '.join(map(str, VERSIONS))})"
             )
         if self.mode not in MODES:
             raise L2CError(
@@ -285,6 +312,18 @@ class Schedule:
             raise L2CError(f"schedule has {len(calls)} calls but nfe={self.nfe}")
         if [c.index for c in calls] != list(range(self.nfe)):
             raise L2CError("schedule call indices must be 0..nfe-1 in order")
+        free = next((c for c in calls if c.trunk or (c.role != "cache" and any(c.mask))), None)
+        if self.version is None:
+            object.__setattr__(self, "version", 1 if free is None else 2)
+        elif self.version == 1 and free is not None:
+            what = "the trunk" if free.trunk else "sublayers"
+            raise L2CError(f"call {free.index} is a {free.role} step but reuses {what} (a version 1 "
+                           "schedule reuses only at cache steps; version 2 is free-form)")
+        trunk_calls = [c.index for c in calls if c.trunk]
+        if trunk_calls and self.mode != "cache":
+            raise L2CError(f"call {trunk_calls[0]} reuses the trunk, which only a cache schedule can")
+        if trunk_calls and all(c.trunk for c in calls[: trunk_calls[0] + 1]):
+            raise L2CError(f"call {trunk_calls[0]} reuses the trunk before any earlier call ran the blocks")
         # Sublayers no call has computed yet: all of them before the first call (None), then
         # those every call so far reused. Tracking only these keeps the check O(listed ids)
         # rather than O(nfe × depth).
@@ -295,6 +334,8 @@ class Schedule:
                     f"call {c.index} lists kinds {list(c.kinds)} but the schedule's are "
                     f"{list(self.kinds)}"
                 )
+            if c.trunk:
+                continue  # computes no sublayer and reads none: the cache stays as it was
             reused = {(k, b) for k in self.kinds for b in c.reused(k)}
             bad = sorted(b for _, b in reused if b >= self.depth)
             if bad:
@@ -327,8 +368,11 @@ class Schedule:
 
     @property
     def cache_calls(self) -> tuple[CallSchedule, ...]:
-        """The cache calls, in sampling order."""
-        return tuple(c for c in self.calls if c.role == "cache")
+        """The calls that may reuse, in sampling order: the plan's cache calls (version 1), every
+        call after the first (version 2)."""
+        if self.version == 1:
+            return tuple(c for c in self.calls if c.role == "cache")
+        return self.calls[1:]
 
     def mask(self, i: int) -> Mask:
         """Reused block ids per kind (in ``kinds`` order) of call ``i``."""
@@ -339,16 +383,22 @@ class Schedule:
         return tuple(dict.fromkeys(c.mask for c in self.calls))
 
     def stats(self) -> dict[str, Any]:
-        """Counts of reused sublayers (spec §5.1 columns)."""
+        """Counts of reused sublayers (spec §5.1 columns). A trunk-reusing call skips every
+        sublayer (counted under each kind and in ``trunk_calls``). ``cache_steps``: the calls that
+        may reuse (:attr:`cache_calls`)."""
         cache_steps = len(self.cache_calls)
-        per_kind = {k: sum(len(c.reused(k)) for c in self.calls) for k in self.kinds}
+        layout = self.layout
+        per_kind = {k: sum(len(layout.blocks(k)) if c.trunk else len(c.reused(k)) for c in self.calls)
+                    for k in self.kinds}
         skipped = sum(per_kind.values())
-        total = cache_steps * self.layout.width
-        all_calls = self.nfe * self.layout.width
+        total = cache_steps * layout.width
+        all_calls = self.nfe * layout.width
+        trunk = {"trunk_calls": sum(c.trunk for c in self.calls)} if self.version >= 2 else {}
         return {
             "nfe": self.nfe,
             "cache_steps": cache_steps,
             **{f"skipped_{k}": n for k, n in per_kind.items()},
+            **trunk,
             "skipped_total": skipped,
             "total_cache_sublayers": total,
             "skipped_fraction": skipped / total if total else 0.0,
@@ -400,7 +450,7 @@ class Schedule:
                     f"call {c.index} uses router row {c.router_index} in the schedule "
                     f"but {pc.router_index} in the {plan.sampler} plan"
                 )
-            if any(c.mask) and pc.role != "cache":
+            if self.version == 1 and any(c.mask) and pc.role != "cache":
                 raise L2CError(f"schedule reuses sublayers at call {c.index}, a full step of the {plan.sampler} plan")
 
     # -- constructors --------------------------------------------------------------------------
@@ -490,7 +540,7 @@ class Schedule:
             "threshold": self.threshold,
             "mode": self.mode,
             "source": self.source,
-            "calls": [c.to_dict() for c in self.calls],
+            "calls": [c.to_dict(self.version) for c in self.calls],
         }
 
     def to_json(self) -> str:
@@ -510,10 +560,11 @@ class Schedule:
             raise L2CError(f"schedule must be a JSON object, got {type(d).__name__}")
         if d.get("format") != SCHEDULE_FORMAT:
             raise L2CError(f"not an {SCHEDULE_FORMAT} document (format={d.get('format')!r})")
-        if d.get("version") != SCHEDULE_VERSION:
+        version = d.get("version")
+        if not _is_int(version) or version not in VERSIONS:
             raise L2CError(
-                f"unsupported {SCHEDULE_FORMAT} version {d.get('version')!r} "
-                f"(this l2c-compile reads version {SCHEDULE_VERSION})"
+                f"unsupported {SCHEDULE_FORMAT} version {version!r} "
+                f"(this l2c-compile reads versions {', '.join(map(str, VERSIONS))})"
             )
         keys = ("model", "depth", "sampler", "nfe", "threshold", "source", "calls")
         missing = [k for k in keys if k not in d]
@@ -527,7 +578,7 @@ class Schedule:
             groups = Layout.from_json(d["groups"]) if "groups" in d else None
         except ValueError as exc:
             raise L2CError(f"schedule {exc}") from None
-        calls = tuple(CallSchedule._from_dict(c, kinds) for c in d["calls"])
+        calls = tuple(CallSchedule._from_dict(c, kinds, version) for c in d["calls"])
         return cls(
             model=d["model"],
             depth=d["depth"],
@@ -536,7 +587,7 @@ class Schedule:
             threshold=d["threshold"],
             source=d["source"],
             calls=calls,
-            version=d["version"],
+            version=version,
             mode=d.get("mode", "cache"),  # absent in documents written before drop mode existed
             kinds=kinds,
             groups=groups,

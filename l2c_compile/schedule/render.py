@@ -6,6 +6,8 @@ other kinds (PixArt: attention, cross-attention, MLP) gets one letter per kind i
 cell (each kind's letter from the vocabulary, :func:`~l2c_compile.families.vocabulary.kind_letter`: ``a``
 attention, ``x`` cross-attention, ``m`` MLP where reused, ``.`` where computed, ``-`` where the
 block's group has no such kind), the cells separated by spaces; the heatmap has one panel per kind.
+A free-form (version 2) schedule's rows are every call after the first; a call that reuses the
+whole trunk shows ``T`` in every cell (every sublayer skipped, the trunk output reused).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ _STYLE = {
     "A": "yellow",
     "M": "cyan",
     ".": "dim",
+    "T": "bold magenta",
     "-": "dim",
     "a": "yellow",
     "x": "magenta",
@@ -62,8 +65,12 @@ def _grid_rows(schedule: Schedule) -> list[tuple[str, str, str]]:
     layout = schedule.layout
     has = [None if layout.is_uniform else layout.kinds_of(b) for b in range(schedule.depth)]
     rows = []
+    width = 1 if kinds == DEFAULT_KINDS else len(kinds)
     for c in schedule.cache_calls:
-        cells = sep.join(_cell(c.mask, b, kinds, has[b]) for b in range(schedule.depth))
+        if c.trunk:
+            cells = sep.join("T" * width for _ in range(schedule.depth))
+        else:
+            cells = sep.join(_cell(c.mask, b, kinds, has[b]) for b in range(schedule.depth))
         idx = "-" if c.router_index is None else str(c.router_index)
         rows.append((idx, f"{c.timestep:.0f}", cells))
     return rows
@@ -71,7 +78,7 @@ def _grid_rows(schedule: Schedule) -> list[tuple[str, str, str]]:
 
 def render_grid(schedule: Schedule) -> str:
     """Text grid (spec §5.2): rows = cache calls, columns = blocks; B/A/M reused, . computed
-    (other kinds: a/x/m per block, see the module docstring)."""
+    (other kinds: a/x/m per block; T: the call reuses the trunk; see the module docstring)."""
     rows = _grid_rows(schedule)
     wi = max([3, *(len(r[0]) for r in rows)])
     wt = max([3, *(len(r[1]) for r in rows)])
@@ -93,6 +100,8 @@ def rich_grid(schedule: Schedule) -> Any:
         if kinds == DEFAULT_KINDS
         else f"{'/'.join(kind_letter(k) for k in kinds)} reused ({', '.join(kind_name(k) for k in kinds)}) · . computed"
     )
+    if any(c.trunk for c in schedule.calls):
+        caption += " · T trunk reused (every block skipped)"
     table = Table(
         title=f"{schedule.model} · {schedule.sampler} · {schedule.nfe} NFE{theta}",
         caption=caption,
@@ -135,10 +144,12 @@ def heatmap_figure(schedule: Schedule) -> Any:
     panels = torch.zeros(
         len(kinds), len(calls), schedule.depth
     )  # (kinds, cache steps, layers), 1 = reused
+    layout = schedule.layout
     for j, c in enumerate(calls):
         for k, ids in enumerate(c.mask):
-            panels[k, j, sorted(ids)] = 1.0
-    labels = [f"{c.router_index} · t={c.timestep:.0f}" for c in calls]
+            panels[k, j, list(layout.blocks(kinds[k])) if c.trunk else sorted(ids)] = 1.0
+    labels = [f"{'-' if c.router_index is None else c.router_index} · t={c.timestep:.0f}"
+              + (" · trunk" if c.trunk else "") for c in calls]
     reused = "dropped (zero output)" if schedule.mode == "drop" else "reused from the cache"
     cmap = ListedColormap([COMPUTED_COLOUR, REUSED_COLOUR])
     # Figure + Agg canvas directly: no pyplot, so no global backend state is touched.
@@ -162,7 +173,7 @@ def heatmap_figure(schedule: Schedule) -> Any:
         ax.set_yticks([j - 0.5 for j in range(1, len(calls))], minor=True)
         ax.grid(which="minor", color="white", linewidth=0.6)
         ax.tick_params(which="minor", length=0)
-    axes[0].set_ylabel("cache step (router idx · t)")
+    axes[0].set_ylabel("cache step (router idx · t)" if schedule.version == 1 else "call (router idx · t)")
     stats = schedule.stats()
     theta = "" if schedule.threshold is None else f", θ={schedule.threshold:g}"
     fig.suptitle(
