@@ -76,6 +76,24 @@ def random_schedule(
     )
 
 
+def free_form_schedule(
+    plan: SamplerPlan, depth: int, rng: random.Random, p: float = 0.5, p_trunk: float = 0.2,
+    model: str = "test", layout: Layout | None = None,
+) -> Schedule:
+    """A free-form (version 2) schedule: every call after the first reuses the trunk with
+    probability ``p_trunk``, else each sublayer with probability ``p``, whatever its role (a
+    reuse reads the latest call that computed it, possibly several calls back)."""
+    layout = layout or Layout.uniform(depth)
+    calls = []
+    for c in plan.calls:
+        trunk = c.index > 0 and rng.random() < p_trunk
+        reuse = {k: tuple(i for i in layout.blocks(k) if c.index > 0 and not trunk and rng.random() < p)
+                 for k in layout.kinds}
+        calls.append(CallSchedule(c.index, c.timestep, c.role, c.router_index, reuse=reuse, trunk=trunk))
+    return Schedule(model=model, depth=depth, sampler=plan.sampler, nfe=plan.nfe, threshold=None,
+                    source={"kind": "test"}, calls=tuple(calls), kinds=layout.kinds, groups=layout)
+
+
 def inputs(model, batch: int = 2, seed: int = 0):
     """Seeded noise and labels for ``model``."""
     g = torch.Generator().manual_seed(seed)

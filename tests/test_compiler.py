@@ -353,3 +353,66 @@ def test_odd_nfe_dpm_solver_compiles_exactly() -> None:
     noise, labels = inputs(model)
     want = reference.sample(model, plan, sched, noise, labels, 0.4)
     assert rel_error(compiled(noise, labels, 0.4), want) <= 1e-5
+
+
+def test_liveness_of_a_multi_step_reuse_and_a_trunk_reuse():
+    # call 0 computes everything; 1 reuses the trunk; 2 and 3 both reuse attn0 (written at
+    # call 0: call 1 ran no block, so attn0 lives across three calls); 4 reuses the trunk of call 3
+    e, a0 = frozenset(), frozenset({0})
+    trunk = (("trunk", 0),)
+    masks = [(e, e), (e, e), (a0, e), (a0, e), (e, e)]
+    cp = plan_cache(masks, depth=1, trunk=[False, True, False, False, True], trunk_slots=trunk)
+    assert cp.calls[0].keeps == (("attn", 0), ("trunk", 0))
+    assert cp.calls[1].reads == trunk and cp.calls[1].drops_after == trunk and cp.calls[1].keeps == ()
+    assert cp.calls[2].reads == (("attn", 0),) and cp.calls[2].keeps == ()
+    assert cp.calls[3].reads == (("attn", 0),) and cp.calls[3].drops_after == (("attn", 0),)
+    assert cp.calls[3].keeps == trunk and cp.calls[4].reads == trunk
+    assert cp.peak_live_entries == 2
+    assert [cp.reuses_trunk(c.graph) for c in cp.calls] == [False, True, False, False, True]
+    assert cp.calls[1].graph != cp.calls[0].graph  # same (empty) mask, but no block runs
+    with pytest.raises(CompileError, match="trunk and sublayers at once"):
+        plan_cache([(e, e), (a0, e)], depth=1, trunk=[False, True], trunk_slots=trunk)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_cache_tensors_live_exactly_as_the_liveness_plan_says(seed):
+    """Run a compiled free-form schedule with every step wrapped: the cache tensors alive when
+    each call starts are exactly those the plan keeps live, and their peak is the plan's."""
+    import weakref
+
+    from tests.helpers import free_form_schedule
+
+    model = case_model("dit", 0)
+    plan = case_plan("dit", 10)
+    sched = free_form_schedule(plan, len(model.blocks), random.Random(seed), 0.6, 0.3)
+    sampler = l2c_compile.compile(model, plan, sched, hoist=False)
+    alive: list[weakref.ref] = []
+    seen: list[int] = []
+
+    def wrap(step):
+        def run(*args, **kwargs):
+            seen.append(sum(r() is not None for r in alive))
+            out = step(*args, **kwargs)
+            alive.extend(weakref.ref(t) for t in out[1:])
+            return out
+        return run
+
+    sampler.steps = [wrap(s) for s in sampler.steps]
+    noise, labels = inputs(model, 2, seed)
+    sampler(noise, labels, 4.0)
+    live, want = 0, []
+    for cc in sampler_plan(sampler).calls:
+        want.append(live)
+        live += len(cc.keeps) - len(cc.drops_after)
+    assert seen == want
+    keeps = [len(cc.keeps) for cc in sampler_plan(sampler).calls]
+    assert max(w + k for w, k in zip(want, keeps, strict=True)) == sampler.info["peak_live_cache_entries"]
+    assert any(len(c.reads) and c.index > 1 for c in sampler_plan(sampler).calls)
+
+
+def sampler_plan(sampler):
+    """The liveness plan a compiled sampler was built from (recomputed from its schedule)."""
+    sched = sampler.record.schedule
+    trunk = [c.trunk for c in sched.calls] if any(c.trunk for c in sched.calls) else []
+    return plan_cache([c.mask for c in sched.calls], sched.depth, trunk=trunk,
+                      trunk_slots=(("trunk", 0),) if trunk else ())

@@ -13,6 +13,7 @@ block) joining with one declaration and a tiny model.
 from __future__ import annotations
 
 import random
+import re
 
 import pytest
 import torch
@@ -45,7 +46,7 @@ from l2c_compile.schedule.router_files import (
     save_router,
 )
 from tests.families import CASES, DECLARED, case_model, case_plan
-from tests.helpers import random_schedule, rel_error
+from tests.helpers import free_form_schedule, random_schedule, rel_error
 
 NFE = 4
 
@@ -122,6 +123,49 @@ def test_compiled_equals_reference_under_random_schedules(name, seed, p):
     # sqrt(1 - ᾱ_0) · Δε, which can round away at float32 against samples of size ~100).
     if any(any(c.mask) for c in sched.calls[:-1]):
         assert not torch.equal(want, reference.sample(model, plan, None, noise, y, case.cfg_scale))
+
+
+@pytest.mark.parametrize("name", DECLARED)
+@settings(max_examples=2, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 10_000), p=st.floats(0.2, 0.9), p_trunk=st.floats(0.0, 0.6))
+def test_compiled_equals_reference_under_random_free_form_schedules(name, seed, p, p_trunk):
+    """Version 2 schedules: reuse at full steps too, several calls back, and whole-trunk reuse."""
+    model, case = _model(name), CASES[name]
+    fam = family_of(model)
+    layout = fam.layout(model)
+    plan = case_plan(name, 6)
+    sched = free_form_schedule(plan, layout.depth, random.Random(seed), p, p_trunk, layout=layout)
+    noise, y = case.inputs(model, seed)
+    want = reference.sample(model, plan, sched, noise, y, case.cfg_scale)
+    sampler = l2c_compile.compile(model, plan, sched)
+    assert rel_error(sampler(noise, y, case.cfg_scale), want) <= 1e-5
+    graphs = sampler.info["graphs"]
+    assert sum(g.get("reuse_trunk", False) for g in graphs) == (1 if any(c.trunk for c in sched.calls) else 0)
+    if any(c.reuses for c in sched.calls[:-1]):
+        assert not torch.equal(want, reference.sample(model, plan, None, noise, y, case.cfg_scale))
+
+
+@pytest.mark.parametrize("name", DECLARED)
+def test_a_trunk_step_runs_no_block_and_saves_the_trunk_macs(name):
+    model = _model(name)
+    layout = family_of(model).layout(model)
+    count = module_macs(model, torch.zeros(1, model.in_channels, model.input_size, model.input_size),
+                        torch.zeros(1), example_condition(model, 1, False, "cpu"))
+    assert sum(count.per_key.values()) <= count.trunk < count.total
+    plan = case_plan(name, 3)
+    sched = free_form_schedule(plan, layout.depth, random.Random(0), 0.0, 1.0, layout=layout)
+    assert [c.trunk for c in sched.calls] == [False, True, True]
+    full, cached = trajectory_macs((count, layout.depth), sched)
+    assert cached == full - 2 * count.trunk
+    compiled = l2c_compile.compile(model, plan, sched, hoist=False)
+    trunk_graph = next(g for g in compiled.info["graphs"] if g.get("reuse_trunk"))
+    assert trunk_graph["calls"] == [1, 2] and trunk_graph["linear_calls"] < compiled.info["graphs"][0]["linear_calls"]
+    step = compiled.source.split(f"def step_{trunk_graph['graph']}(")[1].split("\ndef ")[0]
+    # no sublayer runs (a block's other modules may: diffusers' DiT conditions its final layer on
+    # transformer_blocks[0].norm1.emb, the timestep and class embedding)
+    printed = {re.sub(r"\.(\d+)", r"[\1]", path) for path in family_of(model).paths(model).values()}
+    assert "cache_trunk_0" in step and not any(f"{p}(" in step or f"{p}." in step for p in printed), printed
 
 
 @pytest.mark.parametrize("name", DECLARED)

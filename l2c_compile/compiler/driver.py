@@ -25,7 +25,7 @@ from torch import nn
 
 from l2c_compile.compiler.guidance import example_condition
 from l2c_compile.compiler.passes.analysis import count_linear_calls, graph_macs, propagate_shapes
-from l2c_compile.compiler.passes.base import CompileError
+from l2c_compile.compiler.passes.base import SUBLAYER_META, CompileError
 from l2c_compile.compiler.passes.codegen import StepContext, scope_members
 from l2c_compile.compiler.passes.dce import dead_code
 from l2c_compile.compiler.passes.emit import emit_module, hoisted_inputs, prologue_rows
@@ -37,9 +37,12 @@ from l2c_compile.compiler.passes.prune_chunks import prune_chunks
 from l2c_compile.compiler.passes.specialize import SpecializeConfig, specialize
 from l2c_compile.compiler.passes.sublayers import (
     MarkConfig,
+    TrunkConfig,
     cache_slots,
     mark_sublayers,
+    mark_trunk,
     sublayer_paths,
+    trunk_nodes,
 )
 from l2c_compile.compiler.passes.trace import CALLS_META, CAPTURE_META, trace_step
 from l2c_compile.errors import L2CError
@@ -176,9 +179,11 @@ def compile(
     kinds = layout.kinds
     if schedule is None:
         masks = [empty_mask(kinds) for _ in plan.calls]
+        trunk: list[bool] = []
     else:
         schedule.check_fits(layout, plan)  # the model's name is not compared: the caller chose it
         masks = [c.mask for c in schedule.calls]
+        trunk = [c.trunk for c in schedule.calls] if any(c.trunk for c in schedule.calls) else []
 
     base = trace_step(model, cfg=cfg)
     if backend == "regional" and base.meta.get(CAPTURE_META) == "export":
@@ -193,8 +198,11 @@ def compile(
     outputs = family.outputs(model)
     slots = cache_slots(outputs)
     multi = tuple((k, v) for k, v in slots.items() if len(v) > 1)
-    base, reports = PassManager([Pass("mark_sublayers", mark_sublayers, MarkConfig.of(paths, outputs))],
-                                check=False).run(base)
+    marks = [Pass("mark_sublayers", mark_sublayers, MarkConfig.of(paths, outputs))]
+    if trunk:  # only then: the step code of every other schedule stays as it was
+        marks.append(Pass("mark_trunk", mark_trunk, TrunkConfig(family.blocks(model)[-1][0])))
+    base, reports = PassManager(marks, check=False).run(base)
+    trunk_slots = tuple(n.meta[SUBLAYER_META] for n in trunk_nodes(base))
     p = next(model.parameters())
     c, h, w = model.in_channels, model.input_size, model.input_size
     example = [torch.zeros(1, c, h, w, dtype=p.dtype, device=p.device),
@@ -216,12 +224,13 @@ def compile(
         prologue, hoisted = base.meta.get(PROLOGUE_META), dict(reps[0].stats)
 
     mode = schedule.mode if schedule is not None else "cache"  # "drop": masked sublayers add nothing, read nothing
-    cache = plan_cache(masks, depth, mode, kinds, layout=None if layout.is_uniform else layout, slots=slots)
+    cache = plan_cache(masks, depth, mode, kinds, layout=None if layout.is_uniform else layout, slots=slots,
+                       trunk=trunk, trunk_slots=trunk_slots)
     fuse_fn = _fuse_pass() if fuse else None
     graphs, graph_reports = [], []
     for g, mask in enumerate(cache.masks):
         exports = cache.exports[g]
-        config = SpecializeConfig(mask, tuple(exports), mode, kinds, multi)
+        config = SpecializeConfig(mask, tuple(exports), mode, kinds, multi, cache.reuses_trunk(g))
         passes = [Pass("specialize", specialize, config), Pass("dce", dead_code),
                   Pass("prune_chunks", prune_chunks)]
         if fuse_fn is not None:
@@ -232,6 +241,7 @@ def compile(
             "graph": g,
             "calls": cache.graph_calls(g),
             **{f"reuse_{k}": sorted(ids) for k, ids in zip(kinds, mask, strict=True)},
+            **({"reuse_trunk": True} if cache.reuses_trunk(g) else {}),
             "exports": len(exports),
             "linear_calls": count_linear_calls(gm),
             "macs_per_image": graph_macs(gm, rows),

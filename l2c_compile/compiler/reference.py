@@ -12,6 +12,11 @@ most recently *computed* output. A call that reuses a sublayer reads that entry;
 sublayer overwrites its entry (unless recording is off, as for the teacher/student passes of
 router training).
 
+Trunk reuse (a free-form schedule's ``reuse_trunk`` call): the last block returns the trunk output
+of the latest call that ran the blocks (the cached value of its return) instead of its own; the
+blocks before it still run in this eager oracle, but record nothing, so the call leaves every
+cache entry as it found it, exactly as a trunk-reusing compiled step that runs no block at all.
+
 Drop mode (``schedule.mode == "drop"``, the learning-to-drop baseline): a skipped sublayer is not
 computed and contributes zeros, so the residual add keeps only the stream; nothing is read.
 """
@@ -54,17 +59,23 @@ class CacheState:
     record: bool = True
     computed: int = 0  # sublayers actually computed in this call (for tests and reports)
     reused: int = 0
+    trunk: bool = False  # this call reuses the trunk output
+    trunk_cache: Any = None  # the last block's most recently computed output (a tensor or tuple)
 
-    def set_call(self, reuse: Mapping[str, Iterable[int]] | None = None, *, record: bool = True) -> None:
-        """Configure the next model call: which sublayers (``{kind: block ids}``) reuse the cache."""
+    def set_call(self, reuse: Mapping[str, Iterable[int]] | None = None, *, record: bool = True,
+                 trunk: bool = False) -> None:
+        """Configure the next model call: which sublayers (``{kind: block ids}``) reuse the cache,
+        or (``trunk``) whether the call reuses the trunk output and records nothing."""
         self.reuse = frozenset((kind, int(i)) for kind, ids in (reuse or {}).items() for i in ids)
         self.weights = None
-        self.record = record
+        self.record = record and not trunk
+        self.trunk = trunk
         self.computed = self.reused = 0
 
     def clear(self) -> None:
         """Forget every cached output."""
         self.cache.clear()
+        self.trunk_cache = None
 
 
 class CachedSublayer(nn.Module):
@@ -108,23 +119,51 @@ class CachedSublayer(nn.Module):
         return out
 
 
+class TrunkOutput(nn.Module):
+    """Stands in for the last block: records its output as the trunk cache, or returns that cache
+    on a call that reuses the trunk."""
+
+    def __init__(self, inner: nn.Module, state: CacheState) -> None:
+        super().__init__()
+        self.inner = inner
+        self.state = state
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """The last block's own arguments; returns what it returns (or returned last time)."""
+        st = self.state
+        out = self.inner(*args, **kwargs)
+        if st.trunk:
+            if st.trunk_cache is None:
+                raise L2CError("schedule reuses the trunk before any call ran the blocks")
+            return st.trunk_cache
+        if st.record:
+            st.trunk_cache = out
+        return out
+
+
 @contextlib.contextmanager
 def instrument(model: nn.Module) -> Iterator[CacheState]:
     """Swap every declared sublayer (its family's module paths: ``blocks.{i}.attn``,
-    ``transformer_blocks.{i}.ff``, …) for a :class:`CachedSublayer` sharing one :class:`CacheState`."""
+    ``transformer_blocks.{i}.ff``, …) for a :class:`CachedSublayer`, and the last block for a
+    :class:`TrunkOutput`, all sharing one :class:`CacheState`."""
     state = CacheState()
     slots = []
-    outputs = family_of(model).outputs(model)
+    family = family_of(model)
+    outputs = family.outputs(model)
     for key, path in sublayer_paths(model).items():
         parent, _, name = path.rpartition(".")
         owner = model.get_submodule(parent)
-        slots.append((owner, name, getattr(owner, name), key))
+        slots.append((owner, name, getattr(owner, name), lambda inner, key=key: CachedSublayer(
+            inner, key, state, len(outputs[key]))))
+    parent, _, name = family.blocks(model)[-1][0].rpartition(".")
+    owner = model.get_submodule(parent)
+    slots.append((owner, name, getattr(owner, name), lambda inner: TrunkOutput(inner, state)))
     try:
-        for owner, name, inner, key in slots:
-            setattr(owner, name, CachedSublayer(inner, key, state, len(outputs[key])))
+        for owner, name, inner, wrap in slots:
+            setattr(owner, name, wrap(inner))
         yield state
     finally:
-        for owner, name, inner, _ in slots:
+        for owner, name, inner, _ in reversed(slots):
             setattr(owner, name, inner)
 
 
@@ -158,7 +197,7 @@ def sample(
         def eps_fn(call: ModelCall, x_in: torch.Tensor) -> torch.Tensor:
             if state is not None and schedule is not None:
                 sc = schedule.calls[call.index]
-                state.set_call(sc.reuse)
+                state.set_call(sc.reuse, trunk=sc.trunk)
             t = timestep_vector(call.timestep, x_in.shape[0], x_in.device)
             return denoiser(x_in.to(dtype), t, labels, scale).to(noise.dtype)
 

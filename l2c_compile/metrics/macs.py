@@ -50,12 +50,14 @@ class MacCount:
 
     ``per_kind``: one block's MACs per sublayer kind (e.g. attention: qkv + proj; MLP: fc1 + fc2),
     where every block that has the kind costs the same; ``per_key``: each sublayer's own MACs,
-    ``{(kind, block): MACs}``, where blocks differ (block groups of different widths or kinds).
+    ``{(kind, block): MACs}``, where blocks differ (block groups of different widths or kinds);
+    ``trunk``: every block's MACs together (what a call that reuses the trunk saves).
     """
 
     total: int
     per_kind: Mapping[str, int] = field(default_factory=dict, hash=False)
     per_key: Mapping[tuple[str, int], int] | None = field(default=None, hash=False)
+    trunk: int | None = None
 
     def of(self, kind: str, block: int | None = None) -> int:
         """MACs of sublayer ``kind`` of ``block`` (of any block, where all cost the same)."""
@@ -72,6 +74,7 @@ def module_macs(model: nn.Module, *inputs: Any, **kwargs: Any) -> MacCount:
     with a family, e.g. diffusers' PixArt. Kinds whose blocks all cost the same also get one
     per-kind count (``MacCount.per_kind``)."""
     from l2c_compile.compiler.passes.sublayers import sublayer_paths
+    from l2c_compile.families import family_of
 
     per_module: dict[str, int] = {}
     handles = []
@@ -94,7 +97,9 @@ def module_macs(model: nn.Module, *inputs: Any, **kwargs: Any) -> MacCount:
     for (kind, _), macs in per_key.items():
         per_kind.setdefault(kind, set()).add(macs)
     same = {k: next(iter(v)) for k, v in per_kind.items() if len(v) == 1}
-    return MacCount(sum(per_module.values()), same, per_key)
+    blocks = tuple(f"{path}." for path, _ in family_of(model).blocks(model))
+    trunk = sum(v for k, v in per_module.items() if k.startswith(blocks))
+    return MacCount(sum(per_module.values()), same, per_key, trunk)
 
 
 def _module_macs(module: nn.Module, out: torch.Tensor) -> int:
@@ -114,7 +119,7 @@ def measure_macs(spec: ModelSpec) -> MacCount:
     count = module_macs(model, x, t, y)
     if set(count.per_kind) != {kind for kind, _ in count.per_key or {}}:
         raise ValueError(f"{spec.name}: blocks differ in size, per-block sublayer MACs are ambiguous")
-    return MacCount(count.total, count.per_kind)
+    return MacCount(count.total, count.per_kind, trunk=count.trunk)
 
 
 @functools.cache
@@ -122,8 +127,10 @@ def count_macs(spec: ModelSpec) -> MacCount:
     """:func:`measure_macs`, but fast: meta forwards run in Python, so measure the model with one
     and two repeating units and extrapolate (every unit costs the same)."""
     one, two = measure_macs(with_depth_units(spec, 1)), measure_macs(with_depth_units(spec, 2))
-    total = one.total + (depth_units(spec) - 1) * (two.total - one.total)
-    return MacCount(total, one.per_kind)
+    extra = depth_units(spec) - 1
+    total = one.total + extra * (two.total - one.total)
+    trunk = one.trunk + extra * (two.trunk - one.trunk) if one.trunk is not None and two.trunk is not None else None
+    return MacCount(total, one.per_kind, trunk=trunk)
 
 
 def _spec(spec: str | ModelSpec) -> ModelSpec:
@@ -146,7 +153,7 @@ def trajectory_macs(
     """(uncached, cached) MACs of a whole trajectory per image.
 
     ``schedule`` has ``.nfe`` and ``.calls`` (each with ``kinds`` and ``reused(kind)``, the
-    reused block ids of each kind); with ``schedule=None``, ``nfe`` alone
+    reused block ids of each kind, and ``trunk``: the call reuses every block); with ``schedule=None``, ``nfe`` alone
     gives the uncached baseline twice. ``spec``: a registry name or spec, or a :class:`MacCount`
     with the model's block count as ``(count, depth)`` (e.g. from :func:`module_macs`).
     """
@@ -171,6 +178,11 @@ def trajectory_macs(
         return full, full
     saved = 0
     for call in schedule.calls:
+        if getattr(call, "trunk", False):
+            if count.trunk is None:
+                raise L2CError(f"no MAC count of {name}'s blocks as a whole, which a trunk reuse saves")
+            saved += count.trunk
+            continue
         reused = {k: set(call.reused(k)) for k in call.kinds}
         out_of_range = sorted(i for ids in reused.values() for i in ids if not 0 <= int(i) < depth)
         if out_of_range:

@@ -45,6 +45,7 @@ from l2c_compile.compiler.passes.base import (
     node_scope,
 )
 from l2c_compile.compiler.passes.naming import COMMENT_META, NAME_META, STANDS_FOR_META
+from l2c_compile.families.vocabulary import TRUNK
 
 ROOT = "model."  # where the model sits in the traced module
 MODEL = "m"  # the emitted local bound to ``self.model``
@@ -231,6 +232,8 @@ class _Printer:
 
     def _sublayer_kind(self, n: fx.Node) -> str | None:
         key = n.meta.get(SUBLAYER_META)
+        if key is not None and key[0] == TRUNK:
+            key = None  # the trunk output keeps its own name (x after the last block)
         if key is None and n in self.module_of:
             key = next((k for k, p in self.ctx.sublayers.items() if p == self.module_of[n]), None)
         return None if key is None else key[0]

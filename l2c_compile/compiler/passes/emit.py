@@ -128,7 +128,8 @@ def sample_source(plan: SamplerPlan, cache: CachePlan, roles: list[str], prologu
                               "labels", "cfg_scale", *slices,
                               *[f"{cache_input_name(k)}={_var(k)}" for k in cc.reads]])
             lines.append(f"    # call {call.index} · t={call.timestep:g} · {roles[call.index]} · graph {cc.graph}"
-                         + (f" · reuses {len(cc.reads)}" if cc.reads else ""))
+                         + (" · reuses the trunk" if cache.reuses_trunk(cc.graph)
+                            else f" · reuses {len(cc.reads)}" if cc.reads else ""))
             if state == "x_in":
                 lines.append(f"    x_in = {_combination(call.input)}")
             # The step returns (ε, *its exports): each export this call keeps is bound to its cache
@@ -169,11 +170,15 @@ def emit_module(graphs: list[fx.GraphModule], plan: SamplerPlan, cache: CachePla
     depth = len(ctx.blocks)
     for g, gm in enumerate(graphs):
         mask = cache.masks[g]
-        src, imps = step_source(gm, g, replace(ctx, notes=block_notes(mask, depth, mode, cache.kinds, cache.layout)))
+        notes = ({b: "not run, the trunk output is reused (what runs here feeds the layers after the blocks)"
+                  for b in range(depth)} if cache.reuses_trunk(g)
+                 else block_notes(mask, depth, mode, cache.kinds, cache.layout))
+        src, imps = step_source(gm, g, replace(ctx, notes=notes))
         calls = cache.graph_calls(g)
         verb = "reuses" if mode == "cache" else "drops"
         counts = " + ".join(f"{len(ids)} {kind_name(k)}" for k, ids in zip(cache.kinds, mask, strict=True))
-        desc = (f"# ── step graph {g}: {verb} {counts} sublayers; "
+        what = "reuses the trunk output, no block runs" if cache.reuses_trunk(g) else f"{verb} {counts} sublayers"
+        desc = (f"# ── step graph {g}: {what}; "
                 f"exports {len(cache.exports[g])} cache entries; calls {', '.join(map(str, calls))}")
         steps.append(desc + "\n" + src)
         imports.update(imps)

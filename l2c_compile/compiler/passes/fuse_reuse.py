@@ -27,6 +27,7 @@ from torch import fx
 
 from l2c_compile.compiler.passes.base import (
     CACHE_INPUT_META,
+    SUBLAYER_META,
     PassResult,
     copy_scope,
     is_add,
@@ -150,6 +151,8 @@ def fuse_reuse(gm: fx.GraphModule) -> PassResult:
         new = [n for n in graph.nodes if n.op not in ("placeholder", "output") and set(n.meta) <= {COMMENT_META}]
         copy_scope(ln, *new)  # the block of the LayerNorm it replaces
         x_new.meta["l2c_name"] = add.meta.get("l2c_name", "x")
+        if SUBLAYER_META in add.meta:  # the residual stream is the trunk output a later call reads
+            x_new.meta[SUBLAYER_META] = add.meta.pop(SUBLAYER_META)
         x_new.meta[STANDS_FOR_META] = add.meta.get(STANDS_FOR_META, add.name)  # a module call may pass it
         h.meta["l2c_name"] = "h"
         for meta_key in ("tensor_meta",):

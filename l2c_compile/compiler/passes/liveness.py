@@ -8,13 +8,17 @@ what its calls need; the emitted loop drops what a given call does not need at o
 
 Also decides the graph ids: one graph per distinct step mask (the empty mask is the full step).
 
+A call that reuses the trunk (a free-form schedule's ``reuse_trunk``) reads the trunk's cache
+slots, written by the latest call that ran the blocks, and computes no sublayer: every sublayer
+entry keeps its writer across it. It runs its own graph (the empty mask, blocks gone).
+
 In drop mode (``mode="drop"``) a masked sublayer contributes nothing, so no call reads the cache
 and nothing is exported or kept: every step graph is self-contained.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from l2c_compile.compiler.passes.base import CompileError
@@ -51,6 +55,11 @@ class CachePlan:
     peak_live_entries: int
     kinds: tuple[str, ...] = DEFAULT_KINDS  # what each mask's sets stand for, in order
     layout: Layout | None = None  # which kinds each block has (None: all of them)
+    trunk: tuple[bool, ...] = ()  # graph id -> whether it reuses the trunk (empty: none does)
+
+    def reuses_trunk(self, graph: int) -> bool:
+        """Whether step graph ``graph`` skips every block and reads the trunk from the cache."""
+        return bool(self.trunk) and self.trunk[graph]
 
     def graph_calls(self, graph: int) -> list[int]:
         """Indices of the calls that run graph ``graph``."""
@@ -59,11 +68,14 @@ class CachePlan:
 
 def plan_cache(call_masks: list[Mask], depth: int, mode: str = "cache",
                kinds: tuple[str, ...] = DEFAULT_KINDS, *, layout: Layout | None = None,
-               slots: Mapping[SublayerKey, tuple[SublayerKey, ...]] | None = None) -> CachePlan:
+               slots: Mapping[SublayerKey, tuple[SublayerKey, ...]] | None = None,
+               trunk: Sequence[bool] = (), trunk_slots: tuple[SublayerKey, ...] = ()) -> CachePlan:
     """Compute the cache plan for per-call masks (reused — or, in drop mode, dropped — block ids,
     one set per kind of ``kinds``). ``layout``: which kinds each block has (default: all
     ``kinds`` in every block); ``slots``: the cache slots of sublayers with several outputs (the
-    plan's reads, keeps and drops are slots; a one-output sublayer is its own slot)."""
+    plan's reads, keeps and drops are slots; a one-output sublayer is its own slot).
+    ``trunk``: per call, whether it reuses the trunk (empty: no call does), whose cache slots are
+    ``trunk_slots`` (``(TRUNK, j)``, one per tensor the last block hands on)."""
     if mode not in MODES:
         raise CompileError(f"unknown cache mode {mode!r}; expected cache or drop")
     slots = slots or {}
@@ -78,6 +90,14 @@ def plan_cache(call_masks: list[Mask], depth: int, mode: str = "cache",
         raise CompileError(str(exc)) from None
     if mode == "drop":
         reads = [[] for _ in call_masks]  # dropped keys are not reads
+    trunk = list(trunk) or [False] * len(call_masks)
+    if len(trunk) != len(call_masks) or (any(trunk) and (mode != "cache" or not trunk_slots)):
+        raise CompileError("trunk reuse needs one flag per call, cache mode and the trunk's slots")
+    for i, t in enumerate(trunk):
+        if t and reads[i]:
+            raise CompileError(f"call {i} reuses the trunk and sublayers at once")
+        if t:
+            reads[i] = list(trunk_slots)
     writer: dict[SublayerKey, int] = {}
     keeps: list[set[SublayerKey]] = [set() for _ in call_masks]
     last_read: dict[tuple[int, SublayerKey], int] = {}  # (writer, key) -> last reader
@@ -87,17 +107,18 @@ def plan_cache(call_masks: list[Mask], depth: int, mode: str = "cache",
                 raise CompileError(f"call {i} reuses {k[0]} of block {k[1]}, which no earlier call computed")
             keeps[writer[k]].add(k)
             last_read[(writer[k], k)] = i
-        computed = set(everything) - set(keys)
+        computed = set() if trunk[i] else set(everything) - set(keys) | set(trunk_slots)
         for k in computed:
             writer[k] = i
 
-    masks: list[Mask] = []
+    steps: list[tuple[Mask, bool]] = []  # graph id -> (mask, reuses the trunk)
     graph_of: list[int] = []
-    for mask in call_masks:
-        norm = tuple(frozenset(ids) for ids in mask)
-        if norm not in masks:
-            masks.append(norm)
-        graph_of.append(masks.index(norm))
+    for mask, t in zip(call_masks, trunk, strict=True):
+        norm = (tuple(frozenset(ids) for ids in mask), t)
+        if norm not in steps:
+            steps.append(norm)
+        graph_of.append(steps.index(norm))
+    masks = [m for m, _ in steps]
     exports = []
     for g in range(len(masks)):
         union = set().union(*(keeps[i] for i in range(len(call_masks)) if graph_of[i] == g))
@@ -116,4 +137,5 @@ def plan_cache(call_masks: list[Mask], depth: int, mode: str = "cache",
                   tuple(sorted(drops[i], key=key_order)))
         for i in range(len(call_masks))
     )
-    return CachePlan(tuple(masks), tuple(exports), calls, peak, tuple(kinds), layout)
+    flags = tuple(t for _, t in steps) if any(trunk) else ()
+    return CachePlan(tuple(masks), tuple(exports), calls, peak, tuple(kinds), layout, flags)

@@ -5,6 +5,8 @@ Post (``mode="cache"``): for every reused sublayer, a placeholder ``cache_<kind>
 ``l2c_cache_input``) replaces all uses of its output node, so the branch computing it is dead.
 Post (``mode="drop"``): for every dropped sublayer, the residual add ``stream + [gate *] f`` is
 replaced by ``stream`` itself, so the branch (and its gate) is dead and nothing is read.
+With ``trunk`` (a call that reuses the whole trunk): every marked trunk output (``mark_trunk``)
+becomes a placeholder ``cache_trunk_<j>``, so every block is dead.
 In both modes the output becomes ``(eps, *exported)`` where ``exported`` are the computed
 sublayer outputs that later calls read (in ``key_order``). Dead nodes are *not* removed here
 (that is ``dce``'s job).
@@ -29,7 +31,14 @@ from l2c_compile.compiler.passes.base import (
     key_order,
 )
 from l2c_compile.compiler.passes.sublayers import residual_adds, sublayer_nodes
-from l2c_compile.families.vocabulary import DEFAULT_KINDS, MODES, CacheMode, kind_name, mask_keys
+from l2c_compile.families.vocabulary import (
+    DEFAULT_KINDS,
+    MODES,
+    TRUNK,
+    CacheMode,
+    kind_name,
+    mask_keys,
+)
 
 
 @dataclass(frozen=True)
@@ -42,6 +51,7 @@ class SpecializeConfig:
     kinds: tuple[str, ...] = DEFAULT_KINDS  # what the mask's sets stand for, in order
     # sublayers with several outputs: their cache slots (see ``sublayers.cache_slots``)
     slots: tuple[tuple[SublayerKey, tuple[SublayerKey, ...]], ...] = ()
+    trunk: bool = False  # the step reuses the trunk output: no block runs
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -50,6 +60,8 @@ class SpecializeConfig:
     def describe(self) -> str:
         """The mask in words, for messages: ``reuses attention [0, 3], MLP [1]``."""
         verb = "reuses" if self.mode == "cache" else "drops"
+        if self.trunk:
+            return "reuses the trunk output (no block runs)"
         parts = [f"{kind_name(k)} {sorted(ids)}" for k, ids in zip(self.kinds, self.mask, strict=True)]
         return f"{verb} {', '.join(parts)}"
 
@@ -70,6 +82,12 @@ def specialize(gm: fx.GraphModule, config: SpecializeConfig) -> PassResult:
         skipped = [s for k in mask_keys(mask, config.kinds) for s in slots.get(k, (k,))]
     except ValueError as exc:
         raise CompileError(str(exc)) from None
+    if config.trunk:
+        if skipped or mode != "cache":
+            raise CompileError("a trunk-reusing step reuses no single sublayer and needs cache mode")
+        skipped = sorted((k for k in nodes if k[0] == TRUNK), key=key_order)
+        if not skipped:
+            raise CompileError("the step reuses the trunk but no trunk output is marked (mark_trunk)")
     missing = [k for k in (*skipped, *exported) if k not in nodes]
     if missing:
         raise CompileError(f"sublayers {missing} are not in the traced graph")

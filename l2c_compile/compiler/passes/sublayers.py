@@ -44,7 +44,7 @@ from l2c_compile.compiler.passes.base import (
     node_scope,
 )
 from l2c_compile.families import FamilyError, family_of
-from l2c_compile.families.vocabulary import register_slot
+from l2c_compile.families.vocabulary import TRUNK, register_slot
 
 
 def sublayer_paths(model: nn.Module) -> dict[SublayerKey, str]:
@@ -225,3 +225,37 @@ def sublayer_nodes(gm: fx.GraphModule) -> dict[SublayerKey, fx.Node]:
 def residual_adds(gm: fx.GraphModule) -> dict[SublayerKey, fx.Node]:
     """The marked residual adds still present in ``gm``."""
     return {n.meta[RESIDUAL_META]: n for n in gm.graph.nodes if RESIDUAL_META in n.meta}
+
+
+@dataclass(frozen=True)
+class TrunkConfig:
+    """Where the trunk ends: the module path of the model's last block."""
+
+    last_block: str
+
+
+def mark_trunk(gm: fx.GraphModule, config: TrunkConfig) -> PassResult:
+    """Mark the trunk's outputs for a schedule whose calls may reuse the trunk.
+
+    The trunk output is what the last block hands on: each tensor computed inside its module
+    scope and used outside it (DiT's ``x`` after ``blocks[-1]``, U-ViT's after the last out-block),
+    marked ``l2c_sublayer = (TRUNK, j)`` in graph order, so ``specialize`` can read it from the
+    cache (every block and whatever fed only them goes dead) or export it like a sublayer output.
+    CompileError when the last block computes nothing used after it.
+    """
+    prefix = "model."
+    found = [n for n in gm.graph.nodes
+             if _inside(node_scope(n, prefix), config.last_block) and _is_value(n) and n.op != "placeholder"
+             and any(u.op == "output" or not _inside(node_scope(u, prefix), config.last_block) for u in n.users)]
+    found = [u for n in found for u in ([n] if _is_value_node(n) else _getitems(n))]
+    if not found:
+        raise CompileError(f"the last block {config.last_block} hands no tensor on: the trunk has no output")
+    for j, n in enumerate(found):
+        n.meta[SUBLAYER_META] = (TRUNK, j)
+    return PassResult(gm, True, {"trunk_outputs": len(found)})
+
+
+def trunk_nodes(gm: fx.GraphModule) -> list[fx.Node]:
+    """The marked trunk output nodes of ``gm``, in slot order."""
+    marked = [n for n in gm.graph.nodes if n.meta.get(SUBLAYER_META, ("",))[0] == TRUNK]
+    return sorted(marked, key=lambda n: n.meta[SUBLAYER_META][1])
