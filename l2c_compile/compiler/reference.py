@@ -119,33 +119,28 @@ class CachedSublayer(nn.Module):
         return out
 
 
-class TrunkOutput(nn.Module):
-    """Stands in for the last block: records its output as the trunk cache, or returns that cache
-    on a call that reuses the trunk."""
+def trunk_hook(state: CacheState):
+    """A forward hook for the last block: records its output as the trunk cache, or, on a call
+    that reuses the trunk, returns that cache in place of the output (the block itself stays in
+    the model, so a forward that reads its attributes still finds them)."""
 
-    def __init__(self, inner: nn.Module, state: CacheState) -> None:
-        super().__init__()
-        self.inner = inner
-        self.state = state
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        """The last block's own arguments; returns what it returns (or returned last time)."""
-        st = self.state
-        out = self.inner(*args, **kwargs)
-        if st.trunk:
-            if st.trunk_cache is None:
+    def hook(module: nn.Module, args: Any, out: Any) -> Any:
+        if state.trunk:
+            if state.trunk_cache is None:
                 raise L2CError("schedule reuses the trunk before any call ran the blocks")
-            return st.trunk_cache
-        if st.record:
-            st.trunk_cache = out
+            return state.trunk_cache
+        if state.record:
+            state.trunk_cache = out
         return out
+
+    return hook
 
 
 @contextlib.contextmanager
 def instrument(model: nn.Module) -> Iterator[CacheState]:
     """Swap every declared sublayer (its family's module paths: ``blocks.{i}.attn``,
-    ``transformer_blocks.{i}.ff``, …) for a :class:`CachedSublayer`, and the last block for a
-    :class:`TrunkOutput`, all sharing one :class:`CacheState`."""
+    ``transformer_blocks.{i}.ff``, …) for a :class:`CachedSublayer` and hook the last block
+    (:func:`trunk_hook`), all sharing one :class:`CacheState`."""
     state = CacheState()
     slots = []
     family = family_of(model)
@@ -153,17 +148,18 @@ def instrument(model: nn.Module) -> Iterator[CacheState]:
     for key, path in sublayer_paths(model).items():
         parent, _, name = path.rpartition(".")
         owner = model.get_submodule(parent)
-        slots.append((owner, name, getattr(owner, name), lambda inner, key=key: CachedSublayer(
-            inner, key, state, len(outputs[key]))))
-    parent, _, name = family.blocks(model)[-1][0].rpartition(".")
-    owner = model.get_submodule(parent)
-    slots.append((owner, name, getattr(owner, name), lambda inner: TrunkOutput(inner, state)))
+        slots.append((owner, name, getattr(owner, name), key))
+    last = model.get_submodule(family.blocks(model)[-1][0])
+    handle = None
     try:
-        for owner, name, inner, wrap in slots:
-            setattr(owner, name, wrap(inner))
+        for owner, name, inner, key in slots:
+            setattr(owner, name, CachedSublayer(inner, key, state, len(outputs[key])))
+        handle = last.register_forward_hook(trunk_hook(state))
         yield state
     finally:
-        for owner, name, inner, _ in reversed(slots):
+        if handle is not None:
+            handle.remove()
+        for owner, name, inner, _ in slots:
             setattr(owner, name, inner)
 
 
