@@ -114,3 +114,35 @@ def prompt_inputs(batch: int, seed: int = 0) -> dict[str, torch.Tensor]:
         out[f"{name}_embeds"] = torch.randn(batch, TEXT_LEN, TEXT_DIM, generator=g)
         out[f"{name}_attention_mask"] = mask
     return out
+
+
+SD3_TEXT_LEN = 5  # joint prompt tokens of the tiny SD3 (CLIP + T5 in a real pipeline)
+SD3_TEXT_DIM = 16  # joint_attention_dim
+SD3_POOLED_DIM = 12  # pooled_projection_dim (< the text width: the packed row is zero-padded)
+
+
+def tiny_sd3_transformer(seed: int = 0, *, layers: int = 3, heads: int = 2, dual: tuple[int, ...] = (0,)):
+    """A random SD3.5-shaped ``SD3Transformer2DModel``: ``layers`` joint blocks (the last one
+    context_pre_only), SD3.5's second attention in blocks ``dual``, RMS q/k norms; 8×8 latents."""
+    from diffusers import SD3Transformer2DModel
+
+    torch.manual_seed(seed)
+    model = SD3Transformer2DModel(
+        sample_size=8, patch_size=2, in_channels=4, out_channels=4, num_layers=layers, attention_head_dim=8,
+        num_attention_heads=heads, joint_attention_dim=SD3_TEXT_DIM, caption_projection_dim=8 * heads,
+        pooled_projection_dim=SD3_POOLED_DIM, pos_embed_max_size=8, dual_attention_layers=dual,
+        qk_norm="rms_norm")
+    with torch.no_grad():  # diffusers zero-initialises the adaLN gates: make every branch count
+        for param in model.parameters():
+            param.normal_(0.0, 0.1)
+    return model.eval()
+
+
+def sd3_prompt_inputs(batch: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random prompt / negative prompt embeddings and pooled embeddings for the tiny SD3."""
+    g = torch.Generator().manual_seed(seed + 7)
+    out = {}
+    for name in ("prompt", "negative_prompt"):
+        out[f"{name}_embeds"] = torch.randn(batch, SD3_TEXT_LEN, SD3_TEXT_DIM, generator=g)
+        out[f"pooled_{name}_embeds"] = torch.randn(batch, SD3_POOLED_DIM, generator=g)
+    return out

@@ -76,6 +76,15 @@ def _pixart(seed: int, depth: int | None, width: int | None, **overrides) -> nn.
     return DiffusersPixArt(tiny_pixart_transformer(seed, **kwargs), text_len=TEXT_LEN).eval()
 
 
+def _sd3(seed: int, depth: int | None, width: int | None, **overrides) -> nn.Module:
+    pytest.importorskip("diffusers")
+    from l2c_compile.diffusers.sd3 import DiffusersSD3
+    from tests.diffusers_helpers import SD3_TEXT_LEN, tiny_sd3_transformer
+
+    kwargs = {**_given(layers=depth, heads=None if width is None else width // 8), **overrides}
+    return DiffusersSD3(tiny_sd3_transformer(seed, **kwargs), text_len=SD3_TEXT_LEN).eval()
+
+
 def _given(**kwargs: Any) -> dict[str, Any]:
     return {k: v for k, v in kwargs.items() if v is not None}
 
@@ -101,6 +110,17 @@ def _pixart_inputs(model: nn.Module, seed: int, batch: int = 2) -> tuple[torch.T
     p = prompt_inputs(batch, seed)
     y = torch.stack([pack_condition(p["prompt_embeds"], p["prompt_attention_mask"]),
                      pack_condition(p["negative_prompt_embeds"], p["negative_prompt_attention_mask"])], dim=1)
+    noise = torch.randn(batch, 4, model.input_size, model.input_size, generator=torch.Generator().manual_seed(seed))
+    return noise, y
+
+
+def _sd3_inputs(model: nn.Module, seed: int, batch: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    from l2c_compile.diffusers.sd3 import pack_condition
+    from tests.diffusers_helpers import sd3_prompt_inputs
+
+    p = sd3_prompt_inputs(batch, seed)
+    y = torch.stack([pack_condition(p["prompt_embeds"], p["pooled_prompt_embeds"]),
+                     pack_condition(p["negative_prompt_embeds"], p["pooled_negative_prompt_embeds"])], dim=1)
     noise = torch.randn(batch, 4, model.input_size, model.input_size, generator=torch.Generator().manual_seed(seed))
     return noise, y
 
@@ -153,6 +173,8 @@ CASES: dict[str, Case] = {
                           exported=True),
     "pixart": Case(_pixart, _pixart_inputs, 4.5, _diffusers_info, gated=frozenset({"attn", "mlp"}),
                    unguided=lambda y: y[:, 0], exported=True),  # y: (N, 2, L, D + 1), prompt first
+    "sd3": Case(_sd3, _sd3_inputs, 5.0, _diffusers_info, gated=frozenset({"attn", "attn2", "mlp", "txt_mlp"}),
+                unguided=lambda y: y[:, 0], exported=True),  # y: (N, 2, L + 1, W), prompt first
     "toy-flux": Case(_toy_flux, _class_inputs, 4.0, _record("toy-flux", "toy-flux"),
                      gated=frozenset({"attn", "mlp"})),
 }

@@ -53,7 +53,7 @@ NFE = 4
 
 def test_every_declared_family_joins_the_contract_suite():
     assert set(DECLARED) <= set(CASES), f"families without a Case in tests/families.py: {set(DECLARED) - set(CASES)}"
-    assert {"dit", "uvit", "diffusers-dit", "pixart", "toy-flux"} <= set(DECLARED)
+    assert {"dit", "uvit", "diffusers-dit", "pixart", "sd3", "toy-flux"} <= set(DECLARED)
 
 
 def _plan(family: Family):

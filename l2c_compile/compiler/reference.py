@@ -92,20 +92,22 @@ class CachedSublayer(nn.Module):
         self.key = key
         self.state = state
 
-    def forward(self, h: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        """h: (N, T, D) the sublayer's input; further arguments go to the sublayer unchanged."""
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """The sublayer's own arguments, positional or by keyword (its first is the (N, T, D)
+        input), passed on unchanged."""
         st = self.state
         if self.key in st.reuse:
             if st.mode == "drop":
                 st.reused += 1
                 if self.outputs > 1:  # each stream gets nothing; the shapes come from one evaluation
-                    return tuple(torch.zeros_like(v) for v in self.inner(h, *args, **kwargs))
+                    return tuple(torch.zeros_like(v) for v in self.inner(*args, **kwargs))
+                h = args[0] if args else next(iter(kwargs.values()))
                 return torch.zeros_like(h)  # (N, T, D): the branch adds nothing to the stream
             if self.key not in st.cache:
                 raise L2CError(f"schedule reuses {self.key[0]} of block {self.key[1]} before it was ever computed")
             st.reused += 1
             return st.cache[self.key]
-        out = self.inner(h, *args, **kwargs)  # (N, T, D) ungated sublayer output
+        out = self.inner(*args, **kwargs)  # (N, T, D) ungated sublayer output
         st.computed += 1
         if st.weights is not None and self.key in st.weights:
             w = st.weights[self.key]

@@ -87,8 +87,9 @@ class DiffusersSpec:
                "default_cfg_scale": self.default_cfg_scale, "pixel_space": self.pixel_space}
         if self.text_conditioned:
             side = self.latent_shape[1] * 8
-            out["pixart"] = {"text_len": self.text_len or 120, "height": side, "width": side,
-                             "vae_scale_factor": 8}
+            # the adapter's record, under the family's name ("pixart", "sd3"): what from_record reads
+            out[self.declaration.name] = {"text_len": self.text_len or 120, "height": side, "width": side,
+                                          "vae_scale_factor": 8}
         return out
 
 

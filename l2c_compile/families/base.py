@@ -58,6 +58,10 @@ class KindDecl:
 
     ``words``: how people read a kind that is not yet in the vocabulary (label, grid letter);
     ``after``: the kind it runs after inside a block (for a new kind).
+    ``optional``: a block has this kind only where the module at ``path`` exists and is not None
+    (SD3.5's second attention in its first blocks only; SD3's last block has no text MLP).
+    ``outputs_of``: the outputs a given block caches, where blocks differ (SD3's last block is
+    ``context_pre_only``: its joint attention's text output feeds nothing); default ``outputs``.
     """
 
     kind: str
@@ -65,6 +69,21 @@ class KindDecl:
     outputs: tuple[str, ...] = ("out",)
     words: KindWords | None = None
     after: str | None = None
+    optional: bool = False
+    outputs_of: Callable[[nn.Module], tuple[str, ...]] | None = None
+
+    def present(self, block: nn.Module) -> bool:
+        """Whether ``block`` has this sublayer (always, unless the kind is ``optional``)."""
+        if not self.optional:
+            return True
+        try:
+            return block.get_submodule(self.path) is not None
+        except AttributeError:
+            return False
+
+    def cached_outputs(self, block: nn.Module) -> tuple[str, ...]:
+        """The names of the outputs ``block``'s sublayer of this kind caches."""
+        return self.outputs if self.outputs_of is None else tuple(self.outputs_of(block))
 
     @property
     def multi(self) -> bool:
@@ -225,11 +244,23 @@ class Family:
         prefix = self._prefix(model)
         return [(p, g) for g in self.groups for p in self._block_paths(model, g, prefix)]
 
+    def sublayers(self, model: nn.Module) -> list[tuple[str, KindDecl]]:
+        """``(block path, kind)`` for each block of ``model`` in order, of the kinds it has."""
+        out = []
+        for path, g in self.blocks(model):
+            block = model.get_submodule(path)
+            out += [(path, k) for k in g.kinds if k.present(block)]
+        return out
+
+    def _block_ids(self, model: nn.Module) -> dict[str, int]:
+        return {path: i for i, (path, _) in enumerate(self.blocks(model))}
+
     def layout(self, model: nn.Module) -> Layout:
         """Which kinds each block of ``model`` has."""
         runs: list[tuple[int, tuple[str, ...]]] = []
-        for _, g in self.blocks(model):
-            ks = tuple(k.kind for k in g.kinds)
+        for path, g in self.blocks(model):
+            block = model.get_submodule(path)
+            ks = tuple(k.kind for k in g.kinds if k.present(block))
             if runs and runs[-1][1] == ks:
                 runs[-1] = (runs[-1][0] + 1, ks)
             else:
@@ -238,11 +269,13 @@ class Family:
 
     def paths(self, model: nn.Module) -> dict[SublayerKey, str]:
         """``{(kind, block): module path}`` for ``model``; FamilyError naming a missing path."""
-        return {(k.kind, i): f"{path}.{k.path}" for i, (path, g) in enumerate(self.blocks(model)) for k in g.kinds}
+        ids = self._block_ids(model)
+        return {(k.kind, ids[path]): f"{path}.{k.path}" for path, k in self.sublayers(model)}
 
     def outputs(self, model: nn.Module) -> dict[SublayerKey, tuple[str, ...]]:
         """``{(kind, block): names of its cached outputs}`` for ``model``."""
-        return {(k.kind, i): k.outputs for i, (_, g) in enumerate(self.blocks(model)) for k in g.kinds}
+        ids = self._block_ids(model)
+        return {(k.kind, ids[path]): k.cached_outputs(model.get_submodule(path)) for path, k in self.sublayers(model)}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The families l2c-compile ships: DiT, U-ViT (``models/``), diffusers' DiT and PixArt (``diffusers/``).
+"""The families l2c-compile ships: DiT, U-ViT (``models/``), diffusers' DiT, PixArt and SD3 (``diffusers/``).
 
 Sources: facebookresearch/DiT ``models.py`` and L2C's ``DiT/train_router.py`` (recipe, θ 0.1);
 baofff/U-ViT ``libs/uvit.py`` and L2C's ``U-ViT/train_router_discrete.py`` (recipe, θ 0.9); diffusers'
@@ -11,6 +11,7 @@ from l2c_compile.families.base import (
     BlockGroup,
     Family,
     KindDecl,
+    KindWords,
     Recipe,
     Sampling,
     Shape,
@@ -74,4 +75,28 @@ PIXART = register_family(Family(
     diffusers_class="PixArtTransformer2DModel",
     conditioning="text",
     adapter="l2c_compile.diffusers.pixart:DiffusersPixArt",
+))
+
+SD3 = register_family(Family(
+    name="sd3",
+    groups=(BlockGroup(("transformer_blocks",), (
+        # joint attention: the image stream's and the text stream's outputs, each gated and added to
+        # its own stream; the last block is context_pre_only, its text output feeds nothing
+        KindDecl("attn", "attn", outputs=("img", "txt"),
+                 outputs_of=lambda block: ("img",) if block.context_pre_only else ("img", "txt")),
+        # SD3.5: a second image self-attention in the blocks of dual_attention_layers only
+        KindDecl("attn2", "attn2", words=KindWords("second attention", "s"), after="attn", optional=True),
+        KindDecl("mlp", "ff"),
+        # the text MLP; the last block has none
+        KindDecl("txt_mlp", "ff_context", words=KindWords("text MLP", "t"), after="mlp", optional=True),
+    )),),
+    classes={"SD3Transformer2DModel": "", "l2c_compile.diffusers.sd3.DiffusersSD3": "transformer"},
+    recipe=None,
+    router_family="dit",  # trained with DiT's recipe; no official routers exist
+    guidance="negative-condition",
+    guidance_rule="u + s·(c − u)",
+    sampling=Sampling("flow-euler", "flow", "sigma_1000", 7.0),
+    diffusers_class="SD3Transformer2DModel",
+    conditioning="text",
+    adapter="l2c_compile.diffusers.sd3:DiffusersSD3",
 ))

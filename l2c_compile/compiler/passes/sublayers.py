@@ -118,7 +118,8 @@ def find_sublayers(
     sits in the traced module (``"model"`` under the guidance wrapper; ``""`` for a model traced on
     its own). ``outputs``: each sublayer's cached output names (default: one each, or what
     ``trace_step`` recorded); a sublayer with several outputs gives one :class:`Sublayer` per
-    output, keyed by its cache slot (:func:`cache_slots`), in the order the graph computes them.
+    output, keyed by its cache slot (:func:`cache_slots`): the declared outputs in the order the
+    block adds them to its streams.
     Raises CompileError naming a declared path that is not in the graph, has another number of
     outputs than declared, or feeds no residual add.
     """
@@ -154,8 +155,12 @@ def find_sublayers(
         if len(found) != want:
             expected = "one output" if want == 1 else f"{want} outputs"
             raise CompileError(f"{where} has {len(found)} values used outside it; expected {expected}")
-        for slot, value in zip(slots[key], found, strict=True):
-            subs.append(_residual(slot, path, value, where, depends))
+        # Several outputs are told apart by the streams they join, in the order the block adds
+        # them (the image stream's first: SD3, FLUX and the toy FLUX add it before the text
+        # stream's), not by the order an exported graph happens to compute them in.
+        branches = sorted((_residual(slot, path, value, where, depends) for slot, value in zip(slots[key], found, strict=True)),
+                          key=lambda b: pos[b.add])
+        subs += [Sublayer(slot, b.path, b.add, b.value, b.gate) for slot, b in zip(slots[key], branches, strict=True)]
     return subs
 
 
