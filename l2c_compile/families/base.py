@@ -58,6 +58,14 @@ class KindDecl:
 
     ``words``: how people read a kind that is not yet in the vocabulary (label, grid letter);
     ``after``: the kind it runs after inside a block (for a new kind).
+
+    Other caching tools' names for it (:mod:`l2c_compile.schedule.interop`): SmoothCache keys a
+    sublayer by its module's attribute name, the last part of ``path`` (``attn1``, ``ff``), so
+    that needs no declaration. ``invardiff``: the InvarDiff cache books that hold it, as dotted
+    paths into the book file (``"msa_cache_book"``; ``"transformer_cache_book.ff"``), each a
+    ``[steps][blocks of the group]`` table; the first is the one that decides, any others must
+    agree with it (FLUX's joint attention is reused only when ``attn`` and ``context_attn`` both
+    say so). Empty: InvarDiff has no name for it.
     """
 
     kind: str
@@ -65,6 +73,7 @@ class KindDecl:
     outputs: tuple[str, ...] = ("out",)
     words: KindWords | None = None
     after: str | None = None
+    invardiff: tuple[str, ...] = ()
 
     @property
     def multi(self) -> bool:
