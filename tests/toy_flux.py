@@ -174,11 +174,18 @@ TOY_FLUX = register_family(Family(
     name="toy-flux",
     groups=(
         BlockGroup(("double_blocks",), (
-            KindDecl("attn", "attn", outputs=("img", "txt")),  # joint attention: two cached outputs
-            KindDecl("mlp", "mlp"),
-            KindDecl("txt_mlp", "txt_mlp", words=KindWords("text MLP", "t"), after="mlp"),
+            # joint attention: two cached outputs; InvarDiff reuses it only when attn and
+            # context_attn both say so (ip_attn follows attn: the toy has no IP-adapter)
+            KindDecl("attn", "attn", outputs=("img", "txt"), invardiff=(
+                "transformer_cache_book.attn", "transformer_cache_book.context_attn", "transformer_cache_book.ip_attn")),
+            KindDecl("mlp", "mlp", invardiff=("transformer_cache_book.ff",)),
+            KindDecl("txt_mlp", "txt_mlp", words=KindWords("text MLP", "t"), after="mlp",
+                     invardiff=("transformer_cache_book.context_ff",)),
         )),
-        BlockGroup(("single_blocks",), (KindDecl("attn", "attn"), KindDecl("mlp", "mlp"))),
+        # InvarDiff's single-block "mlp" is the hidden before the shared proj_out, which is linear:
+        # reusing it is reusing the projected MLP branch, as this toy's mlp caches it
+        BlockGroup(("single_blocks",), (KindDecl("attn", "attn", invardiff=("single_transformer_cache_book.attn",)),
+                                        KindDecl("mlp", "mlp", invardiff=("single_transformer_cache_book.mlp",)))),
     ),
     classes={ToyFlux: ""},
     recipe=None,

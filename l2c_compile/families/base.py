@@ -62,6 +62,14 @@ class KindDecl:
     (SD3.5's second attention in its first blocks only; SD3's last block has no text MLP).
     ``outputs_of``: the outputs a given block caches, where blocks differ (SD3's last block is
     ``context_pre_only``: its joint attention's text output feeds nothing); default ``outputs``.
+
+    Other caching tools' names for it (:mod:`l2c_compile.schedule.interop`): SmoothCache keys a
+    sublayer by its module's attribute name, the last part of ``path`` (``attn1``, ``ff``), so
+    that needs no declaration. ``invardiff``: the InvarDiff cache books that hold it, as dotted
+    paths into the book file (``"msa_cache_book"``; ``"transformer_cache_book.ff"``), each a
+    ``[steps][blocks of the group]`` table; the first is the one that decides, any others must
+    agree with it (FLUX's joint attention is reused only when ``attn`` and ``context_attn`` both
+    say so). Empty: InvarDiff has no name for it.
     """
 
     kind: str
@@ -69,6 +77,7 @@ class KindDecl:
     outputs: tuple[str, ...] = ("out",)
     words: KindWords | None = None
     after: str | None = None
+    invardiff: tuple[str, ...] = ()
     optional: bool = False
     outputs_of: Callable[[nn.Module], tuple[str, ...]] | None = None
 

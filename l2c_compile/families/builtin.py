@@ -3,6 +3,14 @@
 Sources: facebookresearch/DiT ``models.py`` and L2C's ``DiT/train_router.py`` (recipe, θ 0.1);
 baofff/U-ViT ``libs/uvit.py`` and L2C's ``U-ViT/train_router_discrete.py`` (recipe, θ 0.9); diffusers'
 ``DiTPipeline`` and ``PixArtAlphaPipeline`` (guidance, samplers). Spec §2–§4.
+
+Other tools' names (``KindDecl.invardiff``; SmoothCache uses the module attribute of ``path``):
+InvarDiff's DiT books ``msa_cache_book``/``mlp_cache_book`` (zihaowu25/InvarDiff
+``DiT/sample_InvarDiff_dit.py``) name ``DiTBlock.attn``/``.mlp``, so they apply to DiT, to diffusers'
+DiT (the same weights) and to U-ViT's attention and MLP (block ids in execution order). PixArt's
+three kinds take the names of InvarDiff's Wan books (``module_cache_book``: ``self_attn``,
+``cross_attn``, ``ffn``; ``Wan2.1/invardiff_generate.py``), the same three sublayers in the same
+order, each cached before its gate.
 """
 
 from __future__ import annotations
@@ -18,7 +26,8 @@ from l2c_compile.families.base import (
     register_family,
 )
 
-ATTN_MLP = (KindDecl("attn", "attn"), KindDecl("mlp", "mlp"))
+ATTN_MLP = (KindDecl("attn", "attn", invardiff=("msa_cache_book",)),
+            KindDecl("mlp", "mlp", invardiff=("mlp_cache_book",)))
 
 DIT = register_family(Family(
     name="dit",
@@ -49,7 +58,10 @@ UVIT = register_family(Family(
 
 DIFFUSERS_DIT = register_family(Family(
     name="diffusers-dit",
-    groups=(BlockGroup(("transformer_blocks",), (KindDecl("attn", "attn1"), KindDecl("mlp", "ff"))),),
+    groups=(BlockGroup(("transformer_blocks",), (
+        KindDecl("attn", "attn1", invardiff=("msa_cache_book",)),
+        KindDecl("mlp", "ff", invardiff=("mlp_cache_book",)),
+    )),),
     classes={"DiTTransformer2DModel": "", "l2c_compile.diffusers.dit.DiffusersDiT": "transformer"},
     router_family="dit",  # an official DiT's routers and θ apply to the same weights in diffusers
     guidance="null-class",
@@ -62,9 +74,9 @@ DIFFUSERS_DIT = register_family(Family(
 PIXART = register_family(Family(
     name="pixart",
     groups=(BlockGroup(("transformer_blocks",), (
-        KindDecl("attn", "attn1"),  # self-attention, gated by adaLN-single
-        KindDecl("cross", "attn2"),  # cross-attention to the prompt, ungated
-        KindDecl("mlp", "ff"),
+        KindDecl("attn", "attn1", invardiff=("module_cache_book.self_attn",)),  # gated by adaLN-single
+        KindDecl("cross", "attn2", invardiff=("module_cache_book.cross_attn",)),  # to the prompt, ungated
+        KindDecl("mlp", "ff", invardiff=("module_cache_book.ffn",)),
     )),),
     classes={"PixArtTransformer2DModel": "", "l2c_compile.diffusers.pixart.DiffusersPixArt": "transformer"},
     recipe=None,
