@@ -185,7 +185,7 @@ def render_front(key: tuple[str, int, int], points: list[dict[str, Any]]) -> str
     return "\n".join(out)
 
 
-MARKERS = {"L2C": "o", "heuristic": "x"}
+MARKERS = {"L2C": "o", "heuristic": "x", "baseline": "^"}
 
 
 def plot_front(key: tuple[str, int, int], points: list[dict[str, Any]], path: Path) -> None:
@@ -206,7 +206,7 @@ def plot_front(key: tuple[str, int, int], points: list[dict[str, Any]], path: Pa
         ("ΔFID vs uncached (paired, lower is better)", "PSNR vs uncached (dB, higher is better)"),
         strict=True,
     ):
-        for kind, style in (("steps", "-"), ("L2C", ""), ("heuristic", "")):
+        for kind, style in (("steps", "-"), ("L2C", ""), ("heuristic", ""), ("baseline", "")):
             pts = sorted(
                 (p for p in points if p["kind"] == kind and None not in _values(p, metric, seeds)),
                 key=lambda p: p["macs"],

@@ -19,9 +19,10 @@ from l2c_compile.apps import demo
 from l2c_compile.errors import L2CError
 from l2c_compile.metrics.macs import trajectory_macs
 from l2c_compile.models.registry import get_spec, num_blocks
-from l2c_compile.models.select import make_spec_plan
+from l2c_compile.models.select import make_spec_plan, spec_layout
 from l2c_compile.samplers.base import SamplerPlan
 from l2c_compile.schedule import Schedule, default_threshold, heuristic, import_router
+from l2c_compile.schedule.baselines import deepcache, fora, step_mask
 from l2c_compile.schedule.router_files import load_router
 
 TABLES = ("1", "9", "5", "2", "6")  # run order: later tables reuse earlier samples
@@ -281,6 +282,7 @@ def front_rows(
     thetas: tuple[float, ...] | None = None,
     extra: dict[str, Path] | None = None,
     heuristics: tuple[str, ...] = ("random", "top", "bottom"),
+    baselines: bool = True,
 ) -> list[Row]:
     """The points of one (model, NFE) cost–quality front, all at the same seeds (issue 25).
 
@@ -289,7 +291,8 @@ def front_rows(
     the shipped router at each θ of ``thetas`` (default: the family's :data:`FRONT_THETAS`),
     the λ-sweep routers (``-lam*`` files at this NFE) and each ``extra`` router (label → file)
     at the family's θ; ``heuristic`` — random / top / bottom layer caching at the removal of
-    the shipped router at its θ.
+    the shipped router at its θ; ``baseline`` — the static schedules other tools ship
+    (:func:`baseline_rows`), unless ``baselines`` is false.
     """
     spec = get_spec(model)
     plan = make_spec_plan(spec, None, nfe)
@@ -324,9 +327,28 @@ def front_rows(
         else:
             sched = layers(kind, plan, model, depth, removed)
         rows.append(Row(FRONT, model, f"heuristic {kind} cache", plan, sched, nfe, True))
-    return rows
+    return rows + (baseline_rows(spec, plan, model) if baselines else [])
+
+
+def baseline_rows(spec: Any, plan: SamplerPlan, model: str) -> list[Row]:
+    """The static baselines of :mod:`l2c_compile.schedule.baselines` on one front (issues 23, 25):
+    FORA every 2nd and 3rd call (the last call computes, as SmoothCache's FORA files), a
+    cache-dit-style step mask (the first quarter, or half, of the calls and the last compute, in
+    between every other call; the rest reuse the trunk) and DeepCache every 2nd call over all blocks but the
+    first and the last (when there are more than two)."""
+    layout, nfe = spec_layout(spec), plan.nfe
+    scheds = {
+        "FORA-2": fora(plan, layout, interval=2, model=model, compute_last=True),
+        "FORA-3": fora(plan, layout, interval=3, model=model, compute_last=True),
+    }
+    for first in sorted({max(1, nfe // 4), max(1, nfe // 2)}):
+        scheds[f"step-mask {first}/1/2"] = step_mask(plan, layout, first=first, last=1, every=2, model=model)
+    if layout.depth > 2:
+        stop = layout.depth - 1
+        scheds[f"DeepCache-2 blocks 1:{stop}"] = deepcache(plan, layout, interval=2, start=1, stop=stop, model=model)
+    return [Row(FRONT, model, f"baseline {name}", plan, sched, nfe, True) for name, sched in scheds.items()]
 
 
 def front_kind(method: str) -> str:
-    """``steps``, ``L2C`` or ``heuristic``: the family of a front row (its method's first word)."""
+    """``steps``, ``L2C``, ``heuristic`` or ``baseline``: the family of a front row (its method's first word)."""
     return method.split(" ", 1)[0]

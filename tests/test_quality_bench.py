@@ -187,7 +187,7 @@ def test_rows_do_not_depend_on_batch_or_workers(bench, stand_ins, tmp_path):
 def test_front_scores_every_point_at_every_seed_and_resumes(
     bench, stand_ins, tmp_path, monkeypatch
 ):
-    """--front: steps from NFE/2 up, L2C at each θ and λ, heuristics; seed-major lines, report."""
+    """--front: steps from NFE/2 up, L2C at each θ and λ, heuristics, static baselines; seed-major lines, report."""
     out = tmp_path / "results"
     argv = [
         *("--front", f"{DIT}:{NFE}", "--samples", "10", "--seeds", "0,1", "--batch", "10"),
@@ -199,6 +199,9 @@ def test_front_scores_every_point_at_every_seed_and_resumes(
     assert methods[:3] == ["steps DDIM-2", "steps DDIM-3", "steps DDIM-4"]
     assert "L2C θ=0.1" in methods and "L2C θ=0.95" in methods and "L2C λ=0.001 θ=0.1" in methods
     assert "heuristic random cache" in methods and "heuristic top cache" not in methods
+    assert {"baseline FORA-2", "baseline FORA-3", "baseline step-mask 1/1/2", "baseline step-mask 2/1/2"} <= set(methods)
+    fora2 = next(r for r in lines if r["method"] == "baseline FORA-2")
+    assert fora2["kind"] == "baseline" and fora2["macs"] < fora2["macs_ref"]
     assert [r["seed"] for r in lines] == [0] * len(methods) + [1] * len(methods)  # seed-major
     ref = next(r for r in lines if r["method"] == "steps DDIM-4" and r["seed"] == 1)
     assert ref["fid_delta"] == 0 and ref["psnr"] is None and ref["macs"] == ref["macs_ref"]
