@@ -146,3 +146,36 @@ def sd3_prompt_inputs(batch: int, seed: int = 0) -> dict[str, torch.Tensor]:
         out[f"{name}_embeds"] = torch.randn(batch, SD3_TEXT_LEN, SD3_TEXT_DIM, generator=g)
         out[f"pooled_{name}_embeds"] = torch.randn(batch, SD3_POOLED_DIM, generator=g)
     return out
+
+
+FLUX_TEXT_LEN = 5  # T5 prompt tokens of the tiny FLUX (max_sequence_length in a real pipeline)
+FLUX_TEXT_DIM = 16  # joint_attention_dim
+FLUX_POOLED_DIM = 12  # pooled_projection_dim
+
+
+def tiny_flux_transformer(seed: int = 0, *, layers: int = 2, single_layers: int = 2, heads: int = 2,
+                          guidance_embeds: bool = True):
+    """A random FLUX.1-shaped ``FluxTransformer2DModel``: ``layers`` double-stream and
+    ``single_layers`` single-stream blocks, 3-axis rotary embeddings, 4 latent channels (16 packed);
+    ``guidance_embeds``: FLUX.1-dev (True) or schnell (False)."""
+    from diffusers import FluxTransformer2DModel
+
+    torch.manual_seed(seed)
+    model = FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=layers, num_single_layers=single_layers, attention_head_dim=8,
+        num_attention_heads=heads, joint_attention_dim=FLUX_TEXT_DIM, pooled_projection_dim=FLUX_POOLED_DIM,
+        guidance_embeds=guidance_embeds, axes_dims_rope=(2, 2, 4))
+    with torch.no_grad():  # diffusers zero-initialises the adaLN gates: make every branch count
+        for param in model.parameters():
+            param.normal_(0.0, 0.1)
+    return model.eval()
+
+
+def flux_prompt_inputs(batch: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random prompt / negative prompt embeddings and pooled embeddings for the tiny FLUX."""
+    g = torch.Generator().manual_seed(seed + 11)
+    out = {}
+    for name in ("prompt", "negative_prompt"):
+        out[f"{name}_embeds"] = torch.randn(batch, FLUX_TEXT_LEN, FLUX_TEXT_DIM, generator=g)
+        out[f"pooled_{name}_embeds"] = torch.randn(batch, FLUX_POOLED_DIM, generator=g)
+    return out

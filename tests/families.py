@@ -85,6 +85,16 @@ def _sd3(seed: int, depth: int | None, width: int | None, **overrides) -> nn.Mod
     return DiffusersSD3(tiny_sd3_transformer(seed, **kwargs), text_len=SD3_TEXT_LEN).eval()
 
 
+def _flux(seed: int, depth: int | None, width: int | None, **overrides) -> nn.Module:
+    pytest.importorskip("diffusers")
+    from l2c_compile.diffusers.flux import DiffusersFlux
+    from tests.diffusers_helpers import FLUX_TEXT_LEN, tiny_flux_transformer
+
+    split = {} if depth is None else {"layers": max(1, depth // 2), "single_layers": max(1, depth - depth // 2)}
+    kwargs = {**split, **_given(heads=None if width is None else width // 8), **overrides}
+    return DiffusersFlux(tiny_flux_transformer(seed, **kwargs), text_len=FLUX_TEXT_LEN, height=64).eval()
+
+
 def _given(**kwargs: Any) -> dict[str, Any]:
     return {k: v for k, v in kwargs.items() if v is not None}
 
@@ -125,6 +135,17 @@ def _sd3_inputs(model: nn.Module, seed: int, batch: int = 2) -> tuple[torch.Tens
     return noise, y
 
 
+def _flux_inputs(model: nn.Module, seed: int, batch: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    from l2c_compile.diffusers.flux import pack_condition
+    from tests.diffusers_helpers import flux_prompt_inputs
+
+    p = flux_prompt_inputs(batch, seed)
+    y = torch.stack([pack_condition(p["prompt_embeds"], p["pooled_prompt_embeds"], 3.5),
+                     pack_condition(p["negative_prompt_embeds"], p["pooled_negative_prompt_embeds"], 3.5)], dim=1)
+    noise = torch.randn(batch, 4, model.input_size, model.input_size, generator=torch.Generator().manual_seed(seed))
+    return noise, y
+
+
 # -- manifest records ---------------------------------------------------------------------------
 
 
@@ -136,7 +157,8 @@ def _diffusers_info(model: nn.Module) -> dict:
     from l2c_compile.diffusers.spec import spec_from_config
 
     t = model.transformer
-    return spec_from_config(type(t).__name__, dict(t.config), getattr(model, "text_len", None)).to_dict()
+    return spec_from_config(type(t).__name__, dict(t.config), getattr(model, "text_len", None),
+                            getattr(model, "height", None)).to_dict()
 
 
 @dataclass(frozen=True)
@@ -175,6 +197,9 @@ CASES: dict[str, Case] = {
                    unguided=lambda y: y[:, 0], exported=True),  # y: (N, 2, L, D + 1), prompt first
     "sd3": Case(_sd3, _sd3_inputs, 5.0, _diffusers_info, gated=frozenset({"attn", "attn2", "mlp", "txt_mlp"}),
                 unguided=lambda y: y[:, 0], exported=True),  # y: (N, 2, L + 1, W), prompt first
+    "flux": Case(_flux, _flux_inputs, 2.0, _diffusers_info, gated=frozenset({"attn", "mlp", "txt_mlp"}),
+                 variants=({}, {"guidance_embeds": False}), unguided=lambda y: y[:, 0],
+                 exported=True),  # y: (N, 2, L + 1, W), prompt first (true CFG); dev and schnell
     "toy-flux": Case(_toy_flux, _class_inputs, 4.0, _record("toy-flux", "toy-flux"),
                      gated=frozenset({"attn", "mlp"})),
 }

@@ -12,6 +12,7 @@ import l2c_compile
 from l2c_compile.compiler import reference
 from l2c_compile.compiler.guidance import example_condition
 from l2c_compile.compiler.passes.base import CompileError, is_add
+from l2c_compile.compiler.passes.projections import split_projections
 from l2c_compile.compiler.passes.sublayers import cache_slots, find_sublayers, sublayer_paths
 from l2c_compile.compiler.passes.trace import trace_step
 from l2c_compile.errors import L2CError
@@ -118,6 +119,7 @@ def test_discovery_works_on_torch_export_graphs(family):
     n, c, s = 1, model.in_channels, model.input_size
     example = (torch.zeros(n, c, s, s), torch.zeros(n), example_condition(model, n, False, "cpu"))
     exported = torch.export.export(model, example)
+    split_projections(exported.graph_module, model, root="")  # FLUX's parallel branches (as trace_step does)
     paths, outputs = sublayer_paths(model), fam.outputs(model)
     subs = find_sublayers(exported.graph_module, paths, root="", outputs=outputs)
     slots = cache_slots(outputs)

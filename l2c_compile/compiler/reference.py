@@ -24,6 +24,8 @@ computed and contributes zeros, so the residual add keeps only the stream; nothi
 from __future__ import annotations
 
 import contextlib
+import functools
+import operator
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -32,7 +34,6 @@ import torch
 from torch import nn
 
 from l2c_compile.compiler.guidance import GuidedDenoiser, timestep_vector
-from l2c_compile.compiler.passes.sublayers import sublayer_paths
 from l2c_compile.errors import L2CError
 from l2c_compile.families import family_of
 from l2c_compile.families.vocabulary import CacheMode, SublayerKey
@@ -121,6 +122,53 @@ class CachedSublayer(nn.Module):
         return out
 
 
+class ProjectedBranch(nn.Module):
+    """Branch ``j``'s slice of a parallel block's shared linear projection: ``x · W[:, lo:hi]ᵀ``
+    (plus the bias, for the first branch), where ``widths`` (filled in by
+    :class:`SplitProjection` on every call) give ``lo`` and ``hi``."""
+
+    def __init__(self, proj: nn.Linear, widths: list[int], j: int) -> None:
+        super().__init__()
+        self.proj, self.widths, self.j = proj, widths, j
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (N, T, width of branch j) → (N, T, D)."""
+        lo = sum(self.widths[: self.j])
+        w = self.proj.weight[:, lo : lo + self.widths[self.j]]
+        return nn.functional.linear(x, w, self.proj.bias if self.j == 0 else None)
+
+
+class SplitProjection(nn.Module):
+    """Stands in for a parallel block's shared projection ``proj(cat[branch, …])`` while the
+    reference executor runs: the input splits by branch (widths: what each branch's module
+    returned in this call), each branch is projected alone, cached, reused or blended as a
+    :class:`CachedSublayer`, and the projected branches are summed (``KindDecl.projection``)."""
+
+    def __init__(self, proj: nn.Linear, keys: list[SublayerKey], branches: list[nn.Module], state: CacheState) -> None:
+        super().__init__()
+        self.widths = [0] * len(keys)
+        self.parts = nn.ModuleList(CachedSublayer(ProjectedBranch(proj, self.widths, j), key, state)
+                                   for j, key in enumerate(keys))
+        self.handles = [m.register_forward_hook(self._width(j)) for j, m in enumerate(branches)]
+
+    def _width(self, j: int):
+        def hook(module: nn.Module, args: Any, out: torch.Tensor) -> None:
+            self.widths[j] = int(out.shape[-1])
+        return hook
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (N, T, Σ widths) → (N, T, D)."""
+        if sum(self.widths) != x.shape[-1]:
+            raise L2CError(f"the projection's input has width {x.shape[-1]}, its branches returned {self.widths}")
+        values = [part(x_j) for part, x_j in zip(self.parts, x.split(self.widths, dim=-1), strict=True)]
+        return functools.reduce(operator.add, values)
+
+    def remove(self) -> None:
+        """Take the width hooks off the branch modules."""
+        for h in self.handles:
+            h.remove()
+
+
 def trunk_hook(state: CacheState):
     """A forward hook for the last block: records its output as the trunk cache, or, on a call
     that reuses the trunk, returns that cache in place of the output (the block itself stays in
@@ -141,28 +189,44 @@ def trunk_hook(state: CacheState):
 @contextlib.contextmanager
 def instrument(model: nn.Module) -> Iterator[CacheState]:
     """Swap every declared sublayer (its family's module paths: ``blocks.{i}.attn``,
-    ``transformer_blocks.{i}.ff``, …) for a :class:`CachedSublayer` and hook the last block
+    ``transformer_blocks.{i}.ff``, …) for a :class:`CachedSublayer`, every shared projection of
+    parallel branches for a :class:`SplitProjection`, and hook the last block
     (:func:`trunk_hook`), all sharing one :class:`CacheState`."""
     state = CacheState()
     slots = []
     family = family_of(model)
     outputs = family.outputs(model)
-    for key, path in sublayer_paths(model).items():
-        parent, _, name = path.rpartition(".")
+    ids = {path: i for i, (path, _) in enumerate(family.blocks(model))}
+    splits: dict[tuple[str, str], list[tuple[SublayerKey, str]]] = {}
+    for block, kind in family.sublayers(model):
+        key = (kind.kind, ids[block])
+        if kind.projection is not None:  # branches of a shared projection: one stand-in for all
+            splits.setdefault((block, kind.projection), []).append((key, kind.path))
+            continue
+        parent, _, name = f"{block}.{kind.path}".rpartition(".")
         owner = model.get_submodule(parent)
-        slots.append((owner, name, getattr(owner, name), key))
+        slots.append((owner, name, getattr(owner, name), CachedSublayer(getattr(owner, name), key, state,
+                                                                         len(outputs[key]))))
+    for (block, proj), branches in splits.items():
+        parent, _, name = f"{block}.{proj}".rpartition(".")
+        owner = model.get_submodule(parent)
+        split = SplitProjection(getattr(owner, name), [k for k, _ in branches],
+                                [model.get_submodule(f"{block}.{p}") for _, p in branches], state)
+        slots.append((owner, name, getattr(owner, name), split))
     last = model.get_submodule(family.blocks(model)[-1][0])
     handle = None
     try:
-        for owner, name, inner, key in slots:
-            setattr(owner, name, CachedSublayer(inner, key, state, len(outputs[key])))
+        for owner, name, _, stand_in in slots:
+            setattr(owner, name, stand_in)
         handle = last.register_forward_hook(trunk_hook(state))
         yield state
     finally:
         if handle is not None:
             handle.remove()
-        for owner, name, inner, _ in slots:
+        for owner, name, inner, stand_in in slots:
             setattr(owner, name, inner)
+            if isinstance(stand_in, SplitProjection):
+                stand_in.remove()
 
 
 @torch.no_grad()

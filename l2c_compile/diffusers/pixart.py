@@ -24,6 +24,7 @@ import torch
 from diffusers import PixArtTransformer2DModel
 from torch import nn
 
+from l2c_compile.diffusers.spec import prompt_record
 from l2c_compile.errors import L2CError
 
 
@@ -98,11 +99,7 @@ class DiffusersPixArt(nn.Module):
     def from_record(cls, transformer: PixArtTransformer2DModel, record: dict) -> DiffusersPixArt:
         """The adapter for an artifact's model record: its ``pixart`` entry gives the prompt length
         and image size; L2CError when it lacks them."""
-        px = record.get("pixart")
-        if not isinstance(px, dict) or not all(isinstance(px.get(k), int) for k in ("text_len", "height")):
-            raise L2CError("artifact manifest's PixArt record lacks its prompt length and image size")
-        return cls(transformer, text_len=px["text_len"], height=px["height"], width=px.get("width", px["height"]),
-                   vae_scale_factor=px.get("vae_scale_factor", 8))
+        return cls(transformer, **prompt_record(record, "pixart", "PixArt"))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """x: (N, C, H, W) latents; t: (N,) timesteps; y: (N, L, D + 1) packed prompt → (N, C_out, H, W)."""

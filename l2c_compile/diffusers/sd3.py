@@ -28,6 +28,7 @@ import torch
 from diffusers import SD3Transformer2DModel
 from torch import nn
 
+from l2c_compile.diffusers.spec import prompt_record
 from l2c_compile.errors import L2CError
 
 
@@ -86,11 +87,7 @@ class DiffusersSD3(nn.Module):
     def from_record(cls, transformer: SD3Transformer2DModel, record: dict) -> DiffusersSD3:
         """The adapter for an artifact's model record: its ``sd3`` entry gives the prompt length and
         image size; L2CError when it lacks them."""
-        rec = record.get("sd3")
-        if not isinstance(rec, dict) or not all(isinstance(rec.get(k), int) for k in ("text_len", "height")):
-            raise L2CError("artifact manifest's SD3 record lacks its prompt length and image size")
-        return cls(transformer, text_len=rec["text_len"], height=rec["height"], width=rec.get("width", rec["height"]),
-                   vae_scale_factor=rec.get("vae_scale_factor", 8))
+        return cls(transformer, **prompt_record(record, "sd3", "SD3"))
 
     def record(self) -> dict:
         """What an artifact needs to rebuild this adapter (:meth:`from_record`)."""

@@ -38,6 +38,7 @@ class DiffusersSpec:
     default_cfg_scale: float = 4.0
     pixel_space: bool = False
     text_len: int | None = None  # PixArt: the prompt length the sampler is made for
+    height: int | None = None  # the image height in pixels, where the config does not give it (FLUX)
 
     @property
     def declaration(self) -> Family:
@@ -65,7 +66,7 @@ class DiffusersSpec:
     @property
     def depth(self) -> int:
         """Number of cacheable blocks."""
-        return int(self.config["num_layers"])
+        return sum(int(self.config[k]) for k in self.declaration.depth_keys)
 
     @property
     def num_classes(self) -> int:
@@ -75,6 +76,10 @@ class DiffusersSpec:
     @property
     def latent_shape(self) -> tuple[int, int, int]:
         """(C, H, W) the network denoises."""
+        latent = self.declaration.latent
+        if latent is not None:
+            c, h, w = latent(self.config, self.height)
+            return int(c), int(h), int(w)
         side = int(self.config["sample_size"])
         return int(self.config["in_channels"]), side, side
 
@@ -93,9 +98,11 @@ class DiffusersSpec:
         return out
 
 
-def spec_from_config(cls: str, config: dict[str, Any], text_len: int | None = None) -> DiffusersSpec:
+def spec_from_config(cls: str, config: dict[str, Any], text_len: int | None = None,
+                     height: int | None = None) -> DiffusersSpec:
     """The spec of a ``cls`` model with ``config`` (private ``_`` keys dropped); ``text_len``:
-    PixArt's prompt length (default 120)."""
+    a text-conditioned model's prompt length (default 120); ``height``: the image height in pixels,
+    for a family whose config does not give it (``Family.latent``; default: its pipeline's)."""
     config = {k: v for k, v in sorted(config.items()) if not k.startswith("_")}
     fam = family_for_diffusers(cls)
     if fam is None or fam.sampling is None:
@@ -104,7 +111,8 @@ def spec_from_config(cls: str, config: dict[str, Any], text_len: int | None = No
     conventions = {"default_sampler": s.default_sampler, "noise_schedule": s.noise_schedule,
                    "time_input": s.time_input, "default_cfg_scale": s.default_cfg_scale}
     if fam.conditioning == "text":
-        return DiffusersSpec(f"diffusers:{cls}", cls, config, **conventions, text_len=text_len or 120)
+        return DiffusersSpec(f"diffusers:{cls}", cls, config, **conventions, text_len=text_len or 120,
+                             height=height if fam.latent is not None else None)
     return DiffusersSpec(_official_name(config) or f"diffusers:{cls}", cls, config, **conventions)
 
 
@@ -160,3 +168,15 @@ def build_from_record(record: dict[str, Any]):
     model = adapter.from_record(transformer.eval(), record)
     model.model_name = record.get("name", "diffusers")
     return model.eval()
+
+
+def prompt_record(record: dict[str, Any], family: str, label: str) -> dict[str, int]:
+    """The constructor arguments a text-to-image adapter keeps in an artifact's model record, under
+    its family's name (``record["pixart"]``, ``["sd3"]``, ``["flux"]``; written by
+    :meth:`DiffusersSpec.to_dict`): ``text_len``, ``height``, ``width`` and ``vae_scale_factor``.
+    L2CError naming the model (``label``) when the prompt length or image size is missing."""
+    rec = record.get(family)
+    if not isinstance(rec, dict) or not all(isinstance(rec.get(k), int) for k in ("text_len", "height")):
+        raise L2CError(f"artifact manifest's {label} record lacks its prompt length and image size")
+    return {"text_len": rec["text_len"], "height": rec["height"], "width": rec.get("width", rec["height"]),
+            "vae_scale_factor": rec.get("vae_scale_factor", 8)}

@@ -62,6 +62,14 @@ class KindDecl:
     (SD3.5's second attention in its first blocks only; SD3's last block has no text MLP).
     ``outputs_of``: the outputs a given block caches, where blocks differ (SD3's last block is
     ``context_pre_only``: its joint attention's text output feeds nothing); default ``outputs``.
+    ``projection``: for a branch of a *parallel* block whose branches are joined by
+    ``proj(cat[branch, …])`` (FLUX's single-stream ``proj_out(cat[attn, mlp])``), the path of that
+    linear projection under the block; ``path`` is then the branch's first module. A linear map
+    splits by input columns, so the compiler caches each *projected* branch (its slice of the
+    projection, the bias with the first branch) and a reused branch skips its slice as well; the
+    branches are the group's kinds with that projection, in the order the ``cat`` joins them. Such a
+    sublayer's path (:meth:`Family.paths`) is ``<block>.<projection>_<kind>``: no module, the scope
+    the capture gives the split (``passes/trace.py``) and the reference executor caches at.
 
     Other caching tools' names for it (:mod:`l2c_compile.schedule.interop`): SmoothCache keys a
     sublayer by its module's attribute name, the last part of ``path`` (``attn1``, ``ff``), so
@@ -80,6 +88,7 @@ class KindDecl:
     invardiff: tuple[str, ...] = ()
     optional: bool = False
     outputs_of: Callable[[nn.Module], tuple[str, ...]] | None = None
+    projection: str | None = None
 
     def present(self, block: nn.Module) -> bool:
         """Whether ``block`` has this sublayer (always, unless the kind is ``optional``)."""
@@ -98,6 +107,11 @@ class KindDecl:
     def multi(self) -> bool:
         """Whether the sublayer caches several outputs."""
         return len(self.outputs) > 1
+
+
+def projected(kind: KindDecl) -> str:
+    """The path under its block of a projected branch (``proj_out_mlp``; ``KindDecl.projection``)."""
+    return f"{kind.projection}_{kind.kind}"
 
 
 @dataclass(frozen=True)
@@ -175,7 +189,10 @@ class Family:
     empty model from its manifest record's ``kwargs`` (``artifact.load``). ``shape``: for a family
     of the model registry, how its constructor arguments state its size. ``adapter``: for a
     diffusers family, the adapter class (``"module:Class"``) whose ``from_record(transformer,
-    record)`` wraps a transformer rebuilt from a manifest record.
+    record)`` wraps a transformer rebuilt from a manifest record; ``latent``: for a diffusers
+    family whose config does not give the latent side (``sample_size``), the ``(C, H, W)`` its
+    sampler's ``x`` has, from the config and the image height in pixels (None: the pipeline's
+    default); ``depth_keys``: the config entries whose sum is the number of blocks.
     """
 
     name: str
@@ -193,6 +210,8 @@ class Family:
     build: Callable[[Mapping[str, Any]], nn.Module] | None = None
     shape: Shape | None = None
     adapter: str | None = None
+    latent: Callable[[Mapping[str, Any], int | None], tuple[int, int, int]] | None = None
+    depth_keys: tuple[str, ...] = ("num_layers",)
 
     def __post_init__(self) -> None:
         if not self.groups:
@@ -279,7 +298,8 @@ class Family:
     def paths(self, model: nn.Module) -> dict[SublayerKey, str]:
         """``{(kind, block): module path}`` for ``model``; FamilyError naming a missing path."""
         ids = self._block_ids(model)
-        return {(k.kind, ids[path]): f"{path}.{k.path}" for path, k in self.sublayers(model)}
+        return {(k.kind, ids[path]): f"{path}.{k.path if k.projection is None else projected(k)}"
+                for path, k in self.sublayers(model)}
 
     def outputs(self, model: nn.Module) -> dict[SublayerKey, tuple[str, ...]]:
         """``{(kind, block): names of its cached outputs}`` for ``model``."""

@@ -1,4 +1,4 @@
-"""The families l2c-compile ships: DiT, U-ViT (``models/``), diffusers' DiT, PixArt and SD3 (``diffusers/``).
+"""The families l2c-compile ships: DiT, U-ViT (``models/``), diffusers' DiT, PixArt, SD3 and FLUX.1 (``diffusers/``).
 
 Sources: facebookresearch/DiT ``models.py`` and L2C's ``DiT/train_router.py`` (recipe, θ 0.1);
 baofff/U-ViT ``libs/uvit.py`` and L2C's ``U-ViT/train_router_discrete.py`` (recipe, θ 0.9); diffusers'
@@ -111,4 +111,39 @@ SD3 = register_family(Family(
     diffusers_class="SD3Transformer2DModel",
     conditioning="text",
     adapter="l2c_compile.diffusers.sd3:DiffusersSD3",
+))
+
+FLUX = register_family(Family(
+    name="flux",
+    groups=(
+        BlockGroup(("transformer_blocks",), (  # double-stream: image and text side by side
+            # joint attention: the image stream's and the text stream's outputs, each gated; InvarDiff
+            # reuses it only when its attn and context_attn books agree (ip_attn follows attn)
+            KindDecl("attn", "attn", outputs=("img", "txt"), invardiff=(
+                "transformer_cache_book.attn", "transformer_cache_book.context_attn",
+                "transformer_cache_book.ip_attn")),
+            KindDecl("mlp", "ff", invardiff=("transformer_cache_book.ff",)),
+            KindDecl("txt_mlp", "ff_context", words=KindWords("text MLP", "t"), after="mlp",
+                     invardiff=("transformer_cache_book.context_ff",)),
+        )),
+        # single-stream: a parallel block, x + gate · proj_out(cat[attn, act(proj_mlp(h))]); each
+        # branch is cached projected (InvarDiff's "mlp" is the hidden before proj_out, which is
+        # linear: reusing it is reusing the projected branch)
+        BlockGroup(("single_transformer_blocks",), (
+            KindDecl("attn", "attn", projection="proj_out", invardiff=("single_transformer_cache_book.attn",)),
+            KindDecl("mlp", "proj_mlp", projection="proj_out", invardiff=("single_transformer_cache_book.mlp",)),
+        )),
+    ),
+    classes={"FluxTransformer2DModel": "", "l2c_compile.diffusers.flux.DiffusersFlux": "transformer"},
+    recipe=None,
+    router_family="dit",  # trained with DiT's recipe; no official routers exist
+    guidance="distilled",  # FLUX.1-dev embeds the scale (in y); true CFG against a negative prompt is optional
+    guidance_rule="u + s·(c − u)",
+    sampling=Sampling("flow-euler", "flow", "sigma_1000", 1.0),
+    diffusers_class="FluxTransformer2DModel",
+    conditioning="text",
+    adapter="l2c_compile.diffusers.flux:DiffusersFlux",
+    # the packed transformer input holds 2×2 patches of C-channel latents; FluxPipeline's default 1024²
+    latent=lambda config, height: (int(config["in_channels"]) // 4, *(2 * ((height or 1024) // 16),) * 2),
+    depth_keys=("num_layers", "num_single_layers"),
 ))

@@ -73,10 +73,12 @@ def module_macs(model: nn.Module, *inputs: Any, **kwargs: Any) -> MacCount:
     sublayer's MACs (its family's declaration, :mod:`l2c_compile.families`); works for any model
     with a family, e.g. diffusers' PixArt. Kinds whose blocks all cost the same also get one
     per-kind count (``MacCount.per_kind``)."""
-    from l2c_compile.compiler.passes.sublayers import sublayer_paths
     from l2c_compile.families import family_of
 
+    family = family_of(model)
     per_module: dict[str, int] = {}
+    widths: dict[str, int] = {}  # a projected branch's module path → the width it hands its projection
+    branches = {f"{block}.{k.path}" for block, k in family.sublayers(model) if k.projection is not None}
     handles = []
     for name, module in model.named_modules():
         if isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)):
@@ -85,19 +87,36 @@ def module_macs(model: nn.Module, *inputs: Any, **kwargs: Any) -> MacCount:
                 per_module[name] = per_module.get(name, 0) + _module_macs(mod, out)
 
             handles.append(module.register_forward_hook(hook))
+        if name in branches:
+
+            def width(mod: nn.Module, args: object, out: torch.Tensor, name: str = name) -> None:
+                widths[name] = int(out.shape[-1])
+
+            handles.append(module.register_forward_hook(width))
     try:
         with torch.no_grad():
             model(*inputs, **kwargs)
     finally:
         for h in handles:
             h.remove()
-    per_key = {key: sum(v for k, v in per_module.items() if k.startswith(path + "."))
-               for key, path in sublayer_paths(model).items()}
+
+    def under(path: str) -> int:
+        return sum(v for k, v in per_module.items() if k == path or k.startswith(path + "."))
+
+    ids = {path: i for i, (path, _) in enumerate(family.blocks(model))}
+    sublayers = family.sublayers(model)
+    per_key: dict[tuple[str, int], int] = {}
+    for block, k in sublayers:
+        per_key[(k.kind, ids[block])] = under(f"{block}.{k.path}")
+        if k.projection is not None:  # plus its share of the projection, by input columns
+            total = sum(widths[f"{b}.{o.path}"] for b, o in sublayers if b == block and o.projection == k.projection)
+            share = per_module.get(f"{block}.{k.projection}", 0) * widths[f"{block}.{k.path}"]
+            per_key[(k.kind, ids[block])] += share // total
     per_kind: dict[str, set[int]] = {}
     for (kind, _), macs in per_key.items():
         per_kind.setdefault(kind, set()).add(macs)
     same = {k: next(iter(v)) for k, v in per_kind.items() if len(v) == 1}
-    blocks = tuple(f"{path}." for path, _ in family_of(model).blocks(model))
+    blocks = tuple(f"{path}." for path, _ in family.blocks(model))
     trunk = sum(v for k, v in per_module.items() if k.startswith(blocks))
     return MacCount(sum(per_module.values()), same, per_key, trunk)
 

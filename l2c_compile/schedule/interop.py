@@ -305,8 +305,8 @@ def _read_invardiff(doc: Any, target: ImportTarget) -> tuple[Reuse, list[bool]]:
         flux = any(u.split(".")[0] in _FLUX_BOOKS for u in unknown) and not any(
             n.split(".")[0] in _FLUX_BOOKS for n in names)
         raise L2CError(f"unknown InvarDiff book {unknown[0]!r} for family {fam.name} (its books: "
-                       f"{', '.join(names)})" + ("; these are InvarDiff's FLUX books, and the FLUX family has "
-                                                 "not landed in l2c-compile" if flux else suggest(unknown[0], tuple(names))))
+                       f"{', '.join(names)})" + ("; these are InvarDiff's FLUX books: import them for a FLUX model "
+                                                 "(--diffusers with a FLUX.1 folder)" if flux else suggest(unknown[0], tuple(names))))
     missing = [n for n in names if n not in books]
     if missing:
         raise L2CError(f"the cache book lacks {missing[0]!r} ({kind_name(names[missing[0]][0])} of {fam.name})")

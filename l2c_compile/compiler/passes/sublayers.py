@@ -100,7 +100,8 @@ def _is_value(node: fx.Node) -> bool:
     return val is None or isinstance(val, torch.Tensor)
 
 
-def _inside(scope: str | None, path: str) -> bool:
+def inside(scope: str | None, path: str) -> bool:
+    """Whether module path ``scope`` is ``path`` or runs inside it."""
     return scope is not None and (scope == path or scope.startswith(path + "."))
 
 
@@ -143,12 +144,12 @@ def find_sublayers(
     for key in sorted(paths, key=key_order):
         path = paths[key]
         where = f"sublayer {path} ({key[0]} of block {key[1]})"
-        inside = [n for n in graph.nodes if _inside(scopes[n], path)]
-        if not inside:
+        members = [n for n in graph.nodes if inside(scopes[n], path)]
+        if not members:
             raise CompileError(f"{where} is not in the traced graph (no node runs in that module)")
         # Shape arithmetic (an exported graph's symbolic sizes, e.g. batch · heads) may be shared
         # with later modules; only tensor values are the sublayer's output.
-        found = [n for n in inside if _is_value(n) and any(not _inside(scopes[u], path) for u in n.users)]
+        found = [n for n in members if _is_value(n) and any(not inside(scopes[u], path) for u in n.users)]
         # A module that returns a tuple: fx records getitem nodes outside it, which are the values.
         found = [u for n in found for u in ([n] if _is_value_node(n) else _getitems(n))]
         want = len(slots[key])
@@ -250,8 +251,8 @@ def mark_trunk(gm: fx.GraphModule, config: TrunkConfig) -> PassResult:
     """
     prefix = "model."
     found = [n for n in gm.graph.nodes
-             if _inside(node_scope(n, prefix), config.last_block) and _is_value(n) and n.op != "placeholder"
-             and any(u.op == "output" or not _inside(node_scope(u, prefix), config.last_block) for u in n.users)]
+             if inside(node_scope(n, prefix), config.last_block) and _is_value(n) and n.op != "placeholder"
+             and any(u.op == "output" or not inside(node_scope(u, prefix), config.last_block) for u in n.users)]
     found = [u for n in found for u in ([n] if _is_value_node(n) else _getitems(n))]
     if not found:
         raise CompileError(f"the last block {config.last_block} hands no tensor on: the trunk has no output")

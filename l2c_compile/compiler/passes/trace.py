@@ -33,6 +33,7 @@ from torch import fx, nn
 from l2c_compile.compiler.guidance import GuidedDenoiser, example_condition
 from l2c_compile.compiler.passes.base import CompileError
 from l2c_compile.compiler.passes.naming import name_values
+from l2c_compile.compiler.passes.projections import split_projections
 from l2c_compile.compiler.passes.sublayers import OUTPUTS_META, PATHS_META, sublayer_paths
 from l2c_compile.families import family_of
 
@@ -282,6 +283,7 @@ def _finish(gm: fx.GraphModule, model: nn.Module, capture: str) -> fx.GraphModul
     gm.meta[PATHS_META] = sublayer_paths(model)
     gm.meta[OUTPUTS_META] = family_of(model).outputs(model)
     gm.meta[CAPTURE_META] = capture
+    split_projections(gm, model)
     name_values(gm)
     return gm
 
