@@ -7,7 +7,7 @@ Pipeline (each step a pass in ``passes/``, run by the pass manager that checks t
     module scope ─► shape propagation (fake tensors) ─► hoist (what the trajectory fixes goes to a
     once-per-call prologue, batched over the steps)
     cache liveness over the whole plan (distinct masks, exports, drops)
-    for each distinct step mask:  specialize ─► dce ─► prune_chunks ─► fuse_reuse ─► dce
+    for each distinct step mask:  specialize ─► dce ─► prune_chunks ─► prune_queries ─► fuse_reuse ─► dce
     emit one readable Python module (prologue, step functions, unrolled loop) ─► CompiledSampler
 
 Deterministic: the same inputs give the same source and compile record (``CompiledSampler.record``,
@@ -34,6 +34,7 @@ from l2c_compile.compiler.passes.hoist import hoist as hoist_pass
 from l2c_compile.compiler.passes.liveness import plan_cache
 from l2c_compile.compiler.passes.manager import Pass, PassManager, PassReport
 from l2c_compile.compiler.passes.prune_chunks import prune_chunks
+from l2c_compile.compiler.passes.prune_queries import prune_queries
 from l2c_compile.compiler.passes.specialize import SpecializeConfig, specialize
 from l2c_compile.compiler.passes.sublayers import (
     MarkConfig,
@@ -232,7 +233,7 @@ def compile(
         exports = cache.exports[g]
         config = SpecializeConfig(mask, tuple(exports), mode, kinds, multi, cache.reuses_trunk(g))
         passes = [Pass("specialize", specialize, config), Pass("dce", dead_code),
-                  Pass("prune_chunks", prune_chunks)]
+                  Pass("prune_chunks", prune_chunks), Pass("prune_queries", prune_queries)]
         if fuse_fn is not None:
             passes += [Pass("fuse_reuse", fuse_fn), Pass("dce", dead_code)]
         gm, reps = PassManager(passes, graph=f"step graph {g}: {config.describe()}").run(base)
