@@ -120,7 +120,7 @@ def _sd3_inputs(model: nn.Module, seed: int, batch: int = 2) -> tuple[torch.Tens
 
     p = sd3_prompt_inputs(batch, seed)
     y = torch.stack([pack_condition(p["prompt_embeds"], p["pooled_prompt_embeds"]),
-                     pack_condition(p["negative_prompt_embeds"], p["pooled_negative_prompt_embeds"])], dim=1)
+                     pack_condition(p["negative_prompt_embeds"], p["negative_pooled_prompt_embeds"])], dim=1)
     noise = torch.randn(batch, 4, model.input_size, model.input_size, generator=torch.Generator().manual_seed(seed))
     return noise, y
 

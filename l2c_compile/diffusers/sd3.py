@@ -24,6 +24,8 @@ velocity predictor and takes the scheduler's timestep ``σ · 1000``. Sources: d
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from diffusers import SD3Transformer2DModel
 from torch import nn
@@ -47,6 +49,28 @@ def pack_condition(embeds: torch.Tensor, pooled: torch.Tensor, width: int | None
     rows = nn.functional.pad(embeds, (0, w - d))  # (N, L, W)
     last = nn.functional.pad(pooled.to(embeds.dtype), (0, w - p)).unsqueeze(1)  # (N, 1, W)
     return torch.cat([rows, last], dim=1)  # (N, L + 1, W)
+
+
+def shift_mu(scheduler_config: Any, patch_size: int, latent_height: int, latent_width: int,
+             mu: float | None = None) -> float | None:
+    """The μ ``StableDiffusion3Pipeline`` hands its scheduler (``scheduler_config``: the scheduler's
+    config) for latents of ``latent_height`` × ``latent_width``: None when the scheduler shifts
+    statically (its ``shift``; a given ``mu`` changes nothing then), else ``mu`` or diffusers'
+    ``calculate_shift`` of the latent patch count with the scheduler's ``base_image_seq_len``,
+    ``max_image_seq_len``, ``base_shift``, ``max_shift`` (the pipeline's defaults where the
+    config lacks them). Source: ``StableDiffusion3Pipeline.__call__``, step 5."""
+    from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import (
+        calculate_shift,
+    )
+
+    if not scheduler_config.get("use_dynamic_shifting", None):
+        return None
+    if mu is not None:
+        return float(mu)
+    seq_len = (latent_height // patch_size) * (latent_width // patch_size)
+    return float(calculate_shift(seq_len, scheduler_config.get("base_image_seq_len", 256),
+                                 scheduler_config.get("max_image_seq_len", 4096),
+                                 scheduler_config.get("base_shift", 0.5), scheduler_config.get("max_shift", 1.16)))
 
 
 class DiffusersSD3(nn.Module):
@@ -81,6 +105,7 @@ class DiffusersSD3(nn.Module):
         self.pooled_dim = int(config.pooled_projection_dim)
         self.cond_width = max(self.text_dim, self.pooled_dim)
         self.height, self.width = height, width
+        self.vae_scale_factor = vae_scale_factor
 
     @classmethod
     def from_record(cls, transformer: SD3Transformer2DModel, record: dict) -> DiffusersSD3:
@@ -94,7 +119,8 @@ class DiffusersSD3(nn.Module):
 
     def record(self) -> dict:
         """What an artifact needs to rebuild this adapter (:meth:`from_record`)."""
-        return {"text_len": self.text_len, "height": self.height, "width": self.width}
+        return {"text_len": self.text_len, "height": self.height, "width": self.width,
+                "vae_scale_factor": self.vae_scale_factor}
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """x: (N, C, H, W) latents; t: (N,) timesteps σ·1000; y: (N, L + 1, W) packed prompt →
