@@ -163,3 +163,136 @@ def test_bad_input_and_the_wrong_scheduler_are_one_line(pipe, compiled, tmp_path
     with pytest.raises(L2CError, match=r"^StableDiffusion3Pipeline samples with flow matching \(velocity\); its "
                                        r"DDIMScheduler is not a flow-matching scheduler$"):
         compile_pipeline(other)
+
+
+# ---------------------------------------------------------------------------------------------
+# A folder saved with save_pretrained: loading, the spec (layout, plan), the CLI
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def folder(pipe, tmp_path_factory):
+    out = tmp_path_factory.mktemp("saved") / "sd3"
+    pipe.save_pretrained(out)
+    return out
+
+
+def test_saved_pipeline_loads_offline_with_its_layout_plan_and_prompt_length(pipe, folder):
+    from l2c_compile.diffusers import load_diffusers, load_pipeline
+    from l2c_compile.diffusers.spec import spec_for_folder
+    from l2c_compile.models.select import make_spec_plan, spec_layout
+
+    loaded = load_pipeline(folder)
+    assert type(loaded).__name__ == "StableDiffusion3Pipeline"
+    model = load_diffusers(folder)
+    default_t5 = 256  # StableDiffusion3Pipeline's max_sequence_length
+    assert isinstance(model, DiffusersSD3) and model.text_len == pipe.tokenizer.model_max_length + default_t5
+    assert load_diffusers(folder / "transformer").text_len == 77 + default_t5  # a model folder: SD3's own
+    spec = spec_for_folder(folder)
+    real = family_of(model).layout(model)
+    assert spec_layout(spec) == spec.layout == real and not real.is_uniform  # from the config, no weights
+    assert make_spec_plan(spec, None, 6) == pipeline_plan(pipe.scheduler, 6)  # the folder's shift 3
+    assert spec_for_folder(folder / "transformer").scheduler_plan(6) is None  # no scheduler to read
+    kw = dict(**sd3_prompt_inputs(1), guidance_scale=5.0, num_inference_steps=3, output_type="latent")
+    got, want = _both(pipe, compile_pipeline(loaded), **kw)
+    assert _rel(got, want) <= 1e-5
+
+
+def test_a_dynamically_shifting_folder_plans_at_the_models_size(tmp_path):
+    from l2c_compile.diffusers.spec import spec_for_folder
+
+    pipe = tiny_sd3_pipeline(tmp_path, dynamic=True, encoders=False)
+    pipe.save_pretrained(tmp_path / "sd3")
+    side = pipe.default_sample_size * pipe.vae_scale_factor
+    mu = compile_pipeline(pipe).shift_mu(side, side)
+    assert mu is not None
+    assert spec_for_folder(tmp_path / "sd3").scheduler_plan(5) == pipeline_plan(pipe.scheduler, 5, mu=mu)
+
+
+def _cli(*args):
+    from typer.testing import CliRunner
+
+    from l2c_compile.cli.main import app
+
+    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_cli_schedule_compile_verify_sample_with_a_prompt(tmp_path, pipe, folder):
+    import json
+
+    from l2c_compile.schedule import Schedule
+    from tests.diffusers_helpers import tiny_pixart_pipeline
+
+    sched, art, png = tmp_path / "s.json", tmp_path / "art", tmp_path / "x.png"
+    r = _cli("schedule", "heuristic", "--diffusers", folder, "--nfe", 6, "--kind", "random", "--fraction", 0.5,
+             "-o", sched, "--format", "json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(sched.read_text())
+    assert doc["sampler"] == "flow-euler" and doc["kinds"] == ["attn", "attn2", "mlp", "txt_mlp"]
+    assert doc["groups"] == [[1, ["attn", "attn2", "mlp", "txt_mlp"]], [1, ["attn", "mlp", "txt_mlp"]],
+                             [1, ["attn", "mlp"]]]
+    cached = compile_pipeline(pipe, Schedule.load(sched))  # a CLI schedule fits the pipeline's own plan
+    kw = dict(**sd3_prompt_inputs(1), guidance_scale=5.0, num_inference_steps=6, output_type="latent")
+    got, want = _both(pipe, cached, **kw)
+    assert not np.allclose(got, want, atol=1e-5)  # and runs its cache
+    r = _cli("compile", "--diffusers", folder, "--nfe", 6, "--schedule", sched, "-o", art, "--format", "json")
+    assert r.exit_code == 0, r.output
+    manifest = json.loads((art / "manifest.json").read_text())
+    assert manifest["model"]["diffusers_class"] == "SD3Transformer2DModel"
+    assert manifest["model"]["sd3"]["text_len"] == pipe.tokenizer.model_max_length + 256
+    r = _cli("verify", art, "--format", "json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["max_rel_error"] <= 1e-5
+    r = _cli("sample", art, "--prompt", "a red cat", "--prompt", "the big house", "--diffusers", folder, "-o", png)
+    assert r.exit_code == 0, r.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    tiny_pixart_pipeline(0).save_pretrained(tmp_path / "pixart")
+    for args, message in [
+        ((), "this artifact draws from text: pass --prompt TEXT and --diffusers DIR"),
+        (("--prompt", "a cat", "--diffusers", tmp_path / "pixart"),
+         f"this artifact is a SD3Transformer2DModel; {tmp_path / 'pixart'} is a PixArtAlphaPipeline with a "
+         "PixArtTransformer2DModel"),
+    ]:
+        r = _cli("sample", art, *args, "-o", tmp_path / "y.png")
+        assert r.exit_code != 0 and message in r.output, r.output
+        assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "y.png").exists()
+    r = _cli("compile", "--diffusers", folder, "--nfe", 7, "--schedule", sched, "-o", tmp_path / "a7")
+    assert r.exit_code != 0 and "schedule was made for flow-euler with 6 NFE but the sampler plan is flow-euler " \
+        "with 7 NFE" in r.output
+
+
+def test_cli_trains_a_router_from_prompts_then_imports_and_compiles_it(tmp_path, folder):
+    import json
+
+    from safetensors.torch import save_file
+
+    from l2c_compile.diffusers.spec import spec_for_folder
+    from l2c_compile.schedule.router_files import load_router
+
+    text = tmp_path / "prompts.txt"
+    text.write_text("a red cat\n\nthe big dog\n", encoding="utf-8")
+    inputs = sd3_prompt_inputs(3, seed=5)
+    embeds = tmp_path / "embeds.safetensors"
+    save_file({"prompt_embeds": inputs["prompt_embeds"], "pooled_prompt_embeds": inputs["pooled_prompt_embeds"],
+               "negative_prompt_embeds": inputs["negative_prompt_embeds"][:1].contiguous(),
+               "negative_pooled_prompt_embeds": inputs["negative_pooled_prompt_embeds"][:1].contiguous()}, embeds)
+    layout = spec_for_folder(folder).layout
+    for prompts in (text, embeds):
+        out = tmp_path / f"{prompts.stem}.safetensors"
+        r = _cli("train", "--diffusers", folder, "--prompts", prompts, "--nfe", 6, "--steps", 3, "--batch-size", 2,
+                 "--pool-size", 4, "--lam", 1.0, "--lr", 0.1, "-o", out, "--format", "json")
+        assert r.exit_code == 0, r.output
+        summary = json.loads(r.stdout)
+        assert summary["sampler"] == "flow-euler" and summary["trained_rows"] and np.isfinite(summary["final_loss"])
+        router = load_router(out)
+        assert router.logits.shape == (6, layout.width)  # one logit per step and sublayer the blocks have
+    sched = tmp_path / "s.json"
+    r = _cli("schedule", "import", tmp_path / "embeds.safetensors", "--diffusers", folder, "--nfe", 6,
+             "--threshold", 0.5, "-o", sched)
+    assert r.exit_code == 0, r.output
+    r = _cli("compile", "--diffusers", folder, "--nfe", 6, "--schedule", sched, "-o", tmp_path / "a")
+    assert r.exit_code == 0, r.output
+    bad = tmp_path / "bad.safetensors"
+    save_file({"prompt_embeds": inputs["prompt_embeds"]}, bad)
+    r = _cli("train", "--diffusers", folder, "--prompts", bad, "--nfe", 6, "-o", tmp_path / "x.safetensors")
+    assert r.exit_code != 0 and "bad.safetensors lacks pooled_prompt_embeds (has prompt_embeds)" in r.output

@@ -18,24 +18,27 @@ from l2c_compile.errors import L2CError
 from l2c_compile.inputs import read_json
 from l2c_compile.limits import check_model_size
 
-ADAPTED = {"DiTTransformer2DModel": "DiT", "PixArtTransformer2DModel": "PixArt"}  # → adapter (dit.py, pixart.py)
-PIPELINES = ("DiTPipeline", "PixArtAlphaPipeline", "PixArtSigmaPipeline")
+# → adapter (dit.py, pixart.py, sd3.py; the class each family declares, families/builtin.py)
+ADAPTED = {"DiTTransformer2DModel": "DiT", "PixArtTransformer2DModel": "PixArt", "SD3Transformer2DModel": "SD3"}
+PIPELINES = ("DiTPipeline", "PixArtAlphaPipeline", "PixArtSigmaPipeline", "StableDiffusion3Pipeline")
 
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """diffusers' loading advice (install accelerate, …) and progress bars are not ours to print;
-    errors still raise."""
+def quiet() -> Iterator[None]:
+    """diffusers' and transformers' loading advice (install accelerate, torchvision, …) and progress
+    bars are not ours to print; errors still raise."""
     from diffusers.utils import logging as diffusers_logging
 
     level = diffusers_logging.get_verbosity()
     diffusers_logging.set_verbosity_error()
     diffusers_logging.disable_progress_bar()  # "Loading pipeline components…" bars are not ours either
-    try:  # PixArt's T5 prints "Loading weights" bars
+    try:  # the text encoders print "Loading weights" bars; importing a pipeline, backend advice
         from transformers.utils import logging as transformers_logging
     except ImportError:
         transformers_logging = None
     if transformers_logging is not None:
+        transformers_level = transformers_logging.get_verbosity()
+        transformers_logging.set_verbosity_error()
         transformers_logging.disable_progress_bar()
     try:
         yield
@@ -44,6 +47,7 @@ def _quiet() -> Iterator[None]:
         diffusers_logging.set_verbosity(level)
         if transformers_logging is not None:
             transformers_logging.enable_progress_bar()
+            transformers_logging.set_verbosity(transformers_level)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -97,44 +101,38 @@ def check_config_size(cls: str, config: dict[str, Any], what: str) -> None:
 
 def load_diffusers(path: str | os.PathLike[str], *, text_len: int | None = None):
     """The adapted model (:class:`~l2c_compile.diffusers.dit.DiffusersDiT`,
-    :class:`~l2c_compile.diffusers.pixart.DiffusersPixArt`) of a local pipeline or model folder,
-    in eval mode, loaded offline; L2CError for anything unsupported. ``text_len``: PixArt's prompt
-    length (default: the pipeline's ``max_sequence_length``, 120 for a bare model folder)."""
+    :class:`~l2c_compile.diffusers.pixart.DiffusersPixArt`,
+    :class:`~l2c_compile.diffusers.sd3.DiffusersSD3`: the adapter its family declares, built from
+    the spec's record) of a local pipeline or model folder, in eval mode, loaded offline; L2CError
+    for anything unsupported. ``text_len``: a text-to-image model's prompt length (default: what
+    the folder's pipeline encodes to, :func:`default_text_len`)."""
+    from l2c_compile.diffusers.spec import declared_adapter, spec_for_folder
+
     folder, cls = model_folder(path)
+    spec = spec_for_folder(path, text_len=text_len)
     import diffusers
 
     try:
-        with _quiet():
+        with quiet():
             transformer = getattr(diffusers, cls).from_pretrained(folder, local_files_only=True)
     except Exception as exc:  # diffusers raises many types for a bad folder
         raise L2CError(f"cannot load {cls} from {folder}: {str(exc).splitlines()[0]}") from None
-    if cls == "PixArtTransformer2DModel":
-        from l2c_compile.diffusers.pixart import DiffusersPixArt
-
-        return DiffusersPixArt(transformer.eval(), text_len=text_len or default_text_len(path))
-    from l2c_compile.diffusers.dit import DiffusersDiT
-
-    return DiffusersDiT(transformer.eval())
+    return declared_adapter(cls).from_record(transformer.eval(), spec.to_dict())
 
 
 def default_text_len(path: str | os.PathLike[str]) -> int:
-    """The prompt length a PixArt folder's pipeline encodes to (its ``max_sequence_length``
-    default: 120 for PixArt-α, 300 for PixArt-Σ; 120 without a pipeline)."""
-    import inspect
+    """The prompt length a text-to-image folder's pipeline encodes to, as its adapter reads it
+    (``pipeline_text_len``: PixArt's ``max_sequence_length`` default, 120 or 300; SD3's CLIP
+    tokens + T5 tokens, 77 + 256); the adapter's default for a bare model folder."""
+    from l2c_compile.diffusers.spec import declared_adapter
 
-    import diffusers
-
-    root = Path(path)
-    if (root / "model_index.json").is_file():
-        cls = getattr(diffusers, str(_read_json(root / "model_index.json").get("_class_name")), None)
-        if cls is not None and "max_sequence_length" in inspect.signature(cls.__call__).parameters:
-            return int(inspect.signature(cls.__call__).parameters["max_sequence_length"].default)
-    return 120
+    _, cls = model_folder(path)
+    return int(declared_adapter(cls).pipeline_text_len(Path(path)))
 
 
 def load_pipeline(path: str | os.PathLike[str]):
-    """A whole ``DiTPipeline`` / ``PixArtAlphaPipeline`` / ``PixArtSigmaPipeline`` from a local
-    folder (offline); L2CError naming what was found."""
+    """A whole ``DiTPipeline`` / ``PixArtAlphaPipeline`` / ``PixArtSigmaPipeline`` /
+    ``StableDiffusion3Pipeline`` from a local folder (offline); L2CError naming what was found."""
     root = Path(path)
     if not (root / "model_index.json").is_file():
         raise L2CError(f"{root} is not a diffusers pipeline folder (no model_index.json)")
@@ -145,7 +143,7 @@ def load_pipeline(path: str | os.PathLike[str]):
     import diffusers
 
     try:
-        with _quiet():
+        with quiet():
             return getattr(diffusers, cls).from_pretrained(root, local_files_only=True)
     except Exception as exc:  # diffusers raises many types for a bad folder
         raise L2CError(f"cannot load {cls} from {root}: {str(exc).splitlines()[0]}") from None
