@@ -9,6 +9,8 @@ in-memory tokenizers, and the flow-matching Euler scheduler (static shift 3, or 
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -207,6 +209,14 @@ def test_a_dynamically_shifting_folder_plans_at_the_models_size(tmp_path):
     mu = compile_pipeline(pipe).shift_mu(side, side)
     assert mu is not None
     assert spec_for_folder(tmp_path / "sd3").scheduler_plan(5) == pipeline_plan(pipe.scheduler, 5, mu=mu)
+    config = tmp_path / "sd3" / "scheduler" / "scheduler_config.json"
+    for name, message in [("EulerDiscreteScheduler", r"^the pipeline folder's scheduler 'EulerDiscreteScheduler' has "
+                                                     r"no compiled plan \(supported: DDIMScheduler, "),
+                          ("DDIMScheduler", r"^SD3Transformer2DModel samples with flow matching; the folder's "
+                                            r"DDIMScheduler is not a flow-matching scheduler$")]:
+        config.write_text(json.dumps({"_class_name": name}), encoding="utf-8")
+        with pytest.raises(L2CError, match=message):
+            spec_for_folder(tmp_path / "sd3").scheduler_plan(5)
 
 
 def _cli(*args):
@@ -218,8 +228,6 @@ def _cli(*args):
 
 
 def test_cli_schedule_compile_verify_sample_with_a_prompt(tmp_path, pipe, folder):
-    import json
-
     from l2c_compile.schedule import Schedule
     from tests.diffusers_helpers import tiny_pixart_pipeline
 
@@ -262,8 +270,6 @@ def test_cli_schedule_compile_verify_sample_with_a_prompt(tmp_path, pipe, folder
 
 
 def test_cli_trains_a_router_from_prompts_then_imports_and_compiles_it(tmp_path, folder):
-    import json
-
     from safetensors.torch import save_file
 
     from l2c_compile.diffusers.spec import spec_for_folder

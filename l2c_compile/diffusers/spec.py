@@ -101,16 +101,15 @@ class DiffusersSpec:
         L2CError for a scheduler or setting :func:`~l2c_compile.diffusers.pipeline_plan` refuses."""
         if self.scheduler_config is None:
             return None
-        import diffusers
-
         from l2c_compile.diffusers.flow_schedulers import is_flow_scheduler
-        from l2c_compile.diffusers.scheduler_plans import pipeline_plan
+        from l2c_compile.diffusers.scheduler_plans import SCHEDULER_PLANS, pipeline_plan
         from l2c_compile.diffusers.sd3 import shift_mu
 
         name = str(self.scheduler_config.get("_class_name"))
-        scheduler_class = getattr(diffusers, name, None)
-        if not isinstance(scheduler_class, type) or not hasattr(scheduler_class, "from_config"):
-            raise L2CError(f"the pipeline folder's scheduler {name!r} is not a diffusers scheduler")
+        scheduler_class = next((c for c in SCHEDULER_PLANS if c.__name__ == name), None)  # no other class is built
+        if scheduler_class is None:
+            raise L2CError(f"the pipeline folder's scheduler {name!r} has no compiled plan (supported: "
+                           f"{', '.join(c.__name__ for c in SCHEDULER_PLANS)})")
         scheduler = scheduler_class.from_config(self.scheduler_config)
         if not is_flow_scheduler(scheduler):
             raise L2CError(f"{self.diffusers_class} samples with flow matching; the folder's {name} is not a "
