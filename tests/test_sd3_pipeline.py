@@ -24,7 +24,7 @@ from l2c_compile.diffusers import compile_pipeline, pipeline_plan
 from l2c_compile.diffusers.pipeline import PIPELINES, CompiledSD3Pipeline
 from l2c_compile.diffusers.sd3 import DiffusersSD3, pack_condition
 from l2c_compile.errors import L2CError
-from l2c_compile.families import family_of
+from l2c_compile.families import family_of, get_family
 from l2c_compile.schedule import heuristic
 from tests.diffusers_helpers import SD3_T5_LEN, SD3_TEXT_LEN, sd3_prompt_inputs, tiny_sd3_pipeline
 from tests.helpers import rel_error
@@ -189,6 +189,9 @@ def test_saved_pipeline_loads_offline_with_its_layout_plan_and_prompt_length(pip
     model = load_diffusers(folder)
     default_t5 = 256  # StableDiffusion3Pipeline's max_sequence_length
     assert isinstance(model, DiffusersSD3) and model.text_len == pipe.tokenizer.model_max_length + default_t5
+    assert family_of(model).adapter_class() is DiffusersSD3  # the adapter the family declares
+    with pytest.raises(L2CError, match=r"^family 'dit' declares no adapter$"):
+        get_family("dit").adapter_class()
     assert load_diffusers(folder / "transformer").text_len == 77 + default_t5  # a model folder: SD3's own
     spec = spec_for_folder(folder)
     real = family_of(model).layout(model)

@@ -7,12 +7,11 @@ was found.
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from l2c_compile.diffusers.quiet import quiet
 from l2c_compile.diffusers.trust import check_folder
 from l2c_compile.errors import L2CError
 from l2c_compile.inputs import read_json
@@ -21,33 +20,6 @@ from l2c_compile.limits import check_model_size
 # → adapter (dit.py, pixart.py, sd3.py; the class each family declares, families/builtin.py)
 ADAPTED = {"DiTTransformer2DModel": "DiT", "PixArtTransformer2DModel": "PixArt", "SD3Transformer2DModel": "SD3"}
 PIPELINES = ("DiTPipeline", "PixArtAlphaPipeline", "PixArtSigmaPipeline", "StableDiffusion3Pipeline")
-
-
-@contextlib.contextmanager
-def quiet() -> Iterator[None]:
-    """diffusers' and transformers' loading advice (install accelerate, torchvision, …) and progress
-    bars are not ours to print; errors still raise."""
-    from diffusers.utils import logging as diffusers_logging
-
-    level = diffusers_logging.get_verbosity()
-    diffusers_logging.set_verbosity_error()
-    diffusers_logging.disable_progress_bar()  # "Loading pipeline components…" bars are not ours either
-    try:  # the text encoders print "Loading weights" bars; importing a pipeline, backend advice
-        from transformers.utils import logging as transformers_logging
-    except ImportError:
-        transformers_logging = None
-    if transformers_logging is not None:
-        transformers_level = transformers_logging.get_verbosity()
-        transformers_logging.set_verbosity_error()
-        transformers_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        diffusers_logging.enable_progress_bar()
-        diffusers_logging.set_verbosity(level)
-        if transformers_logging is not None:
-            transformers_logging.enable_progress_bar()
-            transformers_logging.set_verbosity(transformers_level)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -102,14 +74,16 @@ def check_config_size(cls: str, config: dict[str, Any], what: str) -> None:
 def load_diffusers(path: str | os.PathLike[str], *, text_len: int | None = None):
     """The adapted model (:class:`~l2c_compile.diffusers.dit.DiffusersDiT`,
     :class:`~l2c_compile.diffusers.pixart.DiffusersPixArt`,
-    :class:`~l2c_compile.diffusers.sd3.DiffusersSD3`: the adapter its family declares, built from
-    the spec's record) of a local pipeline or model folder, in eval mode, loaded offline; L2CError
-    for anything unsupported. ``text_len``: a text-to-image model's prompt length (default: what
-    the folder's pipeline encodes to, :func:`default_text_len`)."""
-    from l2c_compile.diffusers.spec import declared_adapter, spec_for_folder
+    :class:`~l2c_compile.diffusers.sd3.DiffusersSD3`: the adapter its family declares) of a local
+    pipeline or model folder, in eval mode, loaded offline; L2CError for anything unsupported.
+    ``text_len``: a text-to-image model's prompt length (default: what the folder's pipeline
+    encodes to, :func:`default_text_len`)."""
+    from l2c_compile.families import family_for_diffusers
 
     folder, cls = model_folder(path)
-    spec = spec_for_folder(path, text_len=text_len)
+    family = family_for_diffusers(cls)
+    if family is None:
+        raise L2CError(f"no model family declares the diffusers class {cls!r}")
     import diffusers
 
     try:
@@ -117,17 +91,22 @@ def load_diffusers(path: str | os.PathLike[str], *, text_len: int | None = None)
             transformer = getattr(diffusers, cls).from_pretrained(folder, local_files_only=True)
     except Exception as exc:  # diffusers raises many types for a bad folder
         raise L2CError(f"cannot load {cls} from {folder}: {str(exc).splitlines()[0]}") from None
-    return declared_adapter(cls).from_record(transformer.eval(), spec.to_dict())
+    if family.conditioning == "text":
+        return family.adapter_class()(transformer.eval(), text_len=text_len or default_text_len(path))
+    return family.adapter_class()(transformer.eval())
 
 
 def default_text_len(path: str | os.PathLike[str]) -> int:
     """The prompt length a text-to-image folder's pipeline encodes to, as its adapter reads it
     (``pipeline_text_len``: PixArt's ``max_sequence_length`` default, 120 or 300; SD3's CLIP
     tokens + T5 tokens, 77 + 256); the adapter's default for a bare model folder."""
-    from l2c_compile.diffusers.spec import declared_adapter
+    from l2c_compile.families import family_for_diffusers
 
     _, cls = model_folder(path)
-    return int(declared_adapter(cls).pipeline_text_len(Path(path)))
+    family = family_for_diffusers(cls)
+    if family is None:
+        raise L2CError(f"no model family declares the diffusers class {cls!r}")
+    return int(family.adapter_class().pipeline_text_len(Path(path)))
 
 
 def load_pipeline(path: str | os.PathLike[str]):

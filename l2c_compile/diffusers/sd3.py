@@ -69,7 +69,7 @@ def shift_mu(scheduler_config: Any, patch_size: int, latent_height: int, latent_
         return None
     if mu is not None:
         return float(mu)
-    from l2c_compile.diffusers.load import quiet
+    from l2c_compile.diffusers.quiet import quiet
 
     with quiet():  # importing the pipeline imports transformers, which has advice to print
         from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import (
@@ -139,7 +139,7 @@ class DiffusersSD3(nn.Module):
         root = Path(folder)
         if not (root / "model_index.json").is_file():
             return int(inspect.signature(cls).parameters["text_len"].default)
-        from l2c_compile.diffusers.load import quiet
+        from l2c_compile.diffusers.quiet import quiet
 
         with quiet():  # importing the pipeline imports transformers, which has advice to print
             from diffusers import StableDiffusion3Pipeline

@@ -21,7 +21,6 @@ scheduler config makes the plan (:meth:`~DiffusersSpec.scheduler_plan`).
 
 from __future__ import annotations
 
-import importlib
 import os
 from dataclasses import dataclass
 from functools import cached_property
@@ -162,10 +161,10 @@ def spec_from_config(cls: str, config: dict[str, Any], text_len: int | None = No
     return DiffusersSpec(_official_name(config) or f"diffusers:{cls}", cls, config, **conventions)
 
 
-def spec_for_folder(path: str | os.PathLike[str], *, text_len: int | None = None) -> DiffusersSpec:
+def spec_for_folder(path: str | os.PathLike[str]) -> DiffusersSpec:
     """The spec of the model in a pipeline or model folder, from its ``config.json`` (for a
-    text-to-image model the prompt length its pipeline encodes to, unless ``text_len`` is given;
-    for a flow-matching model the pipeline's scheduler config) only."""
+    text-to-image model the prompt length its pipeline encodes to; for a flow-matching model the
+    pipeline's scheduler config) only."""
     from l2c_compile.diffusers.load import default_text_len, model_folder
 
     folder, cls = model_folder(path)
@@ -177,17 +176,8 @@ def spec_for_folder(path: str | os.PathLike[str], *, text_len: int | None = None
     scheduler_config = read_json(scheduler, "scheduler config") if flow and scheduler.is_file() else None
     if scheduler_config is not None and not isinstance(scheduler_config, dict):
         raise L2CError(f"{scheduler} is not a JSON object")
-    return spec_from_config(cls, config, (text_len or default_text_len(path)) if text else None, scheduler_config)
+    return spec_from_config(cls, config, default_text_len(path) if text else None, scheduler_config)
 
-
-def declared_adapter(cls: str) -> type:
-    """The adapter class the family of the diffusers class ``cls`` declares (``families/builtin.py``,
-    ``"module:Class"``); L2CError when none does."""
-    fam = family_for_diffusers(cls)
-    if fam is None or fam.adapter is None:
-        raise L2CError(f"no model family declares an adapter for the diffusers class {cls!r}")
-    module, _, name = fam.adapter.partition(":")
-    return getattr(importlib.import_module(module), name)
 
 
 def _official_name(config: dict[str, Any]) -> str | None:
@@ -224,6 +214,6 @@ def build_from_record(record: dict[str, Any]):
         transformer = getattr(diffusers, cls).from_config(record["config"])
     except (TypeError, ValueError) as exc:
         raise L2CError(f"artifact manifest has a bad diffusers config: {exc}") from None
-    model = declared_adapter(str(cls)).from_record(transformer.eval(), record)  # the family's own adapter
+    model = fam.adapter_class().from_record(transformer.eval(), record)  # the family's own, declared adapter
     model.model_name = record.get("name", "diffusers")
     return model.eval()

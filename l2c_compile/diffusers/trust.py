@@ -37,7 +37,7 @@ def library_class(library: str, name: Any) -> type | None:
     attribute of the top-level module whose class is defined inside that library."""
     if not isinstance(name, str) or not name.isidentifier():
         return None
-    from l2c_compile.diffusers.load import quiet
+    from l2c_compile.diffusers.quiet import quiet
 
     try:
         with quiet():  # resolving a lazy pipeline class imports it, and transformers has advice to print
