@@ -139,12 +139,15 @@ def tiny_sd3_transformer(seed: int = 0, *, layers: int = 3, heads: int = 2, dual
 
 
 def sd3_prompt_inputs(batch: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Random prompt / negative prompt embeddings and pooled embeddings for the tiny SD3."""
+    """Random prompt / negative prompt embeddings (batch, SD3_TEXT_LEN, SD3_TEXT_DIM) and pooled
+    embeddings (batch, SD3_POOLED_DIM) for the tiny SD3, under ``StableDiffusion3Pipeline``'s keyword
+    names (``prompt_embeds``, ``pooled_prompt_embeds``, ``negative_…``)."""
     g = torch.Generator().manual_seed(seed + 7)
     out = {}
     for name in ("prompt", "negative_prompt"):
         out[f"{name}_embeds"] = torch.randn(batch, SD3_TEXT_LEN, SD3_TEXT_DIM, generator=g)
-        out[f"pooled_{name}_embeds"] = torch.randn(batch, SD3_POOLED_DIM, generator=g)
+        pooled = "pooled_prompt" if name == "prompt" else "negative_pooled_prompt"
+        out[f"{pooled}_embeds"] = torch.randn(batch, SD3_POOLED_DIM, generator=g)
     return out
 
 
@@ -179,3 +182,72 @@ def flux_prompt_inputs(batch: int, seed: int = 0) -> dict[str, torch.Tensor]:
         out[f"{name}_embeds"] = torch.randn(batch, FLUX_TEXT_LEN, FLUX_TEXT_DIM, generator=g)
         out[f"pooled_{name}_embeds"] = torch.randn(batch, FLUX_POOLED_DIM, generator=g)
     return out
+
+# ---------------------------------------------------------------------------------------------
+# Stable Diffusion 3: tiny CLIP-L/G stand-ins, T5, VAE and the whole pipeline
+# ---------------------------------------------------------------------------------------------
+
+SD3_CLIP_LEN = 5  # the tiny CLIP tokenizers' model_max_length (77 in SD3)
+SD3_T5_LEN = 6  # max_sequence_length the tests pass for the tiny T5 (256 by default in SD3)
+
+
+def tiny_clip_tokenizer(folder: Path):
+    """A ``CLIPTokenizer`` over the dozen ``WORDS`` (one BPE token each), written to ``folder`` as
+    vocab.json and merges.txt and read back (no hub access); ``model_max_length`` ``SD3_CLIP_LEN``."""
+    import json
+
+    from transformers import CLIPTokenizer
+
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, "!": 2}
+    merges: dict[str, None] = {}
+    for word in WORDS:  # BPE merges that rebuild each word from its characters
+        parts = [*word[:-1], word[-1] + "</w>"]
+        for p in parts:
+            vocab.setdefault(p, len(vocab))
+        joined = parts[0]
+        for p in parts[1:]:
+            merges[f"{joined} {p}"] = None
+            joined += p
+            vocab.setdefault(joined, len(vocab))
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=SD3_CLIP_LEN,
+                         pad_token="!")
+
+
+def tiny_sd3_pipeline(folder: Path, seed: int = 0, *, layers: int = 3, dynamic: bool = False,
+                      encoders: bool = True):
+    """A ``StableDiffusion3Pipeline`` with the tiny SD3.5-shaped transformer, a one-level random VAE
+    (SD3's latent ``scaling_factor`` and ``shift_factor``; vae_scale_factor 1: 8×8 images), two tiny
+    ``CLIPTextModelWithProjection`` (hidden 8, projection 6: joint width 16, pooled 12), a tiny T5
+    and the flow-matching Euler scheduler with SD3's shift 3 (``dynamic``: SD3.5-style dynamic
+    shifting from the image sequence length). ``encoders=False``: no text encoders or tokenizers
+    (the pipeline then takes ``prompt_embeds`` only). ``folder``: where the CLIP vocabularies go."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8,),
+                        down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",),
+                        layers_per_block=1, norm_num_groups=4, sample_size=8, scaling_factor=1.5305,
+                        shift_factor=0.0609).eval()
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=dynamic, base_image_seq_len=16,
+                                                max_image_seq_len=64)
+    parts: dict = dict.fromkeys(("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "text_encoder_3",
+                                 "tokenizer_3"))
+    if encoders:
+        tokenizer = tiny_clip_tokenizer(folder / "clip_vocab")
+        clips = []
+        for _ in range(2):
+            config = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=8, intermediate_size=16,
+                                    num_hidden_layers=2, num_attention_heads=2, projection_dim=6,
+                                    max_position_embeddings=SD3_CLIP_LEN, bos_token_id=0, eos_token_id=1,
+                                    pad_token_id=2)
+            clips.append(CLIPTextModelWithProjection(config).eval())
+        t5 = T5EncoderModel(T5Config(vocab_size=len(WORDS) + 3, d_model=SD3_TEXT_DIM, d_kv=4, d_ff=16,
+                                     num_layers=1, num_heads=2, relative_attention_num_buckets=8)).eval()
+        parts = dict(text_encoder=clips[0], tokenizer=tokenizer, text_encoder_2=clips[1], tokenizer_2=tokenizer,
+                     text_encoder_3=t5, tokenizer_3=tiny_tokenizer())
+    return StableDiffusion3Pipeline(transformer=tiny_sd3_transformer(seed, layers=layers), scheduler=scheduler,
+                                    vae=vae, **parts)

@@ -130,7 +130,7 @@ def _sd3_inputs(model: nn.Module, seed: int, batch: int = 2) -> tuple[torch.Tens
 
     p = sd3_prompt_inputs(batch, seed)
     y = torch.stack([pack_condition(p["prompt_embeds"], p["pooled_prompt_embeds"]),
-                     pack_condition(p["negative_prompt_embeds"], p["pooled_negative_prompt_embeds"])], dim=1)
+                     pack_condition(p["negative_prompt_embeds"], p["negative_pooled_prompt_embeds"])], dim=1)
     noise = torch.randn(batch, 4, model.input_size, model.input_size, generator=torch.Generator().manual_seed(seed))
     return noise, y
 
@@ -158,7 +158,7 @@ def _diffusers_info(model: nn.Module) -> dict:
 
     t = model.transformer
     return spec_from_config(type(t).__name__, dict(t.config), getattr(model, "text_len", None),
-                            getattr(model, "height", None)).to_dict()
+                            height=getattr(model, "height", None)).to_dict()
 
 
 @dataclass(frozen=True)

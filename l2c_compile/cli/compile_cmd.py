@@ -28,7 +28,7 @@ from l2c_compile.runtime.verify import compile_summary, verify_artifact
 def compile_cmd(
     model: str | None = typer.Option(None, "--model", "-m", help="registry name, see `l2c-compile models`"),
     diffusers: Path | None = typer.Option(None, "--diffusers", help="local diffusers pipeline or model folder "
-                                          "(DiTTransformer2DModel), instead of --model"),
+                                          "(DiT, PixArt, SD3), instead of --model"),
     checkpoint: Path | None = typer.Option(None, "--checkpoint", help="official or own checkpoint"),
     init: str | None = typer.Option(None, "--init", help="'random': seeded non-degenerate weights"),
     seed: int = typer.Option(0, "--seed", help="seed for --init random"),
@@ -147,11 +147,11 @@ def verify_cmd(
 def sample_cmd(
     directory: Path = typer.Argument(..., help="artifact folder"),
     classes: str = typer.Option("0,1,2,3", "--classes", help="comma-separated class labels"),
-    prompt: list[str] | None = typer.Option(None, "--prompt", help="text-to-image artifacts (PixArt): a prompt "
-                                            "to draw; repeat for several"),
+    prompt: list[str] | None = typer.Option(None, "--prompt", help="text-to-image artifacts (PixArt, SD3): a "
+                                            "prompt to draw; repeat for several"),
     negative_prompt: str = typer.Option("", "--negative-prompt", help="with --prompt: the unconditional prompt"),
-    pipeline: Path | None = typer.Option(None, "--diffusers", help="with --prompt: the PixArt pipeline folder "
-                                         "whose text encoder, tokenizer and VAE to use"),
+    pipeline: Path | None = typer.Option(None, "--diffusers", help="with --prompt: the pipeline folder (PixArt, "
+                                         "SD3) whose text encoders, tokenizers and VAE to use"),
     seed: int = typer.Option(0, "--seed"),
     cfg_scale: float | None = typer.Option(None, "--cfg-scale", help=CFG_SCALE_HELP),
     vae: Path | None = typer.Option(None, "--vae", help="local diffusers AutoencoderKL folder (latent models)"),
@@ -201,8 +201,8 @@ def _sample_classes(directory: Path, labels: torch.Tensor, seed: int, cfg_scale:
     compiled = load(directory, device=device, cuda_graph=cuda_graph)
     print_fallbacks(compiled.record.fallbacks)
     if hasattr(compiled.model, "example_condition"):
-        raise L2CError("this artifact draws from text: pass --prompt TEXT and --diffusers DIR (its PixArt "
-                       "pipeline folder, for the text encoder and VAE)")
+        raise L2CError("this artifact draws from text: pass --prompt TEXT and --diffusers DIR (its pipeline "
+                       "folder, for the text encoders and VAE)")
     real = compiled.model.null_class
     if int(labels.min()) < 0 or int(labels.max()) >= real:
         bad = int(labels.min()) if int(labels.min()) < 0 else int(labels.max())
@@ -238,7 +238,8 @@ def _sample_classes(directory: Path, labels: torch.Tensor, seed: int, cfg_scale:
 
 def _sample_prompts(directory: Path, prompts: list[str], negative_prompt: str, pipeline: Path | None, seed: int,
                     cfg_scale: float | None, device: str, cuda_graph: bool | None, out: Path) -> None:
-    """``sample --prompt``: encode with the pipeline folder's T5, run the artifact, decode with its VAE."""
+    """``sample --prompt``: encode with the pipeline folder's text encoders, run the artifact, decode with
+    its VAE."""
     from l2c_compile.images import check_png_path
     from l2c_compile.io import output_lock
     from l2c_compile.runtime.devices import resolve_device
@@ -246,8 +247,8 @@ def _sample_prompts(directory: Path, prompts: list[str], negative_prompt: str, p
     if not prompts:
         raise L2CError("--diffusers DIR goes with --prompt TEXT (text-to-image artifacts)")
     if pipeline is None:
-        raise L2CError("--prompt needs --diffusers DIR: the PixArt pipeline folder whose text encoder, "
-                       "tokenizer and VAE encode the prompt and decode the image")
+        raise L2CError("--prompt needs --diffusers DIR: the pipeline folder (PixArt, SD3) whose text encoders, "
+                       "tokenizers and VAE encode the prompt and decode the image")
     resolve_device(device)
     check_png_path(out)
     with output_lock(out):  # before any work: a second writer, an unwritable or full folder
@@ -260,24 +261,25 @@ def _draw_prompts(directory: Path, prompts: list[str], negative_prompt: str, pip
     """``sample --prompt`` once the output is locked: encode, draw, decode, write the grid."""
     from l2c_compile import progress
     from l2c_compile.diffusers.load import load_pipeline
-    from l2c_compile.diffusers.pixart import prompt_condition
     from l2c_compile.images import make_grid, save_png
     from l2c_compile.runtime.artifact import load
     from l2c_compile.runtime.sampler_inputs import check_finite_output
 
     pipe = load_pipeline(pipeline)
     if getattr(pipe, "text_encoder", None) is None or not hasattr(pipe, "encode_prompt"):
-        raise L2CError(f"{pipeline} has no text encoder: pass a PixArt pipeline folder")
+        raise L2CError(f"{pipeline} has no text encoder: pass a text-to-image pipeline folder (PixArt, SD3)")
     compiled = load(directory, device=device, cuda_graph=cuda_graph)
     print_fallbacks(compiled.record.fallbacks)
     m = compiled.model
-    if not hasattr(m, "example_condition"):
+    if not hasattr(m, "prompt_condition"):
         raise L2CError("this artifact draws classes, not text: use --classes instead of --prompt")
+    want, have = compiled.record.model.get("diffusers_class"), type(pipe.transformer).__name__
+    if want != have:
+        raise L2CError(f"this artifact is a {want}; {pipeline} is a {type(pipe).__name__} with a {have}")
     if compiled.cfg and cfg_scale is None:
         cfg_scale = float(compiled.record.model.get("default_cfg_scale", 4.5))
     with console.status(f"encoding {len(prompts)} prompt(s)…"):
-        y = prompt_condition(pipe, prompts, negative_prompt=negative_prompt, cfg=compiled.cfg,
-                             text_len=m.text_len, device=device)
+        y = m.prompt_condition(pipe, prompts, negative_prompt=negative_prompt, cfg=compiled.cfg, device=device)
     gen = torch.Generator().manual_seed(seed)
     noise = torch.randn(len(prompts), m.in_channels, m.input_size, m.input_size, generator=gen).to(device)
     nfe = compiled.record.nfe
@@ -286,6 +288,7 @@ def _draw_prompts(directory: Path, prompts: list[str], negative_prompt: str, pip
         x = compiled(noise, y, cfg_scale if compiled.cfg else None)
     check_finite_output(x, f"{out} was not written")
     with torch.no_grad():
-        vae = pipe.vae
-        images = vae.decode(x.to(vae.device, vae.dtype) / vae.config.scaling_factor).sample.float().cpu()
+        vae = pipe.vae  # SD3's VAE shifts its latents too (shift_factor); PixArt's has none
+        latents = x.to(vae.device, vae.dtype) / vae.config.scaling_factor + (vae.config.get("shift_factor") or 0.0)
+        images = vae.decode(latents).sample.float().cpu()
     save_png(make_grid(images.clamp(-1, 1), scale=max(1, 128 // images.shape[-1])), out)

@@ -15,7 +15,7 @@ from l2c_compile.cli.common import OutputFormat, cli_errors, console, print_json
 from l2c_compile.cli.models_cmd import human
 from l2c_compile.errors import L2CError
 from l2c_compile.families.vocabulary import kind_name, kinds
-from l2c_compile.models.select import spec_kinds
+from l2c_compile.models.select import spec_layout
 
 if TYPE_CHECKING:
     from l2c_compile.schedule import Schedule
@@ -180,10 +180,8 @@ def import_cmd(
     if file_format == "router":
         theta = default_threshold(getattr(spec, "router_family", spec.family)) if threshold is None else threshold
         schedule = import_router(router, plan, model=spec.name, depth=depth, threshold=theta,
-                                 kinds=spec_kinds(spec))
+                                 kinds=spec_layout(spec))
     else:
-        from l2c_compile.models.select import spec_layout
-
         target = ImportTarget(spec.name, _spec_family(spec), spec_layout(spec), plan)
         schedule = import_schedule(router, file_format, target, cachedit_as_trunk=as_trunk)
     with _writing(out):
@@ -262,8 +260,6 @@ def heuristic_cmd(
     _check_schedule_out(out)
     spec, plan, depth = _target(model, diffusers, sampler, nfe)
     if kind in BASELINES:
-        from l2c_compile.models.select import spec_layout
-
         schedule = baseline(kind, plan, spec_layout(spec), model=spec.name, **params)
     else:
         if fraction is None:
@@ -271,7 +267,7 @@ def heuristic_cmd(
                 raise L2CError(f"--kind {kind} needs --fraction F (share of sublayers, in [0, 1])")
             fraction = 1.0
         schedule = heuristic(kind, plan, model=spec.name, depth=depth, fraction=fraction, seed=seed,
-                             kinds=spec_kinds(spec))
+                             kinds=spec_layout(spec))
     with _writing(out):
         schedule.save(out)
     _report(schedule, out, fmt)

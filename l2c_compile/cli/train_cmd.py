@@ -20,9 +20,9 @@ from l2c_compile.models.select import make_spec_plan, select_model, select_spec,
 def train_cmd(
     model: str | None = typer.Option(None, "--model", "-m", help="registry name, see `l2c-compile models`"),
     diffusers: Path | None = typer.Option(None, "--diffusers", help="local diffusers pipeline or model folder "
-                                          "(DiTTransformer2DModel, PixArtTransformer2DModel), instead of --model"),
-    prompts: Path | None = typer.Option(None, "--prompts", help="text-to-image models (PixArt): one prompt per "
-                                        "line (encoded with the --diffusers pipeline's T5), or precomputed "
+                                          "(DiT, PixArt, SD3), instead of --model"),
+    prompts: Path | None = typer.Option(None, "--prompts", help="text-to-image models (PixArt, SD3): one prompt per "
+                                        "line (encoded with the --diffusers pipeline's text encoders), or precomputed "
                                         "prompt_embeds in a .safetensors file; x0 is drawn from the model"),
     checkpoint: Path | None = typer.Option(
         None, "--checkpoint", help="model weights (official or own)"
@@ -118,7 +118,7 @@ def train_cmd(
                 raise L2CError("this model draws from text: pass --prompts FILE (one prompt per line, or prompt_embeds "
                                "in a .safetensors file)")
             if prompts is not None and not text:
-                raise L2CError("--prompts is for text-to-image models (a PixArt --diffusers folder)")
+                raise L2CError("--prompts is for text-to-image models (a PixArt or SD3 --diffusers folder)")
             if prompts is not None and data != "self":
                 raise L2CError("--prompts trains data-free: drop --data")
             spec, net = select_model(model, diffusers, checkpoint, init, seed)
@@ -251,7 +251,7 @@ def _train(
 
 
 def _prompt_data(spec, net, plan, prompts: tuple[Path, Path], pool_size: int, seed: int, show: bool):
-    """PixArt's data-free pool: conditions from the prompts file, x0 drawn from the model."""
+    """A text-to-image model's data-free pool: conditions from the prompts file, x0 drawn from the model."""
     from l2c_compile.router.prompts import draw_prompt_data, load_conditions
 
     path, folder = prompts
@@ -260,7 +260,7 @@ def _prompt_data(spec, net, plan, prompts: tuple[Path, Path], pool_size: int, se
         from l2c_compile.diffusers.load import load_pipeline
 
         if not (folder / "model_index.json").is_file():
-            raise L2CError(f"{folder} is a model folder without a text encoder: pass the PixArt pipeline folder, "
+            raise L2CError(f"{folder} is a model folder without a text encoder: pass the pipeline folder, "
                            "or precomputed prompt_embeds in a .safetensors file")
         pipe = load_pipeline(folder)
     conds, null, description = load_conditions(path, net, pipe)

@@ -7,43 +7,19 @@ was found.
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from l2c_compile.diffusers.quiet import quiet
 from l2c_compile.diffusers.trust import check_folder
 from l2c_compile.errors import L2CError
 from l2c_compile.inputs import read_json
 from l2c_compile.limits import check_model_size
 
-ADAPTED = {"DiTTransformer2DModel": "DiT", "PixArtTransformer2DModel": "PixArt"}  # → adapter (dit.py, pixart.py)
-PIPELINES = ("DiTPipeline", "PixArtAlphaPipeline", "PixArtSigmaPipeline")
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """diffusers' loading advice (install accelerate, …) and progress bars are not ours to print;
-    errors still raise."""
-    from diffusers.utils import logging as diffusers_logging
-
-    level = diffusers_logging.get_verbosity()
-    diffusers_logging.set_verbosity_error()
-    diffusers_logging.disable_progress_bar()  # "Loading pipeline components…" bars are not ours either
-    try:  # PixArt's T5 prints "Loading weights" bars
-        from transformers.utils import logging as transformers_logging
-    except ImportError:
-        transformers_logging = None
-    if transformers_logging is not None:
-        transformers_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        diffusers_logging.enable_progress_bar()
-        diffusers_logging.set_verbosity(level)
-        if transformers_logging is not None:
-            transformers_logging.enable_progress_bar()
+# → adapter (dit.py, pixart.py, sd3.py; the class each family declares, families/builtin.py)
+ADAPTED = {"DiTTransformer2DModel": "DiT", "PixArtTransformer2DModel": "PixArt", "SD3Transformer2DModel": "SD3"}
+PIPELINES = ("DiTPipeline", "PixArtAlphaPipeline", "PixArtSigmaPipeline", "StableDiffusion3Pipeline")
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -97,44 +73,45 @@ def check_config_size(cls: str, config: dict[str, Any], what: str) -> None:
 
 def load_diffusers(path: str | os.PathLike[str], *, text_len: int | None = None):
     """The adapted model (:class:`~l2c_compile.diffusers.dit.DiffusersDiT`,
-    :class:`~l2c_compile.diffusers.pixart.DiffusersPixArt`) of a local pipeline or model folder,
-    in eval mode, loaded offline; L2CError for anything unsupported. ``text_len``: PixArt's prompt
-    length (default: the pipeline's ``max_sequence_length``, 120 for a bare model folder)."""
+    :class:`~l2c_compile.diffusers.pixart.DiffusersPixArt`,
+    :class:`~l2c_compile.diffusers.sd3.DiffusersSD3`: the adapter its family declares) of a local
+    pipeline or model folder, in eval mode, loaded offline; L2CError for anything unsupported.
+    ``text_len``: a text-to-image model's prompt length (default: what the folder's pipeline
+    encodes to, :func:`default_text_len`)."""
+    from l2c_compile.families import family_for_diffusers
+
     folder, cls = model_folder(path)
+    family = family_for_diffusers(cls)
+    if family is None:
+        raise L2CError(f"no model family declares the diffusers class {cls!r}")
     import diffusers
 
     try:
-        with _quiet():
+        with quiet():
             transformer = getattr(diffusers, cls).from_pretrained(folder, local_files_only=True)
     except Exception as exc:  # diffusers raises many types for a bad folder
         raise L2CError(f"cannot load {cls} from {folder}: {str(exc).splitlines()[0]}") from None
-    if cls == "PixArtTransformer2DModel":
-        from l2c_compile.diffusers.pixart import DiffusersPixArt
-
-        return DiffusersPixArt(transformer.eval(), text_len=text_len or default_text_len(path))
-    from l2c_compile.diffusers.dit import DiffusersDiT
-
-    return DiffusersDiT(transformer.eval())
+    if family.conditioning == "text":
+        return family.adapter_class()(transformer.eval(), text_len=text_len or default_text_len(path))
+    return family.adapter_class()(transformer.eval())
 
 
 def default_text_len(path: str | os.PathLike[str]) -> int:
-    """The prompt length a PixArt folder's pipeline encodes to (its ``max_sequence_length``
-    default: 120 for PixArt-α, 300 for PixArt-Σ; 120 without a pipeline)."""
-    import inspect
+    """The prompt length a text-to-image folder's pipeline encodes to, as its adapter reads it
+    (``pipeline_text_len``: PixArt's ``max_sequence_length`` default, 120 or 300; SD3's CLIP
+    tokens + T5 tokens, 77 + 256); the adapter's default for a bare model folder."""
+    from l2c_compile.families import family_for_diffusers
 
-    import diffusers
-
-    root = Path(path)
-    if (root / "model_index.json").is_file():
-        cls = getattr(diffusers, str(_read_json(root / "model_index.json").get("_class_name")), None)
-        if cls is not None and "max_sequence_length" in inspect.signature(cls.__call__).parameters:
-            return int(inspect.signature(cls.__call__).parameters["max_sequence_length"].default)
-    return 120
+    _, cls = model_folder(path)
+    family = family_for_diffusers(cls)
+    if family is None:
+        raise L2CError(f"no model family declares the diffusers class {cls!r}")
+    return int(family.adapter_class().pipeline_text_len(Path(path)))
 
 
 def load_pipeline(path: str | os.PathLike[str]):
-    """A whole ``DiTPipeline`` / ``PixArtAlphaPipeline`` / ``PixArtSigmaPipeline`` from a local
-    folder (offline); L2CError naming what was found."""
+    """A whole ``DiTPipeline`` / ``PixArtAlphaPipeline`` / ``PixArtSigmaPipeline`` /
+    ``StableDiffusion3Pipeline`` from a local folder (offline); L2CError naming what was found."""
     root = Path(path)
     if not (root / "model_index.json").is_file():
         raise L2CError(f"{root} is not a diffusers pipeline folder (no model_index.json)")
@@ -145,7 +122,7 @@ def load_pipeline(path: str | os.PathLike[str]):
     import diffusers
 
     try:
-        with _quiet():
+        with quiet():
             return getattr(diffusers, cls).from_pretrained(root, local_files_only=True)
     except Exception as exc:  # diffusers raises many types for a bad folder
         raise L2CError(f"cannot load {cls} from {root}: {str(exc).splitlines()[0]}") from None

@@ -1,5 +1,5 @@
-"""``compile_pipeline``: a diffusers ``DiTPipeline`` or ``PixArtAlphaPipeline`` /
-``PixArtSigmaPipeline`` whose denoising loop is compiled code.
+"""``compile_pipeline``: a diffusers ``DiTPipeline``, ``PixArtAlphaPipeline`` /
+``PixArtSigmaPipeline`` or ``StableDiffusion3Pipeline`` whose denoising loop is compiled code.
 
 The returned :class:`CompiledPipeline` takes the pipeline's own arguments and returns its own
 output type. Noise is drawn exactly as the pipeline draws it (same generator, shape, device and
@@ -15,163 +15,48 @@ negative prompt is the unconditional half of the batch, the scheduler is its
 ``DPMSolverMultistepScheduler`` (DPM-Solver++ 2M, :mod:`~l2c_compile.samplers.dpm_solver_pp`),
 and the decoded image goes through the pipeline's image processor (resolution binning included).
 Sources: diffusers ``PixArtAlphaPipeline.__call__``, ``DPMSolverMultistepScheduler.step``.
+
+Stable Diffusion 3 / 3.5 (:class:`CompiledSD3Pipeline`): a flow-matching (velocity) pipeline. The
+prompt is encoded by the pipeline's ``encode_prompt`` (CLIP-L, CLIP-G and T5, or the
+``prompt_embeds`` + ``pooled_prompt_embeds`` given) and packed into one condition
+(:func:`~l2c_compile.diffusers.sd3.pack_condition`); the loop is a plan made from its
+``FlowMatchEulerDiscreteScheduler`` (static ``shift``, or the dynamic shift's μ computed from the
+image size as the pipeline computes it); the latents are decoded as the pipeline decodes them
+(``latents / scaling_factor + shift_factor``, its VAE, its image processor). Sources: diffusers
+``StableDiffusion3Pipeline.__call__``, ``FlowMatchEulerDiscreteScheduler.step``.
+
+Which scheduler family a drop-in runs is a class attribute (``flow_matching``): ε pipelines refuse
+a flow-matching scheduler, the SD3 pipeline requires one.
 """
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import inspect
-import math
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, ClassVar
 
 import torch
-from diffusers import (
-    DDIMScheduler,
-    DPMSolverMultistepScheduler,
-    FlowMatchEulerDiscreteScheduler,
-    UniPCMultistepScheduler,
-)
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
+from diffusers.pipelines.stable_diffusion_3.pipeline_output import StableDiffusion3PipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from l2c_compile.compiler.driver import check_schedule_type
 from l2c_compile.compiler.driver import compile as compile_sampler
 from l2c_compile.diffusers.dit import DiffusersDiT
-from l2c_compile.diffusers.flow_schedulers import flow_scheduler_plan, is_flow_scheduler
+from l2c_compile.diffusers.flow_schedulers import is_flow_scheduler
 from l2c_compile.diffusers.pixart import DiffusersPixArt, pack_condition
+from l2c_compile.diffusers.scheduler_plans import pipeline_plan
+from l2c_compile.diffusers.sd3 import DiffusersSD3, shift_mu
+from l2c_compile.diffusers.sd3 import pack_condition as pack_sd3_condition
 from l2c_compile.diffusers.spec import spec_from_config
 from l2c_compile.errors import L2CError
 from l2c_compile.runtime.sampler import CompiledSampler
-from l2c_compile.samplers.base import Combination, ModelCall, SamplerPlan, SolverStep
-from l2c_compile.samplers.ddim import ddim_role
-from l2c_compile.samplers.dpm_solver_pp import dpm_solver_pp_from_sigmas
-from l2c_compile.samplers.schedules import NOISE_SCHEDULES
+from l2c_compile.samplers.base import SamplerPlan
 from l2c_compile.schedule import Schedule
 
-
-def pipeline_plan(scheduler: Any, num_inference_steps: int, *, mu: float | None = None,
-                  sigmas: Sequence[float] | None = None, time_input: str | None = None) -> SamplerPlan:
-    """The trajectory ``scheduler`` (a diffusers ``DDIMScheduler``, η = 0, a
-    ``DPMSolverMultistepScheduler`` running DPM-Solver++ 2M, or a flow-matching
-    ``FlowMatchEulerDiscreteScheduler`` / ``UniPCMultistepScheduler`` with flow prediction) takes
-    in ``num_inference_steps`` steps, as a plan with the DDIM cadence of L2C.
-
-    DDIM: coefficients come from the scheduler's own ᾱ table and its own ``prev_timestep`` rule
-    (``t − T // N``, ᾱ_prev = ``final_alpha_cumprod`` below 0). DPM-Solver++: from the
-    scheduler's own ``timesteps`` and ``sigmas`` after ``set_timesteps``. Flow matching: likewise,
-    after ``set_timesteps`` with the ``sigmas`` and ``mu`` the pipeline passes (FLUX);
-    ``time_input`` "sigma_1000" (default) or "sigma" (see
-    :func:`~l2c_compile.diffusers.flow_schedulers.flow_scheduler_plan`). L2CError for another
-    scheduler or a setting that makes the update non-linear (clipping, thresholding, non-ε
-    prediction on a VP scheduler, SDE variants, a third order).
-    """
-    _check_steps(num_inference_steps)
-    build = next((b for cls, b in SCHEDULER_PLANS.items() if isinstance(scheduler, cls)), None)
-    if build is None:
-        names = ", ".join(cls.__name__ for cls in SCHEDULER_PLANS)
-        raise L2CError(f"pipeline_plan supports the {names} (flow prediction), this pipeline has "
-                       f"{type(scheduler).__name__}")
-    return build(scheduler, num_inference_steps, mu=mu, sigmas=sigmas, time_input=time_input)
-
-
-def _ddim_plan(scheduler: Any, num_inference_steps: int) -> SamplerPlan:
-    """DDIM (η = 0) over the scheduler's own ᾱ table and ``prev_timestep`` rule (see
-    :func:`pipeline_plan`)."""
-    cfg = scheduler.config
-    bad = [name for name, ok in (("clip_sample", not cfg.clip_sample), ("thresholding", not cfg.thresholding),
-                                 ("prediction_type", cfg.prediction_type == "epsilon")) if not ok]
-    if bad:
-        raise L2CError(f"DDIMScheduler setting {bad[0]}={getattr(cfg, bad[0])!r} is not supported "
-                       "(the compiled update must be linear in x and ε)")
-    sched = copy.deepcopy(scheduler)
-    try:
-        sched.set_timesteps(num_inference_steps)
-    except ValueError as exc:  # e.g. more steps than training timesteps
-        raise L2CError(f"DDIMScheduler cannot take {num_inference_steps} steps: {exc}") from None
-    ts = [int(t) for t in sched.timesteps]
-    ac = [float(a) for a in sched.alphas_cumprod.double()]
-    final = float(sched.final_alpha_cumprod)
-    stride = cfg.num_train_timesteps // num_inference_steps
-    n = len(ts)
-    steps = []
-    for i, t in enumerate(ts):
-        ab, prev = ac[t], t - stride
-        ab_prev = ac[prev] if prev >= 0 else final
-        x_coef = math.sqrt(ab_prev) / math.sqrt(ab)
-        eps_coef = math.sqrt(1.0 - ab_prev) - math.sqrt(ab_prev) * math.sqrt(1.0 - ab) / math.sqrt(ab)
-        role, router_index = ddim_role(n - 1 - i, i)
-        call = ModelCall(index=i, timestep=float(t), role=role, router_index=router_index)
-        steps.append(SolverStep(calls=(call,), update=Combination(x_coef, ((i, eps_coef),))))
-    # The coefficients come from the scheduler's own ᾱ; the plan's noise-schedule label names the
-    # table for router training's q-sampling, and options keep what the scheduler actually used.
-    schedule = cfg.beta_schedule if cfg.beta_schedule in NOISE_SCHEDULES else "linear"
-    options = (("eta", 0.0), ("spacing", str(cfg.timestep_spacing)), ("scheduler", "DDIMScheduler"),
-               ("beta_schedule", str(cfg.beta_schedule)))
-    return SamplerPlan("ddim", n, tuple(steps), schedule, "discrete", options)
-
-
-
-def _flow_plan(scheduler: Any, num_inference_steps: int, *, mu: float | None, sigmas: Sequence[float] | None,
-               time_input: str | None) -> SamplerPlan:
-    return flow_scheduler_plan(scheduler, num_inference_steps, mu=mu, sigmas=sigmas,
-                               time_input=time_input or "sigma_1000")
-
-
-def _vp_plan(build: Callable[[Any, int], SamplerPlan]) -> Callable[..., SamplerPlan]:
-    """A VP (ε-prediction) scheduler's plan builder, refusing the flow-matching-only arguments."""
-
-    def plan(scheduler: Any, num_inference_steps: int, *, mu: float | None, sigmas: Sequence[float] | None,
-             time_input: str | None) -> SamplerPlan:
-        if (mu, sigmas, time_input) != (None, None, None):
-            raise L2CError("mu, sigmas and time_input apply to flow-matching schedulers, not "
-                           f"{type(scheduler).__name__}")
-        return build(scheduler, num_inference_steps)
-
-    return plan
-
-def _check_steps(num_inference_steps: object) -> None:
-    if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-        raise L2CError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
-
-
-# DPMSolverMultistepScheduler settings the compiled update follows exactly (anything else refused).
-DPM_SETTINGS = {"algorithm_type": ("dpmsolver++",), "solver_order": (2,), "solver_type": ("midpoint",),
-                "prediction_type": ("epsilon",), "thresholding": (False,), "variance_type": (None,)}
-
-
-def _dpm_solver_pp_plan(scheduler: Any, num_inference_steps: int) -> SamplerPlan:
-    """DPM-Solver++ 2M over the scheduler's own timesteps and σ (see :func:`pipeline_plan`)."""
-    cfg = scheduler.config
-    for name, ok in DPM_SETTINGS.items():
-        if cfg.get(name) not in ok:
-            raise L2CError(f"DPMSolverMultistepScheduler setting {name}={cfg.get(name)!r} is not supported "
-                           f"(supported: {', '.join(map(repr, ok))}; the compiled update is DPM-Solver++ 2M)")
-    sched = copy.deepcopy(scheduler)
-    try:
-        sched.set_timesteps(num_inference_steps)
-    except ValueError as exc:
-        raise L2CError(f"DPMSolverMultistepScheduler cannot take {num_inference_steps} steps: {exc}") from None
-    ts = [int(t) for t in sched.timesteps]
-    sigmas = [float(s) for s in sched.sigmas]
-    n = len(ts)
-    # The scheduler's own rule for the last step's order (step(): lower_order_final).
-    final_first = bool(cfg.euler_at_final or (cfg.lower_order_final and n < 15) or cfg.final_sigmas_type == "zero")
-    schedule = cfg.beta_schedule if cfg.beta_schedule in NOISE_SCHEDULES else "linear"
-    options = (("spacing", str(cfg.timestep_spacing)), ("scheduler", "DPMSolverMultistepScheduler"),
-               ("beta_schedule", str(cfg.beta_schedule)))
-    return dpm_solver_pp_from_sigmas(ts, sigmas, noise_schedule=schedule, options=options,
-                                     final_first_order=final_first)
-
-
-# The diffusers schedulers whose trajectory is a static plan, and how each plan is made: a new
-# scheduler is one entry here (its builder checks the settings that keep the update linear).
-SCHEDULER_PLANS: dict[type, Callable[..., SamplerPlan]] = {
-    DDIMScheduler: _vp_plan(_ddim_plan),
-    DPMSolverMultistepScheduler: _vp_plan(_dpm_solver_pp_plan),
-    FlowMatchEulerDiscreteScheduler: _flow_plan,
-    UniPCMultistepScheduler: _flow_plan,
-}
+__all__ = ["PIPELINES", "CompiledPipeline", "CompiledPixArtPipeline", "CompiledSD3Pipeline", "compile_pipeline",
+           "pipeline_plan"]
 
 
 class CompiledPipeline:
@@ -180,6 +65,10 @@ class CompiledPipeline:
     Compiled samplers are made on first use per (``num_inference_steps``, CFG on/off) and kept.
     """
 
+    # Whether the pipeline samples with a flow-matching (velocity) scheduler; False: a VP scheduler
+    # with ε prediction. compile_pipeline refuses a pipeline whose scheduler is of the other sort.
+    flow_matching: ClassVar[bool] = False
+
     def __init__(self, pipe: Any, schedule: Schedule | None, compile_kwargs: dict[str, Any]) -> None:
         self.pipe = pipe
         self.schedule = schedule
@@ -187,11 +76,17 @@ class CompiledPipeline:
         self.compile_kwargs = compile_kwargs
         self.samplers: dict[tuple[int, bool], CompiledSampler] = {}
 
-    def _plan(self, num_inference_steps: int) -> tuple[SamplerPlan, Schedule | None]:
-        """The pipeline scheduler's plan for these steps and the schedule; L2CError when the
-        schedule was made for another NFE or sampler (the rest of
-        :meth:`~l2c_compile.schedule.Schedule.check_fits` runs when the sampler is compiled)."""
-        plan = pipeline_plan(self.pipe.scheduler, num_inference_steps)
+    def check_scheduler(self) -> None:
+        """L2CError now, not on the first call, when the pipeline's scheduler or one of its
+        settings has no compiled plan."""
+        pipeline_plan(self.pipe.scheduler, 1)
+
+    def _plan(self, num_inference_steps: int, **plan_kwargs: Any) -> tuple[SamplerPlan, Schedule | None]:
+        """The pipeline scheduler's plan for these steps (``plan_kwargs``: ``mu``, ``sigmas`` for
+        :func:`pipeline_plan`) and the schedule; L2CError when the schedule was made for another
+        NFE or sampler (the rest of :meth:`~l2c_compile.schedule.Schedule.check_fits` runs when
+        the sampler is compiled)."""
+        plan = pipeline_plan(self.pipe.scheduler, num_inference_steps, **plan_kwargs)
         sched = self.schedule
         if sched is not None and (sched.nfe != plan.nfe or sched.sampler != plan.sampler):
             raise L2CError(f"the schedule is for {sched.sampler} with {sched.nfe} NFE, the pipeline runs "
@@ -344,6 +239,133 @@ class CompiledPixArtPipeline(CompiledPipeline):
         return ImagePipelineOutput(images=images) if return_dict else (images,)
 
 
+class CompiledSD3Pipeline(CompiledPipeline):
+    """``pipe(...)`` of a ``StableDiffusion3Pipeline`` (SD3 / SD3.5) with the denoising loop compiled
+    for one schedule.
+
+    Compiled samplers are made on first use per (``num_inference_steps``, CFG on/off, joint prompt
+    length, image side, the σ schedule's ``mu`` and ``sigmas``) and kept. The adapter for each is a
+    :class:`~l2c_compile.diffusers.sd3.DiffusersSD3` over the pipeline's transformer.
+    """
+
+    flow_matching = True
+
+    def __init__(self, pipe: Any, schedule: Schedule | None, compile_kwargs: dict[str, Any]) -> None:
+        self.pipe = pipe
+        self.schedule = schedule
+        self.compile_kwargs = compile_kwargs
+        self.samplers: dict[tuple[Any, ...], CompiledSampler] = {}
+
+    def check_scheduler(self) -> None:
+        """L2CError now when the scheduler has no compiled plan (checked at the default image size,
+        whose μ a dynamically shifting scheduler needs)."""
+        side = self.pipe.default_sample_size * self.pipe.vae_scale_factor
+        pipeline_plan(self.pipe.scheduler, 1, mu=self.shift_mu(side, side))
+
+    def shift_mu(self, height: int, width: int, mu: float | None = None) -> float | None:
+        """The μ the pipeline hands its scheduler for a ``height`` × ``width`` image (pixels): None
+        for a static shift, else ``mu`` or its ``calculate_shift`` of the latent patch count
+        (:func:`~l2c_compile.diffusers.sd3.shift_mu`)."""
+        pipe = self.pipe
+        f = pipe.vae_scale_factor
+        return shift_mu(pipe.scheduler.config, pipe.transformer.config.patch_size, height // f, width // f, mu)
+
+    def sd3_sampler(self, num_inference_steps: int, cfg: bool, text_len: int, side: int, *,
+                    mu: float | None = None, sigmas: Sequence[float] | None = None) -> CompiledSampler:
+        """The compiled sampler for these settings (``text_len``: joint prompt tokens; ``side``:
+        image side in pixels; ``mu``, ``sigmas``: what the pipeline passes its scheduler, see
+        :meth:`shift_mu`); L2CError when they do not fit the schedule's NFE or sampler."""
+        sig = None if sigmas is None else tuple(float(s) for s in sigmas)
+        key = (num_inference_steps, cfg, text_len, side, mu, sig)
+        if key not in self.samplers:
+            plan, sched = self._plan(num_inference_steps, mu=mu, sigmas=sig)
+            transformer = self.pipe.transformer
+            model = DiffusersSD3(transformer, text_len=text_len, height=side, width=side,
+                                 vae_scale_factor=self.pipe.vae_scale_factor)
+            info = spec_from_config(type(transformer).__name__, dict(transformer.config), text_len).to_dict()
+            info["sd3"] = model.record()
+            self.samplers[key] = compile_sampler(model, plan, sched, cfg=cfg, model_info=info,
+                                                 **self.compile_kwargs)
+        return self.samplers[key]
+
+    @torch.no_grad()
+    def __call__(self, prompt: str | list[str] | None = None, prompt_2: str | list[str] | None = None,
+                 prompt_3: str | list[str] | None = None, height: int | None = None, width: int | None = None,
+                 num_inference_steps: int = 28, sigmas: list[float] | None = None, guidance_scale: float = 7.0,
+                 negative_prompt: str | list[str] | None = None, negative_prompt_2: str | list[str] | None = None,
+                 negative_prompt_3: str | list[str] | None = None, num_images_per_prompt: int = 1,
+                 generator: torch.Generator | list[torch.Generator] | None = None,
+                 latents: torch.Tensor | None = None, prompt_embeds: torch.Tensor | None = None,
+                 negative_prompt_embeds: torch.Tensor | None = None,
+                 pooled_prompt_embeds: torch.Tensor | None = None,
+                 negative_pooled_prompt_embeds: torch.Tensor | None = None, output_type: str | None = "pil",
+                 return_dict: bool = True, clip_skip: int | None = None, max_sequence_length: int = 256,
+                 mu: float | None = None) -> StableDiffusion3PipelineOutput | tuple:
+        """Arguments and output as ``StableDiffusion3Pipeline.__call__``: ``.images`` as PIL images,
+        a (N, H, W, 3) numpy array in [0, 1] (``"np"``), a (N, 3, H, W) tensor (``"pt"``) or the
+        final latents (N, C, H/f, W/f) (``"latent"``); N = prompts × ``num_images_per_prompt``.
+        ``prompt_embeds`` (N, L, D) go with ``pooled_prompt_embeds`` (N, P), the negative ones
+        likewise. L2CError for inputs the pipeline refuses (no prompt and no embeddings, embeddings
+        without their pooled ones, a size not divisible by the patch), for a non-square size, and
+        for given ``prompt_embeds`` with ``num_images_per_prompt`` > 1 (the pipeline does not
+        repeat them and fails on the batch)."""
+        pipe = self.pipe
+        default = pipe.default_sample_size * pipe.vae_scale_factor
+        height, width = height or default, width or default
+        with _pipeline_errors():  # the pipeline's own input rules, one line each
+            pipe.check_inputs(prompt, prompt_2, prompt_3, height, width, negative_prompt=negative_prompt,
+                              negative_prompt_2=negative_prompt_2, negative_prompt_3=negative_prompt_3,
+                              prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
+                              pooled_prompt_embeds=pooled_prompt_embeds,
+                              negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
+                              max_sequence_length=max_sequence_length)
+        if height != width:
+            raise L2CError(f"compile_pipeline draws square images only, this call asks for {height}×{width}")
+        if prompt_embeds is not None and num_images_per_prompt != 1:
+            raise L2CError(f"StableDiffusion3Pipeline does not repeat given prompt_embeds for "
+                           f"num_images_per_prompt={num_images_per_prompt}: repeat them, or pass the prompt")
+        cfg = guidance_scale > 1.0
+        device = pipe._execution_device
+        with _pipeline_errors((ValueError, TypeError)):  # the negative prompt's type and batch rules
+            pe, ne, pooled, neg_pooled = pipe.encode_prompt(
+                prompt=prompt, prompt_2=prompt_2, prompt_3=prompt_3, negative_prompt=negative_prompt,
+                negative_prompt_2=negative_prompt_2, negative_prompt_3=negative_prompt_3,
+                do_classifier_free_guidance=cfg, prompt_embeds=prompt_embeds,
+                negative_prompt_embeds=negative_prompt_embeds, pooled_prompt_embeds=pooled_prompt_embeds,
+                negative_pooled_prompt_embeds=negative_pooled_prompt_embeds, device=device, clip_skip=clip_skip,
+                num_images_per_prompt=num_images_per_prompt, max_sequence_length=max_sequence_length)
+        y = pack_sd3_condition(pe, pooled)  # (N, L + 1, W)
+        if cfg:  # the pipeline batches [negative, prompt]; the compiled step [prompt, negative]
+            y = torch.stack([y, pack_sd3_condition(ne, neg_pooled, width=y.shape[-1])], dim=1)  # (N, 2, L + 1, W)
+        with _pipeline_errors():  # a generator list of the wrong length
+            noise = pipe.prepare_latents(pe.shape[0], pipe.transformer.config.in_channels, height, width, pe.dtype,
+                                         device, generator, latents)  # (N, C, H/f, W/f)
+        steps = len(sigmas) if sigmas is not None else num_inference_steps  # as retrieve_timesteps counts
+        sampler = self.sd3_sampler(steps, cfg, int(pe.shape[1]), height, mu=self.shift_mu(height, width, mu),
+                                   sigmas=sigmas)
+        weights = next(sampler.model.parameters())  # the sampler's copy may live elsewhere
+        latents = sampler(noise.to(weights.device), y.to(weights.device), guidance_scale if cfg else None)
+        if output_type == "latent":
+            images = latents
+        else:
+            vae = pipe.vae
+            latents = latents.to(device, vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
+            images = pipe.image_processor.postprocess(vae.decode(latents, return_dict=False)[0],
+                                                      output_type=output_type)
+        pipe.maybe_free_model_hooks()
+        return StableDiffusion3PipelineOutput(images=images) if return_dict else (images,)
+
+
+@contextlib.contextmanager
+def _pipeline_errors(kinds: tuple[type[Exception], ...] = (ValueError,)) -> Iterator[None]:
+    """The errors of ``kinds`` a pipeline raises for bad input, as one L2CError
+    line (its first sentence before diffusers' "Please …" advice)."""
+    try:
+        yield
+    except kinds as exc:
+        raise L2CError(str(exc).splitlines()[0].split(" Please")[0].strip()) from None
+
+
 def _aspect_ratio_bins(pipe: Any) -> dict[str, list[float]] | None:
     """The pipeline's resolution-binning table for its transformer's sample_size (None: none)."""
     from diffusers.pipelines.pixart_alpha import pipeline_pixart_alpha as alpha
@@ -356,25 +378,29 @@ def _aspect_ratio_bins(pipe: Any) -> dict[str, list[float]] | None:
 
 
 PIPELINES = {"DiTPipeline": CompiledPipeline, "PixArtAlphaPipeline": CompiledPixArtPipeline,
-             "PixArtSigmaPipeline": CompiledPixArtPipeline}
+             "PixArtSigmaPipeline": CompiledPixArtPipeline, "StableDiffusion3Pipeline": CompiledSD3Pipeline}
 
 
 def compile_pipeline(pipe: Any, schedule: Schedule | None = None, **compile_kwargs: Any) -> CompiledPipeline:
-    """A drop-in for ``pipe`` (a diffusers ``DiTPipeline``, ``PixArtAlphaPipeline`` or
-    ``PixArtSigmaPipeline``) running ``schedule`` (None: compute everything) as compiled code;
-    ``compile_kwargs`` go to :func:`l2c_compile.compile` (``fuse``, ``backend``, ``cuda_graph``,
-    ``dtype``, ``device``: those two apply to the compiled sampler's own copy of the weights; the
-    pipeline and its components are never changed). L2CError for an unsupported pipeline or
-    scheduler."""
+    """A drop-in for ``pipe`` (a diffusers ``DiTPipeline``, ``PixArtAlphaPipeline``,
+    ``PixArtSigmaPipeline`` or ``StableDiffusion3Pipeline``: :data:`PIPELINES`) running ``schedule``
+    (None: compute everything) as compiled code; ``compile_kwargs`` go to
+    :func:`l2c_compile.compile` (``fuse``, ``backend``, ``cuda_graph``, ``dtype``, ``device``: those
+    two apply to the compiled sampler's own copy of the weights; the pipeline and its components are
+    never changed). L2CError for an unsupported pipeline or scheduler, or a scheduler of the other
+    sort (a flow-matching one for an ε pipeline, a VP one for SD3)."""
     cls = next((PIPELINES[c.__name__] for c in type(pipe).__mro__ if c.__name__ in PIPELINES), None)
     if cls is None:
         raise L2CError(f"compile_pipeline supports {', '.join(PIPELINES)}, got {type(pipe).__name__}")
     for key in ("cfg", "model_info"):
         if key in compile_kwargs:
             raise L2CError(f"compile_pipeline sets {key} itself (from guidance_scale and the pipeline)")
-    if is_flow_scheduler(pipe.scheduler):
-        raise L2CError(f"{type(pipe).__name__} samples with ε prediction; its {type(pipe.scheduler).__name__} is a "
-                       "flow-matching (velocity) scheduler")
-    pipeline_plan(pipe.scheduler, 1)  # an unsupported scheduler fails here, not on the first call
+    name, scheduler = type(pipe).__name__, type(pipe.scheduler).__name__
+    if is_flow_scheduler(pipe.scheduler) != cls.flow_matching:
+        raise L2CError(f"{name} samples with flow matching (velocity); its {scheduler} is not a flow-matching "
+                       "scheduler" if cls.flow_matching else
+                       f"{name} samples with ε prediction; its {scheduler} is a flow-matching (velocity) scheduler")
+    compiled = cls(pipe, schedule, compile_kwargs)
+    compiled.check_scheduler()  # an unsupported scheduler or setting fails here, not on the first call
     check_schedule_type(schedule)
-    return cls(pipe, schedule, compile_kwargs)
+    return compiled

@@ -20,6 +20,11 @@ made for. Sources: diffusers ``PixArtAlphaPipeline.__call__``, ``PixArtTransform
 
 from __future__ import annotations
 
+import inspect
+import os
+from pathlib import Path
+from typing import Any
+
 import torch
 from diffusers import PixArtTransformer2DModel
 from torch import nn
@@ -50,6 +55,10 @@ class DiffusersPixArt(nn.Module):
     """
 
     l2c_capture = "export"
+    # the tensors a prompt condition packs (pack_condition), as the pipeline names them: prompt, negative
+    condition_keys = (("prompt_embeds", "prompt_attention_mask"),
+                      ("negative_prompt_embeds", "negative_prompt_attention_mask"))
+    pack_condition = staticmethod(pack_condition)
 
     def __init__(
         self,
@@ -100,6 +109,31 @@ class DiffusersPixArt(nn.Module):
         """The adapter for an artifact's model record: its ``pixart`` entry gives the prompt length
         and image size; L2CError when it lacks them."""
         return cls(transformer, **prompt_record(record, "pixart", "PixArt"))
+
+    @classmethod
+    def pipeline_text_len(cls, folder: str | os.PathLike[str]) -> int:
+        """The prompt length the pipeline saved in ``folder`` encodes to by default: its
+        ``max_sequence_length`` default (120 for PixArt-α, 300 for PixArt-Σ); the class default
+        (120) for a model folder or a pipeline without one."""
+        import diffusers
+
+        from l2c_compile.inputs import read_json
+
+        root = Path(folder)
+        length = int(inspect.signature(cls).parameters["text_len"].default)
+        if (root / "model_index.json").is_file():
+            index = read_json(root / "model_index.json", "diffusers config")
+            pipeline = getattr(diffusers, str(index.get("_class_name")), None) if isinstance(index, dict) else None
+            params = inspect.signature(pipeline.__call__).parameters if pipeline is not None else {}
+            if "max_sequence_length" in params:
+                length = int(params["max_sequence_length"].default)
+        return length
+
+    def prompt_condition(self, pipe: Any, prompts: list[str], *, negative_prompt: str = "", cfg: bool,
+                         device: torch.device | str = "cpu") -> torch.Tensor:
+        """``prompts`` encoded by ``pipe`` for this adapter's prompt length (:func:`prompt_condition`)."""
+        return prompt_condition(pipe, prompts, negative_prompt=negative_prompt, cfg=cfg, text_len=self.text_len,
+                                device=device)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """x: (N, C, H, W) latents; t: (N,) timesteps; y: (N, L, D + 1) packed prompt → (N, C_out, H, W)."""

@@ -24,12 +24,20 @@ velocity predictor and takes the scheduler's timestep ``σ · 1000``. Sources: d
 
 from __future__ import annotations
 
+import inspect
+import os
+from pathlib import Path
+from typing import Any
+
 import torch
 from diffusers import SD3Transformer2DModel
 from torch import nn
 
 from l2c_compile.diffusers.records import prompt_record
 from l2c_compile.errors import L2CError
+from l2c_compile.inputs import read_json
+
+MAX_CLIP_LEN = 4096  # a tokenizer config's model_max_length above this is no CLIP length (HF writes 1e30)
 
 
 def pack_condition(embeds: torch.Tensor, pooled: torch.Tensor, width: int | None = None) -> torch.Tensor:
@@ -50,6 +58,31 @@ def pack_condition(embeds: torch.Tensor, pooled: torch.Tensor, width: int | None
     return torch.cat([rows, last], dim=1)  # (N, L + 1, W)
 
 
+def shift_mu(scheduler_config: Any, patch_size: int, latent_height: int, latent_width: int,
+             mu: float | None = None) -> float | None:
+    """The μ ``StableDiffusion3Pipeline`` hands its scheduler (``scheduler_config``: the scheduler's
+    config) for latents of ``latent_height`` × ``latent_width``: None when the scheduler shifts
+    statically (its ``shift``; a given ``mu`` changes nothing then), else ``mu`` or diffusers'
+    ``calculate_shift`` of the latent patch count with the scheduler's ``base_image_seq_len``,
+    ``max_image_seq_len``, ``base_shift``, ``max_shift`` (the pipeline's defaults where the
+    config lacks them). Source: ``StableDiffusion3Pipeline.__call__``, step 5."""
+    if not scheduler_config.get("use_dynamic_shifting", None):
+        return None
+    if mu is not None:
+        return float(mu)
+    from l2c_compile.diffusers.quiet import quiet
+
+    with quiet():  # importing the pipeline imports transformers, which has advice to print
+        from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import (
+            calculate_shift,
+        )
+
+    seq_len = (latent_height // patch_size) * (latent_width // patch_size)
+    return float(calculate_shift(seq_len, scheduler_config.get("base_image_seq_len", 256),
+                                 scheduler_config.get("max_image_seq_len", 4096),
+                                 scheduler_config.get("base_shift", 0.5), scheduler_config.get("max_shift", 1.16)))
+
+
 class DiffusersSD3(nn.Module):
     """v(x, t, y) of a diffusers ``SD3Transformer2DModel``; the model is ``self.transformer``.
 
@@ -59,6 +92,10 @@ class DiffusersSD3(nn.Module):
     """
 
     l2c_capture = "export"
+    # the tensors a prompt condition packs (pack_condition), as the pipeline names them: prompt, negative
+    condition_keys = (("prompt_embeds", "pooled_prompt_embeds"),
+                      ("negative_prompt_embeds", "negative_pooled_prompt_embeds"))
+    pack_condition = staticmethod(pack_condition)
 
     def __init__(self, transformer: SD3Transformer2DModel, text_len: int = 333, height: int | None = None,
                  width: int | None = None, vae_scale_factor: int = 8) -> None:
@@ -82,6 +119,7 @@ class DiffusersSD3(nn.Module):
         self.pooled_dim = int(config.pooled_projection_dim)
         self.cond_width = max(self.text_dim, self.pooled_dim)
         self.height, self.width = height, width
+        self.vae_scale_factor = vae_scale_factor
 
     @classmethod
     def from_record(cls, transformer: SD3Transformer2DModel, record: dict) -> DiffusersSD3:
@@ -89,9 +127,38 @@ class DiffusersSD3(nn.Module):
         image size; L2CError when it lacks them."""
         return cls(transformer, **prompt_record(record, "sd3", "SD3"))
 
+    @classmethod
+    def pipeline_text_len(cls, folder: str | os.PathLike[str]) -> int:
+        """The joint prompt length a ``StableDiffusion3Pipeline`` saved in ``folder`` encodes to by
+        default: its CLIP tokenizer's ``model_max_length`` (77 without a tokenizer, as the pipeline)
+        plus the pipeline's ``max_sequence_length`` default (256 T5 tokens); the class default (333)
+        for a model folder. Read from the folder's JSON files only."""
+        root = Path(folder)
+        if not (root / "model_index.json").is_file():
+            return int(inspect.signature(cls).parameters["text_len"].default)
+        from l2c_compile.diffusers.quiet import quiet
+
+        with quiet():  # importing the pipeline imports transformers, which has advice to print
+            from diffusers import StableDiffusion3Pipeline
+        clip = 77  # StableDiffusion3Pipeline.tokenizer_max_length without a tokenizer
+        if (root / "tokenizer" / "tokenizer_config.json").is_file():
+            config = read_json(root / "tokenizer" / "tokenizer_config.json", "tokenizer config")
+            length = config.get("model_max_length") if isinstance(config, dict) else None
+            if isinstance(length, int) and not isinstance(length, bool) and 0 < length <= MAX_CLIP_LEN:
+                clip = length
+        t5 = inspect.signature(StableDiffusion3Pipeline.__call__).parameters["max_sequence_length"].default
+        return clip + int(t5)
+
+    def prompt_condition(self, pipe: Any, prompts: list[str], *, negative_prompt: str = "", cfg: bool,
+                         device: torch.device | str = "cpu") -> torch.Tensor:
+        """``prompts`` encoded by ``pipe`` for this adapter's prompt length (:func:`prompt_condition`)."""
+        return prompt_condition(pipe, prompts, negative_prompt=negative_prompt, cfg=cfg, text_len=self.text_len,
+                                device=device)
+
     def record(self) -> dict:
         """What an artifact needs to rebuild this adapter (:meth:`from_record`)."""
-        return {"text_len": self.text_len, "height": self.height, "width": self.width}
+        return {"text_len": self.text_len, "height": self.height, "width": self.width,
+                "vae_scale_factor": self.vae_scale_factor}
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """x: (N, C, H, W) latents; t: (N,) timesteps σ·1000; y: (N, L + 1, W) packed prompt →
@@ -140,3 +207,28 @@ class DiffusersSD3(nn.Module):
     def guide(self, cond: torch.Tensor, uncond: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
         """The pipeline's CFG ``u + s · (c − u)`` → (N, C, H, W)."""
         return uncond + scale * (cond - uncond)
+
+
+@torch.no_grad()
+def prompt_condition(pipe: Any, prompts: list[str], *, negative_prompt: str = "", cfg: bool, text_len: int,
+                     device: torch.device | str = "cpu") -> torch.Tensor:
+    """Encode ``prompts`` with a ``StableDiffusion3Pipeline``'s own tokenizers and CLIP-L/G + T5
+    encoders (``pipe.encode_prompt``, ``max_sequence_length`` = ``text_len`` minus its CLIP tokens)
+    into the condition the compiled sampler takes: (N, 2, L + 1, W) with ``cfg`` (the negative
+    prompt second), else (N, L + 1, W). L2CError when the pipeline has no text encoders, no prompt
+    is given, or ``text_len`` does not leave 1–512 T5 tokens."""
+    if getattr(pipe, "text_encoder", None) is None or getattr(pipe, "tokenizer", None) is None:
+        raise L2CError(f"this {type(pipe).__name__} has no text encoder and tokenizer to encode prompts with")
+    if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
+        raise L2CError("pass at least one non-empty prompt")
+    t5_len = text_len - int(pipe.tokenizer_max_length)
+    if not 1 <= t5_len <= 512:
+        raise L2CError(f"a joint prompt of {text_len} tokens leaves {t5_len} T5 tokens after the pipeline's "
+                       f"{pipe.tokenizer_max_length} CLIP tokens (1 to 512 allowed)")
+    pe, ne, pooled, neg_pooled = pipe.encode_prompt(
+        prompt=list(prompts), prompt_2=None, prompt_3=None, negative_prompt=negative_prompt,
+        do_classifier_free_guidance=cfg, device=pipe._execution_device, max_sequence_length=t5_len)
+    y = pack_condition(pe, pooled)  # (N, L + 1, W)
+    if cfg:
+        y = torch.stack([y, pack_condition(ne, neg_pooled, width=y.shape[-1])], dim=1)  # (N, 2, L + 1, W)
+    return y.to(device)

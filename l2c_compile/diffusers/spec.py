@@ -10,17 +10,28 @@ class and its config; :func:`build_from_record` rebuilds the model from that rec
 PixArt (``PixArtTransformer2DModel``): DPM-Solver++ 2M, linear β, integer timesteps, CFG 4.5 (the
 pipeline's defaults), three sublayer kinds per block, text-conditioned (no classes); the record
 adds the prompt length and image size the sampler is made for (``pixart``).
+
+SD3 (``SD3Transformer2DModel``): flow-matching Euler, timesteps σ·1000, CFG 7, text-conditioned;
+its blocks differ (SD3.5's second attention in the ``dual_attention_layers`` only, no text MLP in
+the last block), so the spec's :attr:`~DiffusersSpec.layout` is the family declaration applied to
+the model its config builds on the meta device (no weights). The σ schedule is part of a
+flow-matching model's convention (SD3 samples with ``shift`` 3): a pipeline folder's own
+scheduler config makes the plan (:meth:`~DiffusersSpec.scheduler_plan`).
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 from l2c_compile.errors import L2CError
 from l2c_compile.families import Family, family_for_diffusers
+from l2c_compile.families.vocabulary import Layout
 from l2c_compile.inputs import read_json
+from l2c_compile.samplers.base import SamplerPlan
 
 
 @dataclass(frozen=True)
@@ -37,7 +48,8 @@ class DiffusersSpec:
     time_input: str = "discrete"
     default_cfg_scale: float = 4.0
     pixel_space: bool = False
-    text_len: int | None = None  # PixArt: the prompt length the sampler is made for
+    text_len: int | None = None  # text-to-image: the prompt length the sampler is made for
+    scheduler_config: dict[str, Any] | None = None  # a flow-matching pipeline folder's scheduler config
     height: int | None = None  # the image height in pixels, where the config does not give it (FLUX)
 
     @property
@@ -67,6 +79,44 @@ class DiffusersSpec:
     def depth(self) -> int:
         """Number of cacheable blocks."""
         return sum(int(self.config[k]) for k in self.declaration.depth_keys)
+
+    @cached_property
+    def layout(self) -> Layout:
+        """Which kinds each block has: the family's declaration applied to the model this config
+        builds on the meta device (no weights allocated). L2CError for a config diffusers refuses."""
+        import diffusers
+        import torch
+
+        try:
+            with torch.device("meta"):
+                model = getattr(diffusers, self.diffusers_class).from_config(self.config)
+        except (TypeError, ValueError) as exc:
+            raise L2CError(f"bad {self.diffusers_class} config: {str(exc).splitlines()[0]}") from None
+        return self.declaration.layout(model)
+
+    def scheduler_plan(self, nfe: int) -> SamplerPlan | None:
+        """The plan of the folder's own flow-matching scheduler for ``nfe`` steps at the model's
+        default image size (its ``shift``, or the dynamic shift's μ for that size, as
+        ``StableDiffusion3Pipeline`` computes it); None without one (a model folder, a VP model).
+        L2CError for a scheduler or setting :func:`~l2c_compile.diffusers.pipeline_plan` refuses."""
+        if self.scheduler_config is None:
+            return None
+        from l2c_compile.diffusers.flow_schedulers import is_flow_scheduler
+        from l2c_compile.diffusers.scheduler_plans import SCHEDULER_PLANS, pipeline_plan
+        from l2c_compile.diffusers.sd3 import shift_mu
+
+        name = str(self.scheduler_config.get("_class_name"))
+        scheduler_class = next((c for c in SCHEDULER_PLANS if c.__name__ == name), None)  # no other class is built
+        if scheduler_class is None:
+            raise L2CError(f"the pipeline folder's scheduler {name!r} has no compiled plan (supported: "
+                           f"{', '.join(c.__name__ for c in SCHEDULER_PLANS)})")
+        scheduler = scheduler_class.from_config(self.scheduler_config)
+        if not is_flow_scheduler(scheduler):
+            raise L2CError(f"{self.diffusers_class} samples with flow matching; the folder's {name} is not a "
+                           "flow-matching scheduler")
+        side = self.latent_shape[1]
+        mu = shift_mu(scheduler.config, int(self.config.get("patch_size", 1)), side, side)
+        return pipeline_plan(scheduler, nfe, mu=mu)
 
     @property
     def num_classes(self) -> int:
@@ -99,10 +149,12 @@ class DiffusersSpec:
 
 
 def spec_from_config(cls: str, config: dict[str, Any], text_len: int | None = None,
-                     height: int | None = None) -> DiffusersSpec:
-    """The spec of a ``cls`` model with ``config`` (private ``_`` keys dropped); ``text_len``:
-    a text-conditioned model's prompt length (default 120); ``height``: the image height in pixels,
-    for a family whose config does not give it (``Family.latent``; default: its pipeline's)."""
+                     scheduler_config: dict[str, Any] | None = None, height: int | None = None) -> DiffusersSpec:
+    """The spec of a ``cls`` model with ``config`` (private ``_`` keys dropped); ``text_len``: a
+    text-to-image model's prompt length (default 120); ``scheduler_config``: a flow-matching
+    pipeline's scheduler config, whose plan the CLI then runs (:meth:`DiffusersSpec.scheduler_plan`);
+    ``height``: the image height in pixels, for a family whose config does not give it
+    (``Family.latent``; default: its pipeline's)."""
     config = {k: v for k, v in sorted(config.items()) if not k.startswith("_")}
     fam = family_for_diffusers(cls)
     if fam is None or fam.sampling is None:
@@ -112,20 +164,27 @@ def spec_from_config(cls: str, config: dict[str, Any], text_len: int | None = No
                    "time_input": s.time_input, "default_cfg_scale": s.default_cfg_scale}
     if fam.conditioning == "text":
         return DiffusersSpec(f"diffusers:{cls}", cls, config, **conventions, text_len=text_len or 120,
-                             height=height if fam.latent is not None else None)
+                             scheduler_config=scheduler_config, height=height if fam.latent is not None else None)
     return DiffusersSpec(_official_name(config) or f"diffusers:{cls}", cls, config, **conventions)
 
 
 def spec_for_folder(path: str | os.PathLike[str]) -> DiffusersSpec:
-    """The spec of the model in a pipeline or model folder, from its ``config.json`` (and for
-    PixArt the pipeline's prompt length) only."""
+    """The spec of the model in a pipeline or model folder, from its ``config.json`` (for a
+    text-to-image model the prompt length its pipeline encodes to; for a flow-matching model the
+    pipeline's scheduler config) only."""
     from l2c_compile.diffusers.load import default_text_len, model_folder
 
     folder, cls = model_folder(path)
     config = read_json(folder / "config.json", "diffusers config")
     fam = family_for_diffusers(cls)
     text = fam is not None and fam.conditioning == "text"
-    return spec_from_config(cls, config, default_text_len(path) if text else None)
+    scheduler = Path(path) / "scheduler" / "scheduler_config.json"
+    flow = fam is not None and fam.sampling is not None and fam.sampling.noise_schedule == "flow"
+    scheduler_config = read_json(scheduler, "scheduler config") if flow and scheduler.is_file() else None
+    if scheduler_config is not None and not isinstance(scheduler_config, dict):
+        raise L2CError(f"{scheduler} is not a JSON object")
+    return spec_from_config(cls, config, default_text_len(path) if text else None, scheduler_config)
+
 
 
 def _official_name(config: dict[str, Any]) -> str | None:
@@ -145,11 +204,10 @@ def _official_name(config: dict[str, Any]) -> str | None:
 
 
 def build_from_record(record: dict[str, Any]):
-    """A :class:`~l2c_compile.diffusers.dit.DiffusersDiT` or
-    :class:`~l2c_compile.diffusers.pixart.DiffusersPixArt` (random weights) from a manifest record:
-    the adapter the family of its ``diffusers_class`` declares (``families/builtin.py``)."""
-    import importlib
-
+    """A :class:`~l2c_compile.diffusers.dit.DiffusersDiT`,
+    :class:`~l2c_compile.diffusers.pixart.DiffusersPixArt` or
+    :class:`~l2c_compile.diffusers.sd3.DiffusersSD3` (random weights) from a manifest record: the
+    adapter the family of its ``diffusers_class`` declares (``families/builtin.py``)."""
     import diffusers
 
     cls = record.get("diffusers_class")
@@ -163,9 +221,7 @@ def build_from_record(record: dict[str, Any]):
         transformer = getattr(diffusers, cls).from_config(record["config"])
     except (TypeError, ValueError) as exc:
         raise L2CError(f"artifact manifest has a bad diffusers config: {exc}") from None
-    module, _, name = fam.adapter.partition(":")
-    adapter = getattr(importlib.import_module(module), name)  # the family's own, declared adapter
-    model = adapter.from_record(transformer.eval(), record)
+    model = fam.adapter_class().from_record(transformer.eval(), record)  # the family's own, declared adapter
     model.model_name = record.get("name", "diffusers")
     return model.eval()
 

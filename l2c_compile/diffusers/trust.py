@@ -37,9 +37,12 @@ def library_class(library: str, name: Any) -> type | None:
     attribute of the top-level module whose class is defined inside that library."""
     if not isinstance(name, str) or not name.isidentifier():
         return None
+    from l2c_compile.diffusers.quiet import quiet
+
     try:
-        module = importlib.import_module(library)
-        cls = getattr(module, name, None)
+        with quiet():  # resolving a lazy pipeline class imports it, and transformers has advice to print
+            module = importlib.import_module(library)
+            cls = getattr(module, name, None)
     except Exception:  # a lazy attribute that cannot be imported is no class we know
         return None
     if not isinstance(cls, type) or not str(getattr(cls, "__module__", "")).startswith(f"{library}."):

@@ -17,6 +17,7 @@ one (:func:`register_family`) adds its new kinds to the vocabulary (:mod:`l2c_co
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -239,6 +240,14 @@ class Family:
     def kinds(self) -> tuple[str, ...]:
         """Every kind some group has, in vocabulary order."""
         return tuple(sorted({k.kind for g in self.groups for k in g.kinds}, key=kind_rank))
+
+    def adapter_class(self) -> type:
+        """The adapter class ``adapter`` names (``"module:Class"``), imported; FamilyError for a
+        family that declares none."""
+        if self.adapter is None:
+            raise FamilyError(f"family {self.name!r} declares no adapter")
+        module, _, name = self.adapter.partition(":")
+        return getattr(importlib.import_module(module), name)
 
     @property
     def own_router_family(self) -> str:

@@ -97,17 +97,25 @@ def spec_kinds(spec: Any) -> tuple[str, ...]:
 
 
 def spec_layout(spec: Any):
-    """The blocks of a spec and their kinds (every block has :func:`spec_kinds`), known before
-    the weights load: a :class:`~l2c_compile.families.vocabulary.Layout`."""
+    """The blocks of a spec and their kinds, known before the weights load: a
+    :class:`~l2c_compile.families.vocabulary.Layout`. A diffusers spec knows it from its config
+    (SD3's blocks differ); a registry model's blocks all have :func:`spec_kinds`."""
     from l2c_compile.families.vocabulary import Layout
 
-    return Layout.uniform(spec_blocks(spec), spec_kinds(spec))
+    layout = getattr(spec, "layout", None)
+    return layout if isinstance(layout, Layout) else Layout.uniform(spec_blocks(spec), spec_kinds(spec))
 
 
 def make_spec_plan(spec: Any, sampler: str | None, nfe: int, **options: object):
     """The sampler plan for ``spec`` at ``nfe`` model calls: ``sampler`` or the spec's default, on
-    the spec's noise schedule and time convention. L2CError for an unknown sampler or bad NFE."""
+    the spec's noise schedule and time convention. A flow-matching pipeline folder's default
+    sampler is its own scheduler (SD3's shift; ``DiffusersSpec.scheduler_plan``). L2CError for an
+    unknown sampler or bad NFE."""
     from l2c_compile.samplers import make_plan
 
+    if sampler in (None, spec.default_sampler) and not options and hasattr(spec, "scheduler_plan"):
+        plan = spec.scheduler_plan(nfe)
+        if plan is not None:
+            return plan
     return make_plan(sampler or spec.default_sampler, nfe, noise_schedule=spec.noise_schedule,
                      time_input=spec.time_input, **options)

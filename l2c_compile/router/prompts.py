@@ -1,18 +1,22 @@
-"""Where text-to-image router training (PixArt) gets its conditions and its x0: prompts, data-free.
+"""Where text-to-image router training (PixArt, SD3) gets its conditions and its x0: prompts,
+data-free.
 
 The conditions come from a prompts file, either
 
-* a text file, one prompt per line (blank lines skipped), encoded by the pipeline's own tokenizer
-  and T5 encoder (``pipe.encode_prompt``); the empty prompt, encoded the same way, is the null
-  condition that label dropout puts in (PixArt's negative prompt), or
-* a ``.safetensors`` file of precomputed ``prompt_embeds`` (N, L, D) with ``prompt_attention_mask``
-  (N, L), and optionally ``negative_prompt_embeds`` (1, L, D) with
-  ``negative_prompt_attention_mask`` (1, L) as the null condition.
+* a text file, one prompt per line (blank lines skipped), encoded by the pipeline's own tokenizers
+  and text encoders (``pipe.encode_prompt``, through the adapter's ``prompt_condition``); the empty
+  prompt, encoded the same way, is the null condition that label dropout puts in (the pipeline's
+  default negative prompt), or
+* a ``.safetensors`` file of precomputed tensors under the pipeline's own names (the adapter's
+  ``condition_keys``): PixArt's ``prompt_embeds`` (N, L, D) with ``prompt_attention_mask`` (N, L),
+  SD3's ``prompt_embeds`` (N, L, D) with ``pooled_prompt_embeds`` (N, P); optionally the negative
+  pair (``negative_prompt_embeds`` (1, L, D) with ``negative_prompt_attention_mask`` /
+  ``negative_pooled_prompt_embeds``) as the null condition.
 
 x0 is drawn from the model itself (:func:`draw_prompt_data`): sample i is the uncached sampler's
 output for prompt ``i mod N``, with classifier-free guidance against the null condition when there
 is one. The result is a :class:`~l2c_compile.router.data.TensorData` whose "labels" are the packed
-conditions (N, L, D + 1), so the training loop runs unchanged.
+conditions (PixArt (N, L, D + 1), SD3 (N, L + 1, W)), so the training loop runs unchanged.
 """
 
 from __future__ import annotations
@@ -46,12 +50,11 @@ def read_prompts(path: str | os.PathLike[str]) -> list[str]:
 def load_conditions(
     path: str | os.PathLike[str], model: nn.Module, pipe: Any | None = None
 ) -> tuple[torch.Tensor, torch.Tensor | None, str]:
-    """``(conditions (N, L, D + 1), null condition (L, D + 1) or None, description)`` from a
-    prompts file (see the module docstring). ``pipe``: the PixArt pipeline whose text encoder
-    encodes a text file (L2CError without one). L2CError for a missing key or a shape that does
-    not fit ``model`` (its ``text_dim``)."""
-    from l2c_compile.diffusers.pixart import pack_condition, prompt_condition
-
+    """``(conditions (N, …), null condition (…) or None, description)`` from a prompts file (see
+    the module docstring), packed as ``model`` (a text-to-image adapter) packs them. ``pipe``: the
+    pipeline whose text encoders encode a text file (L2CError without one). L2CError for a
+    missing key or a shape that does not fit ``model`` (its ``example_condition``)."""
+    (prompt_key, extra_key), (negative_key, negative_extra_key) = model.condition_keys
     p = input_file(path, "prompts file")
     if p.suffix == ".safetensors":
         from safetensors import SafetensorError
@@ -61,36 +64,33 @@ def load_conditions(
             tensors = load_file(str(p))
         except (SafetensorError, OSError) as exc:
             raise L2CError(f"{p.name}: cannot read safetensors ({exc})") from None
-        missing = [k for k in ("prompt_embeds", "prompt_attention_mask") if k not in tensors]
+        missing = [k for k in (prompt_key, extra_key) if k not in tensors]
         if missing:
             raise L2CError(
                 f"{p.name} lacks {', '.join(missing)} (has {', '.join(sorted(tensors)) or 'nothing'})"
             )
-        conds = pack_condition(tensors["prompt_embeds"].float(), tensors["prompt_attention_mask"])
+        conds = model.pack_condition(tensors[prompt_key].float(), tensors[extra_key])
         null = None
-        if "negative_prompt_embeds" in tensors:
-            if "negative_prompt_attention_mask" not in tensors:
-                raise L2CError(
-                    f"{p.name}: negative_prompt_embeds needs negative_prompt_attention_mask"
-                )
-            null = pack_condition(
-                tensors["negative_prompt_embeds"].float(), tensors["negative_prompt_attention_mask"]
-            )[0]
+        if negative_key in tensors:
+            if negative_extra_key not in tensors:
+                raise L2CError(f"{p.name}: {negative_key} needs {negative_extra_key}")
+            null = model.pack_condition(tensors[negative_key].float(), tensors[negative_extra_key])[0]
         description = f"{conds.shape[0]} prompt embeddings from {p.name}"
     else:
         prompts = read_prompts(p)
         if pipe is None:
             raise L2CError(
                 "a text prompts file needs the pipeline's text encoder: pass --diffusers DIR with a "
-                "PixArt pipeline folder (or precomputed prompt_embeds in a .safetensors file)"
+                "text-to-image pipeline folder (or precomputed prompt_embeds in a .safetensors file)"
             )
-        y = prompt_condition(pipe, prompts, cfg=True, text_len=model.text_len)  # (N, 2, L, D + 1)
+        y = model.prompt_condition(pipe, prompts, cfg=True)  # (N, 2, …): prompt, empty prompt
         conds, null = y[:, 0].float().cpu(), y[0, 1].float().cpu()
         description = f"{len(prompts)} prompts from {p.name}"
-    if conds.shape[-1] != model.text_dim + 1:
+    want = tuple(model.example_condition(1, False, "cpu").shape[2:])  # the channels of one token
+    if tuple(conds.shape[2:]) != want:
         raise L2CError(
-            f"{p.name}: prompt embeddings have {conds.shape[-1] - 1} channels but the model's "
-            f"caption_channels is {model.text_dim}"
+            f"{p.name}: the packed prompt embeddings have {conds.shape[-1]} channels per token, the model "
+            f"takes {want[-1]}"
         )
     if null is not None and null.shape != conds.shape[1:]:
         raise L2CError(
