@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 import l2c_compile
 from l2c_compile.compiler import reference
 from l2c_compile.errors import L2CError
-from l2c_compile.families import get_family
+from l2c_compile.families import get_family, latent_shape
 from l2c_compile.runtime.devices import available_devices, resolve_device
 from l2c_compile.samplers import make_plan
 from tests.families import DECLARED, case_model, case_plan
@@ -52,6 +53,22 @@ def test_bad_labels_are_one_clear_error(dit_sampler, labels, match) -> None:
     noise, _ = inputs(model)
     with pytest.raises(L2CError, match=match):
         sampler(noise, labels, 4.0)
+
+
+def test_the_latent_shape_is_the_model_s_own_or_its_square_side() -> None:
+    """What every sampler's noise and every capture's example input is shaped from."""
+
+    class Square(nn.Module):
+        in_channels, input_size = 4, 8
+
+    class Video(nn.Module):
+        in_channels, latent_shape = 4, (4, 3, 4, 6)  # (C, F, H, W)
+
+    assert latent_shape(Square()) == (4, 8, 8)
+    assert latent_shape(Video()) == (4, 3, 4, 6)
+    with pytest.raises(L2CError, match="Linear states no latent shape: give it latent_shape") as exc:
+        latent_shape(nn.Linear(2, 2))
+    assert "\n" not in str(exc.value)
 
 
 @pytest.mark.parametrize(

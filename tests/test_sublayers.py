@@ -16,7 +16,15 @@ from l2c_compile.compiler.passes.projections import split_projections
 from l2c_compile.compiler.passes.sublayers import cache_slots, find_sublayers, sublayer_paths
 from l2c_compile.compiler.passes.trace import trace_step
 from l2c_compile.errors import L2CError
-from l2c_compile.families import FAMILIES, BlockGroup, Family, KindDecl, family_of, register_family
+from l2c_compile.families import (
+    FAMILIES,
+    BlockGroup,
+    Family,
+    KindDecl,
+    family_of,
+    latent_shape,
+    register_family,
+)
 from l2c_compile.models.dit import DiT, DiTBlock, modulate
 from l2c_compile.models.uvit import UViT
 from l2c_compile.samplers import make_plan
@@ -116,8 +124,7 @@ def test_uvit_declares_in_mid_and_out_blocks():
 def test_discovery_works_on_torch_export_graphs(family):
     model = case_model(family, 0, depth=2)
     fam = family_of(model)
-    n, c, s = 1, model.in_channels, model.input_size
-    example = (torch.zeros(n, c, s, s), torch.zeros(n), example_condition(model, n, False, "cpu"))
+    example = (torch.zeros(1, *latent_shape(model)), torch.zeros(1), example_condition(model, 1, False, "cpu"))
     exported = torch.export.export(model, example)
     split_projections(exported.graph_module, model, root="")  # FLUX's parallel branches (as trace_step does)
     paths, outputs = sublayer_paths(model), fam.outputs(model)

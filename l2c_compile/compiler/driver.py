@@ -46,7 +46,7 @@ from l2c_compile.compiler.passes.sublayers import (
 )
 from l2c_compile.compiler.passes.trace import CALLS_META, CAPTURE_META, trace_step
 from l2c_compile.errors import L2CError
-from l2c_compile.families import family_of
+from l2c_compile.families import family_of, latent_shape
 from l2c_compile.families.vocabulary import empty_mask
 from l2c_compile.runtime import features
 from l2c_compile.runtime.cuda_graph import check_cuda_graph_device
@@ -204,8 +204,7 @@ def compile(
     base, reports = PassManager(marks, check=False).run(base)
     trunk_slots = tuple(n.meta[SUBLAYER_META] for n in trunk_nodes(base))
     p = next(model.parameters())
-    c, h, w = model.in_channels, model.input_size, model.input_size
-    example = [torch.zeros(1, c, h, w, dtype=p.dtype, device=p.device),
+    example = [torch.zeros(1, *latent_shape(model), dtype=p.dtype, device=p.device),  # (1, C, *spatial)
                torch.zeros(1, dtype=torch.float32, device=p.device),
                example_condition(model, 1, cfg, p.device),
                torch.ones((), dtype=torch.float32, device=p.device)]

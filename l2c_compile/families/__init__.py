@@ -22,7 +22,7 @@ from l2c_compile.families.base import (
     thresholds,
 )
 from l2c_compile.families.builtin import DIFFUSERS_DIT, DIT, PIXART, UVIT
-from l2c_compile.families.protocol import Denoiser
+from l2c_compile.families.protocol import Denoiser, latent_shape
 
 __all__ = [
     "DIFFUSERS_DIT",
@@ -41,6 +41,7 @@ __all__ = [
     "family_for_diffusers",
     "family_of",
     "get_family",
+    "latent_shape",
     "recipes",
     "register_family",
     "thresholds",

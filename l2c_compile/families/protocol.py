@@ -5,9 +5,11 @@ is; nothing here is a base class to inherit. The protocol only writes down the a
 methods the code reads, with their shapes, so a new family knows what its adapter must offer.
 Where each is read: ``guidance.GuidedDenoiser`` (``eps``, ``guide``, ``null_class``,
 ``cfg_conditions``), ``guidance.example_condition`` and ``sampler_inputs`` (``example_condition``),
-``compiler.compile`` (``in_channels``, ``input_size``, ``transformer_blocks``), ``passes/trace.py``
-(``l2c_capture``), ``router/train.py`` (``drop_labels``, ``null_condition``), the reference
-executor and the passes (the family declaration's module paths, :mod:`l2c_compile.families`).
+``compiler.compile`` (``transformer_blocks``), ``passes/trace.py`` (``l2c_capture``), the shape of
+``x`` wherever a sampler's noise or a capture's example input is made (:func:`latent_shape`:
+``latent_shape``, or ``in_channels`` and ``input_size``), ``router/train.py`` (``drop_labels``,
+``null_condition``), the reference executor and the passes (the family declaration's module paths,
+:mod:`l2c_compile.families`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import nn
 
+from l2c_compile.errors import L2CError
+
 
 @runtime_checkable
 class Denoiser(Protocol):
@@ -24,19 +28,25 @@ class Denoiser(Protocol):
 
     Required:
 
-    - ``forward(x, t, y)``: ``x`` (N, C, H, W) latents (or pixels), ``t`` (N,) float32 model
-      timesteps, ``y`` (N,) int64 labels or the family's condition tensor → (N, C_out, H, W).
+    - ``forward(x, t, y)``: ``x`` (N, C, H, W) latents (or pixels; (N, C, F, H, W) for a video
+      model, any ``(N, *latent_shape)``), ``t`` (N,) float32 model timesteps, ``y`` (N,) int64
+      labels or the family's condition tensor → (N, C_out, H, W) (the same trailing dimensions as
+      ``x``).
     - ``eps(out)``: the ε (or velocity) prediction (N, C, H, W) from a raw output (drops learned-σ
       channels where the model has them).
     - ``guide(cond, uncond, scale)``: the family's classifier-free guidance, (N, C, H, W) each →
       (N, C, H, W) (DiT: ``u + s·(c − u)``; U-ViT: ``c + s·(c − u)``).
     - ``transformer_blocks()``: the blocks in execution order (their number is the depth).
-    - ``in_channels`` / ``input_size``: C and H = W of ``x``.
+    - ``in_channels``: C of ``x``; ``input_size``: H = W of a square ``x`` (unless the model gives
+      ``latent_shape``, below).
     - ``null_class``: the label row of the unconditional half (class-conditional models; a model
       with ``cfg_conditions`` needs none).
 
     Optional (read with ``getattr``/``hasattr``):
 
+    - ``latent_shape``: ``(C, *spatial)`` of ``x`` where it is not ``(in_channels, input_size,
+      input_size)``: a video model's ``(C, F, H, W)``, a non-square image's ``(C, H, W)``. Read
+      through :func:`latent_shape`, never directly.
     - ``cfg_conditions(y)`` → ``(cond, uncond)``: the two halves of a guided batch for a model
       guided against a negative condition (PixArt) instead of a null class;
       ``example_condition(n, cfg, device)``: a condition to capture and shape-propagate with.
@@ -47,7 +57,6 @@ class Denoiser(Protocol):
     """
 
     in_channels: int
-    input_size: int
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor: ...
 
@@ -56,3 +65,17 @@ class Denoiser(Protocol):
     def guide(self, cond: torch.Tensor, uncond: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor: ...
 
     def transformer_blocks(self) -> list[nn.Module]: ...
+
+
+def latent_shape(model: nn.Module) -> tuple[int, ...]:
+    """``(C, *spatial)`` of the ``x`` that ``model`` denoises: its ``latent_shape`` (Wan's video
+    latents: ``(C, F, H, W)``), else ``(in_channels, input_size, input_size)``. A sampler's noise
+    and a capture's example input are ``(N, *latent_shape(model))``. L2CError when the model
+    gives neither."""
+    shape = getattr(model, "latent_shape", None)
+    if shape is not None:
+        return tuple(int(v) for v in shape)
+    if not hasattr(model, "in_channels") or not hasattr(model, "input_size"):
+        raise L2CError(f"{type(model).__name__} states no latent shape: give it latent_shape (C, *spatial), "
+                       "or in_channels and input_size")
+    return int(model.in_channels), int(model.input_size), int(model.input_size)

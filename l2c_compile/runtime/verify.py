@@ -13,6 +13,7 @@ import torch
 
 from l2c_compile.compiler import reference
 from l2c_compile.errors import L2CError
+from l2c_compile.families import latent_shape
 from l2c_compile.runtime.artifact import load
 from l2c_compile.runtime.record import CompileRecord
 from l2c_compile.runtime.sampler import CompiledSampler
@@ -55,14 +56,15 @@ class VerifyResult:
 def seeded_inputs(
     compiled: CompiledSampler, batch: int, seed: int, device: str | torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Noise (batch, C, H, W) and labels (batch,) drawn on CPU from ``seed``, moved to ``device``.
+    """Noise (batch, C, H, W) (a video model's (batch, C, F, H, W)) and labels (batch,) drawn on CPU
+    from ``seed``, moved to ``device``.
 
     A text-conditioned model (PixArt) gets a random prompt condition instead of labels: standard
     normal embeddings, and a mask whose row ``i`` pads its last ``i mod L`` tokens.
     """
     gen = torch.Generator().manual_seed(seed)
     m = compiled.model
-    noise = torch.randn(batch, m.in_channels, m.input_size, m.input_size, generator=gen)
+    noise = torch.randn(batch, *latent_shape(m), generator=gen)  # (batch, C, *spatial)
     if hasattr(m, "example_condition"):
         y = m.example_condition(batch, compiled.cfg, "cpu").float()  # (N, [2,] L, D + 1)
         y[..., :-1] = torch.randn(y[..., :-1].shape, generator=gen)
