@@ -46,6 +46,16 @@ class SplitBlock(DiTBlock):
         return gated + x
 
 
+class UpcastBlock(DiTBlock):
+    """The same block, each sublayer's output upcast before its gate (Wan's ``ff_output.float()``)."""
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)
+        x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa)).float()
+        mlp = self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
+        return x + mlp.to(torch.float32) * gate_mlp.unsqueeze(1)
+
+
 class SkipDiT(DiT):
     """A DiT with one more residual add outside the sublayers: a long skip over all blocks."""
 
@@ -74,6 +84,22 @@ def test_a_residual_split_over_statements_compiles_to_the_same_result():
     noise, labels = inputs(model)
     assert rel_error(got(noise, labels, 4.0), want(noise, labels, 4.0)) == 0.0
     assert rel_error(got(noise, labels, 4.0), reference.sample(model, plan, sched, noise, labels, 4.0)) <= 1e-5
+
+
+def test_a_sublayer_output_is_followed_through_dtype_casts_to_its_gate_and_residual_add():
+    plan = _plan()
+    model = tiny_dit(5, depth=2)
+    sched = random_schedule(plan, 2, random.Random(5), p=0.6)
+    want = l2c_compile.compile(model, plan, sched)
+    for block in model.blocks:
+        block.__class__ = UpcastBlock  # the same weights, outputs cast before their gates
+    subs = find_sublayers(trace_step(model, cfg=True))
+    assert [s.key for s in subs] == [("attn", 0), ("mlp", 0), ("attn", 1), ("mlp", 1)]
+    assert all(s.gate is not None and is_add(s.add) for s in subs)
+    assert [s.value.op for s in subs] == ["call_module"] * 4  # the sublayer's own output, before the cast
+    got = l2c_compile.compile(model, plan, sched)
+    noise, labels = inputs(model)
+    assert rel_error(got(noise, labels, 4.0), want(noise, labels, 4.0)) == 0.0
 
 
 @pytest.mark.parametrize("mode", ["cache", "drop"])
