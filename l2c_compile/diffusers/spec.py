@@ -9,7 +9,9 @@ class and its config; :func:`build_from_record` rebuilds the model from that rec
 
 PixArt (``PixArtTransformer2DModel``): DPM-Solver++ 2M, linear β, integer timesteps, CFG 4.5 (the
 pipeline's defaults), three sublayer kinds per block, text-conditioned (no classes); the record
-adds the prompt length and image size the sampler is made for (``pixart``).
+adds the prompt length and image size the sampler is made for (``pixart``). Wan
+(``WanTransformer3DModel``): video latents ``(C, F, H, W)`` from the frame count and the video size
+(``Family.latent``); its record adds ``num_frames``.
 """
 
 from __future__ import annotations
@@ -38,7 +40,9 @@ class DiffusersSpec:
     default_cfg_scale: float = 4.0
     pixel_space: bool = False
     text_len: int | None = None  # PixArt: the prompt length the sampler is made for
-    height: int | None = None  # the image height in pixels, where the config does not give it (FLUX)
+    height: int | None = None  # the image height in pixels, where the config does not give it (FLUX, Wan)
+    width: int | None = None  # the image width in pixels (Wan; a square family takes the height)
+    num_frames: int | None = None  # a video family's frame count (Wan)
 
     @property
     def declaration(self) -> Family:
@@ -74,12 +78,22 @@ class DiffusersSpec:
         return 0 if self.text_conditioned else int(self.config["num_embeds_ada_norm"])
 
     @property
-    def latent_shape(self) -> tuple[int, int, int]:
-        """(C, H, W) the network denoises."""
+    def size(self) -> dict[str, int]:
+        """The sample size the sampler is made for, for a family whose config does not give it
+        (``Family.latent``): the ``height``, ``width`` and ``num_frames`` given over the family's
+        ``default_size``; ``{}`` for the others."""
+        fam = self.declaration
+        if fam.latent is None:
+            return {}
+        given = {"height": self.height, "width": self.width, "num_frames": self.num_frames}
+        return {**fam.default_size, **{k: v for k, v in given.items() if v is not None}}
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        """(C, H, W) the network denoises; (C, F, H, W) for a video model (Wan)."""
         latent = self.declaration.latent
         if latent is not None:
-            c, h, w = latent(self.config, self.height)
-            return int(c), int(h), int(w)
+            return tuple(int(v) for v in latent(self.config, self.size))
         side = int(self.config["sample_size"])
         return int(self.config["in_channels"]), side, side
 
@@ -91,18 +105,21 @@ class DiffusersSpec:
                "time_input": self.time_input, "default_sampler": self.default_sampler,
                "default_cfg_scale": self.default_cfg_scale, "pixel_space": self.pixel_space}
         if self.text_conditioned:
-            side = self.latent_shape[1] * 8
-            # the adapter's record, under the family's name ("pixart", "sd3"): what from_record reads
-            out[self.declaration.name] = {"text_len": self.text_len or 120, "height": side, "width": side,
-                                          "vae_scale_factor": 8}
+            *_, h, w = self.latent_shape
+            frames = {"num_frames": self.size["num_frames"]} if "num_frames" in self.size else {}
+            # the adapter's record, under the family's name ("pixart", "sd3", "wan"): what from_record reads
+            out[self.declaration.name] = {"text_len": self.text_len or 120, **frames, "height": h * 8,
+                                          "width": w * 8, "vae_scale_factor": 8}
         return out
 
 
 def spec_from_config(cls: str, config: dict[str, Any], text_len: int | None = None,
-                     height: int | None = None) -> DiffusersSpec:
+                     height: int | None = None, *, width: int | None = None,
+                     num_frames: int | None = None) -> DiffusersSpec:
     """The spec of a ``cls`` model with ``config`` (private ``_`` keys dropped); ``text_len``:
-    a text-conditioned model's prompt length (default 120); ``height``: the image height in pixels,
-    for a family whose config does not give it (``Family.latent``; default: its pipeline's)."""
+    a text-conditioned model's prompt length (default 120); ``height`` / ``width`` (pixels) and
+    ``num_frames``: the sample size, for a family whose config does not give it (``Family.latent``;
+    default: its pipeline's, ``Family.default_size``)."""
     config = {k: v for k, v in sorted(config.items()) if not k.startswith("_")}
     fam = family_for_diffusers(cls)
     if fam is None or fam.sampling is None:
@@ -111,8 +128,10 @@ def spec_from_config(cls: str, config: dict[str, Any], text_len: int | None = No
     conventions = {"default_sampler": s.default_sampler, "noise_schedule": s.noise_schedule,
                    "time_input": s.time_input, "default_cfg_scale": s.default_cfg_scale}
     if fam.conditioning == "text":
+        sized = fam.latent is not None
         return DiffusersSpec(f"diffusers:{cls}", cls, config, **conventions, text_len=text_len or 120,
-                             height=height if fam.latent is not None else None)
+                             height=height if sized else None, width=width if sized else None,
+                             num_frames=num_frames if sized else None)
     return DiffusersSpec(_official_name(config) or f"diffusers:{cls}", cls, config, **conventions)
 
 
@@ -145,9 +164,9 @@ def _official_name(config: dict[str, Any]) -> str | None:
 
 
 def build_from_record(record: dict[str, Any]):
-    """A :class:`~l2c_compile.diffusers.dit.DiffusersDiT` or
-    :class:`~l2c_compile.diffusers.pixart.DiffusersPixArt` (random weights) from a manifest record:
-    the adapter the family of its ``diffusers_class`` declares (``families/builtin.py``)."""
+    """The adapter (:class:`~l2c_compile.diffusers.dit.DiffusersDiT`,
+    :class:`~l2c_compile.diffusers.pixart.DiffusersPixArt`, …; random weights) from a manifest
+    record: the one the family of its ``diffusers_class`` declares (``families/builtin.py``)."""
     import importlib
 
     import diffusers
@@ -172,7 +191,7 @@ def build_from_record(record: dict[str, Any]):
 
 def prompt_record(record: dict[str, Any], family: str, label: str) -> dict[str, int]:
     """The constructor arguments a text-to-image adapter keeps in an artifact's model record, under
-    its family's name (``record["pixart"]``, ``["sd3"]``, ``["flux"]``; written by
+    its family's name (``record["pixart"]``, ``["sd3"]``, ``["flux"]``, ``["wan"]``; written by
     :meth:`DiffusersSpec.to_dict`): ``text_len``, ``height``, ``width`` and ``vae_scale_factor``.
     L2CError naming the model (``label``) when the prompt length or image size is missing."""
     rec = record.get(family)
