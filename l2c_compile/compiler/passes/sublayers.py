@@ -192,9 +192,11 @@ def _residual(key: SublayerKey, path: str, value: fx.Node, where: str, depends) 
     any dtype casts on the way."""
     cur, gate = value, None
     while True:
-        if len(cur.users) != 1:
-            raise CompileError(f"{where}: its output feeds {len(cur.users)} nodes, not one residual add")
-        user = next(iter(cur.users))
+        # a raw export graph checks a cast's input (``_assert_tensor_metadata``; trace_step drops it)
+        users = [u for u in cur.users if u.target is not torch.ops.aten._assert_tensor_metadata.default]
+        if len(users) != 1:
+            raise CompileError(f"{where}: its output feeds {len(users)} nodes, not one residual add")
+        user = users[0]
         if _is_cast(user, cur):
             cur = user
             continue

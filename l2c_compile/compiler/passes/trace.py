@@ -210,7 +210,8 @@ def _model_frames_kept(model: nn.Module) -> Iterator[None]:
 
 def _model_code(model: nn.Module) -> set[tuple[str, str]]:
     """(file, function name) of every function in the source files that define the model's own
-    (non-torch) module classes and the callables they hold."""
+    (non-torch) module classes and the callables they hold, and of the functions defined inside
+    those (diffusers' Wan attention applies its rotary embedding in a nested function)."""
     classes = set()
     for module in model.modules():
         classes.add(type(module))
@@ -224,7 +225,11 @@ def _model_code(model: nn.Module) -> set[tuple[str, str]]:
             for member in members:
                 fn = getattr(member, "__func__", member)
                 if isinstance(fn, types.FunctionType) and fn.__module__ == source.__name__:
-                    code.add((fn.__code__.co_filename, fn.__code__.co_name))
+                    todo = [fn.__code__]
+                    while todo:
+                        c = todo.pop()
+                        code.add((c.co_filename, c.co_name))
+                        todo += [k for k in c.co_consts if isinstance(k, types.CodeType)]
     return code
 
 
