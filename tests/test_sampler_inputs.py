@@ -15,7 +15,7 @@ from torch import nn
 import l2c_compile
 from l2c_compile.compiler import reference
 from l2c_compile.errors import L2CError
-from l2c_compile.families import get_family, latent_shape
+from l2c_compile.families import fp32_kept, get_family, latent_shape, model_dtype
 from l2c_compile.runtime.devices import available_devices, resolve_device
 from l2c_compile.samplers import make_plan
 from tests.families import DECLARED, case_model, case_plan
@@ -69,6 +69,24 @@ def test_the_latent_shape_is_the_model_s_own_or_its_square_side() -> None:
     with pytest.raises(L2CError, match="Linear states no latent shape: give it latent_shape") as exc:
         latent_shape(nn.Linear(2, 2))
     assert "\n" not in str(exc.value)
+
+
+def test_the_model_dtype_is_its_first_parameter_s_outside_modules_kept_in_float32() -> None:
+    class Kept(nn.Module):
+        _keep_in_fp32_modules = ("norm",)
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.norm = nn.LayerNorm(4)  # first, and kept in float32 (diffusers' Wan keeps its norms)
+            self.proj = nn.Linear(4, 4)
+
+    kept = Kept()
+    kept.proj.bfloat16()
+    assert set(fp32_kept(kept).values()) == {"norm.weight", "norm.bias"}
+    assert model_dtype(kept) == torch.bfloat16 and next(kept.parameters()).dtype == torch.float32
+    dit = tiny_dit()
+    assert fp32_kept(dit) == {} and model_dtype(dit.bfloat16()) == torch.bfloat16
+    assert model_dtype(nn.ReLU()) == torch.float32  # no parameters
 
 
 @pytest.mark.parametrize(

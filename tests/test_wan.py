@@ -10,6 +10,8 @@ the spec, record and size checks.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import operator
 import random
 
@@ -208,3 +210,79 @@ def test_the_condition_is_the_prompt_embeddings_prompt_first() -> None:
     sampler = l2c_compile.compile(model, PLAN, None)
     with pytest.raises(L2CError, match=rf"the prompt condition must have shape \(2, 2, {WAN_TEXT_LEN}, 16\)"):
         sampler(torch.randn(2, *latent_shape(model)), y[:, 0], 5.0)
+
+
+def _loaded_in_bf16(transformer):
+    """``transformer`` as ``from_pretrained(torch_dtype=torch.bfloat16)`` loads it (which needs
+    ``accelerate`` for Wan): each state-dict tensor bf16, except those with a
+    ``_keep_in_fp32_modules`` entry among its name's parts, float32 (diffusers'
+    ``model_loading_utils.load_model_dict_into_meta``); non-persistent buffers as built."""
+    from diffusers import WanTransformer3DModel
+
+    keep = WanTransformer3DModel._keep_in_fp32_modules
+    loaded = WanTransformer3DModel.from_config(transformer.config).eval()
+    state = {k: v.to(torch.float32 if any(m in k.split(".") for m in keep) else torch.bfloat16)
+             for k, v in transformer.state_dict().items()}
+    loaded.load_state_dict(state, assign=True)
+    return loaded
+
+
+def test_bfloat16_keeps_what_wan_keeps_in_float32_as_from_pretrained_loads_it(tmp_path) -> None:
+    """``WanTransformer3DModel._keep_in_fp32_modules``: ``from_pretrained(torch_dtype=bf16)`` keeps
+    the norms, time embedder, adaLN tables and rotary tables in float32. Such a mixed model
+    compiles as it is, ``compile(dtype="bfloat16")`` of a float32 one gives the same tensors (and
+    the same samples), and the artifact keeps them."""
+    from l2c_compile.families import fp32_kept, model_dtype
+
+    model = _model()
+    mixed = DiffusersWan(_loaded_in_bf16(model.transformer), text_len=WAN_TEXT_LEN, **WAN_SIZE).eval()
+    kept = fp32_kept(mixed)
+    names = set(kept.values())
+    assert {"transformer.scale_shift_table", "transformer.blocks.0.scale_shift_table",
+            "transformer.condition_embedder.time_embedder.linear_1.weight", "transformer.blocks.1.norm2.weight"} <= names
+    assert all(p.dtype == torch.float32 for p in mixed.parameters() if id(p) in kept)
+    assert model_dtype(mixed) == torch.bfloat16 and next(mixed.parameters()).dtype == torch.float32
+
+    layout = family_of(model).layout(model)
+    sched = random_schedule(PLAN, layout.depth, random.Random(2), 0.5, layout=layout)
+    from_loaded = l2c_compile.compile(mixed, PLAN, sched)
+    info = spec_from_config("WanTransformer3DModel", dict(model.transformer.config), WAN_TEXT_LEN, 32, width=48,
+                            num_frames=9).to_dict()
+    converted = l2c_compile.compile(model, PLAN, sched, dtype="bfloat16", model_info=info)
+    assert from_loaded.record.dtype == converted.record.dtype == "bfloat16"
+    assert {n: t.dtype for n, t in converted.model.state_dict().items()} == \
+        {n: t.dtype for n, t in from_loaded.model.state_dict().items()}
+    noise, y = _inputs(model)
+    out = converted(noise, y, 5.0)
+    assert torch.equal(from_loaded(noise, y, 5.0), out)
+    assert rel_error(out, reference.sample(model, PLAN, sched, noise, y, 5.0)) <= 5e-2
+
+    converted.save(tmp_path / "art")
+    again = l2c_compile.load(tmp_path / "art")
+    assert torch.equal(again(noise, y, 5.0), out)
+    assert again.model.transformer.blocks[0].scale_shift_table.dtype == torch.float32
+    assert again.model.transformer.blocks[0].attn1.to_q.weight.dtype == torch.bfloat16
+    # verify runs the float32 reference on the artifact's own model, then puts each tensor back
+    from l2c_compile.runtime.verify import restore_dtypes, tensor_dtypes, verify_artifact
+
+    dtypes = tensor_dtypes(again.model)
+    assert dtypes["transformer.rope.freqs_cos"] == torch.float32  # a kept buffer: never narrowed
+    again.model.float()
+    restore_dtypes(again.model, dtypes)
+    assert tensor_dtypes(again.model) == dtypes and torch.equal(again(noise, y, 5.0), out)
+    result = verify_artifact(tmp_path / "art")
+    assert result.dtype == "bfloat16" and result.max_rel_error <= 5e-2
+
+    # an artifact whose kept tensor was narrowed is refused, in one line
+    from safetensors.torch import load_file, save_file
+
+    weights = tmp_path / "art" / "weights.safetensors"
+    state = load_file(str(weights))
+    state["transformer.blocks.0.scale_shift_table"] = state["transformer.blocks.0.scale_shift_table"].bfloat16()
+    save_file(state, str(weights))
+    manifest = json.loads((tmp_path / "art" / "manifest.json").read_text())  # rehashed, as a tamperer would
+    manifest["files"]["weights.safetensors"] = hashlib.sha256(weights.read_bytes()).hexdigest()
+    (tmp_path / "art" / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    with pytest.raises(L2CError, match=r"holds transformer.blocks.0.scale_shift_table in torch.bfloat16, but the "
+                                       r"model keeps it in torch.float32 with bfloat16 weights$"):
+        l2c_compile.load(tmp_path / "art")

@@ -7,8 +7,9 @@ self-attention with 3-D rotary embeddings, gated by the adaLN table ``gate_msa``
 ``blocks.{i}.attn2`` (the cross-attention to the umT5 prompt after the FP32 ``norm2``, added
 *ungated*: ``hidden_states + attn_output``) and ``blocks.{i}.ffn`` (gated by ``c_gate_msa``).
 The model keeps its own numerics: its FP32 layer norms and the float32 gate arithmetic are in the
-captured graph as it computes them. fx cannot trace it, so it asks for the ``torch.export``
-capture.
+captured graph as it computes them, and in bfloat16 what it lists in ``_keep_in_fp32_modules``
+stays float32 (``families.fp32_kept``, as ``from_pretrained(torch_dtype=…)`` loads it). fx cannot
+trace it, so it asks for the ``torch.export`` capture.
 
 Conventions are ``WanPipeline.__call__``'s: ``x`` is the video latents ``(N, C, F, H, W)`` as
 ``prepare_latents`` draws them (``F = (num_frames − 1) / 4 + 1`` latent frames, ``H``, ``W`` the
@@ -32,6 +33,7 @@ from torch import nn
 
 from l2c_compile.diffusers.spec import prompt_record
 from l2c_compile.errors import L2CError
+from l2c_compile.families import model_dtype
 
 # WanPipeline's defaults: 81 frames of 480×832 pixels, prompts of 512 umT5 tokens, and the Wan VAE's
 # 4× temporal and 8× spatial compression (``vae.config.scale_factor_temporal`` / ``_spatial``)
@@ -124,7 +126,7 @@ class DiffusersWan(nn.Module):
 
     def example_condition(self, n: int, cfg: bool, device: torch.device | str) -> torch.Tensor:
         """A zero prompt, (n, [2,] L, D), to capture a step with."""
-        dtype = next(self.transformer.parameters()).dtype
+        dtype = model_dtype(self.transformer)  # not its first parameter: the adaLN table stays float32
         y = torch.zeros(n, self.text_len, self.text_dim, dtype=dtype, device=device)
         return torch.stack([y, y], dim=1) if cfg else y
 

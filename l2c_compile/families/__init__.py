@@ -22,7 +22,7 @@ from l2c_compile.families.base import (
     thresholds,
 )
 from l2c_compile.families.builtin import DIFFUSERS_DIT, DIT, PIXART, UVIT
-from l2c_compile.families.protocol import Denoiser, latent_shape
+from l2c_compile.families.protocol import Denoiser, fp32_kept, kept_dtype, latent_shape, model_dtype
 
 __all__ = [
     "DIFFUSERS_DIT",
@@ -40,8 +40,11 @@ __all__ = [
     "Shape",
     "family_for_diffusers",
     "family_of",
+    "fp32_kept",
     "get_family",
+    "kept_dtype",
     "latent_shape",
+    "model_dtype",
     "recipes",
     "register_family",
     "thresholds",

@@ -7,7 +7,8 @@ Where each is read: ``guidance.GuidedDenoiser`` (``eps``, ``guide``, ``null_clas
 ``cfg_conditions``), ``guidance.example_condition`` and ``sampler_inputs`` (``example_condition``),
 ``compiler.compile`` (``transformer_blocks``), ``passes/trace.py`` (``l2c_capture``), the shape of
 ``x`` wherever a sampler's noise or a capture's example input is made (:func:`latent_shape`:
-``latent_shape``, or ``in_channels`` and ``input_size``), ``router/train.py`` (``drop_labels``,
+``latent_shape``, or ``in_channels`` and ``input_size``) and the dtype ``x`` and ``y`` go in as
+(:func:`model_dtype`), ``router/train.py`` (``drop_labels``,
 ``null_condition``), the reference executor and the passes (the family declaration's module paths,
 :mod:`l2c_compile.families`).
 """
@@ -54,6 +55,9 @@ class Denoiser(Protocol):
       (dropped rows become the null class); ``null_condition``: None when the model has no null row.
     - ``l2c_capture``: ``"fx"`` or ``"export"`` (default: fx first, then export).
     - ``model_name``: the registry name it was built as.
+    - ``_keep_in_fp32_modules`` on a submodule (diffusers' Wan): the modules whose tensors stay in
+      float32 when the model goes to a lower precision; the dtype ``x`` and ``y`` go in as is then
+      :func:`model_dtype`'s, not the first parameter's.
     """
 
     in_channels: int
@@ -79,3 +83,38 @@ def latent_shape(model: nn.Module) -> tuple[int, ...]:
         raise L2CError(f"{type(model).__name__} states no latent shape: give it latent_shape (C, *spatial), "
                        "or in_channels and input_size")
     return int(model.in_channels), int(model.input_size), int(model.input_size)
+
+
+def fp32_kept(model: nn.Module) -> dict[int, str]:
+    """The parameters and buffers a diffusers model keeps in float32, ``{id(tensor): name}``
+    (names under ``model``): those whose name under a module declaring ``_keep_in_fp32_modules``
+    has one of its entries as a part, the rule ``from_pretrained(torch_dtype=…)`` loads with
+    (diffusers' ``model_loading_utils``; Wan: its norms, time embedder, adaLN tables and rotary
+    tables). Empty for a model without such modules."""
+    kept: dict[int, str] = {}
+    for prefix, module in model.named_modules():
+        names = getattr(module, "_keep_in_fp32_modules", None)
+        if not names:
+            continue
+        for name, t in [*module.named_parameters(), *module.named_buffers()]:
+            if any(k in name.split(".") for k in names):
+                kept[id(t)] = f"{prefix}.{name}" if prefix else name
+    return kept
+
+
+def kept_dtype(dtype: torch.dtype, current: torch.dtype) -> torch.dtype:
+    """The dtype a tensor kept in float32 (:func:`fp32_kept`) takes when its model goes to
+    ``dtype``: never narrower than float32 nor than it is (``current``)."""
+    return torch.promote_types(torch.promote_types(dtype, current), torch.float32)
+
+
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype ``model`` computes in, which its inputs take: its first floating-point parameter
+    outside the modules it keeps in float32 (:func:`fp32_kept`), as diffusers' ``ModelMixin.dtype``
+    reads it; float32 for a model without floating-point parameters."""
+    kept = fp32_kept(model)
+    floating = [p for p in model.parameters() if p.is_floating_point()]
+    for p in floating:
+        if id(p) not in kept:
+            return p.dtype
+    return floating[0].dtype if floating else torch.float32

@@ -16,6 +16,7 @@ from torch import nn
 
 from l2c_compile.errors import L2CError
 from l2c_compile.families import latent_shape
+from l2c_compile.families import model_dtype as computes_in
 
 __all__ = ["MAX_CFG_SCALE", "check_call", "check_finite_output", "check_scale", "check_weights", "label_rows"]
 
@@ -44,9 +45,9 @@ def check_call(
     ``(N, L, D + 1)``), floating point; it is returned in ``model_dtype``.
     """
     weight = next(model.parameters())
-    if weight.dtype != model_dtype:
+    if computes_in(model) != model_dtype:  # the weights' dtype, less the modules kept in float32
         want = str(model_dtype).removeprefix("torch.")
-        have = str(weight.dtype).removeprefix("torch.")
+        have = str(computes_in(model)).removeprefix("torch.")
         raise L2CError(
             f"this sampler was compiled for {want} weights but they are now {have} (moved "
             f"after compiling); move them back with .to(torch.{want}) or compile a {have} sampler"

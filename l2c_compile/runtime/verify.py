@@ -53,6 +53,25 @@ class VerifyResult:
         return asdict(self)
 
 
+def tensor_dtypes(model: torch.nn.Module) -> dict[str, torch.dtype]:
+    """The dtype of each parameter and buffer of ``model``, by name."""
+    return {name: t.dtype for name, t in [*model.named_parameters(), *model.named_buffers()]}
+
+
+def restore_dtypes(model: torch.nn.Module, dtypes: dict[str, torch.dtype]) -> None:
+    """Convert each parameter and buffer of ``model`` back to its dtype in ``dtypes``
+    (:func:`tensor_dtypes`), in place, as ``nn.Module.to`` converts (parameters keep their identity)."""
+    for prefix, module in model.named_modules():
+        for name, p in module.named_parameters(recurse=False):
+            dtype = dtypes.get(f"{prefix}.{name}" if prefix else name)  # None: shared, named (and done) elsewhere
+            if dtype is not None:
+                p.data = p.data.to(dtype)
+        for name, b in list(module.named_buffers(recurse=False)):
+            dtype = dtypes.get(f"{prefix}.{name}" if prefix else name)
+            if dtype is not None:
+                module._buffers[name] = b.to(dtype)
+
+
 def seeded_inputs(
     compiled: CompiledSampler, batch: int, seed: int, device: str | torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,6 +132,7 @@ def verify_artifact(
     ):
         got = compiled(noise, labels, scale)
     # The reference runs in float32 whatever the artifact's dtype: it is the oracle.
+    dtypes = tensor_dtypes(compiled.model)  # each back to its own afterwards (some stay float32)
     ref_model = compiled.model.float()
     try:
         with (
@@ -122,7 +142,7 @@ def verify_artifact(
         ):
             want = reference.sample(ref_model, plan, sched, noise.float(), labels, scale)
     finally:
-        compiled.model.to(compiled.model_dtype)
+        restore_dtypes(compiled.model, dtypes)
     diff = got.float() - want
     measured = {
         "artifact": str(directory),

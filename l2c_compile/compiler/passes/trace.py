@@ -35,7 +35,7 @@ from l2c_compile.compiler.passes.base import CompileError
 from l2c_compile.compiler.passes.naming import name_values
 from l2c_compile.compiler.passes.projections import split_projections
 from l2c_compile.compiler.passes.sublayers import OUTPUTS_META, PATHS_META, sublayer_paths
-from l2c_compile.families import family_of, latent_shape
+from l2c_compile.families import family_of, latent_shape, model_dtype
 
 CAPTURES = ("fx", "export")
 CAPTURE_META = "l2c_capture"  # GraphModule.meta key: "fx" | "export"
@@ -142,12 +142,13 @@ def export_step(model: nn.Module, *, cfg: bool) -> fx.GraphModule:
     """Capture ``GuidedDenoiser(model, cfg)`` with ``torch.export`` (batch size symbolic).
 
     The example ``x`` is ``(2, *latent_shape(model))`` (:func:`~l2c_compile.families.latent_shape`:
-    ``(C, H, W)``, or a video model's ``(C, F, H, W)``); only its batch is symbolic. Raises CompileError with export's first line when it cannot capture.
+    ``(C, H, W)``, or a video model's ``(C, F, H, W)``) in the model's dtype (``model_dtype``); only
+    its batch is symbolic. Raises CompileError with export's first line when it cannot capture.
     """
     root = GuidedDenoiser(model, cfg=cfg, slice_halves=True)
     p = next(model.parameters())
     n = EXPORT_BATCH
-    example = (torch.zeros(n, *latent_shape(model), dtype=p.dtype, device=p.device),
+    example = (torch.zeros(n, *latent_shape(model), dtype=model_dtype(model), device=p.device),
                torch.zeros(n, dtype=torch.float32, device=p.device),
                example_condition(model, n, cfg, p.device),
                torch.ones((), dtype=torch.float32, device=p.device))
