@@ -28,7 +28,7 @@ import torch
 from diffusers import SD3Transformer2DModel
 from torch import nn
 
-from l2c_compile.diffusers.spec import prompt_record
+from l2c_compile.diffusers.records import prompt_record
 from l2c_compile.errors import L2CError
 
 

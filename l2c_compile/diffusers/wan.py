@@ -31,7 +31,7 @@ import torch
 from diffusers import WanTransformer3DModel
 from torch import nn
 
-from l2c_compile.diffusers.spec import prompt_record
+from l2c_compile.diffusers.records import prompt_record
 from l2c_compile.errors import L2CError
 from l2c_compile.families import model_dtype
 
