@@ -3,7 +3,8 @@
 ``base.py`` holds the record (:class:`Family`) and the registry; ``builtin.py`` the families that
 ship (DiT, U-ViT, diffusers' DiT, PixArt, SD3, FLUX.1, Wan 2.1); ``protocol.py`` the
 :class:`Denoiser` protocol a model or adapter follows, and what the compiler reads through it (the
-shape of ``x``: :func:`latent_shape`; its dtype: :func:`model_dtype`). A new family is one :func:`register_family` call plus its model (or adapter).
+shape of ``x``: :func:`latent_shape`; its dtype: :func:`model_dtype`). A new family is one
+:func:`register_family` call plus its model (or adapter).
 """
 
 from l2c_compile.families.base import (
