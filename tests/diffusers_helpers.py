@@ -251,3 +251,37 @@ def tiny_sd3_pipeline(folder: Path, seed: int = 0, *, layers: int = 3, dynamic: 
                      text_encoder_3=t5, tokenizer_3=tiny_tokenizer())
     return StableDiffusion3Pipeline(transformer=tiny_sd3_transformer(seed, layers=layers), scheduler=scheduler,
                                     vae=vae, **parts)
+
+
+WAN_TEXT_LEN = 5  # umT5 prompt tokens of the tiny Wan (max_sequence_length: 512 in a real pipeline)
+WAN_TEXT_DIM = 16  # text_dim (umT5's 4096)
+WAN_SIZE = dict(num_frames=9, height=32, width=48)  # → latents (4, 3, 4, 6): 3 frames of 2×3 patches
+
+
+def tiny_wan_transformer(seed: int = 0, *, layers: int = 2, heads: int = 2):
+    """A random Wan 2.1-shaped ``WanTransformer3DModel`` (text-to-video): ``layers`` blocks,
+    (1, 2, 2) patches, 3-D rotary embeddings over heads of 8 channels, FP32 norms with the
+    cross-attention norm, RMS q/k norms across heads; 4 latent channels."""
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(seed)
+    model = WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=heads, attention_head_dim=8, in_channels=4, out_channels=4,
+        text_dim=WAN_TEXT_DIM, freq_dim=16, ffn_dim=32, num_layers=layers, cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads", rope_max_seq_len=32)
+    with torch.no_grad():  # random everything, the adaLN tables and norms included: every branch counts
+        for param in model.parameters():
+            param.normal_(0.0, 0.1)
+    return model.eval()
+
+
+def wan_prompt_inputs(batch: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random prompt / negative prompt embeddings (batch, WAN_TEXT_LEN, WAN_TEXT_DIM) for the tiny
+    Wan, the last token zero as the pipeline pads a short prompt."""
+    g = torch.Generator().manual_seed(seed + 13)
+    out = {}
+    for name in ("prompt", "negative_prompt"):
+        embeds = torch.randn(batch, WAN_TEXT_LEN, WAN_TEXT_DIM, generator=g)
+        embeds[:, -1] = 0.0
+        out[f"{name}_embeds"] = embeds
+    return out

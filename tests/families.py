@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from l2c_compile.errors import L2CError
-from l2c_compile.families import FAMILIES, get_family
+from l2c_compile.families import FAMILIES, get_family, latent_shape
 from l2c_compile.samplers import make_plan
 from l2c_compile.samplers.base import SamplerPlan
 from tests.helpers import tiny_dit, tiny_uvit
@@ -95,6 +95,15 @@ def _flux(seed: int, depth: int | None, width: int | None, **overrides) -> nn.Mo
     return DiffusersFlux(tiny_flux_transformer(seed, **kwargs), text_len=FLUX_TEXT_LEN, height=64).eval()
 
 
+def _wan(seed: int, depth: int | None, width: int | None, **overrides) -> nn.Module:
+    pytest.importorskip("diffusers")
+    from l2c_compile.diffusers.wan import DiffusersWan
+    from tests.diffusers_helpers import WAN_SIZE, WAN_TEXT_LEN, tiny_wan_transformer
+
+    kwargs = {**_given(layers=depth, heads=None if width is None else width // 8), **overrides}
+    return DiffusersWan(tiny_wan_transformer(seed, **kwargs), text_len=WAN_TEXT_LEN, **WAN_SIZE).eval()
+
+
 def _given(**kwargs: Any) -> dict[str, Any]:
     return {k: v for k, v in kwargs.items() if v is not None}
 
@@ -109,7 +118,7 @@ def _remember(model: nn.Module, kwargs: dict[str, Any]) -> nn.Module:
 
 def _class_inputs(model: nn.Module, seed: int, batch: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    noise = torch.randn(batch, model.in_channels, model.input_size, model.input_size, generator=g)
+    noise = torch.randn(batch, *latent_shape(model), generator=g)
     return noise, torch.randint(0, model.null_class, (batch,), generator=g)
 
 
@@ -120,7 +129,7 @@ def _pixart_inputs(model: nn.Module, seed: int, batch: int = 2) -> tuple[torch.T
     p = prompt_inputs(batch, seed)
     y = torch.stack([pack_condition(p["prompt_embeds"], p["prompt_attention_mask"]),
                      pack_condition(p["negative_prompt_embeds"], p["negative_prompt_attention_mask"])], dim=1)
-    noise = torch.randn(batch, 4, model.input_size, model.input_size, generator=torch.Generator().manual_seed(seed))
+    noise = torch.randn(batch, *latent_shape(model), generator=torch.Generator().manual_seed(seed))
     return noise, y
 
 
@@ -131,7 +140,7 @@ def _sd3_inputs(model: nn.Module, seed: int, batch: int = 2) -> tuple[torch.Tens
     p = sd3_prompt_inputs(batch, seed)
     y = torch.stack([pack_condition(p["prompt_embeds"], p["pooled_prompt_embeds"]),
                      pack_condition(p["negative_prompt_embeds"], p["negative_pooled_prompt_embeds"])], dim=1)
-    noise = torch.randn(batch, 4, model.input_size, model.input_size, generator=torch.Generator().manual_seed(seed))
+    noise = torch.randn(batch, *latent_shape(model), generator=torch.Generator().manual_seed(seed))
     return noise, y
 
 
@@ -142,7 +151,16 @@ def _flux_inputs(model: nn.Module, seed: int, batch: int = 2) -> tuple[torch.Ten
     p = flux_prompt_inputs(batch, seed)
     y = torch.stack([pack_condition(p["prompt_embeds"], p["pooled_prompt_embeds"], 3.5),
                      pack_condition(p["negative_prompt_embeds"], p["pooled_negative_prompt_embeds"], 3.5)], dim=1)
-    noise = torch.randn(batch, 4, model.input_size, model.input_size, generator=torch.Generator().manual_seed(seed))
+    noise = torch.randn(batch, *latent_shape(model), generator=torch.Generator().manual_seed(seed))
+    return noise, y
+
+
+def _wan_inputs(model: nn.Module, seed: int, batch: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    from tests.diffusers_helpers import wan_prompt_inputs
+
+    p = wan_prompt_inputs(batch, seed)
+    y = torch.stack([p["prompt_embeds"], p["negative_prompt_embeds"]], dim=1)  # (N, 2, L, D)
+    noise = torch.randn(batch, *latent_shape(model), generator=torch.Generator().manual_seed(seed))  # (N, C, F, H, W)
     return noise, y
 
 
@@ -158,7 +176,8 @@ def _diffusers_info(model: nn.Module) -> dict:
 
     t = model.transformer
     return spec_from_config(type(t).__name__, dict(t.config), getattr(model, "text_len", None),
-                            height=getattr(model, "height", None)).to_dict()
+                            height=getattr(model, "height", None), width=getattr(model, "width", None),
+                            num_frames=getattr(model, "num_frames", None)).to_dict()
 
 
 @dataclass(frozen=True)
@@ -200,6 +219,8 @@ CASES: dict[str, Case] = {
     "flux": Case(_flux, _flux_inputs, 2.0, _diffusers_info, gated=frozenset({"attn", "mlp", "txt_mlp"}),
                  variants=({}, {"guidance_embeds": False}), unguided=lambda y: y[:, 0],
                  exported=True),  # y: (N, 2, L + 1, W), prompt first (true CFG); dev and schnell
+    "wan": Case(_wan, _wan_inputs, 5.0, _diffusers_info, gated=frozenset({"attn", "mlp"}),
+                unguided=lambda y: y[:, 0], exported=True),  # y: (N, 2, L, D), prompt first; x: (N, C, F, H, W)
     "toy-flux": Case(_toy_flux, _class_inputs, 4.0, _record("toy-flux", "toy-flux"),
                      gated=frozenset({"attn", "mlp"})),
 }

@@ -6,6 +6,7 @@ import dataclasses
 import random
 
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -256,6 +257,35 @@ def test_pass_errors_name_the_pass_the_passes_before_and_the_step_mask():
         SpecializeConfig((frozenset(), frozenset()), mode="skip")
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.mode = "drop"
+
+
+class _Interleave(torch.nn.Module):
+    """Diffusers' rotary idiom: writes into a tensor the graph allocates (``out[..., 0::2] = …``)."""
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = torch.empty_like(torch.cat([a, b], -1))
+        out[..., 0::2] = a * 2
+        out[..., 1::2] = b - 1
+        return out + 1, a + b
+
+
+def test_dead_code_drops_writes_into_a_local_tensor_only_when_nothing_reads_it():
+    from l2c_compile.compiler.passes.dce import dead_code
+
+    def graph(read: bool):
+        gm = torch.export.export(_Interleave(), (torch.ones(2, 3), torch.ones(2, 3))).module()
+        out = next(n for n in gm.graph.nodes if n.op == "output")
+        if not read:  # the interleaved tensor's only reader gone: return a + b twice
+            out.args = ((out.args[0][1], out.args[0][1]),)
+        return gm
+
+    kept = dead_code(graph(read=True)).gm
+    assert sum(n.target is torch.ops.aten.copy_.default for n in kept.graph.nodes) == 2
+    a, b = torch.randn(2, 3), torch.randn(2, 3)
+    assert torch.equal(kept(a, b)[0], torch.stack([a * 2, b - 1], -1).flatten(-2) + 1)
+    dead = dead_code(graph(read=False))
+    targets = {n.target for n in dead.gm.graph.nodes if n.op == "call_function"}
+    assert targets == {torch.ops.aten.add.Tensor} and dead.stats["nodes_removed"] >= 8
 
 
 def test_generated_source_is_readable_python():

@@ -34,7 +34,7 @@ from l2c_compile.compiler.passes.sublayers import (
     sublayer_nodes,
 )
 from l2c_compile.compiler.passes.trace import trace_step
-from l2c_compile.families import Denoiser, Family, family_of
+from l2c_compile.families import Denoiser, Family, family_of, latent_shape
 from l2c_compile.families.vocabulary import Layout, kind_name
 from l2c_compile.metrics.macs import module_macs, trajectory_macs
 from l2c_compile.schedule import Schedule, import_router
@@ -150,7 +150,7 @@ def test_compiled_equals_reference_under_random_free_form_schedules(name, seed, 
 def test_a_trunk_step_runs_no_block_and_saves_the_trunk_macs(name):
     model = _model(name)
     layout = family_of(model).layout(model)
-    count = module_macs(model, torch.zeros(1, model.in_channels, model.input_size, model.input_size),
+    count = module_macs(model, torch.zeros(1, *latent_shape(model)),
                         torch.zeros(1), example_condition(model, 1, False, "cpu"))
     assert sum(count.per_key.values()) <= count.trunk < count.total
     plan = case_plan(name, 3)
@@ -186,7 +186,7 @@ def test_all_compute_schedule_equals_the_uncached_model(name):
 def test_macs_count_every_sublayer_and_the_schedule_saves_exactly_them(name):
     model = _model(name)
     layout = family_of(model).layout(model)
-    count = module_macs(model, torch.zeros(1, model.in_channels, model.input_size, model.input_size),
+    count = module_macs(model, torch.zeros(1, *latent_shape(model)),
                         torch.zeros(1), example_condition(model, 1, False, "cpu"))
     assert set(count.per_key) == set(layout.sublayer_keys()) and all(v > 0 for v in count.per_key.values())
     assert sum(count.per_key.values()) < count.total

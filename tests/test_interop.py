@@ -80,6 +80,7 @@ def _random_bits(rng: random.Random, n: int, p: float = 0.4) -> list[int]:
     ("uvit", {"attn": "attn", "mlp": "mlp"}),
     ("diffusers-dit", {"attn1": "attn", "ff": "mlp"}),
     ("pixart", {"attn1": "attn", "attn2": "cross", "ff": "mlp"}),
+    ("wan", {"attn1": "attn", "attn2": "cross", "ffn": "mlp"}),
 ])
 def test_smoothcache_counts_equal_the_file(family: str, components: dict[str, str], tmp_path: Path) -> None:
     rng, depth = random.Random(1), 4
@@ -171,6 +172,8 @@ INVARDIFF = {
     "diffusers-dit": ({"msa_cache_book": 3, "mlp_cache_book": 3}, None),
     "pixart": ({"module_cache_book.self_attn": 3, "module_cache_book.cross_attn": 3, "module_cache_book.ffn": 3},
                None),
+    "wan": ({"module_cache_book.self_attn": 3, "module_cache_book.cross_attn": 3, "module_cache_book.ffn": 3},
+            None),  # the books InvarDiff's Wan 2.1 runtime writes
     "toy-flux": ({"transformer_cache_book.attn": 2, "transformer_cache_book.context_attn": 2,
                   "transformer_cache_book.ip_attn": 2, "transformer_cache_book.ff": 2,
                   "transformer_cache_book.context_ff": 2, "single_transformer_cache_book.attn": 2,

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 import l2c_compile
 from l2c_compile.compiler import reference
 from l2c_compile.errors import L2CError
-from l2c_compile.families import get_family
+from l2c_compile.families import fp32_kept, get_family, latent_shape, model_dtype
 from l2c_compile.runtime.devices import available_devices, resolve_device
 from l2c_compile.samplers import make_plan
 from tests.families import DECLARED, case_model, case_plan
@@ -52,6 +53,40 @@ def test_bad_labels_are_one_clear_error(dit_sampler, labels, match) -> None:
     noise, _ = inputs(model)
     with pytest.raises(L2CError, match=match):
         sampler(noise, labels, 4.0)
+
+
+def test_the_latent_shape_is_the_model_s_own_or_its_square_side() -> None:
+    """What every sampler's noise and every capture's example input is shaped from."""
+
+    class Square(nn.Module):
+        in_channels, input_size = 4, 8
+
+    class Video(nn.Module):
+        in_channels, latent_shape = 4, (4, 3, 4, 6)  # (C, F, H, W)
+
+    assert latent_shape(Square()) == (4, 8, 8)
+    assert latent_shape(Video()) == (4, 3, 4, 6)
+    with pytest.raises(L2CError, match="Linear states no latent shape: give it latent_shape") as exc:
+        latent_shape(nn.Linear(2, 2))
+    assert "\n" not in str(exc.value)
+
+
+def test_the_model_dtype_is_its_first_parameter_s_outside_modules_kept_in_float32() -> None:
+    class Kept(nn.Module):
+        _keep_in_fp32_modules = ("norm",)
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.norm = nn.LayerNorm(4)  # first, and kept in float32 (diffusers' Wan keeps its norms)
+            self.proj = nn.Linear(4, 4)
+
+    kept = Kept()
+    kept.proj.bfloat16()
+    assert set(fp32_kept(kept).values()) == {"norm.weight", "norm.bias"}
+    assert model_dtype(kept) == torch.bfloat16 and next(kept.parameters()).dtype == torch.float32
+    dit = tiny_dit()
+    assert fp32_kept(dit) == {} and model_dtype(dit.bfloat16()) == torch.bfloat16
+    assert model_dtype(nn.ReLU()) == torch.float32  # no parameters
 
 
 @pytest.mark.parametrize(

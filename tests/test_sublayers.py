@@ -16,7 +16,15 @@ from l2c_compile.compiler.passes.projections import split_projections
 from l2c_compile.compiler.passes.sublayers import cache_slots, find_sublayers, sublayer_paths
 from l2c_compile.compiler.passes.trace import trace_step
 from l2c_compile.errors import L2CError
-from l2c_compile.families import FAMILIES, BlockGroup, Family, KindDecl, family_of, register_family
+from l2c_compile.families import (
+    FAMILIES,
+    BlockGroup,
+    Family,
+    KindDecl,
+    family_of,
+    latent_shape,
+    register_family,
+)
 from l2c_compile.models.dit import DiT, DiTBlock, modulate
 from l2c_compile.models.uvit import UViT
 from l2c_compile.samplers import make_plan
@@ -36,6 +44,16 @@ class SplitBlock(DiTBlock):
         mlp_out = self.mlp(modulate(self.norm2(x), chunks[3], chunks[4]))
         gated = mlp_out * chunks[5].unsqueeze(1)
         return gated + x
+
+
+class UpcastBlock(DiTBlock):
+    """The same block, each sublayer's output upcast before its gate (Wan's ``ff_output.float()``)."""
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)
+        x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa)).float()
+        mlp = self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
+        return x + mlp.to(torch.float32) * gate_mlp.unsqueeze(1)
 
 
 class SkipDiT(DiT):
@@ -66,6 +84,22 @@ def test_a_residual_split_over_statements_compiles_to_the_same_result():
     noise, labels = inputs(model)
     assert rel_error(got(noise, labels, 4.0), want(noise, labels, 4.0)) == 0.0
     assert rel_error(got(noise, labels, 4.0), reference.sample(model, plan, sched, noise, labels, 4.0)) <= 1e-5
+
+
+def test_a_sublayer_output_is_followed_through_dtype_casts_to_its_gate_and_residual_add():
+    plan = _plan()
+    model = tiny_dit(5, depth=2)
+    sched = random_schedule(plan, 2, random.Random(5), p=0.6)
+    want = l2c_compile.compile(model, plan, sched)
+    for block in model.blocks:
+        block.__class__ = UpcastBlock  # the same weights, outputs cast before their gates
+    subs = find_sublayers(trace_step(model, cfg=True))
+    assert [s.key for s in subs] == [("attn", 0), ("mlp", 0), ("attn", 1), ("mlp", 1)]
+    assert all(s.gate is not None and is_add(s.add) for s in subs)
+    assert [s.value.op for s in subs] == ["call_module"] * 4  # the sublayer's own output, before the cast
+    got = l2c_compile.compile(model, plan, sched)
+    noise, labels = inputs(model)
+    assert rel_error(got(noise, labels, 4.0), want(noise, labels, 4.0)) == 0.0
 
 
 @pytest.mark.parametrize("mode", ["cache", "drop"])
@@ -116,8 +150,7 @@ def test_uvit_declares_in_mid_and_out_blocks():
 def test_discovery_works_on_torch_export_graphs(family):
     model = case_model(family, 0, depth=2)
     fam = family_of(model)
-    n, c, s = 1, model.in_channels, model.input_size
-    example = (torch.zeros(n, c, s, s), torch.zeros(n), example_condition(model, n, False, "cpu"))
+    example = (torch.zeros(1, *latent_shape(model)), torch.zeros(1), example_condition(model, 1, False, "cpu"))
     exported = torch.export.export(model, example)
     split_projections(exported.graph_module, model, root="")  # FLUX's parallel branches (as trace_step does)
     paths, outputs = sublayer_paths(model), fam.outputs(model)

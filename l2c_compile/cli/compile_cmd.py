@@ -20,6 +20,7 @@ from l2c_compile.cli.common import (
 )
 from l2c_compile.compiler.passes.hoist import DEFAULT_LIMIT_BYTES
 from l2c_compile.errors import L2CError
+from l2c_compile.families import latent_shape
 from l2c_compile.models.select import make_spec_plan, select_model, select_spec, spec_layout
 from l2c_compile.runtime.verify import compile_summary, verify_artifact
 
@@ -220,7 +221,7 @@ def _sample_classes(directory: Path, labels: torch.Tensor, seed: int, cfg_scale:
         cfg_scale = float(compiled.record.model.get("default_cfg_scale", 4.0))
     gen = torch.Generator().manual_seed(seed)
     m = compiled.model
-    noise = torch.randn(len(labels), m.in_channels, m.input_size, m.input_size, generator=gen).to(device)
+    noise = torch.randn(len(labels), *latent_shape(m), generator=gen).to(device)
     nfe = compiled.record.nfe
     with progress_bars(), progress.task(f"sampling {len(labels)} images", nfe, "model calls"), \
                 progress.counting_model_calls(compiled):
@@ -281,7 +282,7 @@ def _draw_prompts(directory: Path, prompts: list[str], negative_prompt: str, pip
     with console.status(f"encoding {len(prompts)} prompt(s)…"):
         y = m.prompt_condition(pipe, prompts, negative_prompt=negative_prompt, cfg=compiled.cfg, device=device)
     gen = torch.Generator().manual_seed(seed)
-    noise = torch.randn(len(prompts), m.in_channels, m.input_size, m.input_size, generator=gen).to(device)
+    noise = torch.randn(len(prompts), *latent_shape(m), generator=gen).to(device)
     nfe = compiled.record.nfe
     with progress_bars(), progress.task(f"sampling {len(prompts)} images", nfe, "model calls"), \
             progress.counting_model_calls(compiled):

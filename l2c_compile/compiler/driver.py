@@ -47,7 +47,7 @@ from l2c_compile.compiler.passes.sublayers import (
 )
 from l2c_compile.compiler.passes.trace import CALLS_META, CAPTURE_META, trace_step
 from l2c_compile.errors import L2CError
-from l2c_compile.families import family_of
+from l2c_compile.families import family_of, fp32_kept, kept_dtype, latent_shape, model_dtype
 from l2c_compile.families.vocabulary import empty_mask
 from l2c_compile.runtime import features
 from l2c_compile.runtime.cuda_graph import check_cuda_graph_device
@@ -98,12 +98,18 @@ def private_copy(
     Compiling never changes the caller's model (dtype, device, train/eval mode, submodules), and
     two samplers compiled from one model share no tensor. Each tensor is copied once, straight to
     the target ``device``/``dtype`` (like ``nn.Module.to``: only floating-point tensors change
-    dtype), so the peak memory is the original plus one converted copy.
+    dtype), so the peak memory is the original plus one converted copy. The tensors a diffusers
+    model keeps in float32 (:func:`~l2c_compile.families.fp32_kept`: Wan's norms, time embedder,
+    adaLN and rotary tables) are never narrowed below float32, as ``from_pretrained(torch_dtype=…)``
+    loads them.
     """
     memo: dict[int, object] = {}
+    kept = fp32_kept(model) if dtype is not None else {}
 
     def convert(t: torch.Tensor) -> torch.Tensor:
         to_dtype = dtype if dtype is not None and t.is_floating_point() else t.dtype
+        if id(t) in kept and t.is_floating_point():
+            to_dtype = kept_dtype(to_dtype, t.dtype)
         return t.detach().to(device=device or t.device, dtype=to_dtype, copy=True)
 
     for p in model.parameters():
@@ -204,12 +210,11 @@ def compile(
         marks.append(Pass("mark_trunk", mark_trunk, TrunkConfig(family.blocks(model)[-1][0])))
     base, reports = PassManager(marks, check=False).run(base)
     trunk_slots = tuple(n.meta[SUBLAYER_META] for n in trunk_nodes(base))
-    p = next(model.parameters())
-    c, h, w = model.in_channels, model.input_size, model.input_size
-    example = [torch.zeros(1, c, h, w, dtype=p.dtype, device=p.device),
-               torch.zeros(1, dtype=torch.float32, device=p.device),
-               example_condition(model, 1, cfg, p.device),
-               torch.ones((), dtype=torch.float32, device=p.device)]
+    device_, dtype_ = next(model.parameters()).device, model_dtype(model)
+    example = [torch.zeros(1, *latent_shape(model), dtype=dtype_, device=device_),  # (1, C, *spatial)
+               torch.zeros(1, dtype=torch.float32, device=device_),
+               example_condition(model, 1, cfg, device_),
+               torch.ones((), dtype=torch.float32, device=device_)]
     propagate_shapes(base, example)
     rows = 2 if cfg else 1
     macs_uncached = graph_macs(base, rows)
@@ -251,7 +256,7 @@ def compile(
 
     roles = [call.role for call in plan.calls]
     name = (model_info or {}).get("name") or type(model).__name__
-    title = (f"model {name} · {str(p.dtype).removeprefix('torch.')} · sampler {plan.sampler} · NFE {plan.nfe}"
+    title = (f"model {name} · {str(dtype_).removeprefix('torch.')} · sampler {plan.sampler} · NFE {plan.nfe}"
              f" · CFG {'batched' if cfg else 'off'}")
     blocks = {key[1]: path.rsplit(".", 1)[0] for key, path in paths.items()}
     ctx = StepContext(model=model, blocks=blocks, sublayers=paths, base_scopes=scopes, calls=calls)
@@ -266,7 +271,7 @@ def compile(
         model=model_info or {"name": name},
         plan=plan,
         cfg=cfg,
-        dtype=str(p.dtype).removeprefix("torch."),
+        dtype=str(dtype_).removeprefix("torch."),
         backend=backend,
         cuda_graph=cuda_graph,
         schedule=schedule,
@@ -280,7 +285,7 @@ def compile(
         hoist_limit_bytes=hoist_limit_bytes,
         hoisted=hoisted,
         # this machine's slower paths for these weights and backend; load derives them again
-        fallbacks=tuple(features.fallback_notes(p.dtype, p.device, backend)),
+        fallbacks=tuple(features.fallback_notes(dtype_, device_, backend)),
     )
     try:
         sampler = CompiledSampler(model, source, record, backend=backend, cuda_graph=cuda_graph)

@@ -35,7 +35,7 @@ from torch import nn
 
 from l2c_compile.compiler.guidance import GuidedDenoiser, timestep_vector
 from l2c_compile.errors import L2CError
-from l2c_compile.families import family_of
+from l2c_compile.families import family_of, model_dtype
 from l2c_compile.families.vocabulary import CacheMode, SublayerKey
 from l2c_compile.samplers.base import ModelCall, SamplerPlan, execute_plan
 
@@ -273,4 +273,4 @@ def sample_uncached(model: nn.Module, plan: SamplerPlan, noise: torch.Tensor, la
 
 
 def _param_dtype(model: nn.Module) -> torch.dtype:
-    return next(model.parameters()).dtype
+    return model_dtype(model)

@@ -17,6 +17,9 @@ the last block), so the spec's :attr:`~DiffusersSpec.layout` is the family decla
 the model its config builds on the meta device (no weights). The σ schedule is part of a
 flow-matching model's convention (SD3 samples with ``shift`` 3): a pipeline folder's own
 scheduler config makes the plan (:meth:`~DiffusersSpec.scheduler_plan`).
+
+Wan (``WanTransformer3DModel``): video latents ``(C, F, H, W)`` from the frame count and the video size
+(``Family.latent``); its record adds ``num_frames``.
 """
 
 from __future__ import annotations
@@ -51,6 +54,8 @@ class DiffusersSpec:
     text_len: int | None = None  # text-to-image: the prompt length the sampler is made for
     scheduler_config: dict[str, Any] | None = None  # a flow-matching pipeline folder's scheduler config
     height: int | None = None  # the image height in pixels, where the config does not give it (FLUX)
+    width: int | None = None  # the image width in pixels (Wan; a square family takes the height)
+    num_frames: int | None = None  # a video family's frame count (Wan)
 
     @property
     def declaration(self) -> Family:
@@ -124,12 +129,22 @@ class DiffusersSpec:
         return 0 if self.text_conditioned else int(self.config["num_embeds_ada_norm"])
 
     @property
-    def latent_shape(self) -> tuple[int, int, int]:
-        """(C, H, W) the network denoises."""
+    def size(self) -> dict[str, int]:
+        """The sample size the sampler is made for, for a family whose config does not give it
+        (``Family.latent``): the ``height``, ``width`` and ``num_frames`` given over the family's
+        ``default_size``; ``{}`` for the others."""
+        fam = self.declaration
+        if fam.latent is None:
+            return {}
+        given = {"height": self.height, "width": self.width, "num_frames": self.num_frames}
+        return {**fam.default_size, **{k: v for k, v in given.items() if v is not None}}
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        """(C, H, W) the network denoises; (C, F, H, W) for a video model (Wan)."""
         latent = self.declaration.latent
         if latent is not None:
-            c, h, w = latent(self.config, self.height)
-            return int(c), int(h), int(w)
+            return tuple(int(v) for v in latent(self.config, self.size))
         side = int(self.config["sample_size"])
         return int(self.config["in_channels"]), side, side
 
@@ -141,20 +156,22 @@ class DiffusersSpec:
                "time_input": self.time_input, "default_sampler": self.default_sampler,
                "default_cfg_scale": self.default_cfg_scale, "pixel_space": self.pixel_space}
         if self.text_conditioned:
-            side = self.latent_shape[1] * 8
-            # the adapter's record, under the family's name ("pixart", "sd3"): what from_record reads
-            out[self.declaration.name] = {"text_len": self.text_len or 120, "height": side, "width": side,
-                                          "vae_scale_factor": 8}
+            *_, h, w = self.latent_shape
+            frames = {"num_frames": self.size["num_frames"]} if "num_frames" in self.size else {}
+            # the adapter's record, under the family's name ("pixart", "sd3", "wan"): what from_record reads
+            out[self.declaration.name] = {"text_len": self.text_len or 120, **frames, "height": h * 8,
+                                          "width": w * 8, "vae_scale_factor": 8}
         return out
 
 
 def spec_from_config(cls: str, config: dict[str, Any], text_len: int | None = None,
-                     scheduler_config: dict[str, Any] | None = None, height: int | None = None) -> DiffusersSpec:
+                     scheduler_config: dict[str, Any] | None = None, *, height: int | None = None,
+                     width: int | None = None, num_frames: int | None = None) -> DiffusersSpec:
     """The spec of a ``cls`` model with ``config`` (private ``_`` keys dropped); ``text_len``: a
-    text-to-image model's prompt length (default 120); ``scheduler_config``: a flow-matching
+    text-conditioned model's prompt length (default 120); ``scheduler_config``: a flow-matching
     pipeline's scheduler config, whose plan the CLI then runs (:meth:`DiffusersSpec.scheduler_plan`);
-    ``height``: the image height in pixels, for a family whose config does not give it
-    (``Family.latent``; default: its pipeline's)."""
+    ``height`` / ``width`` (pixels) and ``num_frames``: the sample size, for a family whose config
+    does not give it (``Family.latent``; default: its pipeline's, ``Family.default_size``)."""
     config = {k: v for k, v in sorted(config.items()) if not k.startswith("_")}
     fam = family_for_diffusers(cls)
     if fam is None or fam.sampling is None:
@@ -163,8 +180,10 @@ def spec_from_config(cls: str, config: dict[str, Any], text_len: int | None = No
     conventions = {"default_sampler": s.default_sampler, "noise_schedule": s.noise_schedule,
                    "time_input": s.time_input, "default_cfg_scale": s.default_cfg_scale}
     if fam.conditioning == "text":
+        sized = fam.latent is not None
         return DiffusersSpec(f"diffusers:{cls}", cls, config, **conventions, text_len=text_len or 120,
-                             scheduler_config=scheduler_config, height=height if fam.latent is not None else None)
+                             scheduler_config=scheduler_config, height=height if sized else None,
+                             width=width if sized else None, num_frames=num_frames if sized else None)
     return DiffusersSpec(_official_name(config) or f"diffusers:{cls}", cls, config, **conventions)
 
 
@@ -204,10 +223,9 @@ def _official_name(config: dict[str, Any]) -> str | None:
 
 
 def build_from_record(record: dict[str, Any]):
-    """A :class:`~l2c_compile.diffusers.dit.DiffusersDiT`,
-    :class:`~l2c_compile.diffusers.pixart.DiffusersPixArt` or
-    :class:`~l2c_compile.diffusers.sd3.DiffusersSD3` (random weights) from a manifest record: the
-    adapter the family of its ``diffusers_class`` declares (``families/builtin.py``)."""
+    """The adapter (:class:`~l2c_compile.diffusers.dit.DiffusersDiT`,
+    :class:`~l2c_compile.diffusers.pixart.DiffusersPixArt`, …; random weights) from a manifest
+    record: the one the family of its ``diffusers_class`` declares (``families/builtin.py``)."""
     import diffusers
 
     cls = record.get("diffusers_class")

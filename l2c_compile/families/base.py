@@ -191,9 +191,11 @@ class Family:
     of the model registry, how its constructor arguments state its size. ``adapter``: for a
     diffusers family, the adapter class (``"module:Class"``) whose ``from_record(transformer,
     record)`` wraps a transformer rebuilt from a manifest record; ``latent``: for a diffusers
-    family whose config does not give the latent side (``sample_size``), the ``(C, H, W)`` its
-    sampler's ``x`` has, from the config and the image height in pixels (None: the pipeline's
-    default); ``depth_keys``: the config entries whose sum is the number of blocks.
+    family whose config does not give the latent side (``sample_size``), the ``(C, *spatial)`` its
+    sampler's ``x`` has (``(C, H, W)``; a video family's ``(C, F, H, W)``), from the config and the
+    sample size: ``{"height": px, "width": px, "num_frames": n}``, the entries the caller gave over
+    ``default_size`` (the pipeline's defaults: FLUX 1024 px; Wan 81 frames of 480×832 px; a square
+    family reads ``height`` only); ``depth_keys``: the config entries whose sum is the number of blocks.
     """
 
     name: str
@@ -211,7 +213,8 @@ class Family:
     build: Callable[[Mapping[str, Any]], nn.Module] | None = None
     shape: Shape | None = None
     adapter: str | None = None
-    latent: Callable[[Mapping[str, Any], int | None], tuple[int, int, int]] | None = None
+    latent: Callable[[Mapping[str, Any], Mapping[str, int]], tuple[int, ...]] | None = None
+    default_size: Mapping[str, int] = field(default_factory=dict)
     depth_keys: tuple[str, ...] = ("num_layers",)
 
     def __post_init__(self) -> None:

@@ -1,4 +1,5 @@
-"""The families l2c-compile ships: DiT, U-ViT (``models/``), diffusers' DiT, PixArt, SD3 and FLUX.1 (``diffusers/``).
+"""The families l2c-compile ships: DiT, U-ViT (``models/``), diffusers' DiT, PixArt, SD3, FLUX.1 and Wan
+2.1 (``diffusers/``).
 
 Sources: facebookresearch/DiT ``models.py`` and L2C's ``DiT/train_router.py`` (recipe, θ 0.1);
 baofff/U-ViT ``libs/uvit.py`` and L2C's ``U-ViT/train_router_discrete.py`` (recipe, θ 0.9); diffusers'
@@ -10,7 +11,8 @@ InvarDiff's DiT books ``msa_cache_book``/``mlp_cache_book`` (zihaowu25/InvarDiff
 DiT (the same weights) and to U-ViT's attention and MLP (block ids in execution order). PixArt's
 three kinds take the names of InvarDiff's Wan books (``module_cache_book``: ``self_attn``,
 ``cross_attn``, ``ffn``; ``Wan2.1/invardiff_generate.py``), the same three sublayers in the same
-order, each cached before its gate.
+order, each cached before its gate; and Wan's own blocks (``WanTransformerBlock``: ``attn1``,
+``attn2``, ``ffn``), which they were written for.
 """
 
 from __future__ import annotations
@@ -144,6 +146,31 @@ FLUX = register_family(Family(
     conditioning="text",
     adapter="l2c_compile.diffusers.flux:DiffusersFlux",
     # the packed transformer input holds 2×2 patches of C-channel latents; FluxPipeline's default 1024²
-    latent=lambda config, height: (int(config["in_channels"]) // 4, *(2 * ((height or 1024) // 16),) * 2),
+    latent=lambda config, size: (int(config["in_channels"]) // 4, *(2 * (size["height"] // 16),) * 2),
+    default_size={"height": 1024},
     depth_keys=("num_layers", "num_single_layers"),
+))
+
+WAN = register_family(Family(
+    name="wan",
+    groups=(BlockGroup(("blocks",), (
+        # WanTransformerBlock: x + attn1(...) · gate_msa; x + attn2(norm2(x), prompt), ungated;
+        # x + ffn(...) · c_gate_msa (the gates from the block's scale_shift_table + the time projection)
+        KindDecl("attn", "attn1", invardiff=("module_cache_book.self_attn",)),
+        KindDecl("cross", "attn2", invardiff=("module_cache_book.cross_attn",)),
+        KindDecl("mlp", "ffn", invardiff=("module_cache_book.ffn",)),
+    )),),
+    classes={"WanTransformer3DModel": "", "l2c_compile.diffusers.wan.DiffusersWan": "transformer"},
+    recipe=None,
+    router_family="dit",  # trained with DiT's recipe; no official routers exist
+    guidance="negative-condition",
+    guidance_rule="u + s·(c − u)",
+    sampling=Sampling("unipc-flow", "flow", "sigma_1000", 5.0),  # WanPipeline: UniPC, flow_shift, CFG 5
+    diffusers_class="WanTransformer3DModel",
+    conditioning="text",
+    adapter="l2c_compile.diffusers.wan:DiffusersWan",
+    # WanPipeline.prepare_latents: the Wan VAE compresses 4× in time and 8× in space
+    latent=lambda config, size: (int(config["in_channels"]), (size["num_frames"] - 1) // 4 + 1,
+                                 size["height"] // 8, size["width"] // 8),
+    default_size={"num_frames": 81, "height": 480, "width": 832},
 ))

@@ -16,7 +16,7 @@ from torch import nn
 
 from l2c_compile.compiler.reference import CacheState
 from l2c_compile.errors import L2CError
-from l2c_compile.families import family_of
+from l2c_compile.families import family_of, model_dtype
 from l2c_compile.samplers.base import Combination, ModelCall, SamplerPlan, SolverStep
 
 
@@ -129,7 +129,7 @@ def mixing_weights(scores: torch.Tensor, ste_threshold: float | None) -> torch.T
 def _model_call(
     model: nn.Module, call: ModelCall, x: torch.Tensor, y: torch.Tensor
 ) -> torch.Tensor:
-    dtype = next(model.parameters()).dtype
+    dtype = model_dtype(model)
     t = torch.full((x.shape[0],), float(call.timestep), dtype=torch.float32, device=x.device)
     return model(x.to(dtype), t, y)  # (B, C_out, H, W) raw output, all channels
 

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from l2c_compile.errors import L2CError
+from l2c_compile.families import latent_shape
 from l2c_compile.inputs import input_file
 from l2c_compile.router.data import TensorData, draw_chunks
 
@@ -125,12 +126,12 @@ def draw_prompt_data(
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise L2CError(f"the data-free pool size must be a positive integer, got {size!r}")
     device = next(model.parameters()).device
-    c, s = model.in_channels, model.input_size
+    shape = latent_shape(model)  # (C, *spatial)
     labels = conds[torch.arange(size) % conds.shape[0]]  # (size, L, D + 1)
-    pool = torch.empty(size, c, s, s)
+    pool = torch.empty(size, *shape)
 
     def draw(lo: int, hi: int, gen: torch.Generator) -> None:
-        noise = torch.randn(hi - lo, c, s, s, generator=gen)
+        noise = torch.randn(hi - lo, *shape, generator=gen)
         y, scale = labels[lo:hi], None
         if null is not None:
             y, scale = torch.stack([y, null.expand_as(y)], dim=1), cfg_scale  # (b, 2, L, D + 1)

@@ -9,7 +9,8 @@ therefore treats the folder as *data* and rebuilds the code itself:
    folder itself (no link out of it, no fifo or device), and matches its sha256;
    the model record of a registered model (``DiT-XL/2``) is the registry's (checkpoint path aside).
 2. ``weights.safetensors``: read without unpickling; its tensors' dtype must be the manifest's
-   ``dtype`` and its keys and shapes must fit the model the manifest's config builds (strict).
+   ``dtype`` (those the model keeps in float32, ``families.fp32_kept``: float32 or wider) and its
+   keys and shapes must fit the model the manifest's config builds (strict).
 3. The sampler plan is rebuilt from the manifest's sampler name, NFE and options and must list
    exactly the manifest's calls (timesteps, roles); the schedule is parsed and validated.
 4. This l2c-compile compiles (model, plan, schedule, cfg, fuse, hoist, dtype) again; the regenerated
@@ -33,6 +34,7 @@ from torch import nn
 
 from l2c_compile.compiler.driver import compile as compile_sampler
 from l2c_compile.errors import L2CError
+from l2c_compile.families import fp32_kept, kept_dtype, model_dtype
 from l2c_compile.inputs import input_file, read_json
 from l2c_compile.limits import check_model_size
 from l2c_compile.runtime import features
@@ -164,12 +166,19 @@ def _load_weights(root: Path, model: nn.Module, dtype_name: str) -> nn.Module:
         state = load_file(str(artifact_file(root, "weights.safetensors")))
     except (SafetensorError, OSError) as exc:
         raise L2CError(f"artifact {root}: cannot read weights.safetensors ({exc})") from None
-    held = sorted({str(v.dtype).removeprefix("torch.") for v in state.values() if v.is_floating_point()})
+    kept = set(fp32_kept(model).values())  # their dtype follows the manifest's, never below float32
+    held = sorted({str(v.dtype).removeprefix("torch.") for k, v in state.items() if v.is_floating_point()
+                   and k not in kept})
     if held != [dtype_name]:
         raise L2CError(
             f"artifact {root}: manifest.json says dtype {dtype_name} but weights.safetensors holds "
             f"{', '.join(held) or 'no floating-point'} tensors"
         )
+    wide = kept_dtype(getattr(torch, dtype_name), torch.float32)
+    narrow = sorted(k for k in kept & set(state) if state[k].is_floating_point() and state[k].dtype != wide)
+    if narrow:
+        raise L2CError(f"artifact {root}: weights.safetensors holds {narrow[0]} in {state[narrow[0]].dtype}, but the "
+                       f"model keeps it in {wide} with {dtype_name} weights")
     try:
         model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as exc:
@@ -238,7 +247,7 @@ def load(
         if manifest.backend == "regional":
             restore_regions(compiled.model)
         weights = next(compiled.model.parameters())
-        notes = features.fallback_notes(weights.dtype, weights.device, backend)  # the backend's own slower paths
+        notes = features.fallback_notes(model_dtype(compiled.model), weights.device, backend)  # the backend's own slower paths
         record = replace(compiled.record, backend=backend, fallbacks=tuple(notes))
         compiled = CompiledSampler(compiled.model, compiled.source, record, backend=backend)
     graphed = manifest.cuda_graph if cuda_graph is None else cuda_graph

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from l2c_compile.errors import L2CError
+from l2c_compile.families import model_dtype
 from l2c_compile.runtime.backends import compile_regions, compile_step
 from l2c_compile.runtime.cuda_graph import (
     GraphedTrajectory,
@@ -83,7 +84,7 @@ class CompiledSampler(nn.Module):
         self.record = record  # what compile made; cuda_graph follows this sampler's own switch
         self.timings: dict[str, float] = {}  # seconds per pass, summed over step graphs; never saved
         self.backend = backend
-        self.model_dtype = next(model.parameters()).dtype
+        self.model_dtype = model_dtype(model)  # what x and y go in as
         self._graph: GraphedTrajectory | None = None
         self._cuda_graph = False
         self.cuda_graph = cuda_graph

@@ -15,6 +15,8 @@ import torch
 from torch import nn
 
 from l2c_compile.errors import L2CError
+from l2c_compile.families import latent_shape
+from l2c_compile.families import model_dtype as computes_in
 
 __all__ = ["MAX_CFG_SCALE", "check_call", "check_finite_output", "check_scale", "check_weights", "label_rows"]
 
@@ -33,7 +35,8 @@ def check_call(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Validate a sampler call's ``noise`` and ``labels``; return them ready to run.
 
-    ``noise``: floating-point ``(N, C, H, W)`` on the weights' device, returned as float32.
+    ``noise``: floating-point ``(N, C, H, W)`` (``(N, *latent_shape)``: a video model's
+    ``(N, C, F, H, W)``) on the weights' device, returned as float32.
     ``labels``: an integer ``(N,)`` tensor of real classes, or None (unconditional: every row
     gets the null class). Raises :class:`L2CError` naming the valid range or type, and when the
     weights' dtype is no longer ``model_dtype`` (moved after compiling). A text-conditioned model
@@ -42,20 +45,20 @@ def check_call(
     ``(N, L, D + 1)``), floating point; it is returned in ``model_dtype``.
     """
     weight = next(model.parameters())
-    if weight.dtype != model_dtype:
+    if computes_in(model) != model_dtype:  # the weights' dtype, less the modules kept in float32
         want = str(model_dtype).removeprefix("torch.")
-        have = str(weight.dtype).removeprefix("torch.")
+        have = str(computes_in(model)).removeprefix("torch.")
         raise L2CError(
             f"this sampler was compiled for {want} weights but they are now {have} (moved "
             f"after compiling); move them back with .to(torch.{want}) or compile a {have} sampler"
         )
-    expected = (model.in_channels, model.input_size, model.input_size)
+    expected = latent_shape(model)  # (C, H, W), or (C, F, H, W)
     if not isinstance(noise, torch.Tensor):
         raise L2CError(
             f"noise must be a torch.Tensor of shape (N, {', '.join(map(str, expected))}), "
             f"got {type(noise).__name__}"
         )
-    if noise.dim() != 4 or tuple(noise.shape[1:]) != expected or noise.shape[0] == 0:
+    if noise.dim() != 1 + len(expected) or tuple(noise.shape[1:]) != expected or noise.shape[0] == 0:
         raise L2CError(
             f"noise must have shape (N, {', '.join(map(str, expected))}) with N >= 1, "
             f"got {tuple(noise.shape)}"

@@ -13,6 +13,7 @@ import torch
 
 from l2c_compile.compiler import reference
 from l2c_compile.errors import L2CError
+from l2c_compile.families import latent_shape
 from l2c_compile.runtime.artifact import load
 from l2c_compile.runtime.record import CompileRecord
 from l2c_compile.runtime.sampler import CompiledSampler
@@ -52,17 +53,37 @@ class VerifyResult:
         return asdict(self)
 
 
+def tensor_dtypes(model: torch.nn.Module) -> dict[str, torch.dtype]:
+    """The dtype of each parameter and buffer of ``model``, by name."""
+    return {name: t.dtype for name, t in [*model.named_parameters(), *model.named_buffers()]}
+
+
+def restore_dtypes(model: torch.nn.Module, dtypes: dict[str, torch.dtype]) -> None:
+    """Convert each parameter and buffer of ``model`` back to its dtype in ``dtypes``
+    (:func:`tensor_dtypes`), in place, as ``nn.Module.to`` converts (parameters keep their identity)."""
+    for prefix, module in model.named_modules():
+        for name, p in module.named_parameters(recurse=False):
+            dtype = dtypes.get(f"{prefix}.{name}" if prefix else name)  # None: shared, named (and done) elsewhere
+            if dtype is not None:
+                p.data = p.data.to(dtype)
+        for name, b in list(module.named_buffers(recurse=False)):
+            dtype = dtypes.get(f"{prefix}.{name}" if prefix else name)
+            if dtype is not None:
+                module._buffers[name] = b.to(dtype)
+
+
 def seeded_inputs(
     compiled: CompiledSampler, batch: int, seed: int, device: str | torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Noise (batch, C, H, W) and labels (batch,) drawn on CPU from ``seed``, moved to ``device``.
+    """Noise (batch, C, H, W) (a video model's (batch, C, F, H, W)) and labels (batch,) drawn on CPU
+    from ``seed``, moved to ``device``.
 
     A text-conditioned model (PixArt) gets a random prompt condition instead of labels: standard
     normal embeddings, and a mask whose row ``i`` pads its last ``i mod L`` tokens.
     """
     gen = torch.Generator().manual_seed(seed)
     m = compiled.model
-    noise = torch.randn(batch, m.in_channels, m.input_size, m.input_size, generator=gen)
+    noise = torch.randn(batch, *latent_shape(m), generator=gen)  # (batch, C, *spatial)
     if hasattr(m, "example_condition"):
         y = m.example_condition(batch, compiled.cfg, "cpu").float()  # (N, [2,] L, D + 1)
         y[..., :-1] = torch.randn(y[..., :-1].shape, generator=gen)
@@ -111,6 +132,7 @@ def verify_artifact(
     ):
         got = compiled(noise, labels, scale)
     # The reference runs in float32 whatever the artifact's dtype: it is the oracle.
+    dtypes = tensor_dtypes(compiled.model)  # each back to its own afterwards (some stay float32)
     ref_model = compiled.model.float()
     try:
         with (
@@ -120,7 +142,7 @@ def verify_artifact(
         ):
             want = reference.sample(ref_model, plan, sched, noise.float(), labels, scale)
     finally:
-        compiled.model.to(compiled.model_dtype)
+        restore_dtypes(compiled.model, dtypes)
     diff = got.float() - want
     measured = {
         "artifact": str(directory),

@@ -72,11 +72,17 @@ ATEN_SPELLING: dict[Any, tuple[str, Any]] = {
     _aten.sin.default: ("function", torch.sin), _aten.cos.default: ("function", torch.cos),
     _aten.arange.start: ("function", torch.arange), _aten.full_like.default: ("function", torch.full_like),
     _aten.einsum.default: ("function", torch.einsum),
+    _aten.conv3d.default: ("function", F.conv3d), _aten.rms_norm.default: ("function", F.rms_norm),
+    _aten.empty_like.default: ("function", torch.empty_like),
     _aten.view.default: ("method", "view"), _aten.reshape.default: ("method", "reshape"),
     _aten.transpose.int: ("method", "transpose"), _aten.unsqueeze.default: ("method", "unsqueeze"),
     _aten.flatten.using_ints: ("method", "flatten"), _aten.chunk.default: ("method", "chunk"),
     _aten.to.dtype: ("method", "to"), _aten.permute.default: ("method", "permute"),
     _aten.sym_size.int: ("method", "size"), _aten.expand.default: ("method", "expand"),
+    _aten.type_as.default: ("method", "type_as"), _aten.unflatten.int: ("method", "unflatten"),
+    _aten.unbind.int: ("method", "unbind"), _aten.select.int: ("method", "select"),
+    _aten.contiguous.default: ("method", "contiguous"), _aten.copy_.default: ("method", "copy_"),
+    _aten.split_with_sizes.default: ("method", "split_with_sizes"),
     _aten.slice.Tensor: ("slice", None),
 }
 
@@ -365,7 +371,10 @@ class _Printer:
             right = _paren(self.arg(n.args[1]), prec + 1)
             return _Expr(f"{left.text} {sym} {right.text}", prec, left.refs | right.refs)
         if kind == "function":
-            a = self.call_args(n.args, kwargs)
+            # aten.layer_norm's sixth argument, cudnn_enable, is deprecated and unused by ATen, and
+            # F.layer_norm has none (diffusers' FP32LayerNorm records it as False)
+            args = n.args[:5] if n.target is _aten.layer_norm.default else n.args
+            a = self.call_args(args, kwargs)
             return _Expr(f"{self.function(what)}({a.text})", ATOM, a.refs)
         obj = _paren(self.arg(n.args[0]), ATOM)
         if kind == "method":

@@ -9,9 +9,10 @@ them in a traced graph from the nodes' module scope (``node.meta["nn_module_stac
 - the sublayer's *output* is the one tensor-valued node inside its module scope that is used
   outside it (an exported graph's shape arithmetic, e.g. PixArt's cross-attention batch · heads,
   may be shared with later modules and is not an output);
-- following that output's users: an optional ``mul`` by a value that does not depend on it is the
-  *gate* (DiT's adaLN-Zero), and the first ``add`` with an operand that does not depend on it is
-  the *residual add* (that operand is the stream).
+- following that output's users (through dtype casts: Wan's ``ff_output.float() * c_gate_msa``,
+  a no-op in float32, an upcast in bfloat16): an optional ``mul`` by a value that does not depend
+  on it is the *gate* (DiT's adaLN-Zero), and the first ``add`` with an operand that does not
+  depend on it is the *residual add* (that operand is the stream).
 
 Any other add in the model (guidance, positional embeddings, skip connections, extra norms) is
 ignored, so models are traced as they are written.
@@ -173,13 +174,32 @@ def _getitems(n: fx.Node) -> list[fx.Node]:
     return sorted((u for u in n.users if u.target is operator.getitem), key=lambda u: u.args[1])
 
 
+_CASTS = (torch.ops.aten.to.dtype, torch.ops.aten._to_copy.default)
+
+
+def _is_cast(node: fx.Node, of: fx.Node) -> bool:
+    """Whether ``node`` only changes the dtype of ``of``: ``x.float()``, ``x.to(dtype)`` (fx), or
+    export's ``aten.to.dtype`` / ``aten._to_copy``; no other tensor goes in."""
+    if not node.args or node.args[0] is not of or any(isinstance(a, fx.Node) for a in node.args[1:]):
+        return False
+    if node.op == "call_function":
+        return node.target in _CASTS
+    return node.op == "call_method" and node.target in ("float", "to")
+
+
 def _residual(key: SublayerKey, path: str, value: fx.Node, where: str, depends) -> Sublayer:
-    """The optional gate and the residual add that ``value`` (a sublayer output) feeds."""
+    """The optional gate and the residual add that ``value`` (a sublayer output) feeds, through
+    any dtype casts on the way."""
     cur, gate = value, None
     while True:
-        if len(cur.users) != 1:
-            raise CompileError(f"{where}: its output feeds {len(cur.users)} nodes, not one residual add")
-        user = next(iter(cur.users))
+        # a raw export graph checks a cast's input (``_assert_tensor_metadata``; trace_step drops it)
+        users = [u for u in cur.users if u.target is not torch.ops.aten._assert_tensor_metadata.default]
+        if len(users) != 1:
+            raise CompileError(f"{where}: its output feeds {len(users)} nodes, not one residual add")
+        user = users[0]
+        if _is_cast(user, cur):
+            cur = user
+            continue
         others = [a for a in user.args if isinstance(a, fx.Node) and a is not cur]
         if len(others) != 1 or depends(value, others[0]) or others[0] is value:
             raise CompileError(f"{where}: no residual add found after its output (at node {user.name})")

@@ -35,7 +35,7 @@ from l2c_compile.compiler.passes.base import CompileError
 from l2c_compile.compiler.passes.naming import name_values
 from l2c_compile.compiler.passes.projections import split_projections
 from l2c_compile.compiler.passes.sublayers import OUTPUTS_META, PATHS_META, sublayer_paths
-from l2c_compile.families import family_of
+from l2c_compile.families import family_of, latent_shape, model_dtype
 
 CAPTURES = ("fx", "export")
 CAPTURE_META = "l2c_capture"  # GraphModule.meta key: "fx" | "export"
@@ -141,13 +141,14 @@ def _recordable(values: tuple) -> tuple[_CallArg, ...] | None:
 def export_step(model: nn.Module, *, cfg: bool) -> fx.GraphModule:
     """Capture ``GuidedDenoiser(model, cfg)`` with ``torch.export`` (batch size symbolic).
 
-    The model needs ``in_channels`` and ``input_size`` (the latent's channels and side) for the
-    example inputs. Raises CompileError with export's first line when it cannot capture.
+    The example ``x`` is ``(2, *latent_shape(model))`` (:func:`~l2c_compile.families.latent_shape`:
+    ``(C, H, W)``, or a video model's ``(C, F, H, W)``) in the model's dtype (``model_dtype``); only
+    its batch is symbolic. Raises CompileError with export's first line when it cannot capture.
     """
     root = GuidedDenoiser(model, cfg=cfg, slice_halves=True)
     p = next(model.parameters())
-    n, c, s = EXPORT_BATCH, model.in_channels, model.input_size
-    example = (torch.zeros(n, c, s, s, dtype=p.dtype, device=p.device),
+    n = EXPORT_BATCH
+    example = (torch.zeros(n, *latent_shape(model), dtype=model_dtype(model), device=p.device),
                torch.zeros(n, dtype=torch.float32, device=p.device),
                example_condition(model, n, cfg, p.device),
                torch.ones((), dtype=torch.float32, device=p.device))
@@ -210,7 +211,8 @@ def _model_frames_kept(model: nn.Module) -> Iterator[None]:
 
 def _model_code(model: nn.Module) -> set[tuple[str, str]]:
     """(file, function name) of every function in the source files that define the model's own
-    (non-torch) module classes and the callables they hold."""
+    (non-torch) module classes and the callables they hold, and of the functions defined inside
+    those (diffusers' Wan attention applies its rotary embedding in a nested function)."""
     classes = set()
     for module in model.modules():
         classes.add(type(module))
@@ -224,7 +226,11 @@ def _model_code(model: nn.Module) -> set[tuple[str, str]]:
             for member in members:
                 fn = getattr(member, "__func__", member)
                 if isinstance(fn, types.FunctionType) and fn.__module__ == source.__name__:
-                    code.add((fn.__code__.co_filename, fn.__code__.co_name))
+                    todo = [fn.__code__]
+                    while todo:
+                        c = todo.pop()
+                        code.add((c.co_filename, c.co_name))
+                        todo += [k for k in c.co_consts if isinstance(k, types.CodeType)]
     return code
 
 
