@@ -63,9 +63,10 @@ def split_projections(gm: fx.GraphModule, model: nn.Module, root: str = "model")
         if len(found) != 1:
             raise CompileError(f"{block}.{proj}: expected one linear projection in the captured graph, found "
                                f"{len(found)} (a projection split needs the torch.export capture)")
-        checked.append((found[0], block, kinds, _branches(gm.graph, found[0], block, kinds, prefix, anc, pos)))
-    for linear, block, kinds, parts in checked:
-        _split(gm.graph, linear, block, kinds, parts, prefix)
+        parts = _branches(gm.graph, found[0], block, kinds, prefix, anc, pos)
+        checked.append((found[0], block, kinds, parts, _residual(found[0], f"{block}.{proj}")))
+    for linear, block, kinds, parts, (add, gate) in checked:
+        _split(gm.graph, linear, block, kinds, parts, add, gate, prefix)
     gm.graph.lint()
     gm.recompile()
     return len(splits)
@@ -94,10 +95,8 @@ def _branches(graph: fx.Graph, linear: fx.Node, block: str, kinds: list[KindDecl
 
 
 def _split(graph: fx.Graph, linear: fx.Node, block: str, kinds: list[KindDecl], parts: list[fx.Node],
-           prefix: str) -> None:
-    where = f"{block}.{kinds[0].projection}"
+           add: fx.Node, gate: fx.Node | None, prefix: str) -> None:
     cat = linear.args[0]
-    add, gate = _residual(linear, where)
     weight, bias = linear.args[1], linear.args[2] if len(linear.args) > 2 else None
     acc = add.args[0] if add.args[1] is (gate or linear) else add.args[1]  # the stream
     lo = 0
