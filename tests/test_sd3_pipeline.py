@@ -21,7 +21,7 @@ from diffusers import DDIMScheduler, UniPCMultistepScheduler
 
 from l2c_compile.compiler import reference
 from l2c_compile.diffusers import compile_pipeline, pipeline_plan
-from l2c_compile.diffusers.pipeline import PIPELINES, CompiledSD3Pipeline
+from l2c_compile.diffusers.pipelines import PIPELINES, CompiledSD3Pipeline
 from l2c_compile.diffusers.sd3 import DiffusersSD3, pack_condition
 from l2c_compile.errors import L2CError
 from l2c_compile.families import family_of, get_family

@@ -24,7 +24,7 @@ import l2c_compile
 from l2c_compile.compiler import reference
 from l2c_compile.compiler.passes.sublayers import find_sublayers
 from l2c_compile.compiler.passes.trace import trace_step
-from l2c_compile.diffusers.pipeline import pipeline_plan
+from l2c_compile.diffusers.pipelines import pipeline_plan
 from l2c_compile.diffusers.spec import spec_from_config
 from l2c_compile.diffusers.wan import DiffusersWan
 from l2c_compile.errors import L2CError

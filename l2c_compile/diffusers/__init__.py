@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from l2c_compile.diffusers.dit import DiffusersDiT
 from l2c_compile.diffusers.load import load_diffusers, load_pipeline
-from l2c_compile.diffusers.pipeline import CompiledPipeline, compile_pipeline, pipeline_plan
+from l2c_compile.diffusers.pipelines import CompiledPipeline, compile_pipeline, pipeline_plan
 
 __all__ = ["CompiledPipeline", "DiffusersDiT", "compile_pipeline", "load_diffusers", "load_pipeline",
            "pipeline_plan"]

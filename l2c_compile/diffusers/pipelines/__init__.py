@@ -1,0 +1,57 @@
+"""``compile_pipeline``: a diffusers pipeline whose denoising loop is compiled code.
+
+One drop-in class per pipeline family, each in its own module and registered in :data:`PIPELINES`
+by the pipeline's class name: ``DiTPipeline`` (:mod:`.base`), ``PixArtAlphaPipeline`` /
+``PixArtSigmaPipeline`` (:mod:`.pixart`), ``StableDiffusion3Pipeline`` (:mod:`.sd3`). A drop-in
+takes the pipeline's own arguments and returns its own output type; ``schedule=None`` reproduces
+``pipe(...)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from l2c_compile.compiler.driver import check_schedule_type
+from l2c_compile.diffusers.flow_schedulers import is_flow_scheduler
+from l2c_compile.diffusers.pipelines.base import CompiledPipeline
+from l2c_compile.diffusers.pipelines.pixart import CompiledPixArtPipeline
+from l2c_compile.diffusers.pipelines.sd3 import CompiledSD3Pipeline
+from l2c_compile.diffusers.scheduler_plans import pipeline_plan
+from l2c_compile.errors import L2CError
+from l2c_compile.schedule import Schedule
+
+__all__ = ["PIPELINES", "CompiledPipeline", "CompiledPixArtPipeline", "CompiledSD3Pipeline", "compile_pipeline",
+           "pipeline_plan"]
+
+# The drop-in for each diffusers pipeline class (a subclass of one of these gets its drop-in too).
+PIPELINES: dict[str, type[CompiledPipeline]] = {
+    "DiTPipeline": CompiledPipeline,
+    "PixArtAlphaPipeline": CompiledPixArtPipeline,
+    "PixArtSigmaPipeline": CompiledPixArtPipeline,
+    "StableDiffusion3Pipeline": CompiledSD3Pipeline,
+}
+
+
+def compile_pipeline(pipe: Any, schedule: Schedule | None = None, **compile_kwargs: Any) -> CompiledPipeline:
+    """A drop-in for ``pipe`` (a diffusers ``DiTPipeline``, ``PixArtAlphaPipeline``,
+    ``PixArtSigmaPipeline`` or ``StableDiffusion3Pipeline``: :data:`PIPELINES`) running ``schedule``
+    (None: compute everything) as compiled code; ``compile_kwargs`` go to
+    :func:`l2c_compile.compile` (``fuse``, ``backend``, ``cuda_graph``, ``dtype``, ``device``: those
+    two apply to the compiled sampler's own copy of the weights; the pipeline and its components are
+    never changed). L2CError for an unsupported pipeline or scheduler, or a scheduler of the other
+    sort (a flow-matching one for an ε pipeline, a VP one for SD3)."""
+    cls = next((PIPELINES[c.__name__] for c in type(pipe).__mro__ if c.__name__ in PIPELINES), None)
+    if cls is None:
+        raise L2CError(f"compile_pipeline supports {', '.join(PIPELINES)}, got {type(pipe).__name__}")
+    for key in ("cfg", "model_info"):
+        if key in compile_kwargs:
+            raise L2CError(f"compile_pipeline sets {key} itself (from guidance_scale and the pipeline)")
+    name, scheduler = type(pipe).__name__, type(pipe.scheduler).__name__
+    if is_flow_scheduler(pipe.scheduler) != cls.flow_matching:
+        raise L2CError(f"{name} samples with flow matching (velocity); its {scheduler} is not a flow-matching "
+                       "scheduler" if cls.flow_matching else
+                       f"{name} samples with ε prediction; its {scheduler} is a flow-matching (velocity) scheduler")
+    compiled = cls(pipe, schedule, compile_kwargs)
+    compiled.check_scheduler()  # an unsupported scheduler or setting fails here, not on the first call
+    check_schedule_type(schedule)
+    return compiled
