@@ -1,10 +1,11 @@
-"""Latency of diffusers' ``DiTPipeline`` / ``PixArtAlphaPipeline`` against ``compile_pipeline``,
-measured in one run.
+"""Latency of diffusers' ``DiTPipeline`` / ``PixArtAlphaPipeline`` / ``StableDiffusion3Pipeline``
+against ``compile_pipeline``, measured in one run.
 
     python benchmarks/latency_diffusers.py                      # DiT-S/2 shape, DDIM 20, batch 1, CFG 4
     python benchmarks/latency_diffusers.py --size XL --steps 50 --repeats 3
     python benchmarks/latency_diffusers.py --pipeline pixart --depth 4   # PixArt-XL/2 width, 4 blocks,
                                                                           # DPM-Solver++ 20, CFG 4.5
+    python benchmarks/latency_diffusers.py --pipeline sd3 --depth 3 --steps 28  # SD3.5-medium width, 3 blocks
 
 Executors (interleaved: each repeat runs every executor once, so drift hits all alike):
   pipeline-uncached   ``pipe(...)``, diffusers' own loop (the baseline)
@@ -18,8 +19,13 @@ executor) does not hide the loop. ``--pipeline pixart``: a ``PixArtTransformer2D
 PixArt-XL/2's width (1152, 16 heads, T5-XXL's 4096-channel captions of 120 tokens) with ``--depth``
 blocks instead of 28 (a reduced-depth PixArt shape: every block costs the same, so the ratios
 carry over), fed ``prompt_embeds`` (the text encoder would run identically in every executor),
-with diffusers' DPM-Solver++ scheduler; its schedule reuses self-attention, cross-attention and MLP. Every executor decodes; ratios are whole-call ratios. The
-ideal figure is the schedule's MAC ratio. Writes JSON lines and a markdown table to
+with diffusers' DPM-Solver++ scheduler. ``--pipeline sd3``: an ``SD3Transformer2DModel`` of
+SD3.5-medium's width (1536, 24 heads, SD3.5's second attention in the first block, 333 prompt
+tokens of 4096 channels, pooled 2048) with ``--depth`` joint blocks (the last one
+``context_pre_only``), SD3's flow-matching Euler scheduler (shift 3) and CFG 7 against a negative
+prompt. The random schedule draws from every sublayer the model has (its family's layout). Every
+executor decodes; ratios are whole-call ratios. The ideal figure is the schedule's MAC ratio.
+Writes JSON lines and a markdown table to
 ``benchmarks/results/latency-diffusers-<device>.{jsonl,md}``.
 """
 
@@ -29,6 +35,8 @@ import argparse
 import statistics
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,18 +50,22 @@ from common import RESULTS, environment, markdown_table, write_jsonl
 # default DBCache computes the first 8 of them on every step).
 SIZES = {"T": (12, 64, 2), "S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16)}
 EXECUTORS = ("pipeline-uncached", "compiled-uncached", "compiled-l2c")
+GUIDANCE = {"dit": 4.0, "pixart": 4.5, "sd3": 7.0}  # each pipeline's default guidance_scale
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Command-line options (see the module docstring)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--pipeline", choices=("dit", "pixart"), default="dit")
+    p.add_argument("--pipeline", choices=sorted(GUIDANCE), default="dit")
     p.add_argument("--size", choices=sorted(SIZES), default="S", help="DiT size (--pipeline dit)")
-    p.add_argument("--depth", type=int, default=4, help="PixArt blocks (--pipeline pixart; PixArt-XL has 28)")
+    p.add_argument("--depth", type=int, default=4, help="transformer blocks of --pipeline pixart / sd3 (PixArt-XL has "
+                   "28, SD3.5-medium 24)")
+    p.add_argument("--heads", type=int, default=None, help="attention heads of --pipeline sd3 (default: SD3.5-medium's "
+                   "24; fewer for a quick check)")
     p.add_argument("--latent", type=int, default=32, help="latent side (32 = 256 px)")
-    p.add_argument("--steps", type=int, default=20, help="num_inference_steps (DDIM)")
+    p.add_argument("--steps", type=int, default=20, help="num_inference_steps")
     p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--guidance", type=float, default=None, help="CFG scale (default: DiT 4.0, PixArt 4.5)")
+    p.add_argument("--guidance", type=float, default=None, help="CFG scale (default: DiT 4.0, PixArt 4.5, SD3 7.0)")
     p.add_argument("--fraction", type=float, default=0.44, help="share of cache-step sublayers reused")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1, help="CPU threads (1: a shared CPU thrashes with more)")
@@ -123,40 +135,115 @@ def pixart_prompt(batch: int, seed: int, text_dim: int = TEXT_DIM) -> dict[str, 
             "use_resolution_binning": False}
 
 
+SD3_TEXT_LEN, SD3_TEXT_DIM, SD3_POOLED_DIM = 77 + 256, 4096, 2048  # CLIP + T5 tokens; T5-XXL; CLIP-L ⊕ G
+
+
+def build_sd3_pipeline(depth: int, latent: int, seed: int, heads: int = 24, head_dim: int = 64,
+                       text_dim: int = SD3_TEXT_DIM, pooled_dim: int = SD3_POOLED_DIM):
+    """A StableDiffusion3Pipeline: a random transformer of SD3.5-medium's width (``heads`` ×
+    ``head_dim``, SD3.5's second attention in the first block, RMS q/k norms) with ``depth`` joint
+    blocks (the last one ``context_pre_only``, as in every SD3), a small random 16-channel VAE with
+    SD3's latent scale and shift, and the flow-matching Euler scheduler with SD3's shift 3 (no text
+    encoders: prompt_embeds are given). The position-embedding table is cropped to the latent (a
+    lookup: the full 384² table changes nothing but memory)."""
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
+
+    torch.manual_seed(seed)
+    transformer = SD3Transformer2DModel(
+        sample_size=latent, patch_size=2, in_channels=16, out_channels=16, num_layers=depth,
+        attention_head_dim=head_dim, num_attention_heads=heads, joint_attention_dim=text_dim,
+        caption_projection_dim=heads * head_dim, pooled_projection_dim=pooled_dim, pos_embed_max_size=latent // 2,
+        dual_attention_layers=(0,), qk_norm="rms_norm")
+    with torch.no_grad():
+        for p in transformer.parameters():
+            p.normal_(0, 0.02)
+    vae = AutoencoderKL(block_out_channels=(32,), norm_num_groups=8, latent_channels=16, layers_per_block=1,
+                        scaling_factor=1.5305, shift_factor=0.0609)
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    parts = dict.fromkeys(("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "text_encoder_3",
+                           "tokenizer_3"))
+    pipe = StableDiffusion3Pipeline(transformer=transformer.eval(), vae=vae.eval(), scheduler=scheduler, **parts)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def sd3_prompt(batch: int, seed: int, text_len: int = SD3_TEXT_LEN, text_dim: int = SD3_TEXT_DIM,
+               pooled_dim: int = SD3_POOLED_DIM) -> dict[str, Any]:
+    """``pipe(...)`` keyword arguments for ``batch`` random prompts and negative prompts given as
+    SD3-shaped joint embeddings (77 CLIP + 256 T5 tokens) with pooled CLIP embeddings."""
+    g = torch.Generator().manual_seed(seed)
+    return {"prompt_embeds": torch.randn(batch, text_len, text_dim, generator=g),
+            "negative_prompt_embeds": torch.randn(batch, text_len, text_dim, generator=g),
+            "pooled_prompt_embeds": torch.randn(batch, pooled_dim, generator=g),
+            "negative_pooled_prompt_embeds": torch.randn(batch, pooled_dim, generator=g)}
+
+
+@dataclass
+class Bench:
+    """One pipeline under test: how to build it, call it and compile its sampler ahead of time."""
+
+    pipe: Any
+    inputs: dict[str, Any]  # pipe(...)'s inputs besides the shared settings
+    shape: str  # the table title's model and sampler
+    model: str  # the rows' model label
+    warm: Callable[[Any], Any]  # compiled pipeline → its CompiledSampler for this run (compiles it)
+    plan_kwargs: dict[str, Any] = field(default_factory=dict)  # pipeline_plan's mu for flow matching
+
+
+def bench(args: argparse.Namespace) -> Bench:
+    """The pipeline ``args.pipeline`` names, at the size the options give."""
+    cfg, steps = args.guidance > 1, args.steps
+    if args.pipeline == "pixart":
+        pipe = build_pixart_pipeline(args.depth, args.latent, args.seed)
+        side = args.latent * pipe.vae_scale_factor  # the image side pipe(...) draws by default
+        return Bench(pipe, pixart_prompt(args.batch, args.seed),
+                     f"PixArt-XL/2 width, {args.depth} blocks · DPM-Solver++ {steps}",
+                     f"PixArtTransformer2DModel PixArt-XL/2 width, {args.depth} blocks",
+                     lambda c: c.pixart_sampler(steps, cfg, TEXT_LEN, side))
+    if args.pipeline == "sd3":
+        pipe = build_sd3_pipeline(args.depth, args.latent, args.seed, heads=args.heads or 24)
+        side = args.latent * pipe.vae_scale_factor
+        mu = dict(mu=None)  # SD3.5's scheduler shifts statically (shift 3)
+        return Bench(pipe, sd3_prompt(args.batch, args.seed),
+                     f"SD3.5-medium width, {args.depth} blocks · flow-matching Euler {steps}",
+                     f"SD3Transformer2DModel SD3.5-medium width, {args.depth} blocks",
+                     lambda c: c.sd3_sampler(steps, cfg, SD3_TEXT_LEN, side, **mu), mu)
+    pipe = build_pipeline(args.size, args.latent, args.seed)
+    return Bench(pipe, {"class_labels": list(range(args.batch))},
+                 f"DiT-{args.size}/2 shape · DDIM {steps}", f"DiTTransformer2DModel DiT-{args.size}/2",
+                 lambda c: c.sampler(steps, cfg))
+
+
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     """Measure the three executors; write and return one row each."""
     from l2c_compile.diffusers import compile_pipeline, pipeline_plan
+    from l2c_compile.families import family_of
     from l2c_compile.schedule import heuristic
 
     args = parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    pixart = args.pipeline == "pixart"
     if args.guidance is None:
-        args.guidance = 4.5 if pixart else 4.0
-    pipe = build_pixart_pipeline(args.depth, args.latent, args.seed) if pixart else \
-        build_pipeline(args.size, args.latent, args.seed)
-    depth = len(pipe.transformer.transformer_blocks)
-    plan = pipeline_plan(pipe.scheduler, args.steps)
-    kinds = ("attn", "cross", "mlp") if pixart else ("attn", "mlp")
-    sched = heuristic("random", plan, model="bench", depth=depth, fraction=args.fraction, seed=args.seed,
-                      kinds=kinds)
-    labels = list(range(args.batch))
-    prompt = pixart_prompt(args.batch, args.seed)
-    side = args.latent * 8
-
-    def warm(compiled_pipe):  # compile now, so compile time is reported apart from the calls
-        if pixart:
-            return compiled_pipe.pixart_sampler(args.steps, args.guidance > 1, TEXT_LEN, side)
-        return compiled_pipe.sampler(args.steps, args.guidance > 1)
-
+        args.guidance = GUIDANCE[args.pipeline]
+    b = bench(args)
+    pipe = b.pipe
     t0 = time.perf_counter()
     uncached = compile_pipeline(pipe, None)
-    warm(uncached)
+    adapter = b.warm(uncached).model  # compile now, so compile time is reported apart from the calls
     compile_uncached = time.perf_counter() - t0
+    # every sublayer the model has (SD3: attn2 in its dual-attention blocks, no text MLP in the last)
+    layout = family_of(adapter).layout(adapter)
+    plan = pipeline_plan(pipe.scheduler, args.steps, **b.plan_kwargs)
+    sched = heuristic("random", plan, model="bench", depth=layout.depth, fraction=args.fraction, seed=args.seed,
+                      kinds=layout)
     t0 = time.perf_counter()
     cached = compile_pipeline(pipe, sched)
-    compiled = warm(cached)
+    compiled = b.warm(cached)
     compile_l2c = time.perf_counter() - t0
     macs = compiled.info["macs_per_image"]
     ideal = macs["uncached"] / macs["compiled"]
@@ -164,10 +251,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
     def call(name: str) -> Any:
         gen = torch.Generator().manual_seed(args.seed)
-        kw = dict(guidance_scale=args.guidance, num_inference_steps=args.steps, generator=gen, output_type="np")
-        if pixart:
-            return run[name](**prompt, **kw).images
-        return run[name](labels, **kw).images
+        return run[name](**b.inputs, guidance_scale=args.guidance, num_inference_steps=args.steps, generator=gen,
+                         output_type="np").images
 
     first, times = {}, {name: [] for name in EXECUTORS}
     outputs = {}
@@ -188,16 +273,15 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     for name in EXECUTORS:
         med = statistics.median(times[name])
         err = float(abs(outputs[name] - ref).max() / abs(ref).max())
-        model = (f"PixArtTransformer2DModel PixArt-XL/2 width, {depth} blocks" if pixart
-                 else f"DiTTransformer2DModel DiT-{args.size}/2")
-        rows.append({"benchmark": "latency-diffusers", **env, "model": model, "pipeline": type(pipe).__name__,
-                     "sampler": plan.sampler, "sublayer_kinds": list(kinds),
+        rows.append({"benchmark": "latency-diffusers", **env, "model": b.model, "pipeline": type(pipe).__name__,
+                     "sampler": plan.sampler, "sublayer_kinds": list(layout.kinds),
                      "latent": args.latent, "steps": args.steps, "batch": args.batch, "guidance": args.guidance,
                      "dtype": "float32", "skipped_fraction": args.fraction, "executor": name,
                      "median_s": med, "min_s": min(times[name]), "max_s": max(times[name]),
                      "first_s": first[name], "repeats": args.repeats,
                      "compile_s": {"compiled-uncached": compile_uncached, "compiled-l2c": compile_l2c}.get(name),
-                     "speedup_vs_pipeline": base / med, "speedup_vs_compiled_uncached": same / med, "ideal_speedup": ideal if name == "compiled-l2c" else 1.0,
+                     "speedup_vs_pipeline": base / med, "speedup_vs_compiled_uncached": same / med,
+                     "ideal_speedup": ideal if name == "compiled-l2c" else 1.0,
                      "max_rel_diff_vs_pipeline": err})
     out = Path(args.out) if args.out else RESULTS / "latency-diffusers-cpu.jsonl"
     write_jsonl(out, rows)
@@ -205,9 +289,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                ("first_s", "first call s"), ("compile_s", "compile s"), ("speedup_vs_pipeline", "× pipeline"),
                ("speedup_vs_compiled_uncached", "× compiled uncached"),
                ("ideal_speedup", "ideal ×"), ("max_rel_diff_vs_pipeline", "max rel. diff vs pipe")]
-    shape = (f"PixArt-XL/2 width, {depth} blocks · DPM-Solver++ {args.steps}" if pixart
-             else f"DiT-{args.size}/2 shape · DDIM {args.steps}")
-    title = (f"### {type(pipe).__name__} · {shape} · batch {args.batch} + CFG "
+    title = (f"### {type(pipe).__name__} · {b.shape} · batch {args.batch} + CFG "
              f"{args.guidance:g} · float32 · {env['device_name']} · torch {env['torch']} · git {env['git']} — "
              f"random schedule reusing {args.fraction:.0%} of cache-step sublayers")
     with out.with_suffix(".md").open("a", encoding="utf-8") as f:

@@ -160,23 +160,33 @@ def test_matrix_schedules_use_released_routers_or_their_fraction(latency):
     assert synthetic.stats()["skipped_fraction"] == pytest.approx(248 / 560, abs=2e-3)
 
 
-def test_diffusers_pipeline_row_measures_three_executors(tmp_path):
+@pytest.mark.parametrize("pipeline, flags", [
+    ("dit", ["--latent", "8"]),
+    # SD3: a two-head stand-in of SD3.5-medium's blocks (the real width takes seconds per call)
+    ("sd3", ["--latent", "8", "--heads", "2", "--depth", "3"]),
+])
+def test_diffusers_pipeline_row_measures_three_executors(tmp_path, pipeline, flags):
     pytest.importorskip("diffusers")
     path = BENCH / "latency_diffusers.py"
     spec = importlib.util.spec_from_file_location("bench_latency_diffusers", path)
     module = importlib.util.module_from_spec(spec)
     sys.path.insert(0, str(BENCH))
+    sys.modules[spec.name] = module  # its dataclasses look their module up
     try:
         spec.loader.exec_module(module)
-        rows = module.main(["--latent", "8", "--steps", "2", "--repeats", "1", "--out", str(tmp_path / "l.jsonl"),
+        rows = module.main(["--pipeline", pipeline, *flags, "--steps", "2", "--repeats", "1",
+                            "--out", str(tmp_path / "l.jsonl"),
                             "--threads", str(torch.get_num_threads())])  # leave this process's threads alone
     finally:
         sys.path.remove(str(BENCH))
-        for name in ("latency_exec", "common"):
+        for name in ("latency_exec", "common", spec.name):
             sys.modules.pop(name, None)
     assert [r["executor"] for r in rows] == ["pipeline-uncached", "compiled-uncached", "compiled-l2c"]
     assert rows[1]["max_rel_diff_vs_pipeline"] <= 1e-5 and rows[2]["ideal_speedup"] > 1
     assert all(r["median_s"] > 0 for r in rows) and (tmp_path / "l.md").read_text().count("| compiled-l2c |") == 1
+    if pipeline == "sd3":  # the random schedule draws from every sublayer SD3.5 has
+        assert rows[0]["pipeline"] == "StableDiffusion3Pipeline"
+        assert rows[0]["sublayer_kinds"] == ["attn", "attn2", "mlp", "txt_mlp"]
 
 
 def test_executor_order_puts_graphs_and_peers_before_inductor_compiles(latency):
