@@ -510,6 +510,34 @@ def test_heatmap_has_layer_ticks_a_legend_and_the_removed_share() -> None:
     assert drop.legends[0].get_texts()[0].get_text() == "dropped (zero output)"
 
 
+def test_heatmap_and_grid_show_block_groups_of_different_kinds() -> None:
+    """FLUX-shaped layout: double-stream blocks (attn, mlp, txt_mlp) then single-stream (attn, mlp)."""
+    pytest.importorskip("matplotlib")
+    import numpy as np
+
+    from l2c_compile.schedule.render import heatmap_figure
+
+    layout = Layout(((2, ("attn", "mlp", "txt_mlp")), (3, ("attn", "mlp"))))
+    sched = heuristic("all", ddim_plan(6), model="t", depth=5, fraction=1.0, kinds=layout)
+    calls = len(sched.cache_calls)
+    fig = heatmap_figure(sched)
+    attn_ax, _, txt_ax = fig.axes
+    # counts are over the blocks that have the kind; the single-stream blocks have no text MLP
+    assert attn_ax.get_title() == f"attention: {5 * calls} of {5 * calls} reused"
+    assert txt_ax.get_title() == f"text MLP: {2 * calls} of {2 * calls} reused"
+    data = txt_ax.get_images()[0].get_array()
+    assert np.ma.getmaskarray(data)[:, 2:].all() and not np.ma.getmaskarray(data)[:, :2].any()
+    assert [t.get_text() for t in fig.legends[0].get_texts()][-1] == "not in this block"
+    # a line between the groups, in every panel
+    assert all(any(list(line.get_xdata()) == [1.5, 1.5] for line in ax.get_lines()) for ax in fig.axes)
+    grid = render_grid(sched).splitlines()
+    assert grid[0].endswith("  0   1   | 2   3   4")
+    assert all(row.endswith("amt amt | am- am- am-") for row in grid[1:])
+    uniform = render_grid(small_schedule())
+    assert "|" not in uniform and "not in this block" not in [
+        t.get_text() for t in heatmap_figure(small_schedule()).legends[0].get_texts()]
+
+
 # ---------------------------------------------------------------------------------------------
 # Free-form schedules (version 2): reuse at any call after the first, several calls back, trunk
 # ---------------------------------------------------------------------------------------------
