@@ -1,0 +1,62 @@
+"""The no-op cast pass (``passes/casts.py``): float32 casts of float32 tensors go, real casts stay."""
+
+from __future__ import annotations
+
+import torch
+from torch import fx, nn
+
+from l2c_compile.compiler.passes.analysis import propagate_shapes
+from l2c_compile.compiler.passes.base import SUBLAYER_META
+from l2c_compile.compiler.passes.casts import drop_noop_casts
+
+
+class Casts(nn.Module):
+    """Wan's spelling: ``(x.float() + a · g).type_as(x)``, a ``.to`` of a float32 value, a copy."""
+
+    def forward(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        h = (x.float() + a * 2.0).type_as(x)
+        h = h.to(torch.float32) + 1.0
+        return torch.ops.aten._to_copy.default(h, dtype=torch.float32) * h.float()
+
+
+def _traced(*inputs: torch.Tensor) -> fx.GraphModule:
+    gm = fx.symbolic_trace(Casts())
+    propagate_shapes(gm, list(inputs))
+    return gm
+
+
+def _casts(gm: fx.GraphModule) -> list[str]:
+    return [str(n.target) for n in gm.graph.nodes
+            if n.target in ("float", "to", "type_as") or "_to_copy" in str(n.target)]
+
+
+def test_float32_casts_of_float32_values_go_and_the_value_is_the_same() -> None:
+    x, a = torch.randn(2, 3), torch.randn(2, 3)
+    gm = _traced(x, a)
+    want = gm(x, a)
+    result = drop_noop_casts(gm)
+    assert result.modified and result.stats == {"casts_removed": 4}
+    assert _casts(gm) == ["aten._to_copy.default"]  # a copy makes a new tensor: it stays
+    assert torch.equal(gm(x, a), want)
+    assert "float()" not in gm.code and "type_as" not in gm.code
+
+
+def test_real_casts_stay() -> None:
+    """bfloat16 in: ``x.float()`` upcasts, ``type_as(x)`` comes back down and ``.to(float32)`` goes up
+    again; only the last ``h.float()``, of a float32 value, is a no-op."""
+    x, a = torch.randn(2, 3, dtype=torch.bfloat16), torch.randn(2, 3)
+    gm = _traced(x, a)
+    want = gm(x, a)
+    result = drop_noop_casts(gm)
+    assert result.stats == {"casts_removed": 1}
+    assert _casts(gm) == ["float", "type_as", "to", "aten._to_copy.default"]
+    assert torch.equal(gm(x, a), want)
+
+
+def test_a_marked_cast_stays() -> None:
+    x, a = torch.randn(2, 3), torch.randn(2, 3)
+    gm = _traced(x, a)
+    first = next(n for n in gm.graph.nodes if n.target == "float")
+    first.meta[SUBLAYER_META] = ("attn", 0)  # a sublayer's output that happens to be a cast
+    assert drop_noop_casts(gm).stats == {"casts_removed": 3}
+    assert _casts(gm) == ["float", "aten._to_copy.default"]
