@@ -220,3 +220,17 @@ def prompt_condition(pipe: Any, prompts: list[str], *, negative_prompt: str = ""
     if cfg:
         y = torch.stack([y, ne.to(dtype)], dim=1)  # (N, 2, L, D)
     return y.to(device)
+
+
+@torch.no_grad()
+def decode_latents(pipe: Any, latents: torch.Tensor) -> torch.Tensor:
+    """Final latents (N, C, F', H', W') → the Wan VAE's video (N, 3, F, H, W) in [-1, 1], as
+    ``WanPipeline.__call__`` decodes them: de-normalised per channel with ``latents_mean`` and
+    ``latents_std`` (``latents / (1 / std) + mean``, the pipeline's arithmetic exactly), then
+    ``vae.decode``. ``pipe``: a ``WanPipeline`` (its ``vae``)."""
+    vae = pipe.vae
+    latents = latents.to(vae.device, dtype=vae.dtype)
+    z = vae.config.z_dim
+    mean = torch.tensor(vae.config.latents_mean).view(1, z, 1, 1, 1).to(latents.device, latents.dtype)
+    inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, z, 1, 1, 1).to(latents.device, latents.dtype)
+    return vae.decode(latents / inv_std + mean, return_dict=False)[0]

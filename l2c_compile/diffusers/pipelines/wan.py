@@ -29,7 +29,7 @@ from l2c_compile.compiler.driver import resolve_dtype
 from l2c_compile.compiler.memory import check_memory, planned_cache, weights_bytes
 from l2c_compile.diffusers.pipelines.base import CompiledPipeline, pipeline_errors
 from l2c_compile.diffusers.spec import spec_from_config
-from l2c_compile.diffusers.wan import DiffusersWan
+from l2c_compile.diffusers.wan import DiffusersWan, decode_latents
 from l2c_compile.errors import L2CError
 from l2c_compile.runtime.devices import resolve_device
 from l2c_compile.runtime.sampler import CompiledSampler
@@ -192,13 +192,7 @@ class CompiledWanPipeline(CompiledPipeline):
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, output_type: str | None = "np") -> Any:
-        """Final latents (N, C, F', H', W') → frames as ``WanPipeline`` decodes them: de-normalised
-        per channel with the VAE's ``latents_mean`` / ``latents_std``, its decoder, its video
-        processor (``output_type`` ``"np"``, ``"pt"`` or ``"pil"``)."""
-        vae = self.pipe.vae
-        latents = latents.to(vae.device, dtype=vae.dtype)
-        z = vae.config.z_dim
-        mean = torch.tensor(vae.config.latents_mean).view(1, z, 1, 1, 1).to(latents.device, latents.dtype)
-        inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, z, 1, 1, 1).to(latents.device, latents.dtype)
-        video = vae.decode(latents / inv_std + mean, return_dict=False)[0]  # the pipeline's arithmetic, exactly
-        return self.pipe.video_processor.postprocess_video(video, output_type=output_type)
+        """Final latents (N, C, F', H', W') → frames as ``WanPipeline`` decodes them
+        (:func:`~l2c_compile.diffusers.wan.decode_latents`, then its video processor;
+        ``output_type`` ``"np"``, ``"pt"`` or ``"pil"``)."""
+        return self.pipe.video_processor.postprocess_video(decode_latents(self.pipe, latents), output_type=output_type)
