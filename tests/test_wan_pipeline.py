@@ -218,3 +218,21 @@ def test_free_memory_reads_the_machine():
     free = free_memory("cpu")
     assert free is None or free > 0  # MemAvailable where /proc/meminfo has it
     assert free_memory("meta") is None
+
+
+def test_a_trunk_reuse_is_planned_as_the_compiler_measures_it():
+    """A cache-dit-style step mask (calls that reuse the whole trunk): the planned peak is the
+    compiled sampler's, the one trunk slot sized as the residual stream."""
+    import l2c_compile
+    from l2c_compile.samplers import make_plan
+    from l2c_compile.schedule import baseline
+
+    model = DiffusersWan(tiny_wan_transformer(0), text_len=WAN_TEXT_LEN, num_frames=9, **SIZE)
+    plan = make_plan("unipc-flow", 6, shift=3.0)
+    sched = baseline("step-mask", plan, family_of(model).layout(model), model="x", first=1, last=1, every=2)
+    assert any(c.trunk for c in sched.calls)
+    planned = planned_cache(model, plan, sched, cfg=False)
+    record = l2c_compile.compile(model, plan, sched, cfg=False).record
+    assert (planned.peak_entries, planned.peak_bytes_per_sample) == (record.peak_live_cache_entries,
+                                                                     record.peak_cache_bytes_per_image)
+    assert record.peak_cache_bytes_per_image > 0
