@@ -1,4 +1,5 @@
-"""Turning samples into pictures: VAE decoding, image grids, atomic PNG writes."""
+"""Turning samples into pictures: VAE decoding, image grids, video frame strips and GIFs, atomic
+PNG writes."""
 
 from __future__ import annotations
 
@@ -111,6 +112,27 @@ def save_png(array: np.ndarray, path: str | os.PathLike[str]) -> None:
         raise L2CError("writing PNG files needs Pillow: pip install 'l2c-compile[images]'") from None
     with atomic_path(path) as tmp:
         Image.fromarray(array).save(tmp, format="PNG")
+
+
+def video_strip(video: torch.Tensor, *, scale: int = 1) -> np.ndarray:
+    """(N, 3, F, H, W) videos in [-1, 1] → one grid with a row per video and its F frames side by
+    side (HxWx3 uint8), the picture of a video a reader opens most easily."""
+    n, c, f, h, w = video.shape
+    frames = video.permute(0, 2, 1, 3, 4).reshape(n * f, c, h, w)  # video-major: row i is video i
+    return make_grid(frames, ncol=f, scale=scale)
+
+
+def save_gif(video: torch.Tensor, path: str | os.PathLike[str], *, fps: int = 8, scale: int = 1) -> None:
+    """(N, 3, F, H, W) videos in [-1, 1] → an animated GIF (Pillow) whose frame t shows the N
+    videos' frame t side by side, looping; written atomically."""
+    try:
+        from PIL import Image
+    except ImportError:
+        raise L2CError("writing GIF files needs Pillow: pip install 'l2c-compile[images]'") from None
+    n = video.shape[0]
+    frames = [Image.fromarray(make_grid(video[:, :, t], ncol=n, scale=scale)) for t in range(video.shape[2])]
+    with atomic_path(path) as tmp:
+        frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:], duration=round(1000 / fps), loop=0)
 
 
 def comparison_figure(

@@ -285,3 +285,46 @@ def wan_prompt_inputs(batch: int, seed: int = 0) -> dict[str, torch.Tensor]:
         embeds[:, -1] = 0.0
         out[f"{name}_embeds"] = embeds
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Wan 2.1: a tiny umT5, tokenizer, Wan VAE and the whole WanPipeline
+# ---------------------------------------------------------------------------------------------
+
+WAN_T5_LEN = 6  # max_sequence_length the tests pass for the tiny umT5 (512 by default in WanPipeline)
+
+
+def tiny_wan_pipeline(seed: int = 0, *, layers: int = 2, unipc: bool = True, encoders: bool = True):
+    """A ``WanPipeline`` (Wan 2.1 text-to-video) with the tiny Wan transformer, a tiny random
+    ``AutoencoderKLWan`` (4 latent channels, Wan's 4× temporal and 8× spatial compression, its
+    ``latents_mean`` / ``latents_std`` de-normalisation with non-trivial values), a tiny
+    ``UMT5EncoderModel`` with the in-memory T5 tokenizer, and Wan's scheduler: a flow
+    ``UniPCMultistepScheduler`` with ``flow_shift`` 3 (``unipc=False``: the flow-matching Euler
+    scheduler with ``shift`` 3). ``encoders=False``: no text encoder or tokenizer (embeddings in)."""
+    from diffusers import (
+        AutoencoderKLWan,
+        FlowMatchEulerDiscreteScheduler,
+        UniPCMultistepScheduler,
+        WanPipeline,
+    )
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKLWan(base_dim=4, z_dim=4, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
+                           temperal_downsample=[False, True, True], latents_mean=[0.1, -0.2, 0.3, -0.4],
+                           latents_std=[1.5, 0.8, 2.0, 1.2]).eval()
+    if unipc:
+        scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0,
+                                            num_train_timesteps=1000)
+    else:
+        scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    text_encoder, tokenizer = None, None
+    if encoders:
+        text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=len(WORDS) + 3, d_model=WAN_TEXT_DIM, d_kv=4, d_ff=16,
+                                                   num_layers=1, num_heads=2,
+                                                   relative_attention_num_buckets=8)).eval()
+        tokenizer = tiny_tokenizer()
+    pipe = WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae,
+                       transformer=tiny_wan_transformer(seed, layers=layers), scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -90,3 +90,17 @@ def print_fallbacks(notes: Sequence[str]) -> None:
     (``CompileRecord.fallbacks``, see :func:`l2c_compile.runtime.features.fallback_notes`)."""
     for note in notes:
         err_console.print(note, markup=False, highlight=False, soft_wrap=True)
+
+
+# The sample size of a video --diffusers folder (Wan), whose config does not fix it.
+NUM_FRAMES = typer.Option(None, "--num-frames", help="video models (a Wan --diffusers folder): frames per video "
+                          "(default: the pipeline's 81)")
+HEIGHT = typer.Option(None, "--height", help="video models (Wan): height in pixels (default: the pipeline's 480)")
+WIDTH = typer.Option(None, "--width", help="video models (Wan): width in pixels (default: the pipeline's 832)")
+
+
+def sample_size(num_frames: int | None, height: int | None, width: int | None) -> dict[str, int]:
+    """The ``--num-frames``, ``--height``, ``--width`` given, as a size dict (the others left to
+    the model's defaults)."""
+    given = {"num_frames": num_frames, "height": height, "width": width}
+    return {k: v for k, v in given.items() if v is not None}

@@ -10,6 +10,9 @@ from rich.table import Table
 
 from l2c_compile.cli.common import (
     CFG_SCALE_HELP,
+    HEIGHT,
+    NUM_FRAMES,
+    WIDTH,
     OutputFormat,
     cli_errors,
     console,
@@ -17,6 +20,7 @@ from l2c_compile.cli.common import (
     print_json,
     print_labelled,
     progress_bars,
+    sample_size,
 )
 from l2c_compile.compiler.passes.hoist import DEFAULT_LIMIT_BYTES
 from l2c_compile.errors import L2CError
@@ -29,7 +33,10 @@ from l2c_compile.runtime.verify import compile_summary, verify_artifact
 def compile_cmd(
     model: str | None = typer.Option(None, "--model", "-m", help="registry name, see `l2c-compile models`"),
     diffusers: Path | None = typer.Option(None, "--diffusers", help="local diffusers pipeline or model folder "
-                                          "(DiT, PixArt, SD3), instead of --model"),
+                                          "(DiT, PixArt, SD3, Wan), instead of --model"),
+    num_frames: int | None = NUM_FRAMES,
+    height: int | None = HEIGHT,
+    width: int | None = WIDTH,
     checkpoint: Path | None = typer.Option(None, "--checkpoint", help="official or own checkpoint"),
     init: str | None = typer.Option(None, "--init", help="'random': seeded non-degenerate weights"),
     seed: int = typer.Option(0, "--seed", help="seed for --init random"),
@@ -62,7 +69,7 @@ def compile_cmd(
     with output_lock(out):
         check_output_folder(out, force=force)  # again under the lock: nobody wrote meanwhile
         compiled = _compile_into(out, model, diffusers, checkpoint, init, seed, sampler, nfe, schedule,
-                                 dtype=dtype, device=device, backend=backend, cfg=cfg, fuse=fuse,
+                                 sample_size(num_frames, height, width), dtype=dtype, device=device, backend=backend, cfg=cfg, fuse=fuse,
                                  cuda_graph=cuda_graph, hoist=hoist,
                                  hoist_limit_bytes=round(hoist_limit * 2**20))
     print_fallbacks(compiled.record.fallbacks)
@@ -72,28 +79,35 @@ def compile_cmd(
         return
     table = Table(title=f"compiled → {out}", show_header=False)
     for k, v in summary.items():
-        if k != "fallbacks":  # printed above as lines (print_fallbacks), not as a list in a cell
+        if k == "peak_cache_bytes_per_image":
+            table.add_row("cache peak", f"{v / 2**20:,.3f} MiB per sample ({summary['peak_live_cache_entries']} "
+                                        "entries at once; the uncached run keeps none)")
+        elif k != "fallbacks":  # printed above as lines (print_fallbacks), not as a list in a cell
             table.add_row(k, format_passes(v) if k == "passes" else str(v))
     console.print(table)
 
 
 def _compile_into(out: Path, model: str | None, diffusers: Path | None, checkpoint: Path | None,
                   init: str | None, seed: int, sampler: str | None, nfe: int, schedule: Path | None,
-                  **options):
-    """``compile``'s work once the output is locked: check the inputs, compile, save to ``out``."""
+                  size: dict[str, int], **options):
+    """``compile``'s work once the output is locked: check the inputs, compile, save to ``out``
+    (``size``: a video folder's ``--num-frames``, ``--height``, ``--width``)."""
     import l2c_compile
     from l2c_compile.compiler.driver import resolve_dtype
+    from l2c_compile.models.select import spec_size
     from l2c_compile.runtime.devices import resolve_device
     from l2c_compile.schedule import Schedule
+    from l2c_compile.schedule.sizes import check_sample_size
 
     resolve_dtype(options["dtype"], resolve_device(options["device"]))
-    spec = select_spec(model, diffusers)
+    spec = select_spec(model, diffusers, size)
     plan = make_spec_plan(spec, sampler, nfe)
     sched = None
     if schedule is not None:  # before the weights load: a wrong schedule should not wait for them
         sched = Schedule.load(schedule)
         sched.check_fits(spec_layout(spec), plan, spec.name)
-    spec, net = select_model(model, diffusers, checkpoint, init, seed)
+        check_sample_size(sched, spec_size(spec), "this compile is for")
+    spec, net = select_model(model, diffusers, checkpoint, init, seed, size)
     with console.status(f"compiling {spec.name} · {plan.sampler} · NFE {nfe}…"):
         compiled = l2c_compile.compile(net, plan, sched, model_info=spec.to_dict(), **options)
         compiled.save(out)
@@ -152,7 +166,9 @@ def sample_cmd(
                                             "prompt to draw; repeat for several"),
     negative_prompt: str = typer.Option("", "--negative-prompt", help="with --prompt: the unconditional prompt"),
     pipeline: Path | None = typer.Option(None, "--diffusers", help="with --prompt: the pipeline folder (PixArt, "
-                                         "SD3) whose text encoders, tokenizers and VAE to use"),
+                                         "SD3, Wan) whose text encoders, tokenizers and VAE to use"),
+    gif: Path | None = typer.Option(None, "--gif", help="video artifacts (Wan): also write the videos as an "
+                                    "animated GIF (the PNG shows each video's frames side by side)"),
     seed: int = typer.Option(0, "--seed"),
     cfg_scale: float | None = typer.Option(None, "--cfg-scale", help=CFG_SCALE_HELP),
     vae: Path | None = typer.Option(None, "--vae", help="local diffusers AutoencoderKL folder (latent models)"),
@@ -169,8 +185,11 @@ def sample_cmd(
 
     # Every input is checked before the first model call: a late failure wastes the whole run.
     if prompt or pipeline is not None:
-        _sample_prompts(directory, prompt or [], negative_prompt, pipeline, seed, cfg_scale, device, cuda_graph, out)
+        _sample_prompts(directory, prompt or [], negative_prompt, pipeline, seed, cfg_scale, device, cuda_graph, out,
+                        gif)
         return
+    if gif is not None:
+        raise L2CError("--gif is for video artifacts (Wan), drawn with --prompt TEXT and --diffusers DIR")
     try:
         labels = torch.tensor([int(c) for c in classes.split(",") if c.strip()], dtype=torch.long)
     except ValueError:
@@ -238,11 +257,12 @@ def _sample_classes(directory: Path, labels: torch.Tensor, seed: int, cfg_scale:
 
 
 def _sample_prompts(directory: Path, prompts: list[str], negative_prompt: str, pipeline: Path | None, seed: int,
-                    cfg_scale: float | None, device: str, cuda_graph: bool | None, out: Path) -> None:
+                    cfg_scale: float | None, device: str, cuda_graph: bool | None, out: Path,
+                    gif: Path | None = None) -> None:
     """``sample --prompt``: encode with the pipeline folder's text encoders, run the artifact, decode with
-    its VAE."""
+    its VAE (a video: a PNG strip of each video's frames, and ``gif`` if given)."""
     from l2c_compile.images import check_png_path
-    from l2c_compile.io import output_lock
+    from l2c_compile.io import hold_outputs
     from l2c_compile.runtime.devices import resolve_device
 
     if not prompts:
@@ -252,14 +272,23 @@ def _sample_prompts(directory: Path, prompts: list[str], negative_prompt: str, p
                        "tokenizers and VAE encode the prompt and decode the image")
     resolve_device(device)
     check_png_path(out)
-    with output_lock(out):  # before any work: a second writer, an unwritable or full folder
-        _draw_prompts(directory, prompts, negative_prompt, pipeline, seed, cfg_scale, device, cuda_graph, out)
-    console.print(f"wrote {out} ({len(prompts)} samples)")
+    if gif is not None:
+        from l2c_compile.io import check_output_file
+
+        check_output_file(gif, "GIF")
+    with hold_outputs(out, gif):  # before any work: a second writer, an unwritable or full folder
+        video = _draw_prompts(directory, prompts, negative_prompt, pipeline, seed, cfg_scale, device, cuda_graph,
+                              out, gif)
+    written = f"{out} and {gif}" if gif is not None else str(out)
+    console.print(f"wrote {written} ({len(prompts)} {'videos' if video else 'samples'})")
 
 
 def _draw_prompts(directory: Path, prompts: list[str], negative_prompt: str, pipeline: Path, seed: int,
-                  cfg_scale: float | None, device: str, cuda_graph: bool | None, out: Path) -> None:
-    """``sample --prompt`` once the output is locked: encode, draw, decode, write the grid."""
+                  cfg_scale: float | None, device: str, cuda_graph: bool | None, out: Path,
+                  gif: Path | None = None) -> bool:
+    """``sample --prompt`` once the outputs are locked: encode, draw, decode, write the grid (a
+    video artifact: each video's frames side by side, one row per prompt, and the GIF); whether
+    the artifact draws videos."""
     from l2c_compile import progress
     from l2c_compile.diffusers.load import load_pipeline
     from l2c_compile.images import make_grid, save_png
@@ -268,12 +297,15 @@ def _draw_prompts(directory: Path, prompts: list[str], negative_prompt: str, pip
 
     pipe = load_pipeline(pipeline)
     if getattr(pipe, "text_encoder", None) is None or not hasattr(pipe, "encode_prompt"):
-        raise L2CError(f"{pipeline} has no text encoder: pass a text-to-image pipeline folder (PixArt, SD3)")
+        raise L2CError(f"{pipeline} has no text encoder: pass a text-to-image pipeline folder (PixArt, SD3, Wan)")
     compiled = load(directory, device=device, cuda_graph=cuda_graph)
     print_fallbacks(compiled.record.fallbacks)
     m = compiled.model
     if not hasattr(m, "prompt_condition"):
         raise L2CError("this artifact draws classes, not text: use --classes instead of --prompt")
+    video = len(latent_shape(m)) == 4  # (C, F, H, W)
+    if gif is not None and not video:
+        raise L2CError("--gif is for video artifacts (Wan); this one draws images")
     want, have = compiled.record.model.get("diffusers_class"), type(pipe.transformer).__name__
     if want != have:
         raise L2CError(f"this artifact is a {want}; {pipeline} is a {type(pipe).__name__} with a {have}")
@@ -288,8 +320,19 @@ def _draw_prompts(directory: Path, prompts: list[str], negative_prompt: str, pip
             progress.counting_model_calls(compiled):
         x = compiled(noise, y, cfg_scale if compiled.cfg else None)
     check_finite_output(x, f"{out} was not written")
+    if video:
+        from l2c_compile.diffusers.wan import decode_latents
+        from l2c_compile.images import save_gif, video_strip
+
+        frames = decode_latents(pipe, x).float().cpu().clamp(-1, 1)  # (N, 3, F, H, W)
+        scale = max(1, 128 // frames.shape[-1])
+        save_png(video_strip(frames, scale=scale), out)
+        if gif is not None:
+            save_gif(frames, gif, scale=scale)
+        return True
     with torch.no_grad():
         vae = pipe.vae  # SD3's VAE shifts its latents too (shift_factor); PixArt's has none
         latents = x.to(vae.device, vae.dtype) / vae.config.scaling_factor + (vae.config.get("shift_factor") or 0.0)
         images = vae.decode(latents).sample.float().cpu()
     save_png(make_grid(images.clamp(-1, 1), scale=max(1, 128 // images.shape[-1])), out)
+    return False

@@ -11,7 +11,16 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.table import Table
 
-from l2c_compile.cli.common import OutputFormat, cli_errors, console, print_json
+from l2c_compile.cli.common import (
+    HEIGHT,
+    NUM_FRAMES,
+    WIDTH,
+    OutputFormat,
+    cli_errors,
+    console,
+    print_json,
+    sample_size,
+)
 from l2c_compile.cli.models_cmd import human
 from l2c_compile.errors import L2CError
 from l2c_compile.families.vocabulary import kind_name, kinds
@@ -97,12 +106,23 @@ def _check_schedule_out(path: Path) -> None:
         )
 
 
-def _target(model: str | None, diffusers: Path | None, sampler: str | None, nfe: int) -> tuple[Any, Any, int]:
-    """(model spec, sampler plan, number of cacheable blocks) for the command-line choices."""
+def _target(model: str | None, diffusers: Path | None, sampler: str | None, nfe: int,
+            size: dict[str, int] | None = None) -> tuple[Any, Any, int]:
+    """(model spec, sampler plan, number of cacheable blocks) for the command-line choices
+    (``size``: a video folder's ``--num-frames``, ``--height``, ``--width``)."""
     from l2c_compile.models.select import make_spec_plan, select_spec, spec_blocks
 
-    spec = select_spec(model, diffusers)
+    spec = select_spec(model, diffusers, size)
     return spec, make_spec_plan(spec, sampler, nfe), spec_blocks(spec)
+
+
+def _sized(schedule: Schedule, spec: Any) -> Schedule:
+    """``schedule`` with the sample size it was made for recorded, where the model's config does
+    not fix it (Wan; :mod:`l2c_compile.schedule.sizes`); as it is for every other model."""
+    from l2c_compile.models.select import spec_size
+    from l2c_compile.schedule.sizes import with_sample_size
+
+    return with_sample_size(schedule, spec_size(spec))
 
 
 def _pct(part: int, whole: int) -> str:
@@ -168,6 +188,9 @@ def import_cmd(
         None, "--format", help="the file's format: router (default) | smoothcache | invardiff | cachedit; "
         "and/or the report's: rich (default) | json (repeat --format for both)"),
     as_trunk: bool = _AS_TRUNK,
+    num_frames: int | None = NUM_FRAMES,
+    height: int | None = HEIGHT,
+    width: int | None = WIDTH,
 ) -> None:
     """Threshold a trained (or released) router into a schedule file, or read another tool's schedule."""
     from l2c_compile.schedule import ImportTarget, default_threshold, import_router, import_schedule
@@ -176,7 +199,7 @@ def import_cmd(
     if file_format != "router" and threshold is not None:
         raise L2CError(f"--threshold applies to routers, not to a {file_format} file")
     _check_schedule_out(out)
-    spec, plan, depth = _target(model, diffusers, sampler, nfe)
+    spec, plan, depth = _target(model, diffusers, sampler, nfe, sample_size(num_frames, height, width))
     if file_format == "router":
         theta = default_threshold(getattr(spec, "router_family", spec.family)) if threshold is None else threshold
         schedule = import_router(router, plan, model=spec.name, depth=depth, threshold=theta,
@@ -184,6 +207,7 @@ def import_cmd(
     else:
         target = ImportTarget(spec.name, _spec_family(spec), spec_layout(spec), plan)
         schedule = import_schedule(router, file_format, target, cachedit_as_trunk=as_trunk)
+    schedule = _sized(schedule, spec)
     with _writing(out):
         schedule.save(out)
     _report(schedule, out, fmt)
@@ -246,6 +270,9 @@ def heuristic_cmd(
         None, "--blocks", help="deepcache: blocks A:B (A ≤ i < B) whose sublayers the other calls reuse"),
     out: Path = _OUT,
     fmt: OutputFormat = _FORMAT,
+    num_frames: int | None = NUM_FRAMES,
+    height: int | None = HEIGHT,
+    width: int | None = WIDTH,
 ) -> None:
     """A baseline schedule: the paper's (Fig. 4: random, top or bottom sublayers, or all of them) or a
     static one from the literature (FORA, cache-dit-style step masks, DeepCache block ranges)."""
@@ -258,7 +285,7 @@ def heuristic_cmd(
         raise L2CError(f"unknown heuristic {kind!r}; choose from {', '.join(names)}" + suggest(kind, names))
     params = _baseline_params(kind, fraction, interval, compute_last, first, last, every, blocks)
     _check_schedule_out(out)
-    spec, plan, depth = _target(model, diffusers, sampler, nfe)
+    spec, plan, depth = _target(model, diffusers, sampler, nfe, sample_size(num_frames, height, width))
     if kind in BASELINES:
         schedule = baseline(kind, plan, spec_layout(spec), model=spec.name, **params)
     else:
@@ -268,6 +295,7 @@ def heuristic_cmd(
             fraction = 1.0
         schedule = heuristic(kind, plan, model=spec.name, depth=depth, fraction=fraction, seed=seed,
                              kinds=spec_layout(spec))
+    schedule = _sized(schedule, spec)
     with _writing(out):
         schedule.save(out)
     _report(schedule, out, fmt)

@@ -11,7 +11,16 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from l2c_compile.cli.common import OutputFormat, cli_errors, console, print_json
+from l2c_compile.cli.common import (
+    HEIGHT,
+    NUM_FRAMES,
+    WIDTH,
+    OutputFormat,
+    cli_errors,
+    console,
+    print_json,
+    sample_size,
+)
 from l2c_compile.errors import L2CError
 from l2c_compile.models.select import make_spec_plan, select_model, select_spec, spec_kinds
 
@@ -20,8 +29,12 @@ from l2c_compile.models.select import make_spec_plan, select_model, select_spec,
 def train_cmd(
     model: str | None = typer.Option(None, "--model", "-m", help="registry name, see `l2c-compile models`"),
     diffusers: Path | None = typer.Option(None, "--diffusers", help="local diffusers pipeline or model folder "
-                                          "(DiT, PixArt, SD3), instead of --model"),
-    prompts: Path | None = typer.Option(None, "--prompts", help="text-to-image models (PixArt, SD3): one prompt per "
+                                          "(DiT, PixArt, SD3, Wan), instead of --model"),
+    num_frames: int | None = NUM_FRAMES,
+    height: int | None = HEIGHT,
+    width: int | None = WIDTH,
+    prompts: Path | None = typer.Option(None, "--prompts", help="text-conditioned models (PixArt, SD3, Wan): one "
+                                        "prompt per "
                                         "line (encoded with the --diffusers pipeline's text encoders), or precomputed "
                                         "prompt_embeds in a .safetensors file; x0 is drawn from the model"),
     checkpoint: Path | None = typer.Option(
@@ -110,7 +123,8 @@ def train_cmd(
     try:
         with hold_outputs(*outputs):
             target = _device(device, world, dist_device)  # before any work: one line if unavailable
-            target_spec = select_spec(model, diffusers)
+            size = sample_size(num_frames, height, width)
+            target_spec = select_spec(model, diffusers, size)
             if export_official is not None:  # the official layouts hold attention and MLP only
                 check_official_kinds(spec_kinds(target_spec), export_official)
             text = bool(getattr(target_spec, "text_conditioned", False))
@@ -118,10 +132,10 @@ def train_cmd(
                 raise L2CError("this model draws from text: pass --prompts FILE (one prompt per line, or prompt_embeds "
                                "in a .safetensors file)")
             if prompts is not None and not text:
-                raise L2CError("--prompts is for text-to-image models (a PixArt or SD3 --diffusers folder)")
+                raise L2CError("--prompts is for text-conditioned models (a PixArt, SD3 or Wan --diffusers folder)")
             if prompts is not None and data != "self":
                 raise L2CError("--prompts trains data-free: drop --data")
-            spec, net = select_model(model, diffusers, checkpoint, init, seed)
+            spec, net = select_model(model, diffusers, checkpoint, init, seed, size)
             net = net.to(target)
             plan = make_spec_plan(spec, sampler, nfe)
             recipe_name = recipe or default_recipe(spec.family)

@@ -24,7 +24,12 @@ import torch
 from torch import nn
 
 from l2c_compile.compiler.guidance import example_condition
-from l2c_compile.compiler.passes.analysis import count_linear_calls, graph_macs, propagate_shapes
+from l2c_compile.compiler.passes.analysis import (
+    count_linear_calls,
+    graph_macs,
+    propagate_shapes,
+    tensor_bytes,
+)
 from l2c_compile.compiler.passes.base import SUBLAYER_META, CompileError
 from l2c_compile.compiler.passes.casts import drop_noop_casts
 from l2c_compile.compiler.passes.codegen import StepContext, scope_members
@@ -43,6 +48,7 @@ from l2c_compile.compiler.passes.sublayers import (
     cache_slots,
     mark_sublayers,
     mark_trunk,
+    sublayer_nodes,
     sublayer_paths,
     trunk_nodes,
 )
@@ -217,6 +223,7 @@ def compile(
                example_condition(model, 1, cfg, device_),
                torch.ones((), dtype=torch.float32, device=device_)]
     propagate_shapes(base, example)
+    entry_bytes = {k: tensor_bytes(n) for k, n in sublayer_nodes(base).items()}  # per image, CFG rows included
     rows = 2 if cfg else 1
     macs_uncached = graph_macs(base, rows)
     scopes = scope_members(base)  # before hoisting: the printer collapses modules that run whole
@@ -278,6 +285,7 @@ def compile(
         schedule=schedule,
         graphs=tuple(graph_reports),
         peak_live_cache_entries=cache.peak_live_entries,
+        peak_cache_bytes_per_image=cache.peak_bytes(entry_bytes),
         macs_uncached=macs_uncached * plan.nfe,
         macs_compiled=sum(per_call) + macs_prologue,
         trace=tuple(trace_reports),

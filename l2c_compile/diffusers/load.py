@@ -17,9 +17,10 @@ from l2c_compile.errors import L2CError
 from l2c_compile.inputs import read_json
 from l2c_compile.limits import check_model_size
 
-# → adapter (dit.py, pixart.py, sd3.py; the class each family declares, families/builtin.py)
-ADAPTED = {"DiTTransformer2DModel": "DiT", "PixArtTransformer2DModel": "PixArt", "SD3Transformer2DModel": "SD3"}
-PIPELINES = ("DiTPipeline", "PixArtAlphaPipeline", "PixArtSigmaPipeline", "StableDiffusion3Pipeline")
+# → adapter (dit.py, pixart.py, sd3.py, wan.py; the class each family declares, families/builtin.py)
+ADAPTED = {"DiTTransformer2DModel": "DiT", "PixArtTransformer2DModel": "PixArt", "SD3Transformer2DModel": "SD3",
+           "WanTransformer3DModel": "Wan"}
+PIPELINES = ("DiTPipeline", "PixArtAlphaPipeline", "PixArtSigmaPipeline", "StableDiffusion3Pipeline", "WanPipeline")
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -71,13 +72,16 @@ def check_config_size(cls: str, config: dict[str, Any], what: str) -> None:
                      classes=classes if isinstance(classes, int) else 0)
 
 
-def load_diffusers(path: str | os.PathLike[str], *, text_len: int | None = None):
+def load_diffusers(path: str | os.PathLike[str], *, text_len: int | None = None,
+                   size: dict[str, int] | None = None):
     """The adapted model (:class:`~l2c_compile.diffusers.dit.DiffusersDiT`,
     :class:`~l2c_compile.diffusers.pixart.DiffusersPixArt`,
-    :class:`~l2c_compile.diffusers.sd3.DiffusersSD3`: the adapter its family declares) of a local
-    pipeline or model folder, in eval mode, loaded offline; L2CError for anything unsupported.
-    ``text_len``: a text-to-image model's prompt length (default: what the folder's pipeline
-    encodes to, :func:`default_text_len`)."""
+    :class:`~l2c_compile.diffusers.sd3.DiffusersSD3`, :class:`~l2c_compile.diffusers.wan.DiffusersWan`:
+    the adapter its family declares) of a local pipeline or model folder, in eval mode, loaded
+    offline; L2CError for anything unsupported. ``text_len``: a text-conditioned model's prompt
+    length (default: what the folder's pipeline encodes to, :func:`default_text_len`); ``size``:
+    the sample size of a family whose config does not fix it (Wan: ``num_frames``, ``height``,
+    ``width``; ``DiffusersSpec.size``)."""
     from l2c_compile.families import family_for_diffusers
 
     folder, cls = model_folder(path)
@@ -88,11 +92,13 @@ def load_diffusers(path: str | os.PathLike[str], *, text_len: int | None = None)
 
     try:
         with quiet():
-            transformer = getattr(diffusers, cls).from_pretrained(folder, local_files_only=True)
+            transformer = load_model(getattr(diffusers, cls), folder)
+    except L2CError:
+        raise
     except Exception as exc:  # diffusers raises many types for a bad folder
         raise L2CError(f"cannot load {cls} from {folder}: {str(exc).splitlines()[0]}") from None
     if family.conditioning == "text":
-        return family.adapter_class()(transformer.eval(), text_len=text_len or default_text_len(path))
+        return family.adapter_class()(transformer.eval(), text_len=text_len or default_text_len(path), **(size or {}))
     return family.adapter_class()(transformer.eval())
 
 
@@ -111,18 +117,66 @@ def default_text_len(path: str | os.PathLike[str]) -> int:
 
 def load_pipeline(path: str | os.PathLike[str]):
     """A whole ``DiTPipeline`` / ``PixArtAlphaPipeline`` / ``PixArtSigmaPipeline`` /
-    ``StableDiffusion3Pipeline`` from a local folder (offline); L2CError naming what was found."""
+    ``StableDiffusion3Pipeline`` / ``WanPipeline`` from a local folder (offline); L2CError naming
+    what was found."""
     root = Path(path)
     if not (root / "model_index.json").is_file():
         raise L2CError(f"{root} is not a diffusers pipeline folder (no model_index.json)")
     cls = str(_read_json(root / "model_index.json").get("_class_name"))
     if cls not in PIPELINES:
         raise L2CError(f"{root} holds a diffusers {cls}; supported pipelines: {', '.join(PIPELINES)}")
-    model_folder(root)
+    folder, model_cls = model_folder(root)
     import diffusers
 
     try:
         with quiet():
-            return getattr(diffusers, cls).from_pretrained(root, local_files_only=True)
+            pipeline = getattr(diffusers, cls)
+            model_class = getattr(diffusers, model_cls)
+            if _needs_accelerate(model_class):  # the transformer loads here, the rest as diffusers loads it
+                return pipeline.from_pretrained(root, transformer=load_model(model_class, folder),
+                                                local_files_only=True)
+            return pipeline.from_pretrained(root, local_files_only=True)
+    except L2CError:
+        raise
     except Exception as exc:  # diffusers raises many types for a bad folder
         raise L2CError(f"cannot load {cls} from {root}: {str(exc).splitlines()[0]}") from None
+
+
+def _needs_accelerate(model_class: Any) -> bool:
+    """Whether diffusers' ``from_pretrained`` cannot load ``model_class`` here: a model that keeps
+    modules in float32 (``_keep_in_fp32_modules``: Wan) loads only with ``low_cpu_mem_usage``,
+    which needs the ``accelerate`` package (``ModelMixin.from_pretrained``)."""
+    from diffusers.utils import is_accelerate_available
+
+    return bool(getattr(model_class, "_keep_in_fp32_modules", None)) and not is_accelerate_available()
+
+
+def load_model(model_class: Any, folder: Path) -> Any:
+    """``model_class.from_pretrained(folder)`` offline, or, where that needs the missing
+    ``accelerate`` (:func:`_needs_accelerate`), the same model built from the folder's config and
+    given its safetensors weights (one file or a sharded index), strictly: every weight present,
+    none extra. L2CError for a folder without safetensors weights or whose weights do not fit."""
+    if not _needs_accelerate(model_class):
+        return model_class.from_pretrained(folder, local_files_only=True)
+    from safetensors.torch import load_file
+
+    name = "diffusion_pytorch_model.safetensors"
+    if (folder / name).is_file():
+        files = [folder / name]
+    elif (folder / f"{name}.index.json").is_file():
+        index = _read_json(folder / f"{name}.index.json").get("weight_map")
+        if not isinstance(index, dict) or not all(isinstance(v, str) and "/" not in v for v in index.values()):
+            raise L2CError(f"{folder / (name + '.index.json')} has no valid weight_map")
+        files = [folder / v for v in sorted(set(index.values()))]
+    else:
+        raise L2CError(f"{folder} has no {name} (a model that keeps modules in float32 loads from safetensors "
+                       "without the accelerate package)")
+    model = model_class.from_config(model_class.load_config(folder))
+    state: dict[str, Any] = {}
+    for f in files:
+        state.update(load_file(str(f)))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        what = f"lacks {missing[0]}" if missing else f"has an unknown {unexpected[0]}"
+        raise L2CError(f"{folder}'s weights do not fit its {model_class.__name__} config: it {what}")
+    return model.eval()

@@ -19,7 +19,9 @@ flow-matching model's convention (SD3 samples with ``shift`` 3): a pipeline fold
 scheduler config makes the plan (:meth:`~DiffusersSpec.scheduler_plan`).
 
 Wan (``WanTransformer3DModel``): video latents ``(C, F, H, W)`` from the frame count and the video size
-(``Family.latent``); its record adds ``num_frames``.
+(``Family.latent``; a folder's spec takes them as options, default the pipeline's 81 frames of
+832×480); its record adds ``num_frames``; its plan is the folder's flow UniPC (``flow_shift``) or
+flow-matching Euler scheduler, with no μ (``WanPipeline`` passes none).
 """
 
 from __future__ import annotations
@@ -86,18 +88,29 @@ class DiffusersSpec:
         return sum(int(self.config[k]) for k in self.declaration.depth_keys)
 
     @cached_property
-    def layout(self) -> Layout:
-        """Which kinds each block has: the family's declaration applied to the model this config
-        builds on the meta device (no weights allocated). L2CError for a config diffusers refuses."""
+    def meta_model(self) -> Any:
+        """The model this config builds on the meta device (no weights allocated). L2CError for a
+        config diffusers refuses."""
         import diffusers
         import torch
 
         try:
             with torch.device("meta"):
-                model = getattr(diffusers, self.diffusers_class).from_config(self.config)
+                return getattr(diffusers, self.diffusers_class).from_config(self.config)
         except (TypeError, ValueError) as exc:
             raise L2CError(f"bad {self.diffusers_class} config: {str(exc).splitlines()[0]}") from None
-        return self.declaration.layout(model)
+
+    @cached_property
+    def layout(self) -> Layout:
+        """Which kinds each block has: the family's declaration applied to :attr:`meta_model`."""
+        return self.declaration.layout(self.meta_model)
+
+    def check_size(self) -> None:
+        """L2CError (one line) when the sample size (:attr:`size`) is one the family's adapter
+        refuses (Wan: ``num_frames − 1`` not a multiple of 4, sides not multiples of 16), checked
+        on :attr:`meta_model` before any weights load; nothing for a family whose config fixes it."""
+        if self.size:
+            self.declaration.adapter_class()(self.meta_model, text_len=self.text_len or 1, **self.size)
 
     def scheduler_plan(self, nfe: int) -> SamplerPlan | None:
         """The plan of the folder's own flow-matching scheduler for ``nfe`` steps at the model's
@@ -119,8 +132,11 @@ class DiffusersSpec:
         if not is_flow_scheduler(scheduler):
             raise L2CError(f"{self.diffusers_class} samples with flow matching; the folder's {name} is not a "
                            "flow-matching scheduler")
-        side = self.latent_shape[1]
-        mu = shift_mu(scheduler.config, int(self.config.get("patch_size", 1)), side, side)
+        patch = self.config.get("patch_size", 1)
+        mu = None  # WanPipeline hands its scheduler no μ (Wan's patch_size is a (t, h, w) triple)
+        if isinstance(patch, int):  # SD3: a dynamic shift's μ from the default image's patch count
+            side = self.latent_shape[1]
+            mu = shift_mu(scheduler.config, patch, side, side)
         return pipeline_plan(scheduler, nfe, mu=mu)
 
     @property
@@ -187,10 +203,13 @@ def spec_from_config(cls: str, config: dict[str, Any], text_len: int | None = No
     return DiffusersSpec(_official_name(config) or f"diffusers:{cls}", cls, config, **conventions)
 
 
-def spec_for_folder(path: str | os.PathLike[str]) -> DiffusersSpec:
+def spec_for_folder(path: str | os.PathLike[str], *, height: int | None = None, width: int | None = None,
+                    num_frames: int | None = None) -> DiffusersSpec:
     """The spec of the model in a pipeline or model folder, from its ``config.json`` (for a
     text-to-image model the prompt length its pipeline encodes to; for a flow-matching model the
-    pipeline's scheduler config) only."""
+    pipeline's scheduler config) only. ``height``, ``width`` (pixels) and ``num_frames``: the sample
+    size, for a family whose config does not fix it (Wan; default: its pipeline's); L2CError when
+    given for another family, or a size the family's adapter refuses (:meth:`DiffusersSpec.check_size`)."""
     from l2c_compile.diffusers.load import default_text_len, model_folder
 
     folder, cls = model_folder(path)
@@ -202,7 +221,14 @@ def spec_for_folder(path: str | os.PathLike[str]) -> DiffusersSpec:
     scheduler_config = read_json(scheduler, "scheduler config") if flow and scheduler.is_file() else None
     if scheduler_config is not None and not isinstance(scheduler_config, dict):
         raise L2CError(f"{scheduler} is not a JSON object")
-    return spec_from_config(cls, config, default_text_len(path) if text else None, scheduler_config)
+    given = {k: v for k, v in (("num_frames", num_frames), ("height", height), ("width", width)) if v is not None}
+    if given and (fam is None or fam.latent is None):
+        options = ", ".join(f"--{k.replace('_', '-')}" for k in given)
+        raise L2CError(f"{options}: a {cls} takes its sample size from its config (these options are for video "
+                       "models: Wan)")
+    spec = spec_from_config(cls, config, default_text_len(path) if text else None, scheduler_config, **given)
+    spec.check_size()
+    return spec
 
 
 

@@ -27,6 +27,11 @@ diffusers ``WanPipeline.__call__`` / ``prepare_latents`` / ``encode_prompt``,
 
 from __future__ import annotations
 
+import inspect
+import math
+import os
+from typing import Any
+
 import torch
 from diffusers import WanTransformer3DModel
 from torch import nn
@@ -62,6 +67,8 @@ class DiffusersWan(nn.Module):
     """
 
     l2c_capture = "export"
+    # router training's prompts file (``router/prompts.py``): the embeddings alone, no mask or pooled vector
+    condition_keys = (("prompt_embeds", None), ("negative_prompt_embeds", None))
 
     def __init__(self, transformer: WanTransformer3DModel, text_len: int = TEXT_LEN, num_frames: int = NUM_FRAMES,
                  height: int = HEIGHT, width: int = WIDTH, vae_scale_factor: int = VAE_SPATIAL,
@@ -106,6 +113,61 @@ class DiffusersWan(nn.Module):
         return cls(transformer, **size, num_frames=frames,
                    vae_scale_factor_temporal=rec.get("vae_scale_factor_temporal", VAE_TEMPORAL))
 
+    @classmethod
+    def pipeline_text_len(cls, folder: str | os.PathLike[str]) -> int:
+        """The prompt length ``WanPipeline`` encodes to by default: its ``max_sequence_length``
+        (512), for a pipeline or a model folder alike (read from the installed diffusers)."""
+        from l2c_compile.diffusers.quiet import quiet
+
+        del folder  # the pipeline class fixes it; a saved folder cannot change it
+        with quiet():  # importing the pipeline imports transformers, which has advice to print
+            from diffusers import WanPipeline
+        return int(inspect.signature(WanPipeline.__call__).parameters["max_sequence_length"].default)
+
+    def cache_entry_shape(self, key: tuple[str, int]) -> tuple[int, int]:
+        """(tokens, channels) of one CFG row of a cached output: every sublayer of a Wan block
+        (and the residual stream a trunk reuse keeps) is ``(N, F/p_t · H/p_h · W/p_w, heads ·
+        head_dim)`` (``WanTransformerBlock.forward``). Read by
+        :func:`~l2c_compile.compiler.memory.planned_cache`."""
+        del key  # attn1, attn2 and ffn all return the stream's width
+        config = self.transformer.config
+        _, frames, height, width = self.latent_shape
+        tokens = math.prod(n // int(p) for n, p in zip((frames, height, width), config.patch_size, strict=True))
+        return tokens, int(config.num_attention_heads) * int(config.attention_head_dim)
+
+    @staticmethod
+    def pack_condition(embeds: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+        """The condition of prompt embeddings (N, L, D): the embeddings as they are (Wan has no
+        mask or pooled vector; ``extra`` must be None). L2CError for another rank."""
+        if embeds.dim() != 3 or extra is not None:
+            raise L2CError(f"Wan's prompt_embeds are (N, L, D) alone, got {tuple(embeds.shape)}"
+                           + (" with an extra tensor" if extra is not None else ""))
+        return embeds
+
+    def prompt_condition(self, pipe: Any, prompts: list[str], *, negative_prompt: str = "", cfg: bool,
+                         device: torch.device | str = "cpu") -> torch.Tensor:
+        """``prompts`` encoded by ``pipe`` for this adapter's prompt length (:func:`prompt_condition`)."""
+        return prompt_condition(pipe, prompts, negative_prompt=negative_prompt, cfg=cfg, text_len=self.text_len,
+                                device=device)
+
+    null_condition: torch.Tensor | None = None  # (L, D): the empty prompt, for training's dropout
+
+    def set_null_condition(self, null: torch.Tensor | None) -> None:
+        """The condition CFG dropout puts in during router training (the encoded empty prompt,
+        (L, D), WanPipeline's default negative prompt); None: no dropout possible."""
+        self.null_condition = None if null is None else null.detach().clone()
+
+    def drop_labels(self, y: torch.Tensor, drop_mask: torch.Tensor | None = None,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+        """Training-time CFG dropout: rows of ``y`` (N, L, D) in ``drop_mask`` (N,) bool (None:
+        drawn with probability 0.1) become the null condition. L2CError without one."""
+        if self.null_condition is None:
+            raise L2CError("label dropout needs the empty prompt's condition (a negative prompt), which was not given")
+        if drop_mask is None:
+            drop_mask = torch.rand(y.shape[0], generator=generator) < 0.1
+        null = self.null_condition.to(y.device, y.dtype).expand_as(y)
+        return torch.where(drop_mask.to(y.device)[:, None, None], null, y)
+
     def record(self) -> dict:
         """What an artifact needs to rebuild this adapter (:meth:`from_record`)."""
         return {"text_len": self.text_len, "num_frames": self.num_frames, "height": self.height, "width": self.width,
@@ -137,3 +199,38 @@ class DiffusersWan(nn.Module):
     def guide(self, cond: torch.Tensor, uncond: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
         """The pipeline's CFG ``u + s · (c − u)`` → (N, C, F, H, W)."""
         return uncond + scale * (cond - uncond)
+
+
+@torch.no_grad()
+def prompt_condition(pipe: Any, prompts: list[str], *, negative_prompt: str = "", cfg: bool, text_len: int,
+                     device: torch.device | str = "cpu") -> torch.Tensor:
+    """Encode ``prompts`` with a ``WanPipeline``'s own tokenizer and umT5 encoder
+    (``pipe.encode_prompt`` with ``max_sequence_length=text_len``, cast to the transformer's dtype
+    as the pipeline casts them) into the condition the compiled sampler takes: (N, 2, L, D) with
+    ``cfg`` (the negative prompt second), else (N, L, D). L2CError when the pipeline has no text
+    encoder and tokenizer, or no prompt is given."""
+    if getattr(pipe, "text_encoder", None) is None or getattr(pipe, "tokenizer", None) is None:
+        raise L2CError(f"this {type(pipe).__name__} has no text encoder and tokenizer to encode prompts with")
+    if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
+        raise L2CError("pass at least one non-empty prompt")
+    pe, ne = pipe.encode_prompt(prompt=list(prompts), negative_prompt=negative_prompt, do_classifier_free_guidance=cfg,
+                                max_sequence_length=text_len, device=pipe._execution_device)
+    dtype = pipe.transformer.dtype
+    y = pe.to(dtype)  # (N, L, D)
+    if cfg:
+        y = torch.stack([y, ne.to(dtype)], dim=1)  # (N, 2, L, D)
+    return y.to(device)
+
+
+@torch.no_grad()
+def decode_latents(pipe: Any, latents: torch.Tensor) -> torch.Tensor:
+    """Final latents (N, C, F', H', W') → the Wan VAE's video (N, 3, F, H, W) in [-1, 1], as
+    ``WanPipeline.__call__`` decodes them: de-normalised per channel with ``latents_mean`` and
+    ``latents_std`` (``latents / (1 / std) + mean``, the pipeline's arithmetic exactly), then
+    ``vae.decode``. ``pipe``: a ``WanPipeline`` (its ``vae``)."""
+    vae = pipe.vae
+    latents = latents.to(vae.device, dtype=vae.dtype)
+    z = vae.config.z_dim
+    mean = torch.tensor(vae.config.latents_mean).view(1, z, 1, 1, 1).to(latents.device, latents.dtype)
+    inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, z, 1, 1, 1).to(latents.device, latents.dtype)
+    return vae.decode(latents / inv_std + mean, return_dict=False)[0]

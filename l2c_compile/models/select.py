@@ -48,23 +48,27 @@ def registry_model(model_name: str, checkpoint: Path | None, init: str | None, s
 
 
 def select_model(model_name: str | None, diffusers: Path | None, checkpoint: Path | None = None,
-                 init: str | None = None, seed: int = 0) -> tuple[Any, nn.Module]:
-    """``(spec, model)`` from a registry name or a local diffusers folder (exactly one)."""
+                 init: str | None = None, seed: int = 0, size: dict[str, int] | None = None) -> tuple[Any, nn.Module]:
+    """``(spec, model)`` from a registry name or a local diffusers folder (exactly one); ``size``:
+    a video folder's sample size (:func:`select_spec`)."""
     if diffusers is None:
         if model_name is None:
             raise L2CError(_ONE_OF)
+        _no_size(size)
         return registry_model(model_name, checkpoint, init, seed)
     if model_name is not None or checkpoint is not None or init is not None:
         raise L2CError(_DIFFUSERS_OWN)
     from l2c_compile.diffusers.load import load_diffusers
     from l2c_compile.diffusers.spec import spec_for_folder
 
-    spec = spec_for_folder(diffusers)
-    return spec, load_diffusers(diffusers)
+    spec = spec_for_folder(diffusers, **(size or {}))
+    return spec, load_diffusers(diffusers, size=spec.size)
 
 
-def select_spec(model_name: str | None, diffusers: Path | None) -> Any:
-    """The spec (no weights built) for a registry name or a diffusers folder (exactly one)."""
+def select_spec(model_name: str | None, diffusers: Path | None, size: dict[str, int] | None = None) -> Any:
+    """The spec (no weights built) for a registry name or a diffusers folder (exactly one).
+    ``size``: ``num_frames``, ``height``, ``width`` for a folder whose family takes its sample size
+    as an option (Wan: ``--num-frames``, ``--height``, ``--width``); L2CError for any other model."""
     if model_name is None and diffusers is None:
         raise L2CError(_ONE_OF)
     if model_name is not None and diffusers is not None:
@@ -72,10 +76,25 @@ def select_spec(model_name: str | None, diffusers: Path | None) -> Any:
     if diffusers is not None:
         from l2c_compile.diffusers.spec import spec_for_folder
 
-        return spec_for_folder(diffusers)
+        return spec_for_folder(diffusers, **(size or {}))
+    _no_size(size)
     from l2c_compile.models.registry import get_spec
 
     return get_spec(model_name)
+
+
+def _no_size(size: dict[str, int] | None) -> None:
+    """L2CError when a registry model is given a sample size (its size is its architecture's)."""
+    if size:
+        options = ", ".join(f"--{k.replace('_', '-')}" for k in size)
+        raise L2CError(f"{options}: a registry model's sample size is fixed (these options are for video "
+                       "--diffusers folders: Wan)")
+
+
+def spec_size(spec: Any) -> dict[str, int]:
+    """The sample size a spec is made for where its config does not fix it (Wan's frames, height,
+    width: ``DiffusersSpec.size``); ``{}`` for every other model."""
+    return dict(getattr(spec, "size", None) or {})
 
 
 def spec_blocks(spec: Any) -> int:

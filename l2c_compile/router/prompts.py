@@ -1,5 +1,5 @@
-"""Where text-to-image router training (PixArt, SD3) gets its conditions and its x0: prompts,
-data-free.
+"""Where text-conditioned router training (PixArt, SD3, Wan) gets its conditions and its x0:
+prompts, data-free.
 
 The conditions come from a prompts file, either
 
@@ -9,14 +9,15 @@ The conditions come from a prompts file, either
   default negative prompt), or
 * a ``.safetensors`` file of precomputed tensors under the pipeline's own names (the adapter's
   ``condition_keys``): PixArt's ``prompt_embeds`` (N, L, D) with ``prompt_attention_mask`` (N, L),
-  SD3's ``prompt_embeds`` (N, L, D) with ``pooled_prompt_embeds`` (N, P); optionally the negative
-  pair (``negative_prompt_embeds`` (1, L, D) with ``negative_prompt_attention_mask`` /
-  ``negative_pooled_prompt_embeds``) as the null condition.
+  SD3's ``prompt_embeds`` (N, L, D) with ``pooled_prompt_embeds`` (N, P), Wan's ``prompt_embeds``
+  (N, L, D) alone; optionally the negative pair (``negative_prompt_embeds`` (1, L, D) with
+  ``negative_prompt_attention_mask`` / ``negative_pooled_prompt_embeds``; Wan's alone) as the
+  null condition.
 
 x0 is drawn from the model itself (:func:`draw_prompt_data`): sample i is the uncached sampler's
 output for prompt ``i mod N``, with classifier-free guidance against the null condition when there
 is one. The result is a :class:`~l2c_compile.router.data.TensorData` whose "labels" are the packed
-conditions (PixArt (N, L, D + 1), SD3 (N, L + 1, W)), so the training loop runs unchanged.
+conditions (PixArt (N, L, D + 1), SD3 (N, L + 1, W), Wan (N, L, D)), so the training loop runs unchanged.
 """
 
 from __future__ import annotations
@@ -65,17 +66,18 @@ def load_conditions(
             tensors = load_file(str(p))
         except (SafetensorError, OSError) as exc:
             raise L2CError(f"{p.name}: cannot read safetensors ({exc})") from None
-        missing = [k for k in (prompt_key, extra_key) if k not in tensors]
+        missing = [k for k in (prompt_key, extra_key) if k is not None and k not in tensors]
         if missing:
             raise L2CError(
                 f"{p.name} lacks {', '.join(missing)} (has {', '.join(sorted(tensors)) or 'nothing'})"
             )
-        conds = model.pack_condition(tensors[prompt_key].float(), tensors[extra_key])
+        conds = model.pack_condition(tensors[prompt_key].float(), *([tensors[extra_key]] if extra_key else []))
         null = None
         if negative_key in tensors:
-            if negative_extra_key not in tensors:
+            if negative_extra_key is not None and negative_extra_key not in tensors:
                 raise L2CError(f"{p.name}: {negative_key} needs {negative_extra_key}")
-            null = model.pack_condition(tensors[negative_key].float(), tensors[negative_extra_key])[0]
+            extra = [tensors[negative_extra_key]] if negative_extra_key else []
+            null = model.pack_condition(tensors[negative_key].float(), *extra)[0]
         description = f"{conds.shape[0]} prompt embeddings from {p.name}"
     else:
         prompts = read_prompts(p)

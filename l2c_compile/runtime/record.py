@@ -24,6 +24,9 @@ class CompileRecord:
     ``plan``: the sampler plan (written as its :meth:`~l2c_compile.samplers.base.SamplerPlan.describe`).
     ``schedule``: None for an all-compute sampler. ``graphs``: one report per distinct step graph
     (its calls, reused block ids per kind, exports, linear calls, MACs per image, pass reports);
+    ``peak_live_cache_entries`` / ``peak_cache_bytes_per_image``: the most cached tensors alive at
+    once over the trajectory, and the most bytes they hold at once per image (each entry's size from
+    the captured step's shapes; the uncached sampler holds none: 0);
     ``trace``: the reports of the passes run once on the traced step. ``macs_uncached`` and
     ``macs_compiled``: multiply-accumulates per image over the whole trajectory, without the cache
     and as compiled (the prologue included). ``hoisted``: the hoist pass's statistics (None when
@@ -40,6 +43,7 @@ class CompileRecord:
     schedule: Schedule | None
     graphs: tuple[dict[str, Any], ...]
     peak_live_cache_entries: int
+    peak_cache_bytes_per_image: int  # the most bytes the cache holds at once, per image (CFG rows included)
     macs_uncached: int
     macs_compiled: int
     trace: tuple[dict[str, Any], ...]
@@ -81,6 +85,7 @@ class CompileRecord:
             "graphs": list(self.graphs),
             "distinct_graphs": self.distinct_graphs,
             "peak_live_cache_entries": self.peak_live_cache_entries,
+            "peak_cache_bytes_per_image": self.peak_cache_bytes_per_image,
             "macs_per_image": {"uncached": self.macs_uncached, "compiled": self.macs_compiled},
             "trace": list(self.trace),
             "fuse": self.fuse,

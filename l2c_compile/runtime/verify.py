@@ -182,6 +182,7 @@ def compile_summary(record: CompileRecord) -> dict[str, Any]:
         "cuda_graph": record.cuda_graph,
         "distinct_graphs": record.distinct_graphs,
         "peak_live_cache_entries": record.peak_live_cache_entries,
+        "peak_cache_bytes_per_image": record.peak_cache_bytes_per_image,  # the uncached sampler's: 0
         "macs_uncached": record.macs_uncached,
         "macs_compiled": record.macs_compiled,
         "ideal_speedup": round(record.macs_uncached / max(record.macs_compiled, 1), 4),

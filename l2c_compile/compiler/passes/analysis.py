@@ -24,6 +24,12 @@ def propagate_shapes(gm: fx.GraphModule, example_inputs: list[torch.Tensor]) -> 
     ShapeProp(gm, fake_mode=mode).propagate(*fake_inputs)
 
 
+def tensor_bytes(n: fx.Node) -> int:
+    """Bytes of node ``n``'s output tensor (needs shape metadata: :func:`propagate_shapes`)."""
+    meta = n.meta["tensor_meta"]
+    return math.prod(meta.shape) * torch.empty((), dtype=meta.dtype).element_size()
+
+
 def _rows(meta) -> int:
     shape = meta.shape
     return math.prod(shape[:-1]) if len(shape) > 1 else 1

@@ -65,6 +65,18 @@ class CachePlan:
         """Indices of the calls that run graph ``graph``."""
         return [c.index for c in self.calls if c.graph == graph]
 
+    def peak_bytes(self, entry_bytes: Mapping[SublayerKey, int]) -> int:
+        """The most bytes the cache holds at once over the trajectory, given each slot's size
+        (``entry_bytes``: slot → bytes, per image or for a whole batch). The same walk as
+        :attr:`peak_live_entries`: a call's kept entries are live while it runs, next to the
+        ones it reads; an entry goes after its last reader. KeyError for a slot without a size."""
+        live = peak = 0
+        for call in self.calls:
+            live += sum(entry_bytes[k] for k in call.keeps)
+            peak = max(peak, live)
+            live -= sum(entry_bytes[k] for k in call.drops_after)
+        return peak
+
 
 def plan_cache(call_masks: list[Mask], depth: int, mode: str = "cache",
                kinds: tuple[str, ...] = DEFAULT_KINDS, *, layout: Layout | None = None,

@@ -2,7 +2,8 @@
 
 One drop-in class per pipeline family, each in its own module and registered in :data:`PIPELINES`
 by the pipeline's class name: ``DiTPipeline`` (:mod:`.base`), ``PixArtAlphaPipeline`` /
-``PixArtSigmaPipeline`` (:mod:`.pixart`), ``StableDiffusion3Pipeline`` (:mod:`.sd3`). A drop-in
+``PixArtSigmaPipeline`` (:mod:`.pixart`), ``StableDiffusion3Pipeline`` (:mod:`.sd3`), ``WanPipeline``
+(:mod:`.wan`, Wan 2.1 text-to-video). A drop-in
 takes the pipeline's own arguments and returns its own output type; ``schedule=None`` reproduces
 ``pipe(...)``.
 """
@@ -16,12 +17,13 @@ from l2c_compile.diffusers.flow_schedulers import is_flow_scheduler
 from l2c_compile.diffusers.pipelines.base import CompiledPipeline
 from l2c_compile.diffusers.pipelines.pixart import CompiledPixArtPipeline
 from l2c_compile.diffusers.pipelines.sd3 import CompiledSD3Pipeline
+from l2c_compile.diffusers.pipelines.wan import CompiledWanPipeline
 from l2c_compile.diffusers.scheduler_plans import pipeline_plan
 from l2c_compile.errors import L2CError
 from l2c_compile.schedule import Schedule
 
-__all__ = ["PIPELINES", "CompiledPipeline", "CompiledPixArtPipeline", "CompiledSD3Pipeline", "compile_pipeline",
-           "pipeline_plan"]
+__all__ = ["PIPELINES", "CompiledPipeline", "CompiledPixArtPipeline", "CompiledSD3Pipeline", "CompiledWanPipeline",
+           "compile_pipeline", "pipeline_plan"]
 
 # The drop-in for each diffusers pipeline class (a subclass of one of these gets its drop-in too).
 PIPELINES: dict[str, type[CompiledPipeline]] = {
@@ -29,17 +31,22 @@ PIPELINES: dict[str, type[CompiledPipeline]] = {
     "PixArtAlphaPipeline": CompiledPixArtPipeline,
     "PixArtSigmaPipeline": CompiledPixArtPipeline,
     "StableDiffusion3Pipeline": CompiledSD3Pipeline,
+    "WanPipeline": CompiledWanPipeline,
 }
 
 
-def compile_pipeline(pipe: Any, schedule: Schedule | None = None, **compile_kwargs: Any) -> CompiledPipeline:
+def compile_pipeline(pipe: Any, schedule: Schedule | None = None, *, memory_budget: int | None = None,
+                     **compile_kwargs: Any) -> CompiledPipeline:
     """A drop-in for ``pipe`` (a diffusers ``DiTPipeline``, ``PixArtAlphaPipeline``,
-    ``PixArtSigmaPipeline`` or ``StableDiffusion3Pipeline``: :data:`PIPELINES`) running ``schedule``
-    (None: compute everything) as compiled code; ``compile_kwargs`` go to
+    ``PixArtSigmaPipeline``, ``StableDiffusion3Pipeline`` or ``WanPipeline``: :data:`PIPELINES`)
+    running ``schedule`` (None: compute everything) as compiled code; ``compile_kwargs`` go to
     :func:`l2c_compile.compile` (``fuse``, ``backend``, ``cuda_graph``, ``dtype``, ``device``: those
     two apply to the compiled sampler's own copy of the weights; the pipeline and its components are
-    never changed). L2CError for an unsupported pipeline or scheduler, or a scheduler of the other
-    sort (a flow-matching one for an ε pipeline, a VP one for SD3)."""
+    never changed). ``memory_budget``: bytes a call's planned cache and new weights copy may take,
+    checked before any work (None: the target device's free memory; only drop-ins that plan their
+    memory take it: ``WanPipeline``). L2CError for an unsupported pipeline or scheduler, a scheduler
+    of the other sort (a flow-matching one for an ε pipeline, a VP one for SD3 or Wan), or a
+    pipeline the drop-in refuses (Wan 2.2's two experts)."""
     cls = next((PIPELINES[c.__name__] for c in type(pipe).__mro__ if c.__name__ in PIPELINES), None)
     if cls is None:
         raise L2CError(f"compile_pipeline supports {', '.join(PIPELINES)}, got {type(pipe).__name__}")
@@ -51,7 +58,14 @@ def compile_pipeline(pipe: Any, schedule: Schedule | None = None, **compile_kwar
         raise L2CError(f"{name} samples with flow matching (velocity); its {scheduler} is not a flow-matching "
                        "scheduler" if cls.flow_matching else
                        f"{name} samples with ε prediction; its {scheduler} is a flow-matching (velocity) scheduler")
+    if memory_budget is not None and not getattr(cls, "checks_memory", False):
+        raise L2CError(f"memory_budget is for drop-ins that plan their memory (WanPipeline), not {name}")
+    if memory_budget is not None and (isinstance(memory_budget, bool) or not isinstance(memory_budget, int)
+                                      or memory_budget < 0):
+        raise L2CError(f"memory_budget must be a non-negative number of bytes, got {memory_budget!r}")
     compiled = cls(pipe, schedule, compile_kwargs)
+    if memory_budget is not None:
+        compiled.memory_budget = memory_budget
     compiled.check_scheduler()  # an unsupported scheduler or setting fails here, not on the first call
     check_schedule_type(schedule)
     return compiled
