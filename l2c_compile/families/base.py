@@ -196,6 +196,9 @@ class Family:
     sample size: ``{"height": px, "width": px, "num_frames": n}``, the entries the caller gave over
     ``default_size`` (the pipeline's defaults: FLUX 1024 px; Wan 81 frames of 480×832 px; a square
     family reads ``height`` only); ``depth_keys``: the config entries whose sum is the number of blocks.
+    ``variant``: for a diffusers family whose configs of the same shapes condition differently, the
+    suffix its spec's name takes from a config (FLUX.1-dev embeds the guidance scale, schnell does
+    not), so a schedule made for one is refused on the other.
     """
 
     name: str
@@ -216,6 +219,7 @@ class Family:
     latent: Callable[[Mapping[str, Any], Mapping[str, int]], tuple[int, ...]] | None = None
     default_size: Mapping[str, int] = field(default_factory=dict)
     depth_keys: tuple[str, ...] = ("num_layers",)
+    variant: Callable[[Mapping[str, Any]], str] | None = None
 
     def __post_init__(self) -> None:
         if not self.groups:
