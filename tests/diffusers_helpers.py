@@ -175,12 +175,15 @@ def tiny_flux_transformer(seed: int = 0, *, layers: int = 2, single_layers: int 
 
 
 def flux_prompt_inputs(batch: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Random prompt / negative prompt embeddings and pooled embeddings for the tiny FLUX."""
+    """Random prompt / negative prompt embeddings (batch, FLUX_TEXT_LEN, FLUX_TEXT_DIM) and pooled
+    embeddings (batch, FLUX_POOLED_DIM) for the tiny FLUX, under ``FluxPipeline``'s keyword names
+    (``prompt_embeds``, ``pooled_prompt_embeds``, ``negative_…``)."""
     g = torch.Generator().manual_seed(seed + 11)
     out = {}
     for name in ("prompt", "negative_prompt"):
         out[f"{name}_embeds"] = torch.randn(batch, FLUX_TEXT_LEN, FLUX_TEXT_DIM, generator=g)
-        out[f"pooled_{name}_embeds"] = torch.randn(batch, FLUX_POOLED_DIM, generator=g)
+        pooled = "pooled_prompt" if name == "prompt" else "negative_pooled_prompt"
+        out[f"{pooled}_embeds"] = torch.randn(batch, FLUX_POOLED_DIM, generator=g)
     return out
 
 # ---------------------------------------------------------------------------------------------

@@ -20,8 +20,8 @@ from l2c_compile.models.select import make_spec_plan, select_model, select_spec,
 def train_cmd(
     model: str | None = typer.Option(None, "--model", "-m", help="registry name, see `l2c-compile models`"),
     diffusers: Path | None = typer.Option(None, "--diffusers", help="local diffusers pipeline or model folder "
-                                          "(DiT, PixArt, SD3), instead of --model"),
-    prompts: Path | None = typer.Option(None, "--prompts", help="text-to-image models (PixArt, SD3): one prompt per "
+                                          "(DiT, PixArt, SD3, FLUX.1), instead of --model"),
+    prompts: Path | None = typer.Option(None, "--prompts", help="text-to-image models (PixArt, SD3, FLUX.1): one prompt per "
                                         "line (encoded with the --diffusers pipeline's text encoders), or precomputed "
                                         "prompt_embeds in a .safetensors file; x0 is drawn from the model"),
     checkpoint: Path | None = typer.Option(
@@ -118,7 +118,7 @@ def train_cmd(
                 raise L2CError("this model draws from text: pass --prompts FILE (one prompt per line, or prompt_embeds "
                                "in a .safetensors file)")
             if prompts is not None and not text:
-                raise L2CError("--prompts is for text-to-image models (a PixArt or SD3 --diffusers folder)")
+                raise L2CError("--prompts is for text-to-image models (a PixArt, SD3 or FLUX.1 --diffusers folder)")
             if prompts is not None and data != "self":
                 raise L2CError("--prompts trains data-free: drop --data")
             spec, net = select_model(model, diffusers, checkpoint, init, seed)
@@ -265,5 +265,6 @@ def _prompt_data(spec, net, plan, prompts: tuple[Path, Path], pool_size: int, se
         pipe = load_pipeline(folder)
     conds, null, description = load_conditions(path, net, pipe)
     net.set_null_condition(null)
-    return draw_prompt_data(net, plan, conds, null, size=pool_size, seed=seed, cfg_scale=spec.default_cfg_scale,
+    guided = null if spec.default_cfg_scale > 1 else None  # FLUX.1 samples unguided: no second pass at scale 1
+    return draw_prompt_data(net, plan, conds, guided, size=pool_size, seed=seed, cfg_scale=spec.default_cfg_scale,
                             description=description, progress=show)

@@ -66,26 +66,12 @@ class CompiledFluxPipeline(CompiledPipeline):
 
     def _plan(self, num_inference_steps: int, **plan_kwargs: Any) -> tuple[SamplerPlan, Schedule | None]:
         """The pipeline's plan for these steps (``plan_kwargs``: ``side``, the latent side, and
-        ``sigmas``; :func:`~l2c_compile.diffusers.flux.flux_plan`) and the schedule; L2CError when
-        the schedule was made for another NFE or sampler, or names another diffusers model (a
-        schedule made from a folder: FLUX.1-schnell's for a dev pipeline)."""
+        ``sigmas``; :func:`~l2c_compile.diffusers.flux.flux_plan`) and the schedule, checked by
+        :meth:`~l2c_compile.diffusers.pipelines.base.CompiledPipeline._check_schedule` (the
+        name check tells FLUX.1-schnell's schedule from dev's)."""
         side = plan_kwargs["side"]
         plan = flux_plan(self.pipe.scheduler, num_inference_steps, side, side, sigmas=plan_kwargs.get("sigmas"))
-        sched = self.schedule
-        if sched is not None and (sched.nfe != plan.nfe or sched.sampler != plan.sampler):
-            raise L2CError(f"the schedule is for {sched.sampler} with {sched.nfe} NFE, the pipeline runs "
-                           f"{plan.sampler} with num_inference_steps={num_inference_steps}")
-        name = self.spec_name
-        if sched is not None and sched.model.startswith("diffusers:") and sched.model != name:
-            raise L2CError(f"the schedule was made for {sched.model}, this pipeline's transformer is {name}")
-        return plan, sched
-
-    @property
-    def spec_name(self) -> str:
-        """The name a schedule made from this pipeline's folder carries
-        (:class:`~l2c_compile.diffusers.spec.DiffusersSpec`: it tells FLUX.1-dev from schnell)."""
-        transformer = self.pipe.transformer
-        return spec_from_config(type(transformer).__name__, dict(transformer.config)).name
+        return plan, self._check_schedule(plan, num_inference_steps)
 
     def flux_sampler(self, num_inference_steps: int, cfg: bool, text_len: int, side: int, *,
                      sigmas: Sequence[float] | None = None) -> CompiledSampler:
