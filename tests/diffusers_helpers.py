@@ -175,12 +175,15 @@ def tiny_flux_transformer(seed: int = 0, *, layers: int = 2, single_layers: int 
 
 
 def flux_prompt_inputs(batch: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Random prompt / negative prompt embeddings and pooled embeddings for the tiny FLUX."""
+    """Random prompt / negative prompt embeddings (batch, FLUX_TEXT_LEN, FLUX_TEXT_DIM) and pooled
+    embeddings (batch, FLUX_POOLED_DIM) for the tiny FLUX, under ``FluxPipeline``'s keyword names
+    (``prompt_embeds``, ``pooled_prompt_embeds``, ``negative_…``)."""
     g = torch.Generator().manual_seed(seed + 11)
     out = {}
     for name in ("prompt", "negative_prompt"):
         out[f"{name}_embeds"] = torch.randn(batch, FLUX_TEXT_LEN, FLUX_TEXT_DIM, generator=g)
-        out[f"pooled_{name}_embeds"] = torch.randn(batch, FLUX_POOLED_DIM, generator=g)
+        pooled = "pooled_prompt" if name == "prompt" else "negative_pooled_prompt"
+        out[f"{pooled}_embeds"] = torch.randn(batch, FLUX_POOLED_DIM, generator=g)
     return out
 
 # ---------------------------------------------------------------------------------------------
@@ -328,3 +331,42 @@ def tiny_wan_pipeline(seed: int = 0, *, layers: int = 2, unipc: bool = True, enc
                        transformer=tiny_wan_transformer(seed, layers=layers), scheduler=scheduler)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+# FLUX.1: tiny CLIP (pooled), T5, VAE and the whole pipeline
+# ---------------------------------------------------------------------------------------------
+
+FLUX_T5_LEN = 6  # max_sequence_length the tests pass for the tiny T5 (512 by default in FluxPipeline)
+
+
+def tiny_flux_pipeline(folder: Path, seed: int = 0, *, guidance_embeds: bool = True, dynamic: bool = True,
+                       encoders: bool = True):
+    """A ``FluxPipeline`` with the tiny FLUX transformer (``guidance_embeds``: FLUX.1-dev, else
+    schnell), a one-level random VAE with FLUX's ``scaling_factor`` / ``shift_factor``
+    (vae_scale_factor 1: a 2-pixel patch, 8 px → 16 packed tokens), a tiny ``CLIPTextModel`` (its
+    pooled output: hidden 12 = pooled_projection_dim), a tiny T5 (d_model 16) and the flow-matching
+    Euler scheduler as FLUX.1 configures it: ``dynamic`` (dev: shift 3 unused, μ from the image
+    sequence length over 16–64 tokens), else schnell's static shift 1. ``encoders=False``: no text
+    encoders or tokenizers (the pipeline then takes ``prompt_embeds`` only). ``folder``: where the
+    CLIP vocabulary goes."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8,),
+                        down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",),
+                        layers_per_block=1, norm_num_groups=4, sample_size=8, scaling_factor=0.3611,
+                        shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False).eval()
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0 if dynamic else 1.0, use_dynamic_shifting=dynamic,
+                                                base_image_seq_len=16, max_image_seq_len=64, base_shift=0.5,
+                                                max_shift=1.15)
+    parts: dict = dict.fromkeys(("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"))
+    if encoders:
+        tokenizer = tiny_clip_tokenizer(folder / "clip_vocab")
+        config = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=FLUX_POOLED_DIM, intermediate_size=16,
+                                num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=SD3_CLIP_LEN,
+                                bos_token_id=0, eos_token_id=1, pad_token_id=2)
+        t5 = T5EncoderModel(T5Config(vocab_size=len(WORDS) + 3, d_model=FLUX_TEXT_DIM, d_kv=4, d_ff=16,
+                                     num_layers=1, num_heads=2, relative_attention_num_buckets=8)).eval()
+        parts = dict(text_encoder=CLIPTextModel(config).eval(), tokenizer=tokenizer, text_encoder_2=t5,
+                     tokenizer_2=tiny_tokenizer())
+    transformer = tiny_flux_transformer(seed, guidance_embeds=guidance_embeds)
+    return FluxPipeline(transformer=transformer, scheduler=scheduler, vae=vae, **parts)

@@ -150,7 +150,7 @@ def _flux_inputs(model: nn.Module, seed: int, batch: int = 2) -> tuple[torch.Ten
 
     p = flux_prompt_inputs(batch, seed)
     y = torch.stack([pack_condition(p["prompt_embeds"], p["pooled_prompt_embeds"], 3.5),
-                     pack_condition(p["negative_prompt_embeds"], p["pooled_negative_prompt_embeds"], 3.5)], dim=1)
+                     pack_condition(p["negative_prompt_embeds"], p["negative_pooled_prompt_embeds"], 3.5)], dim=1)
     noise = torch.randn(batch, *latent_shape(model), generator=torch.Generator().manual_seed(seed))
     return noise, y
 

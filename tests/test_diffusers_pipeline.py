@@ -121,7 +121,7 @@ def test_saved_folders_load_offline_and_bad_folders_are_named(tmp_path):
         assert type(model.transformer).__name__ == "DiTTransformer2DModel"
         assert torch.equal(model.transformer.pos_embed.proj.weight, pipe.transformer.pos_embed.proj.weight)
     with pytest.raises(L2CError, match=r"vae holds a diffusers AutoencoderKL; supported: DiTTransformer2DModel, PixArtTransformer2DModel, "
-                       r"SD3Transformer2DModel, WanTransformer3DModel$"):
+                       r"SD3Transformer2DModel, FluxTransformer2DModel, WanTransformer3DModel$"):
         load_diffusers(folder / "vae")
     (tmp_path / "empty").mkdir()
     with pytest.raises(L2CError, match="is not a diffusers model folder"):

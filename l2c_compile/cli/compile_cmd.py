@@ -25,7 +25,13 @@ from l2c_compile.cli.common import (
 from l2c_compile.compiler.passes.hoist import DEFAULT_LIMIT_BYTES
 from l2c_compile.errors import L2CError
 from l2c_compile.families import latent_shape
-from l2c_compile.models.select import make_spec_plan, select_model, select_spec, spec_layout
+from l2c_compile.models.select import (
+    default_cfg,
+    make_spec_plan,
+    select_model,
+    select_spec,
+    spec_layout,
+)
 from l2c_compile.runtime.verify import compile_summary, verify_artifact
 
 
@@ -33,7 +39,7 @@ from l2c_compile.runtime.verify import compile_summary, verify_artifact
 def compile_cmd(
     model: str | None = typer.Option(None, "--model", "-m", help="registry name, see `l2c-compile models`"),
     diffusers: Path | None = typer.Option(None, "--diffusers", help="local diffusers pipeline or model folder "
-                                          "(DiT, PixArt, SD3, Wan), instead of --model"),
+                                          "(DiT, PixArt, SD3, FLUX.1, Wan), instead of --model"),
     num_frames: int | None = NUM_FRAMES,
     height: int | None = HEIGHT,
     width: int | None = WIDTH,
@@ -46,7 +52,8 @@ def compile_cmd(
     dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16 | auto (bf16 where the device has native bf16)"),
     device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N (must exist here)"),
     backend: str = typer.Option("eager", "--backend", help="eager | inductor | regional"),
-    cfg: bool = typer.Option(True, "--cfg/--no-cfg", help="batch classifier-free guidance"),
+    cfg: bool | None = typer.Option(None, "--cfg/--no-cfg", help="batch classifier-free guidance (default: on; "
+                                    "off for a guidance-distilled model, FLUX.1, whose true CFG is optional)"),
     fuse: bool = typer.Option(True, "--fuse/--no-fuse", help="fuse reuse epilogues into kernels"),
     hoist: bool = typer.Option(True, "--hoist/--no-hoist", help="compute what the trajectory fixes (timestep "
                                "embeddings, adaLN modulations, prompt keys/values) once per call, before step 0"),
@@ -101,6 +108,8 @@ def _compile_into(out: Path, model: str | None, diffusers: Path | None, checkpoi
 
     resolve_dtype(options["dtype"], resolve_device(options["device"]))
     spec = select_spec(model, diffusers, size)
+    if options["cfg"] is None:
+        options["cfg"] = default_cfg(spec)
     plan = make_spec_plan(spec, sampler, nfe)
     sched = None
     if schedule is not None:  # before the weights load: a wrong schedule should not wait for them
@@ -162,11 +171,11 @@ def verify_cmd(
 def sample_cmd(
     directory: Path = typer.Argument(..., help="artifact folder"),
     classes: str = typer.Option("0,1,2,3", "--classes", help="comma-separated class labels"),
-    prompt: list[str] | None = typer.Option(None, "--prompt", help="text-to-image artifacts (PixArt, SD3): a "
+    prompt: list[str] | None = typer.Option(None, "--prompt", help="text-to-image artifacts (PixArt, SD3, FLUX.1): a "
                                             "prompt to draw; repeat for several"),
     negative_prompt: str = typer.Option("", "--negative-prompt", help="with --prompt: the unconditional prompt"),
     pipeline: Path | None = typer.Option(None, "--diffusers", help="with --prompt: the pipeline folder (PixArt, "
-                                         "SD3, Wan) whose text encoders, tokenizers and VAE to use"),
+                                         "SD3, FLUX.1, Wan) whose text encoders, tokenizers and VAE to use"),
     gif: Path | None = typer.Option(None, "--gif", help="video artifacts (Wan): also write the videos as an "
                                     "animated GIF (the PNG shows each video's frames side by side)"),
     seed: int = typer.Option(0, "--seed"),
@@ -268,7 +277,7 @@ def _sample_prompts(directory: Path, prompts: list[str], negative_prompt: str, p
     if not prompts:
         raise L2CError("--diffusers DIR goes with --prompt TEXT (text-to-image artifacts)")
     if pipeline is None:
-        raise L2CError("--prompt needs --diffusers DIR: the pipeline folder (PixArt, SD3) whose text encoders, "
+        raise L2CError("--prompt needs --diffusers DIR: the pipeline folder (PixArt, SD3, FLUX.1) whose text encoders, "
                        "tokenizers and VAE encode the prompt and decode the image")
     resolve_device(device)
     check_png_path(out)
@@ -297,7 +306,8 @@ def _draw_prompts(directory: Path, prompts: list[str], negative_prompt: str, pip
 
     pipe = load_pipeline(pipeline)
     if getattr(pipe, "text_encoder", None) is None or not hasattr(pipe, "encode_prompt"):
-        raise L2CError(f"{pipeline} has no text encoder: pass a text-to-image pipeline folder (PixArt, SD3, Wan)")
+        raise L2CError(f"{pipeline} has no text encoder: pass a text-conditioned pipeline folder (PixArt, SD3, "
+                       "FLUX.1, Wan)")
     compiled = load(directory, device=device, cuda_graph=cuda_graph)
     print_fallbacks(compiled.record.fallbacks)
     m = compiled.model

@@ -29,12 +29,12 @@ from l2c_compile.models.select import make_spec_plan, select_model, select_spec,
 def train_cmd(
     model: str | None = typer.Option(None, "--model", "-m", help="registry name, see `l2c-compile models`"),
     diffusers: Path | None = typer.Option(None, "--diffusers", help="local diffusers pipeline or model folder "
-                                          "(DiT, PixArt, SD3, Wan), instead of --model"),
+                                          "(DiT, PixArt, SD3, FLUX.1, Wan), instead of --model"),
     num_frames: int | None = NUM_FRAMES,
     height: int | None = HEIGHT,
     width: int | None = WIDTH,
-    prompts: Path | None = typer.Option(None, "--prompts", help="text-conditioned models (PixArt, SD3, Wan): one "
-                                        "prompt per "
+    prompts: Path | None = typer.Option(None, "--prompts", help="text-conditioned models (PixArt, SD3, FLUX.1, Wan): "
+                                        "one prompt per "
                                         "line (encoded with the --diffusers pipeline's text encoders), or precomputed "
                                         "prompt_embeds in a .safetensors file; x0 is drawn from the model"),
     checkpoint: Path | None = typer.Option(
@@ -132,7 +132,8 @@ def train_cmd(
                 raise L2CError("this model draws from text: pass --prompts FILE (one prompt per line, or prompt_embeds "
                                "in a .safetensors file)")
             if prompts is not None and not text:
-                raise L2CError("--prompts is for text-conditioned models (a PixArt, SD3 or Wan --diffusers folder)")
+                raise L2CError("--prompts is for text-conditioned models (a PixArt, SD3, FLUX.1 or Wan --diffusers "
+                               "folder)")
             if prompts is not None and data != "self":
                 raise L2CError("--prompts trains data-free: drop --data")
             spec, net = select_model(model, diffusers, checkpoint, init, seed, size)
@@ -279,5 +280,6 @@ def _prompt_data(spec, net, plan, prompts: tuple[Path, Path], pool_size: int, se
         pipe = load_pipeline(folder)
     conds, null, description = load_conditions(path, net, pipe)
     net.set_null_condition(null)
-    return draw_prompt_data(net, plan, conds, null, size=pool_size, seed=seed, cfg_scale=spec.default_cfg_scale,
+    guided = null if spec.default_cfg_scale > 1 else None  # FLUX.1 samples unguided: no second pass at scale 1
+    return draw_prompt_data(net, plan, conds, guided, size=pool_size, seed=seed, cfg_scale=spec.default_cfg_scale,
                             description=description, progress=show)

@@ -6,8 +6,8 @@
 ``set_timesteps`` (with the ``sigmas`` and ``mu`` its pipeline passes: FLUX's
 ``linspace(1, 1/N, N)`` and its resolution-dependent μ), so any σ setting the scheduler has
 (Karras, a terminal shift, …) is followed; settings that make a step non-linear are refused.
-``compile_pipeline`` runs them for ``StableDiffusion3Pipeline``; the FLUX and Wan pipelines are
-not compiled yet.
+``compile_pipeline`` runs them for ``StableDiffusion3Pipeline`` and ``FluxPipeline``; the Wan
+pipeline is not compiled yet.
 """
 
 from __future__ import annotations

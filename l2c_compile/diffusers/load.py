@@ -17,10 +17,11 @@ from l2c_compile.errors import L2CError
 from l2c_compile.inputs import read_json
 from l2c_compile.limits import check_model_size
 
-# → adapter (dit.py, pixart.py, sd3.py, wan.py; the class each family declares, families/builtin.py)
+# → adapter (dit.py, pixart.py, sd3.py, flux.py, wan.py; the class each family declares, families/builtin.py)
 ADAPTED = {"DiTTransformer2DModel": "DiT", "PixArtTransformer2DModel": "PixArt", "SD3Transformer2DModel": "SD3",
-           "WanTransformer3DModel": "Wan"}
-PIPELINES = ("DiTPipeline", "PixArtAlphaPipeline", "PixArtSigmaPipeline", "StableDiffusion3Pipeline", "WanPipeline")
+           "FluxTransformer2DModel": "FLUX", "WanTransformer3DModel": "Wan"}
+PIPELINES = ("DiTPipeline", "PixArtAlphaPipeline", "PixArtSigmaPipeline", "StableDiffusion3Pipeline", "FluxPipeline",
+             "WanPipeline")
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -67,7 +68,12 @@ def check_config_size(cls: str, config: dict[str, Any], what: str) -> None:
     side, patch = config.get("sample_size"), config.get("patch_size")
     sized = all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (side, patch))
     classes = config.get("num_embeds_ada_norm") if cls != "PixArtTransformer2DModel" else 0
-    check_model_size(config, what, depth=config.get("num_layers"), width=heads * head_dim if ints else None,
+    depth = config.get("num_layers")
+    if cls == "FluxTransformer2DModel":  # double- and single-stream blocks (the family's depth_keys)
+        single = config.get("num_single_layers", 0)
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in (depth, single)):
+            depth += single  # else the bad value is reported as it is
+    check_model_size(config, what, depth=depth, width=heads * head_dim if ints else None,
                      tokens=(side // patch) ** 2 if sized else 0,
                      classes=classes if isinstance(classes, int) else 0)
 
@@ -76,12 +82,12 @@ def load_diffusers(path: str | os.PathLike[str], *, text_len: int | None = None,
                    size: dict[str, int] | None = None):
     """The adapted model (:class:`~l2c_compile.diffusers.dit.DiffusersDiT`,
     :class:`~l2c_compile.diffusers.pixart.DiffusersPixArt`,
-    :class:`~l2c_compile.diffusers.sd3.DiffusersSD3`, :class:`~l2c_compile.diffusers.wan.DiffusersWan`:
-    the adapter its family declares) of a local pipeline or model folder, in eval mode, loaded
-    offline; L2CError for anything unsupported. ``text_len``: a text-conditioned model's prompt
-    length (default: what the folder's pipeline encodes to, :func:`default_text_len`); ``size``:
-    the sample size of a family whose config does not fix it (Wan: ``num_frames``, ``height``,
-    ``width``; ``DiffusersSpec.size``)."""
+    :class:`~l2c_compile.diffusers.sd3.DiffusersSD3`, :class:`~l2c_compile.diffusers.flux.DiffusersFlux`,
+    :class:`~l2c_compile.diffusers.wan.DiffusersWan`: the adapter its family declares) of a local
+    pipeline or model folder, in eval mode, loaded offline; L2CError for anything unsupported.
+    ``text_len``: a text-conditioned model's prompt length (default: what the folder's pipeline
+    encodes to, :func:`default_text_len`); ``size``: the sample size of a family whose config does
+    not fix it (Wan: ``num_frames``, ``height``, ``width``; ``DiffusersSpec.size``)."""
     from l2c_compile.families import family_for_diffusers
 
     folder, cls = model_folder(path)
@@ -105,7 +111,8 @@ def load_diffusers(path: str | os.PathLike[str], *, text_len: int | None = None,
 def default_text_len(path: str | os.PathLike[str]) -> int:
     """The prompt length a text-to-image folder's pipeline encodes to, as its adapter reads it
     (``pipeline_text_len``: PixArt's ``max_sequence_length`` default, 120 or 300; SD3's CLIP
-    tokens + T5 tokens, 77 + 256); the adapter's default for a bare model folder."""
+    tokens + T5 tokens, 77 + 256; FLUX's T5 tokens, 512); the adapter's default for a bare model
+    folder."""
     from l2c_compile.families import family_for_diffusers
 
     _, cls = model_folder(path)
@@ -117,8 +124,8 @@ def default_text_len(path: str | os.PathLike[str]) -> int:
 
 def load_pipeline(path: str | os.PathLike[str]):
     """A whole ``DiTPipeline`` / ``PixArtAlphaPipeline`` / ``PixArtSigmaPipeline`` /
-    ``StableDiffusion3Pipeline`` / ``WanPipeline`` from a local folder (offline); L2CError naming
-    what was found."""
+    ``StableDiffusion3Pipeline`` / ``FluxPipeline`` / ``WanPipeline`` from a local folder (offline);
+    L2CError naming what was found."""
     root = Path(path)
     if not (root / "model_index.json").is_file():
         raise L2CError(f"{root} is not a diffusers pipeline folder (no model_index.json)")

@@ -18,6 +18,11 @@ the model its config builds on the meta device (no weights). The σ schedule is 
 flow-matching model's convention (SD3 samples with ``shift`` 3): a pipeline folder's own
 scheduler config makes the plan (:meth:`~DiffusersSpec.scheduler_plan`).
 
+FLUX.1 (``FluxTransformer2DModel``): two block groups (the layout from the meta-device model, as
+SD3), latents from the sample size (``Family.latent``: 1024 px by default, 128×128 latents), the
+plan from the folder's scheduler over ``FluxPipeline``'s σ and μ; the name tells dev from schnell
+(``…(guidance_embeds=True)``: ``Family.variant``), so a schedule for one is refused on the other.
+
 Wan (``WanTransformer3DModel``): video latents ``(C, F, H, W)`` from the frame count and the video size
 (``Family.latent``; a folder's spec takes them as options, default the pipeline's 81 frames of
 832×480); its record adds ``num_frames``; its plan is the folder's flow UniPC (``flow_shift``) or
@@ -115,7 +120,8 @@ class DiffusersSpec:
     def scheduler_plan(self, nfe: int) -> SamplerPlan | None:
         """The plan of the folder's own flow-matching scheduler for ``nfe`` steps at the model's
         default image size (its ``shift``, or the dynamic shift's μ for that size, as
-        ``StableDiffusion3Pipeline`` computes it); None without one (a model folder, a VP model).
+        ``StableDiffusion3Pipeline`` computes it; FLUX: ``FluxPipeline``'s σ and μ,
+        :func:`~l2c_compile.diffusers.flux.flux_plan`); None without one (a model folder, a VP model).
         L2CError for a scheduler or setting :func:`~l2c_compile.diffusers.pipeline_plan` refuses."""
         if self.scheduler_config is None:
             return None
@@ -132,11 +138,13 @@ class DiffusersSpec:
         if not is_flow_scheduler(scheduler):
             raise L2CError(f"{self.diffusers_class} samples with flow matching; the folder's {name} is not a "
                            "flow-matching scheduler")
+        *_, height, width = self.latent_shape  # (C, H, W); a video's (C, F, H, W)
+        if self.declaration.pipeline_plan is not None:  # the pipeline's own σ / μ (FLUX.1: flux_plan)
+            return self.declaration.pipeline_plan_function()(scheduler, nfe, height, width)
         patch = self.config.get("patch_size", 1)
         mu = None  # WanPipeline hands its scheduler no μ (Wan's patch_size is a (t, h, w) triple)
         if isinstance(patch, int):  # SD3: a dynamic shift's μ from the default image's patch count
-            side = self.latent_shape[1]
-            mu = shift_mu(scheduler.config, patch, side, side)
+            mu = shift_mu(scheduler.config, patch, height, width)
         return pipeline_plan(scheduler, nfe, mu=mu)
 
     @property
@@ -197,7 +205,8 @@ def spec_from_config(cls: str, config: dict[str, Any], text_len: int | None = No
                    "time_input": s.time_input, "default_cfg_scale": s.default_cfg_scale}
     if fam.conditioning == "text":
         sized = fam.latent is not None
-        return DiffusersSpec(f"diffusers:{cls}", cls, config, **conventions, text_len=text_len or 120,
+        variant = fam.variant(config) if fam.variant is not None else ""  # FLUX: dev or schnell
+        return DiffusersSpec(f"diffusers:{cls}{variant}", cls, config, **conventions, text_len=text_len or 120,
                              scheduler_config=scheduler_config, height=height if sized else None,
                              width=width if sized else None, num_frames=num_frames if sized else None)
     return DiffusersSpec(_official_name(config) or f"diffusers:{cls}", cls, config, **conventions)

@@ -196,6 +196,13 @@ class Family:
     sample size: ``{"height": px, "width": px, "num_frames": n}``, the entries the caller gave over
     ``default_size`` (the pipeline's defaults: FLUX 1024 px; Wan 81 frames of 480×832 px; a square
     family reads ``height`` only); ``depth_keys``: the config entries whose sum is the number of blocks.
+    ``variant``: for a diffusers family whose configs of the same shapes condition differently, the
+    suffix its spec's name takes from a config (FLUX.1-dev embeds the guidance scale, schnell does
+    not), so a schedule made for one is refused on the other. ``pipeline_plan``: for a diffusers
+    flow-matching family whose pipeline hands its scheduler σ or μ of its own, the function
+    (``"module:function"``, ``(scheduler, nfe, latent_height, latent_width) → SamplerPlan``) that
+    makes the plan as the pipeline does (FLUX.1: ``linspace`` σ and μ of the packed token count);
+    None: the scheduler's own σ, with a dynamic shift's μ from the patch count.
     """
 
     name: str
@@ -216,6 +223,8 @@ class Family:
     latent: Callable[[Mapping[str, Any], Mapping[str, int]], tuple[int, ...]] | None = None
     default_size: Mapping[str, int] = field(default_factory=dict)
     depth_keys: tuple[str, ...] = ("num_layers",)
+    variant: Callable[[Mapping[str, Any]], str] | None = None
+    pipeline_plan: str | None = None
 
     def __post_init__(self) -> None:
         if not self.groups:
@@ -250,6 +259,13 @@ class Family:
         if self.adapter is None:
             raise FamilyError(f"family {self.name!r} declares no adapter")
         module, _, name = self.adapter.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+    def pipeline_plan_function(self) -> Callable[..., Any]:
+        """The plan function ``pipeline_plan`` names, imported; FamilyError when it names none."""
+        if self.pipeline_plan is None:
+            raise FamilyError(f"family {self.name!r} declares no pipeline plan")
+        module, _, name = self.pipeline_plan.partition(":")
         return getattr(importlib.import_module(module), name)
 
     @property

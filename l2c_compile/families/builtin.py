@@ -149,6 +149,9 @@ FLUX = register_family(Family(
     latent=lambda config, size: (int(config["in_channels"]) // 4, *(2 * (size["height"] // 16),) * 2),
     default_size={"height": 1024},
     depth_keys=("num_layers", "num_single_layers"),
+    # dev and schnell have the same shapes; dev's condition embeds the guidance scale
+    variant=lambda config: f"(guidance_embeds={bool(config.get('guidance_embeds', False))})",
+    pipeline_plan="l2c_compile.diffusers.flux:flux_plan",
 ))
 
 WAN = register_family(Family(

@@ -138,3 +138,12 @@ def make_spec_plan(spec: Any, sampler: str | None, nfe: int, **options: object):
             return plan
     return make_plan(sampler or spec.default_sampler, nfe, noise_schedule=spec.noise_schedule,
                      time_input=spec.time_input, **options)
+
+
+def default_cfg(spec: Any) -> bool:
+    """Whether a sampler for ``spec`` batches classifier-free guidance unless told: yes, except for
+    a guidance-distilled diffusers family (FLUX.1: the scale is embedded in the condition and its
+    pipeline runs true CFG only when asked, ``true_cfg_scale`` > 1)."""
+    if getattr(spec, "family", None) != "diffusers":
+        return True
+    return spec.declaration.guidance != "distilled"

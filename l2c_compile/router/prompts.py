@@ -1,4 +1,4 @@
-"""Where text-conditioned router training (PixArt, SD3, Wan) gets its conditions and its x0:
+"""Where text-conditioned router training (PixArt, SD3, FLUX.1, Wan) gets its conditions and its x0:
 prompts, data-free.
 
 The conditions come from a prompts file, either
@@ -9,15 +9,18 @@ The conditions come from a prompts file, either
   default negative prompt), or
 * a ``.safetensors`` file of precomputed tensors under the pipeline's own names (the adapter's
   ``condition_keys``): PixArt's ``prompt_embeds`` (N, L, D) with ``prompt_attention_mask`` (N, L),
-  SD3's ``prompt_embeds`` (N, L, D) with ``pooled_prompt_embeds`` (N, P), Wan's ``prompt_embeds``
-  (N, L, D) alone; optionally the negative pair (``negative_prompt_embeds`` (1, L, D) with
-  ``negative_prompt_attention_mask`` / ``negative_pooled_prompt_embeds``; Wan's alone) as the
-  null condition.
+  SD3's and FLUX's ``prompt_embeds`` (N, L, D) with ``pooled_prompt_embeds`` (N, P) (FLUX.1-dev's
+  condition embeds the pipeline's default guidance scale, 3.5), Wan's ``prompt_embeds`` (N, L, D)
+  alone; optionally the negative pair (``negative_prompt_embeds`` (1, L, D) with
+  ``negative_prompt_attention_mask`` / ``negative_pooled_prompt_embeds``; Wan's alone) as the null
+  condition.
 
 x0 is drawn from the model itself (:func:`draw_prompt_data`): sample i is the uncached sampler's
 output for prompt ``i mod N``, with classifier-free guidance against the null condition when there
-is one. The result is a :class:`~l2c_compile.router.data.TensorData` whose "labels" are the packed
-conditions (PixArt (N, L, D + 1), SD3 (N, L + 1, W), Wan (N, L, D)), so the training loop runs unchanged.
+is one and the model's default scale is above 1 (not for FLUX.1, which samples unguided by default:
+its null condition serves label dropout only). The result is a
+:class:`~l2c_compile.router.data.TensorData` whose "labels" are the packed conditions (PixArt
+(N, L, D + 1), SD3 and FLUX (N, L + 1, W), Wan (N, L, D)), so the training loop runs unchanged.
 """
 
 from __future__ import annotations

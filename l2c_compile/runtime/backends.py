@@ -188,9 +188,12 @@ def compile_step(step: Callable[..., Any], backend: str) -> Callable[..., Any]:
 
 
 def _sublayer_modules(model: nn.Module) -> list[nn.Module]:
-    from l2c_compile.compiler.passes.sublayers import sublayer_paths
+    """The modules the declared sublayers run (``KindDecl.path`` under each block). Not
+    ``sublayer_paths``: a projected branch's path there (FLUX's ``proj_out_mlp``) names the split
+    projection the capture makes, which the model itself does not have."""
+    from l2c_compile.families import family_of
 
-    return [model.get_submodule(path) for path in sublayer_paths(model).values()]
+    return [model.get_submodule(f"{path}.{k.path}") for path, k in family_of(model).sublayers(model)]
 
 
 def compile_regions(model: nn.Module) -> int:

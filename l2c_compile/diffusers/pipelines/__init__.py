@@ -2,8 +2,8 @@
 
 One drop-in class per pipeline family, each in its own module and registered in :data:`PIPELINES`
 by the pipeline's class name: ``DiTPipeline`` (:mod:`.base`), ``PixArtAlphaPipeline`` /
-``PixArtSigmaPipeline`` (:mod:`.pixart`), ``StableDiffusion3Pipeline`` (:mod:`.sd3`), ``WanPipeline``
-(:mod:`.wan`, Wan 2.1 text-to-video). A drop-in
+``PixArtSigmaPipeline`` (:mod:`.pixart`), ``StableDiffusion3Pipeline`` (:mod:`.sd3`), ``FluxPipeline``
+(:mod:`.flux`), ``WanPipeline`` (:mod:`.wan`, Wan 2.1 text-to-video). A drop-in
 takes the pipeline's own arguments and returns its own output type; ``schedule=None`` reproduces
 ``pipe(...)``.
 """
@@ -15,6 +15,7 @@ from typing import Any
 from l2c_compile.compiler.driver import check_schedule_type
 from l2c_compile.diffusers.flow_schedulers import is_flow_scheduler
 from l2c_compile.diffusers.pipelines.base import CompiledPipeline
+from l2c_compile.diffusers.pipelines.flux import CompiledFluxPipeline
 from l2c_compile.diffusers.pipelines.pixart import CompiledPixArtPipeline
 from l2c_compile.diffusers.pipelines.sd3 import CompiledSD3Pipeline
 from l2c_compile.diffusers.pipelines.wan import CompiledWanPipeline
@@ -22,7 +23,8 @@ from l2c_compile.diffusers.scheduler_plans import pipeline_plan
 from l2c_compile.errors import L2CError
 from l2c_compile.schedule import Schedule
 
-__all__ = ["PIPELINES", "CompiledPipeline", "CompiledPixArtPipeline", "CompiledSD3Pipeline", "CompiledWanPipeline",
+__all__ = ["PIPELINES", "CompiledFluxPipeline", "CompiledPipeline", "CompiledPixArtPipeline", "CompiledSD3Pipeline",
+           "CompiledWanPipeline",
            "compile_pipeline", "pipeline_plan"]
 
 # The drop-in for each diffusers pipeline class (a subclass of one of these gets its drop-in too).
@@ -31,6 +33,7 @@ PIPELINES: dict[str, type[CompiledPipeline]] = {
     "PixArtAlphaPipeline": CompiledPixArtPipeline,
     "PixArtSigmaPipeline": CompiledPixArtPipeline,
     "StableDiffusion3Pipeline": CompiledSD3Pipeline,
+    "FluxPipeline": CompiledFluxPipeline,
     "WanPipeline": CompiledWanPipeline,
 }
 
@@ -38,15 +41,15 @@ PIPELINES: dict[str, type[CompiledPipeline]] = {
 def compile_pipeline(pipe: Any, schedule: Schedule | None = None, *, memory_budget: int | None = None,
                      **compile_kwargs: Any) -> CompiledPipeline:
     """A drop-in for ``pipe`` (a diffusers ``DiTPipeline``, ``PixArtAlphaPipeline``,
-    ``PixArtSigmaPipeline``, ``StableDiffusion3Pipeline`` or ``WanPipeline``: :data:`PIPELINES`)
-    running ``schedule`` (None: compute everything) as compiled code; ``compile_kwargs`` go to
-    :func:`l2c_compile.compile` (``fuse``, ``backend``, ``cuda_graph``, ``dtype``, ``device``: those
-    two apply to the compiled sampler's own copy of the weights; the pipeline and its components are
-    never changed). ``memory_budget``: bytes a call's planned cache and new weights copy may take,
-    checked before any work (None: the target device's free memory; only drop-ins that plan their
-    memory take it: ``WanPipeline``). L2CError for an unsupported pipeline or scheduler, a scheduler
-    of the other sort (a flow-matching one for an ε pipeline, a VP one for SD3 or Wan), or a
-    pipeline the drop-in refuses (Wan 2.2's two experts)."""
+    ``PixArtSigmaPipeline``, ``StableDiffusion3Pipeline``, ``FluxPipeline`` or ``WanPipeline``:
+    :data:`PIPELINES`) running ``schedule`` (None: compute everything) as compiled code;
+    ``compile_kwargs`` go to :func:`l2c_compile.compile` (``fuse``, ``backend``, ``cuda_graph``,
+    ``dtype``, ``device``: those two apply to the compiled sampler's own copy of the weights; the
+    pipeline and its components are never changed). ``memory_budget``: bytes a call's planned cache
+    and new weights copy may take, checked before any work (None: the target device's free memory;
+    only drop-ins that plan their memory take it: ``WanPipeline``). L2CError for an unsupported
+    pipeline or scheduler, a scheduler of the other sort (a flow-matching one for an ε pipeline, a
+    VP one for SD3, FLUX or Wan), or a pipeline the drop-in refuses (Wan 2.2's two experts)."""
     cls = next((PIPELINES[c.__name__] for c in type(pipe).__mro__ if c.__name__ in PIPELINES), None)
     if cls is None:
         raise L2CError(f"compile_pipeline supports {', '.join(PIPELINES)}, got {type(pipe).__name__}")

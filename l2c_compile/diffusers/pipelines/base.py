@@ -60,15 +60,31 @@ class CompiledPipeline:
 
     def _plan(self, num_inference_steps: int, **plan_kwargs: Any) -> tuple[SamplerPlan, Schedule | None]:
         """The pipeline scheduler's plan for these steps (``plan_kwargs``: ``mu``, ``sigmas`` for
-        :func:`pipeline_plan`) and the schedule; L2CError when the schedule was made for another
-        NFE or sampler (the rest of :meth:`~l2c_compile.schedule.Schedule.check_fits` runs when
-        the sampler is compiled)."""
+        :func:`pipeline_plan`) and the schedule, checked by :meth:`_check_schedule`."""
         plan = pipeline_plan(self.pipe.scheduler, num_inference_steps, **plan_kwargs)
+        return plan, self._check_schedule(plan, num_inference_steps)
+
+    def _check_schedule(self, plan: SamplerPlan, num_inference_steps: int) -> Schedule | None:
+        """The schedule, L2CError when it was made for another NFE or sampler than ``plan``, or
+        from a folder of another diffusers model (its name, ``diffusers:…``, is not this
+        pipeline's :attr:`spec_name`: FLUX.1-schnell's on dev, a FLUX one on SD3). A name chosen in
+        code is not compared; the rest of :meth:`~l2c_compile.schedule.Schedule.check_fits` runs
+        when the sampler is compiled."""
         sched = self.schedule
         if sched is not None and (sched.nfe != plan.nfe or sched.sampler != plan.sampler):
             raise L2CError(f"the schedule is for {sched.sampler} with {sched.nfe} NFE, the pipeline runs "
                            f"{plan.sampler} with num_inference_steps={num_inference_steps}")
-        return plan, sched
+        if sched is not None and sched.model.startswith("diffusers:") and sched.model != self.spec_name:
+            raise L2CError(f"the schedule was made for {sched.model}, this pipeline's transformer is "
+                           f"{self.spec_name}")
+        return sched
+
+    @property
+    def spec_name(self) -> str:
+        """The name a schedule made from this pipeline's folder carries
+        (:class:`~l2c_compile.diffusers.spec.DiffusersSpec`)."""
+        transformer = self.pipe.transformer
+        return spec_from_config(type(transformer).__name__, dict(transformer.config)).name
 
     def sampler(self, num_inference_steps: int, cfg: bool) -> CompiledSampler:
         """The compiled sampler for ``num_inference_steps`` steps (L2CError when it does not fit
