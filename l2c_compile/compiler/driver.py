@@ -31,7 +31,7 @@ from l2c_compile.compiler.passes.analysis import (
     tensor_bytes,
 )
 from l2c_compile.compiler.passes.base import SUBLAYER_META, CompileError
-from l2c_compile.compiler.passes.casts import drop_noop_casts
+from l2c_compile.compiler.passes.casts import CastsConfig, drop_noop_casts
 from l2c_compile.compiler.passes.codegen import StepContext, scope_members
 from l2c_compile.compiler.passes.dce import dead_code
 from l2c_compile.compiler.passes.emit import emit_module, hoisted_inputs, prologue_rows
@@ -245,7 +245,7 @@ def compile(
     for g, mask in enumerate(cache.masks):
         exports = cache.exports[g]
         config = SpecializeConfig(mask, tuple(exports), mode, kinds, multi, cache.reuses_trunk(g))
-        passes = [Pass("specialize", specialize, config), Pass("dce", dead_code), Pass("casts", drop_noop_casts),
+        passes = [Pass("specialize", specialize, config), Pass("dce", dead_code), Pass("casts", drop_noop_casts, CastsConfig(scopes)),
                   Pass("prune_chunks", prune_chunks), Pass("prune_queries", prune_queries)]
         if fuse_fn is not None:
             passes += [Pass("fuse_reuse", fuse_fn), Pass("dce", dead_code)]
