@@ -8,8 +8,9 @@ from torch import fx, nn
 from l2c_compile.compiler.passes.analysis import propagate_shapes
 from l2c_compile.compiler.passes.base import SUBLAYER_META
 from l2c_compile.compiler.passes.casts import CastsConfig, drop_noop_casts
+from l2c_compile.compiler.passes.codegen import StepContext
 
-NOTHING_WHOLE = CastsConfig({})  # no module of the traced step runs whole
+NOTHING_WHOLE = CastsConfig(StepContext(nn.Module(), {}, {}, {}))  # no module the printer calls whole
 
 
 class Casts(nn.Module):

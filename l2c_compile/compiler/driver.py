@@ -241,12 +241,15 @@ def compile(
     cache = plan_cache(masks, depth, mode, kinds, layout=None if layout.is_uniform else layout, slots=slots,
                        trunk=trunk, trunk_slots=trunk_slots)
     fuse_fn = _fuse_pass() if fuse else None
+    blocks = {key[1]: path.rsplit(".", 1)[0] for key, path in paths.items()}
+    ctx = StepContext(model=model, blocks=blocks, sublayers=paths, base_scopes=scopes, calls=calls)
     graphs, graph_reports = [], []
     for g, mask in enumerate(cache.masks):
         exports = cache.exports[g]
         config = SpecializeConfig(mask, tuple(exports), mode, kinds, multi, cache.reuses_trunk(g))
-        passes = [Pass("specialize", specialize, config), Pass("dce", dead_code), Pass("casts", drop_noop_casts, CastsConfig(scopes)),
-                  Pass("prune_chunks", prune_chunks), Pass("prune_queries", prune_queries)]
+        passes = [Pass("specialize", specialize, config), Pass("dce", dead_code),
+                  Pass("casts", drop_noop_casts, CastsConfig(ctx)), Pass("prune_chunks", prune_chunks),
+                  Pass("prune_queries", prune_queries)]
         if fuse_fn is not None:
             passes += [Pass("fuse_reuse", fuse_fn), Pass("dce", dead_code)]
         gm, reps = PassManager(passes, graph=f"step graph {g}: {config.describe()}").run(base)
@@ -266,8 +269,6 @@ def compile(
     name = (model_info or {}).get("name") or type(model).__name__
     title = (f"model {name} · {str(dtype_).removeprefix('torch.')} · sampler {plan.sampler} · NFE {plan.nfe}"
              f" · CFG {'batched' if cfg else 'off'}")
-    blocks = {key[1]: path.rsplit(".", 1)[0] for key, path in paths.items()}
-    ctx = StepContext(model=model, blocks=blocks, sublayers=paths, base_scopes=scopes, calls=calls)
     if prologue is not None:
         prologue = prologue.restricted({h for gm in graphs for h in hoisted_inputs(gm)})
         hoisted.update(outputs=len(prologue.names), outputs_per_step=sum(prologue.per_step),

@@ -13,22 +13,21 @@ Only the aliasing forms go (``aten.to.dtype`` and ``aten.type_as`` on an export 
 format argument): they return the same tensor, so the value and its aliasing are unchanged.
 ``aten._to_copy`` makes a new tensor and stays. A cast that carries a mark (a sublayer's output,
 its residual add, a name another node stands for) stays, so every later pass sees the marks it
-expects. A cast inside a module that still runs whole (every node it had in the traced step is
-there) stays too: the emitted code calls such a module (``m.mid_block(x)``) rather than spelling
-it out, and a missing cast would make it spell it out. In a bfloat16 step the casts are real and
+expects. A cast inside a module the emitted code calls whole (``m.mid_block(x)``: every node it had
+in the traced step is still there and its call can be written, ``codegen.collapsible``) stays too:
+it runs inside the call, unseen, and a missing one would make the printer spell the module out. In a bfloat16 step the casts are real and
 are all kept.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import fx
 
 from l2c_compile.compiler.passes.base import RESIDUAL_META, SUBLAYER_META, PassResult, node_scope
-from l2c_compile.compiler.passes.codegen import ROOT, scope_members
+from l2c_compile.compiler.passes.codegen import ROOT, StepContext, collapsible
 from l2c_compile.compiler.passes.naming import STANDS_FOR_META
 
 _KEEP = (SUBLAYER_META, RESIDUAL_META, STANDS_FOR_META)
@@ -36,11 +35,10 @@ _KEEP = (SUBLAYER_META, RESIDUAL_META, STANDS_FOR_META)
 
 @dataclass(frozen=True)
 class CastsConfig:
-    """``base_scopes``: module path → names of the nodes that ran in it in the traced step
-    (:func:`~l2c_compile.compiler.passes.codegen.scope_members` of the base graph), to tell which
-    modules still run whole."""
+    """``ctx``: what the printer knows beyond the graph (the base graph's module scopes and calls),
+    to tell which modules the emitted code will call whole."""
 
-    base_scopes: Mapping[str, frozenset[str]]
+    ctx: StepContext
 
 
 def _dtype(node: object) -> torch.dtype | None:
@@ -71,8 +69,8 @@ def _alias_cast(n: fx.Node) -> bool:
 
 def drop_noop_casts(gm: fx.GraphModule, config: CastsConfig) -> PassResult:
     """Replace every unmarked aliasing cast whose input already has its dtype, outside the modules
-    that run whole, by that input; reports how many went (``casts_removed``)."""
-    whole = {path for path, names in scope_members(gm).items() if config.base_scopes.get(path) == names}
+    the emitted code calls whole, by that input; reports how many went (``casts_removed``)."""
+    whole = set(collapsible(gm, config.ctx))
     removed = 0
     for n in list(gm.graph.nodes):
         if not _alias_cast(n) or any(key in n.meta for key in _KEEP):

@@ -154,7 +154,7 @@ def _one_tensor_forward(module: nn.Module) -> bool:
 _Call = tuple[fx.Node, tuple[Any, ...], dict[str, Any]]  # a module's output node, its call's args, kwargs
 
 
-def _collapsible(gm: fx.GraphModule, ctx: StepContext) -> dict[str, _Call]:
+def collapsible(gm: fx.GraphModule, ctx: StepContext) -> dict[str, _Call]:
     """Module path → (output node, args, kwargs) for every outermost submodule that runs whole."""
     current = scope_members(gm)
     by_name = {n.name: n for n in gm.graph.nodes}
@@ -208,7 +208,7 @@ class _Printer:
         self.gm, self.ctx = gm, ctx
         self.nodes = list(gm.graph.nodes)
         self.imports: set[str] = set()
-        self.collapsed = _collapsible(gm, ctx)
+        self.collapsed = collapsible(gm, ctx)
         self.hidden: dict[fx.Node, fx.Node] = {}  # node inside a collapsed module → its output
         for path, (out, _, _) in self.collapsed.items():
             for n in self.nodes:
