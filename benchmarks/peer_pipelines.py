@@ -118,11 +118,21 @@ def built_on(device: str, dtype: torch.dtype) -> Iterator[None]:
 def randomise(module: nn.Module, std: float = 0.02) -> nn.Module:
     """Every parameter filled with N(0, ``std``) in place, in eval mode. Latency does not depend on
     the values; random ones keep every branch live (diffusers zero-initialises some gates) and the
-    outputs non-degenerate, so output comparisons between rows mean something."""
+    outputs non-degenerate, so output comparisons between rows mean something (the tiny models take
+    ``std`` 0.1: at width 64, 0.02 leaves every residual branch too small for a cached one to show)."""
     with torch.no_grad():
         for p in module.parameters():
             p.normal_(0.0, std)
     return module.eval()
+
+
+def cast(module: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """``module.to(dtype)`` when a floating-point tensor of it has another dtype (the buffers a
+    constructor made in float32, such as SD3's position table); untouched, and silent, otherwise."""
+    tensors = (*module.parameters(), *module.buffers())
+    if any(t.is_floating_point() and t.dtype != dtype for t in tensors):
+        module.to(dtype)
+    return module
 
 
 def one_level_vae(latent_channels: int, scaling_factor: float, shift_factor: float | None):
@@ -231,10 +241,9 @@ def build_sd3(args: argparse.Namespace, batch: int) -> Setup:
     dtype = getattr(torch, args.dtype)
     torch.manual_seed(args.seed)
     with built_on(args.device, dtype):
-        transformer = randomise(SD3Transformer2DModel(**config))
+        transformer = randomise(SD3Transformer2DModel(**config), 0.1 if args.tiny else 0.02)
         vae = one_level_vae(config["in_channels"], 1.5305, 0.0609)
-    transformer.to(dtype)  # buffers the constructor made in float32 (the position table)
-    vae.to(dtype)
+    cast(transformer, dtype), cast(vae, dtype)
     parts = dict.fromkeys(("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "text_encoder_3",
                            "tokenizer_3"))
     pipe = StableDiffusion3Pipeline(transformer=transformer, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(
@@ -284,10 +293,9 @@ def build_flux(args: argparse.Namespace, batch: int) -> Setup:
     dtype = getattr(torch, args.dtype)
     torch.manual_seed(args.seed)
     with built_on(args.device, dtype):
-        transformer = randomise(FluxTransformer2DModel(**config))
+        transformer = randomise(FluxTransformer2DModel(**config), 0.1 if args.tiny else 0.02)
         vae = one_level_vae(config["in_channels"] // 4, 0.3611, 0.1159)
-    transformer.to(dtype)
-    vae.to(dtype)
+    cast(transformer, dtype), cast(vae, dtype)
     pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER), vae=vae, text_encoder=None,
                         tokenizer=None, text_encoder_2=None, tokenizer_2=None, transformer=transformer)
     pipe.set_progress_bar_config(disable=True)

@@ -528,7 +528,8 @@ COLUMNS = [("executor", "executor"), ("median_s", "median s"), ("min_s", "min s"
            ("speedup_vs_pipeline", "× pipe(...)"), ("speedup_vs_torch_compile", "× fastest torch.compile"),
            ("speedup_vs_cache_dit_static", "× cache-dit static"),
            ("speedup_vs_cache_dit_dynamic", "× cache-dit dynamic"), ("ideal_speedup", "ideal × (MACs)"),
-           ("share_of_ideal", "share of ideal"), ("note", "note")]
+           ("share_of_ideal", "share of ideal"), ("max_rel_diff_vs_pipeline", "max rel. diff vs pipe(...)"),
+           ("note", "note")]
 
 
 def render(rows: list[dict[str, Any]]) -> str:
