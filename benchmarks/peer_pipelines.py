@@ -127,11 +127,17 @@ def randomise(module: nn.Module, std: float = 0.02) -> nn.Module:
 
 
 def cast(module: nn.Module, dtype: torch.dtype) -> nn.Module:
-    """``module.to(dtype)`` when a floating-point tensor of it has another dtype (the buffers a
-    constructor made in float32, such as SD3's position table); untouched, and silent, otherwise."""
-    tensors = (*module.parameters(), *module.buffers())
-    if any(t.is_floating_point() and t.dtype != dtype for t in tensors):
-        module.to(dtype)
+    """Every floating-point parameter and buffer of ``module`` in ``dtype`` (the buffers a
+    constructor made in float32, such as SD3's position table), converted in place one by one
+    (``ModelMixin.to`` would warn about modules to keep in float32: none here)."""
+    with torch.no_grad():
+        for m in module.modules():
+            for p in m.parameters(recurse=False):
+                if p.is_floating_point() and p.dtype != dtype:
+                    p.data = p.data.to(dtype)
+            for name, b in m.named_buffers(recurse=False):
+                if b.is_floating_point() and b.dtype != dtype:
+                    m._buffers[name] = b.to(dtype)
     return module
 
 

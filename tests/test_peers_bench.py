@@ -14,7 +14,7 @@ from tests.helpers import bench_script
 
 @pytest.fixture(scope="module")
 def peers():
-    leaks = ("latency", "latency_exec", "latency_diffusers", "common", "peer_pipelines")
+    leaks = ("latency", "latency_exec", "latency_diffusers", "common", "peer_pipelines", "cache_dit_match")
     with bench_script("peers.py", "bench_peers", leaks) as module:
         yield module
 
