@@ -4,7 +4,8 @@ schedule by ``l2c_compile.metrics.macs.trajectory_macs``), the static step mask 
 what the l2c schedule removes, and the pipeline copy it runs on (modules copied, weights shared).
 
 Sources: cache-dit 1.5.3 ``caching/block_adapters/adapters.py`` (the block lists of each pipeline:
-SD3 ``transformer_blocks``; FLUX.1 ``transformer_blocks`` then ``single_transformer_blocks``) and
+SD3 ``transformer_blocks``; FLUX.1 ``transformer_blocks + single_transformer_blocks`` as one list of
+"dummy blocks" by default, two lists with ``CACHE_DIT_FLUX_ENABLE_DUMMY_BLOCKS=0``) and
 ``caching/cache_blocks/pattern_base.py`` (``_Fn_blocks``/``_Mn_blocks``/``_Bn_blocks``: on a cached
 step each list computes its first Fn and last Bn blocks and reuses the residual of the rest).
 """
@@ -30,8 +31,9 @@ def cache_dit_version() -> str | None:
 
 def skipped_blocks(lists: tuple[int, ...], fn: int = 8, bn: int = 0) -> tuple[int, ...]:
     """The block ids (counted over all lists, in order) a cached cache-dit step skips: in each block
-    list its adapter walks (``lists``: their sizes; SD3 one list of 24, FLUX.1 19 double- then 38
-    single-stream blocks), all but the first ``fn`` and the last ``bn`` (DBCache's F``fn``B``bn``)."""
+    list its adapter walks (``lists``: their sizes; SD3 one list of 24; FLUX.1 one of 19 + 38, or
+    19 double- then 38 single-stream blocks as two), all but the first ``fn`` and the last ``bn``
+    (DBCache's F``fn``B``bn``)."""
     out: list[int] = []
     start = 0
     for n in lists:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -56,7 +57,8 @@ class Setup:
     ``cfg``: whether ``pipe(...)`` runs classifier-free guidance (two rows per image).
     ``schedule``: a schedule the entry brings (DiT-XL/2's released router), else None and the
     harness draws a random one. ``cache_dit_blocks``: the sizes of the block lists cache-dit's
-    adapter walks for this pipeline, in execution order (its Fn/Bn apply to each list).
+    adapter walks for this pipeline, in execution order (its Fn/Bn apply to each list; FLUX.1's
+    double- and single-stream blocks are one list of 57 unless CACHE_DIT_FLUX_ENABLE_DUMMY_BLOCKS=0).
     """
 
     pipe: Any
@@ -314,10 +316,14 @@ def build_flux(args: argparse.Namespace, batch: int) -> Setup:
     adapter = DiffusersFlux(transformer, text_len=text_len, height=height, vae_scale_factor=pipe.vae_scale_factor)
     adapter.to(args.device)  # its position ids are made on the CPU
     blocks = (config["num_layers"], config["num_single_layers"])
+    # cache-dit (1.5.3, adapters.py) walks FLUX's double- then single-stream blocks as one list by
+    # default (CACHE_DIT_FLUX_ENABLE_DUMMY_BLOCKS=1: F8B0 over all 57); with 0, as two lists
+    unified = os.environ.get("CACHE_DIT_FLUX_ENABLE_DUMMY_BLOCKS", "1").strip() not in ("0", "")
+    lists = (sum(blocks),) if unified else blocks
     return Setup(pipe, adapter, _sliced(tensors, guidance_scale=3.5, height=height, width=height,
                                         max_sequence_length=text_len),
                  flux_plan(pipe.scheduler, args.steps, latent, latent),
-                 lambda cp: cp.flux_sampler(args.steps, False, text_len, cp.latent_side(height)), blocks,
+                 lambda cp: cp.flux_sampler(args.steps, False, text_len, cp.latent_side(height)), lists,
                  f"FluxTransformer2DModel FLUX.1-dev{' (tiny)' if args.tiny else ''} "
                  f"{blocks[0]} + {blocks[1]} blocks", cfg=False)
 

@@ -69,7 +69,8 @@ def test_matched_mask_removes_about_the_schedules_compute(peers):
 
 def test_skipped_blocks_follow_each_list_cache_dit_walks(peers):
     assert peers.skipped_blocks((12,)) == tuple(range(8, 12))
-    assert peers.skipped_blocks((19, 38)) == (*range(8, 19), *range(27, 57))  # FLUX: F8 in each list
+    assert peers.skipped_blocks((19 + 38,)) == tuple(range(8, 57))  # FLUX, cache-dit's default: one list
+    assert peers.skipped_blocks((19, 38)) == (*range(8, 19), *range(27, 57))  # two lists: F8 in each
     assert peers.skipped_blocks((10, 5), fn=2, bn=1) == (2, 3, 4, 5, 6, 7, 8, 12, 13)
     assert peers.skipped_blocks((6,)) == ()  # fewer blocks than Fn: nothing to skip
 
@@ -254,4 +255,6 @@ def test_tiny_flux_rows_match_the_pipeline(peers, tmp_path):
     assert [r for r in rows if "median_s" not in r] == []
     by = {r["executor"]: r for r in rows}
     assert by["l2c-uncached"]["max_rel_diff_vs_pipeline"] <= 1e-5
-    assert rows[0]["cache_dit_blocks"] == [10, 10] and not rows[0]["cfg"] and rows[0]["ideal_l2c"] > 1
+    assert rows[0]["cache_dit_blocks"] == [20] and not rows[0]["cfg"] and rows[0]["ideal_l2c"] > 1  # one list
+    if "cache-dit-static" in by:
+        assert by["cache-dit-static"]["cached_steps"] == [i for i, m in enumerate(rows[0]["cache_dit_mask"]) if not m]
