@@ -267,7 +267,8 @@ def build_sd3(args: argparse.Namespace, batch: int) -> Setup:
     adapter = DiffusersSD3(transformer, text_len=text_len, height=side, width=side,
                            vae_scale_factor=pipe.vae_scale_factor)
     depth = config["num_layers"]
-    return Setup(pipe, adapter, _sliced(tensors, guidance_scale=7.0), pipeline_plan(pipe.scheduler, args.steps, mu=None),
+    plan = pipeline_plan(pipe.scheduler, args.steps, mu=None)  # SD3.5's scheduler shifts statically (shift 3)
+    return Setup(pipe, adapter, _sliced(tensors, guidance_scale=7.0), plan,
                  lambda cp: cp.sd3_sampler(args.steps, True, text_len, side, mu=None), (depth,),
                  f"SD3Transformer2DModel SD3.5-medium{' (tiny)' if args.tiny else ''} depth {depth}")
 

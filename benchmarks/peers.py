@@ -460,7 +460,8 @@ def render(rows: list[dict[str, Any]]) -> str:
         cell = [r for r in peer_ratios(rows) if (r["pipeline"], r["batch"]) == key]
         r0 = cell[0]
         title = (f"### {r0['pipeline']} · {r0['model']} · {r0['sampler']} {r0['steps']} steps · batch "
-                 f"{r0['batch']}{' + CFG' if r0.get('cfg', True) else ''} · guidance {r0.get('guidance_scale')} · {r0['dtype']} · {r0['device_name']} · torch {r0['torch']} · "
+                 f"{r0['batch']}{' + CFG' if r0.get('cfg', True) else ''} · guidance {r0.get('guidance_scale')} · "
+                 f"{r0['dtype']} · {r0['device_name']} · torch {r0['torch']} · "
                  f"git {r0['git']} — l2c schedule {r0['schedule']['source']} skipping "
                  f"{r0['schedule']['skipped_fraction']:.1%} of cache-step sublayers, ideal "
                  f"{r0['ideal_l2c']:.3f}×; cache-dit static mask {''.join(map(str, r0['cache_dit_mask']))} "
@@ -507,8 +508,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     stats = bench.schedule.stats()
     source = bench.setup.schedule_source or bench.schedule.source.get("file") or bench.schedule.source.get("kind")
     common = {"benchmark": "peers", **env, "pipeline": type(bench.pipe).__name__, "model": bench.setup.model,
-              "sampler": bench.sampler, "steps": args.steps, "dtype": args.dtype, "tiny": args.tiny, "cfg": bench.setup.cfg,
-              "guidance_scale": bench.call_kwargs(1).get("guidance_scale"),
+              "sampler": bench.sampler, "steps": args.steps, "dtype": args.dtype, "tiny": args.tiny,
+              "cfg": bench.setup.cfg, "guidance_scale": bench.call_kwargs(1).get("guidance_scale"),
               "sublayer_groups": bench.layout.to_json(), "cache_dit_blocks": list(bench.setup.cache_dit_blocks),
               "schedule": {"source": source, "skipped_fraction": stats["skipped_fraction"]},
               "ideal_l2c": bench.ideal(), "cache_dit_mask": bench.cd_mask,
@@ -527,11 +528,14 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             t0 = time.perf_counter()
             try:
                 with hard_limit(limit), executor(bench, name, batch) as run:
-                    last: list[Any] = []
-                    row.update(measure(lambda run=run, last=last: last.append(run.fn()), args.device,
-                                       args.repeats, args.executor_budget))
+                    last: list[Any] = [None]
+
+                    def call(run: Run = run, last: list[Any] = last) -> None:
+                        last[0] = run.fn()  # only the latest output is kept
+
+                    row.update(measure(call, args.device, args.repeats, args.executor_budget))
                     row.update(run.facts())
-                row.update(compare_images(bench, name, batch, last[-1]))
+                row.update(compare_images(bench, name, batch, last[0]))
                 if name in L2C_CACHED:
                     row["ideal_speedup"] = common["ideal_l2c"]
                 if name.startswith("l2c") or name in COMPILED:  # passes + what the first call adds
