@@ -2,16 +2,20 @@
 
     python benchmarks/peers.py --device cuda --dtype bfloat16 --pipeline dit --batches 8,1
     python benchmarks/peers.py --device cuda --dtype bfloat16 --pipeline pixart --batches 1
+    python benchmarks/peers.py --device cuda --dtype bfloat16 --pipeline sd3 --batches 1
     python benchmarks/peers.py --pipeline dit --list              # the rows it would measure
     python benchmarks/peers.py --tiny --device cpu --executors pipeline-eager,l2c-l2c,cache-dit-static
 
-Pipelines (random weights: latency does not depend on them): ``dit`` is diffusers' ``DiTPipeline``
-with a DiT-XL/2 256 ``DiTTransformer2DModel`` and DDIM, ``pixart`` a ``PixArtAlphaPipeline`` with a
-PixArt-α 512 ``PixArtTransformer2DModel`` (28 blocks, 64×64 latent) and DPM-Solver++, fed
-``prompt_embeds`` (no T5). Both use a one-level random VAE and ``output_type="np"``, so every row
+Pipelines: one entry each in ``peer_pipelines.ENTRIES`` (how to build it, its inputs, its plan,
+the sampler a twin warms, the block lists cache-dit walks), random weights (latency does not depend
+on them): ``dit`` diffusers' ``DiTPipeline`` with DiT-XL/2 256 and DDIM 20; ``pixart``
+``PixArtAlphaPipeline`` at 512 (DPM-Solver++ 20, ``prompt_embeds``); ``sd3``
+``StableDiffusion3Pipeline`` with SD3.5-medium's transformer at 1024² (28 flow-matching Euler
+steps, shift 3, CFG 7, 333 prompt tokens); ``flux`` ``FluxPipeline`` with FLUX.1-dev's transformer
+at 1024² (28 steps, embedded guidance 3.5), refused in one line until ``compile_pipeline`` has a
+``FluxPipeline`` drop-in. Each uses a one-level random VAE and ``output_type="np"``, so every row
 times the denoising loop plus a few small decoder kernels and the images' copy to the host, the
-same in every row (diffusers' ``DiTPipeline`` always copies them).
-``--tiny``: 12 blocks of width 64 at an 8×8 latent (CPU tests).
+same in every row. ``--tiny``: the same structure at width 64 on an 8×8 latent (CPU tests).
 
 Executors, in the order they run (the ones without an inductor compile first, for every batch):
   pipeline-eager                    ``pipe(...)`` uncached, eager
@@ -30,21 +34,40 @@ then, per batch, the rows that compile with inductor (tens of seconds each on an
   torch-compile-max-autotune-no-cudagraphs   last: its autotuning takes minutes
 
 The l2c schedule: DiT-XL/2 gets the released DDIM20 router at θ = 0.1 (``--routers-dir``); any other
-shape, or a missing router file, a random schedule skipping the same share of cache-step sublayers
-(PixArt: self-attention, cross-attention and MLP). cache-dit runs on its own deep copy of the
-pipeline, so its hooks never touch the other rows. Each row is written as it is measured (JSON lines,
-and the markdown table rewritten), so a killed run keeps its rows; a compile row that would not fit
-the ``--deadline`` is written as skipped, and ``--row-limit`` stops any row that runs too long.
-Columns: median and spread of whole ``pipe(...)`` calls, first call (compile included), compile
-time, peak memory above what was allocated before the row, the speedup over each peer, the
-schedule's ideal MACs ratio and the share of it reached over the row's uncached twin.
+shape, or a missing router file, a random schedule over the family's layout (every sublayer the
+model has: SD3.5's ``attn2`` only in its dual-attention blocks, no text MLP in its last block;
+FLUX's double- and single-stream blocks) reusing the entry's share of cache-step sublayers
+(DiT/PixArt: the released router's 44.3 %; SD3/FLUX: 40 %; ``--fraction``). cache-dit's matched
+mask counts what its cached steps skip block by block (``block_macs``: each block's own sublayers),
+so blocks that differ are counted as they are.
+
+Memory (one set of weights on the device, whatever the rows): the pipeline is built on the device
+in the benchmark's dtype (SD3.5/FLUX: ``torch.device`` context, never float32 on the CPU); the
+``compile_pipeline`` twins are made with ``share_weights=True`` (their module trees are copies,
+their parameters the pipeline's own tensors); cache-dit runs on a copy of the pipeline whose
+modules are copied and whose tensors are shared (``shared_copy``), so its hooks never touch the
+other rows' modules; ``torch.compile`` wraps the pipeline's own transformer. Before, each twin and
+cache-dit held a full copy: FLUX.1-dev (11.9 B parameters, 23.8 GB in bf16) would have needed
+4 × 23.8 GB on an 80 GB H100; now 23.8 GB + one row's activations, cache and graph pools. A row's
+CUDA graph pool is released after the row (``reset_cuda_graph``); ``reduce-overhead``'s stays
+with its compiled wrapper, which is kept across batches. The live l2c cache of a row is at most
+one tensor per cached sublayer: at 1024² in bf16, (2, 4096, 1536) = 25 MB each for SD3.5 with CFG,
+(1, 4608, 3072) = 28 MB for FLUX.
+
+Each row is written as it is measured (JSON lines, and the markdown table rewritten), so a killed
+run keeps its rows; a compile row that would not fit the ``--deadline`` is written as skipped, and
+``--row-limit`` stops any row that runs too long. Columns: median and spread of whole ``pipe(...)``
+calls, first call (compile included), compile time, peak memory above what was allocated before
+the row, the speedup over each peer, the schedule's ideal MACs ratio and the share of it reached
+over the row's uncached twin; each row also records ``max_rel_diff_vs_pipeline``, its images' max
+|difference| from the ``pipeline-eager`` row's over their max |value| (same seed; l2c-uncached is
+exact up to float reassociation, the cached rows approximate by design).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import signal
 import sys
 import time
@@ -57,7 +80,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from cache_dit_match import (
+    CacheDiTTrajectory,
+    cache_dit_version,
+    matched_mask,
+    shared_copy,
+    skipped_blocks,
+)
 from common import RESULTS, environment, markdown_table, write_jsonl
+from peer_pipelines import ENTRIES, PeerPipeline, Setup
 
 from l2c_compile.io import write_text_atomic
 
@@ -78,12 +109,17 @@ L2C_CACHED = ("l2c-l2c", "l2c+graph-l2c")
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Command-line options (see the module docstring)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--pipeline", choices=("dit", "pixart"), default="dit")
+    p.add_argument("--pipeline", choices=tuple(ENTRIES), default="dit",
+                   help="; ".join(f"{e.name}: {e.description}" for e in ENTRIES.values()))
     p.add_argument("--batches", default="8,1", help="images per call, comma-separated (CFG doubles the rows)")
-    p.add_argument("--steps", type=int, default=20, help="num_inference_steps")
+    p.add_argument("--steps", type=int, default=None, help="num_inference_steps (default: the pipeline's, "
+                   + ", ".join(f"{e.name} {e.steps}" for e in ENTRIES.values()) + ")")
+    p.add_argument("--fraction", type=float, default=None, help="share of cache-step sublayers the random l2c "
+                   "schedule reuses (default: the pipeline's, " + ", ".join(
+                       f"{e.name} {e.fraction:.3g}" for e in ENTRIES.values()) + ")")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="bfloat16")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--tiny", action="store_true", help="12 blocks of width 64, 8×8 latent (CPU tests)")
+    p.add_argument("--tiny", action="store_true", help="width 64, 8×8 latent, ≥ 10 blocks per list (CPU tests)")
     p.add_argument("--routers-dir", default=None, help="folder with DDIM20_router.pt (DiT-XL/2 only)")
     p.add_argument("--threshold", type=float, default=0.1, help="θ of the released router")
     p.add_argument("--executors", default=None, help="only these rows (comma-separated names)")
@@ -106,8 +142,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--batches takes whole numbers, got {args.batches!r}")
     if not args.batch_list or min(args.batch_list) < 1:
         p.error("--batches needs at least one batch size ≥ 1")
+    args.entry = ENTRIES[args.pipeline]
+    if args.steps is None:
+        args.steps = args.entry.steps
+    if args.fraction is None:
+        args.fraction = args.entry.fraction
     if args.steps < 2:
         p.error("--steps must be at least 2")
+    if not 0.0 <= args.fraction <= 1.0:
+        p.error(f"--fraction must be in [0, 1], got {args.fraction}")
     known = set(CHEAP) | set(COMPILED)
     args.only = None
     if args.executors:
@@ -130,69 +173,15 @@ def plan_rows(args: argparse.Namespace) -> list[tuple[str, int]]:
     return [(name, b) for group in (CHEAP, COMPILED) for b in args.batch_list for name in group if keep(name)]
 
 
-def cache_dit_version() -> str | None:
-    """cache-dit's version, or None when it cannot be imported here."""
-    try:
-        import cache_dit
-    except Exception:  # any import failure (missing, wrong diffusers) means: no cache-dit rows
-        return None
-    return str(getattr(cache_dit, "__version__", "unknown"))
-
-
-# ── cache-dit's step mask, matched to the l2c schedule ────────────────────────────────────────
-@dataclass(frozen=True)
-class BlockSkips:
-    """One model call in which cache-dit reuses ``blocks`` whole, read by ``trajectory_macs``."""
-
-    kinds: tuple[str, ...]
-    blocks: tuple[int, ...]
-
-    def reused(self, kind: str) -> tuple[int, ...]:
-        """The blocks whose ``kind`` sublayer is not computed in this call."""
-        return self.blocks
-
-
-@dataclass(frozen=True)
-class CacheDiTTrajectory:
-    """The blocks cache-dit skips per call: on a cached step, all but the first ``fn`` and last
-    ``bn`` blocks (DBCache's F``fn``B``bn``); ``trajectory_macs`` counts it like a schedule."""
-
-    nfe: int
-    depth: int
-    kinds: tuple[str, ...]
-    cached_steps: tuple[int, ...]
-    fn: int = 8
-    bn: int = 0
-
-    @property
-    def calls(self) -> list[BlockSkips]:
-        """One entry per model call."""
-        middle = tuple(range(self.fn, self.depth - self.bn))
-        return [BlockSkips(self.kinds, middle if i in self.cached_steps else ()) for i in range(self.nfe)]
-
-
-def matched_mask(nfe: int, depth: int, block_macs: int, removed_macs: int, fn: int = 8, bn: int = 0) -> list[int]:
-    """cache-dit's ``steps_computation_mask`` (1 compute, 0 cached) whose cached steps remove about
-    ``removed_macs`` (per image and trajectory): each cached step skips ``depth − fn − bn`` blocks of
-    ``block_macs``. The first fifth of the steps and the last one compute (as cache-dit's own masks
-    do); the cached steps are spread evenly over the rest."""
-    lead = max(1, round(0.2 * nfe))
-    candidates = list(range(lead, nfe - 1))
-    per_step = max(1, (depth - fn - bn) * block_macs)
-    k = max(1, min(len(candidates), round(removed_macs / per_step)))
-    cached = {candidates[int((i + 0.5) * len(candidates) / k)] for i in range(k)}
-    return [0 if i in cached else 1 for i in range(nfe)]
-
-
 # ── the bench: one pipeline and everything its rows need ──────────────────────────────────────
 @dataclass
 class Bench:
-    """The pipeline, its l2c twins, cache-dit's copy, the schedule and the MAC figures."""
+    """The pipeline (:class:`~peer_pipelines.Setup`), its l2c twins, cache-dit's copy, the schedule,
+    the layout and the MAC figures, and each batch's ``pipeline-eager`` images to compare with."""
 
     args: argparse.Namespace
-    pipe: Any
-    kinds: tuple[str, ...]
-    depth: int
+    setup: Setup
+    layout: Any  # l2c_compile.families.vocabulary.Layout
     schedule: Any
     macs: Any  # MacCount of one forward for one image
     l2c: dict[str, Any] = field(default_factory=dict)
@@ -200,98 +189,77 @@ class Bench:
     compiled: dict[str, Any] = field(default_factory=dict)
     cd_pipe: Any = None
     cd_mask: list[int] | None = None
-    prompt: dict[str, Any] | None = None
-    sampler: str = ""
+    reference: dict[int, Any] = field(default_factory=dict)
+
+    @property
+    def pipe(self) -> Any:
+        """The diffusers pipeline."""
+        return self.setup.pipe
+
+    @property
+    def depth(self) -> int:
+        """Blocks of the transformer (all block lists together)."""
+        return self.layout.depth
+
+    @property
+    def sampler(self) -> str:
+        """The plan's sampler name."""
+        return self.setup.plan.sampler
 
     def call_kwargs(self, batch: int) -> dict[str, Any]:
         """``pipe(...)`` arguments for ``batch`` images: same noise seed for every row."""
-        kw = {"num_inference_steps": self.args.steps, "output_type": "np",
-              "generator": torch.Generator().manual_seed(self.args.seed)}
-        if self.prompt is None:
-            return {"class_labels": list(range(batch)), "guidance_scale": 4.0, **kw}
-        prompt = {k: (v[:batch] if isinstance(v, torch.Tensor) else v) for k, v in self.prompt.items()}
-        return {**prompt, "guidance_scale": 4.5, **kw}
+        return {**self.setup.inputs(batch), "num_inference_steps": self.args.steps, "output_type": "np",
+                "generator": torch.Generator().manual_seed(self.args.seed)}
+
+    def step_macs(self) -> int:
+        """MACs per image one cached cache-dit step removes: its skipped blocks' own sublayers."""
+        from l2c_compile.metrics.macs import block_macs
+
+        per_block = block_macs(self.macs, self.layout)
+        return sum(per_block[b] for b in skipped_blocks(self.setup.cache_dit_blocks))
 
     def ideal(self, cached_steps: list[int] | tuple[int, ...] | None = None) -> float:
         """Ideal MACs ratio of the l2c schedule, or of cache-dit caching ``cached_steps``."""
         from l2c_compile.metrics.macs import trajectory_macs
 
         sched = self.schedule if cached_steps is None else CacheDiTTrajectory(
-            self.args.steps, self.depth, self.kinds, tuple(cached_steps))
+            self.args.steps, self.layout, self.setup.cache_dit_blocks, tuple(cached_steps))
         full, cached = trajectory_macs((self.macs, self.depth), sched)
         return full / cached
 
 
-def build_bench(args: argparse.Namespace) -> Bench:
-    """The pipeline on the device, the l2c schedule, the MAC counts and the l2c samplers (warmed)."""
-    from latency import RELEASED, RELEASED_FRACTION, find_routers_dir
-    from latency_diffusers import (
-        TEXT_DIM,
-        TEXT_LEN,
-        build_pipeline,
-        build_pixart_pipeline,
-        pixart_prompt,
-    )
+def pipeline_macs(setup: Setup, device: str) -> Any:
+    """thop MACs of one forward for one image (``module_macs`` of the adapter: one real forward at
+    the pipeline's size, with a zero latent, timestep and prompt), per sublayer and block."""
+    from l2c_compile.compiler.guidance import example_condition
+    from l2c_compile.families import latent_shape, model_dtype
+    from l2c_compile.metrics.macs import module_macs
 
-    from l2c_compile.diffusers import DiffusersDiT, compile_pipeline, pipeline_plan
-    from l2c_compile.diffusers.pixart import DiffusersPixArt, pack_condition
-    from l2c_compile.metrics.macs import module_macs, trajectory_macs
-    from l2c_compile.schedule import heuristic, import_router
-
-    dtype = getattr(torch, args.dtype)
-    pixart = args.pipeline == "pixart"
-    latent = 8 if args.tiny else (64 if pixart else 32)
-    text_dim = 32 if args.tiny else TEXT_DIM
-    if pixart:
-        depth = 12 if args.tiny else 28
-        heads, head_dim = (2, 32) if args.tiny else (16, 72)
-        pipe = build_pixart_pipeline(depth, latent, args.seed, heads, head_dim, text_dim)
-        kinds = ("attn", "cross", "mlp")
-    else:
-        pipe = build_pipeline("T" if args.tiny else "XL", latent, args.seed)
-        kinds = ("attn", "mlp")
-    pipe = pipe.to(args.device, dtype)
-    depth = len(pipe.transformer.transformer_blocks)
-    plan = pipeline_plan(pipe.scheduler, args.steps)
-    released = RELEASED.get(("DiT-XL/2", "ddim", 20))
-    routers = find_routers_dir(args.routers_dir)
-    router = None if routers is None or released is None else routers / released[0]
-    if not pixart and not args.tiny and args.steps == 20 and router is not None and router.is_file():
-        sched = import_router(router, plan, model="DiT-XL/2", depth=depth, threshold=args.threshold)
-    else:  # same share of cache-step sublayers as the released DDIM20 router
-        sched = heuristic("random", plan, model="peers", depth=depth, fraction=RELEASED_FRACTION[("ddim", 20)],
-                          seed=args.seed, kinds=kinds)
-    one = torch.zeros(1, 4, latent, latent, device=args.device, dtype=dtype)
-    t = torch.zeros(1, device=args.device)
-    prompt = None
+    adapter = setup.adapter
+    x = torch.zeros(1, *latent_shape(adapter), device=device, dtype=model_dtype(adapter))  # (1, C, H, W)
+    t = torch.zeros(1, device=device)  # (1,)
     with torch.no_grad():
-        if pixart:
-            prompt = {k: (v.to(args.device, dtype if v.is_floating_point() else v.dtype)
-                          if isinstance(v, torch.Tensor) else v)
-                      for k, v in pixart_prompt(max(args.batch_list), args.seed, text_dim).items()}
-            adapter = DiffusersPixArt(pipe.transformer, text_len=TEXT_LEN, height=latent * 8, width=latent * 8,
-                                      vae_scale_factor=pipe.vae_scale_factor)
-            cond = pack_condition(prompt["prompt_embeds"][:1], prompt["prompt_attention_mask"][:1])
-            macs = module_macs(adapter, one, t, cond)
-        else:
-            macs = module_macs(DiffusersDiT(pipe.transformer), one, t, torch.zeros(1, dtype=torch.long,
-                                                                                   device=args.device))
-    bench = Bench(args, pipe, kinds, depth, sched, macs, prompt=prompt, sampler=plan.sampler)
-    wanted = {name for name, _ in plan_rows(args)}
-    for label, s in (("uncached", None), ("l2c", sched)):
-        if not any(n.startswith("l2c") and n.endswith(label) for n in wanted):
-            continue  # export capture and passes cost seconds: only for rows that run
-        t0 = time.perf_counter()
-        cp = compile_pipeline(pipe, s)
-        if pixart:
-            cp.pixart_sampler(args.steps, True, TEXT_LEN, latent * 8)
-        else:
-            cp.sampler(args.steps, True)
-        bench.build_s[label] = time.perf_counter() - t0
-        bench.l2c[label] = cp
-    full, cached = trajectory_macs((macs, depth), sched)
-    full_block = sum(macs.of(k) for k in kinds)
-    bench.cd_mask = matched_mask(args.steps, depth, full_block, full - cached)
+        return module_macs(adapter, x, t, example_condition(adapter, 1, False, device))
+
+
+def build_bench(args: argparse.Namespace) -> Bench:
+    """The pipeline on the device (its entry's ``build``), the l2c schedule, the MAC counts and
+    cache-dit's matched mask; the l2c twins are made by their first row (:func:`l2c_twin`), so the
+    ``pipeline-eager`` row is written before their captures (tens of seconds at full size)."""
+    from l2c_compile.families import family_of
+    from l2c_compile.metrics.macs import trajectory_macs
+    from l2c_compile.schedule import heuristic
+
+    entry: PeerPipeline = args.entry
+    setup = entry.build(args, max(args.batch_list))
+    layout = family_of(setup.adapter).layout(setup.adapter)
+    sched = setup.schedule
+    if sched is None:  # every sublayer the model has, as the family lays it out
+        sched = heuristic("random", setup.plan, model="peers", depth=layout.depth, fraction=args.fraction,
+                          seed=args.seed, kinds=layout)
+    bench = Bench(args, setup, layout, sched, pipeline_macs(setup, args.device))
+    full, cached = trajectory_macs((bench.macs, layout.depth), sched)
+    bench.cd_mask = matched_mask(args.steps, bench.step_macs(), full - cached)
     return bench
 
 
@@ -305,11 +273,26 @@ class Run:
     build_s: float | None = None
 
 
+def l2c_twin(bench: Bench, label: str) -> Any:
+    """The ``compile_pipeline`` twin ``label`` (``uncached``: schedule None; ``l2c``: the schedule),
+    made on first use with ``share_weights=True`` (no second copy of the weights) and its sampler
+    compiled now; the seconds go to ``bench.build_s[label]`` (reported in the rows' compile time)."""
+    from l2c_compile.diffusers import compile_pipeline
+
+    if label not in bench.l2c:
+        t0 = time.perf_counter()
+        cp = compile_pipeline(bench.pipe, None if label == "uncached" else bench.schedule, share_weights=True)
+        bench.setup.warm(cp)
+        bench.build_s[label] = time.perf_counter() - t0
+        bench.l2c[label] = cp
+    return bench.l2c[label]
+
+
 @contextlib.contextmanager
 def l2c_run(bench: Bench, label: str, graph: bool, batch: int) -> Iterator[Run]:
     """``compile_pipeline`` rows: toggling the sampler's ``cuda_graph`` is what
     ``compile_pipeline(pipe, schedule, cuda_graph=True)`` sets at construction."""
-    cp = bench.l2c[label]
+    cp = l2c_twin(bench, label)
     samplers = list(cp.samplers.values())
     for s in samplers:
         s.cuda_graph = graph
@@ -338,12 +321,13 @@ def inductor_settings_kept() -> Iterator[None]:
 
 @contextlib.contextmanager
 def cache_dit_run(bench: Bench, name: str, batch: int) -> Iterator[Run]:
-    """cache-dit's DBCache on its own copy of the pipeline (static matched mask or its default)."""
+    """cache-dit's DBCache on its own copy of the pipeline (modules copied, weights shared:
+    :func:`shared_copy`), static matched mask or its default; its hooks are released after the row."""
     import cache_dit
     from cache_dit import DBCacheConfig
 
     if bench.cd_pipe is None:
-        bench.cd_pipe = copy.deepcopy(bench.pipe)
+        bench.cd_pipe = shared_copy(bench.pipe)
     pipe = bench.cd_pipe
     static = name.startswith("cache-dit-static")
     config = (DBCacheConfig(steps_computation_mask=list(bench.cd_mask), steps_computation_policy="static")
@@ -393,6 +377,22 @@ def executor(bench: Bench, name: str, batch: int) -> contextlib.AbstractContextM
     if name.startswith("cache-dit"):
         return cache_dit_run(bench, name, batch)
     return torch_compile_run(bench, name.removeprefix("torch-compile-"), batch)
+
+
+def compare_images(bench: Bench, name: str, batch: int, output: Any) -> dict[str, Any]:
+    """``max_rel_diff_vs_pipeline`` of a row's images (the last call's ``.images``, (N, H, W, 3)
+    in [0, 1]): max |images − pipeline-eager's| / max |pipeline-eager's|, same seed and batch.
+    The ``pipeline-eager`` row's images become the reference; nothing before it has one."""
+    import numpy as np
+
+    images = np.asarray(output.images, dtype=np.float64)
+    if name == "pipeline-eager":
+        bench.reference[batch] = images
+        return {"max_rel_diff_vs_pipeline": 0.0}
+    ref = bench.reference.get(batch)
+    if ref is None or ref.shape != images.shape:
+        return {}
+    return {"max_rel_diff_vs_pipeline": float(np.abs(images - ref).max() / max(np.abs(ref).max(), 1e-30))}
 
 
 # ── limits ───────────────────────────────────────────────────────────────────────────────────
@@ -455,7 +455,8 @@ COLUMNS = [("executor", "executor"), ("median_s", "median s"), ("min_s", "min s"
            ("speedup_vs_pipeline", "× pipe(...)"), ("speedup_vs_torch_compile", "× fastest torch.compile"),
            ("speedup_vs_cache_dit_static", "× cache-dit static"),
            ("speedup_vs_cache_dit_dynamic", "× cache-dit dynamic"), ("ideal_speedup", "ideal × (MACs)"),
-           ("share_of_ideal", "share of ideal"), ("note", "note")]
+           ("share_of_ideal", "share of ideal"), ("max_rel_diff_vs_pipeline", "max rel. diff vs pipe(...)"),
+           ("note", "note")]
 
 
 def render(rows: list[dict[str, Any]]) -> str:
@@ -465,7 +466,8 @@ def render(rows: list[dict[str, Any]]) -> str:
         cell = [r for r in peer_ratios(rows) if (r["pipeline"], r["batch"]) == key]
         r0 = cell[0]
         title = (f"### {r0['pipeline']} · {r0['model']} · {r0['sampler']} {r0['steps']} steps · batch "
-                 f"{r0['batch']} + CFG · {r0['dtype']} · {r0['device_name']} · torch {r0['torch']} · "
+                 f"{r0['batch']}{' + CFG' if r0.get('cfg', True) else ''} · guidance {r0.get('guidance_scale')} · "
+                 f"{r0['dtype']} · {r0['device_name']} · torch {r0['torch']} · "
                  f"git {r0['git']} — l2c schedule {r0['schedule']['source']} skipping "
                  f"{r0['schedule']['skipped_fraction']:.1%} of cache-step sublayers, ideal "
                  f"{r0['ideal_l2c']:.3f}×; cache-dit static mask {''.join(map(str, r0['cache_dit_mask']))} "
@@ -483,6 +485,10 @@ def render(rows: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     """Measure the rows in order; write each as it is measured; return them all."""
     args = parse_args(argv)
+    missing = args.entry.missing()
+    if missing:  # one line, as argparse's errors
+        print(f"peers.py: error: {missing}", file=sys.stderr)
+        raise SystemExit(2)
     rows_planned = plan_rows(args)
     cd_version = cache_dit_version()
     if args.list:
@@ -501,17 +507,17 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     from latency_exec import measure
 
     bench = build_bench(args)
-    print(f"built in {time.perf_counter() - started:.1f} s: l2c compile {bench.build_s}; cache-dit mask "
-          f"{bench.cd_mask}; ideal l2c {bench.ideal():.3f}×", flush=True)
+    print(f"built in {time.perf_counter() - started:.1f} s ({bench.setup.model}, {bench.macs.total / 1e9:.1f} GMACs "
+          f"per image and forward): cache-dit mask {bench.cd_mask}; ideal l2c {bench.ideal():.3f}×", flush=True)
     env = environment(args.device)
     out = Path(args.out)
     stats = bench.schedule.stats()
-    common = {"benchmark": "peers", **env, "pipeline": type(bench.pipe).__name__,
-              "model": f"{type(bench.pipe.transformer).__name__} depth {bench.depth}",
-              "sampler": bench.sampler,
-              "steps": args.steps, "dtype": args.dtype, "cfg": True, "tiny": args.tiny,
-              "schedule": {"source": bench.schedule.source.get("file") or bench.schedule.source.get("kind"),
-                           "skipped_fraction": stats["skipped_fraction"]},
+    source = bench.setup.schedule_source or bench.schedule.source.get("file") or bench.schedule.source.get("kind")
+    common = {"benchmark": "peers", **env, "pipeline": type(bench.pipe).__name__, "model": bench.setup.model,
+              "sampler": bench.sampler, "steps": args.steps, "dtype": args.dtype, "tiny": args.tiny,
+              "cfg": bench.setup.cfg, "guidance_scale": bench.call_kwargs(1).get("guidance_scale"),
+              "sublayer_groups": bench.layout.to_json(), "cache_dit_blocks": list(bench.setup.cache_dit_blocks),
+              "schedule": {"source": source, "skipped_fraction": stats["skipped_fraction"]},
               "ideal_l2c": bench.ideal(), "cache_dit_mask": bench.cd_mask,
               "ideal_cache_dit_static": bench.ideal([i for i, m in enumerate(bench.cd_mask) if m == 0]),
               "cache_dit": cd_version or "not importable"}
@@ -528,8 +534,14 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             t0 = time.perf_counter()
             try:
                 with hard_limit(limit), executor(bench, name, batch) as run:
-                    row.update(measure(run.fn, args.device, args.repeats, args.executor_budget))
+                    last: list[Any] = [None]
+
+                    def call(run: Run = run, last: list[Any] = last) -> None:
+                        last[0] = run.fn()  # only the latest output is kept
+
+                    row.update(measure(call, args.device, args.repeats, args.executor_budget))
                     row.update(run.facts())
+                row.update(compare_images(bench, name, batch, last[0]))
                 if name in L2C_CACHED:
                     row["ideal_speedup"] = common["ideal_l2c"]
                 if name.startswith("l2c") or name in COMPILED:  # passes + what the first call adds

@@ -446,3 +446,20 @@ def sampler_plan(sampler):
     trunk = [c.trunk for c in sched.calls] if any(c.trunk for c in sched.calls) else []
     return plan_cache([c.mask for c in sched.calls], sched.depth, trunk=trunk,
                       trunk_slots=(("trunk", 0),) if trunk else ())
+
+
+def test_shared_weights_compile_the_same_sampler_without_a_second_copy():
+    model = tiny_dit(3, depth=3)
+    plan = _plan("dit", 4)
+    sched = random_schedule(plan, 3, random.Random(1), p=0.5)
+    own = l2c_compile.compile(model, plan, sched)
+    shared = l2c_compile.compile(model, plan, sched, share_weights=True)
+    ptrs = {p.data_ptr() for p in model.parameters()}
+    assert {p.data_ptr() for p in shared.model.parameters()} == ptrs  # the model's own tensors
+    assert not ptrs & {p.data_ptr() for p in own.model.parameters()}  # the default copies them
+    assert shared.model is not model and shared.model.blocks[0] is not model.blocks[0]  # modules copied
+    noise, labels = inputs(model)
+    assert torch.equal(shared(noise, labels, 4.0), own(noise, labels, 4.0))
+    assert l2c_compile.compile(model, plan, None, share_weights=True, dtype="float32").source  # no conversion: fine
+    with pytest.raises(l2c_compile.errors.L2CError, match="share_weights=True uses the model's own tensors"):
+        l2c_compile.compile(model, plan, None, share_weights=True, dtype="bfloat16")

@@ -14,7 +14,7 @@ from tests.helpers import bench_script
 
 @pytest.fixture(scope="module")
 def peers():
-    leaks = ("latency", "latency_exec", "latency_diffusers", "common")
+    leaks = ("latency", "latency_exec", "latency_diffusers", "common", "peer_pipelines", "cache_dit_match")
     with bench_script("peers.py", "bench_peers", leaks) as module:
         yield module
 
@@ -57,23 +57,80 @@ def test_matched_mask_removes_about_the_schedules_compute(peers):
     # DiT-XL/2's DDIM20 router skips 248 of 560 cache-step sublayers (attn and MLP of equal MACs
     # here): 124 blocks' worth; cache-dit's F8B0 skips 20 of 28 blocks per cached step → 6 steps.
     block = 10
-    mask = peers.matched_mask(20, 28, block, 124 * block)
+    step = len(peers.skipped_blocks((28,))) * block
+    mask = peers.matched_mask(20, step, 124 * block)
     assert len(mask) == 20 and mask.count(0) == 6
     assert mask[:4] == [1, 1, 1, 1] and mask[-1] == 1  # lead steps and the last step compute
     cached = [i for i, m in enumerate(mask) if m == 0]
     assert max(b - a for a, b in itertools.pairwise(cached)) <= 3  # spread, not bunched
-    assert peers.matched_mask(20, 28, block, 0).count(0) == 1  # at least one cached step
-    assert peers.matched_mask(10, 12, block, 10**9).count(0) == 7  # at most every free step
+    assert peers.matched_mask(20, step, 0).count(0) == 1  # at least one cached step
+    assert peers.matched_mask(10, 4 * block, 10**9).count(0) == 7  # at most every free step
+
+
+def test_skipped_blocks_follow_each_list_cache_dit_walks(peers):
+    assert peers.skipped_blocks((12,)) == tuple(range(8, 12))
+    assert peers.skipped_blocks((19 + 38,)) == tuple(range(8, 57))  # FLUX, cache-dit's default: one list
+    assert peers.skipped_blocks((19, 38)) == (*range(8, 19), *range(27, 57))  # two lists: F8 in each
+    assert peers.skipped_blocks((10, 5), fn=2, bn=1) == (2, 3, 4, 5, 6, 7, 8, 12, 13)
+    assert peers.skipped_blocks((6,)) == ()  # fewer blocks than Fn: nothing to skip
 
 
 def test_cache_dit_trajectory_counts_skipped_blocks_like_a_schedule(peers):
+    from l2c_compile.families.vocabulary import Layout
     from l2c_compile.metrics.macs import MacCount, trajectory_macs
 
     count = MacCount(total=1000, per_kind={"attn": 20, "mlp": 30})
-    traj = peers.CacheDiTTrajectory(nfe=4, depth=10, kinds=("attn", "mlp"), cached_steps=(1, 2), fn=8)
+    traj = peers.CacheDiTTrajectory(nfe=4, layout=Layout.uniform(10), lists=(10,), cached_steps=(1, 2), fn=8)
     assert [c.reused("mlp") for c in traj.calls] == [(), (8, 9), (8, 9), ()]
     full, cached = trajectory_macs((count, 10), traj)
     assert (full, cached) == (4000, 4000 - 2 * 2 * 50)
+
+
+def _sd35_like(depth: int = 12, dual: int = 6):
+    """An SD3.5-shaped layout (attn2 in the first ``dual`` blocks, no text MLP in the last) and a
+    MacCount whose sublayers differ from block to block, as module_macs reports them."""
+    from l2c_compile.families.vocabulary import Layout
+    from l2c_compile.metrics.macs import MacCount
+
+    layout = Layout(((dual, ("attn", "attn2", "mlp", "txt_mlp")), (depth - dual - 1, ("attn", "mlp", "txt_mlp")),
+                     (1, ("attn", "mlp"))))  # fmt: skip
+    cost = {"attn": 40, "attn2": 30, "mlp": 80, "txt_mlp": 7}
+    per_key = {(k, b): cost[k] + (5 if k == "attn" and b == depth - 1 else 0)  # the last block's attn differs
+               for b in range(depth) for k in layout.kinds_of(b)}
+    return layout, MacCount(total=10**4, per_kind={"attn2": 30, "mlp": 80, "txt_mlp": 7}, per_key=per_key)
+
+
+def test_block_macs_sum_each_blocks_own_sublayers():
+    from l2c_compile.metrics.macs import block_macs
+
+    layout, count = _sd35_like()
+    sums = block_macs(count, layout)
+    assert sums[:6] == [40 + 30 + 80 + 7] * 6  # attn2 only where the block has it
+    assert sums[6:11] == [40 + 80 + 7] * 5
+    assert sums[11] == 45 + 80  # no text MLP, its own attention cost
+    assert sum(sums) == sum(count.per_key.values())
+
+
+def test_matched_mask_on_a_non_uniform_layout_removes_what_the_schedule_removes(peers):
+    from l2c_compile.metrics.macs import trajectory_macs
+    from l2c_compile.samplers import make_plan
+    from l2c_compile.schedule import heuristic
+
+    layout, count = _sd35_like()
+    plan = make_plan("flow-euler", 28, shift=3.0)
+    sched = heuristic("random", plan, model="t", depth=layout.depth, fraction=0.15, seed=0, kinds=layout)
+    full, cached = trajectory_macs((count, layout.depth), sched)
+    removed = full - cached
+    skipped = peers.skipped_blocks((layout.depth,))
+    per_block = [40 + 80 + 7] * 3 + [45 + 80]  # blocks 8–11: no attn2, the last without its text MLP
+    step = sum(per_block)
+    mask = peers.matched_mask(plan.nfe, step, removed)
+    traj = peers.CacheDiTTrajectory(plan.nfe, layout, (layout.depth,), tuple(i for i, m in enumerate(mask) if not m))
+    cd_full, cd_cached = trajectory_macs((count, layout.depth), traj)
+    assert skipped == (8, 9, 10, 11) and cd_full == full
+    assert cd_full - cd_cached == mask.count(0) * step  # every cached step removes exactly its blocks' sublayers
+    assert 1 < mask.count(0) < 21  # not clamped: the match is to within half a cached step
+    assert abs((cd_full - cd_cached) - removed) <= step / 2
 
 
 def test_ratios_compare_rows_within_one_pipeline_and_batch(peers):
@@ -148,3 +205,56 @@ def test_whole_harness_at_tiny_size(peers, tmp_path, pipeline):
     # matched: the two ideal ratios within one cached step's worth of each other
     assert abs(rows[0]["ideal_cache_dit_static"] - rows[0]["ideal_l2c"]) < 0.1
     assert len(out.read_text().splitlines()) == len(rows)
+
+
+def test_tiny_sd3_rows_match_the_pipeline_and_record_the_layout(peers, tmp_path):
+    """SD3.5-medium's structure at tiny size (12 joint blocks, attn2 in the first 6): the l2c rows
+    share the pipeline's weights, the uncached twin reproduces pipe(...), the schedule saves."""
+    pytest.importorskip("diffusers")
+    names = ["pipeline-eager", "l2c-uncached", "l2c-l2c"] + (["cache-dit-static"] if peers.cache_dit_version() else [])
+    out = tmp_path / "p.jsonl"
+    rows = peers.main([*TINY, "--pipeline", "sd3", "--steps", "6", "--batches", "1", "--executors", ",".join(names),
+                       "--out", str(out)])  # fmt: skip
+    assert [r["executor"] for r in rows] == names
+    assert [r for r in rows if "median_s" not in r] == []
+    by = {r["executor"]: r for r in rows}
+    assert by["l2c-uncached"]["max_rel_diff_vs_pipeline"] <= 1e-5  # the same computation
+    assert by["l2c-l2c"]["max_rel_diff_vs_pipeline"] > 1e-4  # the cache engaged
+    r0 = rows[0]
+    assert r0["pipeline"] == "StableDiffusion3Pipeline" and r0["sampler"] == "flow-euler" and r0["cfg"]
+    assert r0["sublayer_groups"] == [[6, ["attn", "attn2", "mlp", "txt_mlp"]], [5, ["attn", "mlp", "txt_mlp"]],
+                                     [1, ["attn", "mlp"]]]  # fmt: skip
+    assert r0["ideal_l2c"] > 1 and r0["ideal_cache_dit_static"] > 1
+    assert by["l2c-l2c"]["ideal_speedup"] == r0["ideal_l2c"]
+    assert r0["schedule"]["skipped_fraction"] == pytest.approx(0.40, abs=0.02)
+    if "cache-dit-static" in by:  # cache-dit cached the masked steps
+        assert by["cache-dit-static"]["cached_steps"] == [i for i, m in enumerate(r0["cache_dit_mask"]) if m == 0]
+
+
+def _flux_registered() -> bool:
+    from l2c_compile.diffusers.pipelines import PIPELINES
+
+    return "FluxPipeline" in PIPELINES
+
+
+@pytest.mark.skipif(_flux_registered(), reason="compile_pipeline has a FluxPipeline drop-in: the rows run")
+def test_flux_without_its_drop_in_is_refused_in_one_line(peers, capsys):
+    with pytest.raises(SystemExit) as exc:
+        peers.main([*TINY, "--pipeline", "flux", "--batches", "1"])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and len(err.splitlines()) == 1
+    assert err.startswith("peers.py: error: --pipeline flux needs CompiledFluxPipeline (in progress)")
+
+
+@pytest.mark.skipif(not _flux_registered(), reason="needs CompiledFluxPipeline in compile_pipeline's PIPELINES")
+def test_tiny_flux_rows_match_the_pipeline(peers, tmp_path):
+    """FLUX.1-dev's structure at tiny size (10 double + 10 single blocks), embedded guidance, no CFG."""
+    names = ["pipeline-eager", "l2c-uncached", "l2c-l2c"] + (["cache-dit-static"] if peers.cache_dit_version() else [])
+    rows = peers.main([*TINY, "--pipeline", "flux", "--steps", "4", "--batches", "1", "--executors", ",".join(names),
+                       "--out", str(tmp_path / "p.jsonl")])  # fmt: skip
+    assert [r for r in rows if "median_s" not in r] == []
+    by = {r["executor"]: r for r in rows}
+    assert by["l2c-uncached"]["max_rel_diff_vs_pipeline"] <= 1e-5
+    assert rows[0]["cache_dit_blocks"] == [20] and not rows[0]["cfg"] and rows[0]["ideal_l2c"] > 1  # one list
+    if "cache-dit-static" in by:
+        assert by["cache-dit-static"]["cached_steps"] == [i for i, m in enumerate(rows[0]["cache_dit_mask"]) if not m]

@@ -98,7 +98,8 @@ def resolve_dtype(
 
 
 def private_copy(
-    model: nn.Module, *, device: torch.device | None = None, dtype: torch.dtype | None = None
+    model: nn.Module, *, device: torch.device | None = None, dtype: torch.dtype | None = None,
+    share_weights: bool = False,
 ) -> nn.Module:
     """A deep copy of ``model`` whose floating-point tensors are converted on the way.
 
@@ -109,16 +110,37 @@ def private_copy(
     model keeps in float32 (:func:`~l2c_compile.families.fp32_kept`: Wan's norms, time embedder,
     adaLN and rotary tables) are never narrowed below float32, as ``from_pretrained(torch_dtype=…)``
     loads them.
+
+    ``share_weights``: copy the modules but not the tensors: the copy's parameters and buffers are
+    ``model``'s own (no memory for a second set of weights: what a 12 B-parameter FLUX.1 needs to
+    sit beside its pipeline on one GPU). Only where nothing would be converted: L2CError when
+    ``device``/``dtype`` ask for another device or dtype than a tensor has. The caller must then
+    not move or convert ``model``'s weights in place (the sampler refuses a call after a dtype
+    change, and a CUDA graph is captured again after a move).
     """
     memo: dict[int, object] = {}
     kept = fp32_kept(model) if dtype is not None else {}
 
-    def convert(t: torch.Tensor) -> torch.Tensor:
+    def target(t: torch.Tensor) -> tuple[torch.device, torch.dtype]:
         to_dtype = dtype if dtype is not None and t.is_floating_point() else t.dtype
         if id(t) in kept and t.is_floating_point():
             to_dtype = kept_dtype(to_dtype, t.dtype)
-        return t.detach().to(device=device or t.device, dtype=to_dtype, copy=True)
+        return device or t.device, to_dtype
 
+    def convert(t: torch.Tensor) -> torch.Tensor:
+        to_device, to_dtype = target(t)
+        return t.detach().to(device=to_device, dtype=to_dtype, copy=True)
+
+    tensors = [*model.parameters(), *model.buffers()]
+    if share_weights:
+        for t in tensors:
+            to_device, to_dtype = target(t)
+            if (to_device.type, to_device.index or 0) != (t.device.type, t.device.index or 0) or to_dtype != t.dtype:
+                raise L2CError(f"share_weights=True uses the model's own tensors, but they are {t.dtype} on "
+                               f"{t.device} and the sampler asks for {to_dtype} on {to_device}: convert the "
+                               "model first, or leave share_weights off")
+        memo.update((id(t), t) for t in tensors)
+        return copy.deepcopy(model, memo)
     for p in model.parameters():
         memo[id(p)] = nn.Parameter(convert(p), requires_grad=p.requires_grad)
     for b in model.buffers():
@@ -157,6 +179,7 @@ def compile(
     cuda_graph: bool = False,
     hoist: bool = True,
     hoist_limit_bytes: int = DEFAULT_LIMIT_BYTES,
+    share_weights: bool = False,
 ) -> CompiledSampler:
     """Compile ``schedule`` (a :class:`~l2c_compile.schedule.Schedule`; None = all-compute) for
     ``model`` and ``plan`` into a :class:`CompiledSampler`.
@@ -165,6 +188,9 @@ def compile(
     ``fuse``: lower reuse epilogues to the fused kernels' custom ops (when available).
     The caller's ``model`` is never changed: the sampler owns a private copy of the weights
     (converted to ``dtype``/``device``). ``device`` must exist here (``L2CError`` otherwise).
+    ``share_weights``: the sampler's modules are a copy but its parameters and buffers are
+    ``model``'s own tensors, so several samplers of one model (and the model) hold one set of
+    weights; L2CError when ``dtype``/``device`` would convert them (:func:`private_copy`).
     ``model_info``: ``{"name", "family", "config"}`` recorded in the artifact so ``load`` can rebuild
     the model; filled from the model itself when it was built by the registry.
     ``cuda_graph``: capture the whole trajectory into one CUDA graph on the first call and replay
@@ -184,7 +210,7 @@ def compile(
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     check_weights(model)  # NaN/inf weights would compile into a sampler of black pictures
-    model = private_copy(model, device=torch_device, dtype=torch_dtype).eval()
+    model = private_copy(model, device=torch_device, dtype=torch_dtype, share_weights=share_weights).eval()
     if cuda_graph:
         check_cuda_graph_device(next(model.parameters()).device)
     depth = len(model.transformer_blocks())

@@ -212,6 +212,18 @@ def trajectory_macs(
     return full, full - saved
 
 
+def block_macs(count: MacCount, layout: Any) -> list[int]:
+    """Each block's MACs per image, summed over the sublayers it has: ``[MACs of block 0, …]``.
+
+    ``layout``: the model's :class:`~l2c_compile.families.vocabulary.Layout` (``family.layout``),
+    whose ``kinds_of(block)`` says which kinds each block has; blocks that lack a kind (SD3.5's
+    ``attn2`` outside ``dual_attention_layers``, the last SD3 block's text MLP) or whose kinds cost
+    differently (FLUX.1's double- and single-stream blocks) are counted as they are. This is what
+    skipping a whole block saves (cache-dit's DBCache), adaLN and norms aside (not sublayers).
+    """
+    return [sum(count.of(kind, block) for kind in layout.kinds_of(block)) for block in range(layout.depth)]
+
+
 def model_table(names: list[str] | None = None) -> list[dict[str, Any]]:
     """One row per registered model (or per name in ``names``): sizes, params, MACs per image."""
     rows = []
