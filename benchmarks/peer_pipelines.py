@@ -90,7 +90,6 @@ class PeerPipeline:
     fraction: float
     build: Callable[[argparse.Namespace, int], Setup]
     description: str
-    pending: str | None = None  # why the entry cannot run yet, when its drop-in is missing
 
     def missing(self) -> str | None:
         """One line saying why this entry cannot run here, or None when it can."""
@@ -98,7 +97,7 @@ class PeerPipeline:
 
         if self.pipeline_class in PIPELINES:
             return None
-        return self.pending or f"--pipeline {self.name} needs a compile_pipeline drop-in for {self.pipeline_class}"
+        return f"--pipeline {self.name} needs a compile_pipeline drop-in for {self.pipeline_class}"
 
 
 # ── building on the device ───────────────────────────────────────────────────────────────────
@@ -340,7 +339,5 @@ ENTRIES: dict[str, PeerPipeline] = {e.name: e for e in (
     PeerPipeline("sd3", "StableDiffusion3Pipeline", 28, 0.40, build_sd3,
                  "SD3.5-medium 1024², flow-matching Euler 28 (shift 3), CFG 7, prompt_embeds"),
     PeerPipeline("flux", "FluxPipeline", 28, 0.40, build_flux,
-                 "FLUX.1-dev 1024², flow-matching Euler 28 (dynamic shift), guidance 3.5, prompt_embeds",
-                 pending="--pipeline flux needs CompiledFluxPipeline (in progress): "
-                         "l2c_compile.diffusers.pipelines.PIPELINES has no FluxPipeline yet"),
+                 "FLUX.1-dev 1024², flow-matching Euler 28 (dynamic shift), guidance 3.5, prompt_embeds"),
 )}

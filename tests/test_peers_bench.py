@@ -231,22 +231,17 @@ def test_tiny_sd3_rows_match_the_pipeline_and_record_the_layout(peers, tmp_path)
         assert by["cache-dit-static"]["cached_steps"] == [i for i, m in enumerate(r0["cache_dit_mask"]) if m == 0]
 
 
-def _flux_registered() -> bool:
-    from l2c_compile.diffusers.pipelines import PIPELINES
+def test_a_pipeline_without_its_drop_in_is_refused_in_one_line(peers, capsys, monkeypatch):
+    from l2c_compile.diffusers import pipelines
 
-    return "FluxPipeline" in PIPELINES
-
-
-@pytest.mark.skipif(_flux_registered(), reason="compile_pipeline has a FluxPipeline drop-in: the rows run")
-def test_flux_without_its_drop_in_is_refused_in_one_line(peers, capsys):
+    monkeypatch.delitem(pipelines.PIPELINES, "FluxPipeline")
     with pytest.raises(SystemExit) as exc:
         peers.main([*TINY, "--pipeline", "flux", "--batches", "1"])
     err = capsys.readouterr().err.strip()
     assert exc.value.code == 2 and len(err.splitlines()) == 1
-    assert err.startswith("peers.py: error: --pipeline flux needs CompiledFluxPipeline (in progress)")
+    assert err == "peers.py: error: --pipeline flux needs a compile_pipeline drop-in for FluxPipeline"
 
 
-@pytest.mark.skipif(not _flux_registered(), reason="needs CompiledFluxPipeline in compile_pipeline's PIPELINES")
 def test_tiny_flux_rows_match_the_pipeline(peers, tmp_path):
     """FLUX.1-dev's structure at tiny size (10 double + 10 single blocks), embedded guidance, no CFG."""
     names = ["pipeline-eager", "l2c-uncached", "l2c-l2c"] + (["cache-dit-static"] if peers.cache_dit_version() else [])
