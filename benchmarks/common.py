@@ -72,6 +72,12 @@ def time_it(fn: Callable[[], Any], *, device: str, repeats: int, warmup: int = 1
             "first_s": first, "repeats": repeats}
 
 
+def pipeline_images(output: Any) -> Any:
+    """What a diffusers pipeline call returned, as an array: an image pipeline's ``.images``
+    (N, H, W, 3), a video pipeline's ``.frames`` (N, F, H, W, 3)."""
+    return output.images if hasattr(output, "images") else output.frames
+
+
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     """Append result rows as JSON lines."""
     path.parent.mkdir(parents=True, exist_ok=True)

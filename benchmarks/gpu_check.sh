@@ -8,16 +8,16 @@
 #
 #   benchmarks/gpu_check.sh OUT [STEPS]   STEPS: comma-separated, default tests,latency,peers-dit,peers-pixart,summary
 #                                         (also: kernels, compiled — the sampler-level torch.compile and
-#                                         inductor peers of latency.py; peers-sd3, peers-flux — the peers
-#                                         at full size on SD3.5-medium and FLUX.1-dev, 1024², 28 steps, n = 1,
+#                                         inductor peers of latency.py; peers-sd3, peers-flux, peers-wan —
+#                                         the peers at full size on SD3.5-medium and FLUX.1-dev (1024², 28
+#                                         steps) and Wan 2.1-1.3B (17 frames of 480×832, 30 steps), n = 1,
 #                                         random weights, ≤ 4 minutes each)
 #
-# peers-sd3 / peers-flux rows: pipe(...) eager, compile_pipeline uncached and L2C (eager step graphs,
+# peers-sd3 / peers-flux / peers-wan rows: pipe(...) eager, compile_pipeline uncached and L2C (eager step graphs,
 # and L2C in one whole-trajectory CUDA graph), cache-dit static (matched to the L2C schedule's removed
 # MACs) and dynamic, torch.compile default (skipped when it would not fit the step's deadline), each
 # with its peak memory. One set of weights on the GPU (peers.py's docstring: the twins and cache-dit
-# share the pipeline's tensors), so FLUX.1-dev's 24 GB fit an 80 GB H100. peers-flux runs once
-# compile_pipeline has a FluxPipeline drop-in; before that it stops in one line.
+# share the pipeline's tensors), so FLUX.1-dev's 24 GB fit an 80 GB H100.
 #
 # Routers: $L2C_ROUTERS_DIR, else .routers/ in the checkout when it exists, else ../shared/data/routers.
 # Wheels: when .whl/ exists and diffusers is not importable, its wheels (diffusers, cache-dit and
@@ -25,7 +25,7 @@
 # without installing it (PYTHONPATH), with whatever python3 holds torch. On a machine without CUDA
 # it says so in one line, lists what it would run, and exits 0.
 set -u
-out=${1:?usage: benchmarks/gpu_check.sh OUT [tests,latency,peers-dit,peers-pixart,summary; on request kernels,compiled,peers-sd3,peers-flux]}
+out=${1:?usage: benchmarks/gpu_check.sh OUT [tests,latency,peers-dit,peers-pixart,summary; on request kernels,compiled,peers-sd3,peers-flux,peers-wan]}
 steps=${2:-tests,latency,peers-dit,peers-pixart,summary}
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo" || exit 2
@@ -43,7 +43,7 @@ peers="$py benchmarks/peers.py --device cuda --dtype bfloat16 --routers-dir $rou
 # l2c twins' capture tens of seconds each, torch.compile ~1-2 min: few timed calls, compile row last
 big="pipeline-eager,l2c-uncached,l2c-l2c,l2c+graph-l2c,cache-dit-static,cache-dit-dynamic,torch-compile-default"
 declare -A limit=([tests]=110 [kernels]=50 [latency]=95 [compiled]=170 [peers-dit]=200 [peers-pixart]=90 [summary]=15
-                  [peers-sd3]=240 [peers-flux]=240)
+                  [peers-sd3]=240 [peers-flux]=240 [peers-wan]=240)
 declare -A cmd=(
   [tests]="$py -m pytest -m gpu -q -p no:cacheprovider $gpu_tests"
   [kernels]="$py benchmarks/kernel_bandwidth.py --dtype bf16 --rep-ms 30 --out $out/kernels-gpu.jsonl"
@@ -53,6 +53,7 @@ declare -A cmd=(
   [peers-pixart]="$peers --pipeline pixart --batches 1 --deadline 75 --out $out/peers-pixart.jsonl"
   [peers-sd3]="$peers --pipeline sd3 --batches 1 --executors $big --repeats 2 --executor-budget 4 --row-limit 120 --compile-estimate 100 --deadline 225 --out $out/peers-sd3.jsonl"
   [peers-flux]="$peers --pipeline flux --batches 1 --executors $big --repeats 1 --row-limit 150 --compile-estimate 150 --deadline 225 --out $out/peers-flux.jsonl"
+  [peers-wan]="$peers --pipeline wan --batches 1 --executors $big --repeats 1 --row-limit 120 --compile-estimate 100 --deadline 225 --out $out/peers-wan.jsonl"
   [summary]="$py benchmarks/gpu_summary.py $out/latency-gpu.jsonl $out/latency-gpu-compiled.jsonl --peers $out/peers-dit.jsonl $out/peers-pixart.jsonl --kernels $out/kernels-gpu.jsonl --out $out/summary.md"
 )
 

@@ -36,7 +36,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,13 +44,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS, environment, markdown_table, write_jsonl
+from common import RESULTS, environment, markdown_table, pipeline_images, write_jsonl
 
 # (depth, width, heads) of the DiT sizes; "T" is a tiny shape for CPU tests (12 blocks: cache-dit's
 # default DBCache computes the first 8 of them on every step).
 SIZES = {"T": (12, 64, 2), "S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16)}
 EXECUTORS = ("pipeline-uncached", "compiled-uncached", "compiled-l2c")
-GUIDANCE = {"dit": 4.0, "pixart": 4.5, "sd3": 7.0}  # each pipeline's default guidance_scale
+GUIDANCE = {"dit": 4.0, "pixart": 4.5, "sd3": 7.0, "flux": 3.5, "wan": 5.0}  # each pipeline's default scale
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -58,10 +58,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pipeline", choices=sorted(GUIDANCE), default="dit")
     p.add_argument("--size", choices=sorted(SIZES), default="S", help="DiT size (--pipeline dit)")
-    p.add_argument("--depth", type=int, default=4, help="transformer blocks of --pipeline pixart / sd3 (PixArt-XL has "
-                   "28, SD3.5-medium 24)")
-    p.add_argument("--heads", type=int, default=None, help="attention heads of --pipeline sd3 (default: SD3.5-medium's "
-                   "24; fewer for a quick check)")
+    p.add_argument("--depth", type=int, default=4, help="transformer blocks of --pipeline pixart / sd3 / flux / wan "
+                   "(PixArt-XL has 28, SD3.5-medium 24, FLUX.1 19 double-stream (+ twice as many single), Wan-1.3B 30)")
+    p.add_argument("--tiny", action="store_true", help="--pipeline sd3/flux/wan: the peers benchmark's tiny shape "
+                   "(width 64) with --depth blocks, for a quick check")
+    p.add_argument("--video", default=None, help="--pipeline wan: FRAMES,HEIGHT,WIDTH (default 5,240,416)")
     p.add_argument("--latent", type=int, default=32, help="latent side (32 = 256 px)")
     p.add_argument("--steps", type=int, default=20, help="num_inference_steps")
     p.add_argument("--batch", type=int, default=1)
@@ -135,54 +136,6 @@ def pixart_prompt(batch: int, seed: int, text_dim: int = TEXT_DIM) -> dict[str, 
             "use_resolution_binning": False}
 
 
-SD3_TEXT_LEN, SD3_TEXT_DIM, SD3_POOLED_DIM = 77 + 256, 4096, 2048  # CLIP + T5 tokens; T5-XXL; CLIP-L ⊕ G
-
-
-def build_sd3_pipeline(depth: int, latent: int, seed: int, heads: int = 24, head_dim: int = 64,
-                       text_dim: int = SD3_TEXT_DIM, pooled_dim: int = SD3_POOLED_DIM):
-    """A StableDiffusion3Pipeline: a random transformer of SD3.5-medium's width (``heads`` ×
-    ``head_dim``, SD3.5's second attention in the first block, RMS q/k norms) with ``depth`` joint
-    blocks (the last one ``context_pre_only``, as in every SD3), a small random 16-channel VAE with
-    SD3's latent scale and shift, and the flow-matching Euler scheduler with SD3's shift 3 (no text
-    encoders: prompt_embeds are given). The position-embedding table is cropped to the latent (a
-    lookup: the full 384² table changes nothing but memory)."""
-    from diffusers import (
-        AutoencoderKL,
-        FlowMatchEulerDiscreteScheduler,
-        SD3Transformer2DModel,
-        StableDiffusion3Pipeline,
-    )
-
-    torch.manual_seed(seed)
-    transformer = SD3Transformer2DModel(
-        sample_size=latent, patch_size=2, in_channels=16, out_channels=16, num_layers=depth,
-        attention_head_dim=head_dim, num_attention_heads=heads, joint_attention_dim=text_dim,
-        caption_projection_dim=heads * head_dim, pooled_projection_dim=pooled_dim, pos_embed_max_size=latent // 2,
-        dual_attention_layers=(0,), qk_norm="rms_norm")
-    with torch.no_grad():
-        for p in transformer.parameters():
-            p.normal_(0, 0.02)
-    vae = AutoencoderKL(block_out_channels=(32,), norm_num_groups=8, latent_channels=16, layers_per_block=1,
-                        scaling_factor=1.5305, shift_factor=0.0609)
-    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
-    parts = dict.fromkeys(("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "text_encoder_3",
-                           "tokenizer_3"))
-    pipe = StableDiffusion3Pipeline(transformer=transformer.eval(), vae=vae.eval(), scheduler=scheduler, **parts)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def sd3_prompt(batch: int, seed: int, text_len: int = SD3_TEXT_LEN, text_dim: int = SD3_TEXT_DIM,
-               pooled_dim: int = SD3_POOLED_DIM) -> dict[str, Any]:
-    """``pipe(...)`` keyword arguments for ``batch`` random prompts and negative prompts given as
-    SD3-shaped joint embeddings (77 CLIP + 256 T5 tokens) with pooled CLIP embeddings."""
-    g = torch.Generator().manual_seed(seed)
-    return {"prompt_embeds": torch.randn(batch, text_len, text_dim, generator=g),
-            "negative_prompt_embeds": torch.randn(batch, text_len, text_dim, generator=g),
-            "pooled_prompt_embeds": torch.randn(batch, pooled_dim, generator=g),
-            "negative_pooled_prompt_embeds": torch.randn(batch, pooled_dim, generator=g)}
-
-
 @dataclass
 class Bench:
     """One pipeline under test: how to build it, call it and compile its sampler ahead of time."""
@@ -192,12 +145,37 @@ class Bench:
     shape: str  # the table title's model and sampler
     model: str  # the rows' model label
     warm: Callable[[Any], Any]  # compiled pipeline → its CompiledSampler for this run (compiles it)
-    plan_kwargs: dict[str, Any] = field(default_factory=dict)  # pipeline_plan's mu for flow matching
+    plan: Any = None  # the scheduler's plan for these steps (None: pipeline_plan of the scheduler)
+
+
+# --pipeline sd3 / flux / wan: the peers benchmark's entries (peer_pipelines.py) at the real width
+# with --depth blocks: (transformer config entries for depth d, what the model label says)
+REDUCED = {
+    "sd3": lambda d: {"num_layers": d, "dual_attention_layers": (0,)},  # SD3.5's attn2 in the first block
+    "flux": lambda d: {"num_layers": d, "num_single_layers": 2 * d},  # FLUX.1's 19 : 38 double : single
+    "wan": lambda d: {"num_layers": d},
+}
 
 
 def bench(args: argparse.Namespace) -> Bench:
     """The pipeline ``args.pipeline`` names, at the size the options give."""
     cfg, steps = args.guidance > 1, args.steps
+    if args.pipeline in REDUCED:
+        from peer_pipelines import ENTRIES
+
+        entry = ENTRIES[args.pipeline]
+        size = tuple(int(v) for v in args.video.split(",")) if args.video else None if args.tiny else (5, 240, 416)
+        ns = argparse.Namespace(tiny=args.tiny, device="cpu", dtype="float32", steps=steps, seed=args.seed,
+                                config=REDUCED[args.pipeline](args.depth), latent=None if args.tiny else args.latent,
+                                size=size)
+        if args.pipeline == "sd3" and not args.tiny:
+            ns.config["sample_size"] = args.latent
+        setup = entry.build(ns, args.batch)
+        inputs = setup.inputs(args.batch)
+        if args.guidance_given:
+            inputs["guidance_scale"] = args.guidance
+        return Bench(setup.pipe, inputs, f"{setup.model} · {setup.plan.sampler} {steps}", setup.model, setup.warm,
+                     plan=setup.plan)
     if args.pipeline == "pixart":
         pipe = build_pixart_pipeline(args.depth, args.latent, args.seed)
         side = args.latent * pipe.vae_scale_factor  # the image side pipe(...) draws by default
@@ -205,14 +183,6 @@ def bench(args: argparse.Namespace) -> Bench:
                      f"PixArt-XL/2 width, {args.depth} blocks · DPM-Solver++ {steps}",
                      f"PixArtTransformer2DModel PixArt-XL/2 width, {args.depth} blocks",
                      lambda c: c.pixart_sampler(steps, cfg, TEXT_LEN, side))
-    if args.pipeline == "sd3":
-        pipe = build_sd3_pipeline(args.depth, args.latent, args.seed, heads=args.heads or 24)
-        side = args.latent * pipe.vae_scale_factor
-        mu = dict(mu=None)  # SD3.5's scheduler shifts statically (shift 3)
-        return Bench(pipe, sd3_prompt(args.batch, args.seed),
-                     f"SD3.5-medium width, {args.depth} blocks · flow-matching Euler {steps}",
-                     f"SD3Transformer2DModel SD3.5-medium width, {args.depth} blocks",
-                     lambda c: c.sd3_sampler(steps, cfg, SD3_TEXT_LEN, side, **mu), mu)
     pipe = build_pipeline(args.size, args.latent, args.seed)
     return Bench(pipe, {"class_labels": list(range(args.batch))},
                  f"DiT-{args.size}/2 shape · DDIM {steps}", f"DiTTransformer2DModel DiT-{args.size}/2",
@@ -228,6 +198,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    args.guidance_given = args.guidance is not None
     if args.guidance is None:
         args.guidance = GUIDANCE[args.pipeline]
     b = bench(args)
@@ -238,7 +209,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     compile_uncached = time.perf_counter() - t0
     # every sublayer the model has (SD3: attn2 in its dual-attention blocks, no text MLP in the last)
     layout = family_of(adapter).layout(adapter)
-    plan = pipeline_plan(pipe.scheduler, args.steps, **b.plan_kwargs)
+    plan = b.plan or pipeline_plan(pipe.scheduler, args.steps)
     sched = heuristic("random", plan, model="bench", depth=layout.depth, fraction=args.fraction, seed=args.seed,
                       kinds=layout)
     t0 = time.perf_counter()
@@ -251,8 +222,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
     def call(name: str) -> Any:
         gen = torch.Generator().manual_seed(args.seed)
-        return run[name](**b.inputs, guidance_scale=args.guidance, num_inference_steps=args.steps, generator=gen,
-                         output_type="np").images
+        kw = {"guidance_scale": args.guidance, **b.inputs}  # an entry's inputs carry its pipeline's scale
+        return pipeline_images(run[name](**kw, num_inference_steps=args.steps, generator=gen, output_type="np"))
 
     first, times = {}, {name: [] for name in EXECUTORS}
     outputs = {}

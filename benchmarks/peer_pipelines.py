@@ -1,6 +1,5 @@
 """The pipelines ``benchmarks/peers.py`` measures: one :class:`PeerPipeline` entry each in
-:data:`ENTRIES`, so a new pipeline (FLUX.1 today, Wan later) is one more entry and no change to the
-harness.
+:data:`ENTRIES`, so a new pipeline is one more entry and no change to the harness.
 
 An entry says how to build its pipeline on the device at full size and at ``--tiny`` size (random
 weights: latency does not depend on weight values), the ``pipe(...)`` inputs per batch, the plan of
@@ -17,16 +16,21 @@ the same in every row.
 | ``pixart`` | PixArt-α 512 (28 blocks, 16 × 72) | 64² | DPM-Solver++ 20 | CFG 4.5 | 120 T5 tokens |
 | ``sd3`` | SD3.5-medium (24 joint blocks, 24 × 64, ``attn2`` in blocks 0–12) | 128² (1024²) | flow Euler 28, shift 3 | CFG 7 | 77 CLIP + 256 T5 tokens, pooled 2048 |
 | ``flux`` | FLUX.1-dev (19 double + 38 single blocks, 24 × 128) | 128² (1024²) | flow Euler 28, dynamic shift | embedded 3.5, no CFG | 512 T5 tokens, pooled 768 |
+| ``wan`` | Wan 2.1-1.3B (30 blocks, 12 × 128) | 16 × 5 × 60 × 104 (17 frames of 480 × 832) | flow UniPC 30, shift 3 | CFG 5 | 512 umT5 tokens |
 
 The SD3.5-medium and FLUX.1-dev transformers are their released configs (diffusers'
 ``transformer/config.json`` of stabilityai/stable-diffusion-3.5-medium and
-black-forest-labs/FLUX.1-dev); SD3.5's position table is the released 384 × 384 one, not cropped
+black-forest-labs/FLUX.1-dev; Wan-AI/Wan2.1-T2V-1.3B-Diffusers for Wan); SD3.5's position table is the released 384 × 384 one, not cropped
 (a lookup of the 64 × 64 patches it needs: 0.45 GB of bf16 that costs memory, not time). They are
 built straight on the device in the benchmark's dtype (``torch.device`` context and the default
 dtype set for the constructor) and then filled with N(0, 0.02) in place, so the 2.5 B (SD3.5) or
 12 B (FLUX) parameters are never materialised on the CPU nor in float32. ``--tiny``: the same
 structure at width 64 (2 heads × 32) on an 8 × 8 latent with short prompts, 12 SD3 blocks
-(``attn2`` in the first 6) or 10 + 10 FLUX blocks, so that cache-dit's F8B0 has blocks to skip.
+(``attn2`` in the first 6), 10 + 10 FLUX blocks or 10 Wan blocks (5 frames of 32 × 48), so that
+cache-dit's F8B0 has blocks to skip. Wan's VAE is a small random ``AutoencoderKLWan`` instead (the
+pipeline reads its temporal and spatial factors). ``args.config`` (a dict) overrides transformer
+config entries and ``args.latent`` / ``args.size`` the sample size: ``latency_diffusers.py`` builds
+the same entries at the real width with a few blocks on the CPU.
 """
 
 from __future__ import annotations
@@ -159,6 +163,12 @@ def _prompt_tensors(shapes: dict[str, tuple[int, ...]], seed: int, device: str,
     return {k: torch.randn(*s, generator=g).to(device, dtype) for k, s in shapes.items()}
 
 
+def _config(args: argparse.Namespace, full: dict[str, Any], tiny: dict[str, Any]) -> dict[str, Any]:
+    """The transformer config an entry builds: the released one (``tiny``: the tiny one) with
+    ``args.config``'s entries over it (``latency_diffusers.py``: fewer blocks at the real width)."""
+    return {**(tiny if args.tiny else full), **(getattr(args, "config", None) or {})}
+
+
 def _sliced(tensors: dict[str, Any], **extra: Any) -> Callable[[int], dict[str, Any]]:
     """``inputs(batch)``: every tensor's first ``batch`` rows, plus ``extra``."""
     return lambda batch: {**{k: v[:batch] for k, v in tensors.items()}, **extra}
@@ -244,7 +254,7 @@ def build_sd3(args: argparse.Namespace, batch: int) -> Setup:
     from l2c_compile.diffusers import pipeline_plan
     from l2c_compile.diffusers.sd3 import DiffusersSD3
 
-    config = SD35_TINY if args.tiny else SD35_MEDIUM
+    config = _config(args, SD35_MEDIUM, SD35_TINY)
     dtype = getattr(torch, args.dtype)
     torch.manual_seed(args.seed)
     with built_on(args.device, dtype):
@@ -297,7 +307,7 @@ def build_flux(args: argparse.Namespace, batch: int) -> Setup:
 
     from l2c_compile.diffusers.flux import DiffusersFlux, flux_plan
 
-    config = FLUX_TINY if args.tiny else FLUX_DEV
+    config = _config(args, FLUX_DEV, FLUX_TINY)
     dtype = getattr(torch, args.dtype)
     torch.manual_seed(args.seed)
     with built_on(args.device, dtype):
@@ -308,7 +318,7 @@ def build_flux(args: argparse.Namespace, batch: int) -> Setup:
                         tokenizer=None, text_encoder_2=None, tokenizer_2=None, transformer=transformer)
     pipe.set_progress_bar_config(disable=True)
     text_len = FLUX_TINY_TEXT_LEN if args.tiny else FLUX_TEXT_LEN
-    latent = 8 if args.tiny else 128
+    latent = getattr(args, "latent", None) or (8 if args.tiny else 128)
     height = latent * pipe.vae_scale_factor  # the image side; the latent is 2 · (height // 2f) = latent
     tensors = _prompt_tensors({"prompt_embeds": (batch, text_len, config["joint_attention_dim"]),
                                "pooled_prompt_embeds": (batch, config["pooled_projection_dim"])},
@@ -328,6 +338,63 @@ def build_flux(args: argparse.Namespace, batch: int) -> Setup:
                  f"{blocks[0]} + {blocks[1]} blocks", cfg=False)
 
 
+# ── Wan 2.1 text-to-video, 1.3B ──────────────────────────────────────────────────────────────
+
+# Wan-AI/Wan2.1-T2V-1.3B-Diffusers transformer/config.json
+WAN_13B = {"patch_size": (1, 2, 2), "num_attention_heads": 12, "attention_head_dim": 128, "in_channels": 16,
+           "out_channels": 16, "text_dim": 4096, "freq_dim": 256, "ffn_dim": 8960, "num_layers": 30,
+           "cross_attn_norm": True, "qk_norm": "rms_norm_across_heads", "eps": 1e-6, "rope_max_seq_len": 1024}
+WAN_TINY = {**WAN_13B, "num_attention_heads": 2, "attention_head_dim": 32, "text_dim": 32, "freq_dim": 32,
+            "ffn_dim": 128, "num_layers": 10, "rope_max_seq_len": 64}
+WAN_TEXT_LEN, WAN_TINY_TEXT_LEN = 512, 16  # umT5 tokens of prompt_embeds (WanPipeline's max_sequence_length)
+# (num_frames, height, width): 480p at 17 frames (5 latent frames) keeps a GPU call near the 1-minute mark
+WAN_SIZE, WAN_TINY_SIZE = (17, 480, 832), (5, 32, 48)
+
+
+def build_wan(args: argparse.Namespace, batch: int) -> Setup:
+    """``WanPipeline`` (Wan 2.1 text-to-video) with the 1.3B transformer (:data:`WAN_13B`; ``--tiny``:
+    :data:`WAN_TINY`) at 480 × 832 and 17 frames (``args.size``: another ``(frames, height, width)``),
+    UniPC with flow prediction and ``flow_shift`` 3 (Wan's 480p setting), CFG 5 against a negative
+    prompt, umT5-shaped ``prompt_embeds`` (N, 512, 4096) given (no text encoder). The VAE is a small
+    random ``AutoencoderKLWan`` with Wan's 4× temporal and 8× spatial compression (its decoder runs
+    in every row alike)."""
+    from diffusers import (
+        AutoencoderKLWan,
+        UniPCMultistepScheduler,
+        WanPipeline,
+        WanTransformer3DModel,
+    )
+
+    from l2c_compile.diffusers import pipeline_plan
+    from l2c_compile.diffusers.wan import DiffusersWan
+
+    config = _config(args, WAN_13B, WAN_TINY)
+    frames, height, width = getattr(args, "size", None) or (WAN_TINY_SIZE if args.tiny else WAN_SIZE)
+    dtype = getattr(torch, args.dtype)
+    torch.manual_seed(args.seed)
+    with built_on(args.device, dtype):
+        transformer = randomise(WanTransformer3DModel(**config), 0.1 if args.tiny else 0.02)
+        vae = AutoencoderKLWan(base_dim=8, z_dim=config["in_channels"], dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                               temperal_downsample=[False, True, True]).eval()
+    cast(transformer, dtype), cast(vae, dtype)
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0,
+                                        num_train_timesteps=1000)
+    pipe = WanPipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=transformer, scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    text_len = WAN_TINY_TEXT_LEN if args.tiny else WAN_TEXT_LEN
+    tensors = _prompt_tensors({"prompt_embeds": (batch, text_len, config["text_dim"]),
+                               "negative_prompt_embeds": (batch, text_len, config["text_dim"])},
+                              args.seed, args.device, dtype)
+    adapter = DiffusersWan(transformer, text_len=text_len, num_frames=frames, height=height, width=width)
+    depth = config["num_layers"]
+    return Setup(pipe, adapter, _sliced(tensors, guidance_scale=5.0, num_frames=frames, height=height, width=width,
+                                        max_sequence_length=text_len),
+                 pipeline_plan(pipe.scheduler, args.steps),
+                 lambda cp: cp.wan_sampler(args.steps, True, text_len, frames, height, width), (depth,),
+                 f"WanTransformer3DModel Wan 2.1-1.3B{' (tiny)' if args.tiny else ''} depth {depth}, "
+                 f"{frames} frames of {height}×{width}")
+
+
 # ── the table ────────────────────────────────────────────────────────────────────────────────
 
 DIT_FRACTION = RELEASED_FRACTION[("ddim", 20)]  # the released DDIM20 router's skipped share at θ 0.1
@@ -340,4 +407,6 @@ ENTRIES: dict[str, PeerPipeline] = {e.name: e for e in (
                  "SD3.5-medium 1024², flow-matching Euler 28 (shift 3), CFG 7, prompt_embeds"),
     PeerPipeline("flux", "FluxPipeline", 28, 0.40, build_flux,
                  "FLUX.1-dev 1024², flow-matching Euler 28 (dynamic shift), guidance 3.5, prompt_embeds"),
+    PeerPipeline("wan", "WanPipeline", 30, 0.40, build_wan,
+                 "Wan 2.1-1.3B 480×832, 17 frames, flow UniPC 30 (shift 3), CFG 5, prompt_embeds"),
 )}

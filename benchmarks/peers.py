@@ -87,7 +87,7 @@ from cache_dit_match import (
     shared_copy,
     skipped_blocks,
 )
-from common import RESULTS, environment, markdown_table, write_jsonl
+from common import RESULTS, environment, markdown_table, pipeline_images, write_jsonl
 from peer_pipelines import ENTRIES, PeerPipeline, Setup
 
 from l2c_compile.io import write_text_atomic
@@ -381,11 +381,11 @@ def executor(bench: Bench, name: str, batch: int) -> contextlib.AbstractContextM
 
 def compare_images(bench: Bench, name: str, batch: int, output: Any) -> dict[str, Any]:
     """``max_rel_diff_vs_pipeline`` of a row's images (the last call's ``.images``, (N, H, W, 3)
-    in [0, 1]): max |images − pipeline-eager's| / max |pipeline-eager's|, same seed and batch.
+    in [0, 1], or a video pipeline's ``.frames``): max |images − pipeline-eager's| / max |pipeline-eager's|, same seed and batch.
     The ``pipeline-eager`` row's images become the reference; nothing before it has one."""
     import numpy as np
 
-    images = np.asarray(output.images, dtype=np.float64)
+    images = np.asarray(pipeline_images(output), dtype=np.float64)
     if name == "pipeline-eager":
         bench.reference[batch] = images
         return {"max_rel_diff_vs_pipeline": 0.0}

@@ -62,11 +62,11 @@ def test_gpu_check_lists_chosen_steps_with_the_routers_it_was_given(tmp_path: Pa
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the dry path is for machines without CUDA")
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
-def test_full_size_sd3_and_flux_peers_are_opt_in_steps_whose_arguments_parse(tmp_path: Path) -> None:
+def test_full_size_sd3_flux_and_wan_peers_are_opt_in_steps_whose_arguments_parse(tmp_path: Path) -> None:
     from tests.helpers import bench_script
 
     done = subprocess.run(
-        ["bash", str(REPO / "benchmarks" / "gpu_check.sh"), str(tmp_path / "gpu"), "peers-sd3,peers-flux"],
+        ["bash", str(REPO / "benchmarks" / "gpu_check.sh"), str(tmp_path / "gpu"), "peers-sd3,peers-flux,peers-wan"],
         capture_output=True,
         text=True,
         env={"PATH": "/usr/bin:/bin", "PYTHON": sys.executable},
@@ -74,21 +74,21 @@ def test_full_size_sd3_and_flux_peers_are_opt_in_steps_whose_arguments_parse(tmp
     )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()[1:]
-    assert [line.split(",")[0].strip(" [") for line in lines] == ["peers-sd3", "peers-flux"]
+    assert [line.split(",")[0].strip(" [") for line in lines] == ["peers-sd3", "peers-flux", "peers-wan"]
     limits = [int(line.split("≤ ")[1].split(" s]")[0]) for line in lines]
     assert all(limit <= 240 for limit in limits)  # each opt-in step bounded to 4 minutes
     leaks = ("latency", "latency_exec", "latency_diffusers", "common", "cache_dit_match", "peer_pipelines")
     with bench_script("peers.py", "bench_peers_dry", leaks) as peers:
-        for line, pipeline, limit in zip(lines, ("sd3", "flux"), limits, strict=True):
+        for line, pipeline, limit in zip(lines, ("sd3", "flux", "wan"), limits, strict=True):
             argv = line.split("benchmarks/peers.py ", 1)[1].split()
             args = peers.parse_args(argv)  # the step's arguments, as peers.py reads them
-            assert args.pipeline == pipeline and args.batch_list == [1] and args.steps == 28
+            assert args.pipeline == pipeline and args.batch_list == [1] and args.steps == args.entry.steps
             assert args.deadline < limit and args.out == str(tmp_path / "gpu" / f"peers-{pipeline}.jsonl")
             assert [n for n, _ in peers.plan_rows(args)] == [
                 "pipeline-eager", "l2c-uncached", "l2c-l2c", "l2c+graph-l2c", "cache-dit-static",
                 "cache-dit-dynamic", "torch-compile-default"]  # fmt: skip
     usage = (REPO / "benchmarks" / "gpu_check.sh").read_text()
-    assert "peers-sd3" in usage.split("set -u")[0] and "peers-flux" in usage.split("set -u")[0]
+    assert all(f"peers-{p}" in usage.split("set -u")[0] for p in ("sd3", "flux", "wan"))
 
 
 def _row(executor: str, batch: int, median: float, **extra: object) -> dict[str, object]:

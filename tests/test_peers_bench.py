@@ -253,3 +253,13 @@ def test_tiny_flux_rows_match_the_pipeline(peers, tmp_path):
     assert rows[0]["cache_dit_blocks"] == [20] and not rows[0]["cfg"] and rows[0]["ideal_l2c"] > 1  # one list
     if "cache-dit-static" in by:
         assert by["cache-dit-static"]["cached_steps"] == [i for i, m in enumerate(rows[0]["cache_dit_mask"]) if not m]
+
+
+def test_tiny_wan_rows_match_the_pipeline(peers, tmp_path):
+    """Wan 2.1's structure at tiny size (10 blocks, 5 frames), flow UniPC, CFG: videos compared."""
+    rows = peers.main([*TINY, "--pipeline", "wan", "--steps", "4", "--batches", "1",
+                       "--executors", "pipeline-eager,l2c-uncached,l2c-l2c", "--out", str(tmp_path / "p.jsonl")])
+    by = {r["executor"]: r for r in rows}
+    assert set(by) == {"pipeline-eager", "l2c-uncached", "l2c-l2c"} and all("median_s" in r for r in rows)
+    assert by["l2c-uncached"]["max_rel_diff_vs_pipeline"] <= 1e-5 < by["l2c-l2c"]["max_rel_diff_vs_pipeline"]
+    assert rows[0]["cfg"] and rows[0]["ideal_l2c"] > 1 and rows[0]["pipeline"] == "WanPipeline"
