@@ -44,6 +44,7 @@ import torch
 from diffusers import FluxTransformer2DModel
 from torch import nn
 
+from l2c_compile.diffusers.prompted import PromptAdapter
 from l2c_compile.diffusers.records import prompt_record
 from l2c_compile.errors import L2CError
 from l2c_compile.samplers.base import SamplerPlan
@@ -109,7 +110,7 @@ def pack_condition(embeds: torch.Tensor, pooled: torch.Tensor, guidance: float |
     return torch.cat([rows, nn.functional.pad(last, (0, w - p - 1)).unsqueeze(1)], dim=1)  # (N, L + 1, W)
 
 
-class DiffusersFlux(nn.Module):
+class DiffusersFlux(PromptAdapter):
     """v(x, t, y) of a diffusers ``FluxTransformer2DModel``; the model is ``self.transformer``.
 
     ``text_len``: the T5 prompt length L the sampler is made for (the pipeline's
@@ -190,24 +191,6 @@ class DiffusersFlux(nn.Module):
         return prompt_condition(pipe, prompts, negative_prompt=negative_prompt, cfg=cfg, text_len=self.text_len,
                                 guidance=self.guidance_scale if self.guidance_embeds else None, device=device)
 
-    null_condition: torch.Tensor | None = None  # (L + 1, W): the empty prompt, for training's dropout
-
-    def set_null_condition(self, null: torch.Tensor | None) -> None:
-        """The condition CFG dropout puts in during router training (the encoded empty prompt,
-        (L + 1, W)); None: no dropout possible."""
-        self.null_condition = None if null is None else null.detach().clone()
-
-    def drop_labels(self, y: torch.Tensor, drop_mask: torch.Tensor | None = None,
-                    generator: torch.Generator | None = None) -> torch.Tensor:
-        """Training-time CFG dropout: rows of ``y`` (N, L + 1, W) in ``drop_mask`` (N,) bool (None:
-        drawn with probability 0.1) become the null condition. L2CError without one."""
-        if self.null_condition is None:
-            raise L2CError("label dropout needs the empty prompt's condition (a negative prompt), which was not given")
-        if drop_mask is None:
-            drop_mask = torch.rand(y.shape[0], generator=generator) < 0.1
-        null = self.null_condition.to(y.device, y.dtype).expand_as(y)
-        return torch.where(drop_mask.to(y.device)[:, None, None], null, y)
-
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """x: (N, C, H, W) latents; t: (N,) timesteps σ·1000; y: (N, L + 1, W) packed prompt →
         (N, C, H, W) velocity."""
@@ -227,23 +210,11 @@ class DiffusersFlux(nn.Module):
         """The double-stream then the single-stream blocks, in execution order."""
         return [*self.transformer.transformer_blocks, *self.transformer.single_transformer_blocks]
 
-    def cfg_conditions(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(prompt, negative prompt), each (N, L + 1, W), of a true-CFG condition (N, 2, L + 1, W)."""
-        return y[:, 0], y[:, 1]
-
     def example_condition(self, n: int, cfg: bool, device: torch.device | str) -> torch.Tensor:
         """A zero prompt, (n, [2,] L + 1, W), to capture a step with."""
         dtype = next(self.transformer.parameters()).dtype
         y = torch.zeros(n, self.text_len + 1, self.cond_width, dtype=dtype, device=device)
         return torch.stack([y, y], dim=1) if cfg else y
-
-    def eps(self, out: torch.Tensor) -> torch.Tensor:
-        """The velocity prediction: the whole output (N, C, H, W)."""
-        return out
-
-    def guide(self, cond: torch.Tensor, uncond: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
-        """The pipeline's true CFG ``u + s · (c − u)`` → (N, C, H, W)."""
-        return uncond + scale * (cond - uncond)
 
 
 def check_prompt_length(pipe: Any, prompts: str | list[str] | None, max_sequence_length: int,

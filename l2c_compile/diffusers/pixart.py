@@ -29,6 +29,7 @@ import torch
 from diffusers import PixArtTransformer2DModel
 from torch import nn
 
+from l2c_compile.diffusers.prompted import PromptAdapter
 from l2c_compile.diffusers.records import prompt_record
 from l2c_compile.errors import L2CError
 
@@ -46,7 +47,7 @@ def pack_condition(embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.cat([embeds, mask.to(embeds.dtype).unsqueeze(-1)], dim=-1)  # (N, L, D + 1)
 
 
-class DiffusersPixArt(nn.Module):
+class DiffusersPixArt(PromptAdapter):
     """ε(x, t, y) of a diffusers ``PixArtTransformer2DModel``; the model is ``self.transformer``.
 
     ``text_len``: the prompt length L the sampler is made for (the pipeline's
@@ -158,42 +159,12 @@ class DiffusersPixArt(nn.Module):
         """The transformer blocks in execution order."""
         return list(self.transformer.transformer_blocks)
 
-    def cfg_conditions(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(prompt, negative prompt), each (N, L, D + 1), of a CFG condition (N, 2, L, D + 1)."""
-        return y[:, 0], y[:, 1]
-
     def example_condition(self, n: int, cfg: bool, device: torch.device | str) -> torch.Tensor:
         """A zero prompt with a full mask, (n, [2,] L, D + 1), to capture a step with."""
         dtype = next(self.transformer.parameters()).dtype
         y = torch.zeros(n, self.text_len, self.text_dim + 1, dtype=dtype, device=device)
         y[..., -1] = 1.0
         return torch.stack([y, y], dim=1) if cfg else y
-
-    null_condition: torch.Tensor | None = (
-        None  # (L, D + 1): the empty prompt, for training's dropout
-    )
-
-    def set_null_condition(self, null: torch.Tensor | None) -> None:
-        """The condition that CFG dropout puts in during router training (the encoded empty
-        prompt, (L, D + 1)); None: no dropout possible."""
-        self.null_condition = None if null is None else null.detach().clone()
-
-    def drop_labels(
-        self,
-        y: torch.Tensor,
-        drop_mask: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        """Training-time CFG dropout: rows of ``y`` (N, L, D + 1) in ``drop_mask`` (N,) bool (None:
-        drawn with PixArt's caption dropout 0.1) become the null condition. L2CError without one."""
-        if self.null_condition is None:
-            raise L2CError(
-                "label dropout needs the empty prompt's condition (a negative prompt), which was not given"
-            )
-        if drop_mask is None:
-            drop_mask = torch.rand(y.shape[0], generator=generator) < 0.1
-        null = self.null_condition.to(y.device, y.dtype).expand_as(y)
-        return torch.where(drop_mask.to(y.device)[:, None, None], null, y)
 
     def eps(self, out: torch.Tensor) -> torch.Tensor:
         """ε from a raw output (N, C_out, H, W): its first ``in_channels`` channels."""

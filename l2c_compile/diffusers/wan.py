@@ -36,6 +36,7 @@ import torch
 from diffusers import WanTransformer3DModel
 from torch import nn
 
+from l2c_compile.diffusers.prompted import PromptAdapter
 from l2c_compile.diffusers.records import prompt_record
 from l2c_compile.errors import L2CError
 from l2c_compile.families import model_dtype
@@ -54,7 +55,7 @@ def wan_latent_shape(in_channels: int, num_frames: int, height: int, width: int,
             width // vae_scale_factor)
 
 
-class DiffusersWan(nn.Module):
+class DiffusersWan(PromptAdapter):
     """v(x, t, y) of a diffusers ``WanTransformer3DModel`` (text-to-video); the model is
     ``self.transformer``.
 
@@ -150,24 +151,6 @@ class DiffusersWan(nn.Module):
         return prompt_condition(pipe, prompts, negative_prompt=negative_prompt, cfg=cfg, text_len=self.text_len,
                                 device=device)
 
-    null_condition: torch.Tensor | None = None  # (L, D): the empty prompt, for training's dropout
-
-    def set_null_condition(self, null: torch.Tensor | None) -> None:
-        """The condition CFG dropout puts in during router training (the encoded empty prompt,
-        (L, D), WanPipeline's default negative prompt); None: no dropout possible."""
-        self.null_condition = None if null is None else null.detach().clone()
-
-    def drop_labels(self, y: torch.Tensor, drop_mask: torch.Tensor | None = None,
-                    generator: torch.Generator | None = None) -> torch.Tensor:
-        """Training-time CFG dropout: rows of ``y`` (N, L, D) in ``drop_mask`` (N,) bool (None:
-        drawn with probability 0.1) become the null condition. L2CError without one."""
-        if self.null_condition is None:
-            raise L2CError("label dropout needs the empty prompt's condition (a negative prompt), which was not given")
-        if drop_mask is None:
-            drop_mask = torch.rand(y.shape[0], generator=generator) < 0.1
-        null = self.null_condition.to(y.device, y.dtype).expand_as(y)
-        return torch.where(drop_mask.to(y.device)[:, None, None], null, y)
-
     def record(self) -> dict:
         """What an artifact needs to rebuild this adapter (:meth:`from_record`)."""
         return {"text_len": self.text_len, "num_frames": self.num_frames, "height": self.height, "width": self.width,
@@ -182,23 +165,11 @@ class DiffusersWan(nn.Module):
         """The transformer blocks in execution order."""
         return list(self.transformer.blocks)
 
-    def cfg_conditions(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(prompt, negative prompt), each (N, L, D), of a CFG condition (N, 2, L, D)."""
-        return y[:, 0], y[:, 1]
-
     def example_condition(self, n: int, cfg: bool, device: torch.device | str) -> torch.Tensor:
         """A zero prompt, (n, [2,] L, D), to capture a step with."""
         dtype = model_dtype(self.transformer)  # not its first parameter: the adaLN table stays float32
         y = torch.zeros(n, self.text_len, self.text_dim, dtype=dtype, device=device)
         return torch.stack([y, y], dim=1) if cfg else y
-
-    def eps(self, out: torch.Tensor) -> torch.Tensor:
-        """The velocity prediction: the whole output (N, C, F, H, W)."""
-        return out
-
-    def guide(self, cond: torch.Tensor, uncond: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
-        """The pipeline's CFG ``u + s · (c − u)`` → (N, C, F, H, W)."""
-        return uncond + scale * (cond - uncond)
 
 
 @torch.no_grad()
