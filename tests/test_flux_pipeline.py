@@ -322,6 +322,8 @@ def test_cli_schedule_compile_verify_sample_with_a_prompt(tmp_path, dev, schnell
          "diffusers:FluxTransformer2DModel(guidance_embeds=True)"),
         (("--diffusers", bad), "depth 5002 is not an integer in 1.."),
         (("--diffusers", tmp_path / "missing"), "is not a folder (expected a diffusers pipeline or model folder)"),
+        (("--diffusers", folder, "--num-frames", 9),  # an image family: its size options, one line
+         "--num-frames: a FluxTransformer2DModel takes --height, --width only"),
     ]:
         r = _cli("compile", *args, "--nfe", 3, "-o", tmp_path / "a2")
         assert r.exit_code != 0 and message in r.output, r.output

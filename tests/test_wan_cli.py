@@ -5,6 +5,7 @@ are one line, with nothing written."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -145,6 +146,16 @@ def test_bad_folders_and_sizes_are_one_line_and_write_nothing(tmp_path, saved):
         (("schedule", "heuristic", "--diffusers", folder, "--nfe", 4, "--kind", "all", "--num-frames", 7),
          "num_frames − 1 must be a multiple of 4"),
     ]
+    # Wan 2.2 folders: a second expert, or per-token timesteps (TI2V), refused before anything loads
+    for name, extra in (("experts", {"transformer_2": ["diffusers", "WanTransformer3DModel"], "boundary_ratio": 0.875}),
+                        ("ti2v", {"expand_timesteps": True})):
+        copy = tmp_path / name
+        shutil.copytree(folder, copy)
+        index = json.loads((copy / "model_index.json").read_text())
+        (copy / "model_index.json").write_text(json.dumps({**index, **extra}), encoding="utf-8")
+        needle = "Wan 2.2's two experts" if name == "experts" else "expand_timesteps (Wan 2.2 TI2V"
+        cases += [(("compile", "--diffusers", copy, "--nfe", 4), needle),
+                  (("schedule", "heuristic", "--diffusers", copy, "--nfe", 4, "--kind", "all"), needle)]
     for i, (args, needle) in enumerate(cases):
         out = tmp_path / f"out{i}"
         r = _cli(*args, "-o", out)

@@ -95,8 +95,10 @@ def print_fallbacks(notes: Sequence[str]) -> None:
 # The sample size of a video --diffusers folder (Wan), whose config does not fix it.
 NUM_FRAMES = typer.Option(None, "--num-frames", help="video models (a Wan --diffusers folder): frames per video "
                           "(default: the pipeline's 81)")
-HEIGHT = typer.Option(None, "--height", help="video models (Wan): height in pixels (default: the pipeline's 480)")
-WIDTH = typer.Option(None, "--width", help="video models (Wan): width in pixels (default: the pipeline's 832)")
+HEIGHT = typer.Option(None, "--height", help="FLUX.1 and Wan folders: image or video height in pixels (default: the "
+                      "pipeline's: FLUX 1024, Wan 480)")
+WIDTH = typer.Option(None, "--width", help="FLUX.1 and Wan folders: width in pixels (default: the pipeline's: FLUX "
+                     "1024 (square), Wan 832)")
 
 
 def sample_size(num_frames: int | None, height: int | None, width: int | None) -> dict[str, int]:

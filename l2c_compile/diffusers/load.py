@@ -47,6 +47,9 @@ def model_folder(path: str | os.PathLike[str]) -> tuple[Path, str]:
             raise L2CError(f"{root} is a diffusers {index.get('_class_name', 'pipeline')} without a transformer; "
                            f"supported: {', '.join(ADAPTED)}")
         root = root / "transformer"
+        index_checked = index
+    else:
+        index_checked = None
     if not (root / "config.json").is_file():
         found = ", ".join(sorted(p.name for p in root.iterdir())[:5]) if root.is_dir() else "nothing"
         raise L2CError(f"{root} is not a diffusers model folder (no model_index.json or config.json; "
@@ -56,6 +59,12 @@ def model_folder(path: str | os.PathLike[str]) -> tuple[Path, str]:
     if cls not in ADAPTED:
         raise L2CError(f"{root} holds a diffusers {cls}; supported: {', '.join(ADAPTED)}")
     check_config_size(cls, config, f"{root / 'config.json'}")
+    if index_checked is not None:  # a pipeline one compiled sampler cannot run (Wan 2.2's two experts)
+        from l2c_compile.families import family_for_diffusers
+
+        family = family_for_diffusers(cls)
+        if family is not None:
+            family.check_pipeline(index_checked)
     return root, cls
 
 

@@ -233,8 +233,14 @@ def spec_for_folder(path: str | os.PathLike[str], *, height: int | None = None, 
     given = {k: v for k, v in (("num_frames", num_frames), ("height", height), ("width", width)) if v is not None}
     if given and (fam is None or fam.latent is None):
         options = ", ".join(f"--{k.replace('_', '-')}" for k in given)
-        raise L2CError(f"{options}: a {cls} takes its sample size from its config (these options are for video "
-                       "models: Wan)")
+        raise L2CError(f"{options}: a {cls} takes its sample size from its config (these options are for FLUX.1 "
+                       "and Wan folders)")
+    # the size options the family's pipeline takes (an image family's width beside its height)
+    takes = set(fam.default_size) | ({"width"} if "height" in fam.default_size else set()) if given else set()
+    if set(given) - takes:
+        options = ", ".join(f"--{k.replace('_', '-')}" for k in given if k not in takes)
+        allowed = ", ".join(f"--{k.replace('_', '-')}" for k in ("num_frames", "height", "width") if k in takes)
+        raise L2CError(f"{options}: a {cls} takes {allowed} only")
     spec = spec_from_config(cls, config, default_text_len(path) if text else None, scheduler_config, **given)
     spec.check_size()
     return spec

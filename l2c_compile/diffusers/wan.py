@@ -30,6 +30,7 @@ from __future__ import annotations
 import inspect
 import math
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -54,6 +55,24 @@ def wan_latent_shape(in_channels: int, num_frames: int, height: int, width: int,
     return (in_channels, (num_frames - 1) // vae_scale_factor_temporal + 1, height // vae_scale_factor,
             width // vae_scale_factor)
 
+
+TWO_EXPERTS = ("Wan 2.2's two experts (transformer_2 with boundary_ratio) are not supported: it would take a plan "
+               "whose calls name their expert, a capture and step graphs per expert, schedule and router rows per "
+               "expert's blocks with no cache entry carried across the boundary, and a second guidance scale "
+               "(guidance_scale_2); see the README's Wan section")
+
+
+def check_pipeline_config(config: Mapping[str, Any]) -> None:
+    """L2CError (one line) for a ``WanPipeline`` configuration (its ``model_index.json``, or a
+    loaded pipeline's ``config``) that one compiled Wan 2.1 sampler cannot run: Wan 2.2's two
+    experts (a ``transformer_2`` component or ``boundary_ratio`` set) or per-token timesteps
+    (``expand_timesteps``, Wan 2.2 TI2V)."""
+    second = config.get("transformer_2")
+    if (isinstance(second, list | tuple) and any(second)) or config.get("boundary_ratio") is not None:
+        raise L2CError(TWO_EXPERTS)
+    if config.get("expand_timesteps"):
+        raise L2CError("WanPipeline with expand_timesteps (Wan 2.2 TI2V: one timestep per latent token) is not "
+                       "supported: the compiled step takes one timestep per sample")
 
 class DiffusersWan(PromptAdapter):
     """v(x, t, y) of a diffusers ``WanTransformer3DModel`` (text-to-video); the model is

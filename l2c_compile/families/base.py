@@ -202,7 +202,10 @@ class Family:
     flow-matching family whose pipeline hands its scheduler σ or μ of its own, the function
     (``"module:function"``, ``(scheduler, nfe, latent_height, latent_width) → SamplerPlan``) that
     makes the plan as the pipeline does (FLUX.1: ``linspace`` σ and μ of the packed token count);
-    None: the scheduler's own σ, with a dynamic shift's μ from the patch count.
+    None: the scheduler's own σ, with a dynamic shift's μ from the patch count. ``pipeline_check``:
+    the function (``"module:function"``, ``(pipeline config) → None``, L2CError) that refuses a
+    pipeline folder's ``model_index.json`` one compiled sampler cannot run (Wan 2.2's two experts),
+    read before anything loads; the drop-in calls it on a loaded pipeline's ``config``.
     """
 
     name: str
@@ -225,6 +228,7 @@ class Family:
     depth_keys: tuple[str, ...] = ("num_layers",)
     variant: Callable[[Mapping[str, Any]], str] | None = None
     pipeline_plan: str | None = None
+    pipeline_check: str | None = None
 
     def __post_init__(self) -> None:
         if not self.groups:
@@ -263,10 +267,12 @@ class Family:
 
     def pipeline_plan_function(self) -> Callable[..., Any]:
         """The plan function ``pipeline_plan`` names, imported; FamilyError when it names none."""
-        if self.pipeline_plan is None:
-            raise FamilyError(f"family {self.name!r} declares no pipeline plan")
-        module, _, name = self.pipeline_plan.partition(":")
-        return getattr(importlib.import_module(module), name)
+        return _named(self.pipeline_plan, f"family {self.name!r} declares no pipeline plan")
+
+    def check_pipeline(self, config: Mapping[str, Any]) -> None:
+        """``pipeline_check`` on a pipeline's config (nothing when the family declares none)."""
+        if self.pipeline_check is not None:
+            _named(self.pipeline_check, "")(config)
 
     @property
     def own_router_family(self) -> str:
@@ -347,6 +353,14 @@ def register_family(family: Family) -> Family:
     family.declare_kinds()
     FAMILIES[family.name] = family
     return family
+
+
+def _named(target: str | None, missing: str) -> Any:
+    """The object a ``"module:name"`` declaration names, imported; FamilyError(``missing``) for None."""
+    if target is None:
+        raise FamilyError(missing)
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def get_family(name: str) -> Family:

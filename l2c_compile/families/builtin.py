@@ -176,4 +176,5 @@ WAN = register_family(Family(
     latent=lambda config, size: (int(config["in_channels"]), (size["num_frames"] - 1) // 4 + 1,
                                  size["height"] // 8, size["width"] // 8),
     default_size={"num_frames": 81, "height": 480, "width": 832},
+    pipeline_check="l2c_compile.diffusers.wan:check_pipeline_config",
 ))

@@ -29,7 +29,12 @@ from l2c_compile.compiler.driver import resolve_dtype
 from l2c_compile.compiler.memory import check_memory, planned_cache, weights_bytes
 from l2c_compile.diffusers.pipelines.base import CompiledPipeline, pipeline_errors
 from l2c_compile.diffusers.spec import spec_from_config
-from l2c_compile.diffusers.wan import DiffusersWan, decode_latents
+from l2c_compile.diffusers.wan import (
+    TWO_EXPERTS,
+    DiffusersWan,
+    check_pipeline_config,
+    decode_latents,
+)
 from l2c_compile.errors import L2CError
 from l2c_compile.runtime.devices import resolve_device
 from l2c_compile.runtime.sampler import CompiledSampler
@@ -38,22 +43,13 @@ from l2c_compile.schedule.sizes import check_sample_size
 
 __all__ = ["CompiledWanPipeline", "check_wan_pipeline"]
 
-TWO_EXPERTS = ("Wan 2.2's two experts (transformer_2 with boundary_ratio) are not supported: it would take a plan "
-               "whose calls name their expert, a capture and step graphs per expert, schedule and router rows per "
-               "expert's blocks with no cache entry carried across the boundary, and a second guidance scale "
-               "(guidance_scale_2); see the README's Wan section")
-
-
 def check_wan_pipeline(pipe: Any) -> None:
     """L2CError (one line) for what the drop-in cannot run: Wan 2.2's two experts
     (``transformer_2`` or ``boundary_ratio`` set), per-token timesteps (``expand_timesteps``, Wan 2.2
     TI2V), no ``transformer``."""
-    config = pipe.config
-    if getattr(pipe, "transformer_2", None) is not None or config.get("boundary_ratio") is not None:
+    if getattr(pipe, "transformer_2", None) is not None:
         raise L2CError(TWO_EXPERTS)
-    if config.get("expand_timesteps"):
-        raise L2CError("WanPipeline with expand_timesteps (Wan 2.2 TI2V: one timestep per latent token) is not "
-                       "supported: the compiled step takes one timestep per sample")
+    check_pipeline_config(pipe.config)
     if getattr(pipe, "transformer", None) is None:
         raise L2CError("this WanPipeline has no transformer")
 
