@@ -146,6 +146,7 @@ class Bench:
     model: str  # the rows' model label
     warm: Callable[[Any], Any]  # compiled pipeline → its CompiledSampler for this run (compiles it)
     plan: Any = None  # the scheduler's plan for these steps (None: pipeline_plan of the scheduler)
+    cfg: bool = True  # whether pipe(...) batches CFG (FLUX.1-dev: the guidance scale is a model input)
 
 
 # --pipeline sd3 / flux / wan: the peers benchmark's entries (peer_pipelines.py) at the real width
@@ -175,7 +176,7 @@ def bench(args: argparse.Namespace) -> Bench:
         if args.guidance_given:
             inputs["guidance_scale"] = args.guidance
         return Bench(setup.pipe, inputs, f"{setup.model} · {setup.plan.sampler} {steps}", setup.model, setup.warm,
-                     plan=setup.plan)
+                     plan=setup.plan, cfg=setup.cfg)
     if args.pipeline == "pixart":
         pipe = build_pixart_pipeline(args.depth, args.latent, args.seed)
         side = args.latent * pipe.vae_scale_factor  # the image side pipe(...) draws by default
@@ -260,8 +261,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                ("first_s", "first call s"), ("compile_s", "compile s"), ("speedup_vs_pipeline", "× pipeline"),
                ("speedup_vs_compiled_uncached", "× compiled uncached"),
                ("ideal_speedup", "ideal ×"), ("max_rel_diff_vs_pipeline", "max rel. diff vs pipe")]
-    title = (f"### {type(pipe).__name__} · {b.shape} · batch {args.batch} + CFG "
-             f"{args.guidance:g} · float32 · {env['device_name']} · torch {env['torch']} · git {env['git']} — "
+    guidance = f"+ CFG {args.guidance:g}" if b.cfg else f"· guidance {args.guidance:g} embedded, no CFG"
+    title = (f"### {type(pipe).__name__} · {b.shape} · batch {args.batch} {guidance} · float32 · {env['device_name']} · torch {env['torch']} · git {env['git']} — "
              f"random schedule reusing {args.fraction:.0%} of cache-step sublayers")
     with out.with_suffix(".md").open("a", encoding="utf-8") as f:
         f.write(f"\n{title}\n\n{markdown_table(rows, columns)}\n")

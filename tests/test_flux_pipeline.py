@@ -11,6 +11,7 @@ and the flow-matching Euler scheduler with FLUX.1-dev's dynamic shifting over 16
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -218,6 +219,20 @@ def test_bad_input_and_the_wrong_scheduler_are_one_line(dev, compiled, tmp_path)
         with pytest.raises(L2CError, match=message) as info:
             compiled(**{**kw, **args})
         assert "\n" not in str(info.value)
+    # a schedule made from another folder's model fails at compile_pipeline; one made at another size, on the call
+    from l2c_compile.schedule.sizes import with_sample_size
+
+    model = DiffusersFlux(dev.transformer, text_len=FLUX_T5_LEN, height=8, vae_scale_factor=dev.vae_scale_factor)
+    layout = family_of(model).layout(model)
+    made = heuristic("all", flux_plan(dev.scheduler, 2, 8, 8),
+                     model="diffusers:FluxTransformer2DModel(guidance_embeds=False)", depth=layout.depth,
+                     fraction=1.0, kinds=layout)
+    with pytest.raises(L2CError, match=r"^the schedule was made for diffusers:FluxTransformer2DModel\(guidance_embeds="
+                                       r"False\), this pipeline's transformer is .*\(guidance_embeds=True\)$"):
+        compile_pipeline(dev, made)
+    sized = with_sample_size(dataclasses.replace(made, model="flux-test"), {"height": 16, "width": 16})
+    with pytest.raises(L2CError, match=r"^the schedule was made for 16×16, this call draws 8×8$"):
+        compile_pipeline(dev, sized)(**embeds, **kw)
     other = tiny_flux_pipeline(tmp_path, encoders=False)
     other.scheduler = DDIMScheduler()
     with pytest.raises(L2CError, match=r"^FluxPipeline samples with flow matching \(velocity\); its DDIMScheduler is "

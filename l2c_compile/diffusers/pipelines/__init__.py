@@ -71,4 +71,5 @@ def compile_pipeline(pipe: Any, schedule: Schedule | None = None, *, memory_budg
         compiled.memory_budget = memory_budget
     compiled.check_scheduler()  # an unsupported scheduler or setting fails here, not on the first call
     check_schedule_type(schedule)
+    compiled.check_schedule_model()  # ... and a schedule made from another model's folder
     return compiled

@@ -74,10 +74,17 @@ class CompiledPipeline:
         if sched is not None and (sched.nfe != plan.nfe or sched.sampler != plan.sampler):
             raise L2CError(f"the schedule is for {sched.sampler} with {sched.nfe} NFE, the pipeline runs "
                            f"{plan.sampler} with num_inference_steps={num_inference_steps}")
+        self.check_schedule_model()
+        return sched
+
+    def check_schedule_model(self) -> None:
+        """L2CError when the schedule was made from a folder of another diffusers model (its name,
+        ``diffusers:…``, is not this pipeline's :attr:`spec_name`); a name chosen in code is not
+        compared. ``compile_pipeline`` calls it, so a wrong schedule fails there, not on the first call."""
+        sched = self.schedule
         if sched is not None and sched.model.startswith("diffusers:") and sched.model != self.spec_name:
             raise L2CError(f"the schedule was made for {sched.model}, this pipeline's transformer is "
                            f"{self.spec_name}")
-        return sched
 
     @property
     def spec_name(self) -> str:

@@ -32,6 +32,7 @@ from l2c_compile.errors import L2CError
 from l2c_compile.runtime.sampler import CompiledSampler
 from l2c_compile.samplers.base import SamplerPlan
 from l2c_compile.schedule import Schedule
+from l2c_compile.schedule.sizes import check_sample_size
 
 __all__ = ["CompiledFluxPipeline"]
 
@@ -147,6 +148,7 @@ class CompiledFluxPipeline(CompiledPipeline):
         if side < 2:
             raise L2CError(f"an image of {height}×{width} has no latent patch (the side must be at least "
                            f"{2 * pipe.vae_scale_factor} pixels)")
+        check_sample_size(self.schedule, {"height": height, "width": width})  # a CLI schedule's recorded size
         if prompt_embeds is not None and num_images_per_prompt != 1:
             raise L2CError(f"FluxPipeline does not repeat given prompt_embeds for "
                            f"num_images_per_prompt={num_images_per_prompt}: repeat them, or pass the prompt")
