@@ -15,6 +15,7 @@ a flow-matching scheduler, flow-matching pipelines require one.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
@@ -47,11 +48,17 @@ class CompiledPipeline:
     flow_matching: ClassVar[bool] = False
 
     def __init__(self, pipe: Any, schedule: Schedule | None, compile_kwargs: dict[str, Any]) -> None:
+        """Every drop-in holds the pipeline (never changed), the schedule, ``compile``'s keyword
+        arguments and the compiled samplers made so far, by the settings each was made for."""
         self.pipe = pipe
         self.schedule = schedule
-        self.model = DiffusersDiT(pipe.transformer)
         self.compile_kwargs = compile_kwargs
-        self.samplers: dict[tuple[int, bool], CompiledSampler] = {}
+        self.samplers: dict[tuple[Any, ...], CompiledSampler] = {}
+
+    @functools.cached_property
+    def model(self) -> DiffusersDiT:
+        """The ``DiTPipeline``'s transformer as the compiler sees it."""
+        return DiffusersDiT(self.pipe.transformer)
 
     def check_scheduler(self) -> None:
         """L2CError now, not on the first call, when the pipeline's scheduler or one of its

@@ -48,12 +48,6 @@ class CompiledFluxPipeline(CompiledPipeline):
 
     flow_matching = True
 
-    def __init__(self, pipe: Any, schedule: Schedule | None, compile_kwargs: dict[str, Any]) -> None:
-        self.pipe = pipe
-        self.schedule = schedule
-        self.compile_kwargs = compile_kwargs
-        self.samplers: dict[tuple[Any, ...], CompiledSampler] = {}
-
     def check_scheduler(self) -> None:
         """L2CError now when the scheduler has no compiled plan (checked at the default image size)."""
         side = self.latent_side(self.pipe.default_sample_size * self.pipe.vae_scale_factor)

@@ -37,10 +37,7 @@ class CompiledPixArtPipeline(CompiledPipeline):
     """
 
     def __init__(self, pipe: Any, schedule: Schedule | None, compile_kwargs: dict[str, Any]) -> None:
-        self.pipe = pipe
-        self.schedule = schedule
-        self.compile_kwargs = compile_kwargs
-        self.samplers: dict[tuple[int, ...], CompiledSampler] = {}
+        super().__init__(pipe, schedule, compile_kwargs)
         default = inspect.signature(type(pipe).__call__).parameters["max_sequence_length"].default
         self.max_sequence_length = int(default)
 

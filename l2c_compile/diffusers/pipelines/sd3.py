@@ -12,7 +12,6 @@ image size as the pipeline computes it); the latents are decoded as the pipeline
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from diffusers.pipelines.stable_diffusion_3.pipeline_output import StableDiffusion3PipelineOutput
@@ -25,7 +24,6 @@ from l2c_compile.diffusers.sd3 import pack_condition as pack_sd3_condition
 from l2c_compile.diffusers.spec import spec_from_config
 from l2c_compile.errors import L2CError
 from l2c_compile.runtime.sampler import CompiledSampler
-from l2c_compile.schedule import Schedule
 
 __all__ = ["CompiledSD3Pipeline"]
 
@@ -40,12 +38,6 @@ class CompiledSD3Pipeline(CompiledPipeline):
     """
 
     flow_matching = True
-
-    def __init__(self, pipe: Any, schedule: Schedule | None, compile_kwargs: dict[str, Any]) -> None:
-        self.pipe = pipe
-        self.schedule = schedule
-        self.compile_kwargs = compile_kwargs
-        self.samplers: dict[tuple[Any, ...], CompiledSampler] = {}
 
     def check_scheduler(self) -> None:
         """L2CError now when the scheduler has no compiled plan (checked at the default image size,

@@ -70,10 +70,7 @@ class CompiledWanPipeline(CompiledPipeline):
 
     def __init__(self, pipe: Any, schedule: Schedule | None, compile_kwargs: dict[str, Any]) -> None:
         check_wan_pipeline(pipe)
-        self.pipe = pipe
-        self.schedule = schedule
-        self.compile_kwargs = compile_kwargs
-        self.samplers: dict[tuple[int, ...], CompiledSampler] = {}
+        super().__init__(pipe, schedule, compile_kwargs)
         self.memory_budget: int | None = None
 
     def adapter(self, text_len: int, num_frames: int, height: int, width: int) -> DiffusersWan:
