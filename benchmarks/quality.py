@@ -280,6 +280,17 @@ def _load_done(path: Path) -> dict[str, dict[str, Any]]:
     return done
 
 
+FRONT_HEADER = (
+    "# Cost–quality fronts on the Fashion-MNIST models (issue 25)\n\n"
+    "Every point at every listed seed, on the same seeded noise and class-balanced labels. "
+    "Values are mean [min, max] over seeds. ΔFID and PSNR compare with the uncached sampler "
+    "at the front's NFE and the same seed (paired). The last two columns are each point "
+    "minus the fewer-steps curve at the same MACs (linear between step counts), per seed; "
+    "**better**/**worse** when every seed agrees, **tie** otherwise. FID uses the "
+    "Fashion-MNIST classifier's features (not Inception)."
+)
+
+
 def front(args: argparse.Namespace) -> None:
     """``--front``: sample the fronts' points seed-major, then rebuild their report."""
     from quality_front import run_front, write_report
@@ -301,6 +312,9 @@ def front(args: argparse.Namespace) -> None:
         return
     out = Path(args.out)
     jsonl = out / "quality-front.jsonl"
+    if args.report_only:  # what is measured so far, no sampling
+        write_report(jsonl, out, FRONT_HEADER)
+        return
     if not args.resume:
         write_text_atomic(jsonl, "")
     runner = Runner(args.samples, args.batch, args.device, args.workers)
@@ -311,16 +325,7 @@ def front(args: argparse.Namespace) -> None:
         "cpu": machine()["cpu"],
     }
     run_front(rows, runner, [int(s) for s in args.seeds.split(",") if s], jsonl, env, args.deadline)
-    header = (
-        "# Cost–quality fronts on the Fashion-MNIST models (issue 25)\n\n"
-        "Every point at every listed seed, on the same seeded noise and class-balanced labels. "
-        "Values are mean [min, max] over seeds. ΔFID and PSNR compare with the uncached sampler "
-        "at the front's NFE and the same seed (paired). The last two columns are each point "
-        "minus the fewer-steps curve at the same MACs (linear between step counts), per seed; "
-        "**better**/**worse** when every seed agrees, **tie** otherwise. FID uses the "
-        "Fashion-MNIST classifier's features (not Inception)."
-    )
-    write_report(jsonl, out, header)
+    write_report(jsonl, out, FRONT_HEADER)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -367,6 +372,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--front-skip", default="", help="comma-separated front point names to leave out"
     )
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="with --front: rebuild quality-front.md and the plots from the rows already measured",
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.front:
@@ -397,7 +407,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     jsonl = out / "quality.jsonl"
     done = _load_done(jsonl) if args.resume else {}
-    if not args.resume:
+    if not args.resume and not args.report_only:  # a report of what is measured keeps every row
         write_text_atomic(jsonl, "")
     seeds = ints(args.seeds)
     runner = Runner(args.samples, args.batch, args.device, args.workers)

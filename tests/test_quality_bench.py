@@ -217,6 +217,12 @@ def test_front_scores_every_point_at_every_seed_and_resumes(
     monkeypatch.setattr(bench.Runner, "draw", no_sampling)
     bench.main(argv)
     assert len((out / "quality-front.jsonl").read_text().splitlines()) == len(lines)
+    # --report-only: the report rebuilt from the rows measured so far, none sampled, none dropped
+    rows_before = (out / "quality-front.jsonl").read_text()
+    (out / "quality-front.md").unlink()
+    bench.main(["--front", f"{DIT}:{NFE}", "--out", str(out), "--report-only"])
+    assert (out / "quality-front.jsonl").read_text() == rows_before
+    assert f"{DIT}, NFE {NFE}: K = 10, seeds [0, 1]" in (out / "quality-front.md").read_text()
 
 
 def test_front_verdict_is_paired_per_seed():
