@@ -47,6 +47,32 @@ def test_compile_verify_sample(tmp_path, model, sampler, nfe):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_sample_and_verify_refuse_a_cache_that_does_not_fit_before_drawing(tmp_path, monkeypatch):
+    """The artifact's recorded cache peak × the samples drawn at once, against the device's free
+    memory: one line, exit 2, nothing written (free memory made small here)."""
+    from l2c_compile.compiler import memory
+
+    sched, art, png = tmp_path / "s.json", tmp_path / "art", tmp_path / "grid.png"
+    assert _run("schedule", "heuristic", "--model", "DiT-Tiny", "--nfe", "4", "--kind", "all", "-o",
+                str(sched)).exit_code == 0
+    r = _run("compile", "--model", "DiT-Tiny", "--init", "random", "--nfe", "4", "--schedule", str(sched),
+             "-o", str(art), "--format", "json")
+    assert r.exit_code == 0, r.output
+    peak = json.loads((art / "manifest.json").read_text())["peak_cache_bytes_per_image"]
+    assert peak > 0
+    monkeypatch.setattr(memory, "free_memory", lambda device: 3 * peak - 1)  # room for two samples' cache
+    r = _run("sample", str(art), "--classes", "0,1", "--latent-preview", "-o", str(png))
+    assert r.exit_code == 0 and png.is_file(), r.output
+    png.unlink()
+    for args in (("sample", str(art), "--classes", "0,1,2", "--latent-preview", "-o", str(png)),
+                 ("verify", str(art), "--batch", "3")):
+        r = _run(*args)
+        err = _stderr(r).strip()
+        assert r.exit_code == 2 and len(err.splitlines()) == 1, r.output
+        assert "this call needs" in err and "cache peak" in err and "draw fewer samples at once" in err
+        assert not png.exists()
+
+
 def test_compile_bad_inputs_exit_2_with_one_line(tmp_path):
     sched = tmp_path / "s.json"
     assert _run("schedule", "heuristic", "--model", "DiT-Tiny", "--nfe", "6", "--kind", "all",

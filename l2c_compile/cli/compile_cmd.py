@@ -22,6 +22,7 @@ from l2c_compile.cli.common import (
     progress_bars,
     sample_size,
 )
+from l2c_compile.compiler.memory import check_sampler_memory
 from l2c_compile.compiler.passes.hoist import DEFAULT_LIMIT_BYTES
 from l2c_compile.errors import L2CError
 from l2c_compile.families import latent_shape
@@ -229,6 +230,7 @@ def _sample_classes(directory: Path, labels: torch.Tensor, seed: int, cfg_scale:
 
     compiled = load(directory, device=device, cuda_graph=cuda_graph)
     print_fallbacks(compiled.record.fallbacks)
+    check_sampler_memory(compiled, len(labels), device)
     if hasattr(compiled.model, "example_condition"):
         raise L2CError("this artifact draws from text: pass --prompt TEXT and --diffusers DIR (its pipeline "
                        "folder, for the text encoders and VAE)")
@@ -310,6 +312,7 @@ def _draw_prompts(directory: Path, prompts: list[str], negative_prompt: str, pip
                        "FLUX.1, Wan)")
     compiled = load(directory, device=device, cuda_graph=cuda_graph)
     print_fallbacks(compiled.record.fallbacks)
+    check_sampler_memory(compiled, len(prompts), device)
     m = compiled.model
     if not hasattr(m, "prompt_condition"):
         raise L2CError("this artifact draws classes, not text: use --classes instead of --prompt")

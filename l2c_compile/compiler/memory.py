@@ -15,7 +15,8 @@ from the schedule and the model's structure alone (no capture, no weights copied
 * :func:`free_memory` — the free memory of a device: ``torch.cuda.mem_get_info`` plus what torch's
   caching allocator holds unused on CUDA, ``MemAvailable`` of ``/proc/meminfo`` on a Linux CPU,
   None where neither is known;
-* :func:`check_memory` — one L2CError line when the planned bytes exceed the budget.
+* :func:`check_memory` — one L2CError line when the planned bytes exceed the budget;
+  :func:`check_sampler_memory` — the same for a compiled (or loaded) sampler about to draw.
 
 Not counted: the step's activations (one uncached call's worth, which the uncached run needs too),
 the hoisted prologue (``CompileRecord.hoisted``'s ``bytes_per_image``) and the pipeline's own
@@ -36,10 +37,11 @@ from l2c_compile.compiler.passes.sublayers import cache_slots
 from l2c_compile.errors import L2CError
 from l2c_compile.families import family_of, fp32_kept, kept_dtype, model_dtype
 from l2c_compile.families.vocabulary import TRUNK, SublayerKey, empty_mask
+from l2c_compile.runtime.sampler import CompiledSampler
 from l2c_compile.samplers.base import SamplerPlan
 from l2c_compile.schedule import Schedule
 
-__all__ = ["PlannedCache", "check_memory", "free_memory", "planned_cache", "weights_bytes"]
+__all__ = ["PlannedCache", "check_memory", "check_sampler_memory", "free_memory", "planned_cache", "weights_bytes"]
 
 MIB = 2**20
 
@@ -151,6 +153,24 @@ def check_memory(need: dict[str, int], device: torch.device | str, budget: int |
     total = sum(need.values())
     if total <= budget:
         return
-    parts = " + ".join(f"{v / MIB:,.1f} MiB {k}" for k, v in need.items())
-    raise L2CError(f"this call needs {total / MIB:,.1f} MiB ({parts}) but {budget / MIB:,.1f} MiB are {where}"
+    parts = " + ".join(f"{_size(v)} {k}" for k, v in need.items())
+    raise L2CError(f"this call needs {_size(total)} ({parts}) but {_size(budget)} are {where}"
                    + (f": {advice}" if advice else ""))
+
+
+def _size(n: int) -> str:
+    """``n`` bytes for people: ``512 B``, ``3.4 KiB``, ``1,024.0 MiB``, ``2.5 GiB``."""
+    for unit, scale in (("GiB", 2**30), ("MiB", MIB), ("KiB", 2**10)):
+        if abs(n) >= scale:
+            return f"{n / scale:,.1f} {unit}"
+    return f"{n} B"
+
+
+def check_sampler_memory(sampler: CompiledSampler, samples: int, device: torch.device | str) -> None:
+    """L2CError (one line), before a compiled sampler draws ``samples`` at once on ``device``, when
+    its cache at its peak (``CompileRecord.peak_cache_bytes_per_image`` × ``samples``; the weights
+    are already there) exceeds the device's free memory (:func:`free_memory`; no check where that
+    is unknown). ``sample`` and ``verify`` call it for every artifact."""
+    need = {"cache peak": samples * int(sampler.record.peak_cache_bytes_per_image)}
+    check_memory(need, device, advice="draw fewer samples at once, or compile a schedule that keeps fewer cache "
+                                      "entries alive")

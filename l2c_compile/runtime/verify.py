@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from l2c_compile.compiler import reference
+from l2c_compile.compiler.memory import check_sampler_memory
 from l2c_compile.errors import L2CError
 from l2c_compile.families import latent_shape
 from l2c_compile.runtime.artifact import load
@@ -120,6 +121,7 @@ def verify_artifact(
         raise L2CError(f"batch must be >= 1, got {batch}")
     resolve_device(device)
     compiled = load(directory, device=device, cuda_graph=cuda_graph)
+    check_sampler_memory(compiled, batch, device)  # before the first call, not after an allocation failure
     record = compiled.record
     plan, sched = record.plan, record.schedule
     if compiled.cfg and cfg_scale is None:
