@@ -62,10 +62,13 @@ def decode_latents(
 
 
 def check_png_path(path: str | os.PathLike[str]) -> None:
-    """L2CError unless a PNG can be written at ``path`` (checked before any sampling)."""
+    """L2CError unless a PNG can be written at ``path`` (checked before any sampling): a file whose
+    name ends in ``.png`` (a ``.jpg`` name would hold PNG bytes) in a folder that can take it."""
     from l2c_compile.io import check_output_file
 
     check_output_file(path, "image")
+    if Path(path).suffix.lower() != ".png":
+        raise L2CError(f"cannot write the image to {path}: give a file name ending in .png (images are written as PNG)")
 
 
 def latents_preview(latents: torch.Tensor) -> torch.Tensor:

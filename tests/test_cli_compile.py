@@ -73,6 +73,19 @@ def test_sample_and_verify_refuse_a_cache_that_does_not_fit_before_drawing(tmp_p
         assert not png.exists()
 
 
+def test_sample_writes_png_files_only(tmp_path):
+    """A .jpg name would hold PNG bytes, a GIF needs a .gif name: one line each, before any work."""
+    art = tmp_path / "art"
+    assert _run("compile", "--model", "DiT-Tiny", "--init", "random", "--nfe", "4", "-o", str(art)).exit_code == 0
+    for args, needle in ((("-o", str(tmp_path / "x.jpg")), "give a file name ending in .png"),
+                         (("-o", str(tmp_path / "x")), "give a file name ending in .png"),
+                         (("--prompt", "a cat", "--diffusers", str(tmp_path), "--gif", str(tmp_path / "v"),
+                           "-o", str(tmp_path / "x.png")), "give a file name ending in .gif")):
+        r = _run("sample", str(art), "--latent-preview", *args)
+        assert r.exit_code == 2 and needle in _stderr(r) and len(_stderr(r).strip().splitlines()) == 1, r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]
+
+
 def test_compile_bad_inputs_exit_2_with_one_line(tmp_path):
     sched = tmp_path / "s.json"
     assert _run("schedule", "heuristic", "--model", "DiT-Tiny", "--nfe", "6", "--kind", "all",

@@ -287,6 +287,8 @@ def _sample_prompts(directory: Path, prompts: list[str], negative_prompt: str, p
         from l2c_compile.io import check_output_file
 
         check_output_file(gif, "GIF")
+        if gif.suffix.lower() != ".gif":
+            raise L2CError(f"cannot write the GIF to {gif}: give a file name ending in .gif")
     with hold_outputs(out, gif):  # before any work: a second writer, an unwritable or full folder
         video = _draw_prompts(directory, prompts, negative_prompt, pipeline, seed, cfg_scale, device, cuda_graph,
                               out, gif)
