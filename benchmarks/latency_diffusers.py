@@ -23,7 +23,11 @@ with diffusers' DPM-Solver++ scheduler. ``--pipeline sd3``: an ``SD3Transformer2
 SD3.5-medium's width (1536, 24 heads, SD3.5's second attention in the first block, 333 prompt
 tokens of 4096 channels, pooled 2048) with ``--depth`` joint blocks (the last one
 ``context_pre_only``), SD3's flow-matching Euler scheduler (shift 3) and CFG 7 against a negative
-prompt. The random schedule draws from every sublayer the model has (its family's layout). Every
+prompt; ``--pipeline flux``: FLUX.1-dev's width with ``--depth`` double-stream and twice as many
+single-stream blocks, its dynamically shifted Euler and embedded guidance 3.5 (no CFG);
+``--pipeline wan``: Wan 2.1-1.3B's width with ``--depth`` blocks, ``--video`` frames and size, flow
+UniPC and CFG 5. These three are the peers benchmark's entries (``peer_pipelines.py``) with fewer
+blocks. The random schedule draws from every sublayer the model has (its family's layout). Every
 executor decodes; ratios are whole-call ratios. The ideal figure is the schedule's MAC ratio.
 Writes JSON lines and a markdown table to
 ``benchmarks/results/latency-diffusers-<device>.{jsonl,md}``.
@@ -169,8 +173,6 @@ def bench(args: argparse.Namespace) -> Bench:
         ns = argparse.Namespace(tiny=args.tiny, device="cpu", dtype="float32", steps=steps, seed=args.seed,
                                 config=REDUCED[args.pipeline](args.depth), latent=None if args.tiny else args.latent,
                                 size=size)
-        if args.pipeline == "sd3" and not args.tiny:
-            ns.config["sample_size"] = args.latent
         setup = entry.build(ns, args.batch)
         inputs = setup.inputs(args.batch)
         if args.guidance_given:

@@ -255,6 +255,8 @@ def build_sd3(args: argparse.Namespace, batch: int) -> Setup:
     from l2c_compile.diffusers.sd3 import DiffusersSD3
 
     config = _config(args, SD35_MEDIUM, SD35_TINY)
+    if getattr(args, "latent", None):  # another latent side than the released 128 (1024²)
+        config["sample_size"] = args.latent
     dtype = getattr(torch, args.dtype)
     torch.manual_seed(args.seed)
     with built_on(args.device, dtype):

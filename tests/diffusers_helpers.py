@@ -7,6 +7,22 @@ from pathlib import Path
 import torch
 
 
+def output_rel_error(a, b) -> float:
+    """max |a − b| / max |b| of two pipeline outputs (numpy arrays, tensors or lists of PIL images), in
+    float64."""
+    import numpy as np
+
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+def pipe_and_drop_in(pipe, compiled, **kw):
+    """``(drop-in output, pipe(...) output)`` for the same arguments and seed: ``.images``, or a
+    video pipeline's ``.frames``."""
+    want, got = (call(generator=torch.Generator().manual_seed(1), **kw) for call in (pipe, compiled))
+    return tuple(out.images if hasattr(out, "images") else out.frames for out in (got, want))
+
+
 def tiny_transformer(seed: int = 0, *, layers: int = 2, heads: int = 2, patch: int = 2, learn_sigma: bool = True):
     """A random ``DiTTransformer2DModel`` (1000 classes + the null row, as DiTPipeline assumes)."""
     from diffusers import DiTTransformer2DModel

@@ -35,6 +35,8 @@ from tests.diffusers_helpers import (
     FLUX_T5_LEN,
     FLUX_TEXT_LEN,
     flux_prompt_inputs,
+    output_rel_error,
+    pipe_and_drop_in,
     tiny_flux_pipeline,
     tiny_sd3_pipeline,
 )
@@ -61,18 +63,6 @@ def compiled(dev):
     return compile_pipeline(dev)
 
 
-def _rel(a, b) -> float:
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    return float(np.abs(a - b).max() / np.abs(b).max())
-
-
-def _both(pipe, compiled, **kw):
-    """``pipe(...)`` and the drop-in's output for the same arguments and seed."""
-    want = pipe(generator=torch.Generator().manual_seed(1), **kw).images
-    got = compiled(generator=torch.Generator().manual_seed(1), **kw).images
-    return got, want
-
-
 def _prompts(**extra):
     return dict(prompt=["a red cat", "the big house"], num_inference_steps=STEPS, max_sequence_length=FLUX_T5_LEN,
                 **extra)
@@ -88,9 +78,9 @@ def test_dev_reproduces_the_pipeline_through_its_encoders(dev, compiled, side, t
     kw = _prompts(negative_prompt=["a dog", "the tree"], true_cfg_scale=true_cfg, guidance_scale=3.0,
                   height=side, width=side)
     for output_type in ("np", "latent"):
-        got, want = _both(dev, compiled, output_type=output_type, **kw)
+        got, want = pipe_and_drop_in(dev, compiled, output_type=output_type, **kw)
         assert got.shape == want.shape
-        assert _rel(got, want) <= 1e-5
+        assert output_rel_error(got, want) <= 1e-5
     assert got.shape == (2, (side // 2) ** 2, 16)  # packed latents, as the pipeline returns them
     assert (STEPS, true_cfg > 1, FLUX_T5_LEN, side, None) in compiled.samplers
     assert isinstance(compiled, CompiledFluxPipeline) and PIPELINES["FluxPipeline"] is CompiledFluxPipeline
@@ -108,24 +98,24 @@ def test_schnell_reproduces_the_pipeline_from_embeddings(schnell, side, true_cfg
     compiled = compile_pipeline(schnell)
     kw = dict(**flux_prompt_inputs(2), true_cfg_scale=true_cfg, num_inference_steps=STEPS, height=side, width=side)
     for output_type in ("np", "latent"):
-        got, want = _both(schnell, compiled, output_type=output_type, **kw)
-        assert _rel(got, want) <= 1e-5
+        got, want = pipe_and_drop_in(schnell, compiled, output_type=output_type, **kw)
+        assert output_rel_error(got, want) <= 1e-5
     model = next(iter(compiled.samplers.values())).model
     assert model.guidance_embeds is False and model.text_len == FLUX_TEXT_LEN
 
 
 def test_images_per_prompt_output_types_given_latents_and_sigmas(dev, compiled):
     kw = _prompts(num_images_per_prompt=2, height=8, width=8)
-    got, want = _both(dev, compiled, output_type="pt", **kw)
-    assert isinstance(got, torch.Tensor) and got.shape == (4, 3, 8, 8) and _rel(got, want) <= 1e-5
+    got, want = pipe_and_drop_in(dev, compiled, output_type="pt", **kw)
+    assert isinstance(got, torch.Tensor) and got.shape == (4, 3, 8, 8) and output_rel_error(got, want) <= 1e-5
     pil = compiled(**{**kw, "num_images_per_prompt": 1}).images
     assert type(pil[0]).__name__ == "Image" and pil[0].size == (8, 8)
     out = compiled(**{**kw, "num_images_per_prompt": 1}, output_type="latent", return_dict=False)
     assert isinstance(out, tuple) and len(out) == 1
     latents = torch.randn(2, 16, 16, generator=torch.Generator().manual_seed(3))  # packed, as the pipeline takes them
     sigmas = [1.0, 0.7, 0.4]
-    got, want = _both(dev, compiled, **_prompts(height=8, width=8), latents=latents, sigmas=sigmas, output_type="latent")
-    assert _rel(got, want) <= 1e-5
+    got, want = pipe_and_drop_in(dev, compiled, **_prompts(height=8, width=8), latents=latents, sigmas=sigmas, output_type="latent")
+    assert output_rel_error(got, want) <= 1e-5
     assert (3, False, FLUX_T5_LEN, 8, tuple(sigmas)) in compiled.samplers  # NFE = len(sigmas)
 
 
@@ -286,8 +276,8 @@ def test_saved_pipeline_loads_offline_with_its_layout_plan_and_name(dev, schnell
     schnell.save_pretrained(tmp_path / "schnell")
     assert spec_for_folder(tmp_path / "schnell").name != spec.name  # dev and schnell: same shapes, not the same
     kw = dict(**flux_prompt_inputs(1), num_inference_steps=STEPS, height=8, width=8, output_type="latent")
-    got, want = _both(dev, compile_pipeline(loaded), **kw)  # embeddings: the tiny T5 tokenizer reloads with a pre-tokenizer
-    assert _rel(got, want) <= 1e-5
+    got, want = pipe_and_drop_in(dev, compile_pipeline(loaded), **kw)  # embeddings: the tiny T5 tokenizer reloads with a pre-tokenizer
+    assert output_rel_error(got, want) <= 1e-5
 
 
 def _cli(*args):

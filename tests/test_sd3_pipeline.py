@@ -26,7 +26,14 @@ from l2c_compile.diffusers.sd3 import DiffusersSD3, pack_condition
 from l2c_compile.errors import L2CError
 from l2c_compile.families import family_of, get_family
 from l2c_compile.schedule import heuristic
-from tests.diffusers_helpers import SD3_T5_LEN, SD3_TEXT_LEN, sd3_prompt_inputs, tiny_sd3_pipeline
+from tests.diffusers_helpers import (
+    SD3_T5_LEN,
+    SD3_TEXT_LEN,
+    output_rel_error,
+    pipe_and_drop_in,
+    sd3_prompt_inputs,
+    tiny_sd3_pipeline,
+)
 from tests.helpers import rel_error
 
 
@@ -41,25 +48,13 @@ def compiled(pipe):
     return compile_pipeline(pipe)
 
 
-def _rel(a, b) -> float:
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    return float(np.abs(a - b).max() / np.abs(b).max())
-
-
-def _both(pipe, compiled, **kw):
-    """``pipe(...)`` and the drop-in's output for the same arguments and seed."""
-    want = pipe(generator=torch.Generator().manual_seed(1), **kw).images
-    got = compiled(generator=torch.Generator().manual_seed(1), **kw).images
-    return got, want
-
-
 @pytest.mark.parametrize(("guidance", "side"), [(5.0, 8), (1.0, 12)])  # CFG on and off, two resolutions
 def test_all_compute_reproduces_the_pipeline_from_embeddings(pipe, compiled, guidance, side):
     kw = dict(**sd3_prompt_inputs(2), guidance_scale=guidance, num_inference_steps=5, height=side, width=side)
     for output_type in ("np", "latent"):
-        got, want = _both(pipe, compiled, output_type=output_type, **kw)
+        got, want = pipe_and_drop_in(pipe, compiled, output_type=output_type, **kw)
         assert got.shape == want.shape
-        assert _rel(got, want) <= 1e-5
+        assert output_rel_error(got, want) <= 1e-5
     latent = side // pipe.vae_scale_factor
     assert got.shape == (2, 4, latent, latent)
     assert isinstance(compiled, CompiledSD3Pipeline) and PIPELINES["StableDiffusion3Pipeline"] is CompiledSD3Pipeline
@@ -68,11 +63,11 @@ def test_all_compute_reproduces_the_pipeline_from_embeddings(pipe, compiled, gui
 def test_prompts_are_encoded_by_the_pipelines_clip_and_t5(pipe, compiled):
     kw = dict(prompt=["a red cat", "the big blue house"], negative_prompt=["a dog", "the tree"], guidance_scale=4.0,
               num_inference_steps=4, max_sequence_length=SD3_T5_LEN, num_images_per_prompt=2, output_type="np")
-    got, want = _both(pipe, compiled, **kw)
+    got, want = pipe_and_drop_in(pipe, compiled, **kw)
     assert got.shape == want.shape == (4, 8, 8, 3)
-    assert _rel(got, want) <= 1e-5
-    got, want = _both(pipe, compiled, **{**kw, "clip_skip": 1, "output_type": "pt"})  # the penultimate layer
-    assert isinstance(got, torch.Tensor) and _rel(got, want) <= 1e-5
+    assert output_rel_error(got, want) <= 1e-5
+    got, want = pipe_and_drop_in(pipe, compiled, **{**kw, "clip_skip": 1, "output_type": "pt"})  # the penultimate layer
+    assert isinstance(got, torch.Tensor) and output_rel_error(got, want) <= 1e-5
     text_len = pipe.tokenizer.model_max_length + SD3_T5_LEN  # CLIP tokens then T5 tokens
     assert (4, True, text_len, 8, None, None) in compiled.samplers
     pil = compiled(prompt="a cat", num_inference_steps=2, max_sequence_length=SD3_T5_LEN).images
@@ -91,18 +86,18 @@ def test_dynamic_shifting_takes_mu_from_the_image_size(tmp_path):
     for side in (8, 16):
         kw = dict(**sd3_prompt_inputs(1), guidance_scale=4.0, num_inference_steps=4, height=side, width=side,
                   output_type="latent")
-        got, want = _both(pipe, compiled, **kw)
-        assert _rel(got, want) <= 1e-5
-    got, want = _both(pipe, compiled, **kw, mu=0.9)  # a μ the caller gives wins, as in the pipeline
-    assert _rel(got, want) <= 1e-5 and compiled.shift_mu(16, 16, 0.9) == 0.9
+        got, want = pipe_and_drop_in(pipe, compiled, **kw)
+        assert output_rel_error(got, want) <= 1e-5
+    got, want = pipe_and_drop_in(pipe, compiled, **kw, mu=0.9)  # a μ the caller gives wins, as in the pipeline
+    assert output_rel_error(got, want) <= 1e-5 and compiled.shift_mu(16, 16, 0.9) == 0.9
 
 
 def test_sigmas_and_given_latents_are_the_pipelines(pipe, compiled):
     noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))
     kw = dict(**sd3_prompt_inputs(1), guidance_scale=3.0, sigmas=[1.0, 0.8, 0.5, 0.2], latents=noise,
               output_type="latent")
-    got, want = _both(pipe, compiled, **kw)
-    assert _rel(got, want) <= 1e-5
+    got, want = pipe_and_drop_in(pipe, compiled, **kw)
+    assert output_rel_error(got, want) <= 1e-5
     assert (4, True, SD3_TEXT_LEN, 8, None, (1.0, 0.8, 0.5, 0.2)) in compiled.samplers  # NFE = len(sigmas)
     assert compiled.shift_mu(8, 8, 0.9) is None  # a static shift: μ changes nothing, as in the scheduler
 
@@ -111,8 +106,8 @@ def test_a_unipc_flow_scheduler_is_followed_too(tmp_path):
     pipe = tiny_sd3_pipeline(tmp_path, encoders=False)
     pipe.scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
     kw = dict(**sd3_prompt_inputs(2), guidance_scale=5.0, num_inference_steps=6, output_type="latent")
-    got, want = _both(pipe, compile_pipeline(pipe), **kw)
-    assert _rel(got, want) <= 1e-5
+    got, want = pipe_and_drop_in(pipe, compile_pipeline(pipe), **kw)
+    assert output_rel_error(got, want) <= 1e-5
 
 
 def test_a_schedule_runs_the_cache_and_equals_the_reference_executor(pipe):
@@ -199,8 +194,8 @@ def test_saved_pipeline_loads_offline_with_its_layout_plan_and_prompt_length(pip
     assert make_spec_plan(spec, None, 6) == pipeline_plan(pipe.scheduler, 6)  # the folder's shift 3
     assert spec_for_folder(folder / "transformer").scheduler_plan(6) is None  # no scheduler to read
     kw = dict(**sd3_prompt_inputs(1), guidance_scale=5.0, num_inference_steps=3, output_type="latent")
-    got, want = _both(pipe, compile_pipeline(loaded), **kw)
-    assert _rel(got, want) <= 1e-5
+    got, want = pipe_and_drop_in(pipe, compile_pipeline(loaded), **kw)
+    assert output_rel_error(got, want) <= 1e-5
 
 
 def test_a_dynamically_shifting_folder_plans_at_the_models_size(tmp_path):
@@ -244,7 +239,7 @@ def test_cli_schedule_compile_verify_sample_with_a_prompt(tmp_path, pipe, folder
                              [1, ["attn", "mlp"]]]
     cached = compile_pipeline(pipe, Schedule.load(sched))  # a CLI schedule fits the pipeline's own plan
     kw = dict(**sd3_prompt_inputs(1), guidance_scale=5.0, num_inference_steps=6, output_type="latent")
-    got, want = _both(pipe, cached, **kw)
+    got, want = pipe_and_drop_in(pipe, cached, **kw)
     assert not np.allclose(got, want, atol=1e-5)  # and runs its cache
     r = _cli("compile", "--diffusers", folder, "--nfe", 6, "--schedule", sched, "-o", art, "--format", "json")
     assert r.exit_code == 0, r.output

@@ -9,7 +9,6 @@ in-memory T5 tokenizer, and Wan's flow UniPC scheduler (or the flow-matching Eul
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
@@ -29,6 +28,8 @@ from l2c_compile.schedule.sizes import with_sample_size
 from tests.diffusers_helpers import (
     WAN_T5_LEN,
     WAN_TEXT_LEN,
+    output_rel_error,
+    pipe_and_drop_in,
     tiny_sd3_pipeline,
     tiny_wan_pipeline,
     tiny_wan_transformer,
@@ -49,18 +50,6 @@ def pipes():
     return out
 
 
-def _rel(a, b) -> float:
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    return float(np.abs(a - b).max() / np.abs(b).max())
-
-
-def _both(pipe, compiled, **kw):
-    """``pipe(...)`` and the drop-in's ``.frames`` for the same arguments and seed."""
-    want = pipe(generator=torch.Generator().manual_seed(1), **kw).frames
-    got = compiled(generator=torch.Generator().manual_seed(1), **kw).frames
-    return got, want
-
-
 @pytest.mark.parametrize(("scheduler", "frames", "guidance", "prompts"), [
     ("unipc", 9, 5.0, True), ("unipc", 5, 1.0, False), ("euler", 5, 5.0, False), ("euler", 9, 1.0, True),
 ], ids=["unipc-9f-cfg-text", "unipc-5f-nocfg-embeds", "euler-5f-cfg-embeds", "euler-9f-nocfg-text"])
@@ -75,9 +64,9 @@ def test_all_compute_reproduces_the_pipeline(pipes, scheduler, frames, guidance,
         kw = dict(**wan_prompt_inputs(2))
     kw.update(SIZE, num_frames=frames, guidance_scale=guidance, num_inference_steps=4)
     for output_type in ("np", "latent"):
-        got, want = _both(pipe, compiled, output_type=output_type, **kw)
+        got, want = pipe_and_drop_in(pipe, compiled, output_type=output_type, **kw)
         assert got.shape == want.shape
-        assert _rel(got, want) <= 1e-5, output_type
+        assert output_rel_error(got, want) <= 1e-5, output_type
     assert tuple(got.shape) == (4 if prompts else 2, 4, (frames - 1) // 4 + 1, 4, 6)  # (N, C, F', H/8, W/8)
     text_len = WAN_T5_LEN if prompts else WAN_TEXT_LEN
     assert (4, guidance > 1, text_len, frames, 32, 48) in compiled.samplers
@@ -87,16 +76,16 @@ def test_all_compute_reproduces_the_pipeline(pipes, scheduler, frames, guidance,
 def test_output_types_and_the_frame_rounding_are_the_pipelines(pipes):
     pipe, compiled = pipes["unipc"]
     kw = dict(**wan_prompt_inputs(2), **SIZE, num_frames=7, guidance_scale=5.0, num_inference_steps=4)
-    got, want = _both(pipe, compiled, output_type="pt", **kw)  # 7 frames: the pipeline rounds to 5
+    got, want = pipe_and_drop_in(pipe, compiled, output_type="pt", **kw)  # 7 frames: the pipeline rounds to 5
     assert isinstance(got, torch.Tensor) and got.shape == want.shape == (2, 5, 3, 32, 48)
-    assert _rel(got, want) <= 1e-5
+    assert output_rel_error(got, want) <= 1e-5
     pil = compiled(**kw, output_type="pil").frames
     assert len(pil) == 2 and len(pil[0]) == 5 and pil[0][0].size == (48, 32)
     out = compiled(**kw, output_type="latent", return_dict=False)
     assert isinstance(out, tuple) and len(out) == 1
     noise = torch.randn(2, 4, 2, 4, 6, generator=torch.Generator().manual_seed(3))  # given latents, as the pipeline
-    got, want = _both(pipe, compiled, **{**kw, "output_type": "latent", "latents": noise})
-    assert _rel(got, want) <= 1e-5
+    got, want = pipe_and_drop_in(pipe, compiled, **{**kw, "output_type": "latent", "latents": noise})
+    assert output_rel_error(got, want) <= 1e-5
 
 
 def _schedule(pipe, steps: int = 6, fraction: float = 0.6):

@@ -7,7 +7,7 @@ Pipeline (each step a pass in ``passes/``, run by the pass manager that checks t
     module scope ─► shape propagation (fake tensors) ─► hoist (what the trajectory fixes goes to a
     once-per-call prologue, batched over the steps)
     cache liveness over the whole plan (distinct masks, exports, drops)
-    for each distinct step mask:  specialize ─► dce ─► prune_chunks ─► prune_queries ─► fuse_reuse ─► dce
+    for each distinct step mask:  specialize ─► dce ─► casts ─► prune_chunks ─► prune_queries ─► fuse_reuse ─► dce
     emit one readable Python module (prologue, step functions, unrolled loop) ─► CompiledSampler
 
 Deterministic: the same inputs give the same source and compile record (``CompiledSampler.record``,
@@ -97,6 +97,14 @@ def resolve_dtype(
     return DTYPES[dtype]
 
 
+def copied_dtype(t: torch.Tensor, dtype: torch.dtype | None, kept: Any) -> torch.dtype:
+    """The dtype :func:`private_copy` gives tensor ``t`` for a requested ``dtype`` (None: its own):
+    floating-point tensors take ``dtype``, those in ``kept`` (:func:`~l2c_compile.families.fp32_kept`
+    of the model) never narrower than float32; other tensors keep theirs."""
+    to = dtype if dtype is not None and t.is_floating_point() else t.dtype
+    return kept_dtype(to, t.dtype) if id(t) in kept and t.is_floating_point() else to
+
+
 def private_copy(
     model: nn.Module, *, device: torch.device | None = None, dtype: torch.dtype | None = None,
     share_weights: bool = False,
@@ -122,10 +130,7 @@ def private_copy(
     kept = fp32_kept(model) if dtype is not None else {}
 
     def target(t: torch.Tensor) -> tuple[torch.device, torch.dtype]:
-        to_dtype = dtype if dtype is not None and t.is_floating_point() else t.dtype
-        if id(t) in kept and t.is_floating_point():
-            to_dtype = kept_dtype(to_dtype, t.dtype)
-        return device or t.device, to_dtype
+        return device or t.device, copied_dtype(t, dtype, kept)
 
     def convert(t: torch.Tensor) -> torch.Tensor:
         to_device, to_dtype = target(t)

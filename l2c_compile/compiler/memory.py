@@ -32,10 +32,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from l2c_compile.compiler.driver import copied_dtype
 from l2c_compile.compiler.passes.liveness import CachePlan, plan_cache
 from l2c_compile.compiler.passes.sublayers import cache_slots
 from l2c_compile.errors import L2CError
-from l2c_compile.families import family_of, fp32_kept, kept_dtype, model_dtype
+from l2c_compile.families import family_of, fp32_kept, model_dtype
 from l2c_compile.families.vocabulary import TRUNK, SublayerKey, empty_mask
 from l2c_compile.runtime.sampler import CompiledSampler
 from l2c_compile.samplers.base import SamplerPlan
@@ -110,10 +111,7 @@ def weights_bytes(model: nn.Module, dtype: torch.dtype | None = None) -> int:
         if id(t) in seen:
             continue
         seen.add(id(t))
-        to = dtype if dtype is not None and t.is_floating_point() else t.dtype
-        if id(t) in kept and t.is_floating_point():
-            to = kept_dtype(to, t.dtype)
-        total += t.numel() * torch.empty((), dtype=to).element_size()
+        total += t.numel() * torch.empty((), dtype=copied_dtype(t, dtype, kept)).element_size()
     return total
 
 
