@@ -192,6 +192,8 @@ def test_a_call_whose_cache_and_weights_do_not_fit_is_refused_before_any_work(pi
                                        r"copy\) but \S+ [KMG]iB are in the memory budget: draw fewer frames") as info:
         compiled(**kw)
     assert "\n" not in str(info.value) and not calls and not compiled.samplers
+    shared = compile_pipeline(pipe, sched, share_weights=True)  # no copy of the weights to plan for
+    assert shared.planned_bytes(6, True, WAN_T5_LEN, 9, 32, 48, 2) == {"cache peak": 2 * peak}
     assert compiled.planned_bytes(6, True, WAN_T5_LEN, 9, 32, 48, 2) == {"cache peak": 2 * peak,
                                                                           "weights copy": weights}
     # without a budget the device's free memory is the limit: a machine with less than that refuses too

@@ -101,12 +101,14 @@ class CompiledWanPipeline(CompiledPipeline):
         """What a call with these settings adds to the target device, in bytes, before any work:
         ``{"cache peak": …, "weights copy": …}`` — the schedule's cache at its peak for ``batch``
         videos (:func:`~l2c_compile.compiler.memory.planned_cache`) and, when this setting's sampler
-        is not compiled yet, the copy of the transformer's weights it will make."""
+        is not compiled yet, the copy of the transformer's weights it will make (none with
+        ``share_weights=True``: the sampler uses the transformer's own tensors)."""
         plan, sched = self._plan(num_inference_steps)
         model = self.adapter(text_len, num_frames, height, width)
         dtype = resolve_dtype(self.compile_kwargs.get("dtype"), self.device())
         need = {"cache peak": batch * planned_cache(model, plan, sched, cfg=cfg, dtype=dtype).peak_bytes_per_sample}
-        if (num_inference_steps, cfg, text_len, num_frames, height, width) not in self.samplers:
+        copies = not self.compile_kwargs.get("share_weights", False)
+        if copies and (num_inference_steps, cfg, text_len, num_frames, height, width) not in self.samplers:
             need["weights copy"] = weights_bytes(self.pipe.transformer, dtype)
         return need
 
