@@ -69,6 +69,7 @@ class Job:
     mode: str = "cache"
     tag: str = ""  # "" for the default router of (model, sampler, NFE); "lam<λ>" or "drop"
     steps: int = 200  # the skipped share settles by then at NFE 10 and 20
+    objective: str = "step"  # or "trajectory": the final sample's error (after HarmoniCa)
 
     @property
     def name(self) -> str:
@@ -129,6 +130,7 @@ def train_job(
     model = load_model(spec).to(device)
     plan = make_spec_plan(spec, job.sampler, job.nfe)
     recipe = default_recipe(spec.family)
+    trajectory = job.objective == "trajectory"
     config = TrainConfig(
         lam=job.lam,
         lr=lr,
@@ -139,6 +141,8 @@ def train_job(
         mode=job.mode,
         shards=shards,
         checkpoint_every=0,
+        objective=job.objective,
+        cfg_scale=spec.default_cfg_scale if trajectory else None,  # sample as the evaluation does
     )
     path = out_dir / f"{job.name}.safetensors" if out_dir is not None else None
     t0 = time.perf_counter()
@@ -450,6 +454,13 @@ def main(argv: list[str] | None = None) -> None:
         "--choose-defaults", action="store_true", help="after a --grid run: promote one λ per model"
     )
     p.add_argument("--dry-run", action="store_true", help="train but write no router")
+    p.add_argument(
+        "--objective",
+        default="step",
+        choices=("step", "trajectory"),
+        help="--sweep / --grid: the one-step target (Algorithm 1) or the final sample (HarmoniCa); "
+        "trajectory routers are tagged traj-lam<λ>",
+    )
     p.add_argument("--long", type=int, default=0, help="train --only jobs towards this many images")
     p.add_argument("--segment", type=int, default=50, help="--long: steps between curve lines")
     p.add_argument("--minutes", type=float, default=100.0, help="--long: wall budget of this call")
@@ -538,7 +549,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.sweep:
         (base,) = _select([args.sweep])
         for lam in [float(v) for v in args.lams.split(",") if v]:
-            job = Job(base.model, base.sampler, base.nfe, lam, base.mode, steps=base.steps)
+            job = Job(
+                base.model, base.sampler, base.nfe, lam, base.mode, steps=base.steps,
+                objective=args.objective,
+            )
             row = train_job(job, data, out_dir=None, **common)
             print(
                 f"λ={lam:g}: skip {row['final_skip']:.1%} (half-way {row['skip_at_half']:.1%}) "
@@ -552,8 +566,11 @@ def main(argv: list[str] | None = None) -> None:
     jobs = _select(args.only)
     if args.grid:
         lams = [float(v) for v in args.grid.split(",") if v]
+        traj = "traj-" if args.objective == "trajectory" else ""
         jobs = [
-            replace(j, lam=lam, tag=f"lam{lam:g}") if j.mode == "cache" else j
+            replace(j, lam=lam, tag=f"{traj}lam{lam:g}", objective=args.objective)
+            if j.mode == "cache"
+            else j
             for j in jobs
             for lam in (lams if j.mode == "cache" else [j.lam])
         ]

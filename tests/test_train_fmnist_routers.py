@@ -35,17 +35,25 @@ def _data() -> TensorData:
     return TensorData(x, torch.arange(16) % 10, "random images")
 
 
-@pytest.mark.parametrize("mode", ["cache", "drop"])
-def test_train_job_writes_router_and_schedule(script, tmp_path, monkeypatch, mode):
+@pytest.mark.parametrize(
+    ("mode", "objective"), [("cache", "step"), ("drop", "step"), ("cache", "trajectory")]
+)
+def test_train_job_writes_router_and_schedule(script, tmp_path, monkeypatch, mode, objective):
     install_model(tmp_path, monkeypatch, "DiT-FMNIST", NAME)
     job = script.Job(
-        NAME, "ddim", 4, 3e-4, mode=mode, tag="drop" if mode == "drop" else "", steps=3
+        NAME, "ddim", 4, 3e-4, mode=mode, tag="drop" if mode == "drop" else "", steps=3,
+        objective=objective,
     )
     out = tmp_path / "routers"
     row = script.train_job(job, _data(), batch=4, shards=2, lr=1e-2, seed=0, out_dir=out)
     router = load_router(out / f"{job.name}.safetensors")
     assert router.meta["lam"] == 3e-4 and router.meta["mode"] == mode and router.meta["steps"] == 3
-    assert router.meta["data"] == "random images"
+    assert router.meta["data"] == "random images" and router.meta["objective"] == objective
+    # The trajectory objective samples as the evaluation does: with the model's CFG scale.
+    from l2c_compile.models.registry import get_spec
+
+    cfg = get_spec(NAME).default_cfg_scale if objective == "trajectory" else None
+    assert router.meta["cfg_scale"] == cfg
     sched = Schedule.load(out / f"{job.name}.json")
     assert sched.mode == mode and sched.nfe == 4 and sched.threshold == 0.1  # DiT's θ
     assert not list(out.glob("*.ckpt"))  # resumable training state is not shipped

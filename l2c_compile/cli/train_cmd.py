@@ -85,7 +85,16 @@ def train_cmd(
         None, "--ste-threshold", help="straight-through hard mask 1[σ > thr] in the forward pass"
     ),
     label_dropout: float = typer.Option(
-        0.1, "--label-dropout", help="CFG label dropout probability"
+        0.1, "--label-dropout", help="CFG label dropout probability (step objective)"
+    ),
+    objective: str = typer.Option(
+        "step",
+        "--objective",
+        help="step (the paper's one-step target) | trajectory (the final sample's error through "
+        "every call, after HarmoniCa; about 3 sampler runs per iteration)",
+    ),
+    cfg_scale: float | None = typer.Option(
+        None, "--cfg-scale", help="trajectory objective: CFG scale to sample with (default: the model's)"
     ),
     checkpoint_every: int = typer.Option(
         1000, "--checkpoint-every", help="write OUT.ckpt every N steps (0: only at the end)"
@@ -155,6 +164,8 @@ def train_cmd(
                 label_dropout=label_dropout,
                 shards=shards,
                 checkpoint_every=checkpoint_every,
+                objective=objective,
+                cfg_scale=_cfg_scale(spec, objective, cfg_scale),
             )
             show = fmt == OutputFormat.rich and rank == 0
             summary = _train(
@@ -187,6 +198,15 @@ def train_cmd(
         if v is not None:
             table.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
     console.print(table)
+
+
+def _cfg_scale(spec, objective: str, given: float | None) -> float | None:
+    """The trajectory objective samples as inference does: the model's own CFG unless given."""
+    if objective != "trajectory":
+        if given is not None:
+            raise L2CError("--cfg-scale applies to --objective trajectory only")
+        return None
+    return spec.default_cfg_scale if given is None else given
 
 
 def _device(device: str | None, world: int, dist_device):
@@ -253,6 +273,8 @@ def _train(
         "nfe": plan.nfe,
         "recipe": config.recipe,
         "mode": config.mode,
+        "objective": config.objective,
+        "cfg_scale": config.cfg_scale,
         "lam": config.lam,
         "steps": config.steps,
         "resumed_from": result.resumed_from,

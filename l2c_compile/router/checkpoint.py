@@ -23,6 +23,8 @@ CHECKPOINT_VERSION = 1
 # May change between a run and its resumption: none of them alters an iteration (the effective
 # shard count is compared through the run description instead of the ``shards`` option).
 FREE_FIELDS = ("steps", "checkpoint_every", "threshold", "shards")
+# Fields added after checkpoints were first written, with the value every older run had.
+LATER_FIELDS = {"objective": "step", "cfg_scale": None}
 
 
 def checkpoint_path(output: str | os.PathLike[str]) -> Path:
@@ -96,9 +98,10 @@ def check_resumable(path: Path | None, config: dict[str, Any]) -> dict[str, Any]
     if not isinstance(saved, dict) or not isinstance(obj.get("run"), dict):
         raise L2CError(f"{path.name}: not an l2c-compile training checkpoint (no config or run record)")
     for key, value in config.items():
-        if key not in FREE_FIELDS and saved.get(key) != value:
+        was = saved.get(key, LATER_FIELDS.get(key))
+        if key not in FREE_FIELDS and was != value:
             raise L2CError(
-                f"{path.name}: checkpoint was made with {key}={saved.get(key)!r}, this run has {value!r}"
+                f"{path.name}: checkpoint was made with {key}={was!r}, this run has {value!r}"
             )
     return obj
 

@@ -5,6 +5,14 @@ m−1. :func:`cache_targets` finds that step for every cache call of a plan; :fu
 noises x0 to the step's start, runs its calls up to m−1 with full compute while recording
 (no grad), forms call m's input with the plan's own combinations, and compares the full-compute
 teacher with the router-blended student (spec §3). :class:`RouterLogits` holds the logits.
+
+:func:`trajectory_loss` is the other objective (``objective="trajectory"``), after HarmoniCa
+(Huang et al. 2024, arXiv 2410.01723): the student samples the whole plan from noise with every
+cache call blended, so each cache call reads what the student's own earlier calls left (their
+Step-Wise Denoising Training), and the loss is the distance of its final sample from the
+uncached sampler's on the same noise: the image error itself, which HarmoniCa's Image Error
+Proxy-Guided Objective approximates with a proxy; on a model small enough to backpropagate
+through every call, no proxy is needed.
 """
 
 from __future__ import annotations
@@ -14,10 +22,17 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from l2c_compile.compiler.guidance import GuidedDenoiser, timestep_vector
 from l2c_compile.compiler.reference import CacheState
 from l2c_compile.errors import L2CError
 from l2c_compile.families import family_of, model_dtype
-from l2c_compile.samplers.base import Combination, ModelCall, SamplerPlan, SolverStep
+from l2c_compile.samplers.base import (
+    Combination,
+    ModelCall,
+    SamplerPlan,
+    SolverStep,
+    execute_plan,
+)
 
 
 @dataclass(frozen=True)
@@ -173,6 +188,59 @@ def shard_loss(
     state.weights = {key: w[j] for j, key in enumerate(keys)}
     student = _model_call(model, target.call, x_m, labels)  # (B, C_out, H, W)
     state.weights = None
-    sq = (student.float() - teacher.float()).pow(2).flatten(1)  # (B, C_out·H·W)
+    return _distance(student, teacher, distance)  # over (C_out, H, W)
+
+
+def _distance(student: torch.Tensor, teacher: torch.Tensor, distance: str) -> torch.Tensor:
+    """Mean over the batch of the per-sample mean (``"mean"``) or sum (``"sum"``) of squares."""
+    sq = (student.float() - teacher.float()).pow(2).flatten(1)  # (B, C·H·W)
     per_sample = sq.mean(dim=1) if distance == "mean" else sq.sum(dim=1)  # (B,)
     return per_sample.mean()
+
+
+def trajectory_loss(
+    model: nn.Module,
+    state: CacheState,
+    plan: SamplerPlan,
+    noise: torch.Tensor,
+    labels: torch.Tensor,
+    scores: dict[int, torch.Tensor],
+    *,
+    distance: str,
+    mode: str,
+    cfg_scale: float | None,
+) -> torch.Tensor:
+    """distance(uncached final sample, student final sample) from the same ``noise``.
+
+    ``noise``: (B, C, H, W) initial state; ``labels``: (B,); ``scores``: router row → (width,)
+    fresh weights w in router entry order, one for every cache call of ``plan``. The teacher runs
+    every call with full compute (no grad); the student runs the same calls, blending every
+    sublayer of a cache call as ``w·fresh + (1−w)·cached`` (``mode="drop"``: ``w·fresh``), where
+    the cache holds what the student's own latest full call computed. ``cfg_scale`` (None: no
+    CFG) guides both as sampling does. Returns a scalar with the graph through every call.
+    """
+    denoiser = GuidedDenoiser(model, cfg=cfg_scale is not None)
+    scale = torch.tensor(1.0 if cfg_scale is None else cfg_scale, device=noise.device)
+    dtype = model_dtype(model)
+    keys = family_of(model).layout(model).sublayer_keys()  # router entry order
+    state.mode = mode
+
+    def run(student: bool) -> torch.Tensor:
+        state.clear()
+
+        def eps_fn(call: ModelCall, x_in: torch.Tensor) -> torch.Tensor:
+            blend = student and call.role == "cache"
+            state.set_call(record=not blend)
+            if blend:
+                w = scores[int(call.router_index)].to(dtype)  # type: ignore[arg-type]
+                state.weights = {key: w[j] for j, key in enumerate(keys)}
+            t = timestep_vector(call.timestep, x_in.shape[0], x_in.device)
+            return denoiser(x_in.to(dtype), t, labels, scale).to(noise.dtype)
+
+        out = execute_plan(plan, noise, eps_fn)  # (B, C, H, W)
+        state.weights = None
+        return out
+
+    with torch.no_grad():
+        teacher = run(student=False)
+    return _distance(run(student=True), teacher, distance)

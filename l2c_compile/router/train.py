@@ -13,6 +13,13 @@ global batch:
    (``mode="drop"``: ``w·fresh``) with w = sigmoid(logits[r]); neither records;
 4. loss = distance(teacher, student) over the raw output (all channels, no CFG) + λ·Σ sigmoid.
 
+``objective="trajectory"`` (after HarmoniCa, :func:`~l2c_compile.router.objective.trajectory_loss`)
+replaces steps 2–4: each shard samples the whole plan from its noise, uncached (teacher) and with
+every cache call blended (student), and the loss is distance(final samples) + λ·(Σ sigmoid over
+the trained rows) / (number of trained rows), so λ keeps its per-row meaning. It reads labels
+only (no x0, no label dropout), guides with ``cfg_scale`` as sampling does, and costs about three
+sampler runs per shard and iteration.
+
 Recipe ``"dit"``: mean squared error, logits clamped to [−5, 5] after each step, θ = 0.1.
 Recipe ``"uvit"``: per-sample sum of squares, no clamp, θ = 0.9. AdamW, weight decay 0.
 
@@ -56,6 +63,7 @@ from l2c_compile.router.objective import (
     initial_logits,
     mixing_weights,
     shard_loss,
+    trajectory_loss,
 )
 from l2c_compile.runtime import features
 from l2c_compile.samplers.base import SamplerPlan
@@ -63,6 +71,7 @@ from l2c_compile.schedule.router_files import router_layout_meta, save_router
 
 # Each family's recipe is declared with the family (families/builtin.py); this is the index by name.
 RECIPES: dict[str, Recipe] = recipes()
+OBJECTIVES = ("step", "trajectory")  # Algorithm 1's one-step target | the final sample (HarmoniCa)
 
 
 def default_recipe(family: str) -> str:
@@ -103,6 +112,8 @@ class TrainConfig:
     label_dropout: float = 0.1
     shards: int | None = None  # None: the torch.distributed world size
     checkpoint_every: int = 1000  # 0: only at the end
+    objective: str = "step"  # "step" (Algorithm 1) | "trajectory" (final sample, after HarmoniCa)
+    cfg_scale: float | None = None  # CFG of the trajectory objective's sampling (None: none)
 
     def __post_init__(self) -> None:
         _check(
@@ -143,6 +154,19 @@ class TrainConfig:
         _check(
             _is_int(self.checkpoint_every) and self.checkpoint_every >= 0,
             f"checkpoint interval must be an integer >= 0, got {self.checkpoint_every!r}",
+        )
+        _check(
+            self.objective in OBJECTIVES,
+            f"unknown objective {self.objective!r}{suggest(str(self.objective), list(OBJECTIVES))}; "
+            "choose step or trajectory",
+        )
+        _check(
+            self.cfg_scale is None or _is_num(self.cfg_scale),
+            f"cfg scale must be a number, got {self.cfg_scale!r}",
+        )
+        _check(
+            self.cfg_scale is None or self.objective == "trajectory",
+            "a CFG scale only applies to the trajectory objective (the step objective trains unguided)",
         )
 
     @property
@@ -246,17 +270,17 @@ def _check_inputs(model: nn.Module, data: TrainData, config: TrainConfig, shards
         raise L2CError(f"{shards} shards cannot be split over {world} processes")
     if config.batch_size % shards:
         raise L2CError(f"batch size {config.batch_size} is not divisible by {shards} shards")
+    # The step objective drops labels for CFG; the trajectory objective guides with the null one.
+    step = config.objective == "step"
+    needs_null = config.label_dropout > 0 if step else config.cfg_scale is not None
+    what = "label dropout" if step else "CFG"
     embed = getattr(getattr(model, "y_embedder", None), "embedding_table", None)
-    if config.label_dropout > 0 and embed is not None and embed.num_embeddings <= model.null_class:
-        raise L2CError("label dropout needs the model's null class, which this model lacks")
-    if (
-        config.label_dropout > 0
-        and hasattr(model, "null_condition")
-        and model.null_condition is None
-    ):
+    if needs_null and embed is not None and embed.num_embeddings <= model.null_class:
+        raise L2CError(f"{what} needs the model's null class, which this model lacks")
+    if needs_null and hasattr(model, "null_condition") and model.null_condition is None:
         raise L2CError(
-            "label dropout needs the empty prompt's condition: give negative_prompt_embeds with the "
-            "prompt embeddings, or set label dropout to 0"
+            f"{what} needs the empty prompt's condition: give negative_prompt_embeds with the "
+            "prompt embeddings, or " + ("set label dropout to 0" if step else "train without CFG")
         )
     if len(data) == 0:
         raise L2CError("the training data is empty")
@@ -270,6 +294,7 @@ class _Run:
     state: CacheState
     data: TrainData
     config: TrainConfig
+    plan: SamplerPlan
     targets: tuple[CacheTarget, ...]
     order: _Order
     shards: int
@@ -343,6 +368,7 @@ def train(
                 state,
                 data,
                 config,
+                plan,
                 targets,
                 _Order(len(data), config.seed),
                 shards,
@@ -403,25 +429,42 @@ def _iteration(
     cfg = run.config
     optimizer.zero_grad(set_to_none=True)
     draws = [_draw_shard(run, step, k) for k in run.local]
-    needed = sorted({d[0].row for d in draws})
+    trajectory = cfg.objective == "trajectory"
+    rows = sorted({t.row for t in run.targets})
+    needed = rows if trajectory else sorted({d[0].row for d in draws})
     # One forward of the (DDP-wrapped) router per iteration, as DDP expects.
     scores = dict(zip(needed, forward(needed), strict=True))
     total = torch.zeros((), device=run.device)
     sums = torch.zeros(2, dtype=torch.float64)  # Σ distance, Σ λ·l1 over this process's shards
     for target, x0, noise, y in draws:
-        s = scores[target.row]  # (K·depth,)
-        distance = shard_loss(
-            run.model,
-            run.state,
-            target,
-            x0.to(run.device),
-            noise.to(run.device),
-            y.to(run.device),
-            mixing_weights(s, cfg.ste_threshold),
-            distance=RECIPES[cfg.recipe].distance,
-            mode=cfg.mode,
-        )
-        reg = cfg.lam * s.sum()
+        if trajectory:
+            weights = {r: mixing_weights(scores[r], cfg.ste_threshold) for r in rows}
+            distance = trajectory_loss(
+                run.model,
+                run.state,
+                run.plan,
+                noise.to(run.device),
+                y.to(run.device),
+                weights,
+                distance=RECIPES[cfg.recipe].distance,
+                mode=cfg.mode,
+                cfg_scale=cfg.cfg_scale,
+            )
+            reg = cfg.lam * sum(scores[r].sum() for r in rows) / len(rows)
+        else:
+            s = scores[target.row]  # (K·depth,)
+            distance = shard_loss(
+                run.model,
+                run.state,
+                target,
+                x0.to(run.device),
+                noise.to(run.device),
+                y.to(run.device),
+                mixing_weights(s, cfg.ste_threshold),
+                distance=RECIPES[cfg.recipe].distance,
+                mode=cfg.mode,
+            )
+            reg = cfg.lam * s.sum()
         # Mean over this process's shards; DDP then averages over processes: the mean over all.
         total = total + (distance + reg) / len(run.local)
         sums += torch.tensor([float(distance.detach()), float(reg.detach())], dtype=torch.float64)
@@ -446,7 +489,7 @@ def _draw_shard(
     x0, y = run.data.batch(indices, _generator(cfg.seed, step, shard, 1))  # (b, C, H, W), (b,)
     noise = torch.randn(x0.shape, generator=gen)  # (b, C, H, W)
     drop = torch.rand(per_shard, generator=gen) < cfg.label_dropout  # (b,)
-    if cfg.label_dropout > 0:
+    if cfg.label_dropout > 0 and cfg.objective == "step":  # the trajectory samples as inference does
         y = run.model.drop_labels(y, drop)
     return target, x0, noise, y
 
