@@ -155,12 +155,14 @@ def train_job(
     row: dict[str, Any] = {
         "router": job.name,
         **asdict(job),
+        "steps": config.steps,  # what was trained: ``--steps`` overrides the job's
         "config": config.to_dict(),
         "theta": theta,
         "final_distance": sum(r["distance"] for r in tail) / len(tail),
         "final_skip": result.history[-1]["skip"],
         "skip_at_half": result.history[len(result.history) // 2]["skip"],
         "seconds": seconds,
+        "process_peak_rss_mb": peak_rss_mb(),  # this process's high-water mark, every job so far
         "data": data.description,
     }
     if path is not None:

@@ -45,9 +45,11 @@ def test_train_job_writes_router_and_schedule(script, tmp_path, monkeypatch, mod
         objective=objective,
     )
     out = tmp_path / "routers"
-    row = script.train_job(job, _data(), batch=4, shards=2, lr=1e-2, seed=0, out_dir=out)
+    row = script.train_job(job, _data(), batch=4, shards=2, lr=1e-2, seed=0, out_dir=out, steps=2)
     router = load_router(out / f"{job.name}.safetensors")
-    assert router.meta["lam"] == 3e-4 and router.meta["mode"] == mode and router.meta["steps"] == 3
+    assert router.meta["lam"] == 3e-4 and router.meta["mode"] == mode and router.meta["steps"] == 2
+    assert row["steps"] == 2 and row["config"]["steps"] == 2  # --steps overrides the job's 3
+    assert row["process_peak_rss_mb"] > 0
     assert router.meta["data"] == "random images" and router.meta["objective"] == objective
     # The trajectory objective samples as the evaluation does: with the model's CFG scale.
     from l2c_compile.models.registry import get_spec
