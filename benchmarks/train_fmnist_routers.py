@@ -55,6 +55,7 @@ from l2c_compile.models.select import make_spec_plan
 from l2c_compile.router import RECIPES, TrainConfig, checkpoint_path, default_recipe, train
 from l2c_compile.router.checkpoint import checkpoint_step
 from l2c_compile.router.data import TensorData
+from l2c_compile.router.train import LAM_SCHEDULES
 from l2c_compile.schedule import default_threshold, import_router
 
 
@@ -70,6 +71,7 @@ class Job:
     tag: str = ""  # "" for the default router of (model, sampler, NFE); "lam<λ>" or "drop"
     steps: int = 200  # the skipped share settles by then at NFE 10 and 20
     objective: str = "step"  # or "trajectory": the final sample's error (after HarmoniCa)
+    lam_schedule: str = "constant"  # or "rising" / "falling": λ over the cache steps
 
     @property
     def name(self) -> str:
@@ -142,6 +144,7 @@ def train_job(
         shards=shards,
         checkpoint_every=0,
         objective=job.objective,
+        lam_schedule=job.lam_schedule,
         cfg_scale=spec.default_cfg_scale if trajectory else None,  # sample as the evaluation does
     )
     path = out_dir / f"{job.name}.safetensors" if out_dir is not None else None
@@ -463,6 +466,13 @@ def main(argv: list[str] | None = None) -> None:
         help="--sweep / --grid: the one-step target (Algorithm 1) or the final sample (HarmoniCa); "
         "trajectory routers are tagged traj-lam<λ>",
     )
+    p.add_argument(
+        "--lam-schedule",
+        default="constant",
+        choices=LAM_SCHEDULES,
+        help="--sweep / --grid: λ over the cache steps (train --lam-schedule); a ramp's routers "
+        "are tagged <schedule>-lam<λ>",
+    )
     p.add_argument("--long", type=int, default=0, help="train --only jobs towards this many images")
     p.add_argument("--segment", type=int, default=50, help="--long: steps between curve lines")
     p.add_argument("--minutes", type=float, default=100.0, help="--long: wall budget of this call")
@@ -553,7 +563,7 @@ def main(argv: list[str] | None = None) -> None:
         for lam in [float(v) for v in args.lams.split(",") if v]:
             job = Job(
                 base.model, base.sampler, base.nfe, lam, base.mode, steps=base.steps,
-                objective=args.objective,
+                objective=args.objective, lam_schedule=args.lam_schedule,
             )
             row = train_job(job, data, out_dir=None, **common)
             print(
@@ -568,9 +578,14 @@ def main(argv: list[str] | None = None) -> None:
     jobs = _select(args.only)
     if args.grid:
         lams = [float(v) for v in args.grid.split(",") if v]
-        traj = "traj-" if args.objective == "trajectory" else ""
+        prefix = ("traj-" if args.objective == "trajectory" else "") + (
+            f"{args.lam_schedule}-" if args.lam_schedule != "constant" else ""
+        )
         jobs = [
-            replace(j, lam=lam, tag=f"{traj}lam{lam:g}", objective=args.objective)
+            replace(
+                j, lam=lam, tag=f"{prefix}lam{lam:g}", objective=args.objective,
+                lam_schedule=args.lam_schedule,
+            )
             if j.mode == "cache"
             else j
             for j in jobs

@@ -29,6 +29,7 @@ from l2c_compile.router import (
 )
 from l2c_compile.router.checkpoint import read_checkpoint
 from l2c_compile.router.objective import initial_logits, mixing_weights, trajectory_loss
+from l2c_compile.router.train import lam_per_row
 from l2c_compile.samplers import make_plan
 from l2c_compile.samplers.schedules import alphas_cumprod
 from l2c_compile.schedule import Schedule, import_router
@@ -591,7 +592,7 @@ def test_trajectory_resume_is_exact_and_old_checkpoints_still_resume(dit, tmp_pa
     train(dit, plan, data, TrainConfig(steps=2, **step_cfg), output=old)
     ckpt = checkpoint_path(old)
     obj = read_checkpoint(ckpt)
-    for key in ("objective", "cfg_scale"):
+    for key in ("objective", "cfg_scale", "lam_schedule"):
         del obj["config"][key]
     torch.save(obj, ckpt)
     resumed = train(dit, plan, data, TrainConfig(steps=3, **step_cfg), output=old, resume=True)
@@ -604,6 +605,7 @@ def test_trajectory_resume_is_exact_and_old_checkpoints_still_resume(dit, tmp_pa
         ({"objective": "trajectroy"}, "did you mean 'trajectory'"),
         ({"cfg_scale": 4.0}, "only applies to the trajectory objective"),
         ({"objective": "trajectory", "cfg_scale": "4"}, "cfg scale must be a number"),
+        ({"lam_schedule": "risng"}, "did you mean 'rising'"),
     ],
 )
 def test_bad_objective_config_is_one_line(kwargs, match) -> None:
@@ -631,4 +633,66 @@ def test_cli_trains_a_trajectory_router_with_the_models_cfg(tmp_path: Path) -> N
     assert summary["cfg_scale"] == get_spec("DiT-Tiny").default_cfg_scale
     bad = runner.invoke(app, [*base, "--cfg-scale", "2"])
     assert bad.exit_code != 0 and "--objective trajectory only" in bad.output
+    assert len(bad.output.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# λ over the cache steps (lam_schedule)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_lam_ramps_run_in_sampling_order_and_keep_the_mean() -> None:
+    rows = [t.row for t in cache_targets(make_plan("ddim", 10))]  # sampling order
+    assert rows != sorted(rows)  # DDIM's router rows count down: the order must come from the plan
+    assert lam_per_row(0.3, "constant", rows) == dict.fromkeys(rows, 0.3)
+    rising, falling = lam_per_row(0.3, "rising", rows), lam_per_row(0.3, "falling", rows)
+    assert rising[rows[0]] == 0.0 and rising[rows[-1]] == pytest.approx(0.6)
+    assert [falling[r] for r in rows] == [rising[r] for r in reversed(rows)]
+    for ramp in (rising, falling):
+        assert sum(ramp.values()) / len(rows) == pytest.approx(0.3)
+    assert lam_per_row(0.3, "rising", [7]) == {7: 0.3}
+    with pytest.raises(L2CError, match="did you mean 'falling'") as info:
+        lam_per_row(0.3, "faling", rows)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("objective", ["step", "trajectory"])
+def test_a_rising_lambda_moves_skipping_to_the_last_cache_steps(dit, objective) -> None:
+    plan, data = make_plan("ddim", 8), random_data()
+    order = [t.row for t in cache_targets(plan)]
+    first, last = order[: len(order) // 2], order[len(order) // 2 :]
+    cfg = dict(lam=0.05, lr=0.2, steps=16, batch_size=4, objective=objective)
+    score = {}
+    for ramp in ("rising", "falling"):
+        run = train(dit, plan, data, TrainConfig(lam_schedule=ramp, **cfg))
+        assert run.meta["lam_schedule"] == ramp
+        s = torch.sigmoid(run.logits)
+        score[ramp] = (float(s[first].mean()), float(s[last].mean()))
+    # rising: little reward for skipping early, twice λ late; falling: the reverse.
+    assert score["rising"][1] < score["falling"][1]
+    assert score["rising"][0] > score["falling"][0]
+
+
+def test_a_ramp_run_resumes_only_as_that_ramp(dit, tmp_path: Path) -> None:
+    plan, data = make_plan("ddim", 4), random_data()
+    cfg = dict(lam=1e-3, lr=0.05, batch_size=2, lam_schedule="rising")
+    part = tmp_path / "p.safetensors"
+    train(dit, plan, data, TrainConfig(steps=2, **cfg), output=part)
+    with pytest.raises(L2CError, match="lam_schedule='rising', this run has 'constant'"):
+        train(dit, plan, data, TrainConfig(steps=3, lam=1e-3, lr=0.05, batch_size=2),
+              output=part, resume=True)
+    assert train(dit, plan, data, TrainConfig(steps=3, **cfg), output=part, resume=True).resumed_from == 2
+
+
+def test_cli_lam_schedule(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    runner, app = CliRunner(), _cli_app()
+    data, out = _latents_file(tmp_path / "d.safetensors"), tmp_path / "r.safetensors"
+    res = runner.invoke(app, _args(data, out, "--lam-schedule", "falling"))
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["lam_schedule"] == "falling"
+    assert load_router(out).meta["lam_schedule"] == "falling"
+    bad = runner.invoke(app, _args(data, out, "--lam-schedule", "ramp"))
+    assert bad.exit_code != 0 and "choose constant, rising or falling" in bad.output
     assert len(bad.output.strip().splitlines()) == 1

@@ -36,13 +36,14 @@ def _data() -> TensorData:
 
 
 @pytest.mark.parametrize(
-    ("mode", "objective"), [("cache", "step"), ("drop", "step"), ("cache", "trajectory")]
+    ("mode", "objective", "ramp"),
+    [("cache", "step", "constant"), ("drop", "step", "constant"), ("cache", "trajectory", "rising")],
 )
-def test_train_job_writes_router_and_schedule(script, tmp_path, monkeypatch, mode, objective):
+def test_train_job_writes_router_and_schedule(script, tmp_path, monkeypatch, mode, objective, ramp):
     install_model(tmp_path, monkeypatch, "DiT-FMNIST", NAME)
     job = script.Job(
         NAME, "ddim", 4, 3e-4, mode=mode, tag="drop" if mode == "drop" else "", steps=3,
-        objective=objective,
+        objective=objective, lam_schedule=ramp,
     )
     out = tmp_path / "routers"
     row = script.train_job(job, _data(), batch=4, shards=2, lr=1e-2, seed=0, out_dir=out, steps=2)
@@ -51,6 +52,7 @@ def test_train_job_writes_router_and_schedule(script, tmp_path, monkeypatch, mod
     assert row["steps"] == 2 and row["config"]["steps"] == 2  # --steps overrides the job's 3
     assert row["process_peak_rss_mb"] > 0
     assert router.meta["data"] == "random images" and router.meta["objective"] == objective
+    assert router.meta["lam_schedule"] == ramp and row["lam_schedule"] == ramp
     # The trajectory objective samples as the evaluation does: with the model's CFG scale.
     from l2c_compile.models.registry import get_spec
 

@@ -96,6 +96,12 @@ def train_cmd(
     cfg_scale: float | None = typer.Option(
         None, "--cfg-scale", help="trajectory objective: CFG scale to sample with (default: the model's)"
     ),
+    lam_schedule: str = typer.Option(
+        "constant",
+        "--lam-schedule",
+        help="λ over the cache steps in sampling order: constant (the paper) | rising (0 → 2λ: "
+        "caching pushed to the last steps) | falling (2λ → 0); the ramps keep λ's mean",
+    ),
     checkpoint_every: int = typer.Option(
         1000, "--checkpoint-every", help="write OUT.ckpt every N steps (0: only at the end)"
     ),
@@ -166,6 +172,7 @@ def train_cmd(
                 checkpoint_every=checkpoint_every,
                 objective=objective,
                 cfg_scale=_cfg_scale(spec, objective, cfg_scale),
+                lam_schedule=lam_schedule,
             )
             show = fmt == OutputFormat.rich and rank == 0
             summary = _train(
@@ -276,6 +283,7 @@ def _train(
         "objective": config.objective,
         "cfg_scale": config.cfg_scale,
         "lam": config.lam,
+        "lam_schedule": config.lam_schedule,
         "steps": config.steps,
         "resumed_from": result.resumed_from,
         "data": dataset.description,

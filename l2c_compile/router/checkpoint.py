@@ -24,7 +24,7 @@ CHECKPOINT_VERSION = 1
 # shard count is compared through the run description instead of the ``shards`` option).
 FREE_FIELDS = ("steps", "checkpoint_every", "threshold", "shards")
 # Fields added after checkpoints were first written, with the value every older run had.
-LATER_FIELDS = {"objective": "step", "cfg_scale": None}
+LATER_FIELDS = {"objective": "step", "cfg_scale": None, "lam_schedule": "constant"}
 
 
 def checkpoint_path(output: str | os.PathLike[str]) -> Path:

@@ -11,7 +11,8 @@ global batch:
    one, for DPM-Solver-2 one step whose midpoint leaves its features in the cache;
 3. teacher: full compute at m; student: every sublayer blends ``w·fresh + (1−w)·cached``
    (``mode="drop"``: ``w·fresh``) with w = sigmoid(logits[r]); neither records;
-4. loss = distance(teacher, student) over the raw output (all channels, no CFG) + λ·Σ sigmoid.
+4. loss = distance(teacher, student) over the raw output (all channels, no CFG) + λ·Σ sigmoid
+   (λ of row r: see ``lam_schedule`` below).
 
 ``objective="trajectory"`` (after HarmoniCa, :func:`~l2c_compile.router.objective.trajectory_loss`)
 replaces steps 2–4: each shard samples the whole plan from its noise, uncached (teacher) and with
@@ -19,6 +20,11 @@ every cache call blended (student), and the loss is distance(final samples) + λ
 the trained rows) / (number of trained rows), so λ keeps its per-row meaning. It reads labels
 only (no x0, no label dropout), guides with ``cfg_scale`` as sampling does, and costs about three
 sampler runs per shard and iteration.
+
+``lam_schedule`` spreads λ over the cache steps in sampling order (i = 0 … R−1 of R trained rows):
+``"constant"`` (the paper: λ everywhere), ``"rising"`` (λ·2i/(R−1): caching is pushed towards the
+last, least noisy steps) or ``"falling"`` (λ·2(R−1−i)/(R−1): towards the first). Both ramps keep
+the mean over rows at λ, so a run with a ramp removes about as much as one without.
 
 Recipe ``"dit"``: mean squared error, logits clamped to [−5, 5] after each step, θ = 0.1.
 Recipe ``"uvit"``: per-sample sum of squares, no clamp, θ = 0.9. AdamW, weight decay 0.
@@ -72,6 +78,32 @@ from l2c_compile.schedule.router_files import router_layout_meta, save_router
 # Each family's recipe is declared with the family (families/builtin.py); this is the index by name.
 RECIPES: dict[str, Recipe] = recipes()
 OBJECTIVES = ("step", "trajectory")  # Algorithm 1's one-step target | the final sample (HarmoniCa)
+LAM_SCHEDULES = ("constant", "rising", "falling")  # λ over the cache steps, in sampling order
+
+
+def _check_lam_schedule(schedule: object) -> None:
+    _check(
+        schedule in LAM_SCHEDULES,
+        f"unknown λ schedule {schedule!r}{suggest(str(schedule), list(LAM_SCHEDULES))}; "
+        "choose constant, rising or falling",
+    )
+
+
+def lam_per_row(lam: float, schedule: str, rows: list[int]) -> dict[int, float]:
+    """λ of each router row; ``rows`` in sampling order (the first is the noisiest cache step).
+
+    ``"constant"``: λ for every row (paper eq. 6). ``"rising"``: λ·2i/(R−1), 0 at the first cache
+    step and 2λ at the last; ``"falling"``: the reverse. The ramps' mean over rows is λ; a single
+    row gets λ whatever the schedule. Raises L2CError on an unknown schedule.
+    """
+    _check_lam_schedule(schedule)
+    n = len(rows)
+    if schedule == "constant" or n == 1:
+        return dict.fromkeys(rows, lam)
+    ramp = [2 * i / (n - 1) for i in range(n)]
+    if schedule == "falling":
+        ramp.reverse()
+    return {r: lam * w for r, w in zip(rows, ramp, strict=True)}
 
 
 def default_recipe(family: str) -> str:
@@ -114,6 +146,7 @@ class TrainConfig:
     checkpoint_every: int = 1000  # 0: only at the end
     objective: str = "step"  # "step" (Algorithm 1) | "trajectory" (final sample, after HarmoniCa)
     cfg_scale: float | None = None  # CFG of the trajectory objective's sampling (None: none)
+    lam_schedule: str = "constant"  # λ over the cache steps: "constant" | "rising" | "falling"
 
     def __post_init__(self) -> None:
         _check(
@@ -168,6 +201,7 @@ class TrainConfig:
             self.cfg_scale is None or self.objective == "trajectory",
             "a CFG scale only applies to the trajectory objective (the step objective trains unguided)",
         )
+        _check_lam_schedule(self.lam_schedule)
 
     @property
     def theta(self) -> float:
@@ -300,6 +334,7 @@ class _Run:
     shards: int
     local: range  # the shards this process computes
     device: torch.device
+    lam: dict[int, float]  # λ of each trained row (``lam_per_row``)
 
 
 def train(
@@ -374,6 +409,7 @@ def train(
                 shards,
                 local,
                 device,
+                lam_per_row(config.lam, config.lam_schedule, [t.row for t in targets]),
             )
             for step in range(start, config.steps):
                 distance, reg = _iteration(run, step, forward, optimizer)
@@ -450,7 +486,7 @@ def _iteration(
                 mode=cfg.mode,
                 cfg_scale=cfg.cfg_scale,
             )
-            reg = cfg.lam * sum(scores[r].sum() for r in rows) / len(rows)
+            reg = sum(run.lam[r] * scores[r].sum() for r in rows) / len(rows)
         else:
             s = scores[target.row]  # (K·depth,)
             distance = shard_loss(
@@ -464,7 +500,7 @@ def _iteration(
                 distance=RECIPES[cfg.recipe].distance,
                 mode=cfg.mode,
             )
-            reg = cfg.lam * s.sum()
+            reg = run.lam[target.row] * s.sum()
         # Mean over this process's shards; DDP then averages over processes: the mean over all.
         total = total + (distance + reg) / len(run.local)
         sums += torch.tensor([float(distance.detach()), float(reg.detach())], dtype=torch.float64)
