@@ -24,7 +24,8 @@ sampler runs per shard and iteration.
 ``lam_schedule`` spreads λ over the cache steps in sampling order (i = 0 … R−1 of R trained rows):
 ``"constant"`` (the paper: λ everywhere), ``"rising"`` (λ·2i/(R−1): caching is pushed towards the
 last, least noisy steps) or ``"falling"`` (λ·2(R−1−i)/(R−1): towards the first). Both ramps keep
-the mean over rows at λ, so a run with a ramp removes about as much as one without.
+the mean over rows at λ; how much a run removes still changes with the ramp, since steps differ in
+how much they can reuse (DiT-FMNIST DDIM-20, λ 3e-5: 44 of 120 constant, 14 rising, 48 falling).
 
 Recipe ``"dit"``: mean squared error, logits clamped to [−5, 5] after each step, θ = 0.1.
 Recipe ``"uvit"``: per-sample sum of squares, no clamp, θ = 0.9. AdamW, weight decay 0.
