@@ -107,8 +107,14 @@ def aggregate(lines: list[dict[str, Any]]) -> dict[tuple[str, int, int], list[di
     return {k: list(v.values()) for k, v in fronts.items()}
 
 
-def _values(point: dict[str, Any], metric: str, seeds: list[int]) -> list[float]:
-    return [point["per_seed"][s][metric] for s in seeds]
+def _values(point: dict[str, Any], metric: str) -> list[float]:
+    """``metric`` at each seed the point was scored at, in seed order."""
+    return [point["per_seed"][s][metric] for s in sorted(point["per_seed"])]
+
+
+def front_seeds(points: list[dict[str, Any]]) -> list[int]:
+    """Every seed any point of the front was scored at."""
+    return sorted(set().union(*(p["per_seed"] for p in points)))
 
 
 def curve_at(steps: list[dict[str, Any]], metric: str, seed: int, x: float) -> float | None:
@@ -158,12 +164,18 @@ def _range(vals: list[float | None], spec: str = ".2f") -> str:
 
 
 def render_front(key: tuple[str, int, int], points: list[dict[str, Any]]) -> str:
-    """One front as a markdown table: mean [min, max over seeds] and the verdict columns."""
+    """One front as a markdown table: mean [min, max over seeds] and the verdict columns.
+
+    Each point is summarised over the seeds it was scored at; a point scored at fewer seeds than
+    the front (a run stopped early, or a point added later) says which, after its name.
+    """
     model, nfe, samples = key
-    seeds = sorted(set.intersection(*(set(p["per_seed"]) for p in points)))
+    seeds = front_seeds(points)
     steps = [p for p in points if p["kind"] == "steps"]
+    partial = any(sorted(p["per_seed"]) != seeds for p in points)
     out = [
-        f"### {model}, NFE {nfe}: K = {samples}, seeds {seeds}",
+        f"### {model}, NFE {nfe}: K = {samples}, seeds {seeds}"
+        + (" (fewer where a point says so)" if partial else ""),
         "",
         "| point | NFE | MACs/img (G) | removed | ΔFID vs uncached (paired) | PSNR vs uncached (dB) "
         "| FID | vs fewer steps: ΔFID diff | vs fewer steps: PSNR diff |",
@@ -177,10 +189,12 @@ def render_front(key: tuple[str, int, int], points: list[dict[str, Any]]) -> str
             calls.append(
                 f"{_range(v['diffs'], '+.2f')} **{v['call']}**" if v.get("diffs") else v["call"]
             )
+        own = sorted(p["per_seed"])
+        name = p["method"] + (f" (seeds {own} only)" if own != seeds else "")
         out.append(
-            f"| {p['method']} | {p['nfe']} | {p['macs'] / 1e9:.3f} | {removed} "
-            f"| {_range(_values(p, 'fid_delta', seeds))} | {_range(_values(p, 'psnr', seeds), '.1f')} "
-            f"| {_range(_values(p, 'fid', seeds))} | {calls[0]} | {calls[1]} |"
+            f"| {name} | {p['nfe']} | {p['macs'] / 1e9:.3f} | {removed} "
+            f"| {_range(_values(p, 'fid_delta'))} | {_range(_values(p, 'psnr'), '.1f')} "
+            f"| {_range(_values(p, 'fid'))} | {calls[0]} | {calls[1]} |"
         )
     return "\n".join(out)
 
@@ -196,7 +210,7 @@ def plot_front(key: tuple[str, int, int], points: list[dict[str, Any]], path: Pa
     from l2c_compile.images import save_figure
 
     model, nfe, samples = key
-    seeds = sorted(set.intersection(*(set(p["per_seed"]) for p in points)))
+    seeds = front_seeds(points)
     fig = Figure(figsize=(11, 4.5), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 2)
@@ -208,13 +222,13 @@ def plot_front(key: tuple[str, int, int], points: list[dict[str, Any]], path: Pa
     ):
         for kind, style in (("steps", "-"), ("L2C", ""), ("heuristic", ""), ("baseline", "")):
             pts = sorted(
-                (p for p in points if p["kind"] == kind and None not in _values(p, metric, seeds)),
+                (p for p in points if p["kind"] == kind and None not in _values(p, metric)),
                 key=lambda p: p["macs"],
             )
             if not pts:
                 continue
             x = [p["macs"] / 1e9 for p in pts]
-            vals = [_values(p, metric, seeds) for p in pts]
+            vals = [_values(p, metric) for p in pts]
             mid = [statistics.fmean(v) for v in vals]
             err = [
                 [m - min(v) for m, v in zip(mid, vals, strict=True)],
@@ -230,6 +244,8 @@ def plot_front(key: tuple[str, int, int], points: list[dict[str, Any]], path: Pa
             )
             for p, xi, yi in zip(pts, x, mid, strict=True):
                 name = p["method"].split(" ", 1)[1]
+                if len(p["per_seed"]) < len(seeds):
+                    name += f" ({len(p['per_seed'])} of {len(seeds)} seeds)"
                 ax.annotate(name, (xi, yi), fontsize=6, xytext=(3, 3), textcoords="offset points")
         ax.set_xlabel("MACs per image (G)")
         ax.set_ylabel(label)
@@ -246,22 +262,11 @@ def front_png(model: str, nfe: int) -> str:
     return f"quality-front-{model}-nfe{nfe}.png"
 
 
-def complete_seeds(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The points restricted to the seeds at which every point was scored."""
-    seeds = set.intersection(*(set(p["per_seed"]) for p in points))
-    return [
-        {**p, "per_seed": {s: v for s, v in p["per_seed"].items() if s in seeds}} for p in points
-    ]
-
-
 def write_report(jsonl: Path, out: Path, header: str) -> None:
     """``quality-front.md`` and one plot per (model, NFE) at its largest K, from ``jsonl``."""
     fronts = aggregate(read_jsonl(jsonl))
     parts, plotted = [header], set()
     for key, points in sorted(fronts.items(), key=lambda kv: (kv[0][0], -kv[0][1], -kv[0][2])):
-        points = complete_seeds(points)
-        if not any(p["per_seed"] for p in points):
-            continue  # no seed finished for every point yet
         if key[:2] not in plotted:
             plotted.add(key[:2])
             plot_front(key, points, out / front_png(key[0], key[1]))

@@ -249,3 +249,31 @@ def test_front_verdict_is_paired_per_seed():
     assert qf.verdict(outside, steps, "fid_delta")["call"] == "n/a"
     worse = point("L2C", 12, {0: (9.0, 20.0), 1: (9.0, 20.0)})
     assert qf.verdict(worse, steps, "fid_delta")["call"] == "worse"
+
+
+def test_front_report_keeps_points_scored_at_fewer_seeds(tmp_path):
+    """A point scored at one seed of three is reported at that seed and says so; the others keep
+    all three (the report once cut every point down to the seeds all points shared)."""
+    import quality_front as qf
+
+    def line(method, kind, macs, seed, fid_delta, psnr):
+        return {
+            "model": "M", "ref_nfe": 4, "samples": 10, "key": method, "method": method,
+            "kind": kind, "nfe": 4, "macs": macs, "removed": 0, "removable": None, "seed": seed,
+            "fid_delta": fid_delta, "psnr": psnr, "fid": 50.0 + fid_delta,
+        }
+
+    rows = []
+    for seed in (0, 1, 2):
+        rows += [line("steps A-2", "steps", 2e9, seed, 6.0 + seed, 30.0),
+                 line("steps A-4", "steps", 4e9, seed, 0.0, None)]
+    rows.append(line("L2C θ=0.5", "L2C", 3e9, 0, 1.0, 40.0))
+    jsonl = tmp_path / "quality-front.jsonl"
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    qf.write_report(jsonl, tmp_path, "# header")
+    md = (tmp_path / "quality-front.md").read_text()
+    assert "M, NFE 4: K = 10, seeds [0, 1, 2] (fewer where a point says so)" in md
+    assert "| steps A-2 | 4 | 2.000 | 0 | 7.00 [6.00, 8.00] |" in md  # all three seeds kept
+    assert "| L2C θ=0.5 (seeds [0] only) |" in md
+    assert "**one seed**" in md  # the verdict does not call one seed better or worse
+    assert (tmp_path / "quality-front-M-nfe4.png").is_file()
