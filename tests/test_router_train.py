@@ -696,3 +696,38 @@ def test_cli_lam_schedule(tmp_path: Path) -> None:
     bad = runner.invoke(app, _args(data, out, "--lam-schedule", "ramp"))
     assert bad.exit_code != 0 and "choose constant, rising or falling" in bad.output
     assert len(bad.output.strip().splitlines()) == 1
+
+
+def test_resume_cannot_shorten_a_run(dit, tmp_path: Path) -> None:
+    """A checkpoint past the run's steps is refused: its router would record fewer steps than it saw."""
+    plan, data = make_plan("ddim", 4), random_data()
+    out = tmp_path / "r.safetensors"
+    train(dit, plan, data, TrainConfig(lam=1e-3, steps=3, batch_size=2), output=out)
+    with pytest.raises(L2CError, match="checkpoint is at step 3, past this run's 2 steps") as info:
+        train(dit, plan, data, TrainConfig(lam=1e-3, steps=2, batch_size=2), output=out, resume=True)
+    assert "\n" not in str(info.value)
+    again = train(dit, plan, data, TrainConfig(lam=1e-3, steps=3, batch_size=2), output=out, resume=True)
+    assert again.resumed_from == 3  # reaching the same step again is fine: nothing to do
+
+
+def test_trajectory_trains_data_free_on_labels_alone(tmp_path: Path) -> None:
+    """--objective trajectory --data self draws labels, not a pool of samples; the step objective
+    refuses labels-only data."""
+    from typer.testing import CliRunner
+
+    from l2c_compile.router.data import self_labels
+
+    app = _cli_app()
+    out = tmp_path / "r.safetensors"
+    args = ["--model", "DiT-Tiny", "--init", "random", "--nfe", "4", "--data", "self", "--lam", "1e-3",
+            "--steps", "2", "--batch-size", "2", "--pool-size", "6", "-o", str(out), "--format", "json"]
+    res = CliRunner().invoke(app, [*args, "--objective", "trajectory"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["data"] == "self (6 labels, seed 0; no samples drawn)"
+    spec = get_spec("DiT-Tiny")
+    labels = self_labels(spec, size=6, seed=0)
+    x0, y = labels.batch(torch.arange(3), torch.Generator())
+    assert x0.shape == (3, *spec.latent_shape) and not x0.any() and y.dtype == torch.long
+    assert int(y.max()) < spec.num_classes
+    with pytest.raises(L2CError, match="labels-only data trains the trajectory objective only"):
+        train(init_random(build_model(spec)), make_plan("ddim", 4), labels, TrainConfig(lam=1e-3, steps=1, batch_size=2))

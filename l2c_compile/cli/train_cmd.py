@@ -57,7 +57,7 @@ def train_cmd(
         None, "--vae", help="local diffusers AutoencoderKL folder (images for latent models)"
     ),
     pool_size: int = typer.Option(
-        256, "--pool-size", help="x0 samples drawn from the model with --data self"
+        256, "--pool-size", help="x0 samples drawn from the model with --data self (trajectory: labels)"
     ),
     lam: float | None = typer.Option(
         None, "--lam", help="λ, weight of Σ scores (default: the recipe's, dit 5e-6, uvit 0.1)"
@@ -241,6 +241,7 @@ def _train(
 ) -> dict:
     """Open the data, train, write the files; the summary the command prints."""
     from l2c_compile.router import checkpoint_path, load_vae, open_data, train
+    from l2c_compile.router.data import self_labels
     from l2c_compile.schedule.router_files import export_official as write_official
 
     if resume:  # a missing, unsafe or mismatched checkpoint is refused before any data is drawn
@@ -251,6 +252,8 @@ def _train(
     encoder = load_vae(vae, device) if vae is not None else None
     if prompts is not None:
         dataset = _prompt_data(spec, net, plan, prompts, pool_size, config.seed, show)
+    elif data == "self" and config.objective == "trajectory":
+        dataset = self_labels(spec, size=pool_size, seed=config.seed)  # it samples from noise itself
     else:
         dataset = open_data(
             data,

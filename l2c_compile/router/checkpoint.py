@@ -89,8 +89,8 @@ def checkpoint_step(path: Path | None) -> int | None:
 
 def check_resumable(path: Path | None, config: dict[str, Any]) -> dict[str, Any]:
     """The checkpoint at ``path`` when a run with ``config`` can resume it: it exists, loads
-    safely, and was made with the same settings (all but :data:`FREE_FIELDS`); L2CError
-    otherwise. Cheap, so the CLI calls it before drawing any data."""
+    safely, was made with the same settings (all but :data:`FREE_FIELDS`) and has not passed
+    ``config["steps"]``; L2CError otherwise. Cheap, so the CLI calls it before drawing any data."""
     if path is None or not path.exists():
         raise L2CError(f"nothing to resume: checkpoint {path} not found")
     obj = read_checkpoint(path)
@@ -103,6 +103,13 @@ def check_resumable(path: Path | None, config: dict[str, Any]) -> dict[str, Any]
             raise L2CError(
                 f"{path.name}: checkpoint was made with {key}={was!r}, this run has {value!r}"
             )
+    reached, steps = obj.get("step"), config.get("steps")
+    if isinstance(reached, int) and isinstance(steps, int) and reached > steps:
+        # Its router has seen more steps than this run would record: resuming cannot shorten it.
+        raise L2CError(
+            f"{path.name}: checkpoint is at step {reached}, past this run's {steps} steps; "
+            f"resume with steps >= {reached}"
+        )
     return obj
 
 

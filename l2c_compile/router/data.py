@@ -475,6 +475,38 @@ def _progress_bar(enabled: bool, what: str, total: int, unit: str = "chunks"):
 # ---------------------------------------------------------------------------------------------
 
 
+@dataclass
+class LabelData:
+    """Labels only, for the trajectory objective, which samples from noise and reads no x0.
+
+    ``batch`` gives zeros in x0's place (the objective takes only their shape); :func:`train`
+    refuses this data for the step objective, whose target is built from x0.
+    """
+
+    labels: torch.Tensor  # (N,) int64
+    sample_shape: tuple[int, int, int]  # (C, H, W) of x0
+    description: str
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def batch(
+        self, indices: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Zeros (B, C, H, W) and labels (B,) for ``indices``."""
+        return torch.zeros(len(indices), *self.sample_shape), self.labels[indices]
+
+
+def self_labels(spec: ModelSpec, *, size: int, seed: int) -> LabelData:
+    """``size`` labels drawn uniformly over the model's classes from ``seed``: data-free training
+    with the trajectory objective needs no pool of samples (Raises L2CError on a bad size)."""
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise L2CError(f"the data-free pool size must be a positive integer, got {size!r}")
+    gen = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, spec.num_classes, (size,), generator=gen)
+    return LabelData(labels, tuple(spec.latent_shape), f"self ({size} labels, seed {seed}; no samples drawn)")
+
+
 def open_data(
     source: str | os.PathLike[str],
     spec: ModelSpec,

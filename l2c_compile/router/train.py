@@ -62,7 +62,7 @@ from l2c_compile.router.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from l2c_compile.router.data import TrainData
+from l2c_compile.router.data import LabelData, TrainData
 from l2c_compile.router.objective import (
     CacheTarget,
     RouterLogits,
@@ -319,6 +319,8 @@ def _check_inputs(model: nn.Module, data: TrainData, config: TrainConfig, shards
         )
     if len(data) == 0:
         raise L2CError("the training data is empty")
+    if step and isinstance(data, LabelData):
+        raise L2CError("labels-only data trains the trajectory objective only (the step target needs x0)")
 
 
 @dataclass
