@@ -193,10 +193,10 @@ def test_velocity_plans_compile_exactly_and_load(tmp_path):
 
 
 # The VP plans as they were before the flow samplers came in (commit eacbdf1): every call, every
-# coefficient, every restart and the manifest summary, one repr per plan, written by that commit's
-# make_plan. Floats are compared to 1e-9 relative (the last bits of the schedules' float64 math
-# differ between CPUs, so neither an exact nor a rounded hash holds across machines); everything
-# else must match exactly.
+# coefficient, every restart and the manifest summary, one repr per plan, written by running
+# _vp_plan_reprs at that commit. Floats are compared to 1e-9 relative (the last bits of the
+# schedules' float64 math differ between CPUs, so neither an exact nor a rounded hash holds across
+# machines); everything else must match exactly.
 VP_PLANS = Path(__file__).parent / "data" / "vp_plans_eacbdf1.json.gz"
 FLOAT = re.compile(r"-?\d+\.\d+(?:e[-+]?\d+)?")
 

@@ -241,7 +241,6 @@ def _train(
 ) -> dict:
     """Open the data, train, write the files; the summary the command prints."""
     from l2c_compile.router import checkpoint_path, load_vae, open_data, train
-    from l2c_compile.router.data import self_labels
     from l2c_compile.schedule.router_files import export_official as write_official
 
     if resume:  # a missing, unsafe or mismatched checkpoint is refused before any data is drawn
@@ -252,8 +251,6 @@ def _train(
     encoder = load_vae(vae, device) if vae is not None else None
     if prompts is not None:
         dataset = _prompt_data(spec, net, plan, prompts, pool_size, config.seed, show)
-    elif data == "self" and config.objective == "trajectory":
-        dataset = self_labels(spec, size=pool_size, seed=config.seed)  # it samples from noise itself
     else:
         dataset = open_data(
             data,
@@ -264,6 +261,7 @@ def _train(
             pool_size=pool_size,
             seed=config.seed,
             progress=show,
+            labels_only=config.objective == "trajectory",  # it samples from noise itself
         )
     # Ctrl-C raises TrainingInterrupted, whose note the CLI's interrupt line carries (cli/interrupts.py).
     result = train(net, plan, dataset, config, model_name=spec.name, output=out, resume=resume, progress=show)

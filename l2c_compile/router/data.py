@@ -363,6 +363,12 @@ class ImageFolderData:
 SELF_CHUNK = 16  # samples per sampler run; fixed so the pool does not depend on the world size
 
 
+def check_pool_size(size: object) -> None:
+    """A data-free pool's size must be a positive integer (L2CError otherwise)."""
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise L2CError(f"the data-free pool size must be a positive integer, got {size!r}")
+
+
 def draw_self_data(
     model: nn.Module,
     plan,
@@ -380,8 +386,7 @@ def draw_self_data(
     """
     from l2c_compile.compiler.reference import sample_uncached
 
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise L2CError(f"the data-free pool size must be a positive integer, got {size!r}")
+    check_pool_size(size)
     device = next(model.parameters()).device
     c, h, w = spec.latent_shape
     pool = torch.empty(size, c, h, w)
@@ -500,8 +505,7 @@ class LabelData:
 def self_labels(spec: ModelSpec, *, size: int, seed: int) -> LabelData:
     """``size`` labels drawn uniformly over the model's classes from ``seed``: data-free training
     with the trajectory objective needs no pool of samples (Raises L2CError on a bad size)."""
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise L2CError(f"the data-free pool size must be a positive integer, got {size!r}")
+    check_pool_size(size)
     gen = torch.Generator().manual_seed(seed)
     labels = torch.randint(0, spec.num_classes, (size,), generator=gen)
     return LabelData(labels, tuple(spec.latent_shape), f"self ({size} labels, seed {seed}; no samples drawn)")
@@ -517,8 +521,13 @@ def open_data(
     pool_size: int = 256,
     seed: int = 0,
     progress: bool = False,
+    labels_only: bool = False,
 ) -> TrainData:
-    """``"self"`` → :func:`draw_self_data`; a folder → :class:`ImageFolderData`; a file → :func:`load_tensors`."""
+    """``"self"`` → :func:`draw_self_data` (``labels_only``, for the trajectory objective:
+    :func:`self_labels`, no samples drawn); a folder → :class:`ImageFolderData`; a file →
+    :func:`load_tensors`."""
+    if str(source) == "self" and labels_only:
+        return self_labels(spec, size=pool_size, seed=seed)
     if str(source) == "self":
         if model is None or plan is None:
             raise L2CError("data-free training ('self') needs the model and its sampler plan")

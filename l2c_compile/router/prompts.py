@@ -35,7 +35,7 @@ from torch import nn
 from l2c_compile.errors import L2CError
 from l2c_compile.families import latent_shape
 from l2c_compile.inputs import input_file
-from l2c_compile.router.data import TensorData, draw_chunks
+from l2c_compile.router.data import TensorData, check_pool_size, draw_chunks
 
 
 def read_prompts(path: str | os.PathLike[str]) -> list[str]:
@@ -128,8 +128,7 @@ def draw_prompt_data(
     """
     from l2c_compile.compiler.reference import sample_uncached
 
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise L2CError(f"the data-free pool size must be a positive integer, got {size!r}")
+    check_pool_size(size)
     device = next(model.parameters()).device
     shape = latent_shape(model)  # (C, *spatial)
     labels = conds[torch.arange(size) % conds.shape[0]]  # (size, L, D + 1)
